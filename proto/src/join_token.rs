@@ -1,0 +1,114 @@
+//! The join-token format.
+//!
+//! A join token is `leash-join.v1.<id>.<secret>.<ca-pin>.<addr>` where
+//! - `id` is the token's public id (what `join-token list` and `revoke` show),
+//! - `secret` is 32 random bytes, base64url; the control plane stores only its SHA-256,
+//! - `ca-pin` is `sha256:<hex>` of the control plane CA's SubjectPublicKeyInfo (DER),
+//!   which the agent pins on first contact,
+//! - `addr` is optional (may be empty), a hint of where the control plane listens.
+//!
+//! The host name and labels a token binds stay on the control plane, bound to the id;
+//! they are not trusted from the token text.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+const PREFIX: &str = "leash-join.v1";
+
+/// A parsed join token. `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// Public id.
+    pub id: String,
+    /// The secret part (base64url). Never log it.
+    pub secret: String,
+    /// `sha256:<hex>` of the CA's SubjectPublicKeyInfo.
+    pub ca_pin: String,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinToken")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("ca_pin", &self.ca_pin)
+            .finish()
+    }
+}
+
+/// Why a token could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JoinTokenError {
+    /// Not a Leash join token at all.
+    #[error("not a Leash join token (expected it to start with `{PREFIX}.`); create one with `leashctl join-token create`")]
+    Format,
+    /// A part is malformed.
+    #[error("malformed join token: {0}; create a new one with `leashctl join-token create`")]
+    Part(&'static str),
+}
+
+impl JoinToken {
+    /// Encode. `secret` is raw bytes.
+    pub fn encode(id: &str, secret: &[u8], ca_pin: &str) -> String {
+        format!("{PREFIX}.{id}.{}.{ca_pin}", URL_SAFE_NO_PAD.encode(secret))
+    }
+
+    /// Parse the text form (surrounding white space is ignored).
+    pub fn parse(text: &str) -> Result<JoinToken, JoinTokenError> {
+        let text = text.trim();
+        let rest = text
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.strip_prefix('.'))
+            .ok_or(JoinTokenError::Format)?;
+        let mut parts = rest.splitn(3, '.');
+        let id = parts.next().ok_or(JoinTokenError::Part("missing id"))?;
+        let secret = parts.next().ok_or(JoinTokenError::Part("missing secret"))?;
+        let ca_pin = parts.next().ok_or(JoinTokenError::Part("missing CA pin"))?;
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(JoinTokenError::Part("bad id"));
+        }
+        match URL_SAFE_NO_PAD.decode(secret) {
+            Ok(b) if b.len() == 32 => {}
+            _ => return Err(JoinTokenError::Part("bad secret")),
+        }
+        let hex = ca_pin
+            .strip_prefix("sha256:")
+            .ok_or(JoinTokenError::Part("bad CA pin"))?;
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(JoinTokenError::Part("bad CA pin"));
+        }
+        Ok(JoinToken {
+            id: id.to_string(),
+            secret: secret.to_string(),
+            ca_pin: ca_pin.to_ascii_lowercase(),
+        })
+    }
+
+    /// The raw secret bytes.
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(&self.secret).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let t = JoinToken::encode("jt-1a2b", &[7u8; 32], &pin);
+        let p = JoinToken::parse(&format!("  {t}\n")).expect("parses");
+        assert_eq!(p.id, "jt-1a2b");
+        assert_eq!(p.ca_pin, pin);
+        assert_eq!(p.secret_bytes(), vec![7u8; 32]);
+        assert!(!format!("{p:?}").contains(&p.secret));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(JoinToken::parse("hello"), Err(JoinTokenError::Format));
+        assert!(JoinToken::parse("leash-join.v1.id.short.sha256:00").is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! The Leash wire protocol, shared by `leash-control-plane` and `leash-agentd`.
+//!
+//! - [`v1`]: the generated gRPC services and messages (`proto/leash/v1`).
+//! - [`reason`]: the machine-readable error reasons carried on a `tonic::Status` and the
+//!   exit codes the CLIs map them to.
+//! - [`join_token`]: the join-token format (what the control plane mints and the agent
+//!   reads).
+#![forbid(unsafe_code)]
+
+pub mod join_token;
+pub mod reason;
+
+/// Generated code for package `leash.v1`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("leash.v1");
+}
+
+/// Version of the agent <-> control plane protocol, sent in Enroll and Sync.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest gRPC message either side accepts or sends. Requests are small; this leaves
+/// room for a snapshot of a few thousand workloads.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest message the workload socket accepts from a caller.
+pub const MAX_WORKLOAD_REQUEST_BYTES: usize = 64 * 1024;
