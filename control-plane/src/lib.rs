@@ -1,1 +1,33 @@
-//! stub
+//! The Leash control plane.
+//!
+//! It holds identities (workloads and their owners), credential definitions, the CA and
+//! JWT signing keys, leases, the revocation log and the audit trail, and serves two
+//! APIs: the agent-facing one over mutual TLS (`agent_api`), and the admin one on a
+//! local Unix socket (`admin`). `server::run` wires them together; `main.rs` is a thin
+//! command-line shell around it so tests can start a control plane in-process too.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod agent_api;
+pub mod clock;
+pub mod config;
+pub mod enroll;
+pub mod expiry;
+pub mod hub;
+pub mod issuer;
+pub mod keys;
+pub mod model;
+pub mod revocation;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+/// A random identifier: `prefix-` followed by `bytes` random bytes in hex.
+pub fn random_id(prefix: &str, bytes: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0u8; bytes];
+    // SystemRandom only fails if the OS has no randomness at all; then ids would be
+    // zero, which the store's uniqueness checks still catch.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    format!("{prefix}-{}", hex::encode(b))
+}

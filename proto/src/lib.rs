@@ -7,8 +7,10 @@
 //!   reads).
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod join_token;
 pub mod reason;
+pub mod uds;
 
 /// Generated code for package `leash.v1`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]

@@ -1,0 +1,688 @@
+//! The admin API on the local Unix socket.
+//!
+//! Callers are authorised by their peer uid (SO_PEERCRED, read by tonic for each
+//! connection): configured admins, or, when none are configured, root and the control
+//! plane's own uid. The admin's name is recorded as the actor of what they do.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use leash_proto::join_token::JoinToken;
+use leash_proto::reason::Reason;
+use leash_proto::v1;
+use leash_proto::v1::admin_server::Admin;
+use ring::rand::SecureRandom;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::agent_api::workload_proto;
+use crate::model::{
+    selector_kind, valid_name, Credential, Event, JoinTokenRecord, Lease, RevocationTarget, Workload, ID_SELECTOR_KINDS,
+    WORKLOAD_KINDS,
+};
+use crate::server::{store_status, Shared};
+
+/// Longest a join token may live.
+const MAX_JOIN_TOKEN_TTL: u32 = 7 * 24 * 3600;
+
+/// Make the admin socket 0660 and, where the group exists, owned by `leash-admin`.
+pub fn secure_socket(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(Some(g)) = nix::unistd::Group::from_name("leash-admin") {
+        if let Err(e) = nix::unistd::chown(path, None, Some(g.gid)) {
+            tracing::warn!(error = %e, "could not give the admin socket to group leash-admin");
+        }
+    }
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)) {
+        tracing::warn!(error = %e, "could not set the admin socket's mode");
+    }
+}
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    s: Arc<Shared>,
+}
+
+fn invalid(m: impl Into<String>) -> Status {
+    Reason::Invalid.status(m)
+}
+
+fn not_found(m: impl Into<String>) -> Status {
+    Reason::NotFound.status(m)
+}
+
+fn valid_label(k: &str, v: &str) -> bool {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    ok(k) && ok(v)
+}
+
+fn check_labels(labels: &BTreeMap<String, String>, what: &str) -> Result<(), Status> {
+    for (k, v) in labels {
+        if !valid_label(k, v) {
+            return Err(invalid(format!(
+                "invalid {what} {k}={v}: keys and values are 1-63 of letters, digits, '-', '_', '.'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A lease as the admin API shows it.
+pub fn lease_proto(l: &Lease) -> v1::Lease {
+    v1::Lease {
+        id: l.id.clone(),
+        workload: l.workload.clone(),
+        credential: l.credential.clone(),
+        action: l.action.clone(),
+        audience: l.audience.clone(),
+        host: l.host.clone(),
+        task: l.task.clone().unwrap_or_default(),
+        on_behalf_of: l.on_behalf_of.clone().unwrap_or_default(),
+        issued_at_unix: l.issued_at,
+        expires_at_unix: l.expires_at,
+        seq: l.seq,
+        state: l.state.as_str().to_string(),
+        reason: l.reason.clone().unwrap_or_default(),
+        fingerprint: l.fingerprint.clone(),
+        policy_version: l.policy_version,
+    }
+}
+
+fn credential_proto(c: &Credential) -> v1::Credential {
+    v1::Credential {
+        name: c.name.clone(),
+        kind: c.kind.clone(),
+        audiences: c.audiences.clone(),
+        default_ttl_seconds: c.default_ttl,
+        max_ttl_seconds: c.max_ttl,
+        default_action: c.default_action.clone(),
+        scopes: c.scopes.iter().map(|(k, v)| (k.clone(), v.join(" "))).collect(),
+        created_at_unix: c.created_at,
+    }
+}
+
+fn event_proto(e: &Event) -> v1::AuditEvent {
+    v1::AuditEvent {
+        json: serde_json::to_string(e).unwrap_or_default(),
+    }
+}
+
+impl AdminApi {
+    /// Wrap the shared state.
+    pub fn new(s: Arc<Shared>) -> AdminApi {
+        AdminApi { s }
+    }
+
+    /// The admin name of the caller, or a denial.
+    fn admin<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let uid = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .map(|c| c.uid())
+            .ok_or_else(|| Reason::Denied.status("cannot tell who is calling (no peer credentials)"))?;
+        let admins = &self.s.config.admins;
+        if let Some(name) = admins.get(&uid) {
+            return Ok(name.clone());
+        }
+        let own = nix::unistd::geteuid().as_raw();
+        if admins.is_empty() && (uid == 0 || uid == own) {
+            return Ok(nix::unistd::User::from_uid(uid.into())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| format!("uid:{uid}")));
+        }
+        Err(Reason::Denied.status(format!(
+            "uid {uid} is not a Leash admin; ask an admin to add you under [admins] in the control-plane config"
+        )))
+    }
+
+    fn workload_or_404(&self, name: &str) -> Result<Workload, Status> {
+        self.s
+            .store
+            .workload(name)
+            .map_err(store_status)?
+            .ok_or_else(|| not_found(format!("no workload named {name:?}; `leashctl workload list` shows them")))
+    }
+
+    async fn revoke_target(
+        &self,
+        actor: String,
+        target: RevocationTarget,
+        reason: String,
+    ) -> Result<v1::RevokeResponse, Status> {
+        let ev = Event::new("revocation").actor(actor.clone()).reason(reason.clone());
+        let rev = self
+            .s
+            .store
+            .revoke(target, reason, actor, vec![ev])
+            .await
+            .map_err(store_status)?;
+        let hosts = crate::revocation::hosts_to_wait_for(&self.s, &rev);
+        Ok(v1::RevokeResponse {
+            seq: rev.seq,
+            leases_revoked: rev.lease_ids.len() as u32,
+            hosts,
+        })
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::AuditEvent, Status>> + Send>>;
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<v1::RevocationProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    async fn create_join_token(
+        &self,
+        req: Request<v1::CreateJoinTokenRequest>,
+    ) -> Result<Response<v1::CreateJoinTokenResponse>, Status> {
+        let actor = self.admin(&req)?;
+        let r = req.into_inner();
+        let ttl = if r.ttl_seconds == 0 { 600 } else { r.ttl_seconds };
+        if ttl > MAX_JOIN_TOKEN_TTL {
+            return Err(invalid("join tokens live at most 7 days (168h); use a shorter --ttl"));
+        }
+        let name = (!r.name.is_empty()).then_some(r.name);
+        if let Some(n) = &name {
+            if !valid_name(n) || n.contains('/') {
+                return Err(invalid(format!("invalid host name {n:?}: use letters, digits, '.', '-', '_'")));
+            }
+            if self.s.store.host(n).map_err(store_status)?.is_some() {
+                return Err(invalid(format!("host name {n:?} is taken; names are never reused")));
+            }
+        }
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        check_labels(&labels, "label")?;
+        let id = crate::random_id("jt", 6);
+        let mut secret = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut secret)
+            .map_err(|_| Reason::Unavailable.status("no randomness available"))?;
+        let now = self.s.clock.now();
+        let rec = JoinTokenRecord {
+            id: id.clone(),
+            secret_sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &secret)),
+            name,
+            labels,
+            created_at: now,
+            expires_at: now + i64::from(ttl),
+            used_by: None,
+            revoked: false,
+        };
+        let token = JoinToken::encode(&id, &secret, &self.s.keys.ca_pin);
+        let ev = Event::new("join-token-created")
+            .actor(actor)
+            .detail(serde_json::json!({ "join_token": id, "name": rec.name, "labels": rec.labels, "ttl_seconds": ttl }));
+        self.s.store.put_join_token(rec, ev).await.map_err(store_status)?;
+        Ok(Response::new(v1::CreateJoinTokenResponse {
+            token,
+            id,
+            expires_at_unix: now + i64::from(ttl),
+        }))
+    }
+
+    async fn list_join_tokens(&self, req: Request<v1::Empty>) -> Result<Response<v1::ListJoinTokensResponse>, Status> {
+        self.admin(&req)?;
+        let now = self.s.clock.now();
+        let tokens = self
+            .s
+            .store
+            .join_tokens()
+            .map_err(store_status)?
+            .into_iter()
+            .map(|t| v1::JoinTokenInfo {
+                state: t.state(now).to_string(),
+                id: t.id,
+                name: t.name.unwrap_or_default(),
+                labels: t.labels.into_iter().collect(),
+                created_at_unix: t.created_at,
+                expires_at_unix: t.expires_at,
+                used_by: t.used_by.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(v1::ListJoinTokensResponse { tokens }))
+    }
+
+    async fn revoke_join_token(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::Empty>, Status> {
+        let actor = self.admin(&req)?;
+        let id = req.into_inner().name;
+        let ev = Event::new("join-token-revoked")
+            .actor(actor)
+            .detail(serde_json::json!({ "join_token": id }));
+        self.s.store.revoke_join_token(&id, ev).await.map_err(store_status)?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn add_workload(&self, req: Request<v1::AddWorkloadRequest>) -> Result<Response<v1::Workload>, Status> {
+        let actor = self.admin(&req)?;
+        let w = req
+            .into_inner()
+            .workload
+            .ok_or_else(|| invalid("missing workload"))?;
+        if !valid_name(&w.name) {
+            return Err(invalid(format!(
+                "invalid workload name {:?}: use path-like names such as ci/deploy-web (letters, digits, '.', '-', '_' and '/')",
+                w.name
+            )));
+        }
+        if w.owner.trim().is_empty() {
+            return Err(invalid("every workload needs an owner: add --owner TEAM-OR-PERSON"));
+        }
+        if !WORKLOAD_KINDS.contains(&w.kind.as_str()) {
+            return Err(invalid(format!(
+                "unknown kind {:?}; use one of {}",
+                w.kind,
+                WORKLOAD_KINDS.join(", ")
+            )));
+        }
+        let mut has_id = false;
+        for sel in &w.selectors {
+            match selector_kind(sel) {
+                Some(k) => has_id |= ID_SELECTOR_KINDS.contains(&k),
+                None => {
+                    return Err(invalid(format!(
+                        "invalid selector {sel:?}; selectors look like unix:uid:1001, unix:user:ci, unix:gid:N, unix:group:G, unix:path:/abs/path, unix:sha256:HEX"
+                    )))
+                }
+            }
+        }
+        if !has_id {
+            return Err(invalid(
+                "a workload needs at least one unix:uid, unix:user, unix:gid or unix:group selector: uid/gid is the security boundary",
+            ));
+        }
+        let hosts: BTreeMap<String, String> = w.hosts.into_iter().collect();
+        check_labels(&hosts, "--hosts selector")?;
+        for c in &w.allow {
+            if !valid_name(c) {
+                return Err(invalid(format!("invalid credential name {c:?} in --allow")));
+            }
+        }
+        if self.s.store.workload(&w.name).map_err(store_status)?.is_some() {
+            return Err(invalid(format!(
+                "workload {:?} already exists; remove it first (`leashctl workload remove {}`)",
+                w.name, w.name
+            )));
+        }
+        let rec = Workload {
+            name: w.name,
+            owner: w.owner.trim().to_string(),
+            kind: w.kind,
+            selectors: w.selectors,
+            hosts,
+            allow: w.allow,
+            expires_at: w.expires_at_unix,
+            disabled: false,
+            created_at: self.s.clock.now(),
+        };
+        let ev = Event::new("workload-added")
+            .actor(actor)
+            .workload(rec.name.clone())
+            .detail(serde_json::json!({ "owner": rec.owner, "kind": rec.kind, "selectors": rec.selectors, "allow": rec.allow }));
+        self.s.store.put_workload(rec.clone(), ev).await.map_err(store_status)?;
+        Ok(Response::new(self.spiffe(workload_proto(&rec))))
+    }
+
+    async fn list_workloads(&self, req: Request<v1::Empty>) -> Result<Response<v1::ListWorkloadsResponse>, Status> {
+        self.admin(&req)?;
+        let workloads = self
+            .s
+            .store
+            .workloads()
+            .map_err(store_status)?
+            .iter()
+            .map(|w| self.spiffe(workload_proto(w)))
+            .collect();
+        Ok(Response::new(v1::ListWorkloadsResponse { workloads }))
+    }
+
+    async fn get_workload(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::Workload>, Status> {
+        self.admin(&req)?;
+        let w = self.workload_or_404(&req.into_inner().name)?;
+        Ok(Response::new(self.spiffe(workload_proto(&w))))
+    }
+
+    async fn remove_workload(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::Empty>, Status> {
+        let actor = self.admin(&req)?;
+        let name = req.into_inner().name;
+        self.workload_or_404(&name)?;
+        let ev = Event::new("workload-removed").actor(actor).workload(name.clone());
+        self.s.store.remove_workload(&name, ev).await.map_err(store_status)?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn set_workload_disabled(
+        &self,
+        req: Request<v1::SetDisabledRequest>,
+    ) -> Result<Response<v1::Workload>, Status> {
+        let actor = self.admin(&req)?;
+        let r = req.into_inner();
+        let reason = if r.reason.is_empty() {
+            if r.disabled { "workload disabled" } else { "workload enabled" }.to_string()
+        } else {
+            r.reason
+        };
+        let (w, _) = self
+            .s
+            .store
+            .set_workload_disabled(&r.name, r.disabled, actor, reason)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(self.spiffe(workload_proto(&w))))
+    }
+
+    async fn transfer_workload(&self, req: Request<v1::TransferRequest>) -> Result<Response<v1::Workload>, Status> {
+        let actor = self.admin(&req)?;
+        let r = req.into_inner();
+        if r.to.trim().is_empty() {
+            return Err(invalid("--to needs the new owner"));
+        }
+        let mut w = self.workload_or_404(&r.name)?;
+        let from = std::mem::replace(&mut w.owner, r.to.trim().to_string());
+        let ev = Event::new("workload-transferred")
+            .actor(actor)
+            .workload(w.name.clone())
+            .detail(serde_json::json!({ "from": from, "to": w.owner }));
+        self.s.store.put_workload(w.clone(), ev).await.map_err(store_status)?;
+        Ok(Response::new(self.spiffe(workload_proto(&w))))
+    }
+
+    async fn add_credential(&self, req: Request<v1::Credential>) -> Result<Response<v1::Credential>, Status> {
+        let actor = self.admin(&req)?;
+        let c = req.into_inner();
+        if !valid_name(&c.name) {
+            return Err(invalid(format!("invalid credential name {:?}", c.name)));
+        }
+        match c.kind.as_str() {
+            "jwt" => {}
+            "static" | "x509" | "postgres" => {
+                return Err(invalid(format!(
+                    "credential kind {:?} is not available yet; this control plane issues `jwt` credentials",
+                    c.kind
+                )))
+            }
+            k => return Err(invalid(format!("unknown credential kind {k:?}; use --kind jwt"))),
+        }
+        if c.audiences.is_empty() || c.audiences.iter().any(|a| a.trim().is_empty()) {
+            return Err(invalid("a jwt credential needs at least one --audience"));
+        }
+        if c.default_ttl_seconds == 0 {
+            return Err(invalid("--ttl must be at least 1s"));
+        }
+        let max_ttl = if c.max_ttl_seconds == 0 {
+            c.default_ttl_seconds.max(3600)
+        } else {
+            c.max_ttl_seconds
+        };
+        if max_ttl < c.default_ttl_seconds {
+            return Err(invalid(format!(
+                "--max-ttl ({max_ttl}s) is below --ttl ({}s)",
+                c.default_ttl_seconds
+            )));
+        }
+        let actions = &self.s.config.actions;
+        let default_action = if c.default_action.is_empty() { "read".to_string() } else { c.default_action };
+        if !actions.contains(&default_action) {
+            return Err(invalid(format!(
+                "unknown --default-action {default_action:?}; the configured actions are {}",
+                actions.join(", ")
+            )));
+        }
+        let mut scopes = BTreeMap::new();
+        for (action, sc) in c.scopes {
+            if !actions.contains(&action) {
+                return Err(invalid(format!(
+                    "--scope names unknown action {action:?}; the configured actions are {}",
+                    actions.join(", ")
+                )));
+            }
+            let list: Vec<String> = sc.split_whitespace().map(str::to_string).collect();
+            if list.is_empty() {
+                return Err(invalid(format!("--scope {action}= needs at least one scope")));
+            }
+            scopes.insert(action, list);
+        }
+        let rec = Credential {
+            name: c.name,
+            kind: c.kind,
+            audiences: c.audiences,
+            default_ttl: c.default_ttl_seconds,
+            max_ttl,
+            default_action,
+            scopes,
+            created_at: self.s.clock.now(),
+        };
+        let ev = Event::new("credential-added")
+            .actor(actor)
+            .credential(rec.name.clone())
+            .detail(serde_json::json!({ "kind": rec.kind, "audiences": rec.audiences, "ttl": rec.default_ttl, "max_ttl": rec.max_ttl }));
+        self.s.store.put_credential(rec.clone(), ev).await.map_err(store_status)?;
+        Ok(Response::new(credential_proto(&rec)))
+    }
+
+    async fn list_credentials(&self, req: Request<v1::Empty>) -> Result<Response<v1::ListCredentialsResponse>, Status> {
+        self.admin(&req)?;
+        let credentials = self
+            .s
+            .store
+            .credentials()
+            .map_err(store_status)?
+            .iter()
+            .map(credential_proto)
+            .collect();
+        Ok(Response::new(v1::ListCredentialsResponse { credentials }))
+    }
+
+    async fn list_hosts(&self, req: Request<v1::Empty>) -> Result<Response<v1::ListHostsResponse>, Status> {
+        self.admin(&req)?;
+        let hosts = self
+            .s
+            .store
+            .hosts()
+            .map_err(store_status)?
+            .into_iter()
+            .map(|h| {
+                let conn = self.s.hub.info(&h.name);
+                v1::HostInfo {
+                    last_seen_unix: conn.map(|c| c.last_seen_ms / 1000).unwrap_or(h.last_seen),
+                    connected: conn.is_some(),
+                    acked_seq: conn.map(|c| c.acked_seq).unwrap_or(0),
+                    name: h.name,
+                    labels: h.labels.into_iter().collect(),
+                    enrolled_at_unix: h.enrolled_at,
+                    evicted: h.evicted,
+                    cert_not_after_unix: h.cert_not_after,
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::ListHostsResponse { hosts }))
+    }
+
+    async fn evict_host(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::Empty>, Status> {
+        let actor = self.admin(&req)?;
+        let name = req.into_inner().name;
+        self.s
+            .store
+            .evict_host(&name, actor, "host evicted by an admin".into())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn list_leases(&self, req: Request<v1::ListLeasesRequest>) -> Result<Response<v1::ListLeasesResponse>, Status> {
+        self.admin(&req)?;
+        let r = req.into_inner();
+        let w = (!r.workload.is_empty()).then_some(r.workload.as_str());
+        if let Some(name) = w {
+            self.workload_or_404(name)?;
+        }
+        let now = self.s.clock.now();
+        let leases = self
+            .s
+            .store
+            .leases(w, r.active_only)
+            .map_err(store_status)?
+            .iter()
+            .filter(|l| !r.active_only || l.expires_at > now)
+            .map(lease_proto)
+            .collect();
+        Ok(Response::new(v1::ListLeasesResponse { leases }))
+    }
+
+    async fn get_lease(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::LeaseDetail>, Status> {
+        self.admin(&req)?;
+        let id = req.into_inner().name;
+        let lease = self
+            .s
+            .store
+            .lease(&id)
+            .map_err(store_status)?
+            .ok_or_else(|| not_found(format!("no lease {id:?}; `leashctl lease list` shows them")))?;
+        let timeline = self
+            .s
+            .store
+            .lease_events(&id)
+            .map_err(store_status)?
+            .iter()
+            .map(event_proto)
+            .collect();
+        Ok(Response::new(v1::LeaseDetail {
+            lease: Some(lease_proto(&lease)),
+            timeline,
+        }))
+    }
+
+    async fn revoke(&self, req: Request<v1::RevokeRequest>) -> Result<Response<v1::RevokeResponse>, Status> {
+        use v1::revocation_target_spec::Target;
+        let actor = self.admin(&req)?;
+        let r = req.into_inner();
+        let target = match r.target.and_then(|t| t.target) {
+            Some(Target::Lease(id)) => {
+                self.s
+                    .store
+                    .lease(&id)
+                    .map_err(store_status)?
+                    .ok_or_else(|| not_found(format!("no lease {id:?}")))?;
+                RevocationTarget::Lease(id)
+            }
+            Some(Target::Workload(w)) => {
+                self.workload_or_404(&w)?;
+                RevocationTarget::Workload(w)
+            }
+            Some(Target::Credential(c)) => {
+                if self.s.store.credential(&c).map_err(store_status)?.is_none() {
+                    return Err(not_found(format!("no credential named {c:?}")));
+                }
+                RevocationTarget::Credential(c)
+            }
+            Some(Target::Owner(o)) => {
+                let any = self.s.store.workloads().map_err(store_status)?.iter().any(|w| w.owner == o);
+                if !any {
+                    return Err(not_found(format!("no workload is owned by {o:?}")));
+                }
+                RevocationTarget::Owner(o)
+            }
+            Some(Target::Host(h)) => {
+                if self.s.store.host(&h).map_err(store_status)?.is_none() {
+                    return Err(not_found(format!("no host named {h:?}")));
+                }
+                RevocationTarget::Host(h)
+            }
+            Some(Target::All(true)) => RevocationTarget::All,
+            _ => {
+                return Err(invalid(
+                    "say what to revoke: exactly one of --lease, --workload, --credential, --owner, --host, --all",
+                ))
+            }
+        };
+        let reason = if r.reason.is_empty() { "revoked by an admin".to_string() } else { r.reason };
+        Ok(Response::new(self.revoke_target(actor, target, reason).await?))
+    }
+
+    type WaitRevocationStream = ProgressStream;
+
+    async fn wait_revocation(
+        &self,
+        req: Request<v1::WaitRevocationRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        self.admin(&req)?;
+        let r = req.into_inner();
+        let timeout = Duration::from_millis(if r.timeout_ms == 0 { 30_000 } else { u64::from(r.timeout_ms) });
+        let (tx, rx) = mpsc::channel(16);
+        let s = self.s.clone();
+        tokio::spawn(async move { crate::revocation::wait(&s, r.seq, timeout, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn introspect(&self, req: Request<v1::IntrospectRequest>) -> Result<Response<v1::IntrospectResponse>, Status> {
+        self.admin(&req)?;
+        Ok(Response::new(crate::revocation::introspect(&self.s, &req.into_inner().token)))
+    }
+
+    async fn jwks(&self, req: Request<v1::Empty>) -> Result<Response<v1::JwksResponse>, Status> {
+        self.admin(&req)?;
+        Ok(Response::new(v1::JwksResponse {
+            json: self.s.keys.jwks().to_string(),
+        }))
+    }
+
+    type AuditTailStream = EventStream;
+
+    async fn audit_tail(&self, req: Request<v1::AuditTailRequest>) -> Result<Response<EventStream>, Status> {
+        self.admin(&req)?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+        // Subscribe first so nothing between the backlog read and the follow is lost.
+        let mut live = self.s.store.subscribe_events();
+        let backlog = self.s.store.events(r.since_unix_ms, limit).map_err(store_status)?;
+        let (tx, rx) = mpsc::channel(256);
+        let follow = r.follow;
+        tokio::spawn(async move {
+            let mut last = 0;
+            for e in &backlog {
+                last = e.id;
+                if tx.send(Ok(event_proto(e))).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.id > last => {
+                        last = e.id;
+                        if tx.send(Ok(event_proto(&e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "audit follower lagged");
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl AdminApi {
+    fn spiffe(&self, mut w: v1::Workload) -> v1::Workload {
+        w.spiffe_id = format!("spiffe://{}/{}", self.s.config.trust_domain, w.name);
+        w
+    }
+}

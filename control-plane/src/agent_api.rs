@@ -1,0 +1,566 @@
+//! The agent-facing gRPC service: Enroll, Renew, Sync, Issue, Introspect, CompleteTask.
+//!
+//! Every method but Enroll starts by mapping the caller's client certificate to its
+//! host record (by serial, never by name) and checking that record; an evicted or
+//! unknown host is refused.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use leash_proto::reason::Reason;
+use leash_proto::v1;
+use leash_proto::v1::control_plane_server::ControlPlane;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::issuer::{self, Claims, LeashClaim};
+use crate::model::{hosts_match, Change, Event, Host, Lease, LeaseState, Workload};
+use crate::server::{store_status, Shared};
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    s: Arc<Shared>,
+}
+
+impl AgentApi {
+    /// Wrap the shared state.
+    pub fn new(s: Arc<Shared>) -> AgentApi {
+        AgentApi { s }
+    }
+
+    /// Map the client certificate to a live host record.
+    fn host<T>(&self, req: &Request<T>) -> Result<Host, Status> {
+        let certs = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .ok_or_else(|| {
+            Reason::Denied.status("a client certificate is required for this call; enroll the agent first")
+        })?;
+        let serial = certs
+            .first()
+            .and_then(|c| crate::keys::cert_serial(c))
+            .ok_or_else(|| Reason::Denied.status("unreadable client certificate"))?;
+        let host = self
+            .s
+            .store
+            .host_by_serial(&serial)
+            .map_err(store_status)?
+            .ok_or_else(|| Reason::Denied.status("this certificate belongs to no enrolled host"))?;
+        if host.evicted {
+            return Err(Reason::Denied.status(format!(
+                "host {:?} was evicted; re-enroll with a new join token and a new name",
+                host.name
+            )));
+        }
+        Ok(host)
+    }
+
+    async fn deny(&self, host: &Host, req: &v1::IssueRequest, reason: String) -> Status {
+        let e = Event::new("denied")
+            .actor(host.name.clone())
+            .host(host.name.clone())
+            .workload(req.workload.clone())
+            .credential(req.credential.clone())
+            .reason(reason.clone());
+        if let Err(err) = self.s.store.append_events(vec![e]).await {
+            tracing::warn!(error = %err, "could not record a denied event");
+        }
+        Reason::Denied.status(reason)
+    }
+}
+
+/// Entries of `changes` that concern `host`, as Sync messages.
+fn messages_for(host: &Host, change: &Change) -> Option<v1::ControlMessage> {
+    use v1::control_message::Msg;
+    let msg = match change {
+        Change::WorkloadPut { seq, workload } => {
+            if hosts_match(&workload.hosts, &host.labels) {
+                Msg::Workload(v1::WorkloadEntry {
+                    seq: *seq,
+                    workload: Some(workload_proto(workload)),
+                })
+            } else {
+                // It may have matched before the change: tell the agent to drop it.
+                Msg::WorkloadRemoved(v1::WorkloadRemoved {
+                    seq: *seq,
+                    name: workload.name.clone(),
+                })
+            }
+        }
+        Change::WorkloadRemoved { seq, name } => Msg::WorkloadRemoved(v1::WorkloadRemoved {
+            seq: *seq,
+            name: name.clone(),
+        }),
+        Change::Revoked { revocation } => Msg::Revocation(crate::revocation::to_proto(revocation)),
+        Change::HostEvicted { seq, name, reason } => {
+            if name != &host.name {
+                return None;
+            }
+            Msg::Evicted(v1::Evicted {
+                seq: *seq,
+                reason: reason.clone(),
+            })
+        }
+    };
+    Some(v1::ControlMessage { msg: Some(msg) })
+}
+
+/// A workload record as the wire carries it.
+pub fn workload_proto(w: &Workload) -> v1::Workload {
+    v1::Workload {
+        name: w.name.clone(),
+        spiffe_id: String::new(),
+        owner: w.owner.clone(),
+        kind: w.kind.clone(),
+        selectors: w.selectors.clone(),
+        hosts: w.hosts.clone().into_iter().collect(),
+        allow: w.allow.clone(),
+        expires_at_unix: w.expires_at,
+        disabled: w.disabled,
+        created_at_unix: w.created_at,
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<v1::ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlPlane for AgentApi {
+    async fn enroll(&self, req: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
+        let r = req.into_inner();
+        crate::enroll::enroll(&self.s, r).await.map(Response::new)
+    }
+
+    async fn renew(&self, req: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
+        let host = self.host(&req)?;
+        let r = req.into_inner();
+        let (der, serial, not_after) = self
+            .s
+            .keys
+            .sign_host_cert(&r.csr_der, &host.name, self.s.config.host_cert_ttl)
+            .map_err(|e| Reason::Invalid.status(e.to_string()))?;
+        self.s
+            .store
+            .renew_host(&host.name, &serial, not_after)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(v1::RenewResponse {
+            certificate_der: der.to_vec(),
+            not_after_unix: not_after,
+        }))
+    }
+
+    type SyncStream = SyncStream;
+
+    async fn sync(&self, req: Request<Streaming<v1::AgentMessage>>) -> Result<Response<SyncStream>, Status> {
+        let host = self.host(&req)?;
+        let mut inbound = req.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(v1::AgentMessage {
+                msg: Some(v1::agent_message::Msg::Hello(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Reason::Invalid.status("the first Sync message must be a hello")),
+        };
+        if hello.protocol_version != leash_proto::PROTOCOL_VERSION {
+            return Err(Reason::Invalid.status(format!(
+                "protocol version {} is not supported (this control plane speaks {}); upgrade the agent",
+                hello.protocol_version,
+                leash_proto::PROTOCOL_VERSION
+            )));
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let s = self.s.clone();
+        tokio::spawn(async move {
+            let conn = s.hub.connect(&host.name, s.clock.now_ms(), hello.last_seq);
+            tracing::info!(host = %host.name, last_seq = hello.last_seq, "agent connected");
+            if let Err(e) = run_sync(&s, &host, conn, hello.last_seq, &mut inbound, &tx).await {
+                tracing::info!(host = %host.name, reason = %e, "sync stream ended");
+            }
+            s.hub.disconnect(&host.name, conn);
+            if let Err(e) = s.store.touch_host(&host.name, s.clock.now()).await {
+                tracing::warn!(error = %e, "could not record host last-seen");
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as SyncStream))
+    }
+
+    async fn issue(&self, req: Request<v1::IssueRequest>) -> Result<Response<v1::IssueResponse>, Status> {
+        let host = self.host(&req)?;
+        let r = req.into_inner();
+        let s = &self.s;
+        let now = s.clock.now();
+        let w = s
+            .store
+            .workload(&r.workload)
+            .map_err(store_status)?
+            .ok_or_else(|| Reason::NotFound.status(format!("no workload named {:?}", r.workload)))?;
+        let c = s.store.credential(&r.credential).map_err(store_status)?.ok_or_else(|| {
+            Reason::NotFound.status(format!(
+                "no credential named {:?}; `leashctl credential list` shows the ones that exist",
+                r.credential
+            ))
+        })?;
+        if w.disabled {
+            return Err(self.deny(&host, &r, format!("workload {:?} is disabled", w.name)).await);
+        }
+        if w.expires_at != 0 && w.expires_at <= now {
+            return Err(self.deny(&host, &r, format!("workload {:?} has expired", w.name)).await);
+        }
+        if !hosts_match(&w.hosts, &host.labels) {
+            return Err(self
+                .deny(&host, &r, format!("workload {:?} may not run on host {:?}", w.name, host.name))
+                .await);
+        }
+        let attested = r.attested.clone().unwrap_or_default();
+        if !w.selectors.iter().all(|sel| attested.selectors.contains(sel)) {
+            return Err(self
+                .deny(&host, &r, format!("the caller does not match the selectors of workload {:?}", w.name))
+                .await);
+        }
+        if w.kind == "shared-agent" && r.on_behalf_of.is_empty() {
+            return Err(self
+                .deny(
+                    &host,
+                    &r,
+                    format!("workload {:?} is a shared agent: every request must say --on-behalf-of", w.name),
+                )
+                .await);
+        }
+        let action = if r.action.is_empty() { c.default_action.clone() } else { r.action.clone() };
+        if !s.config.actions.contains(&action) {
+            return Err(Reason::Invalid.status(format!(
+                "unknown action {action:?}; the configured actions are {}",
+                s.config.actions.join(", ")
+            )));
+        }
+        let audience = if r.audience.is_empty() {
+            c.audiences.first().cloned().unwrap_or_default()
+        } else {
+            r.audience.clone()
+        };
+        if !c.audiences.contains(&audience) {
+            return Err(Reason::Invalid.status(format!(
+                "audience {audience:?} is not allowed for {:?}; allowed: {}",
+                c.name,
+                c.audiences.join(", ")
+            )));
+        }
+        let ttl = if r.ttl_seconds == 0 { c.default_ttl } else { r.ttl_seconds };
+        if ttl > c.max_ttl {
+            return Err(Reason::Invalid.status(format!(
+                "requested TTL {ttl}s is above the max_ttl of {:?} ({}s); ask for less",
+                c.name, c.max_ttl
+            )));
+        }
+        let scope = if c.scopes.is_empty() {
+            None
+        } else {
+            match c.scopes.get(&action) {
+                Some(sc) => Some(sc.join(" ")),
+                None => {
+                    return Err(Reason::Invalid.status(format!(
+                        "credential {:?} defines no scopes for action {action:?}; it has scopes for: {}",
+                        c.name,
+                        c.scopes.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            }
+        };
+        if !w.allow.contains(&c.name) {
+            return Err(self
+                .deny(
+                    &host,
+                    &r,
+                    format!(
+                        "workload {:?} is not allowed credential {:?}; an admin can grant it with `leashctl workload add … --allow {}`",
+                        w.name, c.name, c.name
+                    ),
+                )
+                .await);
+        }
+
+        let lease_id = crate::random_id("l", 10);
+        let task = (!r.task.is_empty()).then(|| r.task.clone());
+        let obo = (!r.on_behalf_of.is_empty()).then(|| r.on_behalf_of.clone());
+        let claims = Claims {
+            iss: s.config.issuer.clone(),
+            sub: format!("spiffe://{}/{}", s.config.trust_domain, w.name),
+            aud: audience.clone(),
+            exp: now + i64::from(ttl),
+            iat: now,
+            nbf: now,
+            jti: lease_id.clone(),
+            scope,
+            obo: obo.clone(),
+            leash: LeashClaim {
+                host: host.name.clone(),
+                action: action.clone(),
+                owner: w.owner.clone(),
+                task: task.clone(),
+            },
+        };
+        let token = issuer::sign(&s.keys, &claims).map_err(|e| Reason::Unavailable.status(e.to_string()))?;
+        let fingerprint = issuer::fingerprint(&token);
+        let lease = Lease {
+            id: lease_id.clone(),
+            workload: w.name.clone(),
+            credential: c.name.clone(),
+            action: action.clone(),
+            audience: audience.clone(),
+            host: host.name.clone(),
+            task,
+            on_behalf_of: obo,
+            context: serde_json::json!({
+                "ttl_seconds": ttl,
+                "attested": {
+                    "uid": attested.uid, "user": attested.user,
+                    "exe_path": attested.exe_path, "sha256": attested.exe_sha256,
+                },
+            }),
+            policy_version: 0,
+            issued_at: now,
+            expires_at: claims.exp,
+            seq: 0,
+            state: LeaseState::Active,
+            reason: None,
+            fingerprint: fingerprint.clone(),
+        };
+        let event = Event::new("issued")
+            .actor(host.name.clone())
+            .host(host.name.clone())
+            .workload(w.name.clone())
+            .credential(c.name.clone())
+            .lease(lease_id.clone())
+            .detail(serde_json::json!({
+                "action": action, "audience": audience, "ttl_seconds": ttl,
+                "fingerprint": fingerprint, "pid": attested.pid,
+            }));
+        let seq = match s.store.issue_lease(lease, event).await {
+            Ok(seq) => seq,
+            Err(crate::store::StoreError::Refused(m)) => return Err(self.deny(&host, &r, m).await),
+            Err(e) => return Err(store_status(e)),
+        };
+        tracing::info!(host = %host.name, workload = %w.name, credential = %c.name, lease = %lease_id, %fingerprint, "issued");
+        Ok(Response::new(v1::IssueResponse {
+            token,
+            expires_at_unix: claims.exp,
+            lease_id,
+            seq,
+            issued_at_unix: now,
+            action,
+            audience,
+        }))
+    }
+
+    async fn introspect(&self, req: Request<v1::IntrospectRequest>) -> Result<Response<v1::IntrospectResponse>, Status> {
+        self.host(&req)?;
+        Ok(Response::new(crate::revocation::introspect(&self.s, &req.into_inner().token)))
+    }
+
+    async fn complete_task(
+        &self,
+        req: Request<v1::CompleteTaskRequest>,
+    ) -> Result<Response<v1::CompleteTaskResponse>, Status> {
+        let host = self.host(&req)?;
+        let r = req.into_inner();
+        // Only this host's leases of this task.
+        let ids: Vec<String> = r
+            .lease_ids
+            .into_iter()
+            .filter(|id| {
+                matches!(self.s.store.lease(id), Ok(Some(l)) if l.host == host.name && l.task.as_deref() == Some(r.task.as_str()))
+            })
+            .collect();
+        let done = self
+            .s
+            .store
+            .finish_leases(ids, LeaseState::Completed, format!("task {} ended", r.task))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(v1::CompleteTaskResponse {
+            completed: done.len() as u32,
+        }))
+    }
+}
+
+/// Drive one Sync stream until either side goes away.
+async fn run_sync(
+    s: &Shared,
+    host: &Host,
+    conn: u64,
+    last_seq: u64,
+    inbound: &mut Streaming<v1::AgentMessage>,
+    tx: &mpsc::Sender<Result<v1::ControlMessage, Status>>,
+) -> Result<(), String> {
+    use tokio::sync::broadcast::error::RecvError;
+    use v1::control_message::Msg;
+
+    let send = |m: v1::ControlMessage| async move { tx.send(Ok(m)).await.map_err(|_| "agent went away".to_string()) };
+    // Subscribe before reading the log, so nothing committed in between is missed.
+    let mut changes = s.store.subscribe_changes();
+    let mut sent = match s.store.changes_since(last_seq).map_err(|e| e.to_string())? {
+        Some(backlog) if last_seq > 0 => {
+            let mut sent = last_seq;
+            for c in &backlog {
+                if let Some(m) = messages_for(host, c) {
+                    send(m).await?;
+                }
+                sent = c.seq();
+            }
+            sent.max(last_seq)
+        }
+        _ => {
+            // Fresh agent, or the log was compacted past it: a full snapshot.
+            let seq = s.store.current_seq();
+            let workloads = s
+                .store
+                .workloads()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .filter(|w| hosts_match(&w.hosts, &host.labels))
+                .map(|w| v1::WorkloadEntry { seq, workload: Some(workload_proto(w)) })
+                .collect();
+            send(v1::ControlMessage {
+                msg: Some(Msg::Snapshot(v1::Snapshot {
+                    seq,
+                    workloads,
+                    revocations: Vec::new(),
+                })),
+            })
+            .await?;
+            seq
+        }
+    };
+    let max_offline = s.config.max_offline.as_secs() as u32;
+    send(v1::ControlMessage {
+        msg: Some(Msg::CaughtUp(v1::CaughtUp {
+            seq: sent,
+            max_offline_secs: max_offline,
+        })),
+    })
+    .await?;
+    if let Ok(Some(h)) = s.store.host(&host.name) {
+        if h.evicted {
+            send(v1::ControlMessage {
+                msg: Some(Msg::Evicted(v1::Evicted {
+                    seq: sent,
+                    reason: "host evicted".into(),
+                })),
+            })
+            .await?;
+            return Err("host is evicted".into());
+        }
+    }
+
+    let mut heartbeat = tokio::time::interval(s.config.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Ok(c) => {
+                    if c.seq() <= sent { continue; }
+                    if let Some(m) = messages_for(host, &c) {
+                        send(m).await?;
+                    }
+                    sent = c.seq();
+                    if matches!(&c, Change::HostEvicted { name, .. } if name == &host.name) {
+                        return Err("host evicted".into());
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Fell behind the broadcast: replay from the durable log instead.
+                    let backlog = s.store.changes_since(sent).map_err(|e| e.to_string())?
+                        .ok_or("fell too far behind the change log")?;
+                    for c in backlog {
+                        if let Some(m) = messages_for(host, &c) { send(m).await?; }
+                        sent = c.seq();
+                    }
+                }
+                Err(RecvError::Closed) => return Err("shutting down".into()),
+            },
+            _ = heartbeat.tick() => {
+                send(v1::ControlMessage { msg: Some(Msg::Heartbeat(v1::Heartbeat {
+                    seq: sent,
+                    now_unix_ms: s.clock.now_ms(),
+                    max_offline_secs: max_offline,
+                }))}).await?;
+            }
+            msg = inbound.next() => match msg {
+                None => return Err("agent closed the stream".into()),
+                Some(Err(e)) => return Err(format!("agent stream error: {}", e.message())),
+                Some(Ok(m)) => handle_agent_message(s, host, conn, m).await,
+            },
+        }
+    }
+}
+
+async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMessage) {
+    use v1::agent_message::Msg;
+    let now = s.clock.now_ms();
+    match m.msg {
+        Some(Msg::Ack(a)) => s.hub.seen(&host.name, conn, now, Some(a.seq)),
+        Some(Msg::WipeAck(a)) => {
+            s.hub.wipe_acked(&host.name, conn, now, a.seq, a.wiped);
+            let e = Event::new("wiped")
+                .actor(host.name.clone())
+                .host(host.name.clone())
+                .detail(serde_json::json!({ "seq": a.seq, "count": a.wiped }));
+            if let Err(err) = s.store.append_events(vec![e]).await {
+                tracing::warn!(error = %err, "could not record a wiped event");
+            }
+        }
+        Some(Msg::Usage(u)) => {
+            s.hub.seen(&host.name, conn, now, None);
+            let events = u
+                .leases
+                .into_iter()
+                .take(10_000)
+                .map(|l| {
+                    Event::new("served")
+                        .host(host.name.clone())
+                        .actor(host.name.clone())
+                        .lease(l.lease_id)
+                        .detail(serde_json::json!({
+                            "count": l.count,
+                            "first_pid": l.first_pid, "first_exe": l.first_exe,
+                            "last_pid": l.last_pid, "last_exe": l.last_exe,
+                            "first_ms": l.first_unix_ms, "last_ms": l.last_unix_ms,
+                        }))
+                })
+                .collect();
+            if let Err(err) = s.store.append_events(events).await {
+                tracing::warn!(error = %err, "could not record usage");
+            }
+        }
+        Some(Msg::Hello(_)) | None => s.hub.seen(&host.name, conn, now, None),
+    }
+}
+
+/// Labels an agent asked for must narrow the token's, never add to them.
+pub fn narrow_labels(
+    bound: &BTreeMap<String, String>,
+    asked: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    if asked.is_empty() {
+        return Ok(bound.clone());
+    }
+    for (k, v) in asked {
+        if bound.get(k) != Some(v) {
+            return Err(format!(
+                "label {k}={v} is not bound in the join token; an agent may only narrow the token's labels"
+            ));
+        }
+    }
+    Ok(asked.clone())
+}
+
+/// Give tonic a moment between heartbeats on idle connections (HTTP/2 keepalive).
+pub const KEEPALIVE: Duration = Duration::from_secs(20);

@@ -1,0 +1,133 @@
+//! Which agents are connected right now, and what they have acknowledged.
+//!
+//! In memory only: a restarted control plane learns it again as agents reconnect. The
+//! durable truth (hosts, revocations) is in the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+/// A wipe acknowledgment as the admin side sees it.
+#[derive(Debug, Clone)]
+pub struct WipeAck {
+    /// Host that wiped.
+    pub host: String,
+    /// Revocation sequence number.
+    pub seq: u64,
+    /// Credentials it wiped.
+    pub wiped: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    id: u64,
+    last_seen_ms: i64,
+    acked_seq: u64,
+    /// Revocation seqs this connection has wipe-acknowledged (highest seen).
+    wipe_acked_seq: u64,
+}
+
+/// Live connection registry.
+#[derive(Debug)]
+pub struct Hub {
+    conns: Mutex<HashMap<String, Conn>>,
+    next_id: AtomicU64,
+    acks: broadcast::Sender<WipeAck>,
+}
+
+/// Snapshot of one host's connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// Unix ms of the last message or heartbeat ack.
+    pub last_seen_ms: i64,
+    /// Highest sequence the agent acknowledged.
+    pub acked_seq: u64,
+    /// Highest revocation it wipe-acknowledged.
+    pub wipe_acked_seq: u64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            acks: broadcast::channel(65536).0,
+        }
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Conn>> {
+        // A panic while holding this lock cannot leave the map inconsistent (plain
+        // inserts and field updates), so recover from poisoning.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a new stream for `host`; a newer stream replaces an older one.
+    pub fn connect(&self, host: &str, now_ms: i64, resumed_from: u64) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(
+            host.to_string(),
+            Conn {
+                id,
+                last_seen_ms: now_ms,
+                // Resuming from a sequence means everything up to it was applied.
+                acked_seq: resumed_from,
+                wipe_acked_seq: 0,
+            },
+        );
+        id
+    }
+
+    /// Forget a stream (only if it is still the current one for the host).
+    pub fn disconnect(&self, host: &str, id: u64) {
+        let mut m = self.lock();
+        if m.get(host).map(|c| c.id) == Some(id) {
+            m.remove(host);
+        }
+    }
+
+    /// Record liveness and an ack.
+    pub fn seen(&self, host: &str, id: u64, now_ms: i64, acked: Option<u64>) {
+        if let Some(c) = self.lock().get_mut(host).filter(|c| c.id == id) {
+            c.last_seen_ms = now_ms;
+            if let Some(s) = acked {
+                c.acked_seq = c.acked_seq.max(s);
+            }
+        }
+    }
+
+    /// Record a wipe acknowledgment and tell waiters.
+    pub fn wipe_acked(&self, host: &str, id: u64, now_ms: i64, seq: u64, wiped: u32) {
+        if let Some(c) = self.lock().get_mut(host).filter(|c| c.id == id) {
+            c.last_seen_ms = now_ms;
+            c.wipe_acked_seq = c.wipe_acked_seq.max(seq);
+        }
+        let _ = self.acks.send(WipeAck {
+            host: host.to_string(),
+            seq,
+            wiped,
+        });
+    }
+
+    /// The connection of `host`, if connected.
+    pub fn info(&self, host: &str) -> Option<ConnInfo> {
+        self.lock().get(host).map(|c| ConnInfo {
+            last_seen_ms: c.last_seen_ms,
+            acked_seq: c.acked_seq,
+            wipe_acked_seq: c.wipe_acked_seq,
+        })
+    }
+
+    /// Subscribe to wipe acknowledgments.
+    pub fn subscribe_acks(&self) -> broadcast::Receiver<WipeAck> {
+        self.acks.subscribe()
+    }
+
+    /// Number of connected agents.
+    pub fn connected(&self) -> usize {
+        self.lock().len()
+    }
+}

@@ -1,0 +1,128 @@
+//! JWT issuance: the claims DESIGN.md fixes, signed ES256 with a `kid`, and the
+//! introspection answer for a presented token.
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::Keys;
+use crate::model::Lease;
+
+/// The `leash` claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeashClaim {
+    /// Host name.
+    pub host: String,
+    /// Action class.
+    pub action: String,
+    /// Workload owner.
+    pub owner: String,
+    /// Task id, only inside a task.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub task: Option<String>,
+}
+
+/// Token claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Workload SPIFFE ID.
+    pub sub: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry (unix s).
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Lease id.
+    pub jti: String,
+    /// Space-separated scopes for the action, when the credential defines them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scope: Option<String>,
+    /// Principal a shared agent acts for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub obo: Option<String>,
+    /// Leash context.
+    pub leash: LeashClaim,
+}
+
+/// Signing failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// jsonwebtoken refused (should not happen with our own key).
+    #[error("signing failed: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Sign `claims` with the current key.
+pub fn sign(keys: &Keys, claims: &Claims) -> Result<String, IssueError> {
+    let key = keys.signing_key();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(key.kid.clone());
+    header.typ = Some("JWT".into());
+    Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
+}
+
+/// Short SHA-256 fingerprint of a token (safe to log).
+pub fn fingerprint(token: &str) -> String {
+    hex::encode(&ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref()[..6])
+}
+
+/// Verify a token's signature against our keys and return its claims; expiry is not
+/// checked here (introspection reports it).
+pub fn verify(keys: &Keys, token: &str) -> Option<Claims> {
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    let key = keys.jwt.iter().find(|k| Some(&k.kid) == header.kid.as_ref())?;
+    let decoding = jsonwebtoken::DecodingKey::from_ec_components(
+        &base64_url(&key.public[1..33]),
+        &base64_url(&key.public[33..65]),
+    )
+    .ok()?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.validate_nbf = false;
+    v.required_spec_claims.clear();
+    jsonwebtoken::decode::<Claims>(token, &decoding, &v).ok().map(|d| d.claims)
+}
+
+fn base64_url(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// RFC 7662 answer for a token, given the lease it names (if any).
+pub fn introspection(claims: Option<&Claims>, lease: Option<&Lease>, now: i64) -> serde_json::Value {
+    let (Some(c), Some(l)) = (claims, lease) else {
+        return serde_json::json!({ "active": false });
+    };
+    let state = if l.state == crate::model::LeaseState::Active && l.expires_at <= now {
+        "expired"
+    } else {
+        l.state.as_str()
+    };
+    let active = state == "active";
+    let mut doc = serde_json::json!({
+        "active": active,
+        "sub": c.sub,
+        "aud": c.aud,
+        "exp": c.exp,
+        "iat": c.iat,
+        "iss": c.iss,
+        "jti": c.jti,
+        "token_type": "Bearer",
+        "state": state,
+    });
+    if let Some(s) = &c.scope {
+        doc["scope"] = s.clone().into();
+    }
+    if let Some(o) = &c.obo {
+        doc["obo"] = o.clone().into();
+    }
+    if let Some(r) = &l.reason {
+        doc["reason"] = r.clone().into();
+    }
+    doc
+}

@@ -1,0 +1,412 @@
+//! Key material: the master key, the CA, the JWT signing keys, host certificates and the
+//! control plane's own serving certificate.
+//!
+//! The CA key and the JWT signing keys are created on first start and stored in the
+//! database only encrypted (AES-256-GCM) under a master key that lives outside it: a
+//! 0600 key file in the data directory, or `$LEASH_MASTER_KEY` (64 hex digits). The
+//! serving key is made fresh at every start and never written anywhere.
+//!
+//! One crypto provider everywhere: `ring` (rustls, rcgen, jsonwebtoken and the AEAD).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use zeroize::Zeroizing;
+
+use crate::store::Storage;
+
+/// Environment variable that may hold the master key.
+pub const MASTER_KEY_ENV: &str = "LEASH_MASTER_KEY";
+const MASTER_KEY_FILE: &str = "master.key";
+
+/// Key-handling failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The master key file or variable is unusable.
+    #[error("master key: {0}")]
+    MasterKey(String),
+    /// A stored key does not decrypt: wrong master key, or tampering.
+    #[error("cannot decrypt stored {0}: the master key does not match this data directory (or the data was altered)")]
+    Decrypt(String),
+    /// Certificate generation or parsing failed.
+    #[error("certificate: {0}")]
+    Cert(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// I/O on the key file.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<rcgen::Error> for KeyError {
+    fn from(e: rcgen::Error) -> Self {
+        KeyError::Cert(e.to_string())
+    }
+}
+
+/// The master key; zeroized on drop.
+pub struct MasterKey(LessSafeKey);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+impl MasterKey {
+    /// Load from `$LEASH_MASTER_KEY`, else from `<data_dir>/master.key`, creating the file
+    /// (0600) on first start.
+    pub fn load_or_create(data_dir: &Path) -> Result<MasterKey, KeyError> {
+        let bytes: Zeroizing<Vec<u8>> = if let Ok(hexkey) = std::env::var(MASTER_KEY_ENV) {
+            Zeroizing::new(hex::decode(hexkey.trim()).map_err(|_| {
+                KeyError::MasterKey(format!("${MASTER_KEY_ENV} must be 64 hex digits"))
+            })?)
+        } else {
+            let path = data_dir.join(MASTER_KEY_FILE);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
+                    KeyError::MasterKey(format!("{} must hold 64 hex digits", path.display()))
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let mut k = Zeroizing::new(vec![0u8; 32]);
+                    SystemRandom::new()
+                        .fill(&mut k)
+                        .map_err(|_| KeyError::MasterKey("no randomness".into()))?;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)?;
+                    f.write_all(Zeroizing::new(hex::encode(&*k)).as_bytes())?;
+                    f.sync_all()?;
+                    k
+                }
+                Err(e) => return Err(KeyError::MasterKey(format!("cannot read {}: {e}", path.display()))),
+            }
+        };
+        if bytes.len() != 32 {
+            return Err(KeyError::MasterKey("the key must be 32 bytes (64 hex digits)".into()));
+        }
+        let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| KeyError::MasterKey("bad key".into()))?;
+        Ok(MasterKey(LessSafeKey::new(key)))
+    }
+
+    fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut nonce = [0u8; 12];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| KeyError::MasterKey("no randomness".into()))?;
+        let mut buf = plain.to_vec();
+        self.0
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(name.as_bytes()), &mut buf)
+            .map_err(|_| KeyError::MasterKey("encryption failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(out)
+    }
+
+    fn open(&self, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        if sealed.len() < 12 + 16 {
+            return Err(KeyError::Decrypt(name.into()));
+        }
+        let (nonce, ct) = sealed.split_at(12);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Decrypt(name.into()))?;
+        let mut buf = Zeroizing::new(ct.to_vec());
+        let plain_len = self
+            .0
+            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut buf)
+            .map_err(|_| KeyError::Decrypt(name.into()))?
+            .len();
+        buf.truncate(plain_len);
+        Ok(buf)
+    }
+}
+
+/// Read an encrypted blob, or create it with `make` and store it encrypted.
+async fn sealed_blob(
+    store: &dyn Storage,
+    master: &MasterKey,
+    name: &str,
+    make: impl FnOnce() -> Result<Zeroizing<Vec<u8>>, KeyError>,
+) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    if let Some(sealed) = store.blob(name)? {
+        return master.open(name, &sealed);
+    }
+    let plain = make()?;
+    store.put_blob(name, master.seal(name, &plain)?).await?;
+    Ok(plain)
+}
+
+/// An ES256 signing key with its `kid`.
+pub struct JwtKey {
+    /// Key id, in every token header.
+    pub kid: String,
+    /// For jsonwebtoken.
+    pub encoding: jsonwebtoken::EncodingKey,
+    /// Uncompressed public point (0x04 || x || y).
+    pub public: Vec<u8>,
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl JwtKey {
+    fn from_pkcs8(pkcs8: &[u8]) -> Result<JwtKey, KeyError> {
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &SystemRandom::new())
+            .map_err(|_| KeyError::Decrypt("JWT signing key".into()))?;
+        let public = pair.public_key().as_ref().to_vec();
+        let kid = hex::encode(&ring::digest::digest(&ring::digest::SHA256, &public).as_ref()[..8]);
+        Ok(JwtKey {
+            kid,
+            encoding: jsonwebtoken::EncodingKey::from_ec_der(pkcs8),
+            public,
+        })
+    }
+
+    /// This key as a JWK.
+    pub fn jwk(&self) -> serde_json::Value {
+        let (x, y) = self.public[1..].split_at(32);
+        serde_json::json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "alg": "ES256",
+            "use": "sig",
+            "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(x),
+            "y": URL_SAFE_NO_PAD.encode(y),
+        })
+    }
+}
+
+/// All key material the control plane holds in memory.
+pub struct Keys {
+    ca_key: KeyPair,
+    ca_params: CertificateParams,
+    /// The CA certificate, DER.
+    pub ca_der: CertificateDer<'static>,
+    /// `sha256:<hex>` of the CA's SubjectPublicKeyInfo; what join tokens carry.
+    pub ca_pin: String,
+    /// Signing keys; the first signs, all are published.
+    pub jwt: Vec<JwtKey>,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("ca_pin", &self.ca_pin)
+            .field("jwt", &self.jwt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pin of a certificate: `sha256:` + hex of its SubjectPublicKeyInfo.
+pub fn spki_pin(cert_der: &[u8]) -> Result<String, KeyError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| KeyError::Cert(e.to_string()))?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    Ok(format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, spki))))
+}
+
+/// Serial number (hex) of a certificate.
+pub fn cert_serial(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(hex::encode(cert.tbs_certificate.raw_serial()))
+}
+
+fn random_serial() -> Result<SerialNumber, KeyError> {
+    let mut s = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut s)
+        .map_err(|_| KeyError::Cert("no randomness".into()))?;
+    s[0] &= 0x7f; // positive
+    s[0] |= 0x01; // no leading zero byte, so the hex form is stable
+    Ok(SerialNumber::from_slice(&s))
+}
+
+fn ca_params(trust_domain: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Leash");
+    dn.push(DnType::CommonName, format!("Leash CA {trust_domain}"));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p
+}
+
+impl Keys {
+    /// Load the keys from the store, creating them on first start.
+    pub async fn load_or_create(store: &dyn Storage, master: &MasterKey, trust_domain: &str) -> Result<Keys, KeyError> {
+        let ca_pkcs8 = sealed_blob(store, master, "ca-key", || {
+            Ok(Zeroizing::new(KeyPair::generate()?.serialize_der()))
+        })
+        .await?;
+        let ca_key = KeyPair::try_from(ca_pkcs8.as_slice())?;
+        let ca_der = match store.blob("ca-cert")? {
+            Some(der) => CertificateDer::from(der),
+            None => {
+                let mut p = ca_params(trust_domain);
+                let now = time_now();
+                p.not_before = now - time::Duration::minutes(5);
+                p.not_after = now + time::Duration::days(3650);
+                p.serial_number = Some(random_serial()?);
+                let cert = p.self_signed(&ca_key)?;
+                store.put_blob("ca-cert", cert.der().to_vec()).await?;
+                cert.der().clone()
+            }
+        };
+        let jwt_pkcs8 = sealed_blob(store, master, "jwt-key-1", || {
+            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| KeyError::Cert("cannot generate the JWT key".into()))?;
+            Ok(Zeroizing::new(doc.as_ref().to_vec()))
+        })
+        .await?;
+        let jwt = vec![JwtKey::from_pkcs8(&jwt_pkcs8)?];
+        let ca_pin = spki_pin(&ca_der)?;
+        Ok(Keys {
+            ca_key,
+            ca_params: ca_params(trust_domain),
+            ca_der,
+            ca_pin,
+            jwt,
+            trust_domain: trust_domain.to_string(),
+        })
+    }
+
+    /// The JWKS document.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": self.jwt.iter().map(JwtKey::jwk).collect::<Vec<_>>() })
+    }
+
+    /// The key that signs new tokens.
+    pub fn signing_key(&self) -> &JwtKey {
+        &self.jwt[0]
+    }
+
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::from_params(&self.ca_params, &self.ca_key)
+    }
+
+    /// Sign a host certificate for the key in `csr_der`. Only the CSR's public key is
+    /// used; names, usages and lifetime are ours.
+    pub fn sign_host_cert(
+        &self,
+        csr_der: &[u8],
+        host: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(CertificateDer<'static>, String, i64), KeyError> {
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .map_err(|e| KeyError::Cert(format!("invalid CSR: {e}")))?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host);
+        p.distinguished_name = dn;
+        let uri = format!("spiffe://{}/leash/host/{}", self.trust_domain, host);
+        p.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time_now();
+        p.not_before = now - time::Duration::minutes(5);
+        let not_after = now + time::Duration::seconds(ttl.as_secs() as i64);
+        p.not_after = not_after;
+        let serial = random_serial()?;
+        p.serial_number = Some(serial.clone());
+        let cert = p.signed_by(&csr.public_key, &self.issuer())?;
+        Ok((cert.der().clone(), hex::encode(serial.as_ref()), not_after.unix_timestamp()))
+    }
+
+    /// A fresh serving certificate and key for the control plane, with the URI SAN
+    /// `spiffe://<td>/leash/control-plane`. Never written to disk.
+    pub fn serving_cert(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), KeyError> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "leash-control-plane");
+        p.distinguished_name = dn;
+        let uri = format!("spiffe://{}/leash/control-plane", self.trust_domain);
+        p.subject_alt_names = vec![
+            SanType::URI(uri.try_into()?),
+            SanType::DnsName("localhost".try_into()?),
+        ];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time_now();
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::days(365);
+        p.serial_number = Some(random_serial()?);
+        let cert = p.signed_by(&key, &self.issuer())?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((vec![cert.der().clone(), self.ca_der.clone()], key_der))
+    }
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Shared handle.
+pub type SharedKeys = Arc<Keys>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    #[tokio::test]
+    async fn keys_persist_encrypted_and_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("store");
+        let master = MasterKey::load_or_create(dir.path()).expect("master");
+        let k1 = Keys::load_or_create(&*store, &master, "td.example").await.expect("keys");
+        let k2 = Keys::load_or_create(&*store, &master, "td.example").await.expect("keys again");
+        assert_eq!(k1.ca_pin, k2.ca_pin);
+        assert_eq!(k1.signing_key().kid, k2.signing_key().kid);
+        // The stored CA key is not the plain PKCS#8.
+        let sealed = store.blob("ca-key").expect("blob").expect("present");
+        assert!(master.open("jwt-key-1", &sealed).is_err(), "AAD binds the name");
+        let mode = std::fs::metadata(dir.path().join("master.key")).expect("file");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        let jwks = k1.jwks();
+        assert_eq!(jwks["keys"][0]["kid"], serde_json::json!(k1.signing_key().kid));
+    }
+
+    #[tokio::test]
+    async fn host_cert_has_our_names_not_the_csr_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("store");
+        let master = MasterKey::load_or_create(dir.path()).expect("master");
+        let k = Keys::load_or_create(&*store, &master, "td").await.expect("keys");
+        let host_key = KeyPair::generate().expect("key");
+        let csr = CertificateParams::new(vec!["evil.example".to_string()])
+            .expect("params")
+            .serialize_request(&host_key)
+            .expect("csr");
+        let (der, serial, _) = k
+            .sign_host_cert(csr.der(), "runner-1", std::time::Duration::from_secs(3600))
+            .expect("signed");
+        assert_eq!(cert_serial(&der).as_deref(), Some(serial.as_str()));
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let san = format!("{:?}", cert.subject_alternative_name().expect("ext"));
+        assert!(san.contains("spiffe://td/leash/host/runner-1"), "{san}");
+        assert!(!san.contains("evil.example"), "{san}");
+        assert!(k.sign_host_cert(b"garbage", "x", std::time::Duration::from_secs(60)).is_err());
+    }
+}

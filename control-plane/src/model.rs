@@ -1,0 +1,454 @@
+//! The records the control plane keeps, as stored (serde JSON in sled) and as validated
+//! from admin input. Nothing here holds an issued token: leases keep a fingerprint only.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Workload kinds.
+pub const WORKLOAD_KINDS: &[&str] = &["service", "job", "agent", "shared-agent", "sandbox"];
+
+/// Selector kinds that carry the security boundary; every workload needs one of them.
+pub const ID_SELECTOR_KINDS: &[&str] = &["uid", "user", "gid", "group"];
+
+/// Selector kinds the agent can observe.
+pub const SELECTOR_KINDS: &[&str] = &["uid", "user", "gid", "group", "path", "sha256"];
+
+/// A non-human identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// Path-like name, e.g. `ci/deploy-web`.
+    pub name: String,
+    /// Accountable team or person.
+    pub owner: String,
+    /// One of [`WORKLOAD_KINDS`].
+    pub kind: String,
+    /// `unix:uid:1001` …; all must be among the caller's.
+    pub selectors: Vec<String>,
+    /// Host-label selector; empty means every host.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, String>,
+    /// Credentials this workload may get (interim authorisation).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Unix seconds after which it gets nothing; 0 for never.
+    #[serde(default)]
+    pub expires_at: i64,
+    /// Disabled workloads get no new credentials.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// What can be issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// Name, e.g. `deploy-api`.
+    pub name: String,
+    /// `jwt` (others later).
+    pub kind: String,
+    /// Allowed audiences; the first is the default.
+    pub audiences: Vec<String>,
+    /// Seconds.
+    pub default_ttl: u32,
+    /// Seconds.
+    pub max_ttl: u32,
+    /// Action used when a request names none.
+    pub default_action: String,
+    /// action -> scopes.
+    #[serde(default)]
+    pub scopes: BTreeMap<String, Vec<String>>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// An enrolled machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// Unique, never reused.
+    pub name: String,
+    /// Labels bound at enrollment.
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub enrolled_at: i64,
+    /// Unix seconds of the last call or heartbeat ack we recorded.
+    pub last_seen: i64,
+    /// Evicted hosts are refused from then on.
+    #[serde(default)]
+    pub evicted: bool,
+    /// Serial (hex) of the current certificate.
+    pub cert_serial: String,
+    /// Unix seconds.
+    pub cert_not_after: i64,
+}
+
+/// A join token as stored: only the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    /// Public id.
+    pub id: String,
+    /// SHA-256 of the secret, hex.
+    pub secret_sha256: String,
+    /// Bound host name, if any.
+    pub name: Option<String>,
+    /// Bound labels.
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The host that used it, once used.
+    pub used_by: Option<String>,
+    /// Revoked by an admin.
+    pub revoked: bool,
+}
+
+impl JoinTokenRecord {
+    /// `active`, `used`, `revoked` or `expired`.
+    pub fn state(&self, now: i64) -> &'static str {
+        if self.used_by.is_some() {
+            "used"
+        } else if self.revoked {
+            "revoked"
+        } else if now >= self.expires_at {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// Lease states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    /// Issued and not yet taken back.
+    Active,
+    /// Taken back by an admin, a disable, a policy change or an eviction.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Its task ended.
+    Completed,
+}
+
+impl LeaseState {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Active => "active",
+            LeaseState::Revoked => "revoked",
+            LeaseState::Expired => "expired",
+            LeaseState::Completed => "completed",
+        }
+    }
+}
+
+/// One issued credential. The token itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Also the token's `jti`.
+    pub id: String,
+    /// Workload name.
+    pub workload: String,
+    /// Credential name.
+    pub credential: String,
+    /// Action class.
+    pub action: String,
+    /// `aud`.
+    pub audience: String,
+    /// Host name.
+    pub host: String,
+    /// Task id, when issued inside one.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Principal a shared agent acts for.
+    #[serde(default)]
+    pub on_behalf_of: Option<String>,
+    /// The request context it was issued under (for re-evaluation).
+    #[serde(default)]
+    pub context: serde_json::Value,
+    /// Policy version at issue.
+    #[serde(default)]
+    pub policy_version: u64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The control plane's sequence number at issue.
+    pub seq: u64,
+    /// State.
+    pub state: LeaseState,
+    /// Why it left `active`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// First 12 hex of SHA-256 of the token: safe to show.
+    pub fingerprint: String,
+}
+
+/// What a revocation covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationTarget {
+    /// One lease.
+    Lease(String),
+    /// Every lease of a workload.
+    Workload(String),
+    /// Every lease of a credential.
+    Credential(String),
+    /// Every lease of every workload of an owner.
+    Owner(String),
+    /// Every lease on a host.
+    Host(String),
+    /// Everything.
+    All,
+    /// Every lease of a task.
+    Task(String),
+}
+
+impl RevocationTarget {
+    /// `kind=value` for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            RevocationTarget::Lease(v) => format!("lease {v}"),
+            RevocationTarget::Workload(v) => format!("workload {v}"),
+            RevocationTarget::Credential(v) => format!("credential {v}"),
+            RevocationTarget::Owner(v) => format!("owner {v}"),
+            RevocationTarget::Host(v) => format!("host {v}"),
+            RevocationTarget::All => "everything".into(),
+            RevocationTarget::Task(v) => format!("task {v}"),
+        }
+    }
+
+    /// Whether a lease (with its workload's owner) falls under this target.
+    pub fn covers(&self, lease: &Lease, owner: Option<&str>) -> bool {
+        match self {
+            RevocationTarget::Lease(id) => &lease.id == id,
+            RevocationTarget::Workload(w) => &lease.workload == w,
+            RevocationTarget::Credential(c) => &lease.credential == c,
+            RevocationTarget::Owner(o) => owner == Some(o.as_str()),
+            RevocationTarget::Host(h) => &lease.host == h,
+            RevocationTarget::All => true,
+            RevocationTarget::Task(t) => lease.task.as_deref() == Some(t.as_str()),
+        }
+    }
+}
+
+/// A durable revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Its sequence number.
+    pub seq: u64,
+    /// What it covers.
+    pub target: RevocationTarget,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+    /// Unix ms.
+    pub at_ms: i64,
+    /// Leases it moved out of `active`.
+    pub lease_ids: Vec<String>,
+    /// Hosts that may hold one of them (the ones to wait for).
+    pub hosts: Vec<String>,
+}
+
+/// One entry of the change log that Sync streams replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Change {
+    /// A workload was added or changed.
+    WorkloadPut {
+        /// Its sequence number.
+        seq: u64,
+        /// The new record.
+        workload: Workload,
+    },
+    /// A workload was removed.
+    WorkloadRemoved {
+        /// Its sequence number.
+        seq: u64,
+        /// Its name.
+        name: String,
+    },
+    /// Credentials were taken back.
+    Revoked {
+        /// The revocation (its own `seq`).
+        revocation: Revocation,
+    },
+    /// A host was evicted.
+    HostEvicted {
+        /// Its sequence number.
+        seq: u64,
+        /// The host.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Change {
+    /// The sequence number of this change.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Change::WorkloadPut { seq, .. }
+            | Change::WorkloadRemoved { seq, .. }
+            | Change::HostEvicted { seq, .. } => *seq,
+            Change::Revoked { revocation } => revocation.seq,
+        }
+    }
+}
+
+/// An audit event. Secrets never appear here; a short fingerprint may.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the audit log (assigned by the store).
+    #[serde(default)]
+    pub id: u64,
+    /// Unix ms.
+    pub at_ms: i64,
+    /// `issued`, `denied`, `enrolled`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Who caused it (admin name, host, or `control-plane`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Host concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Workload concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Credential concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Lease concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// Why (denials, revocations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Anything else worth recording (never a secret).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null", default)]
+    pub detail: serde_json::Value,
+}
+
+impl Event {
+    /// A new event of `kind` now.
+    pub fn new(kind: &str) -> Event {
+        Event {
+            id: 0,
+            at_ms: crate::clock::now_ms(),
+            kind: kind.to_string(),
+            actor: None,
+            host: None,
+            workload: None,
+            credential: None,
+            lease: None,
+            reason: None,
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    /// Builder: actor.
+    pub fn actor(mut self, v: impl Into<String>) -> Self {
+        self.actor = Some(v.into());
+        self
+    }
+    /// Builder: host.
+    pub fn host(mut self, v: impl Into<String>) -> Self {
+        self.host = Some(v.into());
+        self
+    }
+    /// Builder: workload.
+    pub fn workload(mut self, v: impl Into<String>) -> Self {
+        self.workload = Some(v.into());
+        self
+    }
+    /// Builder: credential.
+    pub fn credential(mut self, v: impl Into<String>) -> Self {
+        self.credential = Some(v.into());
+        self
+    }
+    /// Builder: lease.
+    pub fn lease(mut self, v: impl Into<String>) -> Self {
+        self.lease = Some(v.into());
+        self
+    }
+    /// Builder: reason.
+    pub fn reason(mut self, v: impl Into<String>) -> Self {
+        self.reason = Some(v.into());
+        self
+    }
+    /// Builder: detail.
+    pub fn detail(mut self, v: serde_json::Value) -> Self {
+        self.detail = v;
+        self
+    }
+}
+
+/// Validate a workload or credential name: path-like, `[a-z0-9._-]` segments joined by `/`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        })
+}
+
+/// Validate a selector such as `unix:uid:1001`; returns its kind.
+pub fn selector_kind(s: &str) -> Option<&'static str> {
+    let rest = s.strip_prefix("unix:")?;
+    let (kind, value) = rest.split_once(':')?;
+    let kind = SELECTOR_KINDS.iter().find(|k| **k == kind)?;
+    let ok = match *kind {
+        "uid" | "gid" => value.parse::<u32>().is_ok(),
+        "sha256" => value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()),
+        "path" => value.starts_with('/'),
+        _ => !value.is_empty(),
+    };
+    ok.then_some(*kind)
+}
+
+/// Whether a host's labels satisfy a workload's `hosts` selector.
+pub fn hosts_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("ci/deploy-web"));
+        assert!(!valid_name("ci//x"));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name("a b"));
+    }
+
+    #[test]
+    fn selectors() {
+        assert_eq!(selector_kind("unix:uid:1001"), Some("uid"));
+        assert_eq!(selector_kind("unix:uid:abc"), None);
+        assert_eq!(selector_kind("unix:path:/usr/bin/bash"), Some("path"));
+        assert_eq!(selector_kind("k8s:ns:x"), None);
+        assert_eq!(selector_kind(&format!("unix:sha256:{}", "a".repeat(64))), Some("sha256"));
+    }
+
+    #[test]
+    fn host_selector() {
+        let sel: BTreeMap<_, _> = [("role".to_string(), "ci".to_string())].into();
+        let mut labels = BTreeMap::new();
+        assert!(!hosts_match(&sel, &labels));
+        labels.insert("role".into(), "ci".into());
+        assert!(hosts_match(&sel, &labels));
+        assert!(hosts_match(&BTreeMap::new(), &labels));
+    }
+}

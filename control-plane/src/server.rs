@@ -1,0 +1,206 @@
+//! Wiring: open the store, load the keys, start the agent-facing mTLS listener and the
+//! admin Unix socket, and run until the shutdown future resolves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use leash_proto::reason::Reason;
+use leash_proto::v1::admin_server::AdminServer;
+use leash_proto::v1::control_plane_server::ControlPlaneServer;
+use leash_proto::MAX_MESSAGE_BYTES;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::keys::{Keys, MasterKey};
+use crate::store::{SledStore, Storage, StoreError};
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store: {0} (is another control plane running on this data directory?)")]
+    Store(#[from] StoreError),
+    /// Keys could not be loaded or created.
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin socket path is taken by something that is not a socket.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// The gRPC server failed.
+    #[error("server error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// State every service shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Resolved configuration.
+    pub config: Config,
+    /// Durable state.
+    pub store: Arc<dyn Storage>,
+    /// Key material.
+    pub keys: Arc<Keys>,
+    /// Time.
+    pub clock: Clock,
+    /// Connected agents.
+    pub hub: Hub,
+}
+
+/// Map a store error to a status with a reason.
+pub fn store_status(e: StoreError) -> tonic::Status {
+    match e {
+        StoreError::NotFound(m) => Reason::NotFound.status(m),
+        StoreError::Conflict(m) => Reason::Invalid.status(m),
+        StoreError::Refused(m) => Reason::Denied.status(m),
+        e => {
+            tracing::error!(error = %e, "store failure");
+            Reason::Unavailable.status(format!("the control plane's store failed: {e}"))
+        }
+    }
+}
+
+/// Create `dir` (0700) if missing.
+fn prepare_dir(dir: &Path, mode: u32) -> Result<(), ServerError> {
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+    Ok(())
+}
+
+/// Remove a stale socket file, but only if it really is a socket.
+pub fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            let _ = std::fs::remove_file(path);
+            Ok(())
+        }
+        Ok(_) => Err(ServerError::NotASocket(path.to_path_buf())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// What a started server tells its caller.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// Actual agent-facing address (port 0 resolved).
+    pub listen: SocketAddr,
+    /// Admin socket path.
+    pub admin_socket: PathBuf,
+    /// CA pin, for join tokens.
+    pub ca_pin: String,
+}
+
+/// Open everything and serve until `shutdown` resolves. `on_bound` is called once the
+/// listeners are up (main logs "listening on ADDR" from it).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<(), ServerError> {
+    prepare_dir(&config.data_dir, 0o700)?;
+    let store: Arc<dyn Storage> = SledStore::open(&config.data_dir)?;
+    let master = MasterKey::load_or_create(&config.data_dir)?;
+    let keys = Arc::new(Keys::load_or_create(&*store, &master, &config.trust_domain).await?);
+    drop(master);
+    let tls = crate::tls::server_config(&keys)?;
+
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
+    let listen = tcp.local_addr().map_err(|source| ServerError::Listen {
+        addr: config.listen.to_string(),
+        source,
+    })?;
+
+    if let Some(parent) = config.admin_socket.parent() {
+        if !parent.exists() {
+            prepare_dir(parent, 0o755)?;
+        }
+    }
+    remove_stale_socket(&config.admin_socket)?;
+    let uds = UnixListener::bind(&config.admin_socket).map_err(|source| ServerError::Listen {
+        addr: config.admin_socket.display().to_string(),
+        source,
+    })?;
+    crate::admin::secure_socket(&config.admin_socket);
+
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        store,
+        keys,
+        clock: Clock::system(),
+        hub: Hub::default(),
+    });
+    let bound = Bound {
+        listen,
+        admin_socket: config.admin_socket.clone(),
+        ca_pin: shared.keys.ca_pin.clone(),
+    };
+
+    let expiry = tokio::spawn(crate::expiry::run(shared.clone()));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent_api = ControlPlaneServer::new(crate::agent_api::AgentApi::new(shared.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin_api = AdminServer::new(crate::admin::AdminApi::new(shared.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let mut rx1 = stop_rx.clone();
+    let agent_srv = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(crate::agent_api::KEEPALIVE))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(256)
+        .add_service(agent_api)
+        .serve_with_incoming_shutdown(crate::tls::incoming(tcp, tls), async move {
+            let _ = rx1.wait_for(|v| *v).await;
+        });
+    let mut rx2 = stop_rx.clone();
+    let admin_srv = tonic::transport::Server::builder()
+        .add_service(admin_api)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(uds), async move {
+            let _ = rx2.wait_for(|v| *v).await;
+        });
+
+    on_bound(&bound);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (a, b) = tokio::join!(agent_srv, admin_srv);
+    expiry.abort();
+    let _ = std::fs::remove_file(&config.admin_socket);
+    a?;
+    b?;
+    Ok(())
+}

@@ -1,0 +1,1014 @@
+//! Durable state: the [`Storage`] trait and its embedded sled implementation.
+//!
+//! The trait owns more than key-value access: it allocates sequence numbers, keeps the
+//! change log that Sync streams replay, the revocation log and the audit event log. That
+//! is what a PostgreSQL backend for several replicas would have to provide too; nothing
+//! outside this module assumes it is the only writer, only that the store orders writes.
+//!
+//! [`SledStore`] funnels every write through **one writer thread**. The thread drains
+//! whatever requests are queued, applies them in order, flushes sled once for the whole
+//! batch (group commit), and only then answers each caller and publishes the batch's
+//! changes and events. So nothing is acknowledged before it is durable, and many
+//! concurrent issuances share one fsync.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::model::{
+    Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, Revocation, RevocationTarget,
+    Workload,
+};
+
+/// How many change-log entries are kept for agents to resume from; an agent further
+/// behind gets a snapshot.
+const LOG_RETAIN: u64 = 100_000;
+/// Largest number of queued writes applied under one flush.
+const MAX_BATCH: usize = 1024;
+
+/// Storage failures and refused writes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// sled failed (disk full, corruption, permissions).
+    #[error("storage error: {0}; check the data directory's disk and permissions")]
+    Sled(#[from] sled::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in {tree}: {message}")]
+    Corrupt {
+        /// Tree name.
+        tree: &'static str,
+        /// Decoder message.
+        message: String,
+    },
+    /// The writer thread is gone (shutting down).
+    #[error("the store is shutting down")]
+    Closed,
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The named thing exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// The write was refused (e.g. a used join token, a disabled workload).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Result alias.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Outcome of consuming a join token to enroll a host.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    /// The host record written.
+    pub host: Host,
+}
+
+/// The storage boundary. See the module doc.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// The last committed sequence number.
+    fn current_seq(&self) -> u64;
+    /// Subscribe to committed changes (in sequence order).
+    fn subscribe_changes(&self) -> broadcast::Receiver<Change>;
+    /// Subscribe to committed audit events.
+    fn subscribe_events(&self) -> broadcast::Receiver<Event>;
+    /// Changes after `seq`, or `None` when the log no longer reaches back that far.
+    fn changes_since(&self, seq: u64) -> Result<Option<Vec<Change>>>;
+
+    /// A workload.
+    fn workload(&self, name: &str) -> Result<Option<Workload>>;
+    /// All workloads, by name.
+    fn workloads(&self) -> Result<Vec<Workload>>;
+    /// A credential.
+    fn credential(&self, name: &str) -> Result<Option<Credential>>;
+    /// All credentials, by name.
+    fn credentials(&self) -> Result<Vec<Credential>>;
+    /// A host.
+    fn host(&self, name: &str) -> Result<Option<Host>>;
+    /// The host that holds the certificate with this serial (hex).
+    fn host_by_serial(&self, serial: &str) -> Result<Option<Host>>;
+    /// All hosts.
+    fn hosts(&self) -> Result<Vec<Host>>;
+    /// A join token.
+    fn join_token(&self, id: &str) -> Result<Option<JoinTokenRecord>>;
+    /// All join tokens.
+    fn join_tokens(&self) -> Result<Vec<JoinTokenRecord>>;
+    /// A lease.
+    fn lease(&self, id: &str) -> Result<Option<Lease>>;
+    /// Leases, optionally of one workload and/or only active ones.
+    fn leases(&self, workload: Option<&str>, active_only: bool) -> Result<Vec<Lease>>;
+    /// Revocations with `seq` above the given one.
+    fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>>;
+    /// Audit events from `since_ms`, at most `limit` of the newest.
+    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>>;
+    /// Events that mention a lease, in order.
+    fn lease_events(&self, lease: &str) -> Result<Vec<Event>>;
+    /// An opaque blob (encrypted keys).
+    fn blob(&self, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Store an opaque blob durably.
+    async fn put_blob(&self, name: &str, value: Vec<u8>) -> Result<()>;
+    /// Add or replace a workload; returns its change sequence number.
+    async fn put_workload(&self, w: Workload, event: Event) -> Result<u64>;
+    /// Remove a workload.
+    async fn remove_workload(&self, name: &str, event: Event) -> Result<u64>;
+    /// Add or replace a credential.
+    async fn put_credential(&self, c: Credential, event: Event) -> Result<()>;
+    /// Record a new join token.
+    async fn put_join_token(&self, t: JoinTokenRecord, event: Event) -> Result<()>;
+    /// Revoke a join token.
+    async fn revoke_join_token(&self, id: &str, event: Event) -> Result<()>;
+    /// Atomically consume a join token (checking hash, expiry, reuse) and write the host.
+    async fn enroll(
+        &self,
+        token_id: &str,
+        secret_sha256: &str,
+        host: Host,
+        now: i64,
+        event: Event,
+    ) -> Result<Enrollment>;
+    /// Point a host at a renewed certificate.
+    async fn renew_host(&self, name: &str, serial: &str, not_after: i64) -> Result<()>;
+    /// Write a lease, refusing it if the workload was disabled or removed meanwhile.
+    /// Returns the sequence number the lease was issued at.
+    async fn issue_lease(&self, lease: Lease, event: Event) -> Result<u64>;
+    /// Record a revocation durably; moves the leases it covers to `revoked`.
+    async fn revoke(
+        &self,
+        target: RevocationTarget,
+        reason: String,
+        actor: String,
+        extra: Vec<Event>,
+    ) -> Result<Revocation>;
+    /// Move active leases to a terminal state (expired / completed) with an event each.
+    async fn finish_leases(&self, ids: Vec<String>, state: LeaseState, reason: String) -> Result<Vec<Lease>>;
+    /// Enable or disable a workload; disabling also revokes its leases.
+    async fn set_workload_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<(Workload, Option<Revocation>)>;
+    /// Evict a host: refuse it from now on and revoke what it holds.
+    async fn evict_host(&self, name: &str, actor: String, reason: String) -> Result<Revocation>;
+    /// Record host liveness (not flushed individually).
+    async fn touch_host(&self, name: &str, at: i64) -> Result<()>;
+    /// Append audit events.
+    async fn append_events(&self, events: Vec<Event>) -> Result<()>;
+}
+
+struct Trees {
+    meta: sled::Tree,
+    blobs: sled::Tree,
+    workloads: sled::Tree,
+    credentials: sled::Tree,
+    hosts: sled::Tree,
+    serials: sled::Tree,
+    join_tokens: sled::Tree,
+    leases: sled::Tree,
+    active: sled::Tree,
+    log: sled::Tree,
+    revocations: sled::Tree,
+    events: sled::Tree,
+    lease_events: sled::Tree,
+}
+
+/// The state one batch of writes works on.
+struct Tx<'a> {
+    t: &'a Trees,
+    seq: u64,
+    event_id: u64,
+    changes: Vec<Change>,
+    events: Vec<Event>,
+}
+
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Reply + Send>;
+
+/// The embedded default: sled with a single writer thread.
+pub struct SledStore {
+    db: sled::Db,
+    t: Arc<Trees>,
+    jobs: mpsc::Sender<Job>,
+    seq: Arc<AtomicU64>,
+    changes: broadcast::Sender<Change>,
+    events: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").field("seq", &self.current_seq()).finish()
+    }
+}
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain records cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt {
+        tree,
+        message: e.to_string(),
+    })
+}
+
+fn get<T: DeserializeOwned>(t: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>> {
+    match t.get(key)? {
+        Some(v) => Ok(Some(dec(name, &v)?)),
+        None => Ok(None),
+    }
+}
+
+fn all<T: DeserializeOwned>(t: &sled::Tree, name: &'static str) -> Result<Vec<T>> {
+    t.iter().values().map(|v| dec(name, &v?)).collect()
+}
+
+fn meta_u64(t: &sled::Tree, key: &str) -> Result<u64> {
+    Ok(t
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+impl Tx<'_> {
+    /// Allocate the next sequence number.
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn event(&mut self, mut e: Event) -> Result<()> {
+        self.event_id += 1;
+        e.id = self.event_id;
+        self.t.events.insert(be(e.id), enc(&e))?;
+        if let Some(lease) = &e.lease {
+            let mut k = lease.as_bytes().to_vec();
+            k.push(0);
+            k.extend_from_slice(&be(e.id));
+            self.t.lease_events.insert(k, &[])?;
+        }
+        self.events.push(e);
+        Ok(())
+    }
+
+    fn change(&mut self, c: Change) -> Result<()> {
+        self.t.log.insert(be(c.seq()), enc(&c))?;
+        if c.seq() > LOG_RETAIN {
+            // Compaction: agents older than this get a snapshot.
+            self.t.log.remove(be(c.seq() - LOG_RETAIN))?;
+        }
+        self.changes.push(c);
+        Ok(())
+    }
+
+    fn put_lease(&mut self, l: &Lease) -> Result<()> {
+        self.t.leases.insert(l.id.as_bytes(), enc(l))?;
+        if l.state == LeaseState::Active {
+            self.t.active.insert(l.id.as_bytes(), &[])?;
+        } else {
+            self.t.active.remove(l.id.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn revoke(
+        &mut self,
+        target: RevocationTarget,
+        reason: String,
+        actor: String,
+        extra_hosts: &[String],
+    ) -> Result<Revocation> {
+        let seq = self.next_seq();
+        let mut owners: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut lease_ids = Vec::new();
+        let mut hosts: BTreeSet<String> = extra_hosts.iter().cloned().collect();
+        let ids: Vec<sled::IVec> = self.t.active.iter().keys().collect::<Result<_, _>>()?;
+        for id in ids {
+            let Some(mut lease) = get::<Lease>(&self.t.leases, "leases", &id)? else {
+                continue;
+            };
+            let owner = match owners.get(&lease.workload) {
+                Some(o) => o.clone(),
+                None => {
+                    let o = get::<Workload>(&self.t.workloads, "workloads", lease.workload.as_bytes())?
+                        .map(|w| w.owner);
+                    owners.insert(lease.workload.clone(), o.clone());
+                    o
+                }
+            };
+            if !target.covers(&lease, owner.as_deref()) {
+                continue;
+            }
+            lease.state = LeaseState::Revoked;
+            lease.reason = Some(reason.clone());
+            self.put_lease(&lease)?;
+            hosts.insert(lease.host.clone());
+            self.event(
+                Event::new("revoked")
+                    .actor(actor.clone())
+                    .lease(lease.id.clone())
+                    .workload(lease.workload.clone())
+                    .credential(lease.credential.clone())
+                    .host(lease.host.clone())
+                    .reason(reason.clone())
+                    .detail(serde_json::json!({ "seq": seq })),
+            )?;
+            lease_ids.push(lease.id);
+        }
+        if let RevocationTarget::Host(h) = &target {
+            hosts.insert(h.clone());
+        }
+        let rev = Revocation {
+            seq,
+            target,
+            reason,
+            actor,
+            at_ms: crate::clock::now_ms(),
+            lease_ids,
+            hosts: hosts.into_iter().collect(),
+        };
+        self.t.revocations.insert(be(seq), enc(&rev))?;
+        self.change(Change::Revoked { revocation: rev.clone() })?;
+        Ok(rev)
+    }
+}
+
+impl SledStore {
+    /// Open (or create) the store under `dir` and start its writer thread.
+    pub fn open(dir: &Path) -> Result<Arc<SledStore>> {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .mode(sled::Mode::HighThroughput)
+            // We flush explicitly per batch; sled's own periodic flush would only add I/O.
+            .flush_every_ms(None)
+            .open()?;
+        let t = Arc::new(Trees {
+            meta: db.open_tree("meta")?,
+            blobs: db.open_tree("blobs")?,
+            workloads: db.open_tree("workloads")?,
+            credentials: db.open_tree("credentials")?,
+            hosts: db.open_tree("hosts")?,
+            serials: db.open_tree("serials")?,
+            join_tokens: db.open_tree("join_tokens")?,
+            leases: db.open_tree("leases")?,
+            active: db.open_tree("active_leases")?,
+            log: db.open_tree("log")?,
+            revocations: db.open_tree("revocations")?,
+            events: db.open_tree("events")?,
+            lease_events: db.open_tree("lease_events")?,
+        });
+        let seq = Arc::new(AtomicU64::new(meta_u64(&t.meta, "seq")?));
+        let event_id = meta_u64(&t.meta, "event_id")?;
+        let (changes, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(4096);
+        let (jobs, rx) = mpsc::channel::<Job>(8192);
+        {
+            let db = db.clone();
+            let t = t.clone();
+            let seq = seq.clone();
+            let changes = changes.clone();
+            let events = events.clone();
+            std::thread::Builder::new()
+                .name("leash-store-writer".into())
+                .spawn(move || writer(db, t, rx, seq, event_id, changes, events))
+                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        }
+        Ok(Arc::new(SledStore {
+            db,
+            t,
+            jobs,
+            seq,
+            changes,
+            events,
+        }))
+    }
+
+    /// Run `f` on the writer thread; resolves once its batch is durable.
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |t| {
+            let r = f(t);
+            Box::new(move |flush_err: Option<&StoreError>| {
+                let r = match (r, flush_err) {
+                    (Ok(_), Some(e)) => Err(StoreError::Refused(format!("not durable: {e}"))),
+                    (r, _) => r,
+                };
+                let _ = tx.send(r);
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Size of the database on disk, in bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// The writer loop: batch, apply, flush once, then answer and publish.
+fn writer(
+    db: sled::Db,
+    t: Arc<Trees>,
+    mut rx: mpsc::Receiver<Job>,
+    seq: Arc<AtomicU64>,
+    mut event_id: u64,
+    changes: broadcast::Sender<Change>,
+    events: broadcast::Sender<Event>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut tx = Tx {
+            t: &t,
+            seq: seq.load(Ordering::Acquire),
+            event_id,
+            changes: Vec::new(),
+            events: Vec::new(),
+        };
+        let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
+        let Tx {
+            seq: new_seq,
+            event_id: new_event_id,
+            changes: new_changes,
+            events: new_events,
+            ..
+        } = tx;
+        let flushed = (|| -> Result<()> {
+            t.meta.insert("seq", &be(new_seq))?;
+            t.meta.insert("event_id", &be(new_event_id))?;
+            db.flush()?;
+            Ok(())
+        })();
+        match &flushed {
+            Ok(()) => {
+                seq.store(new_seq, Ordering::Release);
+                event_id = new_event_id;
+            }
+            Err(e) => tracing::error!(error = %e, "store flush failed; the batch was not acknowledged"),
+        }
+        let err = flushed.err();
+        for r in replies {
+            r(err.as_ref());
+        }
+        if err.is_none() {
+            for c in new_changes {
+                let _ = changes.send(c);
+            }
+            for e in new_events {
+                let _ = events.send(e);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for SledStore {
+    fn current_seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    fn subscribe_changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn changes_since(&self, seq: u64) -> Result<Option<Vec<Change>>> {
+        let current = self.current_seq();
+        if seq >= current {
+            return Ok(Some(Vec::new()));
+        }
+        // The log must still hold every change after `seq`: check its first retained key.
+        if let Some((k, _)) = self.t.log.first()? {
+            let first = u64::from_be_bytes(<[u8; 8]>::try_from(k.as_ref()).unwrap_or([0; 8]));
+            if first > seq + 1 && seq + LOG_RETAIN < current {
+                return Ok(None);
+            }
+        }
+        let mut out = Vec::new();
+        for kv in self.t.log.range(be(seq + 1)..=be(current)) {
+            let (_, v) = kv?;
+            out.push(dec("log", &v)?);
+        }
+        Ok(Some(out))
+    }
+
+    fn workload(&self, name: &str) -> Result<Option<Workload>> {
+        get(&self.t.workloads, "workloads", name.as_bytes())
+    }
+    fn workloads(&self) -> Result<Vec<Workload>> {
+        all(&self.t.workloads, "workloads")
+    }
+    fn credential(&self, name: &str) -> Result<Option<Credential>> {
+        get(&self.t.credentials, "credentials", name.as_bytes())
+    }
+    fn credentials(&self) -> Result<Vec<Credential>> {
+        all(&self.t.credentials, "credentials")
+    }
+    fn host(&self, name: &str) -> Result<Option<Host>> {
+        get(&self.t.hosts, "hosts", name.as_bytes())
+    }
+    fn host_by_serial(&self, serial: &str) -> Result<Option<Host>> {
+        match self.t.serials.get(serial.as_bytes())? {
+            Some(name) => get(&self.t.hosts, "hosts", &name),
+            None => Ok(None),
+        }
+    }
+    fn hosts(&self) -> Result<Vec<Host>> {
+        all(&self.t.hosts, "hosts")
+    }
+    fn join_token(&self, id: &str) -> Result<Option<JoinTokenRecord>> {
+        get(&self.t.join_tokens, "join_tokens", id.as_bytes())
+    }
+    fn join_tokens(&self) -> Result<Vec<JoinTokenRecord>> {
+        all(&self.t.join_tokens, "join_tokens")
+    }
+    fn lease(&self, id: &str) -> Result<Option<Lease>> {
+        get(&self.t.leases, "leases", id.as_bytes())
+    }
+    fn leases(&self, workload: Option<&str>, active_only: bool) -> Result<Vec<Lease>> {
+        let mut out: Vec<Lease> = if active_only {
+            let mut v = Vec::new();
+            for k in self.t.active.iter().keys() {
+                if let Some(l) = get(&self.t.leases, "leases", &k?)? {
+                    v.push(l);
+                }
+            }
+            v
+        } else {
+            all(&self.t.leases, "leases")?
+        };
+        if let Some(w) = workload {
+            out.retain(|l: &Lease| l.workload == w);
+        }
+        out.sort_by_key(|l| l.seq);
+        Ok(out)
+    }
+    fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>> {
+        self.t
+            .revocations
+            .range(be(seq.saturating_add(1))..)
+            .values()
+            .map(|v| dec("revocations", &v?))
+            .collect()
+    }
+    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        for v in self.t.events.iter().values().rev() {
+            let e: Event = dec("events", &v?)?;
+            if e.at_ms < since_ms || out.len() >= limit {
+                break;
+            }
+            out.push(e);
+        }
+        out.reverse();
+        Ok(out)
+    }
+    fn lease_events(&self, lease: &str) -> Result<Vec<Event>> {
+        let mut prefix = lease.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for k in self.t.lease_events.scan_prefix(&prefix).keys() {
+            let k = k?;
+            if let Some(v) = self.t.events.get(&k[prefix.len()..])? {
+                out.push(dec("events", &v)?);
+            }
+        }
+        Ok(out)
+    }
+    fn blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.t.blobs.get(name)?.map(|v| v.to_vec()))
+    }
+
+    async fn put_blob(&self, name: &str, value: Vec<u8>) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            tx.t.blobs.insert(name.as_bytes(), value)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_workload(&self, w: Workload, event: Event) -> Result<u64> {
+        self.write(move |tx| {
+            let seq = tx.next_seq();
+            tx.t.workloads.insert(w.name.as_bytes(), enc(&w))?;
+            tx.event(event)?;
+            tx.change(Change::WorkloadPut { seq, workload: w })?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn remove_workload(&self, name: &str, event: Event) -> Result<u64> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            if tx.t.workloads.get(name.as_bytes())?.is_none() {
+                return Err(StoreError::NotFound(format!("no workload named {name:?}")));
+            }
+            // Removing a workload takes back what it holds first.
+            tx.revoke(
+                RevocationTarget::Workload(name.clone()),
+                "workload removed".into(),
+                event.actor.clone().unwrap_or_default(),
+                &[],
+            )?;
+            let seq = tx.next_seq();
+            tx.t.workloads.remove(name.as_bytes())?;
+            tx.event(event)?;
+            tx.change(Change::WorkloadRemoved { seq, name })?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn put_credential(&self, c: Credential, event: Event) -> Result<()> {
+        self.write(move |tx| {
+            tx.t.credentials.insert(c.name.as_bytes(), enc(&c))?;
+            tx.event(event)
+        })
+        .await
+    }
+
+    async fn put_join_token(&self, t: JoinTokenRecord, event: Event) -> Result<()> {
+        self.write(move |tx| {
+            tx.t.join_tokens.insert(t.id.as_bytes(), enc(&t))?;
+            tx.event(event)
+        })
+        .await
+    }
+
+    async fn revoke_join_token(&self, id: &str, event: Event) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let mut t: JoinTokenRecord = get(&tx.t.join_tokens, "join_tokens", id.as_bytes())?
+                .ok_or_else(|| StoreError::NotFound(format!("no join token with id {id:?}")))?;
+            t.revoked = true;
+            tx.t.join_tokens.insert(id.as_bytes(), enc(&t))?;
+            tx.event(event)
+        })
+        .await
+    }
+
+    async fn enroll(
+        &self,
+        token_id: &str,
+        secret_sha256: &str,
+        host: Host,
+        now: i64,
+        event: Event,
+    ) -> Result<Enrollment> {
+        let token_id = token_id.to_string();
+        let secret_sha256 = secret_sha256.to_string();
+        self.write(move |tx| {
+            let refuse = |m: &str| Err(StoreError::Refused(m.to_string()));
+            let Some(mut t) = get::<JoinTokenRecord>(&tx.t.join_tokens, "join_tokens", token_id.as_bytes())? else {
+                return refuse("unknown join token (forged, or from another control plane)");
+            };
+            // Both sides are hashes of a 256-bit secret, so comparing them leaks nothing
+            // useful through timing.
+            if t.secret_sha256 != secret_sha256 {
+                return refuse("join token secret does not match (forged or mistyped token)");
+            }
+            match t.state(now) {
+                "active" => {}
+                "used" => return refuse("join token was already used; tokens are single use"),
+                "revoked" => return refuse("join token was revoked"),
+                _ => return refuse("join token has expired"),
+            }
+            if tx.t.hosts.get(host.name.as_bytes())?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "host name {:?} is taken (names are never reused); enroll with another --name",
+                    host.name
+                )));
+            }
+            t.used_by = Some(host.name.clone());
+            tx.t.join_tokens.insert(token_id.as_bytes(), enc(&t))?;
+            tx.t.hosts.insert(host.name.as_bytes(), enc(&host))?;
+            tx.t.serials.insert(host.cert_serial.as_bytes(), host.name.as_bytes())?;
+            tx.event(event)?;
+            Ok(Enrollment { host })
+        })
+        .await
+    }
+
+    async fn renew_host(&self, name: &str, serial: &str, not_after: i64) -> Result<()> {
+        let name = name.to_string();
+        let serial = serial.to_string();
+        self.write(move |tx| {
+            let mut h: Host = get(&tx.t.hosts, "hosts", name.as_bytes())?
+                .ok_or_else(|| StoreError::NotFound(format!("no host named {name:?}")))?;
+            if h.evicted {
+                return Err(StoreError::Refused(format!("host {name:?} was evicted")));
+            }
+            // The old serial keeps working until it expires, so an in-flight call on the
+            // old certificate does not fail during the switch.
+            h.cert_serial = serial.clone();
+            h.cert_not_after = not_after;
+            tx.t.hosts.insert(name.as_bytes(), enc(&h))?;
+            tx.t.serials.insert(serial.as_bytes(), name.as_bytes())?;
+            tx.event(Event::new("renewed").host(name.clone()).actor(name))
+        })
+        .await
+    }
+
+    async fn issue_lease(&self, mut lease: Lease, event: Event) -> Result<u64> {
+        self.write(move |tx| {
+            match get::<Workload>(&tx.t.workloads, "workloads", lease.workload.as_bytes())? {
+                Some(w) if !w.disabled => {}
+                Some(_) => return Err(StoreError::Refused(format!("workload {:?} is disabled", lease.workload))),
+                None => return Err(StoreError::NotFound(format!("no workload named {:?}", lease.workload))),
+            }
+            match get::<Host>(&tx.t.hosts, "hosts", lease.host.as_bytes())? {
+                Some(h) if !h.evicted => {}
+                _ => return Err(StoreError::Refused(format!("host {:?} was evicted", lease.host))),
+            }
+            let seq = tx.next_seq();
+            lease.seq = seq;
+            tx.put_lease(&lease)?;
+            tx.event(event)?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        target: RevocationTarget,
+        reason: String,
+        actor: String,
+        extra: Vec<Event>,
+    ) -> Result<Revocation> {
+        self.write(move |tx| {
+            let rev = tx.revoke(target, reason, actor, &[])?;
+            for e in extra {
+                tx.event(e.detail(serde_json::json!({ "seq": rev.seq, "leases": rev.lease_ids.len() })))?;
+            }
+            Ok(rev)
+        })
+        .await
+    }
+
+    async fn finish_leases(&self, ids: Vec<String>, state: LeaseState, reason: String) -> Result<Vec<Lease>> {
+        self.write(move |tx| {
+            let mut done = Vec::new();
+            for id in ids {
+                let Some(mut l) = get::<Lease>(&tx.t.leases, "leases", id.as_bytes())? else {
+                    continue;
+                };
+                if l.state != LeaseState::Active {
+                    continue;
+                }
+                l.state = state;
+                l.reason = Some(reason.clone());
+                tx.put_lease(&l)?;
+                tx.event(
+                    Event::new(state.as_str())
+                        .lease(l.id.clone())
+                        .workload(l.workload.clone())
+                        .credential(l.credential.clone())
+                        .host(l.host.clone())
+                        .reason(reason.clone()),
+                )?;
+                done.push(l);
+            }
+            Ok(done)
+        })
+        .await
+    }
+
+    async fn set_workload_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<(Workload, Option<Revocation>)> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            let mut w: Workload = get(&tx.t.workloads, "workloads", name.as_bytes())?
+                .ok_or_else(|| StoreError::NotFound(format!("no workload named {name:?}")))?;
+            w.disabled = disabled;
+            let seq = tx.next_seq();
+            tx.t.workloads.insert(name.as_bytes(), enc(&w))?;
+            tx.event(
+                Event::new(if disabled { "disabled" } else { "enabled" })
+                    .actor(actor.clone())
+                    .workload(name.clone())
+                    .reason(reason.clone()),
+            )?;
+            tx.change(Change::WorkloadPut { seq, workload: w.clone() })?;
+            let rev = if disabled {
+                Some(tx.revoke(RevocationTarget::Workload(name.clone()), reason, actor, &[])?)
+            } else {
+                None
+            };
+            Ok((w, rev))
+        })
+        .await
+    }
+
+    async fn evict_host(&self, name: &str, actor: String, reason: String) -> Result<Revocation> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            let mut h: Host = get(&tx.t.hosts, "hosts", name.as_bytes())?
+                .ok_or_else(|| StoreError::NotFound(format!("no host named {name:?}")))?;
+            h.evicted = true;
+            tx.t.hosts.insert(name.as_bytes(), enc(&h))?;
+            let rev = tx.revoke(RevocationTarget::Host(name.clone()), reason.clone(), actor.clone(), &[name.clone()])?;
+            let seq = tx.next_seq();
+            tx.event(Event::new("evicted").actor(actor).host(name.clone()).reason(reason.clone()))?;
+            tx.change(Change::HostEvicted { seq, name, reason })?;
+            Ok(rev)
+        })
+        .await
+    }
+
+    async fn touch_host(&self, name: &str, at: i64) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            if let Some(mut h) = get::<Host>(&tx.t.hosts, "hosts", name.as_bytes())? {
+                h.last_seen = at;
+                tx.t.hosts.insert(name.as_bytes(), enc(&h))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_events(&self, events: Vec<Event>) -> Result<()> {
+        self.write(move |tx| {
+            for e in events {
+                tx.event(e)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(name: &str) -> Workload {
+        Workload {
+            name: name.into(),
+            owner: "team".into(),
+            kind: "job".into(),
+            selectors: vec!["unix:uid:1".into()],
+            hosts: BTreeMap::new(),
+            allow: vec![],
+            expires_at: 0,
+            disabled: false,
+            created_at: 0,
+        }
+    }
+
+    fn lease(id: &str, w: &str) -> Lease {
+        Lease {
+            id: id.into(),
+            workload: w.into(),
+            credential: "c".into(),
+            action: "read".into(),
+            audience: "a".into(),
+            host: "h".into(),
+            task: None,
+            on_behalf_of: None,
+            context: serde_json::Value::Null,
+            policy_version: 0,
+            issued_at: 0,
+            expires_at: 10,
+            seq: 0,
+            state: LeaseState::Active,
+            reason: None,
+            fingerprint: "f".into(),
+        }
+    }
+
+    fn host() -> Host {
+        Host {
+            name: "h".into(),
+            labels: BTreeMap::new(),
+            enrolled_at: 0,
+            last_seen: 0,
+            evicted: false,
+            cert_serial: "01".into(),
+            cert_not_after: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_are_sequenced_durable_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = SledStore::open(dir.path()).expect("open");
+            let s1 = s.put_workload(workload("a"), Event::new("workload-added")).await.expect("put");
+            let s2 = s.put_workload(workload("b"), Event::new("workload-added")).await.expect("put");
+            assert!(s2 > s1);
+            let changes = s.changes_since(s1).expect("log").expect("retained");
+            assert_eq!(changes.len(), 1);
+            assert_eq!(changes[0].seq(), s2);
+        }
+        let s = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.workloads().expect("list").len(), 2);
+        assert_eq!(s.current_seq(), 2);
+        assert_eq!(s.events(0, 10).expect("events").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn group_commit_serves_concurrent_writers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStore::open(dir.path()).expect("open");
+        s.put_workload(workload("w"), Event::new("x")).await.expect("put");
+        let t = JoinTokenRecord {
+            id: "t".into(),
+            secret_sha256: "x".into(),
+            name: None,
+            labels: BTreeMap::new(),
+            created_at: 0,
+            expires_at: i64::MAX,
+            used_by: None,
+            revoked: false,
+        };
+        s.put_join_token(t, Event::new("x")).await.expect("token");
+        s.enroll("t", "x", host(), 0, Event::new("enrolled")).await.expect("enroll");
+        let mut handles = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            handles.push(tokio::spawn(async move {
+                s.issue_lease(lease(&format!("l{i}"), "w"), Event::new("issued").lease(format!("l{i}")))
+                    .await
+            }));
+        }
+        let mut seqs = BTreeSet::new();
+        for h in handles {
+            seqs.insert(h.await.expect("join").expect("issued"));
+        }
+        assert_eq!(seqs.len(), 200, "every lease got its own sequence number");
+        assert_eq!(s.leases(None, true).expect("leases").len(), 200);
+    }
+
+    #[tokio::test]
+    async fn revocation_covers_and_disabled_workload_refuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStore::open(dir.path()).expect("open");
+        s.put_workload(workload("w"), Event::new("x")).await.expect("put");
+        s.put_workload(workload("v"), Event::new("x")).await.expect("put");
+        let t = JoinTokenRecord {
+            id: "t".into(),
+            secret_sha256: "x".into(),
+            name: None,
+            labels: BTreeMap::new(),
+            created_at: 0,
+            expires_at: i64::MAX,
+            used_by: None,
+            revoked: false,
+        };
+        s.put_join_token(t, Event::new("x")).await.expect("token");
+        assert!(s.enroll("t", "y", host(), 0, Event::new("e")).await.is_err(), "wrong secret");
+        s.enroll("t", "x", host(), 0, Event::new("e")).await.expect("enroll");
+        assert!(s.enroll("t", "x", host(), 0, Event::new("e")).await.is_err(), "reuse");
+        s.issue_lease(lease("l1", "w"), Event::new("issued").lease("l1")).await.expect("l1");
+        s.issue_lease(lease("l2", "v"), Event::new("issued").lease("l2")).await.expect("l2");
+        let (_, rev) = s
+            .set_workload_disabled("w", true, "root".into(), "test".into())
+            .await
+            .expect("disable");
+        let rev = rev.expect("revocation");
+        assert_eq!(rev.lease_ids, vec!["l1".to_string()]);
+        assert_eq!(s.lease("l1").expect("get").expect("some").state, LeaseState::Revoked);
+        assert_eq!(s.lease("l2").expect("get").expect("some").state, LeaseState::Active);
+        assert!(s.issue_lease(lease("l3", "w"), Event::new("issued")).await.is_err());
+        let timeline: Vec<String> = s.lease_events("l1").expect("events").into_iter().map(|e| e.kind).collect();
+        assert_eq!(timeline, vec!["issued", "revoked"]);
+    }
+}

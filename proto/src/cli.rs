@@ -1,0 +1,116 @@
+//! Small pieces both CLIs (`leash`, `leashctl`) share: durations, tables, and turning a
+//! gRPC status into a message and an exit code.
+
+use crate::reason::Reason;
+
+/// Parse a duration such as `30s`, `10m`, `1h`, `7d` into whole seconds.
+pub fn parse_secs(s: &str) -> Result<u32, String> {
+    let d = humantime_like(s).ok_or_else(|| format!("{s:?} is not a duration; write e.g. 30s, 10m, 2h"))?;
+    u32::try_from(d).map_err(|_| format!("{s:?} is too long"))
+}
+
+fn humantime_like(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "" | "s" | "sec" | "secs" => 1,
+        "m" | "min" | "mins" => 60,
+        "h" | "hr" | "hrs" => 3600,
+        "d" | "day" | "days" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Print rows as aligned columns under a header, to stdout.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// Format unix seconds as RFC 3339 (UTC), or `-` for 0.
+pub fn time(unix: i64) -> String {
+    if unix <= 0 {
+        return "-".into();
+    }
+    let secs = unix as u64;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let d = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // Civil-from-days (proleptic Gregorian), enough for display.
+    let days = (d / 86400) as i64;
+    let rem = d % 86400;
+    let (y, m, dd) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = (z - era * 146_097) as u64;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe as i64 + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The message and exit code for a failed call.
+pub fn status_exit(status: &tonic::Status) -> (String, i32) {
+    let reason = Reason::of(status);
+    let msg = match (reason, status.message()) {
+        (_, m) if !m.is_empty() => m.to_string(),
+        (Reason::Unavailable, _) => "the service is unavailable".to_string(),
+        (r, _) => r.as_str().to_lowercase(),
+    };
+    (msg, reason.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_secs("10m"), Ok(600));
+        assert_eq!(parse_secs("45"), Ok(45));
+        assert_eq!(parse_secs("2h"), Ok(7200));
+        assert!(parse_secs("soon").is_err());
+        assert!(parse_secs("").is_err());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(time(0), "-");
+        assert_eq!(time(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}
