@@ -1,1 +1,178 @@
-//! stub
+//! The Leash agent (`leash-agentd`): attests local callers on a Unix socket and serves
+//! them short-lived credentials held in memory only, wiping them on expiry, revocation
+//! or eviction.
+//!
+//! `run` wires the parts: `identity` (enrollment, the only on-disk state), `sync` (the
+//! stream from the control plane), `cache` (credentials in memory), `attest` (who is
+//! calling), `server` + `api` (the workload socket). `sys` is the one module with
+//! `unsafe`. `main.rs` and `bin/leash.rs` are thin shells.
+
+pub mod agent;
+pub mod api;
+pub mod attest;
+pub mod cache;
+pub mod identity;
+pub mod secret;
+pub mod server;
+pub mod sync;
+pub mod sys;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::{Agent, AgentConfig, State};
+use identity::IdentityError;
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// Enrollment was refused or the join token is unusable: exit 2, no retry.
+    #[error(transparent)]
+    Enrollment(IdentityError),
+    /// The state directory or identity is unusable.
+    #[error(transparent)]
+    Identity(IdentityError),
+    /// Attestation could not be set up.
+    #[error("attestation: {0}")]
+    Attest(#[from] attest::AttestError),
+    /// The socket could not be bound.
+    #[error(transparent)]
+    Socket(#[from] server::SocketError),
+    /// The server failed.
+    #[error("server error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl AgentError {
+    /// Process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Enrollment(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// How to enroll when the state directory holds no identity yet.
+#[derive(Debug, Default, Clone)]
+pub struct Enrollment {
+    /// The join token text, if any.
+    pub token: Option<String>,
+    /// Requested host name (narrows the token's).
+    pub name: Option<String>,
+    /// Name to use when neither the token nor `name` gives one (the hostname).
+    pub default_name: Option<String>,
+    /// Requested labels (narrow the token's).
+    pub labels: BTreeMap<String, String>,
+}
+
+async fn load_or_enroll(config: &AgentConfig, e: &Enrollment) -> Result<identity::Identity, AgentError> {
+    identity::prepare_state_dir(&config.state_dir).map_err(AgentError::Identity)?;
+    if let Some(id) = identity::load(&config.state_dir).map_err(AgentError::Identity)? {
+        if e.token.is_some() {
+            tracing::info!(host = %id.desc.host, "already enrolled; the join token was not used");
+        }
+        return Ok(id);
+    }
+    let token = e.token.as_deref().ok_or(AgentError::Enrollment(IdentityError::NoToken))?;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match identity::enroll(&config.state_dir, &config.control_planes, token, e.name.clone(), e.default_name.clone(), e.labels.clone()).await {
+            Ok(id) => {
+                tracing::info!(host = %id.desc.host, "enrolled");
+                return Ok(id);
+            }
+            Err(IdentityError::Unreachable(m)) => {
+                tracing::warn!(error = %m, "cannot reach the control plane to enroll; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(err @ (IdentityError::Refused(_) | IdentityError::BadToken(_) | IdentityError::NoToken)) => {
+                return Err(AgentError::Enrollment(err))
+            }
+            Err(err) => return Err(AgentError::Identity(err)),
+        }
+    }
+}
+
+async fn renewal(agent: Arc<Agent>) {
+    loop {
+        let id = agent.identity();
+        let wait = id.renew_at() - agent::now_ms() / 1000;
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+        }
+        match identity::renew(&agent.config.state_dir, &agent.config.control_planes, &id).await {
+            Ok(new) => {
+                tracing::info!(not_after = new.desc.not_after, "host certificate renewed");
+                agent.set_identity(new);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "host certificate renewal failed; retrying");
+                tokio::time::sleep(identity::RENEW_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Enroll if needed, sync, then serve the workload socket until `shutdown` resolves.
+/// `on_ready` is called with the socket path once the agent has caught up and listens.
+pub async fn run(
+    config: AgentConfig,
+    enrollment: Enrollment,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&std::path::Path),
+) -> Result<(), AgentError> {
+    if let Err(e) = sys::set_not_dumpable() {
+        tracing::warn!(error = %e, "could not mark the process non-dumpable");
+    }
+    let id = load_or_enroll(&config, &enrollment).await?;
+    let mut cli_paths = config.cli_paths.clone();
+    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)) {
+        cli_paths.push(dir.join("leash"));
+    }
+    let attestor = attest::Attestor::new(attest::AttestorConfig {
+        cli_paths,
+        ..Default::default()
+    })?;
+    let agent = Arc::new(Agent::new(config.clone(), attestor, id));
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let sync_task = tokio::spawn(sync::run(agent.clone(), ready_tx));
+    let watchdog = tokio::spawn(sync::watchdog(agent.clone()));
+    let renew = tokio::spawn(renewal(agent.clone()));
+
+    // Serve nothing until caught up (or evicted, so `leash status` can say why).
+    loop {
+        if *ready_rx.borrow() || agent.health().state == State::Evicted {
+            break;
+        }
+        tokio::select! {
+            r = ready_rx.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+
+    let listener = server::bind(&config.socket)?;
+    on_ready(&config.socket);
+    let svc = leash_proto::v1::agent_server::AgentServer::new(api::Api::new(agent.clone()))
+        .max_decoding_message_size(leash_proto::MAX_WORKLOAD_REQUEST_BYTES)
+        .max_encoding_message_size(leash_proto::MAX_MESSAGE_BYTES);
+    let result = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(64)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(server::incoming(listener, config.max_conns_per_uid), shutdown)
+        .await;
+    sync_task.abort();
+    watchdog.abort();
+    renew.abort();
+    let wiped = agent.cache.wipe_all();
+    tracing::info!(wiped, "stopped; in-memory credentials wiped");
+    let _ = std::fs::remove_file(&config.socket);
+    result?;
+    Ok(())
+}

@@ -25,7 +25,7 @@ async fn refuse(s: &Shared, token_id: Option<&str>, reason: String) -> Status {
         tracing::warn!(error = %err, "could not record a denied enrollment");
     }
     tracing::warn!(%reason, "enrollment refused");
-    Reason::Denied.status(format!("enrollment refused: {reason}"))
+    Reason::Denied.status(reason)
 }
 
 /// Handle an Enroll call.
@@ -60,7 +60,8 @@ pub async fn enroll(s: &Shared, r: v1::EnrollRequest) -> Result<v1::EnrollRespon
             )
             .await)
         }
-        (None, "") => return Err(refuse(s, Some(&token.id), "no host name given and none bound in the token".into()).await),
+        (None, "") if !r.default_name.is_empty() => r.default_name.clone(),
+        (None, "") => return Err(refuse(s, Some(&token.id), "no host name given and none bound in the token; start the agent with --name".into()).await),
         (None, asked) => asked.to_string(),
     };
     if !valid_name(&name) || name.contains('/') {

@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 #[non_exhaustive]
 pub enum ConnectError {
     /// Nothing listens there, or the caller may not open it.
-    #[error("cannot connect to {path}: {source}")]
+    #[error("cannot connect to {path}: {}", chain(source))]
     Connect {
         /// Socket path.
         path: PathBuf,
@@ -35,4 +35,15 @@ pub async fn connect(path: &Path) -> Result<Channel, ConnectError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }

@@ -1,1 +1,257 @@
-fn main(){}
+//! `leash`: the workload-side CLI. It asks the local agent over its Unix socket; the
+//! agent attests this process (and, since this is the installed CLI, takes path and
+//! hash selectors from its parent), so nothing here can claim an identity.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use leash_proto::cli::{parse_secs, status_exit, time};
+use leash_proto::v1;
+use leash_proto::v1::agent_client::AgentClient;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "leash", version, about = "Fetch short-lived credentials from the local Leash agent")]
+struct Cli {
+    /// Agent socket.
+    #[arg(long, env = "LEASH_AGENT_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a credential (only the secret goes to stdout).
+    Get {
+        /// Credential name.
+        name: String,
+        /// Action class (default: the credential's).
+        #[arg(long)]
+        action: Option<String>,
+        /// Audience (default: the credential's first).
+        #[arg(long)]
+        audience: Option<String>,
+        /// Lifetime, e.g. 2m (at most the credential's max_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Which workload, when several match.
+        #[arg(long = "as")]
+        as_workload: Option<String>,
+        /// Principal a shared agent acts for.
+        #[arg(long)]
+        on_behalf_of: Option<String>,
+        /// Bypass the cache.
+        #[arg(long)]
+        fresh: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// The attested identity of the caller and its matching workloads.
+    Whoami {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Agent and sync health.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Ask whether a token is still active (RFC 7662 JSON), through the agent.
+    Introspect {
+        /// The token, or `-` for stdin.
+        token: Option<String>,
+    },
+}
+
+struct Fail(String, i32);
+
+impl From<tonic::Status> for Fail {
+    fn from(s: tonic::Status) -> Self {
+        let (m, c) = status_exit(&s);
+        Fail(m, c)
+    }
+}
+
+fn default_socket() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/leash/agent.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("leash/agent.sock"),
+        None => PathBuf::from(format!("/tmp/leash-{}/agent.sock", nix::unistd::geteuid())),
+    }
+}
+
+fn json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn run(cli: Cli) -> Result<(), Fail> {
+    let socket = cli.socket.unwrap_or_else(default_socket);
+    let channel: Channel = leash_proto::uds::connect(&socket).await.map_err(|e| {
+        Fail(
+            format!("no Leash agent answers: {e}\nIs leash-agentd running? Point leash at its socket with --socket or $LEASH_AGENT_SOCKET."),
+            5,
+        )
+    })?;
+    let mut c = AgentClient::new(channel).max_decoding_message_size(leash_proto::MAX_MESSAGE_BYTES);
+    match cli.cmd {
+        Cmd::Get {
+            name,
+            action,
+            audience,
+            ttl,
+            as_workload,
+            on_behalf_of,
+            fresh,
+            output,
+        } => {
+            let ttl_seconds = match ttl {
+                Some(t) => parse_secs(&t).map_err(|m| Fail(format!("--ttl: {m}"), 1))?,
+                None => 0,
+            };
+            let r = c
+                .fetch(v1::FetchRequest {
+                    credential: name,
+                    action: action.unwrap_or_default(),
+                    audience: audience.unwrap_or_default(),
+                    ttl_seconds,
+                    as_workload: as_workload.unwrap_or_default(),
+                    on_behalf_of: on_behalf_of.unwrap_or_default(),
+                    fresh,
+                    task_handle: std::env::var("LEASH_TASK").unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if output == Output::Json {
+                json(&serde_json::json!({
+                    "token": r.token,
+                    "expires_at": time(r.expires_at_unix),
+                    "expires_at_unix": r.expires_at_unix,
+                    "lease_id": r.lease_id,
+                    "workload": r.workload,
+                    "action": r.action,
+                    "audience": r.audience,
+                    "cached": r.cached,
+                }));
+            } else {
+                println!("{}", r.token);
+            }
+        }
+        Cmd::Whoami { output } => {
+            let r = c.who_am_i(v1::WhoAmIRequest {}).await?.into_inner();
+            let a = r.attested.unwrap_or_default();
+            if output == Output::Json {
+                json(&serde_json::json!({
+                    "pid": a.pid, "uid": a.uid, "gid": a.gid, "user": a.user,
+                    "exe_path": a.exe_path, "exe_sha256": a.exe_sha256,
+                    "selectors": a.selectors, "workloads": r.workloads, "host": r.host,
+                }));
+            } else {
+                println!("host:      {}", r.host);
+                println!("pid:       {}", a.pid);
+                println!("uid:       {} ({})", a.uid, a.user);
+                println!("gid:       {}", a.gid);
+                println!("exe:       {}", if a.exe_path.is_empty() { "-" } else { &a.exe_path });
+                println!("selectors:");
+                for s in &a.selectors {
+                    println!("  {s}");
+                }
+                if r.workloads.is_empty() {
+                    println!("workloads: (none match)");
+                } else {
+                    println!("workloads:");
+                    for (w, id) in r.workloads.iter().zip(r.spiffe_ids.split(' ')) {
+                        println!("  {w}  {id}");
+                    }
+                }
+            }
+        }
+        Cmd::Status { output } => {
+            let r = c.status(v1::StatusRequest {}).await?.into_inner();
+            if output == Output::Json {
+                json(&serde_json::json!({
+                    "version": r.version, "host": r.host, "state": r.state,
+                    "synced": r.synced, "last_seq": r.last_seq,
+                    "last_heartbeat": time(r.last_heartbeat_unix_ms / 1000),
+                    "last_heartbeat_unix_ms": r.last_heartbeat_unix_ms,
+                    "cached_credentials": r.cached_credentials, "workloads": r.workloads,
+                    "control_plane": r.control_plane, "max_offline_secs": r.max_offline_secs,
+                    "reason": (!r.reason.is_empty()).then_some(&r.reason),
+                }));
+            } else {
+                println!("agent:          leash-agentd {}", r.version);
+                println!("host:           {}", r.host);
+                println!("state:          {}{}", r.state, if r.reason.is_empty() { String::new() } else { format!(" ({})", r.reason) });
+                println!("synced:         {}", r.synced);
+                println!("last seq:       {}", r.last_seq);
+                println!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
+                println!("control plane:  {}", r.control_plane);
+                println!("max offline:    {}s", r.max_offline_secs);
+                println!("workloads:      {}", r.workloads);
+                println!("cached:         {} credential(s)", r.cached_credentials);
+            }
+        }
+        Cmd::Introspect { token } => {
+            let token = match token.as_deref() {
+                None | Some("-") => {
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .take(64 * 1024)
+                        .read_to_string(&mut s)
+                        .map_err(|e| Fail(format!("cannot read the token from stdin: {e}"), 1))?;
+                    s
+                }
+                Some(t) => t.to_string(),
+            };
+            if token.trim().is_empty() {
+                return Err(Fail("no token given: pass it as an argument or on stdin with `-`".into(), 1));
+            }
+            let r = c
+                .introspect(v1::IntrospectRequest {
+                    token: token.trim().to_string(),
+                })
+                .await?
+                .into_inner();
+            json(&serde_json::from_str(&r.json).unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // clap exits 2 on bad usage; 2 means "denied" here, so usage errors exit 1.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(5);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(m, code)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(code as u8)
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The agent's shared state: configuration, identity, synced workloads, the cache, the
+//! health that `leash status` reports, and the usage counts the Sync stream reports.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use leash_proto::v1;
+use leash_proto::v1::control_plane_client::ControlPlaneClient;
+use tonic::transport::Channel;
+
+use crate::attest::Attestor;
+use crate::cache::Cache;
+use crate::identity::Identity;
+
+/// Unix ms now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Resolved agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Control planes as HOST:PORT, tried in order.
+    pub control_planes: Vec<String>,
+    /// Where the host identity lives.
+    pub state_dir: PathBuf,
+    /// Workload socket path.
+    pub socket: PathBuf,
+    /// Local cap on max_offline (the control plane's value may only be lowered).
+    pub max_offline_cap_secs: Option<u32>,
+    /// Installed `leash` CLI paths, for attestation through the CLI.
+    pub cli_paths: Vec<PathBuf>,
+    /// Connections one uid may hold open.
+    pub max_conns_per_uid: usize,
+    /// Requests per second one uid may make (0 = unlimited).
+    pub requests_per_uid: u32,
+}
+
+/// Lifecycle state, as `leash status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not caught up yet.
+    Starting,
+    /// Synced and serving.
+    Ready,
+    /// Lost the control plane; serving cached credentials within max_offline.
+    Offline,
+    /// Past max_offline: everything wiped, serving nothing until re-synced.
+    FailingClosed,
+    /// Evicted by an admin: everything wiped, serving nothing, ever.
+    Evicted,
+}
+
+impl State {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Ready => "ready",
+            State::Offline => "offline",
+            State::FailingClosed => "failing-closed",
+            State::Evicted => "evicted",
+        }
+    }
+}
+
+/// Sync health.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// State.
+    pub state: State,
+    /// Currently caught up with the control plane.
+    pub synced: bool,
+    /// Last sequence applied.
+    pub last_seq: u64,
+    /// Unix ms of the last heartbeat (or catch-up).
+    pub last_heartbeat_ms: i64,
+    /// Effective max_offline.
+    pub max_offline_secs: u32,
+    /// Why it is not ready, when it is not.
+    pub reason: String,
+}
+
+/// The agent.
+pub struct Agent {
+    /// Configuration.
+    pub config: AgentConfig,
+    /// Caller attestation.
+    pub attestor: Attestor,
+    /// Credentials.
+    pub cache: Cache,
+    identity: RwLock<Arc<Identity>>,
+    workloads: RwLock<HashMap<String, v1::Workload>>,
+    client: RwLock<Option<ControlPlaneClient<Channel>>>,
+    health: Mutex<Health>,
+    usage: Mutex<HashMap<String, v1::LeaseUsage>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a plain field update; a panic cannot leave the data
+    // half-changed, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// A new agent for an enrolled identity.
+    pub fn new(config: AgentConfig, attestor: Attestor, identity: Identity) -> Agent {
+        let cap = config.max_offline_cap_secs.unwrap_or(300);
+        Agent {
+            config,
+            attestor,
+            cache: Cache::default(),
+            identity: RwLock::new(Arc::new(identity)),
+            workloads: RwLock::new(HashMap::new()),
+            client: RwLock::new(None),
+            health: Mutex::new(Health {
+                state: State::Starting,
+                synced: false,
+                last_seq: 0,
+                last_heartbeat_ms: 0,
+                max_offline_secs: cap,
+                reason: "connecting to the control plane".into(),
+            }),
+            usage: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The current identity.
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Switch to a renewed identity (new connections use it).
+    pub fn set_identity(&self, id: Identity) {
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(id);
+    }
+
+    /// The client for unary calls, when connected.
+    pub fn client(&self) -> Option<ControlPlaneClient<Channel>> {
+        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Record the connection the Sync stream is using.
+    pub fn set_client(&self, c: ControlPlaneClient<Channel>) {
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
+    }
+
+    /// A copy of the health.
+    pub fn health(&self) -> Health {
+        lock(&self.health).clone()
+    }
+
+    /// Apply a sequence number.
+    pub fn advance(&self, seq: u64) {
+        let mut h = lock(&self.health);
+        h.last_seq = h.last_seq.max(seq);
+    }
+
+    fn effective_max_offline(&self, from_cp: u32) -> u32 {
+        let from_cp = if from_cp == 0 { 300 } else { from_cp };
+        match self.config.max_offline_cap_secs {
+            Some(cap) => cap.min(from_cp),
+            None => from_cp,
+        }
+    }
+
+    /// Caught up: serving from now on.
+    pub fn caught_up(&self, max_offline_secs: u32) {
+        let mo = self.effective_max_offline(max_offline_secs);
+        let mut h = lock(&self.health);
+        if h.state == State::Evicted {
+            return;
+        }
+        if h.state == State::FailingClosed {
+            tracing::info!("re-synced with the control plane; serving again");
+        }
+        h.state = State::Ready;
+        h.synced = true;
+        h.last_heartbeat_ms = now_ms();
+        h.max_offline_secs = mo;
+        h.reason.clear();
+    }
+
+    /// A heartbeat arrived.
+    pub fn heartbeat(&self, max_offline_secs: u32) {
+        let mo = self.effective_max_offline(max_offline_secs);
+        let mut h = lock(&self.health);
+        h.last_heartbeat_ms = now_ms();
+        h.max_offline_secs = mo;
+    }
+
+    /// The stream dropped.
+    pub fn set_disconnected(&self) {
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut h = lock(&self.health);
+        h.synced = false;
+        if h.state == State::Ready {
+            h.state = State::Offline;
+            h.reason = "the control plane is unreachable; serving cached credentials within max_offline".into();
+        }
+    }
+
+    /// Past max_offline: wipe everything and refuse until re-synced.
+    pub fn fail_closed(&self) -> usize {
+        {
+            let mut h = lock(&self.health);
+            h.state = State::FailingClosed;
+            h.synced = false;
+            h.reason = format!(
+                "no heartbeat from the control plane for more than {}s (max_offline); everything was wiped",
+                h.max_offline_secs
+            );
+        }
+        self.cache.wipe_all()
+    }
+
+    /// Evicted: wipe everything, forever.
+    pub fn evicted(&self, reason: &str) {
+        let wiped = self.cache.wipe_all();
+        {
+            let mut h = lock(&self.health);
+            h.state = State::Evicted;
+            h.synced = false;
+            h.reason = format!("this host was evicted by the control plane ({reason}); re-enroll with a new join token and a new name");
+        }
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::error!(wiped, %reason, "this host was evicted: wiped everything and stopped serving");
+    }
+
+    /// Replace the workload set (snapshot). Returns how many credentials were wiped
+    /// because their workload is gone.
+    pub fn replace_workloads(&self, ws: Vec<v1::Workload>) -> usize {
+        let map: HashMap<String, v1::Workload> = ws.into_iter().map(|w| (w.name.clone(), w)).collect();
+        let wiped = self.cache.retain_workloads(|name| map.contains_key(name));
+        *self.workloads.write().unwrap_or_else(|p| p.into_inner()) = map;
+        wiped
+    }
+
+    /// Add or change a workload.
+    pub fn put_workload(&self, w: v1::Workload) {
+        self.workloads
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(w.name.clone(), w);
+    }
+
+    /// Drop a workload and its credentials.
+    pub fn remove_workload(&self, name: &str) {
+        self.workloads.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.cache.retain_workloads(|w| w != name);
+    }
+
+    /// Workloads whose selectors all match.
+    pub fn matching(&self, matches: impl Fn(&[String]) -> bool) -> Vec<v1::Workload> {
+        let mut v: Vec<v1::Workload> = self
+            .workloads
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|w| matches(&w.selectors))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Number of workloads that may run here.
+    pub fn workload_count(&self) -> usize {
+        self.workloads.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Count one serving of a lease (batched up the Sync stream later; never waits).
+    pub fn record_use(&self, lease: &str, pid: u32, exe: &str) {
+        let now = now_ms();
+        let mut u = lock(&self.usage);
+        let e = u.entry(lease.to_string()).or_insert_with(|| v1::LeaseUsage {
+            lease_id: lease.to_string(),
+            count: 0,
+            first_pid: pid,
+            first_exe: exe.to_string(),
+            first_unix_ms: now,
+            ..Default::default()
+        });
+        e.count += 1;
+        e.last_pid = pid;
+        if e.last_exe != exe {
+            e.last_exe = exe.to_string();
+        }
+        e.last_unix_ms = now;
+    }
+
+    /// Take the usage collected so far.
+    pub fn take_usage(&self) -> Vec<v1::LeaseUsage> {
+        lock(&self.usage).drain().map(|(_, v)| v).collect()
+    }
+}

@@ -1,0 +1,251 @@
+//! The Leash API on the workload socket: Fetch, WhoAmI, Status, Introspect.
+//!
+//! Every request is attested afresh from the connection's pinned peer; nothing the
+//! caller sends is trusted for identity. The fetch path: attest, match a workload,
+//! serve from cache when the entry satisfies the request and is fresh, otherwise Issue
+//! through the control plane and cache the answer.
+
+use std::sync::Arc;
+
+use leash_proto::reason::Reason;
+use leash_proto::v1;
+use leash_proto::v1::agent_server::Agent as AgentService;
+use tonic::{Request, Response, Status};
+
+use crate::agent::{now_ms, Agent, State};
+use crate::attest::{Attestation, Peer};
+use crate::cache::{Entry, Key};
+use crate::secret::Secret;
+use crate::server::RateLimit;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct Api {
+    agent: Arc<Agent>,
+    limit: Arc<RateLimit>,
+}
+
+impl Api {
+    /// Wrap the agent.
+    pub fn new(agent: Arc<Agent>) -> Api {
+        let limit = Arc::new(RateLimit::new(agent.config.requests_per_uid));
+        Api { agent, limit }
+    }
+
+    fn attest<T>(&self, req: &Request<T>) -> Result<Attestation, Status> {
+        let peer = req
+            .extensions()
+            .get::<Peer>()
+            .ok_or_else(|| Reason::Denied.status("no peer credentials on this connection"))?;
+        if !self.limit.allow(peer.uid()) {
+            return Err(Status::resource_exhausted(format!(
+                "too many requests from uid {}; slow down",
+                peer.uid()
+            )));
+        }
+        // Reads /proc and may hash an executable the first time it is seen.
+        tokio::task::block_in_place(|| self.agent.attestor.attest(peer))
+            .map_err(|e| Reason::Denied.status(format!("attestation failed: {e}")))
+    }
+
+    fn serving(&self) -> Result<(), Status> {
+        let h = self.agent.health();
+        match h.state {
+            State::Ready | State::Offline => Ok(()),
+            State::Starting => Err(Reason::Unavailable.status("the agent has not synced with the control plane yet; try again shortly")),
+            State::FailingClosed | State::Evicted => Err(Reason::Unavailable.status(format!("the agent is failing closed: {}", h.reason))),
+        }
+    }
+
+    fn pick(&self, a: &Attestation, as_workload: &str) -> Result<v1::Workload, Status> {
+        let candidates = self.agent.matching(|sel| a.matches(sel));
+        if !as_workload.is_empty() {
+            return candidates.into_iter().find(|w| w.name == as_workload).ok_or_else(|| {
+                Reason::Denied.status(format!(
+                    "this caller is not attested as workload {as_workload:?} (it may not exist, may not run on this host, or its selectors do not match this caller)"
+                ))
+            });
+        }
+        match candidates.len() {
+            0 => Err(Reason::Denied.status(format!(
+                "no workload matches this caller ({}); ask an admin to register one with `leashctl workload add NAME --owner O --selector unix:uid:{}`",
+                a.selectors.iter().cloned().collect::<Vec<_>>().join(" "),
+                a.uid
+            ))),
+            1 => Ok(candidates.into_iter().next().unwrap_or_default()),
+            _ => Err(Reason::Invalid.status(format!(
+                "several workloads match this caller: {}; choose one with --as",
+                candidates.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    fn respond(&self, a: &Attestation, workload: &str, e: &Entry, cached: bool) -> v1::FetchResponse {
+        self.agent
+            .record_use(&e.lease_id, a.pid, a.exe_path.as_deref().unwrap_or(""));
+        v1::FetchResponse {
+            token: e.token.expose().to_string(),
+            expires_at_unix: e.expires_at,
+            lease_id: e.lease_id.clone(),
+            workload: workload.to_string(),
+            cached,
+            action: e.action.clone(),
+            audience: e.audience.clone(),
+        }
+    }
+
+    async fn issue(&self, a: &Attestation, w: &v1::Workload, key: &Key) -> Result<Entry, Status> {
+        let mut client = self.agent.client().ok_or_else(|| {
+            Reason::Unavailable.status("the control plane is unreachable and no usable credential is cached; check `leash status` and try again")
+        })?;
+        let req = v1::IssueRequest {
+            workload: w.name.clone(),
+            credential: key.credential.clone(),
+            action: key.action.clone(),
+            audience: key.audience.clone(),
+            ttl_seconds: key.ttl,
+            task: key.task.clone().unwrap_or_default(),
+            on_behalf_of: key.obo.clone().unwrap_or_default(),
+            attested: Some(v1::Attested {
+                pid: a.pid,
+                uid: a.uid,
+                gid: a.gid,
+                user: a.user.clone().unwrap_or_default(),
+                exe_path: a.exe_path.clone().unwrap_or_default(),
+                exe_sha256: a.exe_sha256.clone().unwrap_or_default(),
+                selectors: a.selectors.iter().cloned().collect(),
+            }),
+        };
+        let r = client.issue(req).await.map_err(|s| {
+            if Reason::of(&s) == Reason::Unavailable {
+                Reason::Unavailable.status(format!(
+                    "the control plane is unreachable ({}) and no usable credential is cached",
+                    s.message()
+                ))
+            } else {
+                s
+            }
+        })?;
+        let r = r.into_inner();
+        Ok(Entry {
+            token: Secret::new(r.token),
+            lease_id: r.lease_id,
+            owner: w.owner.clone(),
+            issued_at: r.issued_at_unix,
+            expires_at: r.expires_at_unix,
+            seq: r.seq,
+            action: r.action,
+            audience: r.audience,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for Api {
+    async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
+        let a = self.attest(&req)?;
+        self.serving()?;
+        let r = req.into_inner();
+        if r.credential.is_empty() {
+            return Err(Reason::Invalid.status("name the credential to fetch"));
+        }
+        let w = self.pick(&a, &r.as_workload)?;
+        let key = Key {
+            workload: w.name.clone(),
+            credential: r.credential,
+            audience: r.audience,
+            action: r.action,
+            ttl: r.ttl_seconds,
+            task: None,
+            obo: (!r.on_behalf_of.is_empty()).then_some(r.on_behalf_of),
+        };
+        let now = now_ms() / 1000;
+        let cached = if r.fresh { None } else { self.agent.cache.get(&key, now) };
+        if let Some(e) = &cached {
+            if !e.stale(now) {
+                return Ok(Response::new(self.respond(&a, &w.name, e, true)));
+            }
+        }
+        // Miss, forced, or past half its life: issue. A retry covers the rare case of a
+        // revocation arriving while this Issue was in flight.
+        for _ in 0..2 {
+            match self.issue(&a, &w, &key).await {
+                Ok(e) => {
+                    let resp = self.respond(&a, &w.name, &e, false);
+                    if self.agent.cache.insert(key.clone(), e) {
+                        return Ok(Response::new(resp));
+                    }
+                }
+                Err(s) => {
+                    // Past half-life but still valid, and the control plane is away:
+                    // serve what we have (we are within max_offline, or serving() would
+                    // have refused).
+                    if let (Some(e), Reason::Unavailable) = (&cached, Reason::of(&s)) {
+                        return Ok(Response::new(self.respond(&a, &w.name, e, true)));
+                    }
+                    return Err(s);
+                }
+            }
+        }
+        Err(Reason::Denied.status("the credential was revoked while it was being issued"))
+    }
+
+    async fn who_am_i(&self, req: Request<v1::WhoAmIRequest>) -> Result<Response<v1::WhoAmIResponse>, Status> {
+        let a = self.attest(&req)?;
+        let id = self.agent.identity();
+        let td = &id.desc.trust_domain;
+        let ws = self.agent.matching(|sel| a.matches(sel));
+        Ok(Response::new(v1::WhoAmIResponse {
+            attested: Some(v1::Attested {
+                pid: a.pid,
+                uid: a.uid,
+                gid: a.gid,
+                user: a.user.clone().unwrap_or_default(),
+                exe_path: a.exe_path.clone().unwrap_or_default(),
+                exe_sha256: a.exe_sha256.clone().unwrap_or_default(),
+                selectors: a.selectors.iter().cloned().collect(),
+            }),
+            spiffe_ids: ws
+                .iter()
+                .map(|w| format!("spiffe://{td}/{}", w.name))
+                .collect::<Vec<_>>()
+                .join(" "),
+            workloads: ws.into_iter().map(|w| w.name).collect(),
+            host: id.desc.host.clone(),
+        }))
+    }
+
+    async fn status(&self, _req: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+        let h = self.agent.health();
+        let id = self.agent.identity();
+        Ok(Response::new(v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            host: id.desc.host.clone(),
+            synced: h.synced,
+            last_seq: h.last_seq,
+            last_heartbeat_unix_ms: h.last_heartbeat_ms,
+            cached_credentials: self.agent.cache.len() as u32,
+            control_plane: self.agent.config.control_planes.join(","),
+            max_offline_secs: h.max_offline_secs,
+            state: h.state.as_str().into(),
+            reason: h.reason,
+            workloads: self.agent.workload_count() as u32,
+        }))
+    }
+
+    async fn introspect(&self, req: Request<v1::IntrospectRequest>) -> Result<Response<v1::IntrospectResponse>, Status> {
+        self.attest(&req)?;
+        let mut client = self.agent.client().ok_or_else(|| {
+            Reason::Unavailable.status("the control plane is unreachable; introspection needs it")
+        })?;
+        client.introspect(req.into_inner()).await
+    }
+
+    async fn start_task(&self, _req: Request<v1::StartTaskRequest>) -> Result<Response<v1::StartTaskResponse>, Status> {
+        Err(Status::unimplemented("tasks are not supported by this agent version"))
+    }
+
+    async fn end_task(&self, _req: Request<v1::EndTaskRequest>) -> Result<Response<v1::EndTaskResponse>, Status> {
+        Err(Status::unimplemented("tasks are not supported by this agent version"))
+    }
+}

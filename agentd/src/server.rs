@@ -1,0 +1,244 @@
+//! The workload socket: a Unix listener whose connections carry their pinned peer.
+//!
+//! Each accepted connection's peer is read once (SO_PEERCRED, pinned by pidfd) and
+//! travels with the connection as tonic connect-info; the API attests it again on every
+//! request. Connections per uid are capped here, before any request is read.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tonic::transport::server::Connected;
+
+use crate::attest::Peer;
+
+/// Socket set-up failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SocketError {
+    /// The path exists and is not a socket; we never delete such a file.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Could not create the directory or bind.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Default socket path: `/run/leash/agent.sock` as root, else
+/// `$XDG_RUNTIME_DIR/leash/agent.sock`.
+pub fn default_socket() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/leash/agent.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("leash/agent.sock"),
+        None => PathBuf::from(format!("/tmp/leash-{}/agent.sock", nix::unistd::geteuid())),
+    }
+}
+
+/// Bind the workload socket: mode 0666 in a 0755 directory (identity comes from
+/// attestation, not file permissions). A stale file is removed only if it is a socket.
+pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+    let err = |source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(_) => return Err(SocketError::NotASocket(path.to_path_buf())),
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    Ok(l)
+}
+
+/// Open connections per uid.
+#[derive(Debug, Default)]
+struct ConnCounts(Mutex<HashMap<u32, usize>>);
+
+/// Decrements the uid's count when the connection closes.
+#[derive(Debug)]
+struct ConnGuard {
+    counts: Arc<ConnCounts>,
+    uid: u32,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// A connection with its pinned peer.
+#[derive(Debug)]
+pub struct AttestedStream {
+    inner: UnixStream,
+    peer: Peer,
+    _guard: ConnGuard,
+}
+
+impl Connected for AttestedStream {
+    type ConnectInfo = Peer;
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for AttestedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AttestedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accept connections, pin their peers, enforce the per-uid connection cap.
+pub fn incoming(
+    listener: UnixListener,
+    max_per_uid: usize,
+) -> tokio_stream::wrappers::ReceiverStream<Result<AttestedStream, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let counts = Arc::new(ConnCounts::default());
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let peer = match Peer::from_stream(stream.as_fd()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(error = %e, "refused a connection whose peer could not be pinned");
+                    continue;
+                }
+            };
+            let uid = peer.uid();
+            {
+                let mut m = counts.0.lock().unwrap_or_else(|p| p.into_inner());
+                let n = m.entry(uid).or_insert(0);
+                if *n >= max_per_uid {
+                    tracing::warn!(uid, limit = max_per_uid, "refused a connection: too many open for this uid");
+                    continue;
+                }
+                *n += 1;
+            }
+            let s = AttestedStream {
+                inner: stream,
+                peer,
+                _guard: ConnGuard {
+                    counts: counts.clone(),
+                    uid,
+                },
+            };
+            if tx.send(Ok(s)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A token bucket per uid for requests.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_sec: f64,
+    buckets: Mutex<HashMap<u32, (f64, Instant)>>,
+}
+
+impl RateLimit {
+    /// `per_sec` requests a second with a burst of the same size; 0 disables it.
+    pub fn new(per_sec: u32) -> RateLimit {
+        RateLimit {
+            per_sec: f64::from(per_sec),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take one token for `uid`.
+    pub fn allow(&self, uid: u32) -> bool {
+        if self.per_sec <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = m.entry(uid).or_insert((self.per_sec, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_sec).min(self.per_sec);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_caps_a_burst() {
+        let r = RateLimit::new(10);
+        let allowed = (0..100).filter(|_| r.allow(1)).count();
+        assert!((10..=11).contains(&allowed), "{allowed}");
+        assert!(r.allow(2), "other uids have their own bucket");
+        assert!(RateLimit::new(0).allow(1));
+    }
+
+    #[tokio::test]
+    async fn refuses_to_replace_a_regular_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("agent.sock");
+        std::fs::write(&p, b"not a socket").expect("write");
+        assert!(matches!(bind(&p), Err(SocketError::NotASocket(_))));
+        std::fs::remove_file(&p).expect("rm");
+        let l = bind(&p).expect("bind");
+        drop(l);
+        // A stale socket is replaced.
+        bind(&p).expect("rebind over stale socket");
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666);
+    }
+}

@@ -1,0 +1,236 @@
+//! The Sync stream: the agent's one long-lived connection to the control plane.
+//!
+//! Down the stream come the workloads that may run here, heartbeats, revocations and
+//! eviction; up go acknowledgments (with how many credentials each revocation wiped)
+//! and batched usage reports. On reconnect the agent resumes from its last sequence
+//! number, so every revocation it missed is applied before it serves again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leash_proto::v1;
+use leash_proto::v1::control_plane_client::ControlPlaneClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::agent::{now_ms, Agent, State};
+use crate::cache::Target;
+
+/// How often served-usage batches go up the stream.
+const USAGE_INTERVAL: Duration = Duration::from_secs(5);
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Why a stream ended.
+enum End {
+    /// Reconnect after a pause.
+    Retry(String),
+    /// Never reconnect (evicted).
+    Stop,
+}
+
+/// Hold the Sync stream forever, reconnecting with backoff. `ready` fires the first
+/// time the agent has caught up.
+pub async fn run(agent: Arc<Agent>, ready: tokio::sync::watch::Sender<bool>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match session(&agent, &ready).await {
+            End::Stop => return,
+            End::Retry(why) => {
+                agent.set_disconnected();
+                tracing::warn!(reason = %why, retry_in_ms = backoff.as_millis() as u64, "control plane connection lost");
+            }
+        }
+        // Jitter so a fleet does not reconnect in lockstep after a control-plane restart.
+        let jitter = Duration::from_millis(u64::from(rand_u16()) % (backoff.as_millis() as u64 / 2 + 1));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if agent.health().synced {
+            backoff = BACKOFF_MIN;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u16::from_le_bytes(b)
+}
+
+async fn session(agent: &Arc<Agent>, ready: &tokio::sync::watch::Sender<bool>) -> End {
+    let cfg = match agent.identity().client_config() {
+        Ok(c) => c,
+        Err(e) => return End::Retry(e.to_string()),
+    };
+    let channel = match crate::tls::connect(&agent.config.control_planes, cfg).await {
+        Ok(c) => c,
+        Err(e) => return End::Retry(e.to_string()),
+    };
+    let client = ControlPlaneClient::new(channel)
+        .max_decoding_message_size(leash_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(leash_proto::MAX_MESSAGE_BYTES);
+    agent.set_client(client.clone());
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
+    let hello = v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Hello(v1::SyncHello {
+            protocol_version: leash_proto::PROTOCOL_VERSION,
+            last_seq: agent.health().last_seq,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        })),
+    };
+    if tx.send(hello).await.is_err() {
+        return End::Retry("stream closed".into());
+    }
+    let mut inbound = match client.clone().sync(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            if s.code() == tonic::Code::PermissionDenied {
+                tracing::error!(reason = %s.message(), "the control plane refuses this host");
+                if s.message().contains("evicted") {
+                    agent.evicted(s.message());
+                    return End::Stop;
+                }
+            }
+            return End::Retry(s.message().to_string());
+        }
+    };
+    let mut usage_tick = tokio::time::interval(USAGE_INTERVAL);
+    usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => {
+                    if let Some(end) = apply(agent, m, &tx, ready).await {
+                        return end;
+                    }
+                }
+                Ok(None) => return End::Retry("the control plane closed the stream".into()),
+                Err(s) => return End::Retry(s.message().to_string()),
+            },
+            _ = usage_tick.tick() => {
+                let leases = agent.take_usage();
+                if !leases.is_empty() {
+                    let m = v1::AgentMessage { msg: Some(v1::agent_message::Msg::Usage(v1::UsageReport { leases })) };
+                    if tx.send(m).await.is_err() {
+                        return End::Retry("stream closed".into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn target_of(agent: &Agent, r: &v1::Revocation) -> Target {
+    use v1::revocation_target::Target as T;
+    match r.target.as_ref().and_then(|t| t.target.clone()) {
+        Some(T::Lease(v)) => Target::Lease(v),
+        Some(T::Workload(v)) => Target::Workload(v),
+        Some(T::Credential(v)) => Target::Credential(v),
+        Some(T::Owner(v)) => Target::Owner(v),
+        Some(T::Host(h)) if h == agent.identity().desc.host => Target::All,
+        // Another host's leases: only the explicitly listed lease ids can be here.
+        Some(T::Host(_)) => Target::Lease(String::new()),
+        Some(T::All(_)) => Target::All,
+        Some(T::Task(v)) => Target::Task(v),
+        None => Target::Lease(String::new()),
+    }
+}
+
+async fn apply(
+    agent: &Arc<Agent>,
+    m: v1::ControlMessage,
+    tx: &mpsc::Sender<v1::AgentMessage>,
+    ready: &tokio::sync::watch::Sender<bool>,
+) -> Option<End> {
+    use v1::agent_message::Msg as Up;
+    use v1::control_message::Msg;
+    let send = |m: Up| {
+        let tx = tx.clone();
+        async move { tx.send(v1::AgentMessage { msg: Some(m) }).await.is_ok() }
+    };
+    match m.msg? {
+        Msg::Snapshot(s) => {
+            let workloads = s.workloads.into_iter().filter_map(|e| e.workload).collect();
+            let dropped = agent.replace_workloads(workloads);
+            if dropped > 0 {
+                tracing::info!(wiped = dropped, "wiped credentials of workloads no longer sent here");
+            }
+            agent.advance(s.seq);
+        }
+        Msg::Workload(e) => {
+            if let Some(w) = e.workload {
+                agent.put_workload(w);
+            }
+            agent.advance(e.seq);
+        }
+        Msg::WorkloadRemoved(r) => {
+            agent.remove_workload(&r.name);
+            agent.advance(r.seq);
+        }
+        Msg::CaughtUp(c) => {
+            agent.advance(c.seq);
+            agent.caught_up(c.max_offline_secs);
+            if !*ready.borrow() {
+                let _ = ready.send(true);
+            }
+            if !send(Up::Ack(v1::SyncAck { seq: agent.health().last_seq })).await {
+                return Some(End::Retry("stream closed".into()));
+            }
+        }
+        Msg::Heartbeat(h) => {
+            agent.heartbeat(h.max_offline_secs);
+            agent.advance(h.seq);
+            if !send(Up::Ack(v1::SyncAck { seq: agent.health().last_seq })).await {
+                return Some(End::Retry("stream closed".into()));
+            }
+        }
+        Msg::Revocation(r) => {
+            let target = target_of(agent, &r);
+            let wiped = agent.cache.revoke(r.seq, target.clone(), r.lease_ids.clone());
+            agent.advance(r.seq);
+            tracing::info!(seq = r.seq, ?target, wiped, reason = %r.reason, "revocation applied");
+            if !send(Up::WipeAck(v1::WipeAck {
+                seq: r.seq,
+                wiped: wiped as u32,
+            }))
+            .await
+            {
+                return Some(End::Retry("stream closed".into()));
+            }
+        }
+        Msg::Evicted(e) => {
+            agent.evicted(&e.reason);
+            return Some(End::Stop);
+        }
+    }
+    None
+}
+
+/// Wipe at expiry, and fail closed past `max_offline` since the last heartbeat.
+pub async fn watchdog(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        let expired = agent.cache.sweep(now / 1000);
+        if !expired.is_empty() {
+            tracing::info!(count = expired.len(), "wiped expired credentials");
+        }
+        let h = agent.health();
+        if h.state == State::Ready || h.state == State::Offline {
+            let silent = now - h.last_heartbeat_ms;
+            if h.last_heartbeat_ms > 0 && silent > i64::from(h.max_offline_secs) * 1000 {
+                let wiped = agent.fail_closed();
+                tracing::warn!(
+                    silent_ms = silent,
+                    max_offline_secs = h.max_offline_secs,
+                    wiped,
+                    "no heartbeat from the control plane for longer than max_offline: wiped everything, failing closed until re-synced"
+                );
+            }
+        }
+    }
+}
