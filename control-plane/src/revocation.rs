@@ -119,7 +119,8 @@ pub async fn wait(
             pending_hosts: pending,
             failed_closed_hosts: failed_closed.iter().cloned().collect(),
             done: finished,
-            elapsed_ms: start.elapsed().as_millis() as u64,
+            // Propagation time: from the moment the revocation was recorded.
+            elapsed_ms: (s.clock.now_ms() - rev.at_ms).max(0) as u64,
             timed_out,
         };
         if tx.send(Ok(p)).await.is_err() || finished || timed_out {

@@ -688,9 +688,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 println!("timeline:");
                 for e in &timeline {
                     let at = e["at_ms"].as_i64().unwrap_or(0);
+                    let t = time(at / 1000);
                     let mut line = format!(
-                        "  {}.{:03}  {:<10}",
-                        time(at / 1000),
+                        "  {}.{:03}Z  {:<10}",
+                        t.trim_end_matches('Z'),
                         at % 1000,
                         e["type"].as_str().unwrap_or("?")
                     );
