@@ -85,6 +85,7 @@ pub async fn wait(
     let mut failed_closed = BTreeSet::new();
     let mut done = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_sent: Option<(usize, usize, Instant)> = None;
     loop {
         let now = s.clock.now_ms();
         for h in &hosts {
@@ -123,8 +124,17 @@ pub async fn wait(
             elapsed_ms: (s.clock.now_ms() - rev.at_ms).max(0) as u64,
             timed_out,
         };
-        if tx.send(Ok(p)).await.is_err() || finished || timed_out {
-            return;
+        // Report when something changed, and otherwise once a second, so a fast wipe
+        // prints one line and a slow one shows who is holding it up.
+        let changed = last_sent.is_none_or(|(a, f, at)| {
+            a != done.len() || f != failed_closed.len() || at.elapsed() >= Duration::from_secs(1)
+        });
+        let first_quiet = last_sent.is_none() && start.elapsed() < Duration::from_millis(300);
+        if finished || timed_out || (changed && !first_quiet) {
+            if tx.send(Ok(p)).await.is_err() || finished || timed_out {
+                return;
+            }
+            last_sent = Some((done.len(), failed_closed.len(), Instant::now()));
         }
         let remaining = timeout.saturating_sub(start.elapsed());
         tokio::select! {

@@ -1,1 +1,68 @@
-fn main(){}
+//! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench …`.
+
+mod demo;
+
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Leash project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a local control plane and agent, fetch, revoke and watch the wipe.
+    Demo,
+    /// Build the binaries, then run every test (extra arguments go to `cargo test`).
+    Test {
+        /// Passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Run a command, echoing it; fail if it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("$ {}", show(cmd));
+    let st = cmd.status()?;
+    anyhow::ensure!(st.success(), "`{}` failed ({st})", show(cmd));
+    Ok(())
+}
+
+/// A command as a shell line.
+pub fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// The cargo the xtask was started with.
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Demo => demo::run(),
+        Cmd::Test { args } => (|| {
+            // The integration tests start the real binaries, so build them first.
+            run(cargo().args(["build", "--workspace", "--bins"]))?;
+            run(cargo().args(["test", "--workspace"]).args(&args))
+        })(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
