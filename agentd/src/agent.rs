@@ -140,7 +140,10 @@ impl Agent {
 
     /// The current identity.
     pub fn identity(&self) -> Arc<Identity> {
-        self.identity.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Switch to a renewed identity (new connections use it).
@@ -150,7 +153,10 @@ impl Agent {
 
     /// The client for unary calls, when connected.
     pub fn client(&self) -> Option<ControlPlaneClient<Channel>> {
-        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Record the connection the Sync stream is using.
@@ -209,7 +215,9 @@ impl Agent {
         h.synced = false;
         if h.state == State::Ready {
             h.state = State::Offline;
-            h.reason = "the control plane is unreachable; serving cached credentials within max_offline".into();
+            h.reason =
+                "the control plane is unreachable; serving cached credentials within max_offline"
+                    .into();
         }
     }
 
@@ -243,7 +251,8 @@ impl Agent {
     /// Replace the workload set (snapshot). Returns how many credentials were wiped
     /// because their workload is gone.
     pub fn replace_workloads(&self, ws: Vec<v1::Workload>) -> usize {
-        let map: HashMap<String, v1::Workload> = ws.into_iter().map(|w| (w.name.clone(), w)).collect();
+        let map: HashMap<String, v1::Workload> =
+            ws.into_iter().map(|w| (w.name.clone(), w)).collect();
         let wiped = self.cache.retain_workloads(|name| map.contains_key(name));
         *self.workloads.write().unwrap_or_else(|p| p.into_inner()) = map;
         wiped
@@ -259,7 +268,10 @@ impl Agent {
 
     /// Drop a workload and its credentials.
     pub fn remove_workload(&self, name: &str) {
-        self.workloads.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.workloads
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         self.cache.retain_workloads(|w| w != name);
     }
 
@@ -279,21 +291,26 @@ impl Agent {
 
     /// Number of workloads that may run here.
     pub fn workload_count(&self) -> usize {
-        self.workloads.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.workloads
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Count one serving of a lease (batched up the Sync stream later; never waits).
     pub fn record_use(&self, lease: &str, pid: u32, exe: &str) {
         let now = now_ms();
         let mut u = lock(&self.usage);
-        let e = u.entry(lease.to_string()).or_insert_with(|| v1::LeaseUsage {
-            lease_id: lease.to_string(),
-            count: 0,
-            first_pid: pid,
-            first_exe: exe.to_string(),
-            first_unix_ms: now,
-            ..Default::default()
-        });
+        let e = u
+            .entry(lease.to_string())
+            .or_insert_with(|| v1::LeaseUsage {
+                lease_id: lease.to_string(),
+                count: 0,
+                first_pid: pid,
+                first_exe: exe.to_string(),
+                first_unix_ms: now,
+                ..Default::default()
+            });
         e.count += 1;
         e.last_pid = pid;
         if e.last_exe != exe {

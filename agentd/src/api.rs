@@ -52,8 +52,12 @@ impl Api {
         let h = self.agent.health();
         match h.state {
             State::Ready | State::Offline => Ok(()),
-            State::Starting => Err(Reason::Unavailable.status("the agent has not synced with the control plane yet; try again shortly")),
-            State::FailingClosed | State::Evicted => Err(Reason::Unavailable.status(format!("the agent is failing closed: {}", h.reason))),
+            State::Starting => Err(Reason::Unavailable
+                .status("the agent has not synced with the control plane yet; try again shortly")),
+            State::FailingClosed | State::Evicted => {
+                Err(Reason::Unavailable
+                    .status(format!("the agent is failing closed: {}", h.reason)))
+            }
         }
     }
 
@@ -80,7 +84,13 @@ impl Api {
         }
     }
 
-    fn respond(&self, a: &Attestation, workload: &str, e: &Entry, cached: bool) -> v1::FetchResponse {
+    fn respond(
+        &self,
+        a: &Attestation,
+        workload: &str,
+        e: &Entry,
+        cached: bool,
+    ) -> v1::FetchResponse {
         self.agent
             .record_use(&e.lease_id, a.pid, a.exe_path.as_deref().unwrap_or(""));
         v1::FetchResponse {
@@ -142,7 +152,10 @@ impl Api {
 
 #[tonic::async_trait]
 impl AgentService for Api {
-    async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
+    async fn fetch(
+        &self,
+        req: Request<v1::FetchRequest>,
+    ) -> Result<Response<v1::FetchResponse>, Status> {
         let a = self.attest(&req)?;
         self.serving()?;
         let r = req.into_inner();
@@ -160,7 +173,11 @@ impl AgentService for Api {
             obo: (!r.on_behalf_of.is_empty()).then_some(r.on_behalf_of),
         };
         let now = now_ms() / 1000;
-        let cached = if r.fresh { None } else { self.agent.cache.get(&key, now) };
+        let cached = if r.fresh {
+            None
+        } else {
+            self.agent.cache.get(&key, now)
+        };
         if let Some(e) = &cached {
             if !e.stale(now) {
                 return Ok(Response::new(self.respond(&a, &w.name, e, true)));
@@ -190,7 +207,10 @@ impl AgentService for Api {
         Err(Reason::Denied.status("the credential was revoked while it was being issued"))
     }
 
-    async fn who_am_i(&self, req: Request<v1::WhoAmIRequest>) -> Result<Response<v1::WhoAmIResponse>, Status> {
+    async fn who_am_i(
+        &self,
+        req: Request<v1::WhoAmIRequest>,
+    ) -> Result<Response<v1::WhoAmIResponse>, Status> {
         let a = self.attest(&req)?;
         let id = self.agent.identity();
         let td = &id.desc.trust_domain;
@@ -215,7 +235,10 @@ impl AgentService for Api {
         }))
     }
 
-    async fn status(&self, _req: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
         let h = self.agent.health();
         let id = self.agent.identity();
         Ok(Response::new(v1::StatusResponse {
@@ -233,7 +256,10 @@ impl AgentService for Api {
         }))
     }
 
-    async fn introspect(&self, req: Request<v1::IntrospectRequest>) -> Result<Response<v1::IntrospectResponse>, Status> {
+    async fn introspect(
+        &self,
+        req: Request<v1::IntrospectRequest>,
+    ) -> Result<Response<v1::IntrospectResponse>, Status> {
         self.attest(&req)?;
         let mut client = self.agent.client().ok_or_else(|| {
             Reason::Unavailable.status("the control plane is unreachable; introspection needs it")
@@ -241,11 +267,21 @@ impl AgentService for Api {
         client.introspect(req.into_inner()).await
     }
 
-    async fn start_task(&self, _req: Request<v1::StartTaskRequest>) -> Result<Response<v1::StartTaskResponse>, Status> {
-        Err(Status::unimplemented("tasks are not supported by this agent version"))
+    async fn start_task(
+        &self,
+        _req: Request<v1::StartTaskRequest>,
+    ) -> Result<Response<v1::StartTaskResponse>, Status> {
+        Err(Status::unimplemented(
+            "tasks are not supported by this agent version",
+        ))
     }
 
-    async fn end_task(&self, _req: Request<v1::EndTaskRequest>) -> Result<Response<v1::EndTaskResponse>, Status> {
-        Err(Status::unimplemented("tasks are not supported by this agent version"))
+    async fn end_task(
+        &self,
+        _req: Request<v1::EndTaskRequest>,
+    ) -> Result<Response<v1::EndTaskResponse>, Status> {
+        Err(Status::unimplemented(
+            "tasks are not supported by this agent version",
+        ))
     }
 }

@@ -154,7 +154,11 @@ impl Cache {
             before - map.len()
         };
         let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-        applied.push(Applied { seq, target, lease_ids });
+        applied.push(Applied {
+            seq,
+            target,
+            lease_ids,
+        });
         if applied.len() > REMEMBER {
             let excess = applied.len() - REMEMBER;
             applied.drain(..excess);
@@ -248,7 +252,10 @@ mod tests {
         assert!(c.get(&key("w"), 10).is_some());
         let mut other = key("w");
         other.obo = Some("alice".into());
-        assert!(c.get(&other, 10).is_none(), "on-behalf-of is part of the key");
+        assert!(
+            c.get(&other, 10).is_none(),
+            "on-behalf-of is part of the key"
+        );
         assert!(c.get(&key("w"), 100).is_none(), "expired is never served");
     }
 
@@ -261,7 +268,10 @@ mod tests {
         assert!(c.get(&key("w"), 1).is_none());
         assert!(c.get(&key("v"), 1).is_some());
         // An Issue for w that was answered at seq 8 arrives after revocation 10.
-        assert!(!c.insert(key("w"), entry("l3", 8, 100)), "issued before the revocation");
+        assert!(
+            !c.insert(key("w"), entry("l3", 8, 100)),
+            "issued before the revocation"
+        );
         // One issued after it is fine.
         assert!(c.insert(key("w"), entry("l4", 11, 100)));
         assert_eq!(c.revoke(12, Target::Lease("l2".into()), vec![]), 1);

@@ -79,7 +79,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("desc", &self.desc).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("desc", &self.desc)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,7 +134,8 @@ fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IdentityErr
 /// Prepare the state directory (0700).
 pub fn prepare_state_dir(dir: &Path) -> Result<(), IdentityError> {
     std::fs::create_dir_all(dir).map_err(|e| state_err(dir, e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| state_err(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| state_err(dir, e))?;
     Ok(())
 }
 
@@ -231,14 +234,20 @@ pub async fn enroll(
         key_pkcs8: key,
     };
     if tls::spki_pin(&id.ca).as_deref() != Some(token.ca_pin.as_str()) {
-        return Err(IdentityError::BadToken("the CA certificate returned does not match the token's pin".into()));
+        return Err(IdentityError::BadToken(
+            "the CA certificate returned does not match the token's pin".into(),
+        ));
     }
     save(dir, &id)?;
     Ok(id)
 }
 
 /// Renew the host certificate with a new key; saves and returns the new identity.
-pub async fn renew(dir: &Path, addrs: &[String], current: &Identity) -> Result<Identity, IdentityError> {
+pub async fn renew(
+    dir: &Path,
+    addrs: &[String],
+    current: &Identity,
+) -> Result<Identity, IdentityError> {
     let (key, csr) = new_key_and_csr()?;
     let cfg = current
         .client_config()

@@ -71,7 +71,10 @@ pub struct Enrollment {
     pub labels: BTreeMap<String, String>,
 }
 
-async fn load_or_enroll(config: &AgentConfig, e: &Enrollment) -> Result<identity::Identity, AgentError> {
+async fn load_or_enroll(
+    config: &AgentConfig,
+    e: &Enrollment,
+) -> Result<identity::Identity, AgentError> {
     identity::prepare_state_dir(&config.state_dir).map_err(AgentError::Identity)?;
     if let Some(id) = identity::load(&config.state_dir).map_err(AgentError::Identity)? {
         if e.token.is_some() {
@@ -79,10 +82,22 @@ async fn load_or_enroll(config: &AgentConfig, e: &Enrollment) -> Result<identity
         }
         return Ok(id);
     }
-    let token = e.token.as_deref().ok_or(AgentError::Enrollment(IdentityError::NoToken))?;
+    let token = e
+        .token
+        .as_deref()
+        .ok_or(AgentError::Enrollment(IdentityError::NoToken))?;
     let mut backoff = Duration::from_millis(500);
     loop {
-        match identity::enroll(&config.state_dir, &config.control_planes, token, e.name.clone(), e.default_name.clone(), e.labels.clone()).await {
+        match identity::enroll(
+            &config.state_dir,
+            &config.control_planes,
+            token,
+            e.name.clone(),
+            e.default_name.clone(),
+            e.labels.clone(),
+        )
+        .await
+        {
             Ok(id) => {
                 tracing::info!(host = %id.desc.host, "enrolled");
                 return Ok(id);
@@ -92,9 +107,11 @@ async fn load_or_enroll(config: &AgentConfig, e: &Enrollment) -> Result<identity
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            Err(err @ (IdentityError::Refused(_) | IdentityError::BadToken(_) | IdentityError::NoToken)) => {
-                return Err(AgentError::Enrollment(err))
-            }
+            Err(
+                err @ (IdentityError::Refused(_)
+                | IdentityError::BadToken(_)
+                | IdentityError::NoToken),
+            ) => return Err(AgentError::Enrollment(err)),
             Err(err) => return Err(AgentError::Identity(err)),
         }
     }
@@ -133,7 +150,10 @@ pub async fn run(
     }
     let id = load_or_enroll(&config, &enrollment).await?;
     let mut cli_paths = config.cli_paths.clone();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+    {
         cli_paths.push(dir.join("leash"));
     }
     let attestor = attest::Attestor::new(attest::AttestorConfig {
@@ -165,7 +185,10 @@ pub async fn run(
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(64)
         .add_service(svc)
-        .serve_with_incoming_shutdown(server::incoming(listener, config.max_conns_per_uid), shutdown)
+        .serve_with_incoming_shutdown(
+            server::incoming(listener, config.max_conns_per_uid),
+            shutdown,
+        )
         .await;
     sync_task.abort();
     watchdog.abort();

@@ -98,9 +98,16 @@ fn main() -> ExitCode {
         (Some(t), _) => Some(t.clone()),
         (None, Some(f)) => match std::fs::read_to_string(f) {
             Ok(t) => Some(t.trim().to_string()),
-            Err(e) => return fail(format!("cannot read --join-token-file {}: {e}", f.display()), 2),
+            Err(e) => {
+                return fail(
+                    format!("cannot read --join-token-file {}: {e}", f.display()),
+                    2,
+                )
+            }
         },
-        (None, None) => std::env::var("LEASH_JOIN_TOKEN").ok().filter(|t| !t.trim().is_empty()),
+        (None, None) => std::env::var("LEASH_JOIN_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty()),
     };
     let mut labels = BTreeMap::new();
     for l in &a.labels {
@@ -111,12 +118,16 @@ fn main() -> ExitCode {
             None => return fail(format!("--label {l:?} must look like key=value"), 1),
         }
     }
-    let default_name = a.name.is_none().then(|| {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .map(|h| h.split('.').next().unwrap_or_default().to_string())
-    }).flatten();
+    let default_name = a
+        .name
+        .is_none()
+        .then(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .map(|h| h.split('.').next().unwrap_or_default().to_string())
+        })
+        .flatten();
     let max_offline_cap_secs = match &a.max_offline {
         None => None,
         Some(s) => match leash_proto::cli::parse_secs(s) {
@@ -128,13 +139,18 @@ fn main() -> ExitCode {
     let config = AgentConfig {
         control_planes,
         state_dir: a.state_dir,
-        socket: a.socket.unwrap_or_else(leash_agentd::server::default_socket),
+        socket: a
+            .socket
+            .unwrap_or_else(leash_agentd::server::default_socket),
         max_offline_cap_secs,
         cli_paths: a.cli_paths,
         max_conns_per_uid: a.max_connections_per_uid.max(1),
         requests_per_uid: a.requests_per_uid,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}"), 1),
     };
@@ -144,9 +160,14 @@ fn main() -> ExitCode {
         default_name,
         labels,
     };
-    let r = rt.block_on(leash_agentd::run(config, enrollment, shutdown_signal(), |sock| {
-        tracing::info!("ready on {}", sock.display());
-    }));
+    let r = rt.block_on(leash_agentd::run(
+        config,
+        enrollment,
+        shutdown_signal(),
+        |sock| {
+            tracing::info!("ready on {}", sock.display());
+        },
+    ));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -112,13 +112,21 @@ impl Connected for AttestedStream {
 }
 
 impl AsyncRead for AttestedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for AttestedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -158,7 +166,11 @@ pub fn incoming(
                 let mut m = counts.0.lock().unwrap_or_else(|p| p.into_inner());
                 let n = m.entry(uid).or_insert(0);
                 if *n >= max_per_uid {
-                    tracing::warn!(uid, limit = max_per_uid, "refused a connection: too many open for this uid");
+                    tracing::warn!(
+                        uid,
+                        limit = max_per_uid,
+                        "refused a connection: too many open for this uid"
+                    );
                     continue;
                 }
                 *n += 1;
@@ -203,7 +215,8 @@ impl RateLimit {
         let now = Instant::now();
         let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = m.entry(uid).or_insert((self.per_sec, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_sec).min(self.per_sec);
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_sec).min(self.per_sec);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;

@@ -43,7 +43,8 @@ pub async fn run(agent: Arc<Agent>, ready: tokio::sync::watch::Sender<bool>) {
             }
         }
         // Jitter so a fleet does not reconnect in lockstep after a control-plane restart.
-        let jitter = Duration::from_millis(u64::from(rand_u16()) % (backoff.as_millis() as u64 / 2 + 1));
+        let jitter =
+            Duration::from_millis(u64::from(rand_u16()) % (backoff.as_millis() as u64 / 2 + 1));
         tokio::time::sleep(backoff + jitter).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
         if agent.health().synced {
@@ -155,7 +156,10 @@ async fn apply(
             let workloads = s.workloads.into_iter().filter_map(|e| e.workload).collect();
             let dropped = agent.replace_workloads(workloads);
             if dropped > 0 {
-                tracing::info!(wiped = dropped, "wiped credentials of workloads no longer sent here");
+                tracing::info!(
+                    wiped = dropped,
+                    "wiped credentials of workloads no longer sent here"
+                );
             }
             agent.advance(s.seq);
         }
@@ -175,20 +179,30 @@ async fn apply(
             if !*ready.borrow() {
                 let _ = ready.send(true);
             }
-            if !send(Up::Ack(v1::SyncAck { seq: agent.health().last_seq })).await {
+            if !send(Up::Ack(v1::SyncAck {
+                seq: agent.health().last_seq,
+            }))
+            .await
+            {
                 return Some(End::Retry("stream closed".into()));
             }
         }
         Msg::Heartbeat(h) => {
             agent.heartbeat(h.max_offline_secs);
             agent.advance(h.seq);
-            if !send(Up::Ack(v1::SyncAck { seq: agent.health().last_seq })).await {
+            if !send(Up::Ack(v1::SyncAck {
+                seq: agent.health().last_seq,
+            }))
+            .await
+            {
                 return Some(End::Retry("stream closed".into()));
             }
         }
         Msg::Revocation(r) => {
             let target = target_of(agent, &r);
-            let wiped = agent.cache.revoke(r.seq, target.clone(), r.lease_ids.clone());
+            let wiped = agent
+                .cache
+                .revoke(r.seq, target.clone(), r.lease_ids.clone());
             agent.advance(r.seq);
             tracing::info!(seq = r.seq, ?target, wiped, reason = %r.reason, "revocation applied");
             if !send(Up::WipeAck(v1::WipeAck {

@@ -107,10 +107,13 @@ impl ServerCertVerifier for PinnedVerifier {
             Trust::Ca { ca, trust_domain } => (ca.clone(), Some(trust_domain.as_str())),
         };
         let mut roots = RootCertStore::empty();
-        roots.add(ca).map_err(|e| bad(&format!("unusable CA certificate: {e}")))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| bad(&e.to_string()))?;
+        roots
+            .add(ca)
+            .map_err(|e| bad(&format!("unusable CA certificate: {e}")))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| bad(&e.to_string()))?;
         // The serving certificate always carries DNS "localhost" next to its URI SAN;
         // the URI SAN below is what identifies the control plane.
         let name = ServerName::try_from("localhost").map_err(|e| bad(&e.to_string()))?;
@@ -121,7 +124,9 @@ impl ServerCertVerifier for PinnedVerifier {
             None => u.starts_with("spiffe://") && u.ends_with("/leash/control-plane"),
         });
         if !ok {
-            return Err(bad("the server certificate is not a Leash control plane's (URI SAN mismatch)"));
+            return Err(bad(
+                "the server certificate is not a Leash control plane's (URI SAN mismatch)",
+            ));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -141,11 +146,18 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

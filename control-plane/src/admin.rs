@@ -23,8 +23,8 @@ use tonic::{Request, Response, Status};
 
 use crate::agent_api::workload_proto;
 use crate::model::{
-    selector_kind, valid_name, Credential, Event, JoinTokenRecord, Lease, RevocationTarget, Workload, ID_SELECTOR_KINDS,
-    WORKLOAD_KINDS,
+    selector_kind, valid_name, Credential, Event, JoinTokenRecord, Lease, RevocationTarget,
+    Workload, ID_SELECTOR_KINDS, WORKLOAD_KINDS,
 };
 use crate::server::{store_status, Shared};
 
@@ -62,7 +62,8 @@ fn valid_label(k: &str, v: &str) -> bool {
     let ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 63
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     ok(k) && ok(v)
 }
@@ -107,7 +108,11 @@ fn credential_proto(c: &Credential) -> v1::Credential {
         default_ttl_seconds: c.default_ttl,
         max_ttl_seconds: c.max_ttl,
         default_action: c.default_action.clone(),
-        scopes: c.scopes.iter().map(|(k, v)| (k.clone(), v.join(" "))).collect(),
+        scopes: c
+            .scopes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.join(" ")))
+            .collect(),
         created_at_unix: c.created_at,
     }
 }
@@ -131,7 +136,9 @@ impl AdminApi {
             .get::<UdsConnectInfo>()
             .and_then(|i| i.peer_cred)
             .map(|c| c.uid())
-            .ok_or_else(|| Reason::Denied.status("cannot tell who is calling (no peer credentials)"))?;
+            .ok_or_else(|| {
+                Reason::Denied.status("cannot tell who is calling (no peer credentials)")
+            })?;
         let admins = &self.s.config.admins;
         if let Some(name) = admins.get(&uid) {
             return Ok(name.clone());
@@ -154,7 +161,11 @@ impl AdminApi {
             .store
             .workload(name)
             .map_err(store_status)?
-            .ok_or_else(|| not_found(format!("no workload named {name:?}; `leashctl workload list` shows them")))
+            .ok_or_else(|| {
+                not_found(format!(
+                    "no workload named {name:?}; `leashctl workload list` shows them"
+                ))
+            })
     }
 
     async fn revoke_target(
@@ -163,7 +174,9 @@ impl AdminApi {
         target: RevocationTarget,
         reason: String,
     ) -> Result<v1::RevokeResponse, Status> {
-        let ev = Event::new("revocation").actor(actor.clone()).reason(reason.clone());
+        let ev = Event::new("revocation")
+            .actor(actor.clone())
+            .reason(reason.clone());
         let rev = self
             .s
             .store
@@ -190,17 +203,27 @@ impl Admin for AdminApi {
     ) -> Result<Response<v1::CreateJoinTokenResponse>, Status> {
         let actor = self.admin(&req)?;
         let r = req.into_inner();
-        let ttl = if r.ttl_seconds == 0 { 600 } else { r.ttl_seconds };
+        let ttl = if r.ttl_seconds == 0 {
+            600
+        } else {
+            r.ttl_seconds
+        };
         if ttl > MAX_JOIN_TOKEN_TTL {
-            return Err(invalid("join tokens live at most 7 days (168h); use a shorter --ttl"));
+            return Err(invalid(
+                "join tokens live at most 7 days (168h); use a shorter --ttl",
+            ));
         }
         let name = (!r.name.is_empty()).then_some(r.name);
         if let Some(n) = &name {
             if !valid_name(n) || n.contains('/') {
-                return Err(invalid(format!("invalid host name {n:?}: use letters, digits, '.', '-', '_'")));
+                return Err(invalid(format!(
+                    "invalid host name {n:?}: use letters, digits, '.', '-', '_'"
+                )));
             }
             if self.s.store.host(n).map_err(store_status)?.is_some() {
-                return Err(invalid(format!("host name {n:?} is taken; names are never reused")));
+                return Err(invalid(format!(
+                    "host name {n:?} is taken; names are never reused"
+                )));
             }
         }
         let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
@@ -225,7 +248,11 @@ impl Admin for AdminApi {
         let ev = Event::new("join-token-created")
             .actor(actor)
             .detail(serde_json::json!({ "join_token": id, "name": rec.name, "labels": rec.labels, "ttl_seconds": ttl }));
-        self.s.store.put_join_token(rec, ev).await.map_err(store_status)?;
+        self.s
+            .store
+            .put_join_token(rec, ev)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(v1::CreateJoinTokenResponse {
             token,
             id,
@@ -233,7 +260,10 @@ impl Admin for AdminApi {
         }))
     }
 
-    async fn list_join_tokens(&self, req: Request<v1::Empty>) -> Result<Response<v1::ListJoinTokensResponse>, Status> {
+    async fn list_join_tokens(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListJoinTokensResponse>, Status> {
         self.admin(&req)?;
         let now = self.s.clock.now();
         let tokens = self
@@ -255,17 +285,27 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::ListJoinTokensResponse { tokens }))
     }
 
-    async fn revoke_join_token(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::Empty>, Status> {
+    async fn revoke_join_token(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
         let actor = self.admin(&req)?;
         let id = req.into_inner().name;
         let ev = Event::new("join-token-revoked")
             .actor(actor)
             .detail(serde_json::json!({ "join_token": id }));
-        self.s.store.revoke_join_token(&id, ev).await.map_err(store_status)?;
+        self.s
+            .store
+            .revoke_join_token(&id, ev)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(v1::Empty {}))
     }
 
-    async fn add_workload(&self, req: Request<v1::AddWorkloadRequest>) -> Result<Response<v1::Workload>, Status> {
+    async fn add_workload(
+        &self,
+        req: Request<v1::AddWorkloadRequest>,
+    ) -> Result<Response<v1::Workload>, Status> {
         let actor = self.admin(&req)?;
         let w = req
             .into_inner()
@@ -278,7 +318,9 @@ impl Admin for AdminApi {
             )));
         }
         if w.owner.trim().is_empty() {
-            return Err(invalid("every workload needs an owner: add --owner TEAM-OR-PERSON"));
+            return Err(invalid(
+                "every workload needs an owner: add --owner TEAM-OR-PERSON",
+            ));
         }
         if !WORKLOAD_KINDS.contains(&w.kind.as_str()) {
             return Err(invalid(format!(
@@ -310,7 +352,13 @@ impl Admin for AdminApi {
                 return Err(invalid(format!("invalid credential name {c:?} in --allow")));
             }
         }
-        if self.s.store.workload(&w.name).map_err(store_status)?.is_some() {
+        if self
+            .s
+            .store
+            .workload(&w.name)
+            .map_err(store_status)?
+            .is_some()
+        {
             return Err(invalid(format!(
                 "workload {:?} already exists; remove it first (`leashctl workload remove {}`)",
                 w.name, w.name
@@ -331,11 +379,18 @@ impl Admin for AdminApi {
             .actor(actor)
             .workload(rec.name.clone())
             .detail(serde_json::json!({ "owner": rec.owner, "kind": rec.kind, "selectors": rec.selectors, "allow": rec.allow }));
-        self.s.store.put_workload(rec.clone(), ev).await.map_err(store_status)?;
+        self.s
+            .store
+            .put_workload(rec.clone(), ev)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(self.spiffe(workload_proto(&rec))))
     }
 
-    async fn list_workloads(&self, req: Request<v1::Empty>) -> Result<Response<v1::ListWorkloadsResponse>, Status> {
+    async fn list_workloads(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListWorkloadsResponse>, Status> {
         self.admin(&req)?;
         let workloads = self
             .s
@@ -348,18 +403,30 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::ListWorkloadsResponse { workloads }))
     }
 
-    async fn get_workload(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::Workload>, Status> {
+    async fn get_workload(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::Workload>, Status> {
         self.admin(&req)?;
         let w = self.workload_or_404(&req.into_inner().name)?;
         Ok(Response::new(self.spiffe(workload_proto(&w))))
     }
 
-    async fn remove_workload(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::Empty>, Status> {
+    async fn remove_workload(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
         let actor = self.admin(&req)?;
         let name = req.into_inner().name;
         self.workload_or_404(&name)?;
-        let ev = Event::new("workload-removed").actor(actor).workload(name.clone());
-        self.s.store.remove_workload(&name, ev).await.map_err(store_status)?;
+        let ev = Event::new("workload-removed")
+            .actor(actor)
+            .workload(name.clone());
+        self.s
+            .store
+            .remove_workload(&name, ev)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(v1::Empty {}))
     }
 
@@ -370,7 +437,12 @@ impl Admin for AdminApi {
         let actor = self.admin(&req)?;
         let r = req.into_inner();
         let reason = if r.reason.is_empty() {
-            if r.disabled { "workload disabled" } else { "workload enabled" }.to_string()
+            if r.disabled {
+                "workload disabled"
+            } else {
+                "workload enabled"
+            }
+            .to_string()
         } else {
             r.reason
         };
@@ -383,7 +455,10 @@ impl Admin for AdminApi {
         Ok(Response::new(self.spiffe(workload_proto(&w))))
     }
 
-    async fn transfer_workload(&self, req: Request<v1::TransferRequest>) -> Result<Response<v1::Workload>, Status> {
+    async fn transfer_workload(
+        &self,
+        req: Request<v1::TransferRequest>,
+    ) -> Result<Response<v1::Workload>, Status> {
         let actor = self.admin(&req)?;
         let r = req.into_inner();
         if r.to.trim().is_empty() {
@@ -395,11 +470,18 @@ impl Admin for AdminApi {
             .actor(actor)
             .workload(w.name.clone())
             .detail(serde_json::json!({ "from": from, "to": w.owner }));
-        self.s.store.put_workload(w.clone(), ev).await.map_err(store_status)?;
+        self.s
+            .store
+            .put_workload(w.clone(), ev)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(self.spiffe(workload_proto(&w))))
     }
 
-    async fn add_credential(&self, req: Request<v1::Credential>) -> Result<Response<v1::Credential>, Status> {
+    async fn add_credential(
+        &self,
+        req: Request<v1::Credential>,
+    ) -> Result<Response<v1::Credential>, Status> {
         let actor = self.admin(&req)?;
         let c = req.into_inner();
         if !valid_name(&c.name) {
@@ -433,7 +515,11 @@ impl Admin for AdminApi {
             )));
         }
         let actions = &self.s.config.actions;
-        let default_action = if c.default_action.is_empty() { "read".to_string() } else { c.default_action };
+        let default_action = if c.default_action.is_empty() {
+            "read".to_string()
+        } else {
+            c.default_action
+        };
         if !actions.contains(&default_action) {
             return Err(invalid(format!(
                 "unknown --default-action {default_action:?}; the configured actions are {}",
@@ -450,7 +536,9 @@ impl Admin for AdminApi {
             }
             let list: Vec<String> = sc.split_whitespace().map(str::to_string).collect();
             if list.is_empty() {
-                return Err(invalid(format!("--scope {action}= needs at least one scope")));
+                return Err(invalid(format!(
+                    "--scope {action}= needs at least one scope"
+                )));
             }
             scopes.insert(action, list);
         }
@@ -468,11 +556,18 @@ impl Admin for AdminApi {
             .actor(actor)
             .credential(rec.name.clone())
             .detail(serde_json::json!({ "kind": rec.kind, "audiences": rec.audiences, "ttl": rec.default_ttl, "max_ttl": rec.max_ttl }));
-        self.s.store.put_credential(rec.clone(), ev).await.map_err(store_status)?;
+        self.s
+            .store
+            .put_credential(rec.clone(), ev)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(credential_proto(&rec)))
     }
 
-    async fn list_credentials(&self, req: Request<v1::Empty>) -> Result<Response<v1::ListCredentialsResponse>, Status> {
+    async fn list_credentials(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListCredentialsResponse>, Status> {
         self.admin(&req)?;
         let credentials = self
             .s
@@ -485,7 +580,10 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::ListCredentialsResponse { credentials }))
     }
 
-    async fn list_hosts(&self, req: Request<v1::Empty>) -> Result<Response<v1::ListHostsResponse>, Status> {
+    async fn list_hosts(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListHostsResponse>, Status> {
         self.admin(&req)?;
         let hosts = self
             .s
@@ -510,7 +608,10 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::ListHostsResponse { hosts }))
     }
 
-    async fn evict_host(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::Empty>, Status> {
+    async fn evict_host(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
         let actor = self.admin(&req)?;
         let name = req.into_inner().name;
         self.s
@@ -521,7 +622,10 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::Empty {}))
     }
 
-    async fn list_leases(&self, req: Request<v1::ListLeasesRequest>) -> Result<Response<v1::ListLeasesResponse>, Status> {
+    async fn list_leases(
+        &self,
+        req: Request<v1::ListLeasesRequest>,
+    ) -> Result<Response<v1::ListLeasesResponse>, Status> {
         self.admin(&req)?;
         let r = req.into_inner();
         let w = (!r.workload.is_empty()).then_some(r.workload.as_str());
@@ -541,7 +645,10 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::ListLeasesResponse { leases }))
     }
 
-    async fn get_lease(&self, req: Request<v1::NameRequest>) -> Result<Response<v1::LeaseDetail>, Status> {
+    async fn get_lease(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::LeaseDetail>, Status> {
         self.admin(&req)?;
         let id = req.into_inner().name;
         let lease = self
@@ -549,7 +656,9 @@ impl Admin for AdminApi {
             .store
             .lease(&id)
             .map_err(store_status)?
-            .ok_or_else(|| not_found(format!("no lease {id:?}; `leashctl lease list` shows them")))?;
+            .ok_or_else(|| {
+                not_found(format!("no lease {id:?}; `leashctl lease list` shows them"))
+            })?;
         let timeline = self
             .s
             .store
@@ -564,7 +673,10 @@ impl Admin for AdminApi {
         }))
     }
 
-    async fn revoke(&self, req: Request<v1::RevokeRequest>) -> Result<Response<v1::RevokeResponse>, Status> {
+    async fn revoke(
+        &self,
+        req: Request<v1::RevokeRequest>,
+    ) -> Result<Response<v1::RevokeResponse>, Status> {
         use v1::revocation_target_spec::Target;
         let actor = self.admin(&req)?;
         let r = req.into_inner();
@@ -607,8 +719,14 @@ impl Admin for AdminApi {
                 ))
             }
         };
-        let reason = if r.reason.is_empty() { "revoked by an admin".to_string() } else { r.reason };
-        Ok(Response::new(self.revoke_target(actor, target, reason).await?))
+        let reason = if r.reason.is_empty() {
+            "revoked by an admin".to_string()
+        } else {
+            r.reason
+        };
+        Ok(Response::new(
+            self.revoke_target(actor, target, reason).await?,
+        ))
     }
 
     type WaitRevocationStream = ProgressStream;
@@ -619,16 +737,26 @@ impl Admin for AdminApi {
     ) -> Result<Response<ProgressStream>, Status> {
         self.admin(&req)?;
         let r = req.into_inner();
-        let timeout = Duration::from_millis(if r.timeout_ms == 0 { 30_000 } else { u64::from(r.timeout_ms) });
+        let timeout = Duration::from_millis(if r.timeout_ms == 0 {
+            30_000
+        } else {
+            u64::from(r.timeout_ms)
+        });
         let (tx, rx) = mpsc::channel(16);
         let s = self.s.clone();
         tokio::spawn(async move { crate::revocation::wait(&s, r.seq, timeout, tx).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn introspect(&self, req: Request<v1::IntrospectRequest>) -> Result<Response<v1::IntrospectResponse>, Status> {
+    async fn introspect(
+        &self,
+        req: Request<v1::IntrospectRequest>,
+    ) -> Result<Response<v1::IntrospectResponse>, Status> {
         self.admin(&req)?;
-        Ok(Response::new(crate::revocation::introspect(&self.s, &req.into_inner().token)))
+        Ok(Response::new(crate::revocation::introspect(
+            &self.s,
+            &req.into_inner().token,
+        )))
     }
 
     async fn jwks(&self, req: Request<v1::Empty>) -> Result<Response<v1::JwksResponse>, Status> {
@@ -640,13 +768,24 @@ impl Admin for AdminApi {
 
     type AuditTailStream = EventStream;
 
-    async fn audit_tail(&self, req: Request<v1::AuditTailRequest>) -> Result<Response<EventStream>, Status> {
+    async fn audit_tail(
+        &self,
+        req: Request<v1::AuditTailRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         self.admin(&req)?;
         let r = req.into_inner();
-        let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+        let limit = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
         // Subscribe first so nothing between the backlog read and the follow is lost.
         let mut live = self.s.store.subscribe_events();
-        let backlog = self.s.store.events(r.since_unix_ms, limit).map_err(store_status)?;
+        let backlog = self
+            .s
+            .store
+            .events(r.since_unix_ms, limit)
+            .map_err(store_status)?;
         let (tx, rx) = mpsc::channel(256);
         let follow = r.follow;
         tokio::spawn(async move {

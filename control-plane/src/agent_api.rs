@@ -42,8 +42,10 @@ impl AgentApi {
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs())
             .ok_or_else(|| {
-            Reason::Denied.status("a client certificate is required for this call; enroll the agent first")
-        })?;
+                Reason::Denied.status(
+                    "a client certificate is required for this call; enroll the agent first",
+                )
+            })?;
         let serial = certs
             .first()
             .and_then(|c| crate::keys::cert_serial(c))
@@ -133,12 +135,18 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<v1::ControlMessage, Status>> 
 
 #[tonic::async_trait]
 impl ControlPlane for AgentApi {
-    async fn enroll(&self, req: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
         let r = req.into_inner();
         crate::enroll::enroll(&self.s, r).await.map(Response::new)
     }
 
-    async fn renew(&self, req: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
+    async fn renew(
+        &self,
+        req: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
         let host = self.host(&req)?;
         let r = req.into_inner();
         let (der, serial, not_after) = self
@@ -159,7 +167,10 @@ impl ControlPlane for AgentApi {
 
     type SyncStream = SyncStream;
 
-    async fn sync(&self, req: Request<Streaming<v1::AgentMessage>>) -> Result<Response<SyncStream>, Status> {
+    async fn sync(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<SyncStream>, Status> {
         let host = self.host(&req)?;
         let mut inbound = req.into_inner();
         let hello = match inbound.next().await {
@@ -189,10 +200,15 @@ impl ControlPlane for AgentApi {
                 tracing::warn!(error = %e, "could not record host last-seen");
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as SyncStream))
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as SyncStream
+        ))
     }
 
-    async fn issue(&self, req: Request<v1::IssueRequest>) -> Result<Response<v1::IssueResponse>, Status> {
+    async fn issue(
+        &self,
+        req: Request<v1::IssueRequest>,
+    ) -> Result<Response<v1::IssueResponse>, Status> {
         let host = self.host(&req)?;
         let r = req.into_inner();
         let s = &self.s;
@@ -201,28 +217,53 @@ impl ControlPlane for AgentApi {
             .store
             .workload(&r.workload)
             .map_err(store_status)?
-            .ok_or_else(|| Reason::NotFound.status(format!("no workload named {:?}", r.workload)))?;
-        let c = s.store.credential(&r.credential).map_err(store_status)?.ok_or_else(|| {
-            Reason::NotFound.status(format!(
+            .ok_or_else(|| {
+                Reason::NotFound.status(format!("no workload named {:?}", r.workload))
+            })?;
+        let c = s
+            .store
+            .credential(&r.credential)
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Reason::NotFound.status(format!(
                 "no credential named {:?}; `leashctl credential list` shows the ones that exist",
                 r.credential
             ))
-        })?;
+            })?;
         if w.disabled {
-            return Err(self.deny(&host, &r, format!("workload {:?} is disabled", w.name)).await);
+            return Err(self
+                .deny(&host, &r, format!("workload {:?} is disabled", w.name))
+                .await);
         }
         if w.expires_at != 0 && w.expires_at <= now {
-            return Err(self.deny(&host, &r, format!("workload {:?} has expired", w.name)).await);
+            return Err(self
+                .deny(&host, &r, format!("workload {:?} has expired", w.name))
+                .await);
         }
         if !hosts_match(&w.hosts, &host.labels) {
             return Err(self
-                .deny(&host, &r, format!("workload {:?} may not run on host {:?}", w.name, host.name))
+                .deny(
+                    &host,
+                    &r,
+                    format!("workload {:?} may not run on host {:?}", w.name, host.name),
+                )
                 .await);
         }
         let attested = r.attested.clone().unwrap_or_default();
-        if !w.selectors.iter().all(|sel| attested.selectors.contains(sel)) {
+        if !w
+            .selectors
+            .iter()
+            .all(|sel| attested.selectors.contains(sel))
+        {
             return Err(self
-                .deny(&host, &r, format!("the caller does not match the selectors of workload {:?}", w.name))
+                .deny(
+                    &host,
+                    &r,
+                    format!(
+                        "the caller does not match the selectors of workload {:?}",
+                        w.name
+                    ),
+                )
                 .await);
         }
         if w.kind == "shared-agent" && r.on_behalf_of.is_empty() {
@@ -230,11 +271,18 @@ impl ControlPlane for AgentApi {
                 .deny(
                     &host,
                     &r,
-                    format!("workload {:?} is a shared agent: every request must say --on-behalf-of", w.name),
+                    format!(
+                        "workload {:?} is a shared agent: every request must say --on-behalf-of",
+                        w.name
+                    ),
                 )
                 .await);
         }
-        let action = if r.action.is_empty() { c.default_action.clone() } else { r.action.clone() };
+        let action = if r.action.is_empty() {
+            c.default_action.clone()
+        } else {
+            r.action.clone()
+        };
         if !s.config.actions.contains(&action) {
             return Err(Reason::Invalid.status(format!(
                 "unknown action {action:?}; the configured actions are {}",
@@ -253,7 +301,11 @@ impl ControlPlane for AgentApi {
                 c.audiences.join(", ")
             )));
         }
-        let ttl = if r.ttl_seconds == 0 { c.default_ttl } else { r.ttl_seconds };
+        let ttl = if r.ttl_seconds == 0 {
+            c.default_ttl
+        } else {
+            r.ttl_seconds
+        };
         if ttl > c.max_ttl {
             return Err(Reason::Invalid.status(format!(
                 "requested TTL {ttl}s is above the max_ttl of {:?} ({}s); ask for less",
@@ -307,7 +359,8 @@ impl ControlPlane for AgentApi {
                 task: task.clone(),
             },
         };
-        let token = issuer::sign(&s.keys, &claims).map_err(|e| Reason::Unavailable.status(e.to_string()))?;
+        let token = issuer::sign(&s.keys, &claims)
+            .map_err(|e| Reason::Unavailable.status(e.to_string()))?;
         let fingerprint = issuer::fingerprint(&token);
         let lease = Lease {
             id: lease_id.clone(),
@@ -360,9 +413,15 @@ impl ControlPlane for AgentApi {
         }))
     }
 
-    async fn introspect(&self, req: Request<v1::IntrospectRequest>) -> Result<Response<v1::IntrospectResponse>, Status> {
+    async fn introspect(
+        &self,
+        req: Request<v1::IntrospectRequest>,
+    ) -> Result<Response<v1::IntrospectResponse>, Status> {
         self.host(&req)?;
-        Ok(Response::new(crate::revocation::introspect(&self.s, &req.into_inner().token)))
+        Ok(Response::new(crate::revocation::introspect(
+            &self.s,
+            &req.into_inner().token,
+        )))
     }
 
     async fn complete_task(
@@ -403,7 +462,11 @@ async fn run_sync(
     use tokio::sync::broadcast::error::RecvError;
     use v1::control_message::Msg;
 
-    let send = |m: v1::ControlMessage| async move { tx.send(Ok(m)).await.map_err(|_| "agent went away".to_string()) };
+    let send = |m: v1::ControlMessage| async move {
+        tx.send(Ok(m))
+            .await
+            .map_err(|_| "agent went away".to_string())
+    };
     // Subscribe before reading the log, so nothing committed in between is missed.
     let mut changes = s.store.subscribe_changes();
     let mut sent = match s.store.changes_since(last_seq).map_err(|e| e.to_string())? {
@@ -426,7 +489,10 @@ async fn run_sync(
                 .map_err(|e| e.to_string())?
                 .iter()
                 .filter(|w| hosts_match(&w.hosts, &host.labels))
-                .map(|w| v1::WorkloadEntry { seq, workload: Some(workload_proto(w)) })
+                .map(|w| v1::WorkloadEntry {
+                    seq,
+                    workload: Some(workload_proto(w)),
+                })
                 .collect();
             send(v1::ControlMessage {
                 msg: Some(Msg::Snapshot(v1::Snapshot {

@@ -113,7 +113,9 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(d).join("leash");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
     home.join(".local/share/leash")
 }
 
@@ -129,7 +131,11 @@ pub fn default_admin_socket() -> PathBuf {
     }
 }
 
-fn duration(key: &'static str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    key: &'static str,
+    v: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
         Some(s) => humantime::parse_duration(s).map_err(|e| ConfigError::Value {
@@ -161,26 +167,43 @@ impl Config {
             .or(file.trust_domain)
             .unwrap_or_else(|| "leash.local".to_string());
         validate_trust_domain(&trust_domain)?;
-        let listen_s = o.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8443".into());
+        let listen_s = o
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8443".into());
         let listen = listen_s.parse().map_err(|e| ConfigError::Value {
             key: "listen",
-            message: format!("{listen_s:?} is not a socket address ({e}); write e.g. \"0.0.0.0:8443\""),
+            message: format!(
+                "{listen_s:?} is not a socket address ({e}); write e.g. \"0.0.0.0:8443\""
+            ),
         })?;
-        let max_offline = duration("max_offline", file.max_offline.as_deref(), Duration::from_secs(300))?;
+        let max_offline = duration(
+            "max_offline",
+            file.max_offline.as_deref(),
+            Duration::from_secs(300),
+        )?;
         if max_offline < Duration::from_secs(1) {
             return Err(ConfigError::Value {
                 key: "max_offline",
                 message: "must be at least 1s".into(),
             });
         }
-        let heartbeat = duration("heartbeat", file.heartbeat.as_deref(), Duration::from_secs(5))?;
+        let heartbeat = duration(
+            "heartbeat",
+            file.heartbeat.as_deref(),
+            Duration::from_secs(5),
+        )?;
         if heartbeat < Duration::from_millis(100) || heartbeat >= max_offline {
             return Err(ConfigError::Value {
                 key: "heartbeat",
                 message: "must be at least 100ms and shorter than max_offline".into(),
             });
         }
-        let host_cert_ttl = duration("host_cert_ttl", file.host_cert_ttl.as_deref(), Duration::from_secs(24 * 3600))?;
+        let host_cert_ttl = duration(
+            "host_cert_ttl",
+            file.host_cert_ttl.as_deref(),
+            Duration::from_secs(24 * 3600),
+        )?;
         if host_cert_ttl < Duration::from_secs(60) {
             return Err(ConfigError::Value {
                 key: "host_cert_ttl",
@@ -188,7 +211,10 @@ impl Config {
             });
         }
         let actions = file.actions.unwrap_or_else(|| {
-            ["read", "write", "deploy", "admin"].iter().map(|s| s.to_string()).collect()
+            ["read", "write", "deploy", "admin"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
         });
         if actions.is_empty() || actions.iter().any(|a| !valid_word(a)) {
             return Err(ConfigError::Value {
@@ -201,13 +227,18 @@ impl Config {
             admins.insert(uid, name);
         }
         Ok(Config {
-            data_dir: o.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
+            data_dir: o
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(default_data_dir),
             listen,
             admin_socket: o
                 .admin_socket
                 .or(file.admin_socket)
                 .unwrap_or_else(default_admin_socket),
-            issuer: file.issuer.unwrap_or_else(|| format!("spiffe://{trust_domain}")),
+            issuer: file
+                .issuer
+                .unwrap_or_else(|| format!("spiffe://{trust_domain}")),
             trust_domain,
             max_offline,
             heartbeat,
@@ -221,21 +252,24 @@ impl Config {
 fn valid_word(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 fn validate_trust_domain(td: &str) -> Result<(), ConfigError> {
     let ok = !td.is_empty()
         && td.len() <= 255
-        && td
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-' || c == '_');
+        && td.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-' || c == '_'
+        });
     if ok {
         Ok(())
     } else {
         Err(ConfigError::Value {
             key: "trust_domain",
-            message: format!("{td:?} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')"),
+            message: format!(
+                "{td:?} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')"
+            ),
         })
     }
 }
@@ -246,7 +280,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = toml::from_str::<FileConfig>("listen = \"127.0.0.1:0\"\nlisen = 1\n").unwrap_err();
+        let err =
+            toml::from_str::<FileConfig>("listen = \"127.0.0.1:0\"\nlisen = 1\n").unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
     }
 

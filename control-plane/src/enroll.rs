@@ -42,12 +42,28 @@ pub async fn enroll(s: &Shared, r: v1::EnrollRequest) -> Result<v1::EnrollRespon
         Err(e) => return Err(refuse(s, None, e.to_string()).await),
     };
     if token.ca_pin != s.keys.ca_pin {
-        return Err(refuse(s, Some(&token.id), "the join token was minted by another control plane (CA pin mismatch)".into()).await);
+        return Err(refuse(
+            s,
+            Some(&token.id),
+            "the join token was minted by another control plane (CA pin mismatch)".into(),
+        )
+        .await);
     }
     let now = s.clock.now();
-    let record = match s.store.join_token(&token.id).map_err(crate::server::store_status)? {
+    let record = match s
+        .store
+        .join_token(&token.id)
+        .map_err(crate::server::store_status)?
+    {
         Some(t) => t,
-        None => return Err(refuse(s, Some(&token.id), "unknown join token (forged, or from another control plane)".into()).await),
+        None => {
+            return Err(refuse(
+                s,
+                Some(&token.id),
+                "unknown join token (forged, or from another control plane)".into(),
+            )
+            .await)
+        }
     };
     let name = match (&record.name, r.name.as_str()) {
         (Some(bound), "") => bound.clone(),
@@ -61,11 +77,21 @@ pub async fn enroll(s: &Shared, r: v1::EnrollRequest) -> Result<v1::EnrollRespon
             .await)
         }
         (None, "") if !r.default_name.is_empty() => r.default_name.clone(),
-        (None, "") => return Err(refuse(s, Some(&token.id), "no host name given and none bound in the token; start the agent with --name".into()).await),
+        (None, "") => {
+            return Err(refuse(
+                s,
+                Some(&token.id),
+                "no host name given and none bound in the token; start the agent with --name"
+                    .into(),
+            )
+            .await)
+        }
         (None, asked) => asked.to_string(),
     };
     if !valid_name(&name) || name.contains('/') {
-        return Err(Reason::Invalid.status(format!("invalid host name {name:?}: use letters, digits, '.', '-', '_'")));
+        return Err(Reason::Invalid.status(format!(
+            "invalid host name {name:?}: use letters, digits, '.', '-', '_'"
+        )));
     }
     let asked: BTreeMap<String, String> = r.labels.into_iter().collect();
     let labels = match narrow_labels(&record.labels, &asked) {
@@ -75,8 +101,13 @@ pub async fn enroll(s: &Shared, r: v1::EnrollRequest) -> Result<v1::EnrollRespon
     let (cert, serial, not_after) = s
         .keys
         .sign_host_cert(&r.csr_der, &name, s.config.host_cert_ttl)
-        .map_err(|e| Reason::Invalid.status(format!("{e}; the agent must send a valid PKCS#10 CSR")))?;
-    let secret_sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &token.secret_bytes()));
+        .map_err(|e| {
+            Reason::Invalid.status(format!("{e}; the agent must send a valid PKCS#10 CSR"))
+        })?;
+    let secret_sha = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &token.secret_bytes(),
+    ));
     let host = Host {
         name: name.clone(),
         labels: labels.clone(),
@@ -90,9 +121,15 @@ pub async fn enroll(s: &Shared, r: v1::EnrollRequest) -> Result<v1::EnrollRespon
         .actor(name.clone())
         .host(name.clone())
         .detail(serde_json::json!({ "join_token": token.id, "labels": labels, "agent_version": r.agent_version }));
-    match s.store.enroll(&token.id, &secret_sha, host, now, event).await {
+    match s
+        .store
+        .enroll(&token.id, &secret_sha, host, now, event)
+        .await
+    {
         Ok(_) => {}
-        Err(StoreError::Refused(m)) | Err(StoreError::Conflict(m)) => return Err(refuse(s, Some(&token.id), m).await),
+        Err(StoreError::Refused(m)) | Err(StoreError::Conflict(m)) => {
+            return Err(refuse(s, Some(&token.id), m).await)
+        }
         Err(e) => return Err(crate::server::store_status(e)),
     }
     tracing::info!(host = %name, "host enrolled");

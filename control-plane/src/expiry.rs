@@ -18,7 +18,11 @@ pub async fn run(s: Arc<Shared>) {
         tick.tick().await;
         let now = s.clock.now();
         let due: Vec<String> = match s.store.leases(None, true) {
-            Ok(v) => v.into_iter().filter(|l| l.expires_at <= now).map(|l| l.id).collect(),
+            Ok(v) => v
+                .into_iter()
+                .filter(|l| l.expires_at <= now)
+                .map(|l| l.id)
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "expiry sweep could not list leases");
                 continue;

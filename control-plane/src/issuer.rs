@@ -74,7 +74,10 @@ pub fn fingerprint(token: &str) -> String {
 /// checked here (introspection reports it).
 pub fn verify(keys: &Keys, token: &str) -> Option<Claims> {
     let header = jsonwebtoken::decode_header(token).ok()?;
-    let key = keys.jwt.iter().find(|k| Some(&k.kid) == header.kid.as_ref())?;
+    let key = keys
+        .jwt
+        .iter()
+        .find(|k| Some(&k.kid) == header.kid.as_ref())?;
     let decoding = jsonwebtoken::DecodingKey::from_ec_components(
         &base64_url(&key.public[1..33]),
         &base64_url(&key.public[33..65]),
@@ -85,7 +88,9 @@ pub fn verify(keys: &Keys, token: &str) -> Option<Claims> {
     v.validate_aud = false;
     v.validate_nbf = false;
     v.required_spec_claims.clear();
-    jsonwebtoken::decode::<Claims>(token, &decoding, &v).ok().map(|d| d.claims)
+    jsonwebtoken::decode::<Claims>(token, &decoding, &v)
+        .ok()
+        .map(|d| d.claims)
 }
 
 fn base64_url(b: &[u8]) -> String {
@@ -94,7 +99,11 @@ fn base64_url(b: &[u8]) -> String {
 }
 
 /// RFC 7662 answer for a token, given the lease it names (if any).
-pub fn introspection(claims: Option<&Claims>, lease: Option<&Lease>, now: i64) -> serde_json::Value {
+pub fn introspection(
+    claims: Option<&Claims>,
+    lease: Option<&Lease>,
+    now: i64,
+) -> serde_json::Value {
     let (Some(c), Some(l)) = (claims, lease) else {
         return serde_json::json!({ "active": false });
     };

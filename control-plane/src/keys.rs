@@ -16,8 +16,8 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -95,13 +95,21 @@ impl MasterKey {
                     f.sync_all()?;
                     k
                 }
-                Err(e) => return Err(KeyError::MasterKey(format!("cannot read {}: {e}", path.display()))),
+                Err(e) => {
+                    return Err(KeyError::MasterKey(format!(
+                        "cannot read {}: {e}",
+                        path.display()
+                    )))
+                }
             }
         };
         if bytes.len() != 32 {
-            return Err(KeyError::MasterKey("the key must be 32 bytes (64 hex digits)".into()));
+            return Err(KeyError::MasterKey(
+                "the key must be 32 bytes (64 hex digits)".into(),
+            ));
         }
-        let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| KeyError::MasterKey("bad key".into()))?;
+        let key = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| KeyError::MasterKey("bad key".into()))?;
         Ok(MasterKey(LessSafeKey::new(key)))
     }
 
@@ -112,7 +120,11 @@ impl MasterKey {
             .map_err(|_| KeyError::MasterKey("no randomness".into()))?;
         let mut buf = plain.to_vec();
         self.0
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(name.as_bytes()), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(name.as_bytes()),
+                &mut buf,
+            )
             .map_err(|_| KeyError::MasterKey("encryption failed".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
@@ -124,7 +136,8 @@ impl MasterKey {
             return Err(KeyError::Decrypt(name.into()));
         }
         let (nonce, ct) = sealed.split_at(12);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Decrypt(name.into()))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Decrypt(name.into()))?;
         let mut buf = Zeroizing::new(ct.to_vec());
         let plain_len = self
             .0
@@ -163,14 +176,20 @@ pub struct JwtKey {
 
 impl std::fmt::Debug for JwtKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("JwtKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl JwtKey {
     fn from_pkcs8(pkcs8: &[u8]) -> Result<JwtKey, KeyError> {
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &SystemRandom::new())
-            .map_err(|_| KeyError::Decrypt("JWT signing key".into()))?;
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8,
+            &SystemRandom::new(),
+        )
+        .map_err(|_| KeyError::Decrypt("JWT signing key".into()))?;
         let public = pair.public_key().as_ref().to_vec();
         let kid = hex::encode(&ring::digest::digest(&ring::digest::SHA256, &public).as_ref()[..8]);
         Ok(JwtKey {
@@ -219,9 +238,13 @@ impl std::fmt::Debug for Keys {
 
 /// The pin of a certificate: `sha256:` + hex of its SubjectPublicKeyInfo.
 pub fn spki_pin(cert_der: &[u8]) -> Result<String, KeyError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| KeyError::Cert(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| KeyError::Cert(e.to_string()))?;
     let spki = cert.tbs_certificate.subject_pki.raw;
-    Ok(format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, spki))))
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, spki))
+    ))
 }
 
 /// Serial number (hex) of a certificate.
@@ -247,13 +270,21 @@ fn ca_params(trust_domain: &str) -> CertificateParams {
     dn.push(DnType::CommonName, format!("Leash CA {trust_domain}"));
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p
 }
 
 impl Keys {
     /// Load the keys from the store, creating them on first start.
-    pub async fn load_or_create(store: &dyn Storage, master: &MasterKey, trust_domain: &str) -> Result<Keys, KeyError> {
+    pub async fn load_or_create(
+        store: &dyn Storage,
+        master: &MasterKey,
+        trust_domain: &str,
+    ) -> Result<Keys, KeyError> {
         let ca_pkcs8 = sealed_blob(store, master, "ca-key", || {
             Ok(Zeroizing::new(KeyPair::generate()?.serialize_der()))
         })
@@ -273,8 +304,11 @@ impl Keys {
             }
         };
         let jwt_pkcs8 = sealed_blob(store, master, "jwt-key-1", || {
-            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .map_err(|_| KeyError::Cert("cannot generate the JWT key".into()))?;
+            let doc = EcdsaKeyPair::generate_pkcs8(
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                &SystemRandom::new(),
+            )
+            .map_err(|_| KeyError::Cert("cannot generate the JWT key".into()))?;
             Ok(Zeroizing::new(doc.as_ref().to_vec()))
         })
         .await?;
@@ -329,12 +363,18 @@ impl Keys {
         let serial = random_serial()?;
         p.serial_number = Some(serial.clone());
         let cert = p.signed_by(&csr.public_key, &self.issuer())?;
-        Ok((cert.der().clone(), hex::encode(serial.as_ref()), not_after.unix_timestamp()))
+        Ok((
+            cert.der().clone(),
+            hex::encode(serial.as_ref()),
+            not_after.unix_timestamp(),
+        ))
     }
 
     /// A fresh serving certificate and key for the control plane, with the URI SAN
     /// `spiffe://<td>/leash/control-plane`. Never written to disk.
-    pub fn serving_cert(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), KeyError> {
+    pub fn serving_cert(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), KeyError> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -374,18 +414,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("store");
         let master = MasterKey::load_or_create(dir.path()).expect("master");
-        let k1 = Keys::load_or_create(&*store, &master, "td.example").await.expect("keys");
-        let k2 = Keys::load_or_create(&*store, &master, "td.example").await.expect("keys again");
+        let k1 = Keys::load_or_create(&*store, &master, "td.example")
+            .await
+            .expect("keys");
+        let k2 = Keys::load_or_create(&*store, &master, "td.example")
+            .await
+            .expect("keys again");
         assert_eq!(k1.ca_pin, k2.ca_pin);
         assert_eq!(k1.signing_key().kid, k2.signing_key().kid);
         // The stored CA key is not the plain PKCS#8.
         let sealed = store.blob("ca-key").expect("blob").expect("present");
-        assert!(master.open("jwt-key-1", &sealed).is_err(), "AAD binds the name");
+        assert!(
+            master.open("jwt-key-1", &sealed).is_err(),
+            "AAD binds the name"
+        );
         let mode = std::fs::metadata(dir.path().join("master.key")).expect("file");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
         let jwks = k1.jwks();
-        assert_eq!(jwks["keys"][0]["kid"], serde_json::json!(k1.signing_key().kid));
+        assert_eq!(
+            jwks["keys"][0]["kid"],
+            serde_json::json!(k1.signing_key().kid)
+        );
     }
 
     #[tokio::test]
@@ -393,7 +443,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("store");
         let master = MasterKey::load_or_create(dir.path()).expect("master");
-        let k = Keys::load_or_create(&*store, &master, "td").await.expect("keys");
+        let k = Keys::load_or_create(&*store, &master, "td")
+            .await
+            .expect("keys");
         let host_key = KeyPair::generate().expect("key");
         let csr = CertificateParams::new(vec!["evil.example".to_string()])
             .expect("params")
@@ -407,6 +459,8 @@ mod tests {
         let san = format!("{:?}", cert.subject_alternative_name().expect("ext"));
         assert!(san.contains("spiffe://td/leash/host/runner-1"), "{san}");
         assert!(!san.contains("evil.example"), "{san}");
-        assert!(k.sign_host_cert(b"garbage", "x", std::time::Duration::from_secs(60)).is_err());
+        assert!(k
+            .sign_host_cert(b"garbage", "x", std::time::Duration::from_secs(60))
+            .is_err());
     }
 }

@@ -439,7 +439,10 @@ mod tests {
         assert_eq!(selector_kind("unix:uid:abc"), None);
         assert_eq!(selector_kind("unix:path:/usr/bin/bash"), Some("path"));
         assert_eq!(selector_kind("k8s:ns:x"), None);
-        assert_eq!(selector_kind(&format!("unix:sha256:{}", "a".repeat(64))), Some("sha256"));
+        assert_eq!(
+            selector_kind(&format!("unix:sha256:{}", "a".repeat(64))),
+            Some("sha256")
+        );
     }
 
     #[test]

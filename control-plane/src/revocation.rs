@@ -23,7 +23,9 @@ pub fn to_proto(r: &Revocation) -> v1::Revocation {
     };
     v1::Revocation {
         seq: r.seq,
-        target: Some(v1::RevocationTarget { target: Some(target) }),
+        target: Some(v1::RevocationTarget {
+            target: Some(target),
+        }),
         reason: r.reason.clone(),
         lease_ids: r.lease_ids.clone(),
     }
@@ -76,7 +78,8 @@ pub async fn wait(
         .and_then(|v| v.into_iter().find(|r| r.seq == seq));
     let Some(rev) = rev else {
         let _ = tx
-            .send(Err(leash_proto::reason::Reason::NotFound.status(format!("no revocation with sequence {seq}"))))
+            .send(Err(leash_proto::reason::Reason::NotFound
+                .status(format!("no revocation with sequence {seq}"))))
             .await;
         return;
     };
@@ -100,7 +103,13 @@ pub async fn wait(
                 None => {
                     // Not connected: if it has been away longer than max_offline it has
                     // already wiped itself by failing closed.
-                    let last = s.store.host(h).ok().flatten().map(|x| x.last_seen * 1000).unwrap_or(0);
+                    let last = s
+                        .store
+                        .host(h)
+                        .ok()
+                        .flatten()
+                        .map(|x| x.last_seen * 1000)
+                        .unwrap_or(0);
                     if now - last > max_offline_ms {
                         failed_closed.insert(h.clone());
                     }

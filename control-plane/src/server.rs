@@ -34,7 +34,9 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The store could not be opened.
-    #[error("cannot open the store: {0} (is another control plane running on this data directory?)")]
+    #[error(
+        "cannot open the store: {0} (is another control plane running on this data directory?)"
+    )]
     Store(#[from] StoreError),
     /// Keys could not be loaded or created.
     #[error(transparent)]

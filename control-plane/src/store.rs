@@ -22,8 +22,8 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::model::{
-    Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, Revocation, RevocationTarget,
-    Workload,
+    Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, Revocation,
+    RevocationTarget, Workload,
 };
 
 /// How many change-log entries are kept for agents to resume from; an agent further
@@ -149,7 +149,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         extra: Vec<Event>,
     ) -> Result<Revocation>;
     /// Move active leases to a terminal state (expired / completed) with an event each.
-    async fn finish_leases(&self, ids: Vec<String>, state: LeaseState, reason: String) -> Result<Vec<Lease>>;
+    async fn finish_leases(
+        &self,
+        ids: Vec<String>,
+        state: LeaseState,
+        reason: String,
+    ) -> Result<Vec<Lease>>;
     /// Enable or disable a workload; disabling also revokes its leases.
     async fn set_workload_disabled(
         &self,
@@ -206,7 +211,9 @@ pub struct SledStore {
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").field("seq", &self.current_seq()).finish()
+        f.debug_struct("SledStore")
+            .field("seq", &self.current_seq())
+            .finish()
     }
 }
 
@@ -238,8 +245,7 @@ fn all<T: DeserializeOwned>(t: &sled::Tree, name: &'static str) -> Result<Vec<T>
 }
 
 fn meta_u64(t: &sled::Tree, key: &str) -> Result<u64> {
-    Ok(t
-        .get(key)?
+    Ok(t.get(key)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0))
@@ -305,8 +311,9 @@ impl Tx<'_> {
             let owner = match owners.get(&lease.workload) {
                 Some(o) => o.clone(),
                 None => {
-                    let o = get::<Workload>(&self.t.workloads, "workloads", lease.workload.as_bytes())?
-                        .map(|w| w.owner);
+                    let o =
+                        get::<Workload>(&self.t.workloads, "workloads", lease.workload.as_bytes())?
+                            .map(|w| w.owner);
                     owners.insert(lease.workload.clone(), o.clone());
                     o
                 }
@@ -343,7 +350,9 @@ impl Tx<'_> {
             hosts: hosts.into_iter().collect(),
         };
         self.t.revocations.insert(be(seq), enc(&rev))?;
-        self.change(Change::Revoked { revocation: rev.clone() })?;
+        self.change(Change::Revoked {
+            revocation: rev.clone(),
+        })?;
         Ok(rev)
     }
 }
@@ -470,7 +479,9 @@ fn writer(
                 seq.store(new_seq, Ordering::Release);
                 event_id = new_event_id;
             }
-            Err(e) => tracing::error!(error = %e, "store flush failed; the batch was not acknowledged"),
+            Err(e) => {
+                tracing::error!(error = %e, "store flush failed; the batch was not acknowledged")
+            }
         }
         let err = flushed.err();
         for r in replies {
@@ -690,7 +701,9 @@ impl Storage for SledStore {
         let secret_sha256 = secret_sha256.to_string();
         self.write(move |tx| {
             let refuse = |m: &str| Err(StoreError::Refused(m.to_string()));
-            let Some(mut t) = get::<JoinTokenRecord>(&tx.t.join_tokens, "join_tokens", token_id.as_bytes())? else {
+            let Some(mut t) =
+                get::<JoinTokenRecord>(&tx.t.join_tokens, "join_tokens", token_id.as_bytes())?
+            else {
                 return refuse("unknown join token (forged, or from another control plane)");
             };
             // Both sides are hashes of a 256-bit secret, so comparing them leaks nothing
@@ -713,7 +726,8 @@ impl Storage for SledStore {
             t.used_by = Some(host.name.clone());
             tx.t.join_tokens.insert(token_id.as_bytes(), enc(&t))?;
             tx.t.hosts.insert(host.name.as_bytes(), enc(&host))?;
-            tx.t.serials.insert(host.cert_serial.as_bytes(), host.name.as_bytes())?;
+            tx.t.serials
+                .insert(host.cert_serial.as_bytes(), host.name.as_bytes())?;
             tx.event(event)?;
             Ok(Enrollment { host })
         })
@@ -744,12 +758,27 @@ impl Storage for SledStore {
         self.write(move |tx| {
             match get::<Workload>(&tx.t.workloads, "workloads", lease.workload.as_bytes())? {
                 Some(w) if !w.disabled => {}
-                Some(_) => return Err(StoreError::Refused(format!("workload {:?} is disabled", lease.workload))),
-                None => return Err(StoreError::NotFound(format!("no workload named {:?}", lease.workload))),
+                Some(_) => {
+                    return Err(StoreError::Refused(format!(
+                        "workload {:?} is disabled",
+                        lease.workload
+                    )))
+                }
+                None => {
+                    return Err(StoreError::NotFound(format!(
+                        "no workload named {:?}",
+                        lease.workload
+                    )))
+                }
             }
             match get::<Host>(&tx.t.hosts, "hosts", lease.host.as_bytes())? {
                 Some(h) if !h.evicted => {}
-                _ => return Err(StoreError::Refused(format!("host {:?} was evicted", lease.host))),
+                _ => {
+                    return Err(StoreError::Refused(format!(
+                        "host {:?} was evicted",
+                        lease.host
+                    )))
+                }
             }
             let seq = tx.next_seq();
             lease.seq = seq;
@@ -770,14 +799,21 @@ impl Storage for SledStore {
         self.write(move |tx| {
             let rev = tx.revoke(target, reason, actor, &[])?;
             for e in extra {
-                tx.event(e.detail(serde_json::json!({ "seq": rev.seq, "leases": rev.lease_ids.len() })))?;
+                tx.event(
+                    e.detail(serde_json::json!({ "seq": rev.seq, "leases": rev.lease_ids.len() })),
+                )?;
             }
             Ok(rev)
         })
         .await
     }
 
-    async fn finish_leases(&self, ids: Vec<String>, state: LeaseState, reason: String) -> Result<Vec<Lease>> {
+    async fn finish_leases(
+        &self,
+        ids: Vec<String>,
+        state: LeaseState,
+        reason: String,
+    ) -> Result<Vec<Lease>> {
         self.write(move |tx| {
             let mut done = Vec::new();
             for id in ids {
@@ -825,7 +861,10 @@ impl Storage for SledStore {
                     .workload(name.clone())
                     .reason(reason.clone()),
             )?;
-            tx.change(Change::WorkloadPut { seq, workload: w.clone() })?;
+            tx.change(Change::WorkloadPut {
+                seq,
+                workload: w.clone(),
+            })?;
             let rev = if disabled {
                 Some(tx.revoke(RevocationTarget::Workload(name.clone()), reason, actor, &[])?)
             } else {
@@ -843,9 +882,19 @@ impl Storage for SledStore {
                 .ok_or_else(|| StoreError::NotFound(format!("no host named {name:?}")))?;
             h.evicted = true;
             tx.t.hosts.insert(name.as_bytes(), enc(&h))?;
-            let rev = tx.revoke(RevocationTarget::Host(name.clone()), reason.clone(), actor.clone(), &[name.clone()])?;
+            let rev = tx.revoke(
+                RevocationTarget::Host(name.clone()),
+                reason.clone(),
+                actor.clone(),
+                &[name.clone()],
+            )?;
             let seq = tx.next_seq();
-            tx.event(Event::new("evicted").actor(actor).host(name.clone()).reason(reason.clone()))?;
+            tx.event(
+                Event::new("evicted")
+                    .actor(actor)
+                    .host(name.clone())
+                    .reason(reason.clone()),
+            )?;
             tx.change(Change::HostEvicted { seq, name, reason })?;
             Ok(rev)
         })
@@ -931,8 +980,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let s = SledStore::open(dir.path()).expect("open");
-            let s1 = s.put_workload(workload("a"), Event::new("workload-added")).await.expect("put");
-            let s2 = s.put_workload(workload("b"), Event::new("workload-added")).await.expect("put");
+            let s1 = s
+                .put_workload(workload("a"), Event::new("workload-added"))
+                .await
+                .expect("put");
+            let s2 = s
+                .put_workload(workload("b"), Event::new("workload-added"))
+                .await
+                .expect("put");
             assert!(s2 > s1);
             let changes = s.changes_since(s1).expect("log").expect("retained");
             assert_eq!(changes.len(), 1);
@@ -948,7 +1003,9 @@ mod tests {
     async fn group_commit_serves_concurrent_writers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = SledStore::open(dir.path()).expect("open");
-        s.put_workload(workload("w"), Event::new("x")).await.expect("put");
+        s.put_workload(workload("w"), Event::new("x"))
+            .await
+            .expect("put");
         let t = JoinTokenRecord {
             id: "t".into(),
             secret_sha256: "x".into(),
@@ -960,13 +1017,18 @@ mod tests {
             revoked: false,
         };
         s.put_join_token(t, Event::new("x")).await.expect("token");
-        s.enroll("t", "x", host(), 0, Event::new("enrolled")).await.expect("enroll");
+        s.enroll("t", "x", host(), 0, Event::new("enrolled"))
+            .await
+            .expect("enroll");
         let mut handles = Vec::new();
         for i in 0..200 {
             let s = s.clone();
             handles.push(tokio::spawn(async move {
-                s.issue_lease(lease(&format!("l{i}"), "w"), Event::new("issued").lease(format!("l{i}")))
-                    .await
+                s.issue_lease(
+                    lease(&format!("l{i}"), "w"),
+                    Event::new("issued").lease(format!("l{i}")),
+                )
+                .await
             }));
         }
         let mut seqs = BTreeSet::new();
@@ -981,8 +1043,12 @@ mod tests {
     async fn revocation_covers_and_disabled_workload_refuses() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = SledStore::open(dir.path()).expect("open");
-        s.put_workload(workload("w"), Event::new("x")).await.expect("put");
-        s.put_workload(workload("v"), Event::new("x")).await.expect("put");
+        s.put_workload(workload("w"), Event::new("x"))
+            .await
+            .expect("put");
+        s.put_workload(workload("v"), Event::new("x"))
+            .await
+            .expect("put");
         let t = JoinTokenRecord {
             id: "t".into(),
             secret_sha256: "x".into(),
@@ -994,21 +1060,51 @@ mod tests {
             revoked: false,
         };
         s.put_join_token(t, Event::new("x")).await.expect("token");
-        assert!(s.enroll("t", "y", host(), 0, Event::new("e")).await.is_err(), "wrong secret");
-        s.enroll("t", "x", host(), 0, Event::new("e")).await.expect("enroll");
-        assert!(s.enroll("t", "x", host(), 0, Event::new("e")).await.is_err(), "reuse");
-        s.issue_lease(lease("l1", "w"), Event::new("issued").lease("l1")).await.expect("l1");
-        s.issue_lease(lease("l2", "v"), Event::new("issued").lease("l2")).await.expect("l2");
+        assert!(
+            s.enroll("t", "y", host(), 0, Event::new("e"))
+                .await
+                .is_err(),
+            "wrong secret"
+        );
+        s.enroll("t", "x", host(), 0, Event::new("e"))
+            .await
+            .expect("enroll");
+        assert!(
+            s.enroll("t", "x", host(), 0, Event::new("e"))
+                .await
+                .is_err(),
+            "reuse"
+        );
+        s.issue_lease(lease("l1", "w"), Event::new("issued").lease("l1"))
+            .await
+            .expect("l1");
+        s.issue_lease(lease("l2", "v"), Event::new("issued").lease("l2"))
+            .await
+            .expect("l2");
         let (_, rev) = s
             .set_workload_disabled("w", true, "root".into(), "test".into())
             .await
             .expect("disable");
         let rev = rev.expect("revocation");
         assert_eq!(rev.lease_ids, vec!["l1".to_string()]);
-        assert_eq!(s.lease("l1").expect("get").expect("some").state, LeaseState::Revoked);
-        assert_eq!(s.lease("l2").expect("get").expect("some").state, LeaseState::Active);
-        assert!(s.issue_lease(lease("l3", "w"), Event::new("issued")).await.is_err());
-        let timeline: Vec<String> = s.lease_events("l1").expect("events").into_iter().map(|e| e.kind).collect();
+        assert_eq!(
+            s.lease("l1").expect("get").expect("some").state,
+            LeaseState::Revoked
+        );
+        assert_eq!(
+            s.lease("l2").expect("get").expect("some").state,
+            LeaseState::Active
+        );
+        assert!(s
+            .issue_lease(lease("l3", "w"), Event::new("issued"))
+            .await
+            .is_err());
+        let timeline: Vec<String> = s
+            .lease_events("l1")
+            .expect("events")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
         assert_eq!(timeline, vec!["issued", "revoked"]);
     }
 }

@@ -5,7 +5,8 @@ use crate::reason::Reason;
 
 /// Parse a duration such as `30s`, `10m`, `1h`, `7d` into whole seconds.
 pub fn parse_secs(s: &str) -> Result<u32, String> {
-    let d = humantime_like(s).ok_or_else(|| format!("{s:?} is not a duration; write e.g. 30s, 10m, 2h"))?;
+    let d = humantime_like(s)
+        .ok_or_else(|| format!("{s:?} is not a duration; write e.g. 30s, 10m, 2h"))?;
     u32::try_from(d).map_err(|_| format!("{s:?} is too long"))
 }
 
@@ -58,7 +59,10 @@ pub fn time(unix: i64) -> String {
     }
     let secs = unix as u64;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    let d = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     // Civil-from-days (proleptic Gregorian), enough for display.
     let days = (d / 86400) as i64;
     let rem = d % 86400;

@@ -142,7 +142,10 @@ mod tests {
 
     #[test]
     fn plain_statuses_map_by_code() {
-        assert_eq!(Reason::of(&tonic::Status::unavailable("down")), Reason::Unavailable);
+        assert_eq!(
+            Reason::of(&tonic::Status::unavailable("down")),
+            Reason::Unavailable
+        );
         assert_eq!(Reason::of(&tonic::Status::not_found("x")), Reason::NotFound);
     }
 }

@@ -28,7 +28,9 @@ pub async fn connect(path: &Path) -> Result<Channel, ConnectError> {
     endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let p = p.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
         }))
         .await
         .map_err(|source| ConnectError::Connect {

@@ -26,8 +26,12 @@ impl Drop for Proc {
 
 /// Start `cmd` and wait until a stderr line contains `marker`; returns that line.
 fn start(mut cmd: Command, marker: &'static str) -> anyhow::Result<(Proc, String)> {
-    cmd.stderr(Stdio::piped()).stdout(Stdio::null()).env("LEASH_LOG", "info");
-    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", crate::show(&cmd)))?;
+    cmd.stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .env("LEASH_LOG", "info");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", crate::show(&cmd)))?;
     let stderr = child.stderr.take().context("no stderr")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -55,7 +59,11 @@ fn call(bin: &Path, args: &[&str], envs: &[(&str, &Path)]) -> anyhow::Result<Out
     for (k, v) in envs {
         c.env(k, v);
     }
-    eprintln!("$ {} {}", bin.file_name().unwrap_or_default().to_string_lossy(), args.join(" "));
+    eprintln!(
+        "$ {} {}",
+        bin.file_name().unwrap_or_default().to_string_lossy(),
+        args.join(" ")
+    );
     let out = c.output()?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     Ok(out)
@@ -94,7 +102,14 @@ fn verify(token: &str, jwks: &serde_json::Value) -> anyhow::Result<()> {
 /// Run the demo.
 pub fn run() -> anyhow::Result<()> {
     step("build");
-    crate::run(crate::cargo().args(["build", "--bins", "-p", "leash-control-plane", "-p", "leash-agentd"]))?;
+    crate::run(crate::cargo().args([
+        "build",
+        "--bins",
+        "-p",
+        "leash-control-plane",
+        "-p",
+        "leash-agentd",
+    ]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
@@ -124,15 +139,30 @@ pub fn run() -> anyhow::Result<()> {
         .and_then(|r| r.split_whitespace().next())
         .context("no address in the log")?
         .to_string();
-    eprintln!("control plane listening on {addr}, admin socket {}", admin.display());
+    eprintln!(
+        "control plane listening on {addr}, admin socket {}",
+        admin.display()
+    );
     let env_admin = [("LEASH_ADMIN_SOCKET", admin.as_path())];
     let ctl = |args: &[&str]| call(&bin("leashctl"), args, &env_admin);
 
     step("enroll an agent with a one-time join token");
-    let token = ok(ctl(&["join-token", "create", "--name", "demo-host", "--label", "role=workstation"])?)?;
+    let token = ok(ctl(&[
+        "join-token",
+        "create",
+        "--name",
+        "demo-host",
+        "--label",
+        "role=workstation",
+    ])?)?;
     let mut agent = Command::new(bin("leash-agentd"));
     agent
-        .args(["run", "--control-plane", &format!("https://{addr}"), "--state-dir"])
+        .args([
+            "run",
+            "--control-plane",
+            &format!("https://{addr}"),
+            "--state-dir",
+        ])
         .arg(d.join("agent"))
         .arg("--socket")
         .arg(&sock)
@@ -143,11 +173,28 @@ pub fn run() -> anyhow::Result<()> {
     step("register a workload for the current user, and a credential");
     let uid = nix_uid();
     ok(ctl(&[
-        "credential", "add", "api", "--audience", "https://api.example", "--ttl", "5m", "--scope", "read=api:read",
+        "credential",
+        "add",
+        "api",
+        "--audience",
+        "https://api.example",
+        "--ttl",
+        "5m",
+        "--scope",
+        "read=api:read",
     ])?)?;
     ok(ctl(&[
-        "workload", "add", "demo/script", "--owner", "demo-team", "--kind", "job", "--selector",
-        &format!("unix:uid:{uid}"), "--allow", "api",
+        "workload",
+        "add",
+        "demo/script",
+        "--owner",
+        "demo-team",
+        "--kind",
+        "job",
+        "--selector",
+        &format!("unix:uid:{uid}"),
+        "--allow",
+        "api",
     ])?)?;
     eprint!("{}", ok(ctl(&["workload", "list"])?)?);
 
@@ -155,7 +202,10 @@ pub fn run() -> anyhow::Result<()> {
     let leash = |args: &[&str]| call(&bin("leash"), args, &env_agent);
     // Wait until the agent has the new workload (pushed on the Sync stream).
     for _ in 0..50 {
-        let out = Command::new(bin("leash")).args(["whoami", "--output", "json"]).env("LEASH_AGENT_SOCKET", &sock).output()?;
+        let out = Command::new(bin("leash"))
+            .args(["whoami", "--output", "json"])
+            .env("LEASH_AGENT_SOCKET", &sock)
+            .output()?;
         if String::from_utf8_lossy(&out.stdout).contains("demo/script") {
             break;
         }
@@ -171,7 +221,10 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!("claims: {}", serde_json::to_string_pretty(&claims)?);
     let jwks: serde_json::Value = serde_json::from_str(&ok(ctl(&["jwks"])?)?)?;
     verify(&jwt, &jwks)?;
-    eprintln!("signature verifies against the JWKS (ES256, kid {})", jsonwebtoken::decode_header(&jwt)?.kid.unwrap_or_default());
+    eprintln!(
+        "signature verifies against the JWKS (ES256, kid {})",
+        jsonwebtoken::decode_header(&jwt)?.kid.unwrap_or_default()
+    );
     let lease = claims["jti"].as_str().unwrap_or_default().to_string();
 
     step("a second fetch is a cache hit (same lease)");
@@ -181,17 +234,31 @@ pub fn run() -> anyhow::Result<()> {
     eprint!("{}", ok(leash(&["status"])?)?);
 
     step("revoke it everywhere and wait for the wipe acknowledgment");
-    let out = ok(ctl(&["revoke", "--workload", "demo/script", "--reason", "demo", "--wait"])?)?;
+    let out = ok(ctl(&[
+        "revoke",
+        "--workload",
+        "demo/script",
+        "--reason",
+        "demo",
+        "--wait",
+    ])?)?;
     eprint!("{out}");
     eprint!("{}", ok(leash(&["status"])?)?);
 
     step("the old token is no longer active (introspection)");
     let mut c = Command::new(bin("leashctl"));
-    c.args(["introspect", "-"]).env("LEASH_ADMIN_SOCKET", &admin).stdin(Stdio::piped()).stdout(Stdio::piped());
+    c.args(["introspect", "-"])
+        .env("LEASH_ADMIN_SOCKET", &admin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
     let mut child = c.spawn()?;
     {
         use std::io::Write;
-        child.stdin.take().context("stdin")?.write_all(jwt.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(jwt.as_bytes())?;
     }
     let out = child.wait_with_output()?;
     eprint!("{}", String::from_utf8_lossy(&out.stdout));
@@ -200,7 +267,10 @@ pub fn run() -> anyhow::Result<()> {
     let next = ok(leash(&["get", "api", "--output", "json"])?)?;
     let next: serde_json::Value = serde_json::from_str(&next)?;
     eprintln!("old lease {lease}, new lease {}", next["lease_id"]);
-    anyhow::ensure!(next["lease_id"] != lease.as_str(), "the revoked lease was served again");
+    anyhow::ensure!(
+        next["lease_id"] != lease.as_str(),
+        "the revoked lease was served again"
+    );
 
     step("the revoked lease's timeline");
     eprint!("{}", ok(ctl(&["lease", "show", &lease])?)?);

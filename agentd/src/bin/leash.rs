@@ -13,7 +13,11 @@ use leash_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
 
 #[derive(Parser)]
-#[command(name = "leash", version, about = "Fetch short-lived credentials from the local Leash agent")]
+#[command(
+    name = "leash",
+    version,
+    about = "Fetch short-lived credentials from the local Leash agent"
+)]
 struct Cli {
     /// Agent socket.
     #[arg(long, env = "LEASH_AGENT_SOCKET", global = true)]
@@ -164,7 +168,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 println!("pid:       {}", a.pid);
                 println!("uid:       {} ({})", a.uid, a.user);
                 println!("gid:       {}", a.gid);
-                println!("exe:       {}", if a.exe_path.is_empty() { "-" } else { &a.exe_path });
+                println!(
+                    "exe:       {}",
+                    if a.exe_path.is_empty() {
+                        "-"
+                    } else {
+                        &a.exe_path
+                    }
+                );
                 println!("selectors:");
                 for s in &a.selectors {
                     println!("  {s}");
@@ -194,7 +205,15 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             } else {
                 println!("agent:          leash-agentd {}", r.version);
                 println!("host:           {}", r.host);
-                println!("state:          {}{}", r.state, if r.reason.is_empty() { String::new() } else { format!(" ({})", r.reason) });
+                println!(
+                    "state:          {}{}",
+                    r.state,
+                    if r.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", r.reason)
+                    }
+                );
                 println!("synced:         {}", r.synced);
                 println!("last seq:       {}", r.last_seq);
                 println!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
@@ -217,7 +236,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 Some(t) => t.to_string(),
             };
             if token.trim().is_empty() {
-                return Err(Fail("no token given: pass it as an argument or on stdin with `-`".into(), 1));
+                return Err(Fail(
+                    "no token given: pass it as an argument or on stdin with `-`".into(),
+                    1,
+                ));
             }
             let r = c
                 .introspect(v1::IntrospectRequest {
@@ -240,7 +262,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");

@@ -340,10 +340,27 @@ fn print_workload(w: &v1::Workload, out: Output) {
     println!("kind:       {}", w.kind);
     println!("selectors:  {}", w.selectors.join(" "));
     let hosts: Vec<String> = w.hosts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("hosts:      {}", if hosts.is_empty() { "(all)".into() } else { hosts.join(",") });
-    println!("allow:      {}", if w.allow.is_empty() { "-".into() } else { w.allow.join(" ") });
+    println!(
+        "hosts:      {}",
+        if hosts.is_empty() {
+            "(all)".into()
+        } else {
+            hosts.join(",")
+        }
+    );
+    println!(
+        "allow:      {}",
+        if w.allow.is_empty() {
+            "-".into()
+        } else {
+            w.allow.join(" ")
+        }
+    );
     println!("expires at: {}", time(w.expires_at_unix));
-    println!("state:      {}", if w.disabled { "disabled" } else { "enabled" });
+    println!(
+        "state:      {}",
+        if w.disabled { "disabled" } else { "enabled" }
+    );
 }
 
 fn print_credential(c: &v1::Credential, out: Output) {
@@ -351,7 +368,15 @@ fn print_credential(c: &v1::Credential, out: Output) {
         return json_out(&credential_json(c));
     }
     print_table(
-        &["NAME", "KIND", "AUDIENCES", "TTL", "MAX_TTL", "DEFAULT_ACTION", "SCOPES"],
+        &[
+            "NAME",
+            "KIND",
+            "AUDIENCES",
+            "TTL",
+            "MAX_TTL",
+            "DEFAULT_ACTION",
+            "SCOPES",
+        ],
         &[credential_row(c)],
     );
 }
@@ -374,7 +399,11 @@ fn credential_row(c: &v1::Credential) -> Vec<String> {
         format!("{}s", c.default_ttl_seconds),
         format!("{}s", c.max_ttl_seconds),
         c.default_action.clone(),
-        if scopes.is_empty() { "-".into() } else { scopes.join(" ") },
+        if scopes.is_empty() {
+            "-".into()
+        } else {
+            scopes.join(" ")
+        },
     ]
 }
 
@@ -422,23 +451,40 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     .tokens
                     .iter()
                     .map(|t| {
-                        let mut labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let mut labels: Vec<String> =
+                            t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         labels.sort();
                         vec![
                             t.id.clone(),
-                            if t.name.is_empty() { "-".into() } else { t.name.clone() },
-                            if labels.is_empty() { "-".into() } else { labels.join(",") },
+                            if t.name.is_empty() {
+                                "-".into()
+                            } else {
+                                t.name.clone()
+                            },
+                            if labels.is_empty() {
+                                "-".into()
+                            } else {
+                                labels.join(",")
+                            },
                             t.state.clone(),
                             time(t.expires_at_unix),
-                            if t.used_by.is_empty() { "-".into() } else { t.used_by.clone() },
+                            if t.used_by.is_empty() {
+                                "-".into()
+                            } else {
+                                t.used_by.clone()
+                            },
                         ]
                     })
                     .collect();
-                print_table(&["ID", "NAME", "LABELS", "STATE", "EXPIRES_AT", "USED_BY"], &rows);
+                print_table(
+                    &["ID", "NAME", "LABELS", "STATE", "EXPIRES_AT", "USED_BY"],
+                    &rows,
+                );
             }
         }
         Cmd::JoinToken(JoinTokenCmd::Revoke { id }) => {
-            c.revoke_join_token(v1::NameRequest { name: id.clone() }).await?;
+            c.revoke_join_token(v1::NameRequest { name: id.clone() })
+                .await?;
             eprintln!("join token {id} revoked");
         }
         Cmd::Workload(WorkloadCmd::Add {
@@ -451,11 +497,17 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             expires_at,
             out,
         }) => {
-            let owner = owner.ok_or_else(|| usage("every workload needs an owner: add --owner TEAM-OR-PERSON"))?;
+            let owner = owner.ok_or_else(|| {
+                usage("every workload needs an owner: add --owner TEAM-OR-PERSON")
+            })?;
             let expires_at_unix = match expires_at {
                 None => 0,
                 Some(t) => humantime::parse_rfc3339_weak(&t)
-                    .map_err(|e| usage(format!("--expires-at {t:?}: {e}; write e.g. 2026-12-31T00:00:00Z")))?
+                    .map_err(|e| {
+                        usage(format!(
+                            "--expires-at {t:?}: {e}; write e.g. 2026-12-31T00:00:00Z"
+                        ))
+                    })?
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0),
@@ -494,12 +546,23 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                             w.owner.clone(),
                             w.kind.clone(),
                             w.selectors.join(","),
-                            if w.allow.is_empty() { "-".into() } else { w.allow.join(",") },
-                            if w.disabled { "disabled".into() } else { "enabled".into() },
+                            if w.allow.is_empty() {
+                                "-".into()
+                            } else {
+                                w.allow.join(",")
+                            },
+                            if w.disabled {
+                                "disabled".into()
+                            } else {
+                                "enabled".into()
+                            },
                         ]
                     })
                     .collect();
-                print_table(&["NAME", "OWNER", "KIND", "SELECTORS", "ALLOW", "STATE"], &rows);
+                print_table(
+                    &["NAME", "OWNER", "KIND", "SELECTORS", "ALLOW", "STATE"],
+                    &rows,
+                );
             }
         }
         Cmd::Workload(WorkloadCmd::Show { name, out }) => {
@@ -507,7 +570,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             print_workload(&w, out.output);
         }
         Cmd::Workload(WorkloadCmd::Remove { name }) => {
-            c.remove_workload(v1::NameRequest { name: name.clone() }).await?;
+            c.remove_workload(v1::NameRequest { name: name.clone() })
+                .await?;
             eprintln!("workload {name} removed; its leases were revoked");
         }
         Cmd::Workload(WorkloadCmd::Disable { name, reason }) => {
@@ -529,7 +593,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             eprintln!("workload {name} enabled");
         }
         Cmd::Workload(WorkloadCmd::Transfer { name, to }) => {
-            let w = c.transfer_workload(v1::TransferRequest { name, to }).await?.into_inner();
+            let w = c
+                .transfer_workload(v1::TransferRequest { name, to })
+                .await?
+                .into_inner();
             eprintln!("workload {} is now owned by {}", w.name, w.owner);
         }
         Cmd::Credential(CredentialCmd::Add {
@@ -577,10 +644,23 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Credential(CredentialCmd::List(o)) => {
             let r = c.list_credentials(v1::Empty {}).await?.into_inner();
             if o.output == Output::Json {
-                json_out(&r.credentials.iter().map(credential_json).collect::<Vec<_>>());
+                json_out(
+                    &r.credentials
+                        .iter()
+                        .map(credential_json)
+                        .collect::<Vec<_>>(),
+                );
             } else {
                 print_table(
-                    &["NAME", "KIND", "AUDIENCES", "TTL", "MAX_TTL", "DEFAULT_ACTION", "SCOPES"],
+                    &[
+                        "NAME",
+                        "KIND",
+                        "AUDIENCES",
+                        "TTL",
+                        "MAX_TTL",
+                        "DEFAULT_ACTION",
+                        "SCOPES",
+                    ],
                     &r.credentials.iter().map(credential_row).collect::<Vec<_>>(),
                 );
             }
@@ -604,7 +684,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     .hosts
                     .iter()
                     .map(|h| {
-                        let mut labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let mut labels: Vec<String> =
+                            h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         labels.sort();
                         let state = if h.evicted {
                             "evicted"
@@ -615,21 +696,32 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                         };
                         vec![
                             h.name.clone(),
-                            if labels.is_empty() { "-".into() } else { labels.join(",") },
+                            if labels.is_empty() {
+                                "-".into()
+                            } else {
+                                labels.join(",")
+                            },
                             state.into(),
                             time(h.last_seen_unix),
                             time(h.cert_not_after_unix),
                         ]
                     })
                     .collect();
-                print_table(&["NAME", "LABELS", "STATE", "LAST_SEEN", "CERT_NOT_AFTER"], &rows);
+                print_table(
+                    &["NAME", "LABELS", "STATE", "LAST_SEEN", "CERT_NOT_AFTER"],
+                    &rows,
+                );
             }
         }
         Cmd::Host(HostCmd::Evict { name }) => {
             c.evict_host(v1::NameRequest { name: name.clone() }).await?;
             eprintln!("host {name} evicted; it wipes everything and is refused from now on");
         }
-        Cmd::Lease(LeaseCmd::List { workload, active, out }) => {
+        Cmd::Lease(LeaseCmd::List {
+            workload,
+            active,
+            out,
+        }) => {
             let r = c
                 .list_leases(v1::ListLeasesRequest {
                     workload: workload.unwrap_or_default(),
@@ -655,11 +747,25 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                         ]
                     })
                     .collect();
-                print_table(&["ID", "WORKLOAD", "CREDENTIAL", "ACTION", "HOST", "STATE", "EXPIRES_AT"], &rows);
+                print_table(
+                    &[
+                        "ID",
+                        "WORKLOAD",
+                        "CREDENTIAL",
+                        "ACTION",
+                        "HOST",
+                        "STATE",
+                        "EXPIRES_AT",
+                    ],
+                    &rows,
+                );
             }
         }
         Cmd::Lease(LeaseCmd::Show { id, out }) => {
-            let r = c.get_lease(v1::NameRequest { name: id }).await?.into_inner();
+            let r = c
+                .get_lease(v1::NameRequest { name: id })
+                .await?
+                .into_inner();
             let l = r.lease.unwrap_or_default();
             let timeline: Vec<serde_json::Value> = r
                 .timeline
@@ -673,7 +779,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             } else {
                 println!("lease:      {}", l.id);
                 println!("workload:   {}", l.workload);
-                println!("credential: {} (action {}, audience {})", l.credential, l.action, l.audience);
+                println!(
+                    "credential: {} (action {}, audience {})",
+                    l.credential, l.action, l.audience
+                );
                 println!("host:       {}", l.host);
                 if !l.task.is_empty() {
                     println!("task:       {}", l.task);
@@ -681,7 +790,15 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 if !l.on_behalf_of.is_empty() {
                     println!("on behalf:  {}", l.on_behalf_of);
                 }
-                println!("state:      {}{}", l.state, if l.reason.is_empty() { String::new() } else { format!(" ({})", l.reason) });
+                println!(
+                    "state:      {}{}",
+                    l.state,
+                    if l.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", l.reason)
+                    }
+                );
                 println!("issued:     {}  (seq {})", time(l.issued_at_unix), l.seq);
                 println!("expires:    {}", time(l.expires_at_unix));
                 println!("fingerprint {}", l.fingerprint);
@@ -719,7 +836,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 Some(t) => t.to_string(),
             };
             if token.trim().is_empty() {
-                return Err(usage("no token given: pass it as an argument or on stdin with `-`"));
+                return Err(usage(
+                    "no token given: pass it as an argument or on stdin with `-`",
+                ));
             }
             let r = c
                 .introspect(v1::IntrospectRequest {
@@ -753,7 +872,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let stdout = std::io::stdout();
             while let Some(e) = stream.message().await? {
                 let mut out = stdout.lock();
-                if writeln!(out, "{}", e.json).and_then(|_| out.flush()).is_err() {
+                if writeln!(out, "{}", e.json)
+                    .and_then(|_| out.flush())
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -780,7 +902,9 @@ async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Result<(), Fail>
     let timeout = parse_secs(&a.timeout).map_err(usage)?;
     let r = c
         .revoke(v1::RevokeRequest {
-            target: Some(v1::RevocationTargetSpec { target: Some(target) }),
+            target: Some(v1::RevocationTargetSpec {
+                target: Some(target),
+            }),
             reason: a.reason.unwrap_or_default(),
         })
         .await?
@@ -818,7 +942,10 @@ async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Result<(), Fail>
         last = p;
     }
     if last.done {
-        println!("wiped on {}/{} hosts in {} ms", last.acked, last.total, last.elapsed_ms);
+        println!(
+            "wiped on {}/{} hosts in {} ms",
+            last.acked, last.total, last.elapsed_ms
+        );
         Ok(())
     } else {
         Err(Fail(
@@ -841,7 +968,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
