@@ -58,7 +58,8 @@ impl From<rcgen::Error> for KeyError {
     }
 }
 
-/// The master key; zeroized on drop.
+/// The master key. Its raw bytes are zeroized as soon as the AEAD key is built from
+/// them; the expanded key lives inside `ring`.
 pub struct MasterKey(LessSafeKey);
 
 impl std::fmt::Debug for MasterKey {

@@ -127,9 +127,11 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     prepare_dir(&config.data_dir, 0o700)?;
     let store: Arc<dyn Storage> = SledStore::open(&config.data_dir)?;
-    let master = MasterKey::load_or_create(&config.data_dir)?;
-    let keys = Arc::new(Keys::load_or_create(&*store, &master, &config.trust_domain).await?);
-    drop(master);
+    // The master key is only needed to unseal the keys; it is not kept around.
+    let keys = {
+        let master = MasterKey::load_or_create(&config.data_dir)?;
+        Arc::new(Keys::load_or_create(&*store, &master, &config.trust_domain).await?)
+    };
     let tls = crate::tls::server_config(&keys)?;
 
     let tcp = TcpListener::bind(config.listen)

@@ -886,7 +886,7 @@ impl Storage for SledStore {
                 RevocationTarget::Host(name.clone()),
                 reason.clone(),
                 actor.clone(),
-                &[name.clone()],
+                std::slice::from_ref(&name),
             )?;
             let seq = tx.next_seq();
             tx.event(
