@@ -194,6 +194,8 @@ struct Tx<'a> {
     event_id: u64,
     changes: Vec<Change>,
     events: Vec<Event>,
+    /// Set by the shutdown job: finish this batch, then exit.
+    stop: bool,
 }
 
 type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -207,6 +209,23 @@ pub struct SledStore {
     seq: Arc<AtomicU64>,
     changes: broadcast::Sender<Change>,
     events: broadcast::Sender<Event>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for SledStore {
+    /// Stop the writer after what is queued, and wait for it, so the database is
+    /// flushed and unlocked when the store is gone (a reopen in the same process works).
+    fn drop(&mut self) {
+        let stop: Job = Box::new(|tx| {
+            tx.stop = true;
+            Box::new(|_| {})
+        });
+        if self.jobs.try_send(stop).is_ok() {
+            if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = h.join();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SledStore {
@@ -386,7 +405,7 @@ impl SledStore {
         let (changes, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel(4096);
         let (jobs, rx) = mpsc::channel::<Job>(8192);
-        {
+        let writer_handle = {
             let db = db.clone();
             let t = t.clone();
             let seq = seq.clone();
@@ -395,8 +414,8 @@ impl SledStore {
             std::thread::Builder::new()
                 .name("leash-store-writer".into())
                 .spawn(move || writer(db, t, rx, seq, event_id, changes, events))
-                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        }
+                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
+        };
         Ok(Arc::new(SledStore {
             db,
             t,
@@ -404,6 +423,7 @@ impl SledStore {
             seq,
             changes,
             events,
+            writer: std::sync::Mutex::new(Some(writer_handle)),
         }))
     }
 
@@ -459,6 +479,7 @@ fn writer(
             event_id,
             changes: Vec::new(),
             events: Vec::new(),
+            stop: false,
         };
         let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
         let Tx {
@@ -466,6 +487,7 @@ fn writer(
             event_id: new_event_id,
             changes: new_changes,
             events: new_events,
+            stop,
             ..
         } = tx;
         let flushed = (|| -> Result<()> {
@@ -494,6 +516,9 @@ fn writer(
             for e in new_events {
                 let _ = events.send(e);
             }
+        }
+        if stop {
+            return;
         }
     }
 }
