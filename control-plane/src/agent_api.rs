@@ -575,11 +575,28 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
         Some(Msg::Ack(a)) => s.hub.seen(&host.name, conn, now, Some(a.seq)),
         Some(Msg::WipeAck(a)) => {
             s.hub.wipe_acked(&host.name, conn, now, a.seq, a.wiped);
-            let e = Event::new("wiped")
+            // One `wiped` event per covered lease issued to this host, so each lease's
+            // timeline shows where it was wiped; a host-level one when none was.
+            let leases: Vec<String> = s
+                .store
+                .revocations_since(a.seq.saturating_sub(1))
+                .ok()
+                .and_then(|v| v.into_iter().find(|r| r.seq == a.seq))
+                .map(|r| r.lease_ids)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|id| matches!(s.store.lease(id), Ok(Some(l)) if l.host == host.name))
+                .collect();
+            let base = Event::new("wiped")
                 .actor(host.name.clone())
                 .host(host.name.clone())
                 .detail(serde_json::json!({ "seq": a.seq, "count": a.wiped }));
-            if let Err(err) = s.store.append_events(vec![e]).await {
+            let events = if leases.is_empty() {
+                vec![base]
+            } else {
+                leases.into_iter().map(|id| base.clone().lease(id)).collect()
+            };
+            if let Err(err) = s.store.append_events(events).await {
                 tracing::warn!(error = %err, "could not record a wiped event");
             }
         }
