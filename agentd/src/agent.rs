@@ -93,6 +93,8 @@ pub struct Agent {
     pub attestor: Attestor,
     /// Credentials.
     pub cache: Cache,
+    /// Live tasks.
+    pub tasks: crate::tasks::Tasks,
     identity: RwLock<Arc<Identity>>,
     workloads: RwLock<HashMap<String, v1::Workload>>,
     client: RwLock<Option<ControlPlaneClient<Channel>>>,
@@ -123,6 +125,7 @@ impl Agent {
             config,
             attestor,
             cache: Cache::default(),
+            tasks: crate::tasks::Tasks::default(),
             identity: RwLock::new(Arc::new(identity)),
             workloads: RwLock::new(HashMap::new()),
             client: RwLock::new(None),

@@ -163,13 +163,14 @@ impl AgentService for Api {
             return Err(Reason::Invalid.status("name the credential to fetch"));
         }
         let w = self.pick(&a, &r.as_workload)?;
+        let task = self.agent.tasks.membership(&r.task_handle, &a)?;
         let key = Key {
             workload: w.name.clone(),
             credential: r.credential,
             audience: r.audience,
             action: r.action,
             ttl: r.ttl_seconds,
-            task: None,
+            task,
             obo: (!r.on_behalf_of.is_empty()).then_some(r.on_behalf_of),
         };
         let now = now_ms() / 1000;
@@ -190,6 +191,19 @@ impl AgentService for Api {
                 Ok(e) => {
                     let resp = self.respond(&a, &w.name, &e, false);
                     if self.agent.cache.insert(key.clone(), e) {
+                        // The task may have ended while this Issue was in flight.
+                        if let Some(t) = &key.task {
+                            if self.agent.tasks.membership(&r.task_handle, &a).is_err() {
+                                self.agent.cache.revoke(
+                                    0,
+                                    crate::cache::Target::Task(t.clone()),
+                                    Vec::new(),
+                                );
+                                return Err(Reason::Denied.status(
+                                    "the task ended while the credential was being issued",
+                                ));
+                            }
+                        }
                         return Ok(Response::new(resp));
                     }
                 }
@@ -269,19 +283,22 @@ impl AgentService for Api {
 
     async fn start_task(
         &self,
-        _req: Request<v1::StartTaskRequest>,
+        req: Request<v1::StartTaskRequest>,
     ) -> Result<Response<v1::StartTaskResponse>, Status> {
-        Err(Status::unimplemented(
-            "tasks are not supported by this agent version",
-        ))
+        let a = self.attest(&req)?;
+        self.serving()?;
+        crate::tasks::start(&self.agent, &a, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn end_task(
         &self,
-        _req: Request<v1::EndTaskRequest>,
+        req: Request<v1::EndTaskRequest>,
     ) -> Result<Response<v1::EndTaskResponse>, Status> {
-        Err(Status::unimplemented(
-            "tasks are not supported by this agent version",
-        ))
+        let a = self.attest(&req)?;
+        crate::tasks::end_by_handle(&self.agent, &a, &req.into_inner().handle)
+            .await
+            .map(Response::new)
     }
 }

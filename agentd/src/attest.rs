@@ -745,6 +745,14 @@ pub fn start_time(pid: i32) -> Option<u64> {
     read_stat(pid).ok().map(|s| s.start_time)
 }
 
+/// Parent pid and start time of `pid`, from `/proc/<pid>/stat` (for task tracking).
+pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
+    if pid <= 0 {
+        return None;
+    }
+    read_stat(pid).ok().map(|s| (s.ppid, s.start_time))
+}
+
 fn proc_path(pid: i32, file: &str) -> String {
     format!("/proc/{pid}/{file}")
 }

@@ -16,6 +16,7 @@ pub mod secret;
 pub mod server;
 pub mod sync;
 pub mod sys;
+pub mod tasks;
 pub mod tls;
 
 use std::collections::BTreeMap;

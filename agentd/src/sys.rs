@@ -379,6 +379,17 @@ impl std::fmt::Debug for SecretBuf {
     }
 }
 
+/// Resolves when the process behind `pidfd` exits: a pidfd polls readable then. Used to
+/// end a task the moment its root process is gone, whatever killed it.
+pub async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {
+    // SAFETY: `AsyncFd` takes ownership of the `OwnedFd`, so the descriptor stays open
+    // and refers to the same pidfd until the `AsyncFd` is dropped at the end of this
+    // function; `OwnedFd::as_raw_fd` always returns that same descriptor.
+    let afd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(|e| e.into_parts().1)?;
+    let _guard = afd.readable().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -659,14 +659,17 @@ impl Admin for AdminApi {
             .ok_or_else(|| {
                 not_found(format!("no lease {id:?}; `leashctl lease list` shows them"))
             })?;
-        let timeline = self
-            .s
-            .store
-            .lease_events(&id)
-            .map_err(store_status)?
-            .iter()
-            .map(event_proto)
-            .collect();
+        let mut events = self.s.store.lease_events(&id).map_err(store_status)?;
+        // The task's own events (task-started, …) belong in the lease's timeline too.
+        if let Some(task) = &lease.task {
+            for e in self.s.store.task_events(task).map_err(store_status)? {
+                if e.lease.is_none() {
+                    events.push(e);
+                }
+            }
+        }
+        events.sort_by_key(|e| e.id);
+        let timeline = events.iter().map(event_proto).collect();
         Ok(Response::new(v1::LeaseDetail {
             lease: Some(lease_proto(&lease)),
             timeline,

@@ -386,7 +386,7 @@ impl ControlPlane for AgentApi {
             reason: None,
             fingerprint: fingerprint.clone(),
         };
-        let event = Event::new("issued")
+        let mut event = Event::new("issued")
             .actor(host.name.clone())
             .host(host.name.clone())
             .workload(w.name.clone())
@@ -396,6 +396,7 @@ impl ControlPlane for AgentApi {
                 "action": action, "audience": audience, "ttl_seconds": ttl,
                 "fingerprint": fingerprint, "pid": attested.pid,
             }));
+        event.task = lease.task.clone();
         let seq = match s.store.issue_lease(lease, event).await {
             Ok(seq) => seq,
             Err(crate::store::StoreError::Refused(m)) => return Err(self.deny(&host, &r, m).await),
@@ -424,24 +425,54 @@ impl ControlPlane for AgentApi {
         )))
     }
 
+    async fn start_task(
+        &self,
+        req: Request<v1::TaskStartedRequest>,
+    ) -> Result<Response<v1::TaskStartedResponse>, Status> {
+        let host = self.host(&req)?;
+        let r = req.into_inner();
+        let e = Event::new("task-started")
+            .actor(host.name.clone())
+            .host(host.name.clone())
+            .task(r.task.clone())
+            .detail(serde_json::json!({ "name": r.name, "root_pid": r.root_pid, "uid": r.uid }));
+        self.s
+            .store
+            .append_events(vec![e])
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(v1::TaskStartedResponse {}))
+    }
+
     async fn complete_task(
         &self,
         req: Request<v1::CompleteTaskRequest>,
     ) -> Result<Response<v1::CompleteTaskResponse>, Status> {
         let host = self.host(&req)?;
         let r = req.into_inner();
-        // Only this host's leases of this task.
-        let ids: Vec<String> = r
-            .lease_ids
+        if r.task.is_empty() {
+            return Err(Reason::Invalid.status("CompleteTask needs the task id"));
+        }
+        // Every active lease of this task on this host, not only the ones the agent
+        // still had cached.
+        let ids: Vec<String> = self
+            .s
+            .store
+            .leases(None, true)
+            .map_err(store_status)?
             .into_iter()
-            .filter(|id| {
-                matches!(self.s.store.lease(id), Ok(Some(l)) if l.host == host.name && l.task.as_deref() == Some(r.task.as_str()))
-            })
+            .filter(|l| l.host == host.name && l.task.as_deref() == Some(r.task.as_str()))
+            .map(|l| l.id)
             .collect();
+        let label = if r.name.is_empty() {
+            r.task.clone()
+        } else {
+            r.name.clone()
+        };
         let done = self
             .s
             .store
-            .finish_leases(ids, LeaseState::Completed, format!("task {} ended", r.task))
+            .finish_leases(ids, LeaseState::Completed, format!("task {label} ended"))
             .await
             .map_err(store_status)?;
         Ok(Response::new(v1::CompleteTaskResponse {
@@ -594,7 +625,10 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
             let events = if leases.is_empty() {
                 vec![base]
             } else {
-                leases.into_iter().map(|id| base.clone().lease(id)).collect()
+                leases
+                    .into_iter()
+                    .map(|id| base.clone().lease(id))
+                    .collect()
             };
             if let Err(err) = s.store.append_events(events).await {
                 tracing::warn!(error = %err, "could not record a wiped event");

@@ -326,6 +326,9 @@ pub struct Event {
     /// Lease concerned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// Task concerned.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub task: Option<String>,
     /// Why (denials, revocations).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -346,6 +349,7 @@ impl Event {
             workload: None,
             credential: None,
             lease: None,
+            task: None,
             reason: None,
             detail: serde_json::Value::Null,
         }
@@ -374,6 +378,11 @@ impl Event {
     /// Builder: lease.
     pub fn lease(mut self, v: impl Into<String>) -> Self {
         self.lease = Some(v.into());
+        self
+    }
+    /// Builder: task.
+    pub fn task(mut self, v: impl Into<String>) -> Self {
+        self.task = Some(v.into());
         self
     }
     /// Builder: reason.

@@ -111,6 +111,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>>;
     /// Events that mention a lease, in order.
     fn lease_events(&self, lease: &str) -> Result<Vec<Event>>;
+    /// Events that mention a task, in order.
+    fn task_events(&self, task: &str) -> Result<Vec<Event>>;
     /// An opaque blob (encrypted keys).
     fn blob(&self, name: &str) -> Result<Option<Vec<u8>>>;
 
@@ -185,6 +187,7 @@ struct Trees {
     revocations: sled::Tree,
     events: sled::Tree,
     lease_events: sled::Tree,
+    task_events: sled::Tree,
 }
 
 /// The state one batch of writes works on.
@@ -281,11 +284,16 @@ impl Tx<'_> {
         self.event_id += 1;
         e.id = self.event_id;
         self.t.events.insert(be(e.id), enc(&e))?;
-        if let Some(lease) = &e.lease {
-            let mut k = lease.as_bytes().to_vec();
-            k.push(0);
-            k.extend_from_slice(&be(e.id));
-            self.t.lease_events.insert(k, &[])?;
+        for (tree, key) in [
+            (&self.t.lease_events, &e.lease),
+            (&self.t.task_events, &e.task),
+        ] {
+            if let Some(key) = key {
+                let mut k = key.as_bytes().to_vec();
+                k.push(0);
+                k.extend_from_slice(&be(e.id));
+                tree.insert(k, &[])?;
+            }
         }
         self.events.push(e);
         Ok(())
@@ -399,6 +407,7 @@ impl SledStore {
             revocations: db.open_tree("revocations")?,
             events: db.open_tree("events")?,
             lease_events: db.open_tree("lease_events")?,
+            task_events: db.open_tree("task_events")?,
         });
         let seq = Arc::new(AtomicU64::new(meta_u64(&t.meta, "seq")?));
         let event_id = meta_u64(&t.meta, "event_id")?;
@@ -446,6 +455,19 @@ impl SledStore {
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn indexed_events(&self, index: &sled::Tree, key: &str) -> Result<Vec<Event>> {
+        let mut prefix = key.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for k in index.scan_prefix(&prefix).keys() {
+            let k = k?;
+            if let Some(v) = self.t.events.get(&k[prefix.len()..])? {
+                out.push(dec("events", &v)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Size of the database on disk, in bytes.
@@ -629,16 +651,10 @@ impl Storage for SledStore {
         Ok(out)
     }
     fn lease_events(&self, lease: &str) -> Result<Vec<Event>> {
-        let mut prefix = lease.as_bytes().to_vec();
-        prefix.push(0);
-        let mut out = Vec::new();
-        for k in self.t.lease_events.scan_prefix(&prefix).keys() {
-            let k = k?;
-            if let Some(v) = self.t.events.get(&k[prefix.len()..])? {
-                out.push(dec("events", &v)?);
-            }
-        }
-        Ok(out)
+        self.indexed_events(&self.t.lease_events, lease)
+    }
+    fn task_events(&self, task: &str) -> Result<Vec<Event>> {
+        self.indexed_events(&self.t.task_events, task)
     }
     fn blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.t.blobs.get(name)?.map(|v| v.to_vec()))
@@ -851,14 +867,14 @@ impl Storage for SledStore {
                 l.state = state;
                 l.reason = Some(reason.clone());
                 tx.put_lease(&l)?;
-                tx.event(
-                    Event::new(state.as_str())
-                        .lease(l.id.clone())
-                        .workload(l.workload.clone())
-                        .credential(l.credential.clone())
-                        .host(l.host.clone())
-                        .reason(reason.clone()),
-                )?;
+                let mut e = Event::new(state.as_str())
+                    .lease(l.id.clone())
+                    .workload(l.workload.clone())
+                    .credential(l.credential.clone())
+                    .host(l.host.clone())
+                    .reason(reason.clone());
+                e.task = l.task.clone();
+                tx.event(e)?;
                 done.push(l);
             }
             Ok(done)

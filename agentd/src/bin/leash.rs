@@ -72,10 +72,51 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Run a command as a task: its credentials exist only while it runs.
+    Exec {
+        /// Name of the task (shown in events and lease timelines).
+        #[arg(long)]
+        task_name: Option<String>,
+        /// VAR=CREDENTIAL[:ACTION]: put a credential in the command's environment (repeatable).
+        #[arg(long = "env", value_name = "VAR=CREDENTIAL[:ACTION]")]
+        envs: Vec<String>,
+        /// After the command exits, how long its leftover processes get between SIGTERM and SIGKILL.
+        #[arg(long, default_value = "5s")]
+        grace: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, value_name = "-- CMD ARGS")]
+        command: Vec<String>,
+    },
+    /// Tasks for runners that manage their jobs' processes themselves.
+    #[command(subcommand)]
+    Task(TaskCmd),
     /// Ask whether a token is still active (RFC 7662 JSON), through the agent.
     Introspect {
         /// The token, or `-` for stdin.
         token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Start a task whose root is this process's parent (the hook's caller) or --root-pid.
+    Start {
+        /// The task's root process (default: the parent of `leash`); it must be an
+        /// ancestor or descendant of the caller, with the caller's uid.
+        #[arg(long)]
+        root_pid: Option<u32>,
+        /// Task name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print `LEASH_TASK=…` lines to export, instead of the bare handle.
+        #[arg(long)]
+        print_env: bool,
+    },
+    /// End the task named by $LEASH_TASK (or --handle): wipe its credentials now.
+    End {
+        /// The task handle (default: $LEASH_TASK).
+        #[arg(long, env = "LEASH_TASK", hide_env_values = true)]
+        handle: Option<String>,
     },
 }
 
@@ -97,6 +138,9 @@ fn default_socket() -> PathBuf {
         None => PathBuf::from(format!("/tmp/leash-{}/agent.sock", nix::unistd::geteuid())),
     }
 }
+
+#[path = "leash/exec.rs"]
+mod exec;
 
 fn json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -223,6 +267,41 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 println!("cached:         {} credential(s)", r.cached_credentials);
             }
         }
+        Cmd::Exec { .. } => unreachable!("handled in main"),
+        Cmd::Task(TaskCmd::Start {
+            root_pid,
+            name,
+            print_env,
+        }) => {
+            let root = root_pid.unwrap_or_else(|| nix::unistd::getppid().as_raw() as u32);
+            let r = c
+                .start_task(v1::StartTaskRequest {
+                    root_pid: root,
+                    name: name.unwrap_or_default(),
+                    grace_ms: 0,
+                })
+                .await?
+                .into_inner();
+            eprintln!("task {} started (root pid {root})", r.task_id);
+            if print_env {
+                println!("LEASH_TASK={}", r.handle);
+            } else {
+                println!("{}", r.handle);
+            }
+        }
+        Cmd::Task(TaskCmd::End { handle }) => {
+            let handle = handle.filter(|h| !h.trim().is_empty()).ok_or_else(|| {
+                Fail("no task handle: set $LEASH_TASK or pass --handle".into(), 1)
+            })?;
+            let r = c
+                .end_task(v1::EndTaskRequest { handle })
+                .await?
+                .into_inner();
+            eprintln!(
+                "task ended: {} credential(s) wiped, {} lease(s) completed",
+                r.wiped, r.completed
+            );
+        }
         Cmd::Introspect { token } => {
             let token = match token.as_deref() {
                 None | Some("-") => {
@@ -259,7 +338,16 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+            if !e.use_stderr() {
+                return ExitCode::SUCCESS;
+            }
+            // `leash exec` passes its command's status through, so its own failures
+            // use 125 (as env(1) and docker do) rather than 1.
+            let exec = std::env::args()
+                .skip(1)
+                .take_while(|a| a != "--")
+                .any(|a| a == "exec");
+            return ExitCode::from(if exec { 125 } else { 1 });
         }
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -272,6 +360,16 @@ fn main() -> ExitCode {
             return ExitCode::from(5);
         }
     };
+    if let Cmd::Exec {
+        task_name,
+        envs,
+        grace,
+        command,
+    } = cli.cmd
+    {
+        let socket = cli.socket.unwrap_or_else(default_socket);
+        return ExitCode::from(rt.block_on(exec::run(socket, task_name, envs, grace, command)));
+    }
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(m, code)) => {

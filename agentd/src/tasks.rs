@@ -1,0 +1,400 @@
+//! Tasks: a unit of work on this host (one CI job, one script run) whose credentials
+//! exist only while it runs.
+//!
+//! A task has a root process, pinned by a pidfd. Membership is proven by ancestry with
+//! start-time checks (the caller descends from the root) *plus* the per-task handle the
+//! root was given; never by the handle alone. When the root exits (for any reason, even
+//! SIGKILL) or the handle's holder ends the task, every credential bound to it is wiped,
+//! the control plane marks its leases `completed`, and descendants still running get
+//! SIGTERM, then SIGKILL after the task's grace period.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use leash_proto::reason::Reason;
+use leash_proto::v1;
+use ring::rand::SecureRandom;
+use tonic::Status;
+
+use crate::agent::Agent;
+use crate::attest::{parent_and_start, Attestation};
+use crate::cache::Target;
+
+/// How often the process tree of live tasks is recorded, so descendants can still be
+/// found (and stopped) after the root is gone and they were re-parented.
+const TRACK_INTERVAL: Duration = Duration::from_millis(300);
+/// Default grace between SIGTERM and SIGKILL.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+struct Task {
+    id: String,
+    name: String,
+    secret_sha256: [u8; 32],
+    root_pid: i32,
+    root_start: u64,
+    uid: u32,
+    grace: Duration,
+    /// Descendants seen at the last scan: (pid, start time).
+    known: Mutex<HashSet<(i32, u64)>>,
+}
+
+/// Live tasks on this host.
+#[derive(Default)]
+pub struct Tasks {
+    map: Mutex<HashMap<String, Arc<Task>>>,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tasks").field("live", &self.len()).finish()
+    }
+}
+
+fn sha(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn uid_of(pid: i32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+    let ids: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // All of real, effective, saved and fs must agree, as for callers.
+    (ids.len() == 4 && ids.iter().all(|&u| u == ids[0])).then(|| ids[0])
+}
+
+/// `pid` descends from (or is) `root`, checked through start times.
+fn descends(pid: i32, root: i32, root_start: u64) -> bool {
+    let mut cur = pid;
+    for _ in 0..4096 {
+        let Some((ppid, start)) = parent_and_start(cur) else {
+            return false;
+        };
+        if cur == root {
+            return start == root_start;
+        }
+        if start < root_start || ppid <= 0 {
+            return false;
+        }
+        cur = ppid;
+    }
+    false
+}
+
+/// Parse `LEASH_TASK=<id>.<secret>`.
+fn parse_handle(handle: &str) -> Option<(&str, Vec<u8>)> {
+    let (id, secret) = handle.trim().split_once('.')?;
+    let secret = URL_SAFE_NO_PAD.decode(secret).ok()?;
+    (id.starts_with("t-") && secret.len() == 32).then_some((id, secret))
+}
+
+impl Tasks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Task>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of live tasks.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The task a request belongs to, proven by handle *and* ancestry. An empty handle
+    /// means "not in a task". A handle the caller cannot back with ancestry is refused.
+    pub fn membership(&self, handle: &str, caller: &Attestation) -> Result<Option<String>, Status> {
+        if handle.trim().is_empty() {
+            return Ok(None);
+        }
+        let refuse = || {
+            Reason::Denied.status(
+                "this process is not inside the task named by LEASH_TASK (task credentials go only to the task's own processes); unset LEASH_TASK to get your own",
+            )
+        };
+        let (id, secret) = parse_handle(handle).ok_or_else(refuse)?;
+        let task = self.lock().get(id).cloned().ok_or_else(|| {
+            Reason::Denied.status("the task named by LEASH_TASK has ended; unset LEASH_TASK to get your own credentials")
+        })?;
+        // Comparing hashes of a 256-bit secret: timing reveals nothing useful.
+        if sha(&secret) != task.secret_sha256
+            || caller.uid != task.uid
+            || !descends(caller.pid as i32, task.root_pid, task.root_start)
+        {
+            return Err(refuse());
+        }
+        Ok(Some(task.id.clone()))
+    }
+}
+
+/// Start a task for `caller`.
+pub async fn start(
+    agent: &Arc<Agent>,
+    caller: &Attestation,
+    r: v1::StartTaskRequest,
+) -> Result<v1::StartTaskResponse, Status> {
+    let caller_pid = caller.pid as i32;
+    let root = if r.root_pid == 0 {
+        caller_pid
+    } else {
+        r.root_pid as i32
+    };
+    let invalid = |m: String| Reason::Invalid.status(m);
+    let (_, root_start) =
+        parent_and_start(root).ok_or_else(|| invalid(format!("no process {root}")))?;
+    let (_, caller_start) =
+        parent_and_start(caller_pid).ok_or_else(|| Reason::Denied.status("caller is gone"))?;
+    if uid_of(root) != Some(caller.uid) {
+        return Err(Reason::Denied.status(format!(
+            "process {root} does not run as your uid ({}); a task's root must have the caller's uid",
+            caller.uid
+        )));
+    }
+    let related = root == caller_pid
+        || descends(caller_pid, root, root_start)
+        || descends(root, caller_pid, caller_start);
+    if !related {
+        return Err(Reason::Denied.status(format!(
+            "process {root} is neither you, your ancestor nor your descendant; a task's root must be one of those"
+        )));
+    }
+    let pidfd = crate::sys::pidfd_open(root)
+        .map_err(|e| invalid(format!("cannot pin process {root}: {e}")))?;
+    // Pinned: check it is still the process we vetted.
+    if parent_and_start(root).map(|(_, s)| s) != Some(root_start) {
+        return Err(invalid(format!(
+            "process {root} exited while the task was starting"
+        )));
+    }
+    let mut rnd = [0u8; 32];
+    let mut idb = [0u8; 8];
+    let rng = ring::rand::SystemRandom::new();
+    rng.fill(&mut rnd)
+        .and_then(|_| rng.fill(&mut idb))
+        .map_err(|_| Reason::Unavailable.status("no randomness"))?;
+    let id = format!("t-{}", hex::encode(idb));
+    let name = if r.name.trim().is_empty() {
+        id.clone()
+    } else {
+        r.name.trim().chars().take(128).collect()
+    };
+    let grace = if r.grace_ms == 0 {
+        DEFAULT_GRACE
+    } else {
+        Duration::from_millis(u64::from(r.grace_ms))
+    };
+    let task = Arc::new(Task {
+        id: id.clone(),
+        name: name.clone(),
+        secret_sha256: sha(&rnd),
+        root_pid: root,
+        root_start,
+        uid: caller.uid,
+        grace,
+        known: Mutex::new(HashSet::new()),
+    });
+    agent.tasks.lock().insert(id.clone(), task.clone());
+    tracing::info!(task = %id, %name, root, uid = caller.uid, "task started");
+    if let Some(mut c) = agent.client() {
+        let req = v1::TaskStartedRequest {
+            task: id.clone(),
+            name: name.clone(),
+            root_pid: root as u32,
+            uid: caller.uid,
+        };
+        if let Err(e) = c.start_task(req).await {
+            tracing::warn!(task = %id, error = %e.message(), "could not record task-started at the control plane");
+        }
+    }
+    tokio::spawn(watch_root(agent.clone(), task, pidfd));
+    Ok(v1::StartTaskResponse {
+        handle: format!("{id}.{}", URL_SAFE_NO_PAD.encode(rnd)),
+        task_id: id,
+    })
+}
+
+/// End a task on request; needs its handle (and the caller's uid).
+pub async fn end_by_handle(
+    agent: &Arc<Agent>,
+    caller: &Attestation,
+    handle: &str,
+) -> Result<v1::EndTaskResponse, Status> {
+    let refuse = || {
+        Reason::Denied
+            .status("EndTask needs the task's handle (LEASH_TASK) from the process that started it")
+    };
+    let (id, secret) = parse_handle(handle).ok_or_else(refuse)?;
+    let task = agent
+        .tasks
+        .lock()
+        .get(id)
+        .cloned()
+        .ok_or_else(|| Reason::NotFound.status("no such task (it may have ended already)"))?;
+    if sha(&secret) != task.secret_sha256 || caller.uid != task.uid {
+        return Err(refuse());
+    }
+    // The runner that ends a task manages its own processes (its post-job hook is itself
+    // a descendant of the root), so only the credentials go here.
+    Ok(finish(agent, &task, "ended by its runner", false).await)
+}
+
+/// Wipe, complete at the control plane, and (when the root died) stop descendants.
+async fn finish(
+    agent: &Arc<Agent>,
+    task: &Arc<Task>,
+    why: &str,
+    stop: bool,
+) -> v1::EndTaskResponse {
+    if agent.tasks.lock().remove(&task.id).is_none() {
+        return v1::EndTaskResponse::default();
+    }
+    let leases = agent.cache.task_leases(&task.id);
+    let wiped = agent
+        .cache
+        .revoke(0, Target::Task(task.id.clone()), Vec::new());
+    let mut completed = 0;
+    if let Some(mut c) = agent.client() {
+        match c
+            .complete_task(v1::CompleteTaskRequest {
+                task: task.id.clone(),
+                lease_ids: leases,
+                name: task.name.clone(),
+            })
+            .await
+        {
+            Ok(r) => completed = r.into_inner().completed,
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %e.message(), "could not mark the task's leases completed; they will expire")
+            }
+        }
+    } else {
+        tracing::warn!(task = %task.id, "control plane unreachable: the task's leases will expire instead of completing");
+    }
+    tracing::info!(task = %task.id, name = %task.name, wiped, completed, reason = why, "task ended");
+    if stop {
+        let t = task.clone();
+        tokio::spawn(async move { stop_descendants(&t).await });
+    }
+    v1::EndTaskResponse {
+        wiped: wiped as u32,
+        completed,
+    }
+}
+
+/// Pids (with start times) of every live process that descends from the task root, or
+/// that was recorded as a descendant earlier and still runs (re-parented orphans).
+fn descendants(task: &Task) -> HashSet<(i32, u64)> {
+    let mut parent: HashMap<i32, (i32, u64)> = HashMap::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+                if let Some(ps) = parent_and_start(pid) {
+                    parent.insert(pid, ps);
+                }
+            }
+        }
+    }
+    let mut out = HashSet::new();
+    for (&pid, &(_, start)) in &parent {
+        if pid == task.root_pid {
+            continue;
+        }
+        let mut cur = pid;
+        for _ in 0..4096 {
+            let Some(&(ppid, s)) = parent.get(&cur) else {
+                break;
+            };
+            if cur == task.root_pid {
+                if s == task.root_start {
+                    out.insert((pid, start));
+                }
+                break;
+            }
+            if s < task.root_start || ppid <= 0 {
+                break;
+            }
+            cur = ppid;
+        }
+    }
+    let known = task.known.lock().unwrap_or_else(|p| p.into_inner());
+    for &(pid, start) in known.iter() {
+        if parent.get(&pid).map(|&(_, s)| s) == Some(start) {
+            out.insert((pid, start));
+        }
+    }
+    out
+}
+
+async fn stop_descendants(task: &Task) {
+    let send = |sig: i32| -> usize {
+        let mut n = 0;
+        for (pid, start) in descendants(task) {
+            if let Ok(fd) = crate::sys::pidfd_open(pid) {
+                // Pinned first, then the start time checked: never signal a recycled pid.
+                if parent_and_start(pid).map(|(_, s)| s) == Some(start)
+                    && crate::sys::pidfd_send_signal(fd.as_fd(), sig).is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let termed = send(libc::SIGTERM);
+    if termed == 0 {
+        return;
+    }
+    tracing::info!(task = %task.id, processes = termed, grace_ms = task.grace.as_millis() as u64, "stopping the task's remaining processes");
+    let deadline = tokio::time::Instant::now() + task.grace;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if descendants(task).is_empty() {
+            return;
+        }
+    }
+    let killed = send(libc::SIGKILL);
+    if killed > 0 {
+        tracing::info!(task = %task.id, processes = killed, "killed the task's processes after the grace period");
+    }
+}
+
+/// Wait for the root to exit (pidfd readable), recording descendants meanwhile.
+async fn watch_root(agent: Arc<Agent>, task: Arc<Task>, pidfd: OwnedFd) {
+    let exited = crate::sys::pidfd_exited(pidfd);
+    tokio::pin!(exited);
+    let mut tick = tokio::time::interval(TRACK_INTERVAL);
+    loop {
+        tokio::select! {
+            r = &mut exited => {
+                let why = match r {
+                    Ok(()) => "its root process exited",
+                    Err(e) => {
+                        tracing::warn!(task = %task.id, error = %e, "cannot watch the task root; ending the task");
+                        "its root could not be watched"
+                    }
+                };
+                finish(&agent, &task, why, true).await;
+                return;
+            }
+            _ = tick.tick() => {
+                if !agent.tasks.lock().contains_key(&task.id) {
+                    return; // ended by handle
+                }
+                let d = descendants(&task);
+                *task.known.lock().unwrap_or_else(|p| p.into_inner()) = d;
+            }
+        }
+    }
+}
