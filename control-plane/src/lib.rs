@@ -17,6 +17,7 @@ pub mod hub;
 pub mod issuer;
 pub mod keys;
 pub mod model;
+pub mod policy;
 pub mod revocation;
 pub mod server;
 pub mod store;
