@@ -26,6 +26,7 @@ use crate::model::{
     selector_kind, valid_name, Credential, Event, JoinTokenRecord, Lease, RevocationTarget,
     Workload, ID_SELECTOR_KINDS, WORKLOAD_KINDS,
 };
+use crate::policy::PolicyError;
 use crate::server::{store_status, Shared};
 
 /// Longest a join token may live.
@@ -114,6 +115,14 @@ fn credential_proto(c: &Credential) -> v1::Credential {
             .map(|(k, v)| (k.clone(), v.join(" ")))
             .collect(),
         created_at_unix: c.created_at,
+    }
+}
+
+fn problem_proto(p: crate::policy::Problem) -> v1::PolicyProblem {
+    v1::PolicyProblem {
+        line: p.line,
+        col: p.col,
+        message: p.message,
     }
 }
 
@@ -384,6 +393,7 @@ impl Admin for AdminApi {
             .put_workload(rec.clone(), ev)
             .await
             .map_err(store_status)?;
+        self.s.relink();
         Ok(Response::new(self.spiffe(workload_proto(&rec))))
     }
 
@@ -427,6 +437,7 @@ impl Admin for AdminApi {
             .remove_workload(&name, ev)
             .await
             .map_err(store_status)?;
+        self.s.relink();
         Ok(Response::new(v1::Empty {}))
     }
 
@@ -475,6 +486,7 @@ impl Admin for AdminApi {
             .put_workload(w.clone(), ev)
             .await
             .map_err(store_status)?;
+        self.s.relink();
         Ok(Response::new(self.spiffe(workload_proto(&w))))
     }
 
@@ -760,6 +772,265 @@ impl Admin for AdminApi {
             &self.s,
             &req.into_inner().token,
         )))
+    }
+
+    async fn policy_check(
+        &self,
+        req: Request<v1::PolicyText>,
+    ) -> Result<Response<v1::PolicyCheckResponse>, Status> {
+        self.admin(&req)?;
+        let problems = match self.s.policy.check(&req.into_inner().text) {
+            Ok(_) => Vec::new(),
+            Err(PolicyError::Invalid(p)) => p.into_iter().map(problem_proto).collect(),
+            Err(e) => return Err(Reason::Unavailable.status(e.to_string())),
+        };
+        Ok(Response::new(v1::PolicyCheckResponse { problems }))
+    }
+
+    async fn policy_apply(
+        &self,
+        req: Request<v1::PolicyText>,
+    ) -> Result<Response<v1::PolicyApplyResponse>, Status> {
+        let actor = self.admin(&req)?;
+        let text = req.into_inner().text;
+        // Validate, store durably, install; then take back what it no longer permits.
+        let _guard = self.s.policy_lock.lock().await;
+        let version = self.s.policy.version() + 1;
+        let workloads = self.s.store.workloads().map_err(store_status)?;
+        match self.s.policy.check(&text) {
+            Ok(_) => {}
+            Err(PolicyError::Invalid(p)) => {
+                let list = p
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(invalid(format!(
+                    "the policy does not validate; nothing was applied:\n{list}"
+                )));
+            }
+            Err(e) => return Err(Reason::Unavailable.status(e.to_string())),
+        }
+        let rec = crate::policy::PolicyRecord {
+            version,
+            text: text.clone(),
+            applied_at: self.s.clock.now(),
+            applied_by: actor.clone(),
+        };
+        crate::policy::store_version(&*self.s.store, &rec)
+            .await
+            .map_err(store_status)?;
+        self.s
+            .policy
+            .install(version, &text, &workloads)
+            .map_err(|e| Reason::Unavailable.status(e.to_string()))?;
+        // Every active lease is evaluated again under the request context it was issued with.
+        let now = self.s.clock.now();
+        let mut revoke = Vec::new();
+        for l in self.s.store.leases(None, true).map_err(store_status)? {
+            if l.expires_at <= now {
+                continue;
+            }
+            let (Some(w), Some(c), Some(h)) = (
+                workloads.iter().find(|w| w.name == l.workload),
+                self.s
+                    .store
+                    .credential(&l.credential)
+                    .map_err(store_status)?,
+                self.s.store.host(&l.host).map_err(store_status)?,
+            ) else {
+                continue;
+            };
+            let mut facts: crate::policy::Facts =
+                serde_json::from_value(l.context.clone()).unwrap_or_default();
+            facts.now = now;
+            let permitted = self
+                .s
+                .policy
+                .decide(w, &c, &l.action, &h, &facts)
+                .map(|v| v.allow && !v.approval_required)
+                .unwrap_or(false);
+            if !permitted {
+                revoke.push(l.id);
+            }
+        }
+        let revoked = revoke.len() as u32;
+        let ev = Event::new("policy-changed")
+            .actor(actor.clone())
+            .detail(serde_json::json!({ "version": version, "revoked": revoked }));
+        let (seq, hosts) = if revoke.is_empty() {
+            self.s
+                .store
+                .append_events(vec![ev])
+                .await
+                .map_err(store_status)?;
+            (0, Vec::new())
+        } else {
+            let rev = self
+                .s
+                .store
+                .revoke(
+                    RevocationTarget::Leases(revoke),
+                    format!("policy version {version} no longer permits it"),
+                    actor,
+                    vec![ev],
+                )
+                .await
+                .map_err(store_status)?;
+            let hosts = crate::revocation::hosts_to_wait_for(&self.s, &rev);
+            (rev.seq, hosts)
+        };
+        Ok(Response::new(v1::PolicyApplyResponse {
+            version,
+            revoked,
+            revocation_seq: seq,
+            hosts,
+        }))
+    }
+
+    async fn policy_show(
+        &self,
+        req: Request<v1::PolicyShowRequest>,
+    ) -> Result<Response<v1::PolicyShowResponse>, Status> {
+        self.admin(&req)?;
+        let v = req.into_inner().version;
+        let workloads = self.s.store.workloads().map_err(store_status)?;
+        let rec = crate::policy::stored(&*self.s.store, v);
+        if v != 0 && rec.is_none() {
+            return Err(not_found(format!(
+                "no policy version {v}; the current one is {}",
+                self.s.policy.version()
+            )));
+        }
+        let rendered = if v == 0 || v == self.s.policy.version() {
+            self.s.policy.render(&workloads)
+        } else {
+            rec.as_ref().map(|r| r.text.clone()).unwrap_or_default()
+        };
+        Ok(Response::new(v1::PolicyShowResponse {
+            version: rec.as_ref().map(|r| r.version).unwrap_or(0),
+            text: rec.as_ref().map(|r| r.text.clone()).unwrap_or_default(),
+            rendered,
+            applied_at_unix: rec.as_ref().map(|r| r.applied_at).unwrap_or(0),
+            applied_by: rec.map(|r| r.applied_by).unwrap_or_default(),
+        }))
+    }
+
+    async fn policy_explain(
+        &self,
+        req: Request<v1::PolicyExplainRequest>,
+    ) -> Result<Response<v1::PolicyExplainResponse>, Status> {
+        self.admin(&req)?;
+        let r = req.into_inner();
+        let w = self.workload_or_404(&r.workload)?;
+        let c = self
+            .s
+            .store
+            .credential(&r.credential)
+            .map_err(store_status)?
+            .ok_or_else(|| not_found(format!("no credential named {:?}", r.credential)))?;
+        let host = if r.host.is_empty() {
+            crate::model::Host {
+                name: String::new(),
+                labels: BTreeMap::new(),
+                enrolled_at: 0,
+                last_seen: 0,
+                evicted: false,
+                cert_serial: String::new(),
+                cert_not_after: 0,
+            }
+        } else {
+            self.s
+                .store
+                .host(&r.host)
+                .map_err(store_status)?
+                .ok_or_else(|| not_found(format!("no host named {:?}", r.host)))?
+        };
+        let action = if r.action.is_empty() {
+            c.default_action.clone()
+        } else {
+            r.action.clone()
+        };
+        if !self.s.config.actions.contains(&action) {
+            return Err(invalid(format!(
+                "unknown action {action:?}; the configured actions are {}",
+                self.s.config.actions.join(", ")
+            )));
+        }
+        let ttl = if r.ttl_seconds == 0 {
+            c.default_ttl
+        } else {
+            r.ttl_seconds
+        };
+        let audience = if r.audience.is_empty() {
+            c.audiences.first().cloned().unwrap_or_default()
+        } else {
+            r.audience.clone()
+        };
+        let now = if r.at_unix == 0 {
+            self.s.clock.now()
+        } else {
+            r.at_unix
+        };
+        let mut facts =
+            crate::policy::Facts::for_explain(&w, i64::from(ttl), audience.clone(), now);
+        facts.on_behalf_of = r.on_behalf_of.clone();
+        facts.task = (!r.task.is_empty()).then(|| r.task.clone());
+        // The checks Issue makes before policy, so the answer matches what Issue does.
+        let mut refusals = Vec::new();
+        if w.disabled {
+            refusals.push(format!("workload {:?} is disabled", w.name));
+        }
+        if w.expires_at != 0 && w.expires_at <= now {
+            refusals.push(format!("workload {:?} has expired", w.name));
+        }
+        if !r.host.is_empty() && !crate::model::hosts_match(&w.hosts, &host.labels) {
+            refusals.push(format!(
+                "workload {:?} may not run on host {:?}",
+                w.name, host.name
+            ));
+        }
+        if !c.audiences.contains(&audience) {
+            refusals.push(format!(
+                "audience {audience:?} is not allowed for {:?}",
+                c.name
+            ));
+        }
+        if ttl > c.max_ttl {
+            refusals.push(format!("TTL {ttl}s is above max_ttl {}s", c.max_ttl));
+        }
+        if !c.scopes.is_empty() && !c.scopes.contains_key(&action) {
+            refusals.push(format!(
+                "credential {:?} defines no scopes for action {action:?}",
+                c.name
+            ));
+        }
+        if w.kind == "shared-agent" && r.on_behalf_of.is_empty() {
+            refusals
+                .push("a shared agent must act on behalf of someone (--on-behalf-of)".to_string());
+        }
+        let v = self
+            .s
+            .policy
+            .decide(&w, &c, &action, &host, &facts)
+            .map_err(|e| Reason::Unavailable.status(e.to_string()))?;
+        let decision = if v.allow && !v.approval_required && refusals.is_empty() {
+            "allow"
+        } else {
+            "deny"
+        };
+        Ok(Response::new(v1::PolicyExplainResponse {
+            decision: decision.to_string(),
+            approval_required: v.approval_required,
+            reasons: v
+                .reasons
+                .into_iter()
+                .map(|(id, text)| v1::PolicyReason { id, text })
+                .collect(),
+            errors: v.errors,
+            version: v.version,
+            refusals,
+        }))
     }
 
     async fn jwks(&self, req: Request<v1::Empty>) -> Result<Response<v1::JwksResponse>, Status> {

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::issuer::{self, Claims, LeashClaim};
 use crate::model::{hosts_match, Change, Event, Host, Lease, LeaseState, Workload};
+use crate::policy::Facts;
 use crate::server::{store_status, Shared};
 
 /// The service.
@@ -326,14 +327,50 @@ impl ControlPlane for AgentApi {
                 }
             }
         };
-        if !w.allow.contains(&c.name) {
+        let facts = Facts {
+            uid: i64::from(attested.uid),
+            user: attested.user.clone(),
+            exe_path: attested.exe_path.clone(),
+            sha256: attested.exe_sha256.clone(),
+            ttl_seconds: i64::from(ttl),
+            audience: audience.clone(),
+            task: (!r.task.is_empty()).then(|| r.task.clone()),
+            on_behalf_of: r.on_behalf_of.clone(),
+            now,
+        };
+        let verdict = s
+            .policy
+            .decide(&w, &c, &action, &host, &facts)
+            .map_err(|e| Reason::Unavailable.status(e.to_string()))?;
+        if !verdict.allow {
+            let why = if verdict.reasons.is_empty() {
+                format!(
+                    "no policy permits workload {:?} to {action} credential {:?} (default deny); grant it with `leashctl workload add … --allow {}` or a Cedar policy",
+                    w.name, c.name, c.name
+                )
+            } else {
+                format!(
+                    "forbidden by policy {} for workload {:?}, credential {:?}, action {action}",
+                    verdict
+                        .reasons
+                        .iter()
+                        .map(|(id, _)| id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    w.name,
+                    c.name
+                )
+            };
+            return Err(self.deny(&host, &r, why).await);
+        }
+        if verdict.approval_required {
             return Err(self
                 .deny(
                     &host,
                     &r,
                     format!(
-                        "workload {:?} is not allowed credential {:?}; an admin can grant it with `leashctl workload add … --allow {}`",
-                        w.name, c.name, c.name
+                        "policy {} requires a human approval for this request, and approvals are not available in this version",
+                        verdict.reasons.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")
                     ),
                 )
                 .await);
@@ -371,14 +408,8 @@ impl ControlPlane for AgentApi {
             host: host.name.clone(),
             task,
             on_behalf_of: obo,
-            context: serde_json::json!({
-                "ttl_seconds": ttl,
-                "attested": {
-                    "uid": attested.uid, "user": attested.user,
-                    "exe_path": attested.exe_path, "sha256": attested.exe_sha256,
-                },
-            }),
-            policy_version: 0,
+            context: serde_json::to_value(&facts).unwrap_or_default(),
+            policy_version: verdict.version,
             issued_at: now,
             expires_at: claims.exp,
             seq: 0,

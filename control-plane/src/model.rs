@@ -205,6 +205,8 @@ pub enum RevocationTarget {
     All,
     /// Every lease of a task.
     Task(String),
+    /// These leases (a policy change no longer permits them).
+    Leases(Vec<String>),
 }
 
 impl RevocationTarget {
@@ -218,6 +220,7 @@ impl RevocationTarget {
             RevocationTarget::Host(v) => format!("host {v}"),
             RevocationTarget::All => "everything".into(),
             RevocationTarget::Task(v) => format!("task {v}"),
+            RevocationTarget::Leases(v) => format!("{} lease(s)", v.len()),
         }
     }
 
@@ -231,6 +234,7 @@ impl RevocationTarget {
             RevocationTarget::Host(h) => &lease.host == h,
             RevocationTarget::All => true,
             RevocationTarget::Task(t) => lease.task.as_deref() == Some(t.as_str()),
+            RevocationTarget::Leases(ids) => ids.contains(&lease.id),
         }
     }
 }

@@ -61,7 +61,11 @@ impl std::fmt::Display for Problem {
 
 /// The Cedar schema for the configured action classes.
 pub fn schema_text(actions: &[String]) -> String {
-    let actions = actions.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    let actions = actions
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"namespace Leash {{
   // Labels are tags: host.hasTag("role") && host.getTag("role") == "ci-runner".
@@ -94,7 +98,12 @@ pub fn schema_text(actions: &[String]) -> String {
 fn position(text: &str, offset: usize) -> (u32, u32) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() as u32 + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) as u32 + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0) as u32
+        + 1;
     (line, col)
 }
 
@@ -181,20 +190,28 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("version", &self.version()).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("version", &self.version())
+            .finish_non_exhaustive()
     }
 }
 
 fn ty(name: &str) -> Result<EntityTypeName, PolicyError> {
-    EntityTypeName::from_str(&format!("Leash::{name}")).map_err(|e| PolicyError::Engine(e.to_string()))
+    EntityTypeName::from_str(&format!("Leash::{name}"))
+        .map_err(|e| PolicyError::Engine(e.to_string()))
 }
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    Ok(EntityUid::from_type_name_and_id(ty(kind)?, EntityId::new(id)))
+    Ok(EntityUid::from_type_name_and_id(
+        ty(kind)?,
+        EntityId::new(id),
+    ))
 }
 
 fn tags(m: &BTreeMap<String, String>) -> Vec<(String, RestrictedExpression)> {
-    m.iter().map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))).collect()
+    m.iter()
+        .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())))
+        .collect()
 }
 
 fn allow_link_id(workload: &str, credential: &str) -> String {
@@ -222,17 +239,25 @@ impl Engine {
 
     /// Current policy version (0: none applied yet).
     pub fn version(&self) -> u64 {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).version
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .version
     }
 
     /// Current policy text.
     pub fn text(&self) -> String {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).text.clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .text
+            .clone()
     }
 
     /// Parse and validate a policy file against the schema.
     pub fn check(&self, text: &str) -> Result<PolicySet, PolicyError> {
-        let pset = PolicySet::from_str(text).map_err(|e| PolicyError::Invalid(problems(text, &e, e.to_string())))?;
+        let pset = PolicySet::from_str(text)
+            .map_err(|e| PolicyError::Invalid(problems(text, &e, e.to_string())))?;
         let result = Validator::new(self.schema.clone()).validate(&pset, ValidationMode::Strict);
         if !result.validation_passed() {
             let mut out = Vec::new();
@@ -247,7 +272,10 @@ impl Engine {
                     return Err(PolicyError::Invalid(vec![Problem {
                         line: 0,
                         col: 0,
-                        message: format!("policy {}: @approval must be \"required\", not {v:?}", p.id()),
+                        message: format!(
+                            "policy {}: @approval must be \"required\", not {v:?}",
+                            p.id()
+                        ),
                     }]));
                 }
             }
@@ -256,7 +284,12 @@ impl Engine {
     }
 
     /// Install `text` as `version`, with `--allow` links for `workloads`.
-    pub fn install(&self, version: u64, text: &str, workloads: &[Workload]) -> Result<(), PolicyError> {
+    pub fn install(
+        &self,
+        version: u64,
+        text: &str,
+        workloads: &[Workload],
+    ) -> Result<(), PolicyError> {
         let user = self.check(text)?;
         let compiled = self.compile(version, text.to_string(), user, workloads)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(compiled);
@@ -265,43 +298,72 @@ impl Engine {
 
     /// Rebuild the `--allow` links after workloads changed.
     pub fn relink(&self, workloads: &[Workload]) -> Result<(), PolicyError> {
-        let cur = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let compiled = self.compile(cur.version, cur.text.clone(), cur.user.clone(), workloads)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(compiled);
         Ok(())
     }
 
     /// What a candidate policy would decide, without installing it (for re-evaluation).
-    pub fn candidate(&self, version: u64, text: &str, workloads: &[Workload]) -> Result<Engine, PolicyError> {
+    pub fn candidate(
+        &self,
+        version: u64,
+        text: &str,
+        workloads: &[Workload],
+    ) -> Result<Engine, PolicyError> {
         let e = Engine::new(&self.actions)?;
         e.install(version, text, workloads)?;
         Ok(e)
     }
 
-    fn compile(&self, version: u64, text: String, user: PolicySet, workloads: &[Workload]) -> Result<Compiled, PolicyError> {
+    fn compile(
+        &self,
+        version: u64,
+        text: String,
+        user: PolicySet,
+        workloads: &[Workload],
+    ) -> Result<Compiled, PolicyError> {
         let mut full = user.clone();
         let template = Template::parse(
             Some(PolicyId::new(ALLOW_TEMPLATE)),
             "permit(principal == ?principal, action, resource == ?resource);",
         )
         .map_err(|e| PolicyError::Engine(e.to_string()))?;
-        full.add_template(template).map_err(|e| PolicyError::Engine(e.to_string()))?;
+        full.add_template(template)
+            .map_err(|e| PolicyError::Engine(e.to_string()))?;
         for w in workloads {
             for c in &w.allow {
                 let vals = HashMap::from([
                     (SlotId::principal(), uid("Workload", &w.name)?),
                     (SlotId::resource(), uid("Credential", c)?),
                 ]);
-                full.link(PolicyId::new(ALLOW_TEMPLATE), PolicyId::new(allow_link_id(&w.name, c)), vals)
-                    .map_err(|e| PolicyError::Engine(e.to_string()))?;
+                full.link(
+                    PolicyId::new(ALLOW_TEMPLATE),
+                    PolicyId::new(allow_link_id(&w.name, c)),
+                    vals,
+                )
+                .map_err(|e| PolicyError::Engine(e.to_string()))?;
             }
         }
-        Ok(Compiled { version, text, user, full })
+        Ok(Compiled {
+            version,
+            text,
+            user,
+            full,
+        })
     }
 
     /// The policy as `policy show` prints it: the applied text, then the `--allow` links.
     pub fn render(&self, workloads: &[Workload]) -> String {
-        let cur = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut out = String::new();
         if cur.text.trim().is_empty() {
             out.push_str("// no policy file applied yet: only --allow entries permit anything\n");
@@ -343,7 +405,11 @@ impl Engine {
         host: &Host,
         f: &Facts,
     ) -> Result<Verdict, PolicyError> {
-        let cur = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let e = |x: &dyn std::fmt::Display| PolicyError::Engine(x.to_string());
         let principal = uid("Workload", &w.name)?;
         let resource = uid("Credential", &c.name)?;
@@ -355,8 +421,14 @@ impl Engine {
                 Entity::new_with_tags(
                     principal.clone(),
                     [
-                        ("owner".to_string(), RestrictedExpression::new_string(w.owner.clone())),
-                        ("kind".to_string(), RestrictedExpression::new_string(w.kind.clone())),
+                        (
+                            "owner".to_string(),
+                            RestrictedExpression::new_string(w.owner.clone()),
+                        ),
+                        (
+                            "kind".to_string(),
+                            RestrictedExpression::new_string(w.kind.clone()),
+                        ),
                     ],
                     [],
                     tags(&no_tags),
@@ -364,14 +436,20 @@ impl Engine {
                 .map_err(|x| e(&x))?,
                 Entity::new_with_tags(
                     resource.clone(),
-                    [("kind".to_string(), RestrictedExpression::new_string(c.kind.clone()))],
+                    [(
+                        "kind".to_string(),
+                        RestrictedExpression::new_string(c.kind.clone()),
+                    )],
                     [],
                     tags(&no_tags),
                 )
                 .map_err(|x| e(&x))?,
                 Entity::new_with_tags(
                     host_uid.clone(),
-                    [("name".to_string(), RestrictedExpression::new_string(host.name.clone()))],
+                    [(
+                        "name".to_string(),
+                        RestrictedExpression::new_string(host.name.clone()),
+                    )],
                     [],
                     tags(&host.labels),
                 )
@@ -385,39 +463,65 @@ impl Engine {
             RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_string(), v)))
         };
         let context = Context::from_pairs([
-            ("host".to_string(), RestrictedExpression::new_entity_uid(host_uid)),
+            (
+                "host".to_string(),
+                RestrictedExpression::new_entity_uid(host_uid),
+            ),
             (
                 "attested".to_string(),
                 rec(vec![
                     ("uid", RestrictedExpression::new_long(f.uid)),
                     ("user", RestrictedExpression::new_string(f.user.clone())),
-                    ("exe_path", RestrictedExpression::new_string(f.exe_path.clone())),
+                    (
+                        "exe_path",
+                        RestrictedExpression::new_string(f.exe_path.clone()),
+                    ),
                     ("sha256", RestrictedExpression::new_string(f.sha256.clone())),
                 ])
                 .map_err(|x| e(&x))?,
             ),
-            ("ttl_seconds".to_string(), RestrictedExpression::new_long(f.ttl_seconds)),
-            ("audience".to_string(), RestrictedExpression::new_string(f.audience.clone())),
+            (
+                "ttl_seconds".to_string(),
+                RestrictedExpression::new_long(f.ttl_seconds),
+            ),
+            (
+                "audience".to_string(),
+                RestrictedExpression::new_string(f.audience.clone()),
+            ),
             (
                 "task".to_string(),
                 rec(vec![
                     ("present", RestrictedExpression::new_bool(f.task.is_some())),
-                    ("name", RestrictedExpression::new_string(f.task.clone().unwrap_or_default())),
+                    (
+                        "name",
+                        RestrictedExpression::new_string(f.task.clone().unwrap_or_default()),
+                    ),
                 ])
                 .map_err(|x| e(&x))?,
             ),
-            ("on_behalf_of".to_string(), RestrictedExpression::new_string(f.on_behalf_of.clone())),
+            (
+                "on_behalf_of".to_string(),
+                RestrictedExpression::new_string(f.on_behalf_of.clone()),
+            ),
             ("now".to_string(), RestrictedExpression::new_datetime(iso)),
             ("hour".to_string(), RestrictedExpression::new_long(hour)),
-            ("weekday".to_string(), RestrictedExpression::new_long(weekday)),
+            (
+                "weekday".to_string(),
+                RestrictedExpression::new_long(weekday),
+            ),
         ])
         .map_err(|x| e(&x))?;
-        let request = Request::new(principal, action_uid, resource, context, Some(&self.schema)).map_err(|x| e(&x))?;
+        let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
+            .map_err(|x| e(&x))?;
         let resp = Authorizer::new().is_authorized(&request, &cur.full, &entities);
         let errors: Vec<String> = resp.diagnostics().errors().map(|x| x.to_string()).collect();
         let reason_ids: Vec<PolicyId> = resp.diagnostics().reason().cloned().collect();
         let describe = |id: &PolicyId| {
-            let text = cur.full.policy(id).map(|p| p.to_string()).unwrap_or_default();
+            let text = cur
+                .full
+                .policy(id)
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             (id.to_string(), text)
         };
         let reasons: Vec<(String, String)> = reason_ids.iter().map(describe).collect();
@@ -426,9 +530,9 @@ impl Engine {
             Decision::Allow => {
                 // Allowed by permits only: approval is needed when every permit that
                 // matched is annotated @approval("required").
-                let needs = reason_ids
-                    .iter()
-                    .all(|id| cur.full.policy(id).and_then(|p| p.annotation("approval")) == Some("required"));
+                let needs = reason_ids.iter().all(|id| {
+                    cur.full.policy(id).and_then(|p| p.annotation("approval")) == Some("required")
+                });
                 (true, needs && !reason_ids.is_empty())
             }
         };
@@ -474,7 +578,11 @@ pub fn diff(old: &str, new: &str) -> String {
     let mut t = vec![vec![0usize; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
-            t[i][j] = if a[i] == b[j] { t[i + 1][j + 1] + 1 } else { t[i + 1][j].max(t[i][j + 1]) };
+            t[i][j] = if a[i] == b[j] {
+                t[i + 1][j + 1] + 1
+            } else {
+                t[i + 1][j].max(t[i][j + 1])
+            };
         }
     }
     let (mut i, mut j, mut out) = (0, 0, String::new());
@@ -499,7 +607,10 @@ mod tests {
     use super::*;
 
     fn actions() -> Vec<String> {
-        ["read", "write", "deploy", "admin"].iter().map(|s| s.to_string()).collect()
+        ["read", "write", "deploy", "admin"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn w(allow: &[&str]) -> Workload {
@@ -553,10 +664,20 @@ mod tests {
     #[test]
     fn default_deny_and_allow_links() {
         let e = Engine::new(&actions()).expect("engine");
-        let v = e.decide(&w(&[]), &c(), "read", &host("ci"), &facts(60, 0)).expect("decide");
+        let v = e
+            .decide(&w(&[]), &c(), "read", &host("ci"), &facts(60, 0))
+            .expect("decide");
         assert!(!v.allow);
         e.relink(&[w(&["deploy-api"])]).expect("relink");
-        let v = e.decide(&w(&["deploy-api"]), &c(), "read", &host("ci"), &facts(60, 0)).expect("decide");
+        let v = e
+            .decide(
+                &w(&["deploy-api"]),
+                &c(),
+                "read",
+                &host("ci"),
+                &facts(60, 0),
+            )
+            .expect("decide");
         assert!(v.allow && !v.approval_required, "{v:?}");
         assert_eq!(v.reasons[0].0, "allow:ci/deploy:deploy-api");
     }
@@ -571,15 +692,31 @@ forbid(principal, action, resource) when { context.hour < 6 };
 "#;
         e.install(1, text, &[]).expect("valid");
         let mid_day = 1_795_867_200; // 2026-11-28T12:00:00Z
-        let ok = e.decide(&w(&[]), &c(), "deploy", &host("ci"), &facts(300, mid_day)).expect("decide");
+        let ok = e
+            .decide(&w(&[]), &c(), "deploy", &host("ci"), &facts(300, mid_day))
+            .expect("decide");
         assert!(ok.allow, "{ok:?}");
-        let long = e.decide(&w(&[]), &c(), "deploy", &host("ci"), &facts(601, mid_day)).expect("decide");
+        let long = e
+            .decide(&w(&[]), &c(), "deploy", &host("ci"), &facts(601, mid_day))
+            .expect("decide");
         assert!(!long.allow);
-        let wrong_host = e.decide(&w(&[]), &c(), "deploy", &host("dev"), &facts(300, mid_day)).expect("decide");
+        let wrong_host = e
+            .decide(&w(&[]), &c(), "deploy", &host("dev"), &facts(300, mid_day))
+            .expect("decide");
         assert!(!wrong_host.allow);
-        let night = e.decide(&w(&[]), &c(), "deploy", &host("ci"), &facts(300, mid_day - 9 * 3600)).expect("decide");
+        let night = e
+            .decide(
+                &w(&[]),
+                &c(),
+                "deploy",
+                &host("ci"),
+                &facts(300, mid_day - 9 * 3600),
+            )
+            .expect("decide");
         assert!(!night.allow, "forbid wins at 03:00");
-        let read = e.decide(&w(&[]), &c(), "read", &host("ci"), &facts(300, mid_day)).expect("decide");
+        let read = e
+            .decide(&w(&[]), &c(), "read", &host("ci"), &facts(300, mid_day))
+            .expect("decide");
         assert!(!read.allow, "only deploy is permitted");
     }
 
@@ -591,18 +728,33 @@ forbid(principal, action, resource) when { context.hour < 6 };
 permit(principal, action == Leash::Action::"admin", resource);
 "#;
         e.install(1, text, &[w(&["deploy-api"])]).expect("valid");
-        let v = e.decide(&w(&["deploy-api"]), &c(), "admin", &host("ci"), &facts(60, 0)).expect("decide");
-        assert!(v.allow && !v.approval_required, "an unannotated permit (the allow link) also matched");
+        let v = e
+            .decide(
+                &w(&["deploy-api"]),
+                &c(),
+                "admin",
+                &host("ci"),
+                &facts(60, 0),
+            )
+            .expect("decide");
+        assert!(
+            v.allow && !v.approval_required,
+            "an unannotated permit (the allow link) also matched"
+        );
         let mut other = w(&[]);
         other.name = "ci/other".into();
-        let v = e.decide(&other, &c(), "admin", &host("ci"), &facts(60, 0)).expect("decide");
+        let v = e
+            .decide(&other, &c(), "admin", &host("ci"), &facts(60, 0))
+            .expect("decide");
         assert!(v.allow && v.approval_required, "{v:?}");
     }
 
     #[test]
     fn errors_carry_positions() {
         let e = Engine::new(&actions()).expect("engine");
-        let Err(PolicyError::Invalid(p)) = e.check("permit(principal, action, resource)\nwhen { context.nope > 1 };") else {
+        let Err(PolicyError::Invalid(p)) =
+            e.check("permit(principal, action, resource)\nwhen { context.nope > 1 };")
+        else {
             panic!("expected a validation error");
         };
         assert_eq!(p[0].line, 2, "{p:?}");
@@ -624,5 +776,70 @@ permit(principal, action == Leash::Action::"admin", resource);
     fn diff_marks_changes() {
         let d = diff("a\nb\nc\n", "a\nc\nd\n");
         assert_eq!(d, "  a\n- b\n  c\n+ d\n");
+    }
+}
+
+/// One applied policy version, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// Version (1, 2, …).
+    pub version: u64,
+    /// The file as applied.
+    pub text: String,
+    /// Unix seconds.
+    pub applied_at: i64,
+    /// Admin name.
+    pub applied_by: String,
+}
+
+const CURRENT_KEY: &str = "policy/current";
+
+fn version_key(v: u64) -> String {
+    format!("policy/v/{v}")
+}
+
+/// The stored version `v` (0: the current one).
+pub fn stored(store: &dyn crate::store::Storage, v: u64) -> Option<PolicyRecord> {
+    let v = if v == 0 {
+        let b = store.blob(CURRENT_KEY).ok()??;
+        u64::from_be_bytes(<[u8; 8]>::try_from(b.as_slice()).ok()?)
+    } else {
+        v
+    };
+    serde_json::from_slice(&store.blob(&version_key(v)).ok()??).ok()
+}
+
+/// Store a new version durably and make it current.
+pub async fn store_version(
+    store: &dyn crate::store::Storage,
+    rec: &PolicyRecord,
+) -> Result<(), crate::store::StoreError> {
+    let bytes = serde_json::to_vec(rec).unwrap_or_default();
+    store.put_blob(&version_key(rec.version), bytes).await?;
+    store
+        .put_blob(CURRENT_KEY, rec.version.to_be_bytes().to_vec())
+        .await
+}
+
+impl Facts {
+    /// The facts of an admin's "what if" question: attested ids come from the
+    /// workload's own selectors.
+    pub fn for_explain(w: &Workload, ttl_seconds: i64, audience: String, now: i64) -> Facts {
+        let sel = |kind: &str| {
+            w.selectors
+                .iter()
+                .find_map(|s| s.strip_prefix(&format!("unix:{kind}:")).map(str::to_string))
+        };
+        Facts {
+            uid: sel("uid").and_then(|u| u.parse().ok()).unwrap_or(-1),
+            user: sel("user").unwrap_or_default(),
+            exe_path: sel("path").unwrap_or_default(),
+            sha256: sel("sha256").unwrap_or_default(),
+            ttl_seconds,
+            audience,
+            task: None,
+            on_behalf_of: String::new(),
+            now,
+        }
     }
 }

@@ -20,6 +20,8 @@ pub fn to_proto(r: &Revocation) -> v1::Revocation {
         RevocationTarget::Host(v) => Target::Host(v.clone()),
         RevocationTarget::All => Target::All(true),
         RevocationTarget::Task(v) => Target::Task(v.clone()),
+        // Agents match these by the lease ids listed below.
+        RevocationTarget::Leases(_) => Target::Lease(String::new()),
     };
     v1::Revocation {
         seq: r.seq,

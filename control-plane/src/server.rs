@@ -52,6 +52,9 @@ pub enum ServerError {
     /// The admin socket path is taken by something that is not a socket.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// The stored policy could not be loaded.
+    #[error("policy: {0}")]
+    Policy(String),
     /// The gRPC server failed.
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -70,6 +73,20 @@ pub struct Shared {
     pub clock: Clock,
     /// Connected agents.
     pub hub: Hub,
+    /// Cedar policy.
+    pub policy: crate::policy::Engine,
+    /// Serialises policy applications (version numbering and re-evaluation).
+    pub policy_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// Rebuild the `--allow` links after workloads changed.
+    pub fn relink(&self) {
+        let ws = self.store.workloads().unwrap_or_default();
+        if let Err(e) = self.policy.relink(&ws) {
+            tracing::error!(error = %e, "could not rebuild the --allow policy links");
+        }
+    }
 }
 
 /// Map a store error to a status with a reason.
@@ -157,12 +174,30 @@ pub async fn run(
     })?;
     crate::admin::secure_socket(&config.admin_socket);
 
+    let policy = crate::policy::Engine::new(&config.actions)
+        .map_err(|e| ServerError::Policy(e.to_string()))?;
+    let workloads = store.workloads()?;
+    match crate::policy::stored(&*store, 0) {
+        Some(rec) => policy
+            .install(rec.version, &rec.text, &workloads)
+            .map_err(|e| {
+                ServerError::Policy(format!(
+                    "stored policy version {} no longer validates: {e}",
+                    rec.version
+                ))
+            })?,
+        None => policy
+            .relink(&workloads)
+            .map_err(|e| ServerError::Policy(e.to_string()))?,
+    }
     let shared = Arc::new(Shared {
         config: config.clone(),
         store,
         keys,
         clock: Clock::system(),
         hub: Hub::default(),
+        policy,
+        policy_lock: tokio::sync::Mutex::new(()),
     });
     let bound = Bound {
         listen,

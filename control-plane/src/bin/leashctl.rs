@@ -53,6 +53,9 @@ enum Cmd {
     /// Issued credentials.
     #[command(subcommand)]
     Lease(LeaseCmd),
+    /// Cedar policy: check, apply, show, diff, explain.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Take credentials back from every host.
     Revoke(RevokeArgs),
     /// Ask whether a token is still active (RFC 7662 JSON).
@@ -183,6 +186,69 @@ enum CredentialCmd {
     },
     /// List credentials.
     List(Out),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy file against the schema (errors carry line:col).
+    Check {
+        /// Cedar policy file.
+        file: PathBuf,
+    },
+    /// Validate and apply a policy file as a new version; active leases it no longer
+    /// permits are revoked and wiped.
+    Apply {
+        /// Cedar policy file.
+        file: PathBuf,
+        /// Wait until every host has wiped what the change revoked.
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait.
+        #[arg(long, default_value = "30s", requires = "wait")]
+        timeout: String,
+    },
+    /// Print the policy in force (with the --allow links), or an older version.
+    Show {
+        /// A past version.
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Diff the policy in force against FILE, or against the previous version.
+    Diff {
+        /// Policy file to compare with.
+        file: Option<PathBuf>,
+    },
+    /// Decide a request without issuing anything, and say which policies decided it.
+    Explain {
+        /// Workload.
+        #[arg(long)]
+        workload: String,
+        /// Credential.
+        #[arg(long)]
+        credential: String,
+        /// Action class (default: the credential's).
+        #[arg(long)]
+        action: Option<String>,
+        /// Host (its labels are what policy sees).
+        #[arg(long)]
+        host: Option<String>,
+        /// Requested TTL.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Audience.
+        #[arg(long)]
+        audience: Option<String>,
+        /// On-behalf-of principal.
+        #[arg(long)]
+        on_behalf_of: Option<String>,
+        /// Decide as of this time (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+        #[command(flatten)]
+        out: Out,
+    },
 }
 
 #[derive(Subcommand)]
@@ -823,6 +889,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
         }
         Cmd::Revoke(a) => revoke(&mut c, a).await?,
+        Cmd::Policy(p) => policy(&mut c, p).await?,
         Cmd::Introspect { token } => {
             let token = match token.as_deref() {
                 None | Some("-") => {
@@ -884,44 +951,192 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     Ok(())
 }
 
-async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Result<(), Fail> {
-    use v1::revocation_target_spec::Target;
-    let target = if let Some(v) = a.lease {
-        Target::Lease(v)
-    } else if let Some(v) = a.workload {
-        Target::Workload(v)
-    } else if let Some(v) = a.credential {
-        Target::Credential(v)
-    } else if let Some(v) = a.owner {
-        Target::Owner(v)
-    } else if let Some(v) = a.host {
-        Target::Host(v)
-    } else {
-        Target::All(true)
-    };
-    let timeout = parse_secs(&a.timeout).map_err(usage)?;
-    let r = c
-        .revoke(v1::RevokeRequest {
-            target: Some(v1::RevocationTargetSpec {
-                target: Some(target),
-            }),
-            reason: a.reason.unwrap_or_default(),
-        })
-        .await?
-        .into_inner();
-    eprintln!(
-        "revoked {} lease(s) at sequence {}; pushing to {} host(s)",
-        r.leases_revoked,
-        r.seq,
-        r.hosts.len()
-    );
-    if !a.wait {
-        println!("{}", r.seq);
-        return Ok(());
+fn read_file(path: &std::path::Path) -> Result<String, Fail> {
+    std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))
+}
+
+async fn policy(c: &mut AdminClient<Channel>, cmd: PolicyCmd) -> Result<(), Fail> {
+    match cmd {
+        PolicyCmd::Check { file } => {
+            let text = read_file(&file)?;
+            let r = c.policy_check(v1::PolicyText { text }).await?.into_inner();
+            if r.problems.is_empty() {
+                eprintln!("{}: valid", file.display());
+                return Ok(());
+            }
+            for p in &r.problems {
+                if p.line > 0 {
+                    eprintln!("{}:{}:{}: {}", file.display(), p.line, p.col, p.message);
+                } else {
+                    eprintln!("{}: {}", file.display(), p.message);
+                }
+            }
+            Err(Fail(
+                format!("{} problem(s) in {}", r.problems.len(), file.display()),
+                1,
+            ))
+        }
+        PolicyCmd::Apply {
+            file,
+            wait,
+            timeout,
+        } => {
+            let text = read_file(&file)?;
+            let r = c.policy_apply(v1::PolicyText { text }).await?.into_inner();
+            eprintln!(
+                "policy version {} applied; {} active lease(s) no longer permitted were revoked",
+                r.version, r.revoked
+            );
+            println!("{}", r.version);
+            if wait && r.revocation_seq > 0 {
+                let timeout = parse_secs(&timeout).map_err(usage)?;
+                wait_for(c, r.revocation_seq, timeout).await?;
+            }
+            Ok(())
+        }
+        PolicyCmd::Show { version, out } => {
+            let r = c
+                .policy_show(v1::PolicyShowRequest {
+                    version: version.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            if out.output == Output::Json {
+                json_out(&serde_json::json!({
+                    "version": r.version, "text": r.text, "rendered": r.rendered,
+                    "applied_at": time(r.applied_at_unix), "applied_by": r.applied_by,
+                }));
+            } else {
+                if r.version > 0 {
+                    println!(
+                        "// version {} applied {} by {}",
+                        r.version,
+                        time(r.applied_at_unix),
+                        r.applied_by
+                    );
+                }
+                print!("{}", r.rendered);
+            }
+            Ok(())
+        }
+        PolicyCmd::Diff { file } => {
+            let cur = c
+                .policy_show(v1::PolicyShowRequest { version: 0 })
+                .await?
+                .into_inner();
+            let (old, new, label) = match file {
+                Some(f) => (
+                    cur.text.clone(),
+                    read_file(&f)?,
+                    format!("version {} -> {}", cur.version, f.display()),
+                ),
+                None if cur.version > 1 => {
+                    let prev = c
+                        .policy_show(v1::PolicyShowRequest {
+                            version: cur.version - 1,
+                        })
+                        .await?
+                        .into_inner();
+                    (
+                        prev.text,
+                        cur.text.clone(),
+                        format!("version {} -> {}", cur.version - 1, cur.version),
+                    )
+                }
+                None => (
+                    String::new(),
+                    cur.text.clone(),
+                    format!("nothing -> version {}", cur.version),
+                ),
+            };
+            println!("--- {label}");
+            print!("{}", leash_control_plane::policy::diff(&old, &new));
+            Ok(())
+        }
+        PolicyCmd::Explain {
+            workload,
+            credential,
+            action,
+            host,
+            ttl,
+            audience,
+            on_behalf_of,
+            at,
+            out,
+        } => {
+            let at_unix = match at {
+                None => 0,
+                Some(t) => humantime::parse_rfc3339_weak(&t)
+                    .map_err(|e| usage(format!("--at {t:?}: {e}")))?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+            };
+            let r = c
+                .policy_explain(v1::PolicyExplainRequest {
+                    workload,
+                    credential,
+                    action: action.unwrap_or_default(),
+                    host: host.unwrap_or_default(),
+                    ttl_seconds: match ttl {
+                        Some(t) => parse_secs(&t).map_err(usage)?,
+                        None => 0,
+                    },
+                    audience: audience.unwrap_or_default(),
+                    on_behalf_of: on_behalf_of.unwrap_or_default(),
+                    at_unix,
+                    task: String::new(),
+                })
+                .await?
+                .into_inner();
+            if out.output == Output::Json {
+                json_out(&serde_json::json!({
+                    "decision": r.decision, "approval_required": r.approval_required,
+                    "policy_version": r.version, "refusals": r.refusals, "errors": r.errors,
+                    "reasons": r.reasons.iter().map(|p| serde_json::json!({"id": p.id, "policy": p.text})).collect::<Vec<_>>(),
+                }));
+            } else {
+                let d = if r.decision == "allow" {
+                    "ALLOW".to_string()
+                } else if r.approval_required && r.refusals.is_empty() {
+                    "ALLOW AFTER APPROVAL".to_string()
+                } else {
+                    "DENY".to_string()
+                };
+                println!("decision: {d} (policy version {})", r.version);
+                for x in &r.refusals {
+                    println!("refused before policy: {x}");
+                }
+                if r.reasons.is_empty() {
+                    println!("no policy matched: default deny");
+                }
+                for p in &r.reasons {
+                    println!(
+                        "determined by {}:\n  {}",
+                        p.id,
+                        p.text.trim().replace('\n', "\n  ")
+                    );
+                }
+                for e in &r.errors {
+                    println!("evaluation error (policy skipped): {e}");
+                }
+            }
+            match (
+                r.decision.as_str(),
+                r.approval_required && r.refusals.is_empty(),
+            ) {
+                ("allow", _) => Ok(()),
+                (_, true) => Err(Fail("the request would wait for an approval".into(), 3)),
+                _ => Err(Fail("the request would be denied".into(), 2)),
+            }
+        }
     }
+}
+
+async fn wait_for(c: &mut AdminClient<Channel>, seq: u64, timeout: u32) -> Result<(), Fail> {
     let mut stream = c
         .wait_revocation(v1::WaitRevocationRequest {
-            seq: r.seq,
+            seq,
             timeout_ms: timeout.saturating_mul(1000),
         })
         .await?
@@ -957,6 +1172,44 @@ async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Result<(), Fail>
             6,
         ))
     }
+}
+
+async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Result<(), Fail> {
+    use v1::revocation_target_spec::Target;
+    let target = if let Some(v) = a.lease {
+        Target::Lease(v)
+    } else if let Some(v) = a.workload {
+        Target::Workload(v)
+    } else if let Some(v) = a.credential {
+        Target::Credential(v)
+    } else if let Some(v) = a.owner {
+        Target::Owner(v)
+    } else if let Some(v) = a.host {
+        Target::Host(v)
+    } else {
+        Target::All(true)
+    };
+    let timeout = parse_secs(&a.timeout).map_err(usage)?;
+    let r = c
+        .revoke(v1::RevokeRequest {
+            target: Some(v1::RevocationTargetSpec {
+                target: Some(target),
+            }),
+            reason: a.reason.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    eprintln!(
+        "revoked {} lease(s) at sequence {}; pushing to {} host(s)",
+        r.leases_revoked,
+        r.seq,
+        r.hosts.len()
+    );
+    if !a.wait {
+        println!("{}", r.seq);
+        return Ok(());
+    }
+    wait_for(c, r.seq, timeout).await
 }
 
 fn main() -> ExitCode {
