@@ -256,8 +256,28 @@ impl Engine {
 
     /// Parse and validate a policy file against the schema.
     pub fn check(&self, text: &str) -> Result<PolicySet, PolicyError> {
-        let pset = PolicySet::from_str(text)
+        let parsed = PolicySet::from_str(text)
             .map_err(|e| PolicyError::Invalid(problems(text, &e, e.to_string())))?;
+        // Policies are known by their @id("…") annotation where they have one, so
+        // explanations and denials name them the way their author did.
+        let mut pset = PolicySet::new();
+        for p in parsed.policies() {
+            let p = match p.annotation("id") {
+                Some(id) => p.new_id(PolicyId::new(id)),
+                None => p.clone(),
+            };
+            pset.add(p).map_err(|e| {
+                PolicyError::Invalid(vec![Problem {
+                    line: 0,
+                    col: 0,
+                    message: format!("{e} (two policies with the same @id?)"),
+                }])
+            })?;
+        }
+        for t in parsed.templates() {
+            pset.add_template(t.clone())
+                .map_err(|e| PolicyError::Engine(e.to_string()))?;
+        }
         let result = Validator::new(self.schema.clone()).validate(&pset, ValidationMode::Strict);
         if !result.validation_passed() {
             let mut out = Vec::new();

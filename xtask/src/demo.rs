@@ -182,6 +182,8 @@ pub fn run() -> anyhow::Result<()> {
         "5m",
         "--scope",
         "read=api:read",
+        "--scope",
+        "deploy=api:deploy",
     ])?)?;
     ok(ctl(&[
         "workload",
@@ -197,6 +199,26 @@ pub fn run() -> anyhow::Result<()> {
         "api",
     ])?)?;
     eprint!("{}", ok(ctl(&["workload", "list"])?)?);
+
+    step("apply the example Cedar policy and ask it a question");
+    let policy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/policy.cedar");
+    let policy = policy.to_string_lossy().into_owned();
+    ok(ctl(&["policy", "check", &policy])?)?;
+    ok(ctl(&["policy", "apply", &policy])?)?;
+    // A deploy from this workstation, outside a task: the policy says no.
+    let out = ctl(&[
+        "policy",
+        "explain",
+        "--workload",
+        "demo/script",
+        "--credential",
+        "api",
+        "--action",
+        "deploy",
+        "--host",
+        "demo-host",
+    ])?;
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
 
     let env_agent = [("LEASH_AGENT_SOCKET", sock.as_path())];
     let leash = |args: &[&str]| call(&bin("leash"), args, &env_agent);
