@@ -680,6 +680,13 @@ impl Admin for AdminApi {
                 }
             }
         }
+        if let Some(ap) = &lease.approval {
+            for e in self.s.store.approval_events(ap).map_err(store_status)? {
+                if e.lease.is_none() {
+                    events.push(e);
+                }
+            }
+        }
         events.sort_by_key(|e| e.id);
         let timeline = events.iter().map(event_proto).collect();
         Ok(Response::new(v1::LeaseDetail {
@@ -1033,6 +1040,195 @@ impl Admin for AdminApi {
         }))
     }
 
+    async fn list_approvals(
+        &self,
+        req: Request<v1::ListApprovalsRequest>,
+    ) -> Result<Response<v1::ListApprovalsResponse>, Status> {
+        self.admin(&req)?;
+        let all = req.into_inner().all;
+        let now = self.s.clock.now();
+        let timeout = self.s.config.approval_timeout.as_secs() as i64;
+        let mut approvals: Vec<v1::ApprovalInfo> = self
+            .s
+            .store
+            .approvals()
+            .map_err(store_status)?
+            .into_iter()
+            .map(|mut a| {
+                if a.state == "pending" && now - a.requested_at >= timeout {
+                    a.state = "expired".into();
+                }
+                a
+            })
+            .filter(|a| all || a.state == "pending")
+            .map(|a| self.approval_proto(a))
+            .collect();
+        approvals.sort_by_key(|a| a.requested_at_unix);
+        Ok(Response::new(v1::ListApprovalsResponse { approvals }))
+    }
+
+    async fn approve(
+        &self,
+        req: Request<v1::ApproveRequest>,
+    ) -> Result<Response<v1::ApprovalInfo>, Status> {
+        let approver = self.admin(&req)?;
+        let r = req.into_inner();
+        let mut a = self.pending_approval(&r.id, &approver)?;
+        let max = self.s.config.max_approval.as_secs() as u32;
+        let for_secs = if r.for_seconds == 0 {
+            1800.min(max)
+        } else {
+            r.for_seconds
+        };
+        if for_secs > max {
+            return Err(invalid(format!(
+                "--for is capped at {}s by the control plane's max_approval; ask for less",
+                max
+            )));
+        }
+        let now = self.s.clock.now();
+        a.state = "approved".into();
+        a.decided_by = Some(approver.clone());
+        a.valid_until = now + i64::from(for_secs);
+        a.uses_left = if r.uses == 0 { 1 } else { r.uses };
+        let ev = Event::new("approved")
+            .actor(approver)
+            .workload(a.workload.clone())
+            .credential(a.credential.clone())
+            .host(a.host.clone())
+            .approval(a.id.clone())
+            .detail(serde_json::json!({ "for_seconds": for_secs, "uses": a.uses_left, "action": a.action }));
+        self.s
+            .store
+            .put_approval(a.clone(), ev)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(self.approval_proto(a)))
+    }
+
+    async fn deny_approval(
+        &self,
+        req: Request<v1::DenyApprovalRequest>,
+    ) -> Result<Response<v1::ApprovalInfo>, Status> {
+        let approver = self.admin(&req)?;
+        let r = req.into_inner();
+        if r.reason.trim().is_empty() {
+            return Err(invalid("say why: --reason \"…\" (the requester sees it)"));
+        }
+        let mut a = self.pending_approval(&r.id, &approver)?;
+        a.state = "denied".into();
+        a.decided_by = Some(approver.clone());
+        a.reason = Some(r.reason.clone());
+        let ev = Event::new("denied")
+            .actor(approver)
+            .workload(a.workload.clone())
+            .credential(a.credential.clone())
+            .host(a.host.clone())
+            .approval(a.id.clone())
+            .reason(r.reason);
+        self.s
+            .store
+            .put_approval(a.clone(), ev)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(self.approval_proto(a)))
+    }
+
+    async fn list_owners(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListOwnersResponse>, Status> {
+        self.admin(&req)?;
+        let workloads = self.s.store.workloads().map_err(store_status)?;
+        let leases = self.s.store.leases(None, true).map_err(store_status)?;
+        let offboarded: Vec<String> = self
+            .s
+            .store
+            .offboarded_owners()
+            .map_err(store_status)?
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect();
+        let mut owners: BTreeMap<String, v1::OwnerInfo> = BTreeMap::new();
+        for w in &workloads {
+            let e = owners
+                .entry(w.owner.clone())
+                .or_insert_with(|| v1::OwnerInfo {
+                    owner: w.owner.clone(),
+                    offboarded: offboarded.contains(&w.owner),
+                    ..Default::default()
+                });
+            e.workloads.push(w.name.clone());
+            e.active_leases += leases.iter().filter(|l| l.workload == w.name).count() as u32;
+        }
+        Ok(Response::new(v1::ListOwnersResponse {
+            owners: owners.into_values().collect(),
+        }))
+    }
+
+    async fn offboard_owner(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::OffboardResponse>, Status> {
+        let actor = self.admin(&req)?;
+        let owner = req.into_inner().name;
+        let (rev, workloads) = self
+            .s
+            .store
+            .offboard_owner(&owner, actor)
+            .await
+            .map_err(store_status)?;
+        self.s.relink();
+        let hosts = crate::revocation::hosts_to_wait_for(&self.s, &rev);
+        Ok(Response::new(v1::OffboardResponse {
+            seq: rev.seq,
+            leases_revoked: rev.lease_ids.len() as u32,
+            hosts,
+            workloads,
+        }))
+    }
+
+    async fn stale_report(
+        &self,
+        req: Request<v1::StaleReportRequest>,
+    ) -> Result<Response<v1::StaleReportResponse>, Status> {
+        self.admin(&req)?;
+        let unused_for = i64::from(req.into_inner().unused_for_seconds);
+        let now = self.s.clock.now();
+        let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        for l in self.s.store.leases(None, false).map_err(store_status)? {
+            let e = last.entry(l.workload).or_insert(0);
+            *e = (*e).max(l.issued_at);
+        }
+        let offboarded: Vec<String> = self
+            .s
+            .store
+            .offboarded_owners()
+            .map_err(store_status)?
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect();
+        let mut out = Vec::new();
+        for w in self.s.store.workloads().map_err(store_status)? {
+            let last_issued = last.get(&w.name).copied().unwrap_or(0);
+            let why = if offboarded.contains(&w.owner) {
+                "owner-offboarded"
+            } else if last_issued.max(w.created_at) + unused_for <= now {
+                "unused"
+            } else {
+                continue;
+            };
+            out.push(v1::StaleWorkload {
+                name: w.name,
+                owner: w.owner,
+                why: why.into(),
+                last_issued_unix: last_issued,
+                disabled: w.disabled,
+            });
+        }
+        Ok(Response::new(v1::StaleReportResponse { workloads: out }))
+    }
+
     async fn jwks(&self, req: Request<v1::Empty>) -> Result<Response<v1::JwksResponse>, Status> {
         self.admin(&req)?;
         Ok(Response::new(v1::JwksResponse {
@@ -1094,6 +1290,76 @@ impl Admin for AdminApi {
 }
 
 impl AdminApi {
+    fn approval_proto(&self, a: crate::model::Approval) -> v1::ApprovalInfo {
+        let owner = self
+            .s
+            .store
+            .workload(&a.workload)
+            .ok()
+            .flatten()
+            .map(|w| w.owner)
+            .unwrap_or_default();
+        v1::ApprovalInfo {
+            id: a.id,
+            workload: a.workload,
+            credential: a.credential,
+            action: a.action,
+            host: a.host,
+            on_behalf_of: a.on_behalf_of,
+            ttl_seconds: a.ttl,
+            audience: a.audience,
+            requested_at_unix: a.requested_at,
+            state: a.state,
+            decided_by: a.decided_by.unwrap_or_default(),
+            reason: a.reason.unwrap_or_default(),
+            valid_until_unix: a.valid_until,
+            uses_left: a.uses_left,
+            policies: a.policies,
+            owner,
+        }
+    }
+
+    /// A pending, unexpired approval that `approver` may decide.
+    fn pending_approval(&self, id: &str, approver: &str) -> Result<crate::model::Approval, Status> {
+        let a = self
+            .s
+            .store
+            .approval(id)
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                not_found(format!(
+                    "no approval {id:?}; `leashctl approval list` shows the pending ones"
+                ))
+            })?;
+        let now = self.s.clock.now();
+        if a.state != "pending" {
+            return Err(invalid(format!("approval {id} is already {}", a.state)));
+        }
+        if now - a.requested_at >= self.s.config.approval_timeout.as_secs() as i64 {
+            return Err(invalid(format!(
+                "approval {id} expired; the requester must ask again"
+            )));
+        }
+        let owner = self
+            .s
+            .store
+            .workload(&a.workload)
+            .map_err(store_status)?
+            .map(|w| w.owner);
+        if owner.as_deref() == Some(approver) {
+            return Err(Reason::Denied.status(format!(
+                "{approver} owns workload {} and may not approve its requests; another approver must",
+                a.workload
+            )));
+        }
+        if !a.on_behalf_of.is_empty() && a.on_behalf_of == approver {
+            return Err(Reason::Denied.status(format!(
+                "the request acts on behalf of {approver}, who may not approve it; another approver must"
+            )));
+        }
+        Ok(a)
+    }
+
     fn spiffe(&self, mut w: v1::Workload) -> v1::Workload {
         w.spiffe_id = format!("spiffe://{}/{}", self.s.config.trust_domain, w.name);
         w

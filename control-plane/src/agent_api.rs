@@ -363,18 +363,31 @@ impl ControlPlane for AgentApi {
             };
             return Err(self.deny(&host, &r, why).await);
         }
-        if verdict.approval_required {
-            return Err(self
-                .deny(
-                    &host,
-                    &r,
-                    format!(
-                        "policy {} requires a human approval for this request, and approvals are not available in this version",
-                        verdict.reasons.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                )
-                .await);
-        }
+        let approval = if verdict.approval_required {
+            let policies = verdict.reasons.iter().map(|(id, _)| id.clone()).collect();
+            let want = crate::approval::request(
+                &w,
+                &c.name,
+                &action,
+                &host,
+                &r.on_behalf_of,
+                ttl,
+                &audience,
+                policies,
+                now,
+            );
+            match crate::approval::gate(s, want).await {
+                Ok(id) => Some(id),
+                Err(st) => {
+                    if Reason::of(&st) == Reason::Denied {
+                        return Err(self.deny(&host, &r, st.message().to_string()).await);
+                    }
+                    return Err(st);
+                }
+            }
+        } else {
+            None
+        };
 
         let lease_id = crate::random_id("l", 10);
         let task = (!r.task.is_empty()).then(|| r.task.clone());
@@ -408,6 +421,7 @@ impl ControlPlane for AgentApi {
             host: host.name.clone(),
             task,
             on_behalf_of: obo,
+            approval: approval.clone(),
             context: serde_json::to_value(&facts).unwrap_or_default(),
             policy_version: verdict.version,
             issued_at: now,
@@ -428,7 +442,12 @@ impl ControlPlane for AgentApi {
                 "fingerprint": fingerprint, "pid": attested.pid,
             }));
         event.task = lease.task.clone();
-        let seq = match s.store.issue_lease(lease, event).await {
+        event.approval = approval.clone();
+        let written = match &approval {
+            Some(id) => s.store.issue_with_approval(id, now, lease, event).await,
+            None => s.store.issue_lease(lease, event).await,
+        };
+        let seq = match written {
             Ok(seq) => seq,
             Err(crate::store::StoreError::Refused(m)) => return Err(self.deny(&host, &r, m).await),
             Err(e) => return Err(store_status(e)),

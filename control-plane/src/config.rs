@@ -62,6 +62,10 @@ pub struct FileConfig {
     pub host_cert_ttl: Option<String>,
     /// Configured action classes.
     pub actions: Option<Vec<String>>,
+    /// Longest an approval may be granted for (`approval approve --for`), e.g. "8h".
+    pub max_approval: Option<String>,
+    /// How long a pending approval request waits before it expires, e.g. "1h".
+    pub approval_timeout: Option<String>,
     /// Admin names by uid: `[admins]` then `alice = 1000`.
     pub admins: Option<BTreeMap<String, u32>>,
 }
@@ -89,6 +93,10 @@ pub struct Config {
     pub actions: Vec<String>,
     /// uid -> admin name. Empty: root and the server's own uid are admins.
     pub admins: BTreeMap<u32, String>,
+    /// Cap on approval lifetimes.
+    pub max_approval: Duration,
+    /// Pending approval lifetime.
+    pub approval_timeout: Duration,
 }
 
 /// Flag values that override the file.
@@ -222,6 +230,16 @@ impl Config {
                 message: "must be a non-empty list of lowercase words".into(),
             });
         }
+        let max_approval = duration(
+            "max_approval",
+            file.max_approval.as_deref(),
+            Duration::from_secs(8 * 3600),
+        )?;
+        let approval_timeout = duration(
+            "approval_timeout",
+            file.approval_timeout.as_deref(),
+            Duration::from_secs(3600),
+        )?;
         let mut admins = BTreeMap::new();
         for (name, uid) in file.admins.unwrap_or_default() {
             admins.insert(uid, name);
@@ -245,6 +263,8 @@ impl Config {
             host_cert_ttl,
             actions,
             admins,
+            max_approval,
+            approval_timeout,
         })
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod agent_api;
+pub mod approval;
 pub mod clock;
 pub mod config;
 pub mod enroll;

@@ -166,6 +166,9 @@ pub struct Lease {
     /// Principal a shared agent acts for.
     #[serde(default)]
     pub on_behalf_of: Option<String>,
+    /// The approval it was issued under, if one was needed.
+    #[serde(default)]
+    pub approval: Option<String>,
     /// The request context it was issued under (for re-evaluation).
     #[serde(default)]
     pub context: serde_json::Value,
@@ -185,6 +188,60 @@ pub struct Lease {
     pub reason: Option<String>,
     /// First 12 hex of SHA-256 of the token: safe to show.
     pub fingerprint: String,
+}
+
+/// A request waiting for (or decided by) a human.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Id, e.g. `ap-1a2b3c4d5e6f`.
+    pub id: String,
+    /// Workload.
+    pub workload: String,
+    /// Credential.
+    pub credential: String,
+    /// Action class.
+    pub action: String,
+    /// Host that asked.
+    pub host: String,
+    /// On-behalf-of principal (empty: none).
+    #[serde(default)]
+    pub on_behalf_of: String,
+    /// Requested TTL (seconds); an approval covers requests up to this.
+    pub ttl: u32,
+    /// Audience asked for.
+    pub audience: String,
+    /// Policies that required approval.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// Unix seconds.
+    pub requested_at: i64,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub state: String,
+    /// Who decided.
+    #[serde(default)]
+    pub decided_by: Option<String>,
+    /// Why (denials).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Approved until (unix seconds).
+    #[serde(default)]
+    pub valid_until: i64,
+    /// Uses left.
+    #[serde(default)]
+    pub uses_left: u32,
+}
+
+impl Approval {
+    /// Whether this approval is about the same request.
+    pub fn same_request(&self, other: &Approval) -> bool {
+        self.workload == other.workload
+            && self.credential == other.credential
+            && self.action == other.action
+            && self.host == other.host
+            && self.on_behalf_of == other.on_behalf_of
+            && self.ttl == other.ttl
+            && self.audience == other.audience
+    }
 }
 
 /// What a revocation covers.
@@ -333,6 +390,9 @@ pub struct Event {
     /// Task concerned.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub task: Option<String>,
+    /// Approval concerned.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub approval: Option<String>,
     /// Why (denials, revocations).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -354,6 +414,7 @@ impl Event {
             credential: None,
             lease: None,
             task: None,
+            approval: None,
             reason: None,
             detail: serde_json::Value::Null,
         }
@@ -387,6 +448,11 @@ impl Event {
     /// Builder: task.
     pub fn task(mut self, v: impl Into<String>) -> Self {
         self.task = Some(v.into());
+        self
+    }
+    /// Builder: approval.
+    pub fn approval(mut self, v: impl Into<String>) -> Self {
+        self.approval = Some(v.into());
         self
     }
     /// Builder: reason.

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::model::{
-    Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, Revocation,
+    Approval, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, Revocation,
     RevocationTarget, Workload,
 };
 
@@ -113,6 +113,23 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn lease_events(&self, lease: &str) -> Result<Vec<Event>>;
     /// Events that mention a task, in order.
     fn task_events(&self, task: &str) -> Result<Vec<Event>>;
+    /// Events that mention an approval, in order.
+    fn approval_events(&self, approval: &str) -> Result<Vec<Event>>;
+    /// An approval.
+    fn approval(&self, id: &str) -> Result<Option<Approval>>;
+    /// All approvals.
+    fn approvals(&self) -> Result<Vec<Approval>>;
+    /// Record an approval (new or decided).
+    async fn put_approval(&self, a: Approval, event: Event) -> Result<()>;
+    /// Atomically use an approved approval once for an issuance, then write the lease.
+    /// Refused if the approval is no longer usable.
+    async fn issue_with_approval(
+        &self,
+        approval: &str,
+        now: i64,
+        lease: Lease,
+        event: Event,
+    ) -> Result<u64>;
     /// An opaque blob (encrypted keys).
     fn blob(&self, name: &str) -> Result<Option<Vec<u8>>>;
 
@@ -165,6 +182,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         actor: String,
         reason: String,
     ) -> Result<(Workload, Option<Revocation>)>;
+    /// Offboard an owner: disable every workload they own, remember them as offboarded,
+    /// and revoke their leases, in one durable write. Returns the revocation and the
+    /// workloads that need a new owner.
+    async fn offboard_owner(&self, owner: &str, actor: String)
+        -> Result<(Revocation, Vec<String>)>;
+    /// Owners offboarded so far, with when (unix seconds).
+    fn offboarded_owners(&self) -> Result<Vec<(String, i64)>>;
     /// Evict a host: refuse it from now on and revoke what it holds.
     async fn evict_host(&self, name: &str, actor: String, reason: String) -> Result<Revocation>;
     /// Record host liveness (not flushed individually).
@@ -188,6 +212,8 @@ struct Trees {
     events: sled::Tree,
     lease_events: sled::Tree,
     task_events: sled::Tree,
+    approval_events: sled::Tree,
+    approvals: sled::Tree,
 }
 
 /// The state one batch of writes works on.
@@ -287,6 +313,7 @@ impl Tx<'_> {
         for (tree, key) in [
             (&self.t.lease_events, &e.lease),
             (&self.t.task_events, &e.task),
+            (&self.t.approval_events, &e.approval),
         ] {
             if let Some(key) = key {
                 let mut k = key.as_bytes().to_vec();
@@ -408,6 +435,8 @@ impl SledStore {
             events: db.open_tree("events")?,
             lease_events: db.open_tree("lease_events")?,
             task_events: db.open_tree("task_events")?,
+            approval_events: db.open_tree("approval_events")?,
+            approvals: db.open_tree("approvals")?,
         });
         let seq = Arc::new(AtomicU64::new(meta_u64(&t.meta, "seq")?));
         let event_id = meta_u64(&t.meta, "event_id")?;
@@ -473,6 +502,45 @@ impl SledStore {
     /// Size of the database on disk, in bytes.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// The checks and writes of one issuance, to run on the writer: the workload must
+/// still be enabled and the host not evicted at the moment the lease is written.
+fn issue_job(
+    mut lease: Lease,
+    event: Event,
+) -> impl FnOnce(&mut Tx<'_>) -> Result<u64> + Send + 'static {
+    move |tx| {
+        match get::<Workload>(&tx.t.workloads, "workloads", lease.workload.as_bytes())? {
+            Some(w) if !w.disabled => {}
+            Some(_) => {
+                return Err(StoreError::Refused(format!(
+                    "workload {:?} is disabled",
+                    lease.workload
+                )))
+            }
+            None => {
+                return Err(StoreError::NotFound(format!(
+                    "no workload named {:?}",
+                    lease.workload
+                )))
+            }
+        }
+        match get::<Host>(&tx.t.hosts, "hosts", lease.host.as_bytes())? {
+            Some(h) if !h.evicted => {}
+            _ => {
+                return Err(StoreError::Refused(format!(
+                    "host {:?} was evicted",
+                    lease.host
+                )))
+            }
+        }
+        let seq = tx.next_seq();
+        lease.seq = seq;
+        tx.put_lease(&lease)?;
+        tx.event(event)?;
+        Ok(seq)
     }
 }
 
@@ -656,6 +724,15 @@ impl Storage for SledStore {
     fn task_events(&self, task: &str) -> Result<Vec<Event>> {
         self.indexed_events(&self.t.task_events, task)
     }
+    fn approval_events(&self, approval: &str) -> Result<Vec<Event>> {
+        self.indexed_events(&self.t.approval_events, approval)
+    }
+    fn approval(&self, id: &str) -> Result<Option<Approval>> {
+        get(&self.t.approvals, "approvals", id.as_bytes())
+    }
+    fn approvals(&self) -> Result<Vec<Approval>> {
+        all(&self.t.approvals, "approvals")
+    }
     fn blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.t.blobs.get(name)?.map(|v| v.to_vec()))
     }
@@ -665,6 +742,39 @@ impl Storage for SledStore {
         self.write(move |tx| {
             tx.t.blobs.insert(name.as_bytes(), value)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_approval(&self, a: Approval, event: Event) -> Result<()> {
+        self.write(move |tx| {
+            tx.t.approvals.insert(a.id.as_bytes(), enc(&a))?;
+            tx.event(event)
+        })
+        .await
+    }
+
+    async fn issue_with_approval(
+        &self,
+        approval: &str,
+        now: i64,
+        lease: Lease,
+        event: Event,
+    ) -> Result<u64> {
+        let approval = approval.to_string();
+        let issue = issue_job(lease, event);
+        self.write(move |tx| {
+            let mut a: Approval = get(&tx.t.approvals, "approvals", approval.as_bytes())?
+                .ok_or_else(|| StoreError::Refused(format!("approval {approval} is gone")))?;
+            if a.state != "approved" || a.uses_left == 0 || a.valid_until <= now {
+                return Err(StoreError::Refused(format!(
+                    "approval {approval} is used up or expired"
+                )));
+            }
+            let seq = issue(tx)?;
+            a.uses_left -= 1;
+            tx.t.approvals.insert(approval.as_bytes(), enc(&a))?;
+            Ok(seq)
         })
         .await
     }
@@ -795,39 +905,8 @@ impl Storage for SledStore {
         .await
     }
 
-    async fn issue_lease(&self, mut lease: Lease, event: Event) -> Result<u64> {
-        self.write(move |tx| {
-            match get::<Workload>(&tx.t.workloads, "workloads", lease.workload.as_bytes())? {
-                Some(w) if !w.disabled => {}
-                Some(_) => {
-                    return Err(StoreError::Refused(format!(
-                        "workload {:?} is disabled",
-                        lease.workload
-                    )))
-                }
-                None => {
-                    return Err(StoreError::NotFound(format!(
-                        "no workload named {:?}",
-                        lease.workload
-                    )))
-                }
-            }
-            match get::<Host>(&tx.t.hosts, "hosts", lease.host.as_bytes())? {
-                Some(h) if !h.evicted => {}
-                _ => {
-                    return Err(StoreError::Refused(format!(
-                        "host {:?} was evicted",
-                        lease.host
-                    )))
-                }
-            }
-            let seq = tx.next_seq();
-            lease.seq = seq;
-            tx.put_lease(&lease)?;
-            tx.event(event)?;
-            Ok(seq)
-        })
-        .await
+    async fn issue_lease(&self, lease: Lease, event: Event) -> Result<u64> {
+        self.write(issue_job(lease, event)).await
     }
 
     async fn revoke(
@@ -916,6 +995,70 @@ impl Storage for SledStore {
         .await
     }
 
+    async fn offboard_owner(
+        &self,
+        owner: &str,
+        actor: String,
+    ) -> Result<(Revocation, Vec<String>)> {
+        let owner = owner.to_string();
+        self.write(move |tx| {
+            let mut names = Vec::new();
+            for w in tx.t.workloads.iter().values() {
+                let mut w: Workload = dec("workloads", &w?)?;
+                if w.owner != owner {
+                    continue;
+                }
+                names.push(w.name.clone());
+                if !w.disabled {
+                    w.disabled = true;
+                    let seq = tx.next_seq();
+                    tx.t.workloads.insert(w.name.as_bytes(), enc(&w))?;
+                    tx.event(
+                        Event::new("disabled")
+                            .actor(actor.clone())
+                            .workload(w.name.clone())
+                            .reason(format!("owner {owner} offboarded")),
+                    )?;
+                    tx.change(Change::WorkloadPut { seq, workload: w })?;
+                }
+            }
+            if names.is_empty() {
+                return Err(StoreError::NotFound(format!(
+                    "no workload is owned by {owner:?}"
+                )));
+            }
+            let now = crate::clock::now_ms() / 1000;
+            tx.t.meta
+                .insert(format!("offboarded/{owner}").as_bytes(), &be(now as u64))?;
+            tx.event(
+                Event::new("offboarded")
+                    .actor(actor.clone())
+                    .detail(serde_json::json!({ "owner": owner, "workloads": names })),
+            )?;
+            let rev = tx.revoke(
+                RevocationTarget::Owner(owner.clone()),
+                format!("owner {owner} offboarded"),
+                actor,
+                &[],
+            )?;
+            Ok((rev, names))
+        })
+        .await
+    }
+
+    fn offboarded_owners(&self) -> Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        for kv in self.t.meta.scan_prefix(b"offboarded/") {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k["offboarded/".len()..]).into_owned();
+            let at = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0) as i64;
+            out.push((name, at));
+        }
+        Ok(out)
+    }
+
     async fn evict_host(&self, name: &str, actor: String, reason: String) -> Result<Revocation> {
         let name = name.to_string();
         self.write(move |tx| {
@@ -993,6 +1136,7 @@ mod tests {
             host: "h".into(),
             task: None,
             on_behalf_of: None,
+            approval: None,
             context: serde_json::Value::Null,
             policy_version: 0,
             issued_at: 0,

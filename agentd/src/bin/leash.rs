@@ -56,6 +56,12 @@ enum Cmd {
         /// Bypass the cache.
         #[arg(long)]
         fresh: bool,
+        /// When the request needs a human approval, wait for it (status on stderr).
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait for an approval.
+        #[arg(long, default_value = "10m", requires = "wait")]
+        timeout: String,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -164,25 +170,64 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             as_workload,
             on_behalf_of,
             fresh,
+            wait,
+            timeout,
             output,
         } => {
             let ttl_seconds = match ttl {
                 Some(t) => parse_secs(&t).map_err(|m| Fail(format!("--ttl: {m}"), 1))?,
                 None => 0,
             };
-            let r = c
-                .fetch(v1::FetchRequest {
-                    credential: name,
-                    action: action.unwrap_or_default(),
-                    audience: audience.unwrap_or_default(),
-                    ttl_seconds,
-                    as_workload: as_workload.unwrap_or_default(),
-                    on_behalf_of: on_behalf_of.unwrap_or_default(),
-                    fresh,
-                    task_handle: std::env::var("LEASH_TASK").unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
+            let timeout = std::time::Duration::from_secs(u64::from(
+                parse_secs(&timeout).map_err(|m| Fail(format!("--timeout: {m}"), 1))?,
+            ));
+            let req = v1::FetchRequest {
+                credential: name,
+                action: action.unwrap_or_default(),
+                audience: audience.unwrap_or_default(),
+                ttl_seconds,
+                as_workload: as_workload.unwrap_or_default(),
+                on_behalf_of: on_behalf_of.unwrap_or_default(),
+                fresh,
+                task_handle: std::env::var("LEASH_TASK").unwrap_or_default(),
+            };
+            let start = std::time::Instant::now();
+            let mut told = false;
+            let r = loop {
+                match c.fetch(req.clone()).await {
+                    Ok(r) => break r.into_inner(),
+                    Err(s)
+                        if wait
+                            && leash_proto::reason::Reason::of(&s)
+                                == leash_proto::reason::Reason::Pending =>
+                    {
+                        let id = s
+                            .metadata()
+                            .get(leash_proto::reason::APPROVAL_KEY)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("?")
+                            .to_string();
+                        if !told {
+                            eprintln!("waiting for approval {id} (an approver runs: leashctl approval approve {id})");
+                            told = true;
+                        }
+                        if start.elapsed() >= timeout {
+                            return Err(Fail(
+                                format!(
+                                    "timed out after {}s waiting for approval {id}",
+                                    timeout.as_secs()
+                                ),
+                                6,
+                            ));
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    Err(s) => return Err(s.into()),
+                }
+            };
+            if told {
+                eprintln!("approved after {}s", start.elapsed().as_secs());
+            }
             if output == Output::Json {
                 json(&serde_json::json!({
                     "token": r.token,

@@ -58,6 +58,15 @@ enum Cmd {
     Policy(PolicyCmd),
     /// Take credentials back from every host.
     Revoke(RevokeArgs),
+    /// Requests waiting for a human.
+    #[command(subcommand)]
+    Approval(ApprovalCmd),
+    /// Who is accountable; offboarding.
+    #[command(subcommand)]
+    Owner(OwnerCmd),
+    /// Reports.
+    #[command(subcommand)]
+    Report(ReportCmd),
     /// Ask whether a token is still active (RFC 7662 JSON).
     Introspect {
         /// The token, or `-` to read it from stdin.
@@ -186,6 +195,66 @@ enum CredentialCmd {
     },
     /// List credentials.
     List(Out),
+}
+
+#[derive(Subcommand)]
+enum ApprovalCmd {
+    /// Pending requests (--all: decided and expired ones too).
+    List {
+        /// Include decided and expired requests.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Approve a request for a bounded time and number of uses.
+    Approve {
+        /// Approval id.
+        id: String,
+        /// How long the approval may be used (capped by the config's max_approval).
+        #[arg(long = "for", default_value = "30m")]
+        for_: String,
+        /// How many issuances it covers.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Deny a request; the requester sees the reason.
+    Deny {
+        /// Approval id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OwnerCmd {
+    /// Owners with their workloads and active leases.
+    List(Out),
+    /// Disable every workload of an owner and revoke their leases.
+    Offboard {
+        /// Owner.
+        owner: String,
+        /// Wait until every host has wiped.
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait.
+        #[arg(long, default_value = "30s", requires = "wait")]
+        timeout: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// Workloads with no issuance for a while, and workloads whose owner was offboarded.
+    Stale {
+        /// e.g. 30d.
+        #[arg(long, default_value = "30d")]
+        unused_for: String,
+        #[command(flatten)]
+        out: Out,
+    },
 }
 
 #[derive(Subcommand)]
@@ -890,6 +959,107 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Revoke(a) => revoke(&mut c, a).await?,
         Cmd::Policy(p) => policy(&mut c, p).await?,
+        Cmd::Approval(a) => approval(&mut c, a).await?,
+        Cmd::Owner(OwnerCmd::List(o)) => {
+            let r = c.list_owners(v1::Empty {}).await?.into_inner();
+            if o.output == Output::Json {
+                let v: Vec<_> = r
+                    .owners
+                    .iter()
+                    .map(|x| {
+                        serde_json::json!({
+                            "owner": x.owner, "workloads": x.workloads,
+                            "active_leases": x.active_leases, "offboarded": x.offboarded,
+                        })
+                    })
+                    .collect();
+                json_out(&v);
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .owners
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            x.owner.clone(),
+                            x.workloads.join(","),
+                            x.active_leases.to_string(),
+                            if x.offboarded {
+                                "offboarded".into()
+                            } else {
+                                "-".into()
+                            },
+                        ]
+                    })
+                    .collect();
+                print_table(&["OWNER", "WORKLOADS", "ACTIVE_LEASES", "STATE"], &rows);
+            }
+        }
+        Cmd::Owner(OwnerCmd::Offboard {
+            owner,
+            wait,
+            timeout,
+        }) => {
+            let timeout = parse_secs(&timeout).map_err(usage)?;
+            let r = c
+                .offboard_owner(v1::NameRequest {
+                    name: owner.clone(),
+                })
+                .await?
+                .into_inner();
+            eprintln!(
+                "offboarded {owner}: {} workload(s) disabled, {} lease(s) revoked at sequence {}",
+                r.workloads.len(),
+                r.leases_revoked,
+                r.seq
+            );
+            if wait {
+                wait_for(&mut c, r.seq, timeout).await?;
+            }
+            println!("workloads that need a new owner (leashctl workload transfer W --to OWNER, then enable):");
+            for w in &r.workloads {
+                println!("  {w}");
+            }
+        }
+        Cmd::Report(ReportCmd::Stale { unused_for, out }) => {
+            let r = c
+                .stale_report(v1::StaleReportRequest {
+                    unused_for_seconds: parse_secs(&unused_for).map_err(usage)?,
+                })
+                .await?
+                .into_inner();
+            if out.output == Output::Json {
+                let v: Vec<_> = r
+                    .workloads
+                    .iter()
+                    .map(|w| {
+                        serde_json::json!({
+                            "name": w.name, "owner": w.owner, "why": w.why,
+                            "last_issued": time(w.last_issued_unix), "disabled": w.disabled,
+                        })
+                    })
+                    .collect();
+                json_out(&v);
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .workloads
+                    .iter()
+                    .map(|w| {
+                        vec![
+                            w.name.clone(),
+                            w.owner.clone(),
+                            w.why.clone(),
+                            time(w.last_issued_unix),
+                            if w.disabled {
+                                "disabled".into()
+                            } else {
+                                "enabled".into()
+                            },
+                        ]
+                    })
+                    .collect();
+                print_table(&["WORKLOAD", "OWNER", "WHY", "LAST_ISSUED", "STATE"], &rows);
+            }
+        }
         Cmd::Introspect { token } => {
             let token = match token.as_deref() {
                 None | Some("-") => {
@@ -1131,6 +1301,97 @@ async fn policy(c: &mut AdminClient<Channel>, cmd: PolicyCmd) -> Result<(), Fail
             }
         }
     }
+}
+
+async fn approval(c: &mut AdminClient<Channel>, cmd: ApprovalCmd) -> Result<(), Fail> {
+    match cmd {
+        ApprovalCmd::List { all, out } => {
+            let r = c
+                .list_approvals(v1::ListApprovalsRequest { all })
+                .await?
+                .into_inner();
+            if out.output == Output::Json {
+                let v: Vec<_> = r
+                    .approvals
+                    .iter()
+                    .map(|a| serde_json::json!({
+                        "id": a.id, "workload": a.workload, "credential": a.credential,
+                        "action": a.action, "host": a.host,
+                        "on_behalf_of": (!a.on_behalf_of.is_empty()).then_some(&a.on_behalf_of),
+                        "ttl_seconds": a.ttl_seconds, "audience": a.audience, "owner": a.owner,
+                        "requested_at": time(a.requested_at_unix), "state": a.state,
+                        "decided_by": (!a.decided_by.is_empty()).then_some(&a.decided_by),
+                        "reason": (!a.reason.is_empty()).then_some(&a.reason),
+                        "valid_until": (a.valid_until_unix > 0).then(|| time(a.valid_until_unix)),
+                        "uses_left": a.uses_left, "policies": a.policies,
+                    }))
+                    .collect();
+                json_out(&v);
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .approvals
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.id.clone(),
+                            a.workload.clone(),
+                            a.credential.clone(),
+                            a.action.clone(),
+                            a.host.clone(),
+                            if a.on_behalf_of.is_empty() {
+                                "-".into()
+                            } else {
+                                a.on_behalf_of.clone()
+                            },
+                            a.state.clone(),
+                            time(a.requested_at_unix),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "ID",
+                        "WORKLOAD",
+                        "CREDENTIAL",
+                        "ACTION",
+                        "HOST",
+                        "ON_BEHALF_OF",
+                        "STATE",
+                        "REQUESTED_AT",
+                    ],
+                    &rows,
+                );
+            }
+        }
+        ApprovalCmd::Approve { id, for_, uses } => {
+            let a = c
+                .approve(v1::ApproveRequest {
+                    id,
+                    for_seconds: parse_secs(&for_).map_err(usage)?,
+                    uses,
+                })
+                .await?
+                .into_inner();
+            eprintln!(
+                "approved {} ({} {} for {} on {}) until {}, {} use(s)",
+                a.id,
+                a.action,
+                a.credential,
+                a.workload,
+                a.host,
+                time(a.valid_until_unix),
+                a.uses_left
+            );
+        }
+        ApprovalCmd::Deny { id, reason } => {
+            let a = c
+                .deny_approval(v1::DenyApprovalRequest { id, reason })
+                .await?
+                .into_inner();
+            eprintln!("denied {}", a.id);
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for(c: &mut AdminClient<Channel>, seq: u64, timeout: u32) -> Result<(), Fail> {

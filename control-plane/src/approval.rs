@@ -1,0 +1,137 @@
+//! Contextual approval: requests that policy allows only after a human says yes.
+//!
+//! A request whose only matching permits are annotated `@approval("required")` becomes a
+//! pending approval with an id. Identical pending requests share one id, and each
+//! workload may have only so many pending at once. An approver (an admin) approves it
+//! for a bounded time and number of uses, bound to the workload, credential, action, host,
+//! on-behalf-of and maximum TTL; or denies it with a reason, which the requester sees.
+
+use leash_proto::reason::{Reason, APPROVAL_KEY};
+use tonic::Status;
+
+use crate::model::{Approval, Event, Host, Workload};
+use crate::server::{store_status, Shared};
+
+/// Pending requests one workload may have at once.
+pub const MAX_PENDING_PER_WORKLOAD: usize = 20;
+/// How long a denial answers identical requests (so a waiting requester sees it).
+const DENIAL_MEMORY_SECS: i64 = 600;
+
+/// A PENDING status carrying the approval id.
+pub fn pending_status(id: &str, msg: String) -> Status {
+    let mut st = Reason::Pending.status(msg);
+    if let Ok(v) = id.parse() {
+        st.metadata_mut().insert(APPROVAL_KEY, v);
+    }
+    st
+}
+
+/// The request as an approval would record it.
+#[allow(clippy::too_many_arguments)]
+pub fn request(
+    w: &Workload,
+    credential: &str,
+    action: &str,
+    host: &Host,
+    on_behalf_of: &str,
+    ttl: u32,
+    audience: &str,
+    policies: Vec<String>,
+    now: i64,
+) -> Approval {
+    Approval {
+        id: String::new(),
+        workload: w.name.clone(),
+        credential: credential.to_string(),
+        action: action.to_string(),
+        host: host.name.clone(),
+        on_behalf_of: on_behalf_of.to_string(),
+        ttl,
+        audience: audience.to_string(),
+        policies,
+        requested_at: now,
+        state: "pending".into(),
+        decided_by: None,
+        reason: None,
+        valid_until: 0,
+        uses_left: 0,
+    }
+}
+
+/// Decide what an approval-requiring request gets: the id of a usable approval, or a
+/// PENDING / DENIED status.
+pub async fn gate(s: &Shared, want: Approval) -> Result<String, Status> {
+    let now = want.requested_at;
+    let timeout = s.config.approval_timeout.as_secs() as i64;
+    let all = s.store.approvals().map_err(store_status)?;
+    let same = |a: &&Approval| {
+        a.workload == want.workload
+            && a.credential == want.credential
+            && a.action == want.action
+            && a.host == want.host
+            && a.on_behalf_of == want.on_behalf_of
+            && a.audience == want.audience
+    };
+    // An approval covers requests up to its TTL.
+    if let Some(a) = all.iter().filter(same).find(|a| {
+        a.state == "approved" && a.uses_left > 0 && a.valid_until > now && want.ttl <= a.ttl
+    }) {
+        return Ok(a.id.clone());
+    }
+    if let Some(a) = all
+        .iter()
+        .filter(same)
+        .filter(|a| a.ttl == want.ttl && a.state == "denied")
+        .max_by_key(|a| a.requested_at)
+    {
+        if now - a.requested_at < timeout + DENIAL_MEMORY_SECS {
+            return Err(Reason::Denied.status(format!(
+                "approval {} was denied by {}: {}",
+                a.id,
+                a.decided_by.as_deref().unwrap_or("an approver"),
+                a.reason.as_deref().unwrap_or("no reason given")
+            )));
+        }
+    }
+    if let Some(a) = all
+        .iter()
+        .filter(|a| a.same_request(&want) && a.state == "pending" && now - a.requested_at < timeout)
+        .min_by_key(|a| a.requested_at)
+    {
+        return Err(pending_message(&a.id));
+    }
+    let pending_for_workload = all
+        .iter()
+        .filter(|a| {
+            a.workload == want.workload && a.state == "pending" && now - a.requested_at < timeout
+        })
+        .count();
+    if pending_for_workload >= MAX_PENDING_PER_WORKLOAD {
+        return Err(Reason::Denied.status(format!(
+            "workload {:?} already has {pending_for_workload} requests waiting for approval; ask an approver to decide them (`leashctl approval list`)",
+            want.workload
+        )));
+    }
+    let mut a = want;
+    a.id = crate::random_id("ap", 6);
+    let ev = Event::new("pending")
+        .actor(a.host.clone())
+        .host(a.host.clone())
+        .workload(a.workload.clone())
+        .credential(a.credential.clone())
+        .approval(a.id.clone())
+        .detail(serde_json::json!({
+            "action": a.action, "on_behalf_of": a.on_behalf_of, "ttl_seconds": a.ttl, "policies": a.policies,
+        }));
+    let id = a.id.clone();
+    s.store.put_approval(a, ev).await.map_err(store_status)?;
+    tracing::info!(approval = %id, "request waits for approval");
+    Err(pending_message(&id))
+}
+
+fn pending_message(id: &str) -> Status {
+    pending_status(
+        id,
+        format!("approval {id} is pending; an approver runs: leashctl approval approve {id}"),
+    )
+}
