@@ -5,7 +5,7 @@
 //! temp state dirs, and drives them with the real CLIs (`leashctl`, `leash`). Nothing of
 //! ours is mocked. One line gives a test a ready cluster:
 //!
-//! ```ignore
+//! ```text
 //! let c = Cluster::start(); // control plane + one enrolled, synced agent ("host-1")
 //! c.leashctl(&["workload", "list"]).ok();
 //! ```
@@ -37,6 +37,14 @@ pub const TRUST_DOMAIN: &str = "it.example";
 /// The uid the tests run as.
 pub fn my_uid() -> u32 {
     nix::unistd::getuid().as_raw()
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Whether the tests run as root (CI does).
@@ -97,6 +105,8 @@ pub struct Options {
     pub agent_args: Vec<String>,
     /// Put a cuttable TCP proxy between the agents and the control plane.
     pub proxy: bool,
+    /// Appended to the control-plane config file (e.g. an `[admins]` table).
+    pub extra_config: String,
 }
 
 impl Default for Options {
@@ -107,6 +117,7 @@ impl Default for Options {
             agent: true,
             agent_args: Vec::new(),
             proxy: false,
+            extra_config: String::new(),
         }
     }
 }
@@ -130,6 +141,12 @@ impl Options {
     /// No agent at start.
     pub fn no_agent(mut self) -> Options {
         self.agent = false;
+        self
+    }
+    /// Append `text` to the control-plane config file.
+    pub fn config(mut self, text: &str) -> Options {
+        self.extra_config.push_str(text);
+        self.extra_config.push('\n');
         self
     }
     /// Agents reach the control plane through a [`Proxy`].
@@ -218,6 +235,7 @@ impl Cluster {
             opts.heartbeat,
             opts.max_offline,
         );
+        let text = format!("{text}{}", opts.extra_config);
         std::fs::write(&config, text).expect("write config");
         let mut c = Cluster {
             dir,
@@ -374,6 +392,12 @@ impl Cluster {
     /// Start another agent named `name` that enrolls with `token`; returns its index once
     /// it is ready.
     pub fn add_agent_with_token(&mut self, name: &str, token: &str) -> usize {
+        self.add_agent_with(name, token, &[])
+    }
+
+    /// Start another agent named `name` that enrolls with `token`, with `extra` flags
+    /// (e.g. `--label`); returns its index once it is ready.
+    pub fn add_agent_with(&mut self, name: &str, token: &str, extra: &[&str]) -> usize {
         let state_dir = self.dir.path().join(format!("state-{name}"));
         let socket = self
             .dir
@@ -382,6 +406,7 @@ impl Cluster {
             .join("agent.sock");
         let mut agent_args = self.opts.agent_args.clone();
         agent_args.extend(["--name".to_string(), name.to_string()]);
+        agent_args.extend(extra.iter().map(|s| s.to_string()));
         let cmd = self.agent_command(&state_dir, &socket, &agent_args, Some(token));
         let what = format!("agent {name}");
         let mut d = Daemon::spawn(&what, cmd);
@@ -431,6 +456,18 @@ impl Cluster {
         self.track_log(&what, d.log());
         d.wait_for_line("ready on", WAIT);
         self.agents[i].daemon = Some(d);
+    }
+
+    /// Start agent `i` again without waiting for it to be ready (for tests that expect it
+    /// to fail); the caller owns the process.
+    pub fn spawn_agent_unready(&mut self, i: usize) -> Daemon {
+        self.stop_agent_at(i);
+        let a = &self.agents[i];
+        let cmd = self.agent_command(&a.state_dir, &a.socket, &a.args, None);
+        let what = format!("agent {} (spawned)", a.name);
+        let d = Daemon::spawn(&what, cmd);
+        self.track_log(&what, d.log());
+        d
     }
 
     /// Start the first agent again, without a join token.

@@ -43,7 +43,9 @@ pub fn basic(c: &Cluster) {
 }
 
 /// The host certificate and key an agent saved in its state dir.
-pub fn host_credentials(state_dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+pub fn host_credentials(
+    state_dir: &Path,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     let cert = std::fs::read(state_dir.join("host.crt")).expect("host.crt");
     let key = std::fs::read(state_dir.join("host.key")).expect("host.key");
     (
@@ -58,7 +60,10 @@ pub async fn cp_client(
     c: &Cluster,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<ControlPlaneClient<Channel>, tls::TlsError> {
-    assert!(c.ca_pin.starts_with("sha256:"), "the control plane logged no CA pin");
+    assert!(
+        c.ca_pin.starts_with("sha256:"),
+        "the control plane logged no CA pin"
+    );
     let cfg = tls::client_config(Trust::Pin(c.ca_pin.clone()), client)?;
     let ch = tls::connect(&[c.addr.to_string()], cfg).await?;
     Ok(ControlPlaneClient::new(ch))
@@ -68,6 +73,10 @@ pub async fn cp_client(
 pub fn timeline_types(lease: &serde_json::Value) -> Vec<String> {
     lease["timeline"]
         .as_array()
-        .map(|a| a.iter().filter_map(|e| e["type"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["type"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
