@@ -209,6 +209,15 @@ impl Agent {
         let mut h = lock(&self.health);
         h.last_heartbeat_ms = now_ms();
         h.max_offline_secs = mo;
+        // Failed closed while the stream stayed open (the control plane stalled): the
+        // stream is ordered and lossless, so everything sent before this heartbeat has
+        // been applied, and the agent is current again.
+        if h.state == State::FailingClosed {
+            h.state = State::Ready;
+            h.synced = true;
+            h.reason.clear();
+            tracing::info!("heartbeats resumed on the open stream; serving again");
+        }
     }
 
     /// The stream dropped.

@@ -60,7 +60,10 @@ fn pct(v: &mut [u128], p: f64) -> f64 {
 }
 
 fn main() {
-    let actions: Vec<String> = ["read", "write", "deploy", "admin"].iter().map(|s| s.to_string()).collect();
+    let actions: Vec<String> = ["read", "write", "deploy", "admin"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let workloads: Vec<Workload> = (0..100).map(workload).collect();
     let cred = Credential {
         name: "cred-7".into(),
@@ -95,17 +98,25 @@ fn main() {
     println!("|---:|---|---:|---:|---:|");
     for n in [10usize, 1000] {
         let engine = Engine::new(&actions).expect("engine");
-        engine.install(1, &policies(n), &workloads).expect("policies validate");
+        engine
+            .install(1, &policies(n), &workloads)
+            .expect("policies validate");
         let w = &workloads[7];
         let iters = 20_000;
         for _ in 0..2_000 {
-            black_box(engine.decide(w, &cred, "read", &host, &facts).expect("decide"));
+            black_box(
+                engine
+                    .decide(w, &cred, "read", &host, &facts)
+                    .expect("decide"),
+            );
         }
         let mut t = Vec::with_capacity(iters);
         let mut allowed = false;
         for _ in 0..iters {
             let s = Instant::now();
-            let v = engine.decide(black_box(w), &cred, "read", &host, &facts).expect("decide");
+            let v = engine
+                .decide(black_box(w), &cred, "read", &host, &facts)
+                .expect("decide");
             t.push(s.elapsed().as_nanos());
             allowed = v.allow;
         }

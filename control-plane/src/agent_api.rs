@@ -192,6 +192,9 @@ impl ControlPlane for AgentApi {
         let s = self.s.clone();
         tokio::spawn(async move {
             let conn = s.hub.connect(&host.name, s.clock.now_ms(), hello.last_seq);
+            if let Err(e) = s.store.touch_host(&host.name, s.clock.now()).await {
+                tracing::warn!(error = %e, "could not record host last-seen");
+            }
             tracing::info!(host = %host.name, last_seq = hello.last_seq, "agent connected");
             if let Err(e) = run_sync(&s, &host, conn, hello.last_seq, &mut inbound, &tx).await {
                 tracing::info!(host = %host.name, reason = %e, "sync stream ended");

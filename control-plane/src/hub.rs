@@ -32,6 +32,8 @@ struct Conn {
 /// Live connection registry.
 #[derive(Debug)]
 pub struct Hub {
+    /// Unix ms this control plane started: before it, any host may have been connected.
+    pub started_ms: i64,
     conns: Mutex<HashMap<String, Conn>>,
     next_id: AtomicU64,
     acks: broadcast::Sender<WipeAck>,
@@ -51,6 +53,7 @@ pub struct ConnInfo {
 impl Default for Hub {
     fn default() -> Self {
         Hub {
+            started_ms: crate::clock::now_ms(),
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             acks: broadcast::channel(65536).0,

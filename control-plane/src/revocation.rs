@@ -104,14 +104,18 @@ pub async fn wait(
                 Some(_) => {}
                 None => {
                     // Not connected: if it has been away longer than max_offline it has
-                    // already wiped itself by failing closed.
+                    // already wiped itself by failing closed. The recorded last-seen is
+                    // written when a stream starts or ends; a host may also have been
+                    // connected up to the moment this control plane (re)started, so
+                    // count from that at the earliest.
                     let last = s
                         .store
                         .host(h)
                         .ok()
                         .flatten()
                         .map(|x| x.last_seen * 1000)
-                        .unwrap_or(0);
+                        .unwrap_or(0)
+                        .max(s.hub.started_ms);
                     if now - last > max_offline_ms {
                         failed_closed.insert(h.clone());
                     }

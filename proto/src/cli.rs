@@ -92,6 +92,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub fn status_exit(status: &tonic::Status) -> (String, i32) {
     let reason = Reason::of(status);
     let msg = match (reason, status.message()) {
+        (_, m) if m.contains("message length too large") => format!(
+            "{m}: the request is larger than the service accepts; shorten the names and values you pass"
+        ),
         (_, m) if !m.is_empty() => m.to_string(),
         (Reason::Unavailable, _) => "the service is unavailable".to_string(),
         (r, _) => r.as_str().to_lowercase(),
