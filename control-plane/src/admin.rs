@@ -1032,7 +1032,10 @@ impl Admin for AdminApi {
             reasons: v
                 .reasons
                 .into_iter()
-                .map(|(id, text)| v1::PolicyReason { id, text })
+                .map(|id| v1::PolicyReason {
+                    text: self.s.policy.policy_text(&id),
+                    id,
+                })
                 .collect(),
             errors: v.errors,
             version: v.version,

@@ -357,7 +357,7 @@ impl ControlPlane for AgentApi {
                     verdict
                         .reasons
                         .iter()
-                        .map(|(id, _)| id.as_str())
+                        .map(String::as_str)
                         .collect::<Vec<_>>()
                         .join(", "),
                     w.name,
@@ -367,7 +367,7 @@ impl ControlPlane for AgentApi {
             return Err(self.deny(&host, &r, why).await);
         }
         let approval = if verdict.approval_required {
-            let policies = verdict.reasons.iter().map(|(id, _)| id.clone()).collect();
+            let policies = verdict.reasons.clone();
             let want = crate::approval::request(
                 &w,
                 &c.name,

@@ -164,8 +164,8 @@ pub struct Verdict {
     pub allow: bool,
     /// Allowed only after a human approves.
     pub approval_required: bool,
-    /// Policies that determined it (id and source).
-    pub reasons: Vec<(String, String)>,
+    /// Ids of the policies that determined it (`Engine::policy_text` has their source).
+    pub reasons: Vec<String>,
     /// Evaluation errors (a policy that errored is skipped, as Cedar does).
     pub errors: Vec<String>,
     /// Policy version.
@@ -179,6 +179,67 @@ struct Compiled {
     user: PolicySet,
     /// User policies + the template + every --allow link.
     full: PolicySet,
+    /// Per (principal, action, resource): only the policies whose scope can match.
+    /// Cedar evaluates every policy of a set; a policy whose scope excludes the request
+    /// can never affect its decision, so leaving it out changes nothing but the time.
+    subsets: std::sync::Mutex<HashMap<(EntityUid, EntityUid, EntityUid), Arc<PolicySet>>>,
+}
+
+/// Bound on cached subsets (distinct principal/action/resource triples).
+const MAX_SUBSETS: usize = 100_000;
+
+impl Compiled {
+    fn subset(&self, p: &EntityUid, a: &EntityUid, r: &EntityUid) -> Arc<PolicySet> {
+        let key = (p.clone(), a.clone(), r.clone());
+        let mut cache = self.subsets.lock().unwrap_or_else(|x| x.into_inner());
+        if let Some(s) = cache.get(&key) {
+            return s.clone();
+        }
+        let set = Arc::new(self.filter(p, a, r).unwrap_or_else(|_| self.full.clone()));
+        if cache.len() >= MAX_SUBSETS {
+            cache.clear();
+        }
+        cache.insert(key, set.clone());
+        set
+    }
+
+    fn filter(&self, p: &EntityUid, a: &EntityUid, r: &EntityUid) -> Result<PolicySet, PolicyError> {
+        use cedar_policy::{ActionConstraint, PrincipalConstraint, ResourceConstraint};
+        let err = |e: cedar_policy::PolicySetError| PolicyError::Engine(e.to_string());
+        let mut out = PolicySet::new();
+        let mut template_added = false;
+        for pol in self.full.policies() {
+            let principal_ok = match pol.principal_constraint() {
+                PrincipalConstraint::Eq(u) => &u == p,
+                _ => true,
+            };
+            let action_ok = match pol.action_constraint() {
+                ActionConstraint::Eq(u) => &u == a,
+                ActionConstraint::In(list) => list.contains(a),
+                ActionConstraint::Any => true,
+            };
+            let resource_ok = match pol.resource_constraint() {
+                ResourceConstraint::Eq(u) => &u == r,
+                _ => true,
+            };
+            if !(principal_ok && action_ok && resource_ok) {
+                continue;
+            }
+            match (pol.template_id(), pol.template_links()) {
+                (Some(tid), Some(links)) => {
+                    if !template_added {
+                        if let Some(t) = self.full.template(tid) {
+                            out.add_template(t.clone()).map_err(err)?;
+                        }
+                        template_added = true;
+                    }
+                    out.link(tid.clone(), pol.id().clone(), links).map_err(err)?;
+                }
+                _ => out.add(pol.clone()).map_err(err)?,
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The engine: schema, current policy, and the allow links.
@@ -229,6 +290,7 @@ impl Engine {
             text: String::new(),
             user: PolicySet::new(),
             full: PolicySet::new(),
+            subsets: Default::default(),
         });
         Ok(Engine {
             schema,
@@ -374,6 +436,7 @@ impl Engine {
             text,
             user,
             full,
+            subsets: Default::default(),
         })
     }
 
@@ -414,6 +477,15 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// The source of a policy in force, by id.
+    pub fn policy_text(&self, id: &str) -> String {
+        let cur = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        cur.full
+            .policy(&PolicyId::new(id))
+            .map(|p| p.to_string())
+            .unwrap_or_default()
     }
 
     /// Decide one request.
@@ -531,20 +603,14 @@ impl Engine {
             ),
         ])
         .map_err(|x| e(&x))?;
-        let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
-            .map_err(|x| e(&x))?;
-        let resp = Authorizer::new().is_authorized(&request, &cur.full, &entities);
+        // The context is built to the schema's shape right here, so it is not validated
+        // against the schema again on every request.
+        let subset = cur.subset(&principal, &action_uid, &resource);
+        let request = Request::new(principal, action_uid, resource, context, None).map_err(|x| e(&x))?;
+        let resp = Authorizer::new().is_authorized(&request, &subset, &entities);
         let errors: Vec<String> = resp.diagnostics().errors().map(|x| x.to_string()).collect();
         let reason_ids: Vec<PolicyId> = resp.diagnostics().reason().cloned().collect();
-        let describe = |id: &PolicyId| {
-            let text = cur
-                .full
-                .policy(id)
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            (id.to_string(), text)
-        };
-        let reasons: Vec<(String, String)> = reason_ids.iter().map(describe).collect();
+        let reasons: Vec<String> = reason_ids.iter().map(|id| id.to_string()).collect();
         let (allow, approval_required) = match resp.decision() {
             Decision::Deny => (false, false),
             Decision::Allow => {
@@ -699,7 +765,7 @@ mod tests {
             )
             .expect("decide");
         assert!(v.allow && !v.approval_required, "{v:?}");
-        assert_eq!(v.reasons[0].0, "allow:ci/deploy:deploy-api");
+        assert_eq!(v.reasons[0], "allow:ci/deploy:deploy-api");
     }
 
     #[test]
