@@ -160,9 +160,25 @@ impl FileConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim().replace('\n', " "),
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|sp| {
+                    let before = &text[..sp.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before
+                        .rsplit('\n')
+                        .next()
+                        .map(|l| l.chars().count())
+                        .unwrap_or(0)
+                        + 1;
+                    format!(" at line {line}, column {col}")
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!("{}{at}", e.message().trim()),
+            }
         })
     }
 }

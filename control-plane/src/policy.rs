@@ -203,7 +203,12 @@ impl Compiled {
         set
     }
 
-    fn filter(&self, p: &EntityUid, a: &EntityUid, r: &EntityUid) -> Result<PolicySet, PolicyError> {
+    fn filter(
+        &self,
+        p: &EntityUid,
+        a: &EntityUid,
+        r: &EntityUid,
+    ) -> Result<PolicySet, PolicyError> {
         use cedar_policy::{ActionConstraint, PrincipalConstraint, ResourceConstraint};
         let err = |e: cedar_policy::PolicySetError| PolicyError::Engine(e.to_string());
         let mut out = PolicySet::new();
@@ -233,7 +238,8 @@ impl Compiled {
                         }
                         template_added = true;
                     }
-                    out.link(tid.clone(), pol.id().clone(), links).map_err(err)?;
+                    out.link(tid.clone(), pol.id().clone(), links)
+                        .map_err(err)?;
                 }
                 _ => out.add(pol.clone()).map_err(err)?,
             }
@@ -481,7 +487,11 @@ impl Engine {
 
     /// The source of a policy in force, by id.
     pub fn policy_text(&self, id: &str) -> String {
-        let cur = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         cur.full
             .policy(&PolicyId::new(id))
             .map(|p| p.to_string())
@@ -606,7 +616,8 @@ impl Engine {
         // The context is built to the schema's shape right here, so it is not validated
         // against the schema again on every request.
         let subset = cur.subset(&principal, &action_uid, &resource);
-        let request = Request::new(principal, action_uid, resource, context, None).map_err(|x| e(&x))?;
+        let request =
+            Request::new(principal, action_uid, resource, context, None).map_err(|x| e(&x))?;
         let resp = Authorizer::new().is_authorized(&request, &subset, &entities);
         let errors: Vec<String> = resp.diagnostics().errors().map(|x| x.to_string()).collect();
         let reason_ids: Vec<PolicyId> = resp.diagnostics().reason().cloned().collect();
