@@ -105,6 +105,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn lease(&self, id: &str) -> Result<Option<Lease>>;
     /// Leases, optionally of one workload and/or only active ones.
     fn leases(&self, workload: Option<&str>, active_only: bool) -> Result<Vec<Lease>>;
+    /// Ids of active leases that expire at or before `now` (unix seconds), at most `limit`.
+    fn expired_leases(&self, now: i64, limit: usize) -> Result<Vec<String>>;
     /// Revocations with `seq` above the given one.
     fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>>;
     /// Audit events from `since_ms`, at most `limit` of the newest.
@@ -207,6 +209,8 @@ struct Trees {
     join_tokens: sled::Tree,
     leases: sled::Tree,
     active: sled::Tree,
+    /// Active leases by expiry: (expires_at BE, lease id) -> ().
+    expiry: sled::Tree,
     log: sled::Tree,
     revocations: sled::Tree,
     events: sled::Tree,
@@ -338,10 +342,14 @@ impl Tx<'_> {
 
     fn put_lease(&mut self, l: &Lease) -> Result<()> {
         self.t.leases.insert(l.id.as_bytes(), enc(l))?;
+        let mut ek = be(l.expires_at.max(0) as u64).to_vec();
+        ek.extend_from_slice(l.id.as_bytes());
         if l.state == LeaseState::Active {
             self.t.active.insert(l.id.as_bytes(), &[])?;
+            self.t.expiry.insert(ek, &[])?;
         } else {
             self.t.active.remove(l.id.as_bytes())?;
+            self.t.expiry.remove(ek)?;
         }
         Ok(())
     }
@@ -430,6 +438,7 @@ impl SledStore {
             join_tokens: db.open_tree("join_tokens")?,
             leases: db.open_tree("leases")?,
             active: db.open_tree("active_leases")?,
+            expiry: db.open_tree("lease_expiry")?,
             log: db.open_tree("log")?,
             revocations: db.open_tree("revocations")?,
             events: db.open_tree("events")?,
@@ -438,6 +447,18 @@ impl SledStore {
             approval_events: db.open_tree("approval_events")?,
             approvals: db.open_tree("approvals")?,
         });
+        // Databases from before the expiry index: build it once.
+        if t.expiry.is_empty() && !t.active.is_empty() {
+            for id in t.active.iter().keys() {
+                let id = id?;
+                if let Some(l) = get::<Lease>(&t.leases, "leases", &id)? {
+                    let mut ek = be(l.expires_at.max(0) as u64).to_vec();
+                    ek.extend_from_slice(&id);
+                    t.expiry.insert(ek, &[])?;
+                }
+            }
+            db.flush()?;
+        }
         let seq = Arc::new(AtomicU64::new(meta_u64(&t.meta, "seq")?));
         let event_id = meta_u64(&t.meta, "event_id")?;
         let (changes, _) = broadcast::channel(4096);
@@ -698,6 +719,21 @@ impl Storage for SledStore {
         out.sort_by_key(|l| l.seq);
         Ok(out)
     }
+    fn expired_leases(&self, now: i64, limit: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for k in self
+            .t
+            .expiry
+            .range(..be(now.max(0) as u64 + 1))
+            .keys()
+            .take(limit)
+        {
+            let k = k?;
+            out.push(String::from_utf8_lossy(&k[8..]).into_owned());
+        }
+        Ok(out)
+    }
+
     fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>> {
         self.t
             .revocations
