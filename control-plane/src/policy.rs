@@ -264,15 +264,22 @@ impl std::fmt::Debug for Engine {
 }
 
 fn ty(name: &str) -> Result<EntityTypeName, PolicyError> {
-    EntityTypeName::from_str(&format!("Leash::{name}"))
-        .map_err(|e| PolicyError::Engine(e.to_string()))
+    // The four type names are parsed once per process, not on every decision.
+    static TYPES: std::sync::OnceLock<HashMap<&'static str, EntityTypeName>> = std::sync::OnceLock::new();
+    let types = TYPES.get_or_init(|| {
+        ["Workload", "Credential", "Host", "Action"]
+            .into_iter()
+            .filter_map(|n| EntityTypeName::from_str(&format!("Leash::{n}")).ok().map(|t| (n, t)))
+            .collect()
+    });
+    match types.get(name) {
+        Some(t) => Ok(t.clone()),
+        None => EntityTypeName::from_str(&format!("Leash::{name}")).map_err(|e| PolicyError::Engine(e.to_string())),
+    }
 }
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    Ok(EntityUid::from_type_name_and_id(
-        ty(kind)?,
-        EntityId::new(id),
-    ))
+    Ok(EntityUid::from_type_name_and_id(ty(kind)?, EntityId::new(id)))
 }
 
 fn tags(m: &BTreeMap<String, String>) -> Vec<(String, RestrictedExpression)> {
