@@ -183,7 +183,11 @@ struct Compiled {
     /// Cedar evaluates every policy of a set; a policy whose scope excludes the request
     /// can never affect its decision, so leaving it out changes nothing but the time.
     subsets: std::sync::Mutex<HashMap<(EntityUid, EntityUid, EntityUid), Arc<PolicySet>>>,
+    /// Entities per (workload, owner, kind, credential, kind, host).
+    entities: std::sync::Mutex<HashMap<EntityKey, Arc<Entities>>>,
 }
+
+type EntityKey = (String, String, String, String, String, String);
 
 /// Bound on cached subsets (distinct principal/action/resource triples).
 const MAX_SUBSETS: usize = 100_000;
@@ -265,21 +269,30 @@ impl std::fmt::Debug for Engine {
 
 fn ty(name: &str) -> Result<EntityTypeName, PolicyError> {
     // The four type names are parsed once per process, not on every decision.
-    static TYPES: std::sync::OnceLock<HashMap<&'static str, EntityTypeName>> = std::sync::OnceLock::new();
+    static TYPES: std::sync::OnceLock<HashMap<&'static str, EntityTypeName>> =
+        std::sync::OnceLock::new();
     let types = TYPES.get_or_init(|| {
         ["Workload", "Credential", "Host", "Action"]
             .into_iter()
-            .filter_map(|n| EntityTypeName::from_str(&format!("Leash::{n}")).ok().map(|t| (n, t)))
+            .filter_map(|n| {
+                EntityTypeName::from_str(&format!("Leash::{n}"))
+                    .ok()
+                    .map(|t| (n, t))
+            })
             .collect()
     });
     match types.get(name) {
         Some(t) => Ok(t.clone()),
-        None => EntityTypeName::from_str(&format!("Leash::{name}")).map_err(|e| PolicyError::Engine(e.to_string())),
+        None => EntityTypeName::from_str(&format!("Leash::{name}"))
+            .map_err(|e| PolicyError::Engine(e.to_string())),
     }
 }
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    Ok(EntityUid::from_type_name_and_id(ty(kind)?, EntityId::new(id)))
+    Ok(EntityUid::from_type_name_and_id(
+        ty(kind)?,
+        EntityId::new(id),
+    ))
 }
 
 fn tags(m: &BTreeMap<String, String>) -> Vec<(String, RestrictedExpression)> {
@@ -304,6 +317,7 @@ impl Engine {
             user: PolicySet::new(),
             full: PolicySet::new(),
             subsets: Default::default(),
+            entities: Default::default(),
         });
         Ok(Engine {
             schema,
@@ -450,6 +464,7 @@ impl Engine {
             user,
             full,
             subsets: Default::default(),
+            entities: Default::default(),
         })
     }
 
@@ -524,49 +539,78 @@ impl Engine {
         let resource = uid("Credential", &c.name)?;
         let host_uid = uid("Host", &host.name)?;
         let action_uid = uid("Action", action)?;
-        let no_tags = BTreeMap::new();
-        let entities = Entities::from_entities(
-            [
-                Entity::new_with_tags(
-                    principal.clone(),
+        // Entities change only when a workload, credential or host does, so they are
+        // built once per (workload, owner, kind, credential, kind, host + labels) and reused.
+        let ekey = (
+            w.name.clone(),
+            w.owner.clone(),
+            w.kind.clone(),
+            c.name.clone(),
+            c.kind.clone(),
+            // Host labels are fixed at enrollment, but keying on them costs little.
+            format!("{}{:?}", host.name, host.labels),
+        );
+        let cached = cur
+            .entities
+            .lock()
+            .unwrap_or_else(|x| x.into_inner())
+            .get(&ekey)
+            .cloned();
+        let entities = match cached {
+            Some(ents) => ents,
+            None => {
+                let no_tags = BTreeMap::new();
+                let built = Entities::from_entities(
                     [
-                        (
-                            "owner".to_string(),
-                            RestrictedExpression::new_string(w.owner.clone()),
-                        ),
-                        (
-                            "kind".to_string(),
-                            RestrictedExpression::new_string(w.kind.clone()),
-                        ),
+                        Entity::new_with_tags(
+                            principal.clone(),
+                            [
+                                (
+                                    "owner".to_string(),
+                                    RestrictedExpression::new_string(w.owner.clone()),
+                                ),
+                                (
+                                    "kind".to_string(),
+                                    RestrictedExpression::new_string(w.kind.clone()),
+                                ),
+                            ],
+                            [],
+                            tags(&no_tags),
+                        )
+                        .map_err(|x| e(&x))?,
+                        Entity::new_with_tags(
+                            resource.clone(),
+                            [(
+                                "kind".to_string(),
+                                RestrictedExpression::new_string(c.kind.clone()),
+                            )],
+                            [],
+                            tags(&no_tags),
+                        )
+                        .map_err(|x| e(&x))?,
+                        Entity::new_with_tags(
+                            host_uid.clone(),
+                            [(
+                                "name".to_string(),
+                                RestrictedExpression::new_string(host.name.clone()),
+                            )],
+                            [],
+                            tags(&host.labels),
+                        )
+                        .map_err(|x| e(&x))?,
                     ],
-                    [],
-                    tags(&no_tags),
+                    None,
                 )
-                .map_err(|x| e(&x))?,
-                Entity::new_with_tags(
-                    resource.clone(),
-                    [(
-                        "kind".to_string(),
-                        RestrictedExpression::new_string(c.kind.clone()),
-                    )],
-                    [],
-                    tags(&no_tags),
-                )
-                .map_err(|x| e(&x))?,
-                Entity::new_with_tags(
-                    host_uid.clone(),
-                    [(
-                        "name".to_string(),
-                        RestrictedExpression::new_string(host.name.clone()),
-                    )],
-                    [],
-                    tags(&host.labels),
-                )
-                .map_err(|x| e(&x))?,
-            ],
-            None,
-        )
-        .map_err(|x| e(&x))?;
+                .map_err(|x| e(&x))?;
+                let built = Arc::new(built);
+                let mut cache = cur.entities.lock().unwrap_or_else(|x| x.into_inner());
+                if cache.len() >= MAX_SUBSETS {
+                    cache.clear();
+                }
+                cache.insert(ekey, built.clone());
+                built
+            }
+        };
         let (hour, weekday, iso) = civil(f.now);
         let rec = |pairs: Vec<(&str, RestrictedExpression)>| {
             RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_string(), v)))
