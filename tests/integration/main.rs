@@ -7,14 +7,23 @@
 //! - `agent`: attestation, the workload socket, the cache, the control plane away
 //!   (issue 3);
 //! - `revocation`: revocation push and wipe acknowledgment, disable, eviction, failing
-//!   closed, expiry, timelines, introspection (issue 4).
+//!   closed, expiry, timelines, introspection (issue 4);
+//! - `tasks`: `leash exec`, task-bound credentials wiped and completed when the task ends
+//!   however it ends, membership by ancestry plus handle, the runner task API (issue 5);
+//! - `policy`: Cedar policy check, precedence, TTL / host / time restrictions, action
+//!   scopes, re-evaluation on change, explain, `--allow` links (issue 6);
+//! - `human`: approvals, offboarding, the stale report, shared agents, transfers
+//!   (issue 7).
 //!
 //! Tests that need root (a second uid through `setpriv`) print why they are skipped and
 //! return when not root; CI runs as root, so they run there.
 
 mod agent;
 mod control_plane;
+mod human;
+mod policy;
 mod revocation;
+mod tasks;
 
 use std::path::Path;
 
@@ -79,4 +88,37 @@ pub fn timeline_types(lease: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The claims of a JWT, decoded without verifying it (tests verify elsewhere). Panics
+/// never print the token.
+pub fn claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token
+        .split('.')
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a JWT ({} bytes)", token.len()));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap_or_else(|e| panic!("the JWT payload is not base64url: {e}"));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("the JWT payload is not JSON: {e}"))
+}
+
+/// Write a Cedar policy file into the cluster's temp dir; returns its path.
+pub fn policy_file(c: &Cluster, name: &str, text: &str) -> std::path::PathBuf {
+    let p = c.dir().join(name);
+    std::fs::write(&p, text).expect("write policy file");
+    p
+}
+
+/// `leashctl policy apply FILE [EXTRA]` with `text`, which must succeed; returns the
+/// output.
+pub fn apply_policy(c: &Cluster, name: &str, text: &str, extra: &[&str]) -> leash_tests::Output {
+    let p = policy_file(c, name, text);
+    let p = p.to_str().expect("utf-8 path").to_string();
+    let mut args = vec!["policy", "apply", p.as_str()];
+    args.extend_from_slice(extra);
+    let out = c.leashctl(&args);
+    out.code(0);
+    out
 }
