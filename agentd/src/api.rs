@@ -104,7 +104,13 @@ impl Api {
         }
     }
 
-    async fn issue(&self, a: &Attestation, w: &v1::Workload, key: &Key) -> Result<Entry, Status> {
+    async fn issue(
+        &self,
+        a: &Attestation,
+        w: &v1::Workload,
+        key: &Key,
+        task_name: &str,
+    ) -> Result<Entry, Status> {
         let mut client = self.agent.client().ok_or_else(|| {
             Reason::Unavailable.status("the control plane is unreachable and no usable credential is cached; check `leash status` and try again")
         })?;
@@ -116,6 +122,7 @@ impl Api {
             ttl_seconds: key.ttl,
             task: key.task.clone().unwrap_or_default(),
             on_behalf_of: key.obo.clone().unwrap_or_default(),
+            task_name: task_name.to_string(),
             attested: Some(v1::Attested {
                 pid: a.pid,
                 uid: a.uid,
@@ -163,7 +170,10 @@ impl AgentService for Api {
             return Err(Reason::Invalid.status("name the credential to fetch"));
         }
         let w = self.pick(&a, &r.as_workload)?;
-        let task = self.agent.tasks.membership(&r.task_handle, &a)?;
+        let (task, task_name) = match self.agent.tasks.membership(&r.task_handle, &a)? {
+            Some((id, name)) => (Some(id), name),
+            None => (None, String::new()),
+        };
         let key = Key {
             workload: w.name.clone(),
             credential: r.credential,
@@ -187,7 +197,7 @@ impl AgentService for Api {
         // Miss, forced, or past half its life: issue. A retry covers the rare case of a
         // revocation arriving while this Issue was in flight.
         for _ in 0..2 {
-            match self.issue(&a, &w, &key).await {
+            match self.issue(&a, &w, &key, &task_name).await {
                 Ok(e) => {
                     let resp = self.respond(&a, &w.name, &e, false);
                     if self.agent.cache.insert(key.clone(), e) {

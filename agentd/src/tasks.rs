@@ -115,7 +115,11 @@ impl Tasks {
 
     /// The task a request belongs to, proven by handle *and* ancestry. An empty handle
     /// means "not in a task". A handle the caller cannot back with ancestry is refused.
-    pub fn membership(&self, handle: &str, caller: &Attestation) -> Result<Option<String>, Status> {
+    pub fn membership(
+        &self,
+        handle: &str,
+        caller: &Attestation,
+    ) -> Result<Option<(String, String)>, Status> {
         if handle.trim().is_empty() {
             return Ok(None);
         }
@@ -135,7 +139,7 @@ impl Tasks {
         {
             return Err(refuse());
         }
-        Ok(Some(task.id.clone()))
+        Ok(Some((task.id.clone(), task.name.clone())))
     }
 }
 

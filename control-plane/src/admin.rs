@@ -855,7 +855,9 @@ impl Admin for AdminApi {
                 .s
                 .policy
                 .decide(w, &c, &l.action, &h, &facts)
-                .map(|v| v.allow && !v.approval_required)
+                // A lease issued under an approval stays permitted while policy still
+                // allows it after approval.
+                .map(|v| v.allow && (!v.approval_required || l.approval.is_some()))
                 .unwrap_or(false);
             if !permitted {
                 revoke.push(l.id);

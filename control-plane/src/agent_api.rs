@@ -337,7 +337,14 @@ impl ControlPlane for AgentApi {
             sha256: attested.exe_sha256.clone(),
             ttl_seconds: i64::from(ttl),
             audience: audience.clone(),
-            task: (!r.task.is_empty()).then(|| r.task.clone()),
+            // Policy sees the task by the name people gave it.
+            task: (!r.task.is_empty()).then(|| {
+                if r.task_name.is_empty() {
+                    r.task.clone()
+                } else {
+                    r.task_name.clone()
+                }
+            }),
             on_behalf_of: r.on_behalf_of.clone(),
             now,
         };

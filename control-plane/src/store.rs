@@ -955,9 +955,16 @@ impl Storage for SledStore {
         self.write(move |tx| {
             let rev = tx.revoke(target, reason, actor, &[])?;
             for e in extra {
-                tx.event(
-                    e.detail(serde_json::json!({ "seq": rev.seq, "leases": rev.lease_ids.len() })),
-                )?;
+                tx.event({
+                    // Add the revocation's facts to what the caller recorded.
+                    let mut e = e;
+                    if !e.detail.is_object() {
+                        e.detail = serde_json::json!({});
+                    }
+                    e.detail["seq"] = rev.seq.into();
+                    e.detail["leases"] = rev.lease_ids.len().into();
+                    e
+                })?;
             }
             Ok(rev)
         })

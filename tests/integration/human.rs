@@ -660,7 +660,6 @@ permit(principal, action, resource) when { principal.owner == "team-b" };
 }
 
 #[test]
-#[ignore = "BUG: any policy apply revokes every active lease issued under an approval (reason \"policy version N no longer permits it\"), even when the new version is the same rules plus an unrelated one: re-evaluation counts `approval_required` as not permitted and ignores the lease's approval"]
 fn a_lease_issued_under_an_approval_survives_an_unrelated_policy_change() {
     let c = Cluster::start();
     c.credential("api", &["--audience", API_AUD]);
