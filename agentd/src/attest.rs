@@ -416,6 +416,58 @@ pub struct Attestor {
     hash_cache: Mutex<HashMap<HashKey, String>>,
     /// Executables hashed (cache misses); lets tests see the cache work.
     hashes_computed: AtomicU64,
+    /// uid/gid -> name, briefly cached.
+    names: NameCache,
+}
+
+/// How long a resolved user or group name is reused. Resolving goes through NSS (files,
+/// and possibly sssd or systemd-userdb sockets) and costs more than the rest of an
+/// attestation; names of ids change rarely, and ids, not names, are the boundary.
+const NAME_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct NameCache {
+    users: Mutex<HashMap<u32, (Option<String>, std::time::Instant)>>,
+    groups: Mutex<HashMap<u32, (Option<String>, std::time::Instant)>>,
+}
+
+impl NameCache {
+    fn lookup(
+        map: &Mutex<HashMap<u32, (Option<String>, std::time::Instant)>>,
+        id: u32,
+        resolve: impl FnOnce() -> Option<String>,
+    ) -> Option<String> {
+        if let Some((name, at)) = map.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            if at.elapsed() < NAME_TTL {
+                return name.clone();
+            }
+        }
+        let name = resolve();
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 4096 {
+            m.clear();
+        }
+        m.insert(id, (name.clone(), std::time::Instant::now()));
+        name
+    }
+
+    fn user(&self, uid: u32) -> Option<String> {
+        Self::lookup(&self.users, uid, || {
+            User::from_uid(Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+    }
+
+    fn group(&self, gid: u32) -> Option<String> {
+        Self::lookup(&self.groups, gid, || {
+            Group::from_gid(Gid::from_raw(gid))
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        })
+    }
 }
 
 impl Attestor {
@@ -448,6 +500,7 @@ impl Attestor {
             max_hash_bytes: config.max_hash_bytes,
             hash_cache: Mutex::new(HashMap::new()),
             hashes_computed: AtomicU64::new(0),
+            names: NameCache::default(),
         })
     }
 
@@ -482,10 +535,7 @@ impl Attestor {
 
         let uid = peer.uid();
         let gid = peer.gid();
-        let user = User::from_uid(Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map(|u| u.name);
+        let user = self.names.user(uid);
         let mut selectors = BTreeSet::new();
         selectors.insert(format!("unix:uid:{uid}"));
         if let Some(name) = &user {
@@ -495,8 +545,8 @@ impl Attestor {
         // matches members however they got it.
         for g in std::iter::once(gid).chain(status.groups.iter().copied()) {
             selectors.insert(format!("unix:gid:{g}"));
-            if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(g)) {
-                selectors.insert(format!("unix:group:{}", group.name));
+            if let Some(group) = self.names.group(g) {
+                selectors.insert(format!("unix:group:{group}"));
             }
         }
         if let Some(path) = &exe.path {
