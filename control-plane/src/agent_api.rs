@@ -668,16 +668,11 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
             s.hub.wipe_acked(&host.name, conn, now, a.seq, a.wiped);
             // One `wiped` event per covered lease issued to this host, so each lease's
             // timeline shows where it was wiped; a host-level one when none was.
-            let leases: Vec<String> = s
-                .store
-                .revocations_since(a.seq.saturating_sub(1))
-                .ok()
-                .and_then(|v| v.into_iter().find(|r| r.seq == a.seq))
-                .map(|r| r.lease_ids)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|id| matches!(s.store.lease(id), Ok(Some(l)) if l.host == host.name))
-                .collect();
+            let leases = s
+                .revoked_leases_by_host(a.seq)
+                .get(&host.name)
+                .cloned()
+                .unwrap_or_default();
             let base = Event::new("wiped")
                 .actor(host.name.clone())
                 .host(host.name.clone())
@@ -690,9 +685,7 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
                     .map(|id| base.clone().lease(id))
                     .collect()
             };
-            if let Err(err) = s.store.append_events(events).await {
-                tracing::warn!(error = %err, "could not record a wiped event");
-            }
+            s.record(events);
         }
         Some(Msg::Usage(u)) => {
             s.hub.seen(&host.name, conn, now, None);
@@ -713,9 +706,7 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
                         }))
                 })
                 .collect();
-            if let Err(err) = s.store.append_events(events).await {
-                tracing::warn!(error = %err, "could not record usage");
-            }
+            s.record(events);
         }
         Some(Msg::Hello(_)) | None => s.hub.seen(&host.name, conn, now, None),
     }

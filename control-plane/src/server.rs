@@ -1,6 +1,7 @@
 //! Wiring: open the store, load the keys, start the agent-facing mTLS listener and the
 //! admin Unix socket, and run until the shutdown future resolves.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -60,6 +61,9 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Lease ids by host name.
+pub type LeasesByHost = HashMap<String, Vec<String>>;
+
 /// State every service shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -77,9 +81,55 @@ pub struct Shared {
     pub policy: crate::policy::Engine,
     /// Serialises policy applications (version numbering and re-evaluation).
     pub policy_lock: tokio::sync::Mutex<()>,
+    /// Audit events that nobody waits for (wipe acks, usage), batched into few writes.
+    pub event_sink: tokio::sync::mpsc::UnboundedSender<crate::model::Event>,
+    /// Per revocation: its leases by host (for per-lease `wiped` events).
+    revoked_by_host: std::sync::Mutex<HashMap<u64, Arc<LeasesByHost>>>,
 }
 
 impl Shared {
+    /// Record events without waiting: a wipe acknowledgment or a usage report must not
+    /// hold up its Sync stream on a disk flush. They are written in batches.
+    pub fn record(&self, events: Vec<crate::model::Event>) {
+        for e in events {
+            let _ = self.event_sink.send(e);
+        }
+    }
+
+    /// The leases a revocation covered, grouped by host; computed once per revocation
+    /// however many hosts acknowledge it.
+    pub fn revoked_leases_by_host(&self, seq: u64) -> Arc<LeasesByHost> {
+        if let Some(m) = self
+            .revoked_by_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&seq)
+        {
+            return m.clone();
+        }
+        let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
+        let rev = self
+            .store
+            .revocations_since(seq.saturating_sub(1))
+            .ok()
+            .and_then(|v| v.into_iter().find(|r| r.seq == seq));
+        for id in rev.map(|r| r.lease_ids).unwrap_or_default() {
+            if let Ok(Some(l)) = self.store.lease(&id) {
+                by_host.entry(l.host).or_default().push(id);
+            }
+        }
+        let m = Arc::new(by_host);
+        let mut cache = self
+            .revoked_by_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 256 {
+            cache.clear();
+        }
+        cache.insert(seq, m.clone());
+        m
+    }
+
     /// Rebuild the `--allow` links after workloads changed.
     pub fn relink(&self) {
         let ws = self.store.workloads().unwrap_or_default();
@@ -121,6 +171,19 @@ pub fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
         }
         Ok(_) => Err(ServerError::NotASocket(path.to_path_buf())),
         Err(_) => Ok(()),
+    }
+}
+
+/// Write fire-and-forget events in batches.
+async fn event_sink(
+    store: Arc<dyn Storage>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::model::Event>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        if let Err(e) = store.append_events(std::mem::take(&mut batch)).await {
+            tracing::warn!(error = %e, "could not record audit events");
+        }
     }
 }
 
@@ -190,6 +253,7 @@ pub async fn run(
             .relink(&workloads)
             .map_err(|e| ServerError::Policy(e.to_string()))?,
     }
+    let (sink_tx, sink_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         config: config.clone(),
         store,
@@ -198,7 +262,10 @@ pub async fn run(
         hub: Hub::default(),
         policy,
         policy_lock: tokio::sync::Mutex::new(()),
+        event_sink: sink_tx,
+        revoked_by_host: Default::default(),
     });
+    tokio::spawn(event_sink(shared.store.clone(), sink_rx));
     let bound = Bound {
         listen,
         admin_socket: config.admin_socket.clone(),
