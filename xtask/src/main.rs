@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench …`.
 
+mod bench;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -17,6 +18,8 @@ struct Cli {
 enum Cmd {
     /// Start a local control plane and agent, fetch, revoke and watch the wipe.
     Demo,
+    /// Benchmarks against the real release binaries (issue, fetch, revoke).
+    Bench(bench::BenchArgs),
     /// Build the binaries, then run every test (extra arguments go to `cargo test`).
     Test {
         /// Passed to `cargo test`.
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Demo => demo::run(),
+        Cmd::Bench(a) => bench::run(a),
         Cmd::Test { args } => (|| {
             // The integration tests start the real binaries, so build them first.
             run(cargo().args(["build", "--workspace", "--bins"]))?;
