@@ -16,6 +16,7 @@
 //! killed on drop and temp dirs removed, so a failed run leaves nothing behind.
 
 mod echo;
+mod exec;
 mod fetch;
 mod issue;
 mod procs;
@@ -47,6 +48,8 @@ enum BenchCmd {
     Fetch(fetch::Args),
     /// Revocation fan-out to N simulated agents (issue 4's figures).
     Revoke(revoke::Args),
+    /// The overhead of `leash exec` around `true` (issue 5's figure).
+    Exec(exec::Args),
     /// Minimal client process: connect to a Unix socket, one Fetch, print the token.
     #[command(hide = true)]
     Client(echo::ClientArgs),
@@ -73,6 +76,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 BenchCmd::Issue(a) => issue::run(&ctx, a),
                 BenchCmd::Fetch(a) => fetch::run(&ctx, a),
                 BenchCmd::Revoke(a) => revoke::run(&ctx, a),
+                BenchCmd::Exec(a) => exec::run(&ctx, a),
                 BenchCmd::Client(_) | BenchCmd::EchoServer(_) => unreachable!("handled above"),
             }
         }
