@@ -388,13 +388,7 @@ impl Admin for AdminApi {
             .actor(actor)
             .workload(rec.name.clone())
             .detail(serde_json::json!({ "owner": rec.owner, "kind": rec.kind, "selectors": rec.selectors, "allow": rec.allow }));
-        self.s
-            .store
-            .put_workload(rec.clone(), ev)
-            .await
-            .map_err(store_status)?;
-        self.s.relink();
-        Ok(Response::new(self.spiffe(workload_proto(&rec))))
+        self.save_workload(rec, ev).await
     }
 
     async fn list_workloads(
@@ -481,13 +475,7 @@ impl Admin for AdminApi {
             .actor(actor)
             .workload(w.name.clone())
             .detail(serde_json::json!({ "from": from, "to": w.owner }));
-        self.s
-            .store
-            .put_workload(w.clone(), ev)
-            .await
-            .map_err(store_status)?;
-        self.s.relink();
-        Ok(Response::new(self.spiffe(workload_proto(&w))))
+        self.save_workload(w, ev).await
     }
 
     async fn add_credential(
@@ -1295,6 +1283,21 @@ impl Admin for AdminApi {
 }
 
 impl AdminApi {
+    /// Store a workload, rebuild the policy links, answer with it.
+    async fn save_workload(
+        &self,
+        w: Workload,
+        ev: Event,
+    ) -> Result<Response<v1::Workload>, Status> {
+        self.s
+            .store
+            .put_workload(w.clone(), ev)
+            .await
+            .map_err(store_status)?;
+        self.s.relink();
+        Ok(Response::new(self.spiffe(workload_proto(&w))))
+    }
+
     fn approval_proto(&self, a: crate::model::Approval) -> v1::ApprovalInfo {
         let owner = self
             .s
