@@ -153,7 +153,11 @@ pub async fn wait(
         }
         let remaining = timeout.saturating_sub(start.elapsed());
         tokio::select! {
-            _ = acks.recv() => {}
+            _ = acks.recv() => {
+                // Acks arrive in bursts (one per host): take every one already queued
+                // before checking all hosts again, rather than once per ack.
+                while acks.try_recv().is_ok() {}
+            }
             _ = tick.tick() => {}
             _ = tokio::time::sleep(remaining) => {}
         }
