@@ -1084,19 +1084,10 @@ impl Admin for AdminApi {
         a.decided_by = Some(approver.clone());
         a.valid_until = now + i64::from(for_secs);
         a.uses_left = if r.uses == 0 { 1 } else { r.uses };
-        let ev = Event::new("approved")
-            .actor(approver)
-            .workload(a.workload.clone())
-            .credential(a.credential.clone())
-            .host(a.host.clone())
-            .approval(a.id.clone())
-            .detail(serde_json::json!({ "for_seconds": for_secs, "uses": a.uses_left, "action": a.action }));
-        self.s
-            .store
-            .put_approval(a.clone(), ev)
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(self.approval_proto(a)))
+        let ev = decision_event("approved", approver, &a).detail(
+            serde_json::json!({ "for_seconds": for_secs, "uses": a.uses_left, "action": a.action }),
+        );
+        self.save_approval(a, ev).await
     }
 
     async fn deny_approval(
@@ -1112,19 +1103,8 @@ impl Admin for AdminApi {
         a.state = "denied".into();
         a.decided_by = Some(approver.clone());
         a.reason = Some(r.reason.clone());
-        let ev = Event::new("denied")
-            .actor(approver)
-            .workload(a.workload.clone())
-            .credential(a.credential.clone())
-            .host(a.host.clone())
-            .approval(a.id.clone())
-            .reason(r.reason);
-        self.s
-            .store
-            .put_approval(a.clone(), ev)
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(self.approval_proto(a)))
+        let ev = decision_event("denied", approver, &a).reason(r.reason);
+        self.save_approval(a, ev).await
     }
 
     async fn list_owners(
@@ -1282,7 +1262,31 @@ impl Admin for AdminApi {
     }
 }
 
+/// The event recording an approver's decision.
+fn decision_event(kind: &str, approver: String, a: &crate::model::Approval) -> Event {
+    Event::new(kind)
+        .actor(approver)
+        .workload(a.workload.clone())
+        .credential(a.credential.clone())
+        .host(a.host.clone())
+        .approval(a.id.clone())
+}
+
 impl AdminApi {
+    /// Store a decided approval and answer with it.
+    async fn save_approval(
+        &self,
+        a: crate::model::Approval,
+        ev: Event,
+    ) -> Result<Response<v1::ApprovalInfo>, Status> {
+        self.s
+            .store
+            .put_approval(a.clone(), ev)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(self.approval_proto(a)))
+    }
+
     /// Store a workload, rebuild the policy links, answer with it.
     async fn save_workload(
         &self,
