@@ -187,15 +187,27 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Start one under `dir`. `pin_cpu`: run it under `taskset -c CPU` when taskset exists.
     pub fn start(ctx: &Ctx, dir: &Path, pin_cpu: Option<usize>) -> anyhow::Result<ControlPlane> {
+        Self::start_with(ctx, dir, pin_cpu, "5s")
+    }
+
+    /// Like [`ControlPlane::start`], with the Sync heartbeat interval (e.g. "5s", the
+    /// product's default).
+    pub fn start_with(
+        ctx: &Ctx,
+        dir: &Path,
+        pin_cpu: Option<usize>,
+        heartbeat: &str,
+    ) -> anyhow::Result<ControlPlane> {
         let admin_socket = dir.join("admin.sock");
         let config = dir.join("cp.toml");
         let data_dir = dir.join("cp-data");
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\nheartbeat = \"5s\"\nmax_offline = \"5m\"\n",
+                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\nheartbeat = {:?}\nmax_offline = \"5m\"\n",
                 data_dir.display().to_string(),
                 admin_socket.display().to_string(),
+                heartbeat,
             ),
         )?;
         let cp_bin = ctx.bin("leash-control-plane");

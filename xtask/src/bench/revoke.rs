@@ -47,6 +47,9 @@ pub struct Args {
     /// revocation, so that each one covers agents × leases leases.
     #[arg(long, default_value_t = 0)]
     leases: usize,
+    /// Sync heartbeat interval of the control plane (its config key `heartbeat`).
+    #[arg(long, default_value = "5s")]
+    heartbeat: String,
     /// Join tokens, enrollments and connections in flight at once during set-up.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
@@ -203,6 +206,8 @@ struct Round {
     covered: u32,
     /// Control-plane CPU from the revoke until this round's wipe events were recorded.
     cpu: Duration,
+    /// The generator's CPU over the same span (all simulated agents together).
+    gen_cpu: Duration,
     rpc: Duration,
     first: Duration,
     last: Duration,
@@ -304,7 +309,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("leash-bench-revoke-")
         .tempdir()?;
-    let mut cp = ControlPlane::start(ctx, dir.path(), pinning.control_plane)?;
+    let mut cp = ControlPlane::start_with(ctx, dir.path(), pinning.control_plane, &a.heartbeat)?;
     cp.add_credential(CREDENTIAL)?;
     cp.add_workload(WORKLOAD, UID, CREDENTIAL)?;
     let n = a.agents;
@@ -439,6 +444,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
                     issue_leases(&clients, a.leases, a.parallel).await?;
                 }
                 let cpu0 = cpu_time(cp.proc.pid())?;
+                let gen0 = cpu_time(std::process::id())?;
                 let t0 = Instant::now();
                 let (seq, covered) = revoke_all(&mut admin, round).await?;
                 let rpc = t0.elapsed();
@@ -481,6 +487,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
                 let mut r = Round {
                     covered,
                     cpu: Duration::ZERO,
+                    gen_cpu: Duration::ZERO,
                     rpc,
                     first: first.saturating_duration_since(t0),
                     last: last.saturating_duration_since(t0),
@@ -491,6 +498,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
                 // before the next revocation is timed.
                 tokio::time::sleep(r.last.max(Duration::from_millis(200))).await;
                 r.cpu = cpu_time(cp.proc.pid())?.saturating_sub(cpu0);
+                r.gen_cpu = cpu_time(std::process::id())?.saturating_sub(gen0);
                 if round >= warmup {
                     if waiting {
                         with_wait.push(r)
@@ -533,11 +541,12 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         ),
         &ctx.command,
         &format!(
-            "--agents {} --rounds {} --wait-rounds {} --leases {} --parallel {}{}",
+            "--agents {} --rounds {} --wait-rounds {} --leases {} --heartbeat {} --parallel {}{}",
             a.agents,
             a.rounds,
             a.wait_rounds,
             a.leases,
+            a.heartbeat,
             a.parallel,
             if a.no_pin { " --no-pin" } else { "" }
         ),
@@ -655,6 +664,10 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     t.row(vec![
         "CPU per revocation (median), push only: Revoke, fan-out, acks, wipe events".into(),
         dur(col(&push, &|r| Some(r.cpu)).p50()),
+    ]);
+    t.row(vec![
+        "generator CPU per revocation (median), push only: all simulated agents".into(),
+        dur(col(&push, &|r| Some(r.gen_cpu)).p50()),
     ]);
     if !with_wait.is_empty() {
         t.row(vec![
