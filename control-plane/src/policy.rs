@@ -183,6 +183,9 @@ struct Compiled {
     /// Cedar evaluates every policy of a set; a policy whose scope excludes the request
     /// can never affect its decision, so leaving it out changes nothing but the time.
     subsets: std::sync::Mutex<HashMap<(EntityUid, EntityUid, EntityUid), Arc<PolicySet>>>,
+    /// Ids of the policies annotated `@approval("required")`, found once at compile
+    /// time (`Policy::annotation` parses its key with the Cedar parser on every call).
+    approval: std::collections::HashSet<PolicyId>,
     /// Entities per (workload, owner, kind, credential, kind, host).
     entities: std::sync::Mutex<HashMap<EntityKey, Arc<Entities>>>,
 }
@@ -316,6 +319,7 @@ impl Engine {
             text: String::new(),
             user: PolicySet::new(),
             full: PolicySet::new(),
+            approval: Default::default(),
             subsets: Default::default(),
             entities: Default::default(),
         });
@@ -458,11 +462,17 @@ impl Engine {
                 .map_err(|e| PolicyError::Engine(e.to_string()))?;
             }
         }
+        let approval = full
+            .policies()
+            .filter(|p| p.annotation("approval") == Some("required"))
+            .map(|p| p.id().clone())
+            .collect();
         Ok(Compiled {
             version,
             text,
             user,
             full,
+            approval,
             subsets: Default::default(),
             entities: Default::default(),
         })
@@ -656,7 +666,7 @@ impl Engine {
                 "on_behalf_of".to_string(),
                 RestrictedExpression::new_string(f.on_behalf_of.clone()),
             ),
-            ("now".to_string(), RestrictedExpression::new_datetime(iso)),
+            ("now".to_string(), datetime(f.now, iso)),
             ("hour".to_string(), RestrictedExpression::new_long(hour)),
             (
                 "weekday".to_string(),
@@ -678,9 +688,7 @@ impl Engine {
             Decision::Allow => {
                 // Allowed by permits only: approval is needed when every permit that
                 // matched is annotated @approval("required").
-                let needs = reason_ids.iter().all(|id| {
-                    cur.full.policy(id).and_then(|p| p.annotation("approval")) == Some("required")
-                });
+                let needs = reason_ids.iter().all(|id| cur.approval.contains(id));
                 (true, needs && !reason_ids.is_empty())
             }
         };
@@ -691,6 +699,23 @@ impl Engine {
             errors,
             version: cur.version,
         })
+    }
+}
+
+/// `datetime(ISO)` for a unix second. `RestrictedExpression::new_datetime` parses the
+/// extension function's name with the Cedar parser on every call (tens of µs), so the
+/// expression is built once per second and cloned.
+fn datetime(unix: i64, iso: String) -> RestrictedExpression {
+    static LAST: std::sync::Mutex<Option<(i64, RestrictedExpression)>> =
+        std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    match &*last {
+        Some((t, expr)) if *t == unix => expr.clone(),
+        _ => {
+            let expr = RestrictedExpression::new_datetime(iso);
+            *last = Some((unix, expr.clone()));
+            expr
+        }
     }
 }
 
