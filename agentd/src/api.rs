@@ -1,7 +1,8 @@
 //! The Leash API on the workload socket: Fetch, WhoAmI, Status, Introspect.
 //!
-//! Every request is attested afresh from the connection's pinned peer; nothing the
-//! caller sends is trusted for identity. The fetch path: attest, match a workload,
+//! Every request is attested from the connection's pinned peer (reusing the
+//! connection's last attestation only after re-checking what it rested on; see
+//! `Attestor::attest_quick`); nothing the caller sends is trusted for identity. The fetch path: attest, match a workload,
 //! serve from cache when the entry satisfies the request and is fresh, otherwise Issue
 //! through the control plane and cache the answer.
 
@@ -43,7 +44,12 @@ impl Api {
                 peer.uid()
             )));
         }
-        // Reads /proc and may hash an executable the first time it is seen.
+        // A later request on the same connection usually reuses the first one's
+        // attestation after a few cheap checks, on this thread. A full attestation reads
+        // more of /proc, may hash an executable and resolve names: off the async worker.
+        if let Some(a) = self.agent.attestor.attest_quick(peer) {
+            return Ok(a);
+        }
         tokio::task::block_in_place(|| self.agent.attestor.attest(peer))
             .map_err(|e| Reason::Denied.status(format!("attestation failed: {e}")))
     }

@@ -239,7 +239,57 @@ struct PeerInner {
     uid: u32,
     gid: u32,
     method: PinMethod,
+    /// The last full attestation of this peer and what it rested on.
+    remembered: Mutex<Option<Arc<Remembered>>>,
+    /// Its `/proc` directory and status file, opened on the first reuse.
+    files: std::sync::OnceLock<Option<ProcFiles>>,
 }
+
+/// A pinned process's `/proc/<pid>` directory and `status` file. Opened by number, but
+/// kept only if the process was still alive (not reaped) afterwards, so they are its
+/// own; from then on they stay bound to it even if its pid is reused, and reads fail
+/// once it is gone. One `pread` and two `fstatat` then re-check the process.
+#[derive(Debug)]
+struct ProcFiles {
+    dir: File,
+    status: File,
+}
+
+impl ProcFiles {
+    fn open(pid: i32, pidfd: BorrowedFd<'_>) -> Option<ProcFiles> {
+        let dir = File::open(format!("/proc/{pid}")).ok()?;
+        let status = File::open(proc_path(pid, "status")).ok()?;
+        alive(pidfd).then_some(ProcFiles { dir, status })
+    }
+}
+
+/// Whether the process behind `pidfd` has not been reaped (zombies count as alive), so
+/// its pid is still its own.
+fn alive(pidfd: BorrowedFd<'_>) -> bool {
+    match sys::pidfd_send_signal(pidfd, 0) {
+        Ok(()) => true,
+        // It exists; we just may not signal it.
+        Err(e) => e.raw_os_error() == Some(libc::EPERM),
+    }
+}
+
+/// A full attestation, kept so later requests on the same connection can reuse it after
+/// checking that nothing it rested on has changed (see [`Attestor::attest_quick`]).
+#[derive(Debug)]
+struct Remembered {
+    at: std::time::Instant,
+    /// Real, effective, saved and fs uids and gids, and the supplementary groups.
+    uids: [u32; 4],
+    gids: [u32; 4],
+    groups: Vec<u32>,
+    /// The executable file the path and sha256 selectors describe.
+    exe: HashKey,
+    attestation: Attestation,
+}
+
+/// How long a full attestation may be reused on one connection (as long as user and
+/// group names are cached).
+const REMEMBER_FOR: std::time::Duration = NAME_TTL;
 
 impl Peer {
     /// Reads the credentials of the process that connected `fd` (a connected Unix stream
@@ -284,6 +334,8 @@ impl Peer {
                 uid: cred.uid(),
                 gid: cred.gid(),
                 method,
+                remembered: Mutex::new(None),
+                files: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -354,6 +406,16 @@ struct HashKey {
 }
 
 impl HashKey {
+    fn of_stat(st: &nix::sys::stat::FileStat) -> HashKey {
+        HashKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+
     fn of(meta: &Metadata) -> HashKey {
         HashKey {
             dev: meta.dev(),
@@ -404,6 +466,8 @@ impl Attestation {
 struct ExeFacts {
     path: Option<String>,
     sha256: Option<String>,
+    /// The file these facts describe, as opened through `/proc/<pid>/exe`.
+    file: Option<HashKey>,
 }
 
 /// Attests callers. Created once at agent start and shared by all connections.
@@ -507,8 +571,77 @@ impl Attestor {
     /// Attests `peer` as it is now. Call on every request.
     ///
     /// Blocking: it reads `/proc`, may hash an executable and may resolve user and group
-    /// names through NSS. Call it from a blocking-capable context.
+    /// names through NSS. Call it from a blocking-capable context, or try
+    /// [`Attestor::attest_quick`] first.
     pub fn attest(&self, peer: &Peer) -> Result<Attestation, AttestError> {
+        match self.attest_quick(peer) {
+            Some(a) => Ok(a),
+            None => self.attest_fully(peer),
+        }
+    }
+
+    /// The attestation of an earlier request on the same connection, if nothing it rested
+    /// on has changed: the pinned process has not been reaped (its `/proc` files, bound to
+    /// it, still read), it is not a zombie, its real, effective, saved and fs uids and gids
+    /// and its supplementary groups are the same, it runs the same executable file
+    /// (device, inode, size, mtime, ctime, still linked), it is still in the agent's
+    /// mount namespace, and the earlier attestation is less than 10 s old. `None` means
+    /// "attest fully": it never decides a refusal.
+    ///
+    /// Three system calls (one `pread` of `status`, two `fstatat`), no hashing and no
+    /// name lookups, so it may run on an async worker thread. Callers that went through
+    /// the `leash` CLI are always attested fully (their path and sha256 come from the
+    /// parent).
+    pub fn attest_quick(&self, peer: &Peer) -> Option<Attestation> {
+        let r = peer
+            .inner
+            .remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        if r.at.elapsed() >= REMEMBER_FOR {
+            return None;
+        }
+        use nix::sys::stat::fstatat;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+
+        let files = peer
+            .inner
+            .files
+            .get_or_init(|| ProcFiles::open(peer.pid(), peer.pidfd()))
+            .as_ref()?;
+        // Bound to the pinned process: these fail once it has been reaped.
+        let mut buf = [0u8; 4096];
+        let n = files.status.read_at(&mut buf, 0).ok()?;
+        if n == 0 || n == buf.len() {
+            // Empty, or possibly cut short (a very long Groups: line): attest fully.
+            return None;
+        }
+        let status = parse_status(&String::from_utf8_lossy(&buf[..n])).ok()?;
+        if status.is_dead()
+            || status.uids != r.uids
+            || status.gids != r.gids
+            || status.groups != r.groups
+        {
+            return None;
+        }
+        let dir = Some(files.dir.as_raw_fd());
+        let exe = fstatat(dir, "exe", nix::fcntl::AtFlags::empty()).ok()?;
+        if exe.st_nlink == 0
+            || HashKey::of_stat(&exe) != r.exe
+            || self.cli_ids.contains(&(exe.st_dev, exe.st_ino))
+        {
+            return None;
+        }
+        let mnt = fstatat(dir, "ns/mnt", nix::fcntl::AtFlags::empty()).ok()?;
+        if (mnt.st_dev, mnt.st_ino) != self.mnt_ns {
+            return None;
+        }
+        Some(r.attestation.clone())
+    }
+
+    fn attest_fully(&self, peer: &Peer) -> Result<Attestation, AttestError> {
         let pid = peer.pid();
         let pin = &peer.inner.pin;
         // Before reading: if the pid already names another process, /proc/<pid> is theirs.
@@ -556,7 +689,7 @@ impl Attestor {
             selectors.insert(format!("unix:sha256:{sha}"));
         }
 
-        Ok(Attestation {
+        let attestation = Attestation {
             pid: pid.unsigned_abs(),
             uid,
             gid,
@@ -565,7 +698,25 @@ impl Attestor {
             exe_sha256: exe.sha256,
             via_cli,
             selectors,
-        })
+        };
+        // Reusable only when the selectors came from the peer's own executable.
+        let remembered = match (via_cli, exe.file) {
+            (false, Some(file)) => Some(Arc::new(Remembered {
+                at: std::time::Instant::now(),
+                uids: status.uids,
+                gids: status.gids,
+                groups: status.groups,
+                exe: file,
+                attestation: attestation.clone(),
+            })),
+            _ => None,
+        };
+        *peer
+            .inner
+            .remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = remembered;
+        Ok(attestation)
     }
 
     /// Whether `pid` is the process (`ancestor_pid`, `ancestor_start_time`) or one of its
@@ -692,7 +843,11 @@ impl Attestor {
             return ExeFacts::default();
         }
         let sha256 = self.exe_sha256(pid, &mut file, &meta);
-        ExeFacts { path, sha256 }
+        ExeFacts {
+            path,
+            sha256,
+            file: Some(HashKey::of(&meta)),
+        }
     }
 
     fn exe_sha256(&self, pid: i32, file: &mut File, meta: &Metadata) -> Option<String> {
@@ -803,6 +958,28 @@ pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
     read_stat(pid).ok().map(|s| (s.ppid, s.start_time))
 }
 
+/// Reads a `/proc` file whole. `std::fs::read` sizes its buffer from the file's length,
+/// which `/proc` reports as 0, and then probes with small reads: a dozen system calls for
+/// `status`. A page-sized first read takes these files in one go.
+fn read_proc_file(path: &str) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
 fn proc_path(pid: i32, file: &str) -> String {
     format!("/proc/{pid}/{file}")
 }
@@ -826,7 +1003,7 @@ struct ProcStat {
 fn read_stat(pid: i32) -> Result<ProcStat, AttestError> {
     let path = proc_path(pid, "stat");
     // Bytes, not a String: comm is whatever the process set with PR_SET_NAME, UTF-8 or not.
-    let bytes = std::fs::read(&path).map_err(|e| proc_error(pid, path.clone(), e))?;
+    let bytes = read_proc_file(&path).map_err(|e| proc_error(pid, path.clone(), e))?;
     parse_stat(&bytes).ok_or_else(|| AttestError::Malformed {
         path,
         detail: "expected `pid (comm) state ppid …` with at least 22 fields".to_owned(),
@@ -875,7 +1052,7 @@ impl ProcStatus {
 
 fn read_status(pid: i32) -> Result<ProcStatus, AttestError> {
     let path = proc_path(pid, "status");
-    let bytes = std::fs::read(&path).map_err(|e| proc_error(pid, path.clone(), e))?;
+    let bytes = read_proc_file(&path).map_err(|e| proc_error(pid, path.clone(), e))?;
     parse_status(&String::from_utf8_lossy(&bytes))
         .map_err(|detail| AttestError::Malformed { path, detail })
 }
@@ -1009,6 +1186,47 @@ mod tests {
         assert_shareable::<Peer>();
         fn sync<T: Send + Sync>() {}
         sync::<Attestor>();
+    }
+
+    #[test]
+    fn remembered_attestation_is_reused_only_while_its_grounds_hold() {
+        let (peer, _a, _b) = self_peer();
+        let att = attestor(vec![]);
+        let full = att.attest(&peer).unwrap();
+        assert_eq!(att.attest_quick(&peer).as_ref(), Some(&full));
+        let original = peer.inner.remembered.lock().unwrap().clone().unwrap();
+        let tamper = |f: &dyn Fn(&mut Remembered)| {
+            let mut r = Remembered {
+                at: original.at,
+                uids: original.uids,
+                gids: original.gids,
+                groups: original.groups.clone(),
+                exe: original.exe,
+                attestation: original.attestation.clone(),
+            };
+            f(&mut r);
+            *peer.inner.remembered.lock().unwrap() = Some(Arc::new(r));
+            att.attest_quick(&peer)
+        };
+        assert!(tamper(&|_| {}).is_some(), "unchanged grounds are reused");
+        assert!(tamper(&|r| r.exe.ino ^= 1).is_none(), "another executable");
+        assert!(
+            tamper(&|r| r.exe.ctime.1 ^= 1).is_none(),
+            "executable changed"
+        );
+        assert!(tamper(&|r| r.uids[2] ^= 1).is_none(), "saved uid changed");
+        assert!(tamper(&|r| r.gids[0] ^= 1).is_none(), "real gid changed");
+        assert!(
+            tamper(&|r| r.groups.push(4_000_000)).is_none(),
+            "groups changed"
+        );
+        assert!(
+            tamper(&|r| r.at -= REMEMBER_FOR).is_none(),
+            "too old to reuse"
+        );
+        // attest() falls back to a full attestation, which remembers afresh.
+        assert_eq!(att.attest(&peer).unwrap(), full);
+        assert_eq!(att.attest_quick(&peer), Some(full));
     }
 
     #[test]
@@ -1341,10 +1559,13 @@ mod tests {
         let peer = Peer::from_stream(stream.as_fd()).unwrap();
         assert_eq!(peer.pid(), child.id() as i32);
 
-        let plain = attestor(vec![]).attest(&peer).unwrap();
+        let direct = attestor(vec![]);
+        assert_eq!(direct.attest_quick(&peer), None, "nothing to reuse yet");
+        let plain = direct.attest(&peer).unwrap();
         assert_eq!(plain.pid, child.id());
         assert!(!plain.via_cli);
         assert_eq!(plain.exe_path.as_deref(), Some(own_exe().as_str()));
+        assert_eq!(direct.attest_quick(&peer).as_ref(), Some(&plain));
 
         // With the child's binary as "the CLI", its parent — this process — is attested.
         let cli = attestor(vec![PathBuf::from(own_exe())]);
@@ -1356,6 +1577,11 @@ mod tests {
         // Closing our end lets the child exit; once reaped, its pin must fail.
         drop(stream);
         child.wait().unwrap();
+        assert_eq!(
+            direct.attest_quick(&peer),
+            None,
+            "a reaped peer is never reused"
+        );
         let err = cli.attest(&peer).unwrap_err();
         assert!(matches!(err, AttestError::PeerGone { .. }), "{err}");
         assert!(!cli.is_ancestor_or_self(peer.pid(), peer.start_time(), peer.pid()));

@@ -102,7 +102,9 @@ fn messages_for(host: &Host, change: &Change) -> Option<v1::ControlMessage> {
             seq: *seq,
             name: name.clone(),
         }),
-        Change::Revoked { revocation } => Msg::Revocation(crate::revocation::to_proto(revocation)),
+        Change::Revoked { revocation } => {
+            Msg::Revocation(crate::revocation::to_proto(revocation, &host.name))
+        }
         Change::HostEvicted { seq, name, reason } => {
             if name != &host.name {
                 return None;
@@ -628,7 +630,7 @@ async fn run_sync(
                         send(m).await?;
                     }
                     sent = c.seq();
-                    if matches!(&c, Change::HostEvicted { name, .. } if name == &host.name) {
+                    if matches!(&*c, Change::HostEvicted { name, .. } if name == &host.name) {
                         return Err("host evicted".into());
                     }
                 }

@@ -313,6 +313,29 @@ pub struct Revocation {
     pub lease_ids: Vec<String>,
     /// Hosts that may hold one of them (the ones to wait for).
     pub hosts: Vec<String>,
+    /// For each of `lease_ids`, the index in `hosts` of the host it was issued to, so a
+    /// host is sent only its own lease ids. Empty in revocations recorded before it
+    /// existed: every host is then sent every id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lease_hosts: Vec<u32>,
+}
+
+impl Revocation {
+    /// The lease ids issued to `host`: the ones its agent may hold.
+    pub fn lease_ids_for(&self, host: &str) -> Vec<String> {
+        if self.lease_hosts.len() != self.lease_ids.len() {
+            return self.lease_ids.clone();
+        }
+        let Ok(idx) = self.hosts.binary_search_by(|h| h.as_str().cmp(host)) else {
+            return Vec::new();
+        };
+        self.lease_ids
+            .iter()
+            .zip(&self.lease_hosts)
+            .filter(|(_, h)| **h as usize == idx)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
 }
 
 /// One entry of the change log that Sync streams replay.

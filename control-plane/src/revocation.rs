@@ -9,8 +9,8 @@ use leash_proto::v1;
 use crate::model::{Revocation, RevocationTarget};
 use crate::server::Shared;
 
-/// A revocation as Sync carries it.
-pub fn to_proto(r: &Revocation) -> v1::Revocation {
+/// A revocation as Sync carries it to `host`: with only the lease ids issued to it.
+pub fn to_proto(r: &Revocation, host: &str) -> v1::Revocation {
     use v1::revocation_target::Target;
     let target = match &r.target {
         RevocationTarget::Lease(v) => Target::Lease(v.clone()),
@@ -29,7 +29,7 @@ pub fn to_proto(r: &Revocation) -> v1::Revocation {
             target: Some(target),
         }),
         reason: r.reason.clone(),
-        lease_ids: r.lease_ids.clone(),
+        lease_ids: r.lease_ids_for(host),
     }
 }
 
@@ -86,22 +86,22 @@ pub async fn wait(
         return;
     };
     let hosts = hosts_to_wait_for(s, &rev);
+    let total = hosts.len();
     let max_offline_ms = s.config.max_offline.as_millis() as i64;
+    // Hosts still to hear from; an ack only removes its own host from here, and the
+    // whole set is re-checked only on the tick (for hosts that went away, or that
+    // acknowledged a later sequence without a wipe ack being broadcast).
+    let mut pending: BTreeSet<String> = hosts.into_iter().collect();
     let mut failed_closed = BTreeSet::new();
-    let mut done = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_sent: Option<(usize, usize, Instant)> = None;
+    let mut rescan = true;
     loop {
-        let now = s.clock.now_ms();
-        for h in &hosts {
-            if done.contains(h) || failed_closed.contains(h) {
-                continue;
-            }
-            match s.hub.info(h) {
-                Some(c) if c.wipe_acked_seq >= seq || c.acked_seq >= seq => {
-                    done.insert(h.clone());
-                }
-                Some(_) => {}
+        if rescan {
+            rescan = false;
+            let now = s.clock.now_ms();
+            pending.retain(|h| match s.hub.info(h) {
+                Some(c) => c.wipe_acked_seq < seq && c.acked_seq < seq,
                 None => {
                     // Not connected: if it has been away longer than max_offline it has
                     // already wiped itself by failing closed. The recorded last-seen is
@@ -118,48 +118,75 @@ pub async fn wait(
                         .max(s.hub.started_ms);
                     if now - last > max_offline_ms {
                         failed_closed.insert(h.clone());
+                        false
+                    } else {
+                        true
                     }
                 }
-            }
+            });
         }
-        let pending: Vec<String> = hosts
-            .iter()
-            .filter(|h| !done.contains(*h) && !failed_closed.contains(*h))
-            .cloned()
-            .collect();
+        let acked = total - pending.len() - failed_closed.len();
         let finished = pending.is_empty();
         let timed_out = !finished && start.elapsed() >= timeout;
-        let p = v1::RevocationProgress {
-            acked: done.len() as u32,
-            total: hosts.len() as u32,
-            pending_hosts: pending,
-            failed_closed_hosts: failed_closed.iter().cloned().collect(),
-            done: finished,
-            // Propagation time: from the moment the revocation was recorded.
-            elapsed_ms: (s.clock.now_ms() - rev.at_ms).max(0) as u64,
-            timed_out,
-        };
-        // Report when something changed, and otherwise once a second, so a fast wipe
-        // prints one line and a slow one shows who is holding it up.
-        let changed = last_sent.is_none_or(|(a, f, at)| {
-            a != done.len() || f != failed_closed.len() || at.elapsed() >= Duration::from_secs(1)
+        // Report when something changed (at most every 100 ms while acks stream in),
+        // and otherwise once a second, so a fast wipe prints one line and a slow one
+        // shows who is holding it up.
+        let due = last_sent.is_none_or(|(a, f, at)| {
+            let since = at.elapsed();
+            ((a != acked || f != failed_closed.len()) && since >= Duration::from_millis(100))
+                || since >= Duration::from_secs(1)
         });
         let first_quiet = last_sent.is_none() && start.elapsed() < Duration::from_millis(300);
-        if finished || timed_out || (changed && !first_quiet) {
+        if finished || timed_out || (due && !first_quiet) {
+            let p = v1::RevocationProgress {
+                acked: acked as u32,
+                total: total as u32,
+                pending_hosts: pending.iter().cloned().collect(),
+                failed_closed_hosts: failed_closed.iter().cloned().collect(),
+                done: finished,
+                // Propagation time: from the moment the revocation was recorded.
+                elapsed_ms: (s.clock.now_ms() - rev.at_ms).max(0) as u64,
+                timed_out,
+            };
             if tx.send(Ok(p)).await.is_err() || finished || timed_out {
                 return;
             }
-            last_sent = Some((done.len(), failed_closed.len(), Instant::now()));
+            last_sent = Some((acked, failed_closed.len(), Instant::now()));
         }
         let remaining = timeout.saturating_sub(start.elapsed());
-        tokio::select! {
-            _ = acks.recv() => {
-                // Acks arrive in bursts (one per host): take every one already queued
-                // before checking all hosts again, rather than once per ack.
-                while acks.try_recv().is_ok() {}
+        // Wake for a report that is due later even when no ack comes (a report was
+        // just sent, or is not due, when the loop gets here; so this never spins).
+        let report_in = match last_sent {
+            None => Some(Duration::from_millis(300).saturating_sub(start.elapsed())),
+            Some((a, f, at)) if a != acked || f != failed_closed.len() => {
+                Some(Duration::from_millis(100).saturating_sub(at.elapsed()))
             }
-            _ = tick.tick() => {}
+            Some(_) => None,
+        };
+        tokio::select! {
+            ack = acks.recv() => {
+                // Acks arrive in bursts (one per host): take every one already queued.
+                use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+                let mut next = ack.map_err(|e| match e {
+                    RecvError::Lagged(n) => TryRecvError::Lagged(n),
+                    RecvError::Closed => TryRecvError::Closed,
+                });
+                loop {
+                    match next {
+                        Ok(a) => {
+                            if a.seq >= seq {
+                                pending.remove(&a.host);
+                            }
+                        }
+                        Err(TryRecvError::Lagged(_)) => rescan = true,
+                        Err(_) => break,
+                    }
+                    next = acks.try_recv();
+                }
+            }
+            _ = tick.tick() => rescan = true,
             _ = tokio::time::sleep(remaining) => {}
+            _ = tokio::time::sleep(report_in.unwrap_or_default()), if report_in.is_some() => {}
         }
     }
 }

@@ -77,7 +77,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// The last committed sequence number.
     fn current_seq(&self) -> u64;
     /// Subscribe to committed changes (in sequence order).
-    fn subscribe_changes(&self) -> broadcast::Receiver<Change>;
+    /// Each change is shared by every subscriber (one Sync stream per agent).
+    fn subscribe_changes(&self) -> broadcast::Receiver<Arc<Change>>;
     /// Subscribe to committed audit events.
     fn subscribe_events(&self) -> broadcast::Receiver<Event>;
     /// Changes after `seq`, or `None` when the log no longer reaches back that far.
@@ -240,7 +241,7 @@ pub struct SledStore {
     t: Arc<Trees>,
     jobs: mpsc::Sender<Job>,
     seq: Arc<AtomicU64>,
-    changes: broadcast::Sender<Change>,
+    changes: broadcast::Sender<Arc<Change>>,
     events: broadcast::Sender<Event>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -364,6 +365,7 @@ impl Tx<'_> {
         let seq = self.next_seq();
         let mut owners: BTreeMap<String, Option<String>> = BTreeMap::new();
         let mut lease_ids = Vec::new();
+        let mut lease_host_names = Vec::new();
         let mut hosts: BTreeSet<String> = extra_hosts.iter().cloned().collect();
         let ids: Vec<sled::IVec> = self.t.active.iter().keys().collect::<Result<_, _>>()?;
         for id in ids {
@@ -398,10 +400,16 @@ impl Tx<'_> {
                     .detail(serde_json::json!({ "seq": seq })),
             )?;
             lease_ids.push(lease.id);
+            lease_host_names.push(lease.host);
         }
         if let RevocationTarget::Host(h) = &target {
             hosts.insert(h.clone());
         }
+        let hosts: Vec<String> = hosts.into_iter().collect();
+        let lease_hosts = lease_host_names
+            .iter()
+            .map(|h| hosts.binary_search(h).unwrap_or_default() as u32)
+            .collect();
         let rev = Revocation {
             seq,
             target,
@@ -409,7 +417,8 @@ impl Tx<'_> {
             actor,
             at_ms: crate::clock::now_ms(),
             lease_ids,
-            hosts: hosts.into_iter().collect(),
+            hosts,
+            lease_hosts,
         };
         self.t.revocations.insert(be(seq), enc(&rev))?;
         self.change(Change::Revoked {
@@ -572,7 +581,7 @@ fn writer(
     mut rx: mpsc::Receiver<Job>,
     seq: Arc<AtomicU64>,
     mut event_id: u64,
-    changes: broadcast::Sender<Change>,
+    changes: broadcast::Sender<Arc<Change>>,
     events: broadcast::Sender<Event>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -622,7 +631,7 @@ fn writer(
         }
         if err.is_none() {
             for c in new_changes {
-                let _ = changes.send(c);
+                let _ = changes.send(Arc::new(c));
             }
             for e in new_events {
                 let _ = events.send(e);
@@ -640,7 +649,7 @@ impl Storage for SledStore {
         self.seq.load(Ordering::Acquire)
     }
 
-    fn subscribe_changes(&self) -> broadcast::Receiver<Change> {
+    fn subscribe_changes(&self) -> broadcast::Receiver<Arc<Change>> {
         self.changes.subscribe()
     }
 
@@ -1344,5 +1353,57 @@ mod tests {
             .map(|e| e.kind)
             .collect();
         assert_eq!(timeline, vec!["issued", "revoked"]);
+
+        // Each host is told only the lease ids issued to it.
+        for (i, name) in ["h1", "h2"].into_iter().enumerate() {
+            let t = JoinTokenRecord {
+                id: format!("t{i}"),
+                secret_sha256: "x".into(),
+                name: None,
+                labels: BTreeMap::new(),
+                created_at: 0,
+                expires_at: i64::MAX,
+                used_by: None,
+                revoked: false,
+            };
+            s.put_join_token(t, Event::new("x")).await.expect("token");
+            let h = Host {
+                name: name.into(),
+                cert_serial: format!("1{i}"),
+                ..host()
+            };
+            s.enroll(&format!("t{i}"), "x", h, 0, Event::new("e"))
+                .await
+                .expect("enroll");
+        }
+        for (id, h) in [("m1", "h1"), ("m2", "h2"), ("m3", "h1")] {
+            let mut l = lease(id, "v");
+            l.host = h.into();
+            s.issue_lease(l, Event::new("issued")).await.expect("lease");
+        }
+        let rev = s
+            .revoke(
+                RevocationTarget::Workload("v".into()),
+                "test".into(),
+                "root".into(),
+                Vec::new(),
+            )
+            .await
+            .expect("revoke");
+        let mut all = rev.lease_ids.clone();
+        all.sort();
+        assert_eq!(all, ["l2", "m1", "m2", "m3"]);
+        let mut h1 = rev.lease_ids_for("h1");
+        h1.sort();
+        assert_eq!(h1, ["m1", "m3"]);
+        assert_eq!(rev.lease_ids_for("h2"), ["m2"]);
+        assert_eq!(rev.lease_ids_for("h"), ["l2"]);
+        assert!(rev.lease_ids_for("elsewhere").is_empty());
+        // A revocation recorded before per-host lists existed: every host gets every id.
+        let old = Revocation {
+            lease_hosts: Vec::new(),
+            ..rev
+        };
+        assert_eq!(old.lease_ids_for("h2").len(), 4);
     }
 }

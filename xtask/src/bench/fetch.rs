@@ -39,6 +39,10 @@ pub struct Args {
     /// Distinct credentials cached before reading agentd's memory.
     #[arg(long, default_value_t = 1000)]
     cached: usize,
+    /// The kept-connection measurements alternate between agent and echo in this many
+    /// rounds (each round a share of --requests / --per-client).
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
 }
 
 async fn client(socket: &Path) -> anyhow::Result<AgentClient<Channel>> {
@@ -64,58 +68,93 @@ enum Call {
     WhoAmI,
 }
 
-/// Latency of `call` from `clients` kept connections, `per_client` calls each, after a
-/// warm-up on every connection. Also counts Fetch responses not served from the cache.
-async fn latency(
-    socket: &Path,
+/// Kept connections, warmed up, that make one kind of call.
+struct Load {
+    conns: Vec<AgentClient<Channel>>,
     call: Call,
-    clients: usize,
-    per_client: usize,
-) -> anyhow::Result<(Samples, usize, Duration)> {
-    async fn one(c: &mut AgentClient<Channel>, call: Call) -> anyhow::Result<bool> {
-        Ok(match call {
-            Call::Fetch => c.fetch(fetch_req()).await?.into_inner().cached,
-            Call::Status => {
-                c.status(v1::StatusRequest {}).await?;
-                true
+    /// Everything measured so far.
+    lat: Samples,
+    uncached: usize,
+    elapsed: Duration,
+}
+
+impl Load {
+    /// `clients` connections to `socket`, each warmed with 50 calls.
+    async fn prepare(socket: &Path, call: Call, clients: usize) -> anyhow::Result<Load> {
+        let mut conns = Vec::new();
+        for _ in 0..clients {
+            let mut c = client(socket).await?;
+            for _ in 0..50 {
+                one(&mut c, call).await?;
             }
-            Call::WhoAmI => {
-                c.who_am_i(v1::WhoAmIRequest {}).await?;
-                true
-            }
+            conns.push(c);
+        }
+        Ok(Load {
+            conns,
+            call,
+            lat: Samples::default(),
+            uncached: 0,
+            elapsed: Duration::ZERO,
         })
     }
-    let mut conns = Vec::new();
-    for _ in 0..clients {
-        let mut c = client(socket).await?;
-        for _ in 0..50 {
-            one(&mut c, call).await?;
+
+    /// `per_client` calls on every connection at once; adds to the totals. Also counts
+    /// Fetch responses not served from the cache.
+    async fn block(&mut self, per_client: usize) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in &self.conns {
+            let mut c = c.clone();
+            let call = self.call;
+            tasks.spawn(async move {
+                let mut lat = Samples::with_capacity(per_client);
+                let mut uncached = 0;
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    let cached = one(&mut c, call).await?;
+                    lat.push(t.elapsed());
+                    uncached += usize::from(!cached);
+                }
+                anyhow::Ok((lat, uncached))
+            });
         }
-        conns.push(c);
+        while let Some(r) = tasks.join_next().await {
+            let (lat, u) = r??;
+            self.lat.extend(lat);
+            self.uncached += u;
+        }
+        self.elapsed += start.elapsed();
+        Ok(())
     }
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut c in conns {
-        tasks.spawn(async move {
-            let mut lat = Samples::with_capacity(per_client);
-            let mut uncached = 0;
-            for _ in 0..per_client {
-                let t = Instant::now();
-                let cached = one(&mut c, call).await?;
-                lat.push(t.elapsed());
-                uncached += usize::from(!cached);
-            }
-            anyhow::Ok((lat, uncached))
-        });
+}
+
+async fn one(c: &mut AgentClient<Channel>, call: Call) -> anyhow::Result<bool> {
+    Ok(match call {
+        Call::Fetch => c.fetch(fetch_req()).await?.into_inner().cached,
+        Call::Status => {
+            c.status(v1::StatusRequest {}).await?;
+            true
+        }
+        Call::WhoAmI => {
+            c.who_am_i(v1::WhoAmIRequest {}).await?;
+            true
+        }
+    })
+}
+
+/// Measure every load in turn, `rounds` times, `per_client` calls per connection in
+/// all: so drift on the shared machine (other tenants, frequency, the other phases'
+/// leftovers) falls on every load alike rather than on whichever ran first.
+async fn interleaved(loads: &mut [Load], rounds: usize, per_client: usize) -> anyhow::Result<()> {
+    let rounds = rounds.clamp(1, per_client.max(1));
+    for r in 0..rounds {
+        // Spread the calls over the rounds; the first rounds take the remainder.
+        let n = per_client / rounds + usize::from(r < per_client % rounds);
+        for l in loads.iter_mut() {
+            l.block(n).await?;
+        }
     }
-    let mut all = Samples::with_capacity(clients * per_client);
-    let mut uncached = 0;
-    while let Some(r) = tasks.join_next().await {
-        let (lat, u) = r??;
-        all.extend(lat);
-        uncached += u;
-    }
-    Ok((all, uncached, start.elapsed()))
+    Ok(())
 }
 
 struct Micro {
@@ -236,22 +275,45 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         .stdin(Stdio::piped());
     let (echo, _) = Proc::start("echo-server", echo_cmd, "ready on", Duration::from_secs(10))?;
 
-    // 1 + 2: kept connections, agent and echo measured back to back.
-    eprintln!("cache-hit Fetch vs echo: 1 client x {} calls", a.requests);
-    let (hit1, miss1, _) = rt.block_on(latency(&agent.socket, Call::Fetch, 1, a.requests))?;
-    let (echo1, _, _) = rt.block_on(latency(&echo_socket, Call::Fetch, 1, a.requests))?;
-    // Where a cache hit's time goes: the same server stack without attestation, and
-    // attestation without the cache.
-    let (status1, _, _) = rt.block_on(latency(&agent.socket, Call::Status, 1, a.requests))?;
-    let (whoami1, _, _) = rt.block_on(latency(&agent.socket, Call::WhoAmI, 1, a.requests))?;
+    // 1 + 2: kept connections; agent and echo measured in alternating rounds.
     eprintln!(
-        "cache-hit Fetch vs echo: {} clients x {} calls",
-        a.clients, a.per_client
+        "cache-hit Fetch vs echo: 1 client x {} calls, in {} alternating rounds",
+        a.requests, a.rounds
     );
-    let (hitn, missn, hitn_t) =
-        rt.block_on(latency(&agent.socket, Call::Fetch, a.clients, a.per_client))?;
-    let (echon, _, echon_t) =
-        rt.block_on(latency(&echo_socket, Call::Fetch, a.clients, a.per_client))?;
+    // Where a cache hit's time goes: the same server stack without attestation
+    // (Status), and attestation without the cache (WhoAmI).
+    let mut one_client = rt.block_on(async {
+        let mut loads = vec![
+            Load::prepare(&agent.socket, Call::Fetch, 1).await?,
+            Load::prepare(&echo_socket, Call::Fetch, 1).await?,
+            Load::prepare(&agent.socket, Call::Status, 1).await?,
+            Load::prepare(&agent.socket, Call::WhoAmI, 1).await?,
+        ];
+        interleaved(&mut loads, a.rounds, a.requests).await?;
+        anyhow::Ok(loads)
+    })?;
+    let whoami = one_client.pop().context("loads")?;
+    let status = one_client.pop().context("loads")?;
+    let echo1 = one_client.pop().context("loads")?;
+    let hit1 = one_client.pop().context("loads")?;
+    let (whoami1, status1, miss1) = (whoami.lat, status.lat, hit1.uncached);
+    let (hit1, echo1) = (hit1.lat, echo1.lat);
+    eprintln!(
+        "cache-hit Fetch vs echo: {} clients x {} calls, in {} alternating rounds",
+        a.clients, a.per_client, a.rounds
+    );
+    let mut many = rt.block_on(async {
+        let mut loads = vec![
+            Load::prepare(&agent.socket, Call::Fetch, a.clients).await?,
+            Load::prepare(&echo_socket, Call::Fetch, a.clients).await?,
+        ];
+        interleaved(&mut loads, a.rounds, a.per_client).await?;
+        anyhow::Ok(loads)
+    })?;
+    let echo_n = many.pop().context("loads")?;
+    let hit_n = many.pop().context("loads")?;
+    let (hitn, missn, hitn_t) = (hit_n.lat, hit_n.uncached, hit_n.elapsed);
+    let (echon, echon_t) = (echo_n.lat, echo_n.elapsed);
 
     // 3: whole processes, interleaved so drift hits all three alike.
     eprintln!("whole processes: {} runs each, interleaved", a.runs);
@@ -349,15 +411,17 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         "bench fetch: the agent's Fetch path against baselines",
         &ctx.command,
         &format!(
-            "--requests {} --clients {} --per-client {} --runs {} --cold {} --cached {}",
-            a.requests, a.clients, a.per_client, a.runs, a.cold, a.cached
+            "--requests {} --clients {} --per-client {} --runs {} --cold {} --cached {} --rounds {}",
+            a.requests, a.clients, a.per_client, a.runs, a.cold, a.cached, a.rounds
         ),
     );
     println!(
         "A real control plane and a real leash-agentd (release). Kept connections over the agent's Unix socket; \
          the echo baseline is the same tonic service over a Unix socket in a separate process (the release xtask \
-         binary), whose Fetch returns a fixed {}-byte token. The generator runs on the same 2 CPUs.",
-        first.token.len()
+         binary), whose Fetch returns a fixed {}-byte token. The generator runs on the same 2 CPUs. Agent and echo \
+         are measured in {} alternating rounds, so drift on the machine falls on both alike.",
+        first.token.len(),
+        a.rounds
     );
     println!();
     let mut t = Table::new(&[

@@ -44,6 +44,21 @@ pub struct Args {
     /// Batches (of 32 inserts + 1 flush) in the sled reference.
     #[arg(long, default_value_t = 200)]
     sled_batches: usize,
+    /// A directory holding `leash-control-plane` and `leashctl` from another build (for
+    /// example a checkout of an older commit built with `cargo build --release`). Both
+    /// builds are then measured in this run, alternating, and their throughput compared.
+    #[arg(long, value_name = "DIR")]
+    baseline: Option<std::path::PathBuf>,
+    /// With --baseline: how many times each build is measured (alternating).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// What one control plane build did.
+struct Measured {
+    c1: Samples,
+    c1_elapsed: Duration,
+    runs: Vec<Throughput>,
 }
 
 struct Throughput {
@@ -64,112 +79,18 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         a.connections.iter().all(|c| *c > 0),
         "--connections must be positive"
     );
+    if let Some(base) = &a.baseline {
+        return compare(ctx, &a, base);
+    }
     let dir = tempfile::Builder::new()
         .prefix("leash-bench-issue-")
         .tempdir()?;
-    let mut cp = ControlPlane::start(ctx, dir.path(), None)?;
-    cp.add_credential(CREDENTIAL)?;
-    cp.add_workload(WORKLOAD, UID, CREDENTIAL)?;
-    let token = cp.join_token("bench-issue-host")?;
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let ((c1, c1_elapsed), runs) = rt.block_on(async {
-        // One simulated host, enrolled exactly as leash-agentd enrolls.
-        let state = dir.path().join("host-state");
-        leash_agentd::identity::prepare_state_dir(&state)?;
-        let id = leash_agentd::identity::enroll(
-            &state,
-            &[cp.addr.clone()],
-            &token,
-            Some("bench-issue-host".into()),
-            None,
-            Default::default(),
-        )
-        .await
-        .context("enrolling the simulated host")?;
-        let cfg = id.client_config()?;
-        let addrs = [cp.addr.clone()];
-        let connect = || leash_agentd::tls::connect(&addrs, cfg.clone());
-        let mut client = ControlPlaneClient::new(connect().await?);
-        let sync = sim::open_sync(&mut client).await?;
-        let drainer = tokio::spawn(sim::drain(sync));
-
-        let req = request();
-        let first = client
-            .issue(req.clone())
-            .await
-            .context("first Issue")?
-            .into_inner();
-        anyhow::ensure!(!first.token.is_empty(), "Issue returned no token");
-        eprintln!("warm-up: {} Issue calls", a.warmup);
-        for _ in 0..a.warmup {
-            client.issue(req.clone()).await?;
-        }
-
-        eprintln!("concurrency 1: {} sequential Issue calls", a.requests);
-        let mut c1 = Samples::with_capacity(a.requests);
-        let c1_start = Instant::now();
-        for _ in 0..a.requests {
-            let t = Instant::now();
-            client.issue(req.clone()).await?;
-            c1.push(t.elapsed());
-        }
-        let c1_elapsed = c1_start.elapsed();
-
-        let mut runs = Vec::new();
-        for &conns in &a.connections {
-            eprintln!(
-                "concurrency {}: {} callers over {conns} mTLS connection(s) for {}s",
-                a.concurrency, a.concurrency, a.duration
-            );
-            let mut clients = Vec::new();
-            for _ in 0..conns {
-                clients.push(ControlPlaneClient::new(connect().await?));
-            }
-            // Warm the new connections.
-            for c in &mut clients {
-                c.issue(req.clone()).await?;
-            }
-            let cp_cpu0 = cpu_time(cp.proc.pid())?;
-            let gen_cpu0 = cpu_time(std::process::id())?;
-            let start = Instant::now();
-            let end = start + Duration::from_secs(a.duration);
-            let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..a.concurrency {
-                let mut c = clients[i % conns].clone();
-                let req = req.clone();
-                tasks.spawn(async move {
-                    let mut lat = Samples::with_capacity(4096);
-                    while Instant::now() < end {
-                        let t = Instant::now();
-                        c.issue(req.clone()).await?;
-                        lat.push(t.elapsed());
-                    }
-                    anyhow::Ok(lat)
-                });
-            }
-            let mut lat = Samples::default();
-            while let Some(r) = tasks.join_next().await {
-                lat.extend(r??);
-            }
-            let elapsed = start.elapsed();
-            runs.push(Throughput {
-                connections: conns,
-                calls: lat.len() as u64,
-                elapsed,
-                lat,
-                cp_cpu: cpu_time(cp.proc.pid())?.saturating_sub(cp_cpu0),
-                gen_cpu: cpu_time(std::process::id())?.saturating_sub(gen_cpu0),
-            });
-        }
-        drainer.abort();
-        anyhow::Ok(((c1, c1_elapsed), runs))
-    })?;
-    cp.proc.check_alive()?;
-    drop(rt);
-    drop(cp);
+    eprintln!("control plane: {}", ctx.release.display());
+    let Measured {
+        c1,
+        c1_elapsed,
+        runs,
+    } = measure(ctx, &a, dir.path())?;
 
     eprintln!(
         "sled reference: {} single insert+flush, {} batches of {SLED_BATCH} inserts + 1 flush",
@@ -334,6 +255,234 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
                 "".into(),
             ]);
         }
+    }
+    t.print();
+    Ok(())
+}
+
+/// Start a control plane from `ctx`'s binaries under `dir`, enroll one simulated host
+/// and measure Issue at concurrency 1 and at `--concurrency`.
+fn measure(ctx: &Ctx, a: &Args, dir: &std::path::Path) -> anyhow::Result<Measured> {
+    let mut cp = ControlPlane::start(ctx, dir, None)?;
+    cp.add_credential(CREDENTIAL)?;
+    cp.add_workload(WORKLOAD, UID, CREDENTIAL)?;
+    let token = cp.join_token("bench-issue-host")?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ((c1, c1_elapsed), runs) = rt.block_on(async {
+        // One simulated host, enrolled exactly as leash-agentd enrolls.
+        let state = dir.join("host-state");
+        leash_agentd::identity::prepare_state_dir(&state)?;
+        let id = leash_agentd::identity::enroll(
+            &state,
+            &[cp.addr.clone()],
+            &token,
+            Some("bench-issue-host".into()),
+            None,
+            Default::default(),
+        )
+        .await
+        .context("enrolling the simulated host")?;
+        let cfg = id.client_config()?;
+        let addrs = [cp.addr.clone()];
+        let connect = || leash_agentd::tls::connect(&addrs, cfg.clone());
+        let mut client = ControlPlaneClient::new(connect().await?);
+        let sync = sim::open_sync(&mut client).await?;
+        let drainer = tokio::spawn(sim::drain(sync));
+
+        let req = request();
+        let first = client
+            .issue(req.clone())
+            .await
+            .context("first Issue")?
+            .into_inner();
+        anyhow::ensure!(!first.token.is_empty(), "Issue returned no token");
+        eprintln!("warm-up: {} Issue calls", a.warmup);
+        for _ in 0..a.warmup {
+            client.issue(req.clone()).await?;
+        }
+
+        eprintln!("concurrency 1: {} sequential Issue calls", a.requests);
+        let mut c1 = Samples::with_capacity(a.requests);
+        let c1_start = Instant::now();
+        for _ in 0..a.requests {
+            let t = Instant::now();
+            client.issue(req.clone()).await?;
+            c1.push(t.elapsed());
+        }
+        let c1_elapsed = c1_start.elapsed();
+
+        let mut runs = Vec::new();
+        for &conns in &a.connections {
+            eprintln!(
+                "concurrency {}: {} callers over {conns} mTLS connection(s) for {}s",
+                a.concurrency, a.concurrency, a.duration
+            );
+            let mut clients = Vec::new();
+            for _ in 0..conns {
+                clients.push(ControlPlaneClient::new(connect().await?));
+            }
+            // Warm the new connections.
+            for c in &mut clients {
+                c.issue(req.clone()).await?;
+            }
+            let cp_cpu0 = cpu_time(cp.proc.pid())?;
+            let gen_cpu0 = cpu_time(std::process::id())?;
+            let start = Instant::now();
+            let end = start + Duration::from_secs(a.duration);
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..a.concurrency {
+                let mut c = clients[i % conns].clone();
+                let req = req.clone();
+                tasks.spawn(async move {
+                    let mut lat = Samples::with_capacity(4096);
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        c.issue(req.clone()).await?;
+                        lat.push(t.elapsed());
+                    }
+                    anyhow::Ok(lat)
+                });
+            }
+            let mut lat = Samples::default();
+            while let Some(r) = tasks.join_next().await {
+                lat.extend(r??);
+            }
+            let elapsed = start.elapsed();
+            runs.push(Throughput {
+                connections: conns,
+                calls: lat.len() as u64,
+                elapsed,
+                lat,
+                cp_cpu: cpu_time(cp.proc.pid())?.saturating_sub(cp_cpu0),
+                gen_cpu: cpu_time(std::process::id())?.saturating_sub(gen_cpu0),
+            });
+        }
+        drainer.abort();
+        anyhow::Ok(((c1, c1_elapsed), runs))
+    })?;
+    cp.proc.check_alive()?;
+    drop(rt);
+    drop(cp);
+    Ok(Measured {
+        c1,
+        c1_elapsed,
+        runs,
+    })
+}
+
+/// Measure the baseline build and this one alternately, `--rounds` times each, and
+/// compare their throughput.
+fn compare(ctx: &Ctx, a: &Args, base_dir: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(a.rounds > 0, "--rounds must be positive");
+    for bin in ["leash-control-plane", "leashctl"] {
+        anyhow::ensure!(
+            base_dir.join(bin).exists(),
+            "{} is missing: --baseline wants a directory holding a release build of {bin}",
+            base_dir.join(bin).display()
+        );
+    }
+    let base = Ctx {
+        release: base_dir.to_path_buf(),
+        command: ctx.command.clone(),
+    };
+    let mut figures: Vec<(&str, Vec<Measured>)> =
+        vec![("baseline", vec![]), ("this build", vec![])];
+    for round in 1..=a.rounds {
+        for (i, which) in [&base, ctx].into_iter().enumerate() {
+            eprintln!(
+                "round {round}/{}: {} ({})",
+                a.rounds,
+                figures[i].0,
+                which.release.display()
+            );
+            let dir = tempfile::Builder::new()
+                .prefix("leash-bench-issue-")
+                .tempdir()?;
+            figures[i].1.push(measure(which, a, dir.path())?);
+        }
+    }
+    header(
+        "bench issue --baseline: this build's Issue throughput against another build's, same run",
+        &ctx.command,
+        &format!(
+            "--requests {} --warmup {} --concurrency {} --connections {} --duration {} --rounds {}; baseline: {}",
+            a.requests,
+            a.warmup,
+            a.concurrency,
+            a.connections.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+            a.duration,
+            a.rounds,
+            base_dir.display()
+        ),
+    );
+    println!(
+        "The two builds run alternately ({} rounds each) on the same machine; each row gives the median over the rounds.",
+        a.rounds
+    );
+    println!();
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut t = Table::new(&[
+        "measurement",
+        "baseline",
+        "this build",
+        "this build / baseline",
+        "target",
+        "met",
+    ]);
+    let c1 = |m: &Measured| m.c1.len() as f64 / m.c1_elapsed.as_secs_f64();
+    let p99 = |m: &Measured| m.c1.p99().as_secs_f64();
+    let b = median(figures[0].1.iter().map(c1).collect());
+    let n = median(figures[1].1.iter().map(c1).collect());
+    t.row(vec![
+        "Issue/s, concurrency 1 (sequential)".into(),
+        rate(b),
+        rate(n),
+        ratio(n, b),
+        "≥ 0.90×".into(),
+        met(n >= 0.9 * b),
+    ]);
+    let b = median(figures[0].1.iter().map(p99).collect());
+    let n = median(figures[1].1.iter().map(p99).collect());
+    t.row(vec![
+        "Issue p99, concurrency 1".into(),
+        dur(Duration::from_secs_f64(b)),
+        dur(Duration::from_secs_f64(n)),
+        ratio(n, b),
+        "".into(),
+        "".into(),
+    ]);
+    for (k, conns) in a.connections.iter().enumerate() {
+        let per_sec = |m: &Measured| m.runs[k].calls as f64 / m.runs[k].elapsed.as_secs_f64();
+        let b = median(figures[0].1.iter().map(per_sec).collect());
+        let n = median(figures[1].1.iter().map(per_sec).collect());
+        t.row(vec![
+            format!(
+                "Issue/s, concurrency {} over {conns} connection(s), {}s",
+                a.concurrency, a.duration
+            ),
+            rate(b),
+            rate(n),
+            ratio(n, b),
+            "≥ 0.90×".into(),
+            met(n >= 0.9 * b),
+        ]);
+        let cpu = |m: &Measured| m.runs[k].cp_cpu.as_secs_f64() / m.runs[k].calls.max(1) as f64;
+        let b = median(figures[0].1.iter().map(cpu).collect());
+        let n = median(figures[1].1.iter().map(cpu).collect());
+        t.row(vec![
+            format!("control-plane CPU per Issue, {conns} connection(s)"),
+            dur(Duration::from_secs_f64(b)),
+            dur(Duration::from_secs_f64(n)),
+            ratio(n, b),
+            "".into(),
+            "".into(),
+        ]);
     }
     t.print();
     Ok(())
