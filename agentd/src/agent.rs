@@ -172,6 +172,11 @@ impl Agent {
         lock(&self.health).clone()
     }
 
+    /// The current state alone (no copy of the reason).
+    pub fn state(&self) -> State {
+        lock(&self.health).state
+    }
+
     /// Apply a sequence number.
     pub fn advance(&self, seq: u64) {
         let mut h = lock(&self.health);
@@ -313,6 +318,16 @@ impl Agent {
     pub fn record_use(&self, lease: &str, pid: u32, exe: &str) {
         let now = now_ms();
         let mut u = lock(&self.usage);
+        if let Some(e) = u.get_mut(lease) {
+            // The common case: one more use of a lease already counted this interval.
+            e.count += 1;
+            e.last_pid = pid;
+            if e.last_exe != exe {
+                e.last_exe = exe.to_string();
+            }
+            e.last_unix_ms = now;
+            return;
+        }
         let e = u
             .entry(lease.to_string())
             .or_insert_with(|| v1::LeaseUsage {

@@ -33,7 +33,7 @@ impl Api {
         Api { agent, limit }
     }
 
-    fn attest<T>(&self, req: &Request<T>) -> Result<Attestation, Status> {
+    fn attest<T>(&self, req: &Request<T>) -> Result<Arc<Attestation>, Status> {
         let peer = req
             .extensions()
             .get::<Peer>()
@@ -55,6 +55,9 @@ impl Api {
     }
 
     fn serving(&self) -> Result<(), Status> {
+        if matches!(self.agent.state(), State::Ready | State::Offline) {
+            return Ok(());
+        }
         let h = self.agent.health();
         match h.state {
             State::Ready | State::Offline => Ok(()),

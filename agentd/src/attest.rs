@@ -245,20 +245,23 @@ struct PeerInner {
     files: std::sync::OnceLock<Option<ProcFiles>>,
 }
 
-/// A pinned process's `/proc/<pid>` directory and `status` file. Opened by number, but
-/// kept only if the process was still alive (not reaped) afterwards, so they are its
-/// own; from then on they stay bound to it even if its pid is reused, and reads fail
-/// once it is gone. One `pread` and two `fstatat` then re-check the process.
+/// A pinned process's `/proc/<pid>` directory, and its `status` file on kernels without
+/// `PIDFD_GET_INFO`. Opened by number, but kept only if the process was still alive (not
+/// reaped) afterwards, so they are its own; from then on they stay bound to it even if
+/// its pid is reused, and reads through them fail once it is gone.
 #[derive(Debug)]
 struct ProcFiles {
     dir: File,
-    status: File,
+    status: Option<File>,
 }
 
 impl ProcFiles {
     fn open(pid: i32, pidfd: BorrowedFd<'_>) -> Option<ProcFiles> {
         let dir = File::open(format!("/proc/{pid}")).ok()?;
-        let status = File::open(proc_path(pid, "status")).ok()?;
+        let status = match sys::pidfd_creds(pidfd) {
+            Ok(Some(_)) => None,
+            _ => Some(File::open(proc_path(pid, "status")).ok()?),
+        };
         alive(pidfd).then_some(ProcFiles { dir, status })
     }
 }
@@ -284,12 +287,21 @@ struct Remembered {
     groups: Vec<u32>,
     /// The executable file the path and sha256 selectors describe.
     exe: HashKey,
-    attestation: Attestation,
+    /// The [`Attestor`] that made it.
+    attestor: u64,
+    /// When `exe` and the mount namespace were last confirmed.
+    exe_checked: Mutex<std::time::Instant>,
+    attestation: Arc<Attestation>,
 }
 
-/// How long a full attestation may be reused on one connection (as long as user and
-/// group names are cached).
-const REMEMBER_FOR: std::time::Duration = NAME_TTL;
+/// How often a reused attestation's executable and mount namespace are re-checked on a
+/// kept connection (the ids are re-checked on every request).
+const EXE_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long a full attestation may be reused on one connection. It also bounds how long
+/// a change of supplementary groups alone (which needs `CAP_SETGID`, and which
+/// `PIDFD_GET_INFO` does not report) can go unseen.
+const REMEMBER_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Peer {
     /// Reads the credentials of the process that connected `fd` (a connected Unix stream
@@ -473,6 +485,9 @@ struct ExeFacts {
 /// Attests callers. Created once at agent start and shared by all connections.
 #[derive(Debug)]
 pub struct Attestor {
+    /// Distinguishes attestors, so a peer's remembered attestation is reused only by the
+    /// attestor (and so the CLI paths) that made it.
+    id: u64,
     cli_ids: Vec<FileId>,
     pid_ns: FileId,
     mnt_ns: FileId,
@@ -557,7 +572,9 @@ impl Attestor {
                 .map(|m| (m.dev(), m.ino()))
                 .map_err(|source| AttestError::Init { path, source })
         };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Attestor {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cli_ids,
             pid_ns: ns("pid")?,
             mnt_ns: ns("mnt")?,
@@ -573,7 +590,7 @@ impl Attestor {
     /// Blocking: it reads `/proc`, may hash an executable and may resolve user and group
     /// names through NSS. Call it from a blocking-capable context, or try
     /// [`Attestor::attest_quick`] first.
-    pub fn attest(&self, peer: &Peer) -> Result<Attestation, AttestError> {
+    pub fn attest(&self, peer: &Peer) -> Result<Arc<Attestation>, AttestError> {
         match self.attest_quick(peer) {
             Some(a) => Ok(a),
             None => self.attest_fully(peer),
@@ -581,25 +598,26 @@ impl Attestor {
     }
 
     /// The attestation of an earlier request on the same connection, if nothing it rested
-    /// on has changed: the pinned process has not been reaped (its `/proc` files, bound to
-    /// it, still read), it is not a zombie, its real, effective, saved and fs uids and gids
-    /// and its supplementary groups are the same, it runs the same executable file
-    /// (device, inode, size, mtime, ctime, still linked), it is still in the agent's
-    /// mount namespace, and the earlier attestation is less than 10 s old. `None` means
-    /// "attest fully": it never decides a refusal.
+    /// on has changed: the pinned process has not been reaped (the pidfd and its `/proc`
+    /// directory, both bound to it, still answer), its real, effective, saved and fs uids
+    /// and gids are the same (`PIDFD_GET_INFO` on Linux ≥ 6.13, else `status`, which also
+    /// gives the supplementary groups and the zombie state), it runs the same executable
+    /// file (device, inode, size, mtime, ctime, still linked), it is still in the agent's
+    /// mount namespace, and the earlier attestation is less than a second old. `None`
+    /// means "attest fully": it never decides a refusal.
     ///
-    /// Three system calls (one `pread` of `status`, two `fstatat`), no hashing and no
+    /// Three system calls (the ioctl or a `pread`, two `fstatat`), no hashing and no
     /// name lookups, so it may run on an async worker thread. Callers that went through
     /// the `leash` CLI are always attested fully (their path and sha256 come from the
     /// parent).
-    pub fn attest_quick(&self, peer: &Peer) -> Option<Attestation> {
+    pub fn attest_quick(&self, peer: &Peer) -> Option<Arc<Attestation>> {
         let r = peer
             .inner
             .remembered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
-        if r.at.elapsed() >= REMEMBER_FOR {
+        if r.attestor != self.id || r.at.elapsed() >= REMEMBER_FOR {
             return None;
         }
         use nix::sys::stat::fstatat;
@@ -611,37 +629,55 @@ impl Attestor {
             .files
             .get_or_init(|| ProcFiles::open(peer.pid(), peer.pidfd()))
             .as_ref()?;
-        // Bound to the pinned process: these fail once it has been reaped.
-        let mut buf = [0u8; 4096];
-        let n = files.status.read_at(&mut buf, 0).ok()?;
-        if n == 0 || n == buf.len() {
-            // Empty, or possibly cut short (a very long Groups: line): attest fully.
-            return None;
+        // The ids, from the kernel's record through the pin where it offers them, else
+        // from `status`. Both are bound to the pinned process and fail once it is reaped.
+        match &files.status {
+            None => {
+                let creds = sys::pidfd_creds(peer.pidfd()).ok()??;
+                if creds.uids != r.uids || creds.gids != r.gids {
+                    return None;
+                }
+            }
+            Some(file) => {
+                let mut buf = [0u8; 4096];
+                let n = file.read_at(&mut buf, 0).ok()?;
+                if n == 0 || n == buf.len() {
+                    // Empty, or possibly cut short (a very long Groups: line).
+                    return None;
+                }
+                let status = parse_status(&String::from_utf8_lossy(&buf[..n])).ok()?;
+                if status.is_dead()
+                    || status.uids != r.uids
+                    || status.gids != r.gids
+                    || status.groups != r.groups
+                {
+                    return None;
+                }
+            }
         }
-        let status = parse_status(&String::from_utf8_lossy(&buf[..n])).ok()?;
-        if status.is_dead()
-            || status.uids != r.uids
-            || status.gids != r.gids
-            || status.groups != r.groups
-        {
-            return None;
-        }
-        let dir = Some(files.dir.as_raw_fd());
-        let exe = fstatat(dir, "exe", nix::fcntl::AtFlags::empty()).ok()?;
-        if exe.st_nlink == 0
-            || HashKey::of_stat(&exe) != r.exe
-            || self.cli_ids.contains(&(exe.st_dev, exe.st_ino))
-        {
-            return None;
-        }
-        let mnt = fstatat(dir, "ns/mnt", nix::fcntl::AtFlags::empty()).ok()?;
-        if (mnt.st_dev, mnt.st_ino) != self.mnt_ns {
-            return None;
+        // The executable and the namespace: path lookups in /proc, which cost far more
+        // than the ids on a busy agent, so re-checked every EXE_RECHECK rather than on
+        // every request of a kept connection.
+        let mut checked = r.exe_checked.lock().unwrap_or_else(|p| p.into_inner());
+        if checked.elapsed() >= EXE_RECHECK {
+            let dir = Some(files.dir.as_raw_fd());
+            let exe = fstatat(dir, "exe", nix::fcntl::AtFlags::empty()).ok()?;
+            if exe.st_nlink == 0
+                || HashKey::of_stat(&exe) != r.exe
+                || self.cli_ids.contains(&(exe.st_dev, exe.st_ino))
+            {
+                return None;
+            }
+            let mnt = fstatat(dir, "ns/mnt", nix::fcntl::AtFlags::empty()).ok()?;
+            if (mnt.st_dev, mnt.st_ino) != self.mnt_ns {
+                return None;
+            }
+            *checked = std::time::Instant::now();
         }
         Some(r.attestation.clone())
     }
 
-    fn attest_fully(&self, peer: &Peer) -> Result<Attestation, AttestError> {
+    fn attest_fully(&self, peer: &Peer) -> Result<Arc<Attestation>, AttestError> {
         let pid = peer.pid();
         let pin = &peer.inner.pin;
         // Before reading: if the pid already names another process, /proc/<pid> is theirs.
@@ -689,7 +725,7 @@ impl Attestor {
             selectors.insert(format!("unix:sha256:{sha}"));
         }
 
-        let attestation = Attestation {
+        let attestation = Arc::new(Attestation {
             pid: pid.unsigned_abs(),
             uid,
             gid,
@@ -698,11 +734,13 @@ impl Attestor {
             exe_sha256: exe.sha256,
             via_cli,
             selectors,
-        };
+        });
         // Reusable only when the selectors came from the peer's own executable.
         let remembered = match (via_cli, exe.file) {
             (false, Some(file)) => Some(Arc::new(Remembered {
+                attestor: self.id,
                 at: std::time::Instant::now(),
+                exe_checked: Mutex::new(std::time::Instant::now()),
                 uids: status.uids,
                 gids: status.gids,
                 groups: status.groups,
@@ -1188,16 +1226,27 @@ mod tests {
         sync::<Attestor>();
     }
 
-    #[test]
-    fn remembered_attestation_is_reused_only_while_its_grounds_hold() {
+    /// Checks attest_quick against tampered copies of what it remembered. `via_status`
+    /// forces the `/proc/<pid>/status` path (kernels without `PIDFD_GET_INFO`).
+    fn check_reuse(via_status: bool) {
         let (peer, _a, _b) = self_peer();
+        if via_status {
+            let files = ProcFiles {
+                dir: File::open(format!("/proc/{}", own_pid())).unwrap(),
+                status: Some(File::open(proc_path(own_pid(), "status")).unwrap()),
+            };
+            peer.inner.files.set(Some(files)).unwrap();
+        }
         let att = attestor(vec![]);
         let full = att.attest(&peer).unwrap();
         assert_eq!(att.attest_quick(&peer).as_ref(), Some(&full));
         let original = peer.inner.remembered.lock().unwrap().clone().unwrap();
         let tamper = |f: &dyn Fn(&mut Remembered)| {
             let mut r = Remembered {
+                attestor: original.attestor,
                 at: original.at,
+                // Due for the executable and namespace re-check.
+                exe_checked: Mutex::new(original.at - EXE_RECHECK),
                 uids: original.uids,
                 gids: original.gids,
                 groups: original.groups.clone(),
@@ -1215,18 +1264,37 @@ mod tests {
             "executable changed"
         );
         assert!(tamper(&|r| r.uids[2] ^= 1).is_none(), "saved uid changed");
+        assert!(tamper(&|r| r.uids[3] ^= 1).is_none(), "fs uid changed");
         assert!(tamper(&|r| r.gids[0] ^= 1).is_none(), "real gid changed");
-        assert!(
-            tamper(&|r| r.groups.push(4_000_000)).is_none(),
-            "groups changed"
-        );
+        if via_status {
+            assert!(
+                tamper(&|r| r.groups.push(4_000_000)).is_none(),
+                "groups changed"
+            );
+        }
         assert!(
             tamper(&|r| r.at -= REMEMBER_FOR).is_none(),
             "too old to reuse"
         );
+        // Between executable re-checks only the ids are read: a changed executable is
+        // seen at the next re-check, EXE_RECHECK at most after the last.
+        assert!(
+            tamper(&|r| {
+                r.exe.ino ^= 1;
+                r.exe_checked = Mutex::new(std::time::Instant::now());
+            })
+            .is_some(),
+            "executable not re-checked within EXE_RECHECK"
+        );
         // attest() falls back to a full attestation, which remembers afresh.
         assert_eq!(att.attest(&peer).unwrap(), full);
         assert_eq!(att.attest_quick(&peer), Some(full));
+    }
+
+    #[test]
+    fn remembered_attestation_is_reused_only_while_its_grounds_hold() {
+        check_reuse(false);
+        check_reuse(true);
     }
 
     #[test]
@@ -1337,7 +1405,7 @@ mod tests {
         if check_ids(ppid, &parent, peer.uid(), peer.gid()).is_err() {
             // Started by a parent with other ids (e.g. `setpriv … test-binary` from a root
             // shell): it must lend nothing.
-            assert_eq!((att.exe_path, att.exe_sha256), (None, None));
+            assert_eq!((&att.exe_path, &att.exe_sha256), (&None, &None));
             assert!(!att.selectors.iter().any(|s| s.starts_with("unix:path:")));
             return;
         }
