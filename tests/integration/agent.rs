@@ -718,3 +718,91 @@ fn callers_in_other_namespaces_are_refused_and_user_namespaces_lend_no_root() {
         .args(["get", "api"]);
     c.run(cmd).code(2);
 }
+
+/// Set for the copy of this test binary that `kept_connection_helper` runs as.
+const KEPT_CONNECTION_SOCKET_ENV: &str = "LEASH_TEST_KEPT_CONNECTION_SOCKET";
+
+#[test]
+#[ignore = "helper: started as a child process by a kept_connection test"]
+fn kept_connection_helper() {
+    use leash_proto::v1;
+    use leash_proto::v1::agent_client::AgentClient;
+    let Some(socket) = std::env::var_os(KEPT_CONNECTION_SOCKET_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let ch = leash_proto::uds::connect(std::path::Path::new(&socket))
+            .await
+            .expect("connect");
+        let mut client = AgentClient::new(ch);
+        let fetch = || v1::FetchRequest {
+            credential: "api".into(),
+            ..Default::default()
+        };
+        let show = |r: Result<tonic::Response<v1::FetchResponse>, tonic::Status>| match r {
+            Ok(r) => format!("ok lease={}", r.into_inner().lease_id),
+            Err(s) => format!("err {}", s.message()),
+        };
+        // Two requests on one connection: the second reuses the first's attestation.
+        println!("FIRST {}", show(client.fetch(fetch()).await));
+        println!("SECOND {}", show(client.fetch(fetch()).await));
+        // Drop every id to nobody while keeping the connection (opened as root).
+        nix::unistd::setgroups(&[]).expect("setgroups");
+        let nobody_g = nix::unistd::Gid::from_raw(65534);
+        let nobody_u = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::setresgid(nobody_g, nobody_g, nobody_g).expect("setresgid");
+        nix::unistd::setresuid(nobody_u, nobody_u, nobody_u).expect("setresuid");
+        println!("AFTER {}", show(client.fetch(fetch()).await));
+    });
+}
+
+#[test]
+fn kept_connection_is_refused_once_its_process_changes_uid() {
+    if !require_root(
+        "kept_connection_is_refused_once_its_process_changes_uid",
+        "the helper drops from root to uid 65534 while keeping its connection",
+    ) {
+        return;
+    }
+    let c = Cluster::start();
+    basic(&c);
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "agent::kept_connection_helper",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(KEPT_CONNECTION_SOCKET_ENV, &c.agent(0).socket)
+        .output()
+        .expect("run helper");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |tag: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .unwrap_or_else(|| {
+                panic!(
+                    "helper printed no {tag} line\nstdout:\n{stdout}\nstderr:\n{}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    c.logs_dump()
+                )
+            })
+            .trim()
+            .to_string()
+    };
+    let first = line("FIRST");
+    let second = line("SECOND");
+    assert!(first.starts_with("ok lease="), "{first}");
+    // The same credential from the cache, on the reused attestation.
+    assert_eq!(second, first, "second request on the kept connection");
+    let after = line("AFTER");
+    assert!(
+        after.starts_with("err attestation failed") && after.contains("65534"),
+        "a process that changed its uid after connecting must be refused: {after}"
+    );
+}
