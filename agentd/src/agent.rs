@@ -96,7 +96,8 @@ pub struct Agent {
     /// Live tasks.
     pub tasks: crate::tasks::Tasks,
     identity: RwLock<Arc<Identity>>,
-    workloads: RwLock<HashMap<String, v1::Workload>>,
+    /// Shared, so a request's matching copies pointers rather than records.
+    workloads: RwLock<HashMap<String, Arc<v1::Workload>>>,
     client: RwLock<Option<ControlPlaneClient<Channel>>>,
     health: Mutex<Health>,
     usage: Mutex<HashMap<String, v1::LeaseUsage>>,
@@ -268,8 +269,10 @@ impl Agent {
     /// Replace the workload set (snapshot). Returns how many credentials were wiped
     /// because their workload is gone.
     pub fn replace_workloads(&self, ws: Vec<v1::Workload>) -> usize {
-        let map: HashMap<String, v1::Workload> =
-            ws.into_iter().map(|w| (w.name.clone(), w)).collect();
+        let map: HashMap<String, Arc<v1::Workload>> = ws
+            .into_iter()
+            .map(|w| (w.name.clone(), Arc::new(w)))
+            .collect();
         let wiped = self.cache.retain_workloads(|name| map.contains_key(name));
         *self.workloads.write().unwrap_or_else(|p| p.into_inner()) = map;
         wiped
@@ -280,7 +283,7 @@ impl Agent {
         self.workloads
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(w.name.clone(), w);
+            .insert(w.name.clone(), Arc::new(w));
     }
 
     /// Drop a workload and its credentials.
@@ -293,8 +296,8 @@ impl Agent {
     }
 
     /// Workloads whose selectors all match.
-    pub fn matching(&self, matches: impl Fn(&[String]) -> bool) -> Vec<v1::Workload> {
-        let mut v: Vec<v1::Workload> = self
+    pub fn matching(&self, matches: impl Fn(&[String]) -> bool) -> Vec<Arc<v1::Workload>> {
+        let mut v: Vec<Arc<v1::Workload>> = self
             .workloads
             .read()
             .unwrap_or_else(|p| p.into_inner())

@@ -70,7 +70,7 @@ impl Api {
         }
     }
 
-    fn pick(&self, a: &Attestation, as_workload: &str) -> Result<v1::Workload, Status> {
+    fn pick(&self, a: &Attestation, as_workload: &str) -> Result<Arc<v1::Workload>, Status> {
         let candidates = self.agent.matching(|sel| a.matches(sel));
         if !as_workload.is_empty() {
             return candidates.into_iter().find(|w| w.name == as_workload).ok_or_else(|| {
@@ -263,7 +263,7 @@ impl AgentService for Api {
                 .map(|w| format!("spiffe://{td}/{}", w.name))
                 .collect::<Vec<_>>()
                 .join(" "),
-            workloads: ws.into_iter().map(|w| w.name).collect(),
+            workloads: ws.iter().map(|w| w.name.clone()).collect(),
             host: id.desc.host.clone(),
         }))
     }
