@@ -1200,6 +1200,20 @@ mod tests {
         }
     }
 
+    /// An unused, unrevoked join token whose secret hashes to "x".
+    fn token(id: &str) -> JoinTokenRecord {
+        JoinTokenRecord {
+            id: id.into(),
+            secret_sha256: "x".into(),
+            name: None,
+            labels: BTreeMap::new(),
+            created_at: 0,
+            expires_at: i64::MAX,
+            used_by: None,
+            revoked: false,
+        }
+    }
+
     fn host() -> Host {
         Host {
             name: "h".into(),
@@ -1253,16 +1267,7 @@ mod tests {
         s.put_workload(workload("w"), Event::new("x"))
             .await
             .expect("put");
-        let t = JoinTokenRecord {
-            id: "t".into(),
-            secret_sha256: "x".into(),
-            name: None,
-            labels: BTreeMap::new(),
-            created_at: 0,
-            expires_at: i64::MAX,
-            used_by: None,
-            revoked: false,
-        };
+        let t = token("t");
         s.put_join_token(t, Event::new("x")).await.expect("token");
         s.enroll("t", "x", host(), 0, Event::new("enrolled"))
             .await
@@ -1296,16 +1301,7 @@ mod tests {
         s.put_workload(workload("v"), Event::new("x"))
             .await
             .expect("put");
-        let t = JoinTokenRecord {
-            id: "t".into(),
-            secret_sha256: "x".into(),
-            name: None,
-            labels: BTreeMap::new(),
-            created_at: 0,
-            expires_at: i64::MAX,
-            used_by: None,
-            revoked: false,
-        };
+        let t = token("t");
         s.put_join_token(t, Event::new("x")).await.expect("token");
         assert!(
             s.enroll("t", "y", host(), 0, Event::new("e"))
@@ -1356,16 +1352,7 @@ mod tests {
 
         // Each host is told only the lease ids issued to it.
         for (i, name) in ["h1", "h2"].into_iter().enumerate() {
-            let t = JoinTokenRecord {
-                id: format!("t{i}"),
-                secret_sha256: "x".into(),
-                name: None,
-                labels: BTreeMap::new(),
-                created_at: 0,
-                expires_at: i64::MAX,
-                used_by: None,
-                revoked: false,
-            };
+            let t = token(&format!("t{i}"));
             s.put_join_token(t, Event::new("x")).await.expect("token");
             let h = Host {
                 name: name.into(),
