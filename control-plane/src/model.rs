@@ -313,8 +313,9 @@ pub struct Revocation {
     pub lease_ids: Vec<String>,
     /// Hosts that may hold one of them (the ones to wait for).
     pub hosts: Vec<String>,
-    /// For each of `lease_ids`, the index in `hosts` of the host it was issued to, so a
-    /// host is sent only its own lease ids. Empty in revocations recorded before it
+    /// For each of `lease_ids`, the index in `hosts` of the host it was issued to, in
+    /// ascending order (`lease_ids` is grouped by host to match), so a host is sent only
+    /// its own lease ids, found by binary search. Empty in revocations recorded before it
     /// existed: every host is then sent every id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lease_hosts: Vec<u32>,
@@ -329,12 +330,10 @@ impl Revocation {
         let Ok(idx) = self.hosts.binary_search_by(|h| h.as_str().cmp(host)) else {
             return Vec::new();
         };
-        self.lease_ids
-            .iter()
-            .zip(&self.lease_hosts)
-            .filter(|(_, h)| **h as usize == idx)
-            .map(|(id, _)| id.clone())
-            .collect()
+        let idx = idx as u32;
+        let start = self.lease_hosts.partition_point(|h| *h < idx);
+        let end = self.lease_hosts.partition_point(|h| *h <= idx);
+        self.lease_ids[start..end].to_vec()
     }
 }
 

@@ -406,10 +406,14 @@ impl Tx<'_> {
             hosts.insert(h.clone());
         }
         let hosts: Vec<String> = hosts.into_iter().collect();
-        let lease_hosts = lease_host_names
+        // Group the leases by host (see `Revocation::lease_hosts`).
+        let mut pairs: Vec<(u32, String)> = lease_host_names
             .iter()
             .map(|h| hosts.binary_search(h).unwrap_or_default() as u32)
+            .zip(lease_ids)
             .collect();
+        pairs.sort_unstable();
+        let (lease_hosts, lease_ids): (Vec<u32>, Vec<String>) = pairs.into_iter().unzip();
         let rev = Revocation {
             seq,
             target,
@@ -1380,6 +1384,11 @@ mod tests {
         let mut all = rev.lease_ids.clone();
         all.sort();
         assert_eq!(all, ["l2", "m1", "m2", "m3"]);
+        assert!(
+            rev.lease_hosts.windows(2).all(|w| w[0] <= w[1]),
+            "grouped by host: {:?}",
+            rev.lease_hosts
+        );
         let mut h1 = rev.lease_ids_for("h1");
         h1.sort();
         assert_eq!(h1, ["m1", "m3"]);
