@@ -99,12 +99,13 @@ impl Shared {
     /// The leases a revocation covered, grouped by host; computed once per revocation
     /// however many hosts acknowledge it.
     pub fn revoked_leases_by_host(&self, seq: u64) -> Arc<LeasesByHost> {
-        if let Some(m) = self
+        // Computed under the lock: the acks of a revocation arrive together, and the first
+        // one computes while the others wait for its answer instead of repeating it.
+        let mut cache = self
             .revoked_by_host
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&seq)
-        {
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.get(&seq) {
             return m.clone();
         }
         let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
@@ -113,16 +114,24 @@ impl Shared {
             .revocations_since(seq.saturating_sub(1))
             .ok()
             .and_then(|v| v.into_iter().find(|r| r.seq == seq));
-        for id in rev.map(|r| r.lease_ids).unwrap_or_default() {
-            if let Ok(Some(l)) = self.store.lease(&id) {
-                by_host.entry(l.host).or_default().push(id);
+        if let Some(rev) = rev {
+            if rev.lease_hosts.len() == rev.lease_ids.len() {
+                // The revocation says which host each lease went to.
+                for (id, h) in rev.lease_ids.iter().zip(&rev.lease_hosts) {
+                    if let Some(host) = rev.hosts.get(*h as usize) {
+                        by_host.entry(host.clone()).or_default().push(id.clone());
+                    }
+                }
+            } else {
+                // Recorded before it did: look each lease up.
+                for id in rev.lease_ids {
+                    if let Ok(Some(l)) = self.store.lease(&id) {
+                        by_host.entry(l.host).or_default().push(id);
+                    }
+                }
             }
         }
         let m = Arc::new(by_host);
-        let mut cache = self
-            .revoked_by_host
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         if cache.len() > 256 {
             cache.clear();
         }
