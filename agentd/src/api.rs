@@ -2,9 +2,9 @@
 //!
 //! Every request is attested from the connection's pinned peer (reusing the
 //! connection's last attestation only after re-checking what it rested on; see
-//! `Attestor::attest_quick`); nothing the caller sends is trusted for identity. The fetch path: attest, match a workload,
-//! serve from cache when the entry satisfies the request and is fresh, otherwise Issue
-//! through the control plane and cache the answer.
+//! `Attestor::attest_quick`); nothing the caller sends is trusted for identity. The
+//! fetch path: attest, match a workload, serve from cache when the entry satisfies the
+//! request and is fresh, otherwise Issue through the control plane and cache the answer.
 
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ impl Api {
         if let Some(a) = self.agent.attestor.attest_quick(peer) {
             return Ok(a);
         }
-        tokio::task::block_in_place(|| self.agent.attestor.attest(peer))
+        tokio::task::block_in_place(|| self.agent.attestor.attest_fully(peer))
             .map_err(|e| Reason::Denied.status(format!("attestation failed: {e}")))
     }
 

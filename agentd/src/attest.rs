@@ -677,7 +677,9 @@ impl Attestor {
         Some(r.attestation.clone())
     }
 
-    fn attest_fully(&self, peer: &Peer) -> Result<Arc<Attestation>, AttestError> {
+    /// Attests `peer` from scratch (and remembers it for [`Attestor::attest_quick`]).
+    /// Blocking, like [`Attestor::attest`].
+    pub fn attest_fully(&self, peer: &Peer) -> Result<Arc<Attestation>, AttestError> {
         let pid = peer.pid();
         let pin = &peer.inner.pin;
         // Before reading: if the pid already names another process, /proc/<pid> is theirs.

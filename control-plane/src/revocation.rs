@@ -33,6 +33,14 @@ pub fn to_proto(r: &Revocation, host: &str) -> v1::Revocation {
     }
 }
 
+/// The revocation recorded with sequence number `seq`, if any.
+pub fn recorded(store: &dyn crate::store::Storage, seq: u64) -> Option<Revocation> {
+    store
+        .revocations_since(seq.saturating_sub(1))
+        .ok()
+        .and_then(|v| v.into_iter().find(|r| r.seq == seq))
+}
+
 /// RFC 7662 introspection of a token.
 pub fn introspect(s: &Shared, token: &str) -> v1::IntrospectResponse {
     let claims = crate::issuer::verify(&s.keys, token.trim());
@@ -73,12 +81,7 @@ pub async fn wait(
 ) {
     let start = Instant::now();
     let mut acks = s.hub.subscribe_acks();
-    let rev = s
-        .store
-        .revocations_since(seq.saturating_sub(1))
-        .ok()
-        .and_then(|v| v.into_iter().find(|r| r.seq == seq));
-    let Some(rev) = rev else {
+    let Some(rev) = recorded(s.store.as_ref(), seq) else {
         let _ = tx
             .send(Err(leash_proto::reason::Reason::NotFound
                 .status(format!("no revocation with sequence {seq}"))))

@@ -109,17 +109,13 @@ impl Shared {
             return m.clone();
         }
         let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
-        let rev = self
-            .store
-            .revocations_since(seq.saturating_sub(1))
-            .ok()
-            .and_then(|v| v.into_iter().find(|r| r.seq == seq));
-        if let Some(rev) = rev {
+        if let Some(rev) = crate::revocation::recorded(self.store.as_ref(), seq) {
             if rev.lease_hosts.len() == rev.lease_ids.len() {
                 // The revocation says which host each lease went to.
-                for (id, h) in rev.lease_ids.iter().zip(&rev.lease_hosts) {
-                    if let Some(host) = rev.hosts.get(*h as usize) {
-                        by_host.entry(host.clone()).or_default().push(id.clone());
+                for h in &rev.hosts {
+                    let ids = rev.lease_ids_for(h);
+                    if !ids.is_empty() {
+                        by_host.insert(h.clone(), ids);
                     }
                 }
             } else {

@@ -423,9 +423,16 @@ fn compare(ctx: &Ctx, a: &Args, base_dir: &std::path::Path) -> anyhow::Result<()
         a.rounds
     );
     println!();
-    let median = |mut v: Vec<f64>| -> f64 {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    // The median over the rounds of `f`, for the baseline and for this build.
+    let both = |f: &dyn Fn(&Measured) -> f64| {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        (
+            median(figures[0].1.iter().map(f).collect()),
+            median(figures[1].1.iter().map(f).collect()),
+        )
     };
     let mut t = Table::new(&[
         "measurement",
@@ -437,8 +444,7 @@ fn compare(ctx: &Ctx, a: &Args, base_dir: &std::path::Path) -> anyhow::Result<()
     ]);
     let c1 = |m: &Measured| m.c1.len() as f64 / m.c1_elapsed.as_secs_f64();
     let p99 = |m: &Measured| m.c1.p99().as_secs_f64();
-    let b = median(figures[0].1.iter().map(c1).collect());
-    let n = median(figures[1].1.iter().map(c1).collect());
+    let (b, n) = both(&c1);
     t.row(vec![
         "Issue/s, concurrency 1 (sequential)".into(),
         rate(b),
@@ -447,8 +453,7 @@ fn compare(ctx: &Ctx, a: &Args, base_dir: &std::path::Path) -> anyhow::Result<()
         "≥ 0.90×".into(),
         met(n >= 0.9 * b),
     ]);
-    let b = median(figures[0].1.iter().map(p99).collect());
-    let n = median(figures[1].1.iter().map(p99).collect());
+    let (b, n) = both(&p99);
     t.row(vec![
         "Issue p99, concurrency 1".into(),
         dur(Duration::from_secs_f64(b)),
@@ -459,8 +464,7 @@ fn compare(ctx: &Ctx, a: &Args, base_dir: &std::path::Path) -> anyhow::Result<()
     ]);
     for (k, conns) in a.connections.iter().enumerate() {
         let per_sec = |m: &Measured| m.runs[k].calls as f64 / m.runs[k].elapsed.as_secs_f64();
-        let b = median(figures[0].1.iter().map(per_sec).collect());
-        let n = median(figures[1].1.iter().map(per_sec).collect());
+        let (b, n) = both(&per_sec);
         t.row(vec![
             format!(
                 "Issue/s, concurrency {} over {conns} connection(s), {}s",
@@ -473,8 +477,7 @@ fn compare(ctx: &Ctx, a: &Args, base_dir: &std::path::Path) -> anyhow::Result<()
             met(n >= 0.9 * b),
         ]);
         let cpu = |m: &Measured| m.runs[k].cp_cpu.as_secs_f64() / m.runs[k].calls.max(1) as f64;
-        let b = median(figures[0].1.iter().map(cpu).collect());
-        let n = median(figures[1].1.iter().map(cpu).collect());
+        let (b, n) = both(&cpu);
         t.row(vec![
             format!("control-plane CPU per Issue, {conns} connection(s)"),
             dur(Duration::from_secs_f64(b)),
