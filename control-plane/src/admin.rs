@@ -836,8 +836,7 @@ impl Admin for AdminApi {
             ) else {
                 continue;
             };
-            let mut facts: crate::policy::Facts =
-                serde_json::from_value(l.context.clone()).unwrap_or_default();
+            let mut facts: crate::policy::Facts = l.context.clone().unwrap_or_default();
             facts.now = now;
             let permitted = self
                 .s

@@ -434,7 +434,7 @@ impl ControlPlane for AgentApi {
             task,
             on_behalf_of: obo,
             approval: approval.clone(),
-            context: serde_json::to_value(&facts).unwrap_or_default(),
+            context: Some(facts),
             policy_version: verdict.version,
             issued_at: now,
             expires_at: claims.exp,

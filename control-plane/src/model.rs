@@ -169,9 +169,10 @@ pub struct Lease {
     /// The approval it was issued under, if one was needed.
     #[serde(default)]
     pub approval: Option<String>,
-    /// The request context it was issued under (for re-evaluation).
+    /// The request context it was issued under (for re-evaluation). Typed, so writing
+    /// and reading a lease builds no JSON tree; stored as the same JSON object as before.
     #[serde(default)]
-    pub context: serde_json::Value,
+    pub context: Option<crate::policy::Facts>,
     /// Policy version at issue.
     #[serde(default)]
     pub policy_version: u64,

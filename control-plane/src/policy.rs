@@ -129,7 +129,7 @@ fn problems(text: &str, d: &dyn Diagnostic, fallback: String) -> Vec<Problem> {
 }
 
 /// The request an issuance (or an explanation) is decided on.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Facts {
     /// Attested uid.
     pub uid: i64,

@@ -1193,7 +1193,7 @@ mod tests {
             task: None,
             on_behalf_of: None,
             approval: None,
-            context: serde_json::Value::Null,
+            context: None,
             policy_version: 0,
             issued_at: 0,
             expires_at: 10,
