@@ -51,18 +51,35 @@ pub struct Claims {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IssueError {
-    /// jsonwebtoken refused (should not happen with our own key).
-    #[error("signing failed: {0}")]
-    Sign(#[from] jsonwebtoken::errors::Error),
+    /// The claims did not serialize (should not happen with our own types).
+    #[error("encoding the claims failed: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// ring refused to sign (should not happen with our own key).
+    #[error("signing failed")]
+    Sign,
 }
 
-/// Sign `claims` with the current key.
+/// Sign `claims` with the current key: a compact JWS (RFC 7515), ES256, with the
+/// key's `kid`. The key pair and the header are prepared once per key; only the
+/// claims are encoded per token.
 pub fn sign(keys: &Keys, claims: &Claims) -> Result<String, IssueError> {
+    use base64::Engine;
     let key = keys.signing_key();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(key.kid.clone());
-    header.typ = Some("JWT".into());
-    Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
+    let payload = serde_json::to_vec(claims)?;
+    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // header "." payload "." signature (64 bytes → 86 characters).
+    let mut token =
+        String::with_capacity(key.header_b64.len() + 2 + payload.len().div_ceil(3) * 4 + 86);
+    token.push_str(&key.header_b64);
+    token.push('.');
+    b64.encode_string(&payload, &mut token);
+    let sig = key
+        .pair
+        .sign(&ring::rand::SystemRandom::new(), token.as_bytes())
+        .map_err(|_| IssueError::Sign)?;
+    token.push('.');
+    b64.encode_string(sig.as_ref(), &mut token);
+    Ok(token)
 }
 
 /// Short SHA-256 fingerprint of a token (safe to log).

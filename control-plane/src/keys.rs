@@ -169,8 +169,11 @@ async fn sealed_blob(
 pub struct JwtKey {
     /// Key id, in every token header.
     pub kid: String,
-    /// For jsonwebtoken.
-    pub encoding: jsonwebtoken::EncodingKey,
+    /// The key pair, parsed once (parsing PKCS#8 checks the pair with a scalar
+    /// multiplication, which costs as much as the signature itself).
+    pub pair: EcdsaKeyPair,
+    /// The token header for this key, JSON then base64url: the same for every token.
+    pub header_b64: String,
     /// Uncompressed public point (0x04 || x || y).
     pub public: Vec<u8>,
 }
@@ -193,9 +196,11 @@ impl JwtKey {
         .map_err(|_| KeyError::Decrypt("JWT signing key".into()))?;
         let public = pair.public_key().as_ref().to_vec();
         let kid = hex::encode(&ring::digest::digest(&ring::digest::SHA256, &public).as_ref()[..8]);
+        let header = serde_json::json!({ "typ": "JWT", "alg": "ES256", "kid": kid });
         Ok(JwtKey {
+            header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
             kid,
-            encoding: jsonwebtoken::EncodingKey::from_ec_der(pkcs8),
+            pair,
             public,
         })
     }
@@ -437,6 +442,48 @@ mod tests {
             jwks["keys"][0]["kid"],
             serde_json::json!(k1.signing_key().kid)
         );
+    }
+
+    #[tokio::test]
+    async fn signed_tokens_verify_with_jsonwebtoken_and_carry_the_kid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("store");
+        let master = MasterKey::load_or_create(dir.path()).expect("master");
+        let k = Keys::load_or_create(&*store, &master, "td")
+            .await
+            .expect("keys");
+        let claims = crate::issuer::Claims {
+            iss: "spiffe://td".into(),
+            sub: "spiffe://td/ci/deploy".into(),
+            aud: "https://a.example".into(),
+            exp: 2_000_000_000,
+            iat: 1_000_000_000,
+            nbf: 1_000_000_000,
+            jti: "l-1".into(),
+            scope: Some("deploy:write".into()),
+            obo: None,
+            leash: crate::issuer::LeashClaim {
+                host: "h\"1".into(),
+                action: "deploy".into(),
+                owner: "team".into(),
+                task: None,
+            },
+        };
+        let token = crate::issuer::sign(&k, &claims).expect("signed");
+        let header = jsonwebtoken::decode_header(&token).expect("header");
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        assert_eq!(header.kid.as_deref(), Some(k.signing_key().kid.as_str()));
+        assert_eq!(crate::issuer::verify(&k, &token), Some(claims.clone()));
+        // Two signatures of the same claims differ (ECDSA nonces) and both verify.
+        let again = crate::issuer::sign(&k, &claims).expect("signed");
+        assert_ne!(token, again);
+        assert_eq!(crate::issuer::verify(&k, &again), Some(claims));
+        // A changed payload does not.
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let other = URL_SAFE_NO_PAD.encode(br#"{"sub":"x"}"#);
+        parts[1] = &other;
+        assert_eq!(crate::issuer::verify(&k, &parts.join(".")), None);
     }
 
     #[tokio::test]

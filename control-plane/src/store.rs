@@ -275,8 +275,14 @@ fn be(n: u64) -> [u8; 8] {
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // Most records (a lease with its context, an event) are a few hundred bytes: start
+    // there rather than grow from serde_json's 128.
+    let mut out = Vec::with_capacity(512);
     // Serialising our own plain records cannot fail (no maps with non-string keys).
-    serde_json::to_vec(v).unwrap_or_default()
+    match serde_json::to_writer(&mut out, v) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
 }
 
 fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
