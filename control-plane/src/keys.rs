@@ -415,14 +415,20 @@ mod tests {
     use super::*;
     use crate::store::SledStore;
 
-    #[tokio::test]
-    async fn keys_persist_encrypted_and_reload() {
+    /// A fresh store and master key in a temp dir, and the keys created in them.
+    async fn fresh(td: &str) -> (tempfile::TempDir, Arc<SledStore>, MasterKey, Keys) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("store");
         let master = MasterKey::load_or_create(dir.path()).expect("master");
-        let k1 = Keys::load_or_create(&*store, &master, "td.example")
+        let keys = Keys::load_or_create(&*store, &master, td)
             .await
             .expect("keys");
+        (dir, store, master, keys)
+    }
+
+    #[tokio::test]
+    async fn keys_persist_encrypted_and_reload() {
+        let (dir, store, master, k1) = fresh("td.example").await;
         let k2 = Keys::load_or_create(&*store, &master, "td.example")
             .await
             .expect("keys again");
@@ -446,12 +452,7 @@ mod tests {
 
     #[tokio::test]
     async fn signed_tokens_verify_with_jsonwebtoken_and_carry_the_kid() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path()).expect("store");
-        let master = MasterKey::load_or_create(dir.path()).expect("master");
-        let k = Keys::load_or_create(&*store, &master, "td")
-            .await
-            .expect("keys");
+        let (_dir, _store, _master, k) = fresh("td").await;
         let claims = crate::issuer::Claims {
             iss: "spiffe://td".into(),
             sub: "spiffe://td/ci/deploy".into(),
@@ -488,12 +489,7 @@ mod tests {
 
     #[tokio::test]
     async fn host_cert_has_our_names_not_the_csr_ones() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path()).expect("store");
-        let master = MasterKey::load_or_create(dir.path()).expect("master");
-        let k = Keys::load_or_create(&*store, &master, "td")
-            .await
-            .expect("keys");
+        let (_dir, _store, _master, k) = fresh("td").await;
         let host_key = KeyPair::generate().expect("key");
         let csr = CertificateParams::new(vec!["evil.example".to_string()])
             .expect("params")
