@@ -481,13 +481,9 @@ fn workloads_reach_only_hosts_their_label_selector_matches() {
 }
 
 #[test]
+#[ignore = "needs root: runs leash as uid 65534 with setpriv"]
 fn second_uid_matching_no_workload_is_refused() {
-    if !require_root(
-        "second_uid_matching_no_workload_is_refused",
-        "runs leash as uid 65534 with setpriv",
-    ) {
-        return;
-    }
+    require_root();
     let c = Cluster::start();
     basic(&c); // for root only
     let leash = c.copy_for_other_uids("leash");
@@ -582,13 +578,9 @@ fn script_run_through_leash_is_attested_as_its_interpreter() {
 }
 
 #[test]
+#[ignore = "needs root: runs leash as uid 65534 with setpriv"]
 fn leash_run_by_root_as_another_uid_is_attested_with_its_own_uid() {
-    if !require_root(
-        "leash_run_by_root_as_another_uid_is_attested_with_its_own_uid",
-        "runs leash as uid 65534 with setpriv",
-    ) {
-        return;
-    }
+    require_root();
     let c = Cluster::start();
     let check = |program: &std::path::Path| {
         let mut cmd = as_nobody(program);
@@ -672,13 +664,9 @@ fn secrets_never_reach_logs_or_disk() {
 }
 
 #[test]
+#[ignore = "needs root: creates pid and mount namespaces with unshare"]
 fn callers_in_other_namespaces_are_refused_and_user_namespaces_lend_no_root() {
-    if !require_root(
-        "callers_in_other_namespaces_are_refused_and_user_namespaces_lend_no_root",
-        "creates pid and mount namespaces with unshare",
-    ) {
-        return;
-    }
+    require_root();
     let c = Cluster::start();
     basic(&c);
     let leash = bin("leash");
@@ -761,13 +749,9 @@ fn kept_connection_helper() {
 }
 
 #[test]
+#[ignore = "needs root: the helper drops from root to uid 65534 while keeping its connection"]
 fn kept_connection_is_refused_once_its_process_changes_uid() {
-    if !require_root(
-        "kept_connection_is_refused_once_its_process_changes_uid",
-        "the helper drops from root to uid 65534 while keeping its connection",
-    ) {
-        return;
-    }
+    require_root();
     let c = Cluster::start();
     basic(&c);
     let out = Command::new(std::env::current_exe().expect("test binary"))

@@ -918,13 +918,9 @@ fn config_with_an_unknown_key_is_refused_naming_it() {
 }
 
 #[test]
+#[ignore = "needs root: runs leashctl as uid 65534 with setpriv"]
 fn admin_call_from_a_non_admin_uid_is_denied() {
-    if !require_root(
-        "admin_call_from_a_non_admin_uid_is_denied",
-        "runs leashctl as uid 65534 with setpriv",
-    ) {
-        return;
-    }
+    require_root();
     let c = Cluster::control_plane_only();
     // Make the socket reachable, so that only the uid check stands in the way.
     use std::os::unix::fs::PermissionsExt;
@@ -1297,13 +1293,9 @@ fn host_certificate_renewal_over_mtls() {
 }
 
 #[test]
+#[ignore = "needs root: runs leashctl as uid 65534 with setpriv"]
 fn configured_admins_are_authorised_and_recorded_by_name() {
-    if !require_root(
-        "configured_admins_are_authorised_and_recorded_by_name",
-        "runs leashctl as uid 65534 with setpriv",
-    ) {
-        return;
-    }
+    require_root();
     let c = Cluster::with(
         leash_tests::Options::default()
             .no_agent()

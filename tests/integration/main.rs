@@ -13,16 +13,27 @@
 //! - `policy`: Cedar policy check, precedence, TTL / host / time restrictions, action
 //!   scopes, re-evaluation on change, explain, `--allow` links (issue 6);
 //! - `human`: approvals, offboarding, the stale report, shared agents, transfers
-//!   (issue 7).
+//!   (issue 7);
+//! - `sockets`, `inputs`, `host_trust`, `config`, `faults`, `partitions`: the hardening work: socket
+//!   paths the CLIs trust, names and sizes taken from callers, what the control plane
+//!   believes a host about, configuration bounds, and the fault campaign (kill -9 under
+//!   load, a full disk, an agent cut off).
 //!
-//! Tests that need root (a second uid through `setpriv`) print why they are skipped and
-//! return when not root; CI runs as root, so they run there.
+//! Tests that need root (a second uid through `setpriv`, namespaces, tmpfs) are marked
+//! `#[ignore = "needs root: …"]`: the runner reports them as skipped when not root, and
+//! `cargo xtask test` includes them when it runs as root, as CI does.
 
 mod agent;
+mod config;
 mod control_plane;
+mod faults;
+mod host_trust;
 mod human;
+mod inputs;
+mod partitions;
 mod policy;
 mod revocation;
+mod sockets;
 mod tasks;
 
 use std::path::Path;

@@ -51,6 +51,20 @@ pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// The arguments for `cargo test`. Tests that need root are `#[ignore = "needs root: …"]`,
+/// so without root the runner reports them as ignored (skipped), never as passed; as root
+/// (CI) they are included. `#[ignore = "helper: …"]` tests are never run directly: other
+/// tests start them as child processes, and their names end in `_helper`.
+fn test_args(mut args: Vec<String>, root: bool) -> Vec<String> {
+    if root {
+        if !args.iter().any(|a| a == "--") {
+            args.push("--".into());
+        }
+        args.extend(["--include-ignored", "--skip", "_helper"].map(String::from));
+    }
+    args
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -59,7 +73,9 @@ fn main() -> ExitCode {
         Cmd::Test { args } => (|| {
             // The integration tests start the real binaries, so build them first.
             run(cargo().args(["build", "--workspace", "--bins"]))?;
-            run(cargo().args(["test", "--workspace"]).args(&args))
+            run(cargo()
+                .args(["test", "--workspace"])
+                .args(test_args(args, nix::unistd::geteuid().is_root())))
         })(),
     };
     match r {

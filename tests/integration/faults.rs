@@ -1,0 +1,1 @@
+//! The fault campaign: kill -9 under load, a full disk, partitions.
