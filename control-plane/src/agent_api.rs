@@ -4,7 +4,7 @@
 //! host record (by serial, never by name) and checking that record; an evicted or
 //! unknown host is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,31 +80,45 @@ impl AgentApi {
     }
 }
 
-/// Entries of `changes` that concern `host`, as Sync messages.
-fn messages_for(host: &Host, change: &Change) -> Option<v1::ControlMessage> {
+/// The Sync message, if any, that tells `host` about `change`. `told` holds the
+/// workloads (with their owners) this stream has sent the host: a workload the host may
+/// not run is never named to it, unless it was sent earlier and must now be dropped.
+fn messages_for(
+    host: &Host,
+    change: &Change,
+    told: &mut HashMap<String, String>,
+) -> Option<v1::ControlMessage> {
     use v1::control_message::Msg;
     let msg = match change {
         Change::WorkloadPut { seq, workload } => {
             if hosts_match(&workload.hosts, &host.labels) {
+                told.insert(workload.name.clone(), workload.owner.clone());
                 Msg::Workload(v1::WorkloadEntry {
                     seq: *seq,
                     workload: Some(workload_proto(workload)),
                 })
-            } else {
-                // It may have matched before the change: tell the agent to drop it.
+            } else if told.contains_key(&workload.name) {
+                // It matched before the change: tell the agent to drop it.
                 Msg::WorkloadRemoved(v1::WorkloadRemoved {
                     seq: *seq,
                     name: workload.name.clone(),
                 })
+            } else {
+                return None;
             }
         }
-        Change::WorkloadRemoved { seq, name } => Msg::WorkloadRemoved(v1::WorkloadRemoved {
-            seq: *seq,
-            name: name.clone(),
-        }),
-        Change::Revoked { revocation } => {
-            Msg::Revocation(crate::revocation::to_proto(revocation, &host.name))
+        Change::WorkloadRemoved { seq, name } => {
+            if !told.contains_key(name) {
+                return None;
+            }
+            Msg::WorkloadRemoved(v1::WorkloadRemoved {
+                seq: *seq,
+                name: name.clone(),
+            })
         }
+        Change::Revoked { revocation } => Msg::Revocation(crate::revocation::to_proto(
+            revocation, &host.name, told,
+        )),
         Change::HostEvicted { seq, name, reason } => {
             if name != &host.name {
                 return None;
@@ -116,6 +130,22 @@ fn messages_for(host: &Host, change: &Change) -> Option<v1::ControlMessage> {
         }
     };
     Some(v1::ControlMessage { msg: Some(msg) })
+}
+
+/// The sequence a Sync message carries, and whether it is a revocation (which the agent
+/// answers with a wipe acknowledgment).
+fn message_seq(m: &v1::ControlMessage) -> (u64, bool) {
+    use v1::control_message::Msg;
+    match &m.msg {
+        Some(Msg::Snapshot(x)) => (x.seq, false),
+        Some(Msg::Workload(x)) => (x.seq, false),
+        Some(Msg::WorkloadRemoved(x)) => (x.seq, false),
+        Some(Msg::Revocation(x)) => (x.seq, true),
+        Some(Msg::CaughtUp(x)) => (x.seq, false),
+        Some(Msg::Heartbeat(x)) => (x.seq, false),
+        Some(Msg::Evicted(x)) => (x.seq, false),
+        None => (0, false),
+    }
 }
 
 /// A workload record as the wire carries it.
@@ -192,13 +222,21 @@ impl ControlPlane for AgentApi {
         }
         let (tx, rx) = mpsc::channel(1024);
         let s = self.s.clone();
+        // A host resumes from what it says it applied, but never from past the end of
+        // the log (that asks for a snapshot), nor past what this process sent it.
+        let claimed = if hello.last_seq > s.store.current_seq() {
+            0
+        } else {
+            hello.last_seq
+        };
+        let last_seq = s.hub.resume_point(&host.name, claimed);
         tokio::spawn(async move {
-            let conn = s.hub.connect(&host.name, s.clock.now_ms(), hello.last_seq);
+            let conn = s.hub.connect(&host.name, s.clock.now_ms(), last_seq);
             if let Err(e) = s.store.touch_host(&host.name, s.clock.now()).await {
                 tracing::warn!(error = %e, "could not record host last-seen");
             }
-            tracing::info!(host = %host.name, last_seq = hello.last_seq, "agent connected");
-            if let Err(e) = run_sync(&s, &host, conn, hello.last_seq, &mut inbound, &tx).await {
+            tracing::info!(host = %host.name, last_seq, "agent connected");
+            if let Err(e) = run_sync(&s, &host, conn, last_seq, &mut inbound, &tx).await {
                 tracing::info!(host = %host.name, reason = %e, "sync stream ended");
             }
             s.hub.disconnect(&host.name, conn);
@@ -556,45 +594,63 @@ async fn run_sync(
     use v1::control_message::Msg;
 
     let send = |m: v1::ControlMessage| async move {
+        // Noted before it goes out, so an ack that comes back at once is recognised.
+        let (seq, revocation) = message_seq(&m);
+        s.hub.sending(&host.name, conn, seq, revocation);
         tx.send(Ok(m))
             .await
             .map_err(|_| "agent went away".to_string())
     };
     // Subscribe before reading the log, so nothing committed in between is missed.
     let mut changes = s.store.subscribe_changes();
-    let mut sent = match s.store.changes_since(last_seq).map_err(|e| e.to_string())? {
-        Some(backlog) if last_seq > 0 => {
-            let mut sent = last_seq;
-            for c in &backlog {
-                if let Some(m) = messages_for(host, c) {
-                    send(m).await?;
-                }
-                sent = c.seq();
-            }
-            sent.max(last_seq)
-        }
-        _ => {
-            // Fresh agent, or the log was compacted past it: a full snapshot.
-            let seq = s.store.current_seq();
-            let workloads = s
-                .store
-                .workloads()
-                .map_err(|e| e.to_string())?
+    // The workloads this host may run, read once: what the stream tells it about first.
+    let workloads: Vec<Workload> = s
+        .store
+        .workloads()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|w| hosts_match(&w.hosts, &host.labels))
+        .collect();
+    let mut told: HashMap<String, String> = workloads
+        .iter()
+        .map(|w| (w.name.clone(), w.owner.clone()))
+        .collect();
+    let snapshot = |seq: u64| v1::ControlMessage {
+        msg: Some(Msg::Snapshot(v1::Snapshot {
+            seq,
+            workloads: workloads
                 .iter()
-                .filter(|w| hosts_match(&w.hosts, &host.labels))
                 .map(|w| v1::WorkloadEntry {
                     seq,
                     workload: Some(workload_proto(w)),
                 })
-                .collect();
-            send(v1::ControlMessage {
-                msg: Some(Msg::Snapshot(v1::Snapshot {
-                    seq,
-                    workloads,
-                    revocations: Vec::new(),
-                })),
-            })
-            .await?;
+                .collect(),
+            revocations: Vec::new(),
+        })),
+    };
+    let mut sent = match s.store.changes_since(last_seq).map_err(|e| e.to_string())? {
+        Some(backlog) if last_seq > 0 => {
+            // Revocations and eviction in order; the workloads as they are now, in one
+            // snapshot that replaces what the agent had. Replaying workload changes one
+            // by one would name to the host every workload that stopped matching it in
+            // the meantime, whether or not it ever ran there.
+            let mut sent = last_seq;
+            for c in &backlog {
+                if matches!(c, Change::Revoked { .. } | Change::HostEvicted { .. }) {
+                    if let Some(m) = messages_for(host, c, &mut told) {
+                        send(m).await?;
+                    }
+                }
+                sent = c.seq();
+            }
+            let sent = sent.max(last_seq);
+            send(snapshot(sent)).await?;
+            sent
+        }
+        _ => {
+            // Fresh agent, or the log was compacted past it: a full snapshot.
+            let seq = s.store.current_seq();
+            send(snapshot(seq)).await?;
             seq
         }
     };
@@ -626,7 +682,7 @@ async fn run_sync(
             change = changes.recv() => match change {
                 Ok(c) => {
                     if c.seq() <= sent { continue; }
-                    if let Some(m) = messages_for(host, &c) {
+                    if let Some(m) = messages_for(host, &c, &mut told) {
                         send(m).await?;
                     }
                     sent = c.seq();
@@ -639,7 +695,7 @@ async fn run_sync(
                     let backlog = s.store.changes_since(sent).map_err(|e| e.to_string())?
                         .ok_or("fell too far behind the change log")?;
                     for c in backlog {
-                        if let Some(m) = messages_for(host, &c) { send(m).await?; }
+                        if let Some(m) = messages_for(host, &c, &mut told) { send(m).await?; }
                         sent = c.seq();
                     }
                 }
@@ -661,13 +717,26 @@ async fn run_sync(
     }
 }
 
+/// Longest lease id quoted in a log line about a report that was not believed.
+const LOGGED_ID_MAX: usize = 64;
+
 async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMessage) {
     use v1::agent_message::Msg;
     let now = s.clock.now_ms();
     match m.msg {
-        Some(Msg::Ack(a)) => s.hub.seen(&host.name, conn, now, Some(a.seq)),
+        Some(Msg::Ack(a)) => {
+            if !s.hub.seen(&host.name, conn, now, Some(a.seq)) {
+                // Acknowledging what was never sent proves nothing: not counted.
+                tracing::debug!(host = %host.name, seq = a.seq, "ignored a sync ack beyond what this connection sent");
+            }
+        }
         Some(Msg::WipeAck(a)) => {
-            s.hub.wipe_acked(&host.name, conn, now, a.seq, a.wiped);
+            // Only a revocation this connection sent, once: a host cannot mark a
+            // revocation wiped before it has it.
+            if !s.hub.wipe_acked(&host.name, conn, now, a.seq, a.wiped) {
+                tracing::warn!(host = %host.name, seq = a.seq, "ignored a wipe ack for a revocation not sent on this connection");
+                return;
+            }
             // One `wiped` event per covered lease issued to this host, so each lease's
             // timeline shows where it was wiped; a host-level one when none was.
             let leases = s
@@ -691,10 +760,24 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
         }
         Some(Msg::Usage(u)) => {
             s.hub.seen(&host.name, conn, now, None);
+            // A host reports only on leases issued to it; a report naming any other lease
+            // (another host's, or none at all) is not recorded.
+            let mut ignored = 0usize;
+            let mut first_ignored = None;
             let events = u
                 .leases
                 .into_iter()
                 .take(10_000)
+                .filter(|l| {
+                    let own = matches!(s.store.lease(&l.lease_id), Ok(Some(x)) if x.host == host.name);
+                    if !own {
+                        ignored += 1;
+                        first_ignored.get_or_insert_with(|| {
+                            l.lease_id.chars().take(LOGGED_ID_MAX).collect::<String>()
+                        });
+                    }
+                    own
+                })
                 .map(|l| {
                     Event::new("served")
                         .host(host.name.clone())
@@ -708,9 +791,14 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
                         }))
                 })
                 .collect();
+            if ignored > 0 {
+                tracing::warn!(host = %host.name, ignored, first = ?first_ignored.unwrap_or_default(), "ignored usage reported for leases not issued to this host");
+            }
             s.record(events);
         }
-        Some(Msg::Hello(_)) | None => s.hub.seen(&host.name, conn, now, None),
+        Some(Msg::Hello(_)) | None => {
+            s.hub.seen(&host.name, conn, now, None);
+        }
     }
 }
 

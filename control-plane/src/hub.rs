@@ -3,7 +3,7 @@
 //! In memory only: a restarted control plane learns it again as agents reconnect. The
 //! durable truth (hosts, revocations) is in the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -27,7 +27,18 @@ struct Conn {
     acked_seq: u64,
     /// Revocation seqs this connection has wipe-acknowledged (highest seen).
     wipe_acked_seq: u64,
+    /// Highest sequence sent on this connection (or resumed from): an ack beyond it
+    /// acknowledges something the host never received.
+    sent_seq: u64,
+    /// Revocations sent on this connection and not yet wipe-acknowledged: the only
+    /// sequences a wipe acknowledgment may name.
+    unacked_wipes: BTreeSet<u64>,
 }
+
+/// Revocations remembered per connection awaiting a wipe acknowledgment; an agent that
+/// never acknowledges cannot make the set grow without bound (the oldest are dropped,
+/// and the wait for them falls back on the sync acknowledgment).
+const MAX_UNACKED_WIPES: usize = 4096;
 
 /// Live connection registry.
 #[derive(Debug)]
@@ -35,6 +46,9 @@ pub struct Hub {
     /// Unix ms this control plane started: before it, any host may have been connected.
     pub started_ms: i64,
     conns: Mutex<HashMap<String, Conn>>,
+    /// Highest sequence sent to each host by this process, over all its connections:
+    /// a host resuming claims no more than it was sent (unknown after a restart).
+    delivered: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     acks: broadcast::Sender<WipeAck>,
 }
@@ -55,6 +69,7 @@ impl Default for Hub {
         Hub {
             started_ms: crate::clock::now_ms(),
             conns: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             acks: broadcast::channel(65536).0,
         }
@@ -79,6 +94,8 @@ impl Hub {
                 // Resuming from a sequence means everything up to it was applied.
                 acked_seq: resumed_from,
                 wipe_acked_seq: 0,
+                sent_seq: resumed_from,
+                unacked_wipes: BTreeSet::new(),
             },
         );
         id
@@ -92,20 +109,35 @@ impl Hub {
         }
     }
 
-    /// Record liveness and an ack.
-    pub fn seen(&self, host: &str, id: u64, now_ms: i64, acked: Option<u64>) {
+    /// Record liveness and an ack. An ack beyond what was sent on this connection is
+    /// ignored (liveness still counts); returns whether the ack was accepted.
+    pub fn seen(&self, host: &str, id: u64, now_ms: i64, acked: Option<u64>) -> bool {
+        let mut ok = true;
         if let Some(c) = self.lock().get_mut(host).filter(|c| c.id == id) {
             c.last_seen_ms = now_ms;
             if let Some(s) = acked {
-                c.acked_seq = c.acked_seq.max(s);
+                if s <= c.sent_seq {
+                    c.acked_seq = c.acked_seq.max(s);
+                } else {
+                    ok = false;
+                }
             }
         }
+        ok
     }
 
-    /// Record a wipe acknowledgment and tell waiters.
-    pub fn wipe_acked(&self, host: &str, id: u64, now_ms: i64, seq: u64, wiped: u32) {
-        if let Some(c) = self.lock().get_mut(host).filter(|c| c.id == id) {
+    /// Record a wipe acknowledgment and tell waiters, but only for a revocation sent to
+    /// `host` on this connection and not acknowledged yet; returns whether it was.
+    pub fn wipe_acked(&self, host: &str, id: u64, now_ms: i64, seq: u64, wiped: u32) -> bool {
+        {
+            let mut m = self.lock();
+            let Some(c) = m.get_mut(host).filter(|c| c.id == id) else {
+                return false;
+            };
             c.last_seen_ms = now_ms;
+            if !c.unacked_wipes.remove(&seq) {
+                return false;
+            }
             c.wipe_acked_seq = c.wipe_acked_seq.max(seq);
         }
         let _ = self.acks.send(WipeAck {
@@ -113,6 +145,34 @@ impl Hub {
             seq,
             wiped,
         });
+        true
+    }
+
+    /// Note that a message carrying `seq` is being sent to `host` on connection `id`;
+    /// `revocation` when it is a revocation the host is to wipe-acknowledge.
+    pub fn sending(&self, host: &str, id: u64, seq: u64, revocation: bool) {
+        if let Some(c) = self.lock().get_mut(host).filter(|c| c.id == id) {
+            c.sent_seq = c.sent_seq.max(seq);
+            if revocation {
+                c.unacked_wipes.insert(seq);
+                if c.unacked_wipes.len() > MAX_UNACKED_WIPES {
+                    c.unacked_wipes.pop_first();
+                }
+            }
+        }
+        let mut d = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        let e = d.entry(host.to_string()).or_default();
+        *e = (*e).max(seq);
+    }
+
+    /// Where a host asking to resume from `claimed` may resume: no later than what this
+    /// process has sent it, when it has sent it anything.
+    pub fn resume_point(&self, host: &str, claimed: u64) -> u64 {
+        let d = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        match d.get(host) {
+            Some(&sent) => claimed.min(sent),
+            None => claimed,
+        }
     }
 
     /// The connection of `host`, if connected.
