@@ -172,8 +172,16 @@ impl ControlPlane for AgentApi {
         &self,
         req: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
+        // The source address, for the per-source limit and the refusal counts.
+        let source = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.get_ref().remote_addr())
+            .map(|a| a.ip());
         let r = req.into_inner();
-        crate::enroll::enroll(&self.s, r).await.map(Response::new)
+        crate::enroll::enroll(&self.s, source, r)
+            .await
+            .map(Response::new)
     }
 
     async fn renew(

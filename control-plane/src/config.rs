@@ -68,6 +68,19 @@ pub struct FileConfig {
     pub approval_timeout: Option<String>,
     /// Admin names by uid: `[admins]` then `alice = 1000`.
     pub admins: Option<BTreeMap<String, u32>>,
+    /// Enroll calls one source address may make at once (token bucket size).
+    pub enroll_source_burst: Option<u32>,
+    /// Enroll calls one source address may make per minute, sustained.
+    pub enroll_source_per_minute: Option<u32>,
+    /// Enroll calls from all sources at once (token bucket size).
+    pub enroll_global_burst: Option<u32>,
+    /// Enroll calls from all sources per minute, sustained.
+    pub enroll_global_per_minute: Option<u32>,
+    /// Refused enrollments are recorded as one `enroll-refused` event per source per
+    /// interval (e.g. "1m").
+    pub enroll_refused_interval: Option<String>,
+    /// Sources with their own `enroll-refused` event per interval; the rest share one.
+    pub enroll_refused_max_sources: Option<u32>,
 }
 
 /// The resolved configuration the server runs with.
@@ -97,6 +110,8 @@ pub struct Config {
     pub max_approval: Duration,
     /// Pending approval lifetime.
     pub approval_timeout: Duration,
+    /// Limits on unauthenticated Enroll calls.
+    pub enroll: EnrollLimits,
 }
 
 /// Flag values that override the file.
@@ -186,6 +201,7 @@ impl FileConfig {
 impl Config {
     /// Apply defaults and flag overrides, and validate.
     pub fn resolve(file: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
+        let enroll = enroll_limits(&file)?;
         let trust_domain = o
             .trust_domain
             .or(file.trust_domain)
@@ -281,6 +297,7 @@ impl Config {
             admins,
             max_approval,
             approval_timeout,
+            enroll,
         })
     }
 }
@@ -308,6 +325,82 @@ fn validate_trust_domain(td: &str) -> Result<(), ConfigError> {
             ),
         })
     }
+}
+
+/// Limits on Enroll, the one call that needs no certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnrollLimits {
+    /// Calls one source address may make at once.
+    pub source_burst: u32,
+    /// Calls one source address may make per minute, sustained.
+    pub source_per_minute: u32,
+    /// Calls from all sources at once.
+    pub global_burst: u32,
+    /// Calls from all sources per minute, sustained.
+    pub global_per_minute: u32,
+    /// One `enroll-refused` event per source per this interval.
+    pub refused_interval: Duration,
+    /// Sources with their own event per interval; the others share one.
+    pub refused_max_sources: u32,
+}
+
+impl Default for EnrollLimits {
+    fn default() -> Self {
+        EnrollLimits {
+            source_burst: 20,
+            source_per_minute: 60,
+            global_burst: 200,
+            global_per_minute: 1200,
+            refused_interval: Duration::from_secs(60),
+            refused_max_sources: 256,
+        }
+    }
+}
+
+fn enroll_limits(file: &FileConfig) -> Result<EnrollLimits, ConfigError> {
+    let d = EnrollLimits::default();
+    let count = |key: &'static str, v: Option<u32>, default: u32, max: u32| match v {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ConfigError::Value {
+            key,
+            message: format!("{n} is out of range; use 1 to {max}"),
+        }),
+    };
+    let refused_interval = duration(
+        "enroll_refused_interval",
+        file.enroll_refused_interval.as_deref(),
+        d.refused_interval,
+    )?;
+    if refused_interval < Duration::from_secs(1) || refused_interval > Duration::from_secs(3600) {
+        return Err(ConfigError::Value {
+            key: "enroll_refused_interval",
+            message: "must be from 1s to 1h".into(),
+        });
+    }
+    Ok(EnrollLimits {
+        source_burst: count("enroll_source_burst", file.enroll_source_burst, d.source_burst, 1_000_000)?,
+        source_per_minute: count(
+            "enroll_source_per_minute",
+            file.enroll_source_per_minute,
+            d.source_per_minute,
+            6_000_000,
+        )?,
+        global_burst: count("enroll_global_burst", file.enroll_global_burst, d.global_burst, 1_000_000)?,
+        global_per_minute: count(
+            "enroll_global_per_minute",
+            file.enroll_global_per_minute,
+            d.global_per_minute,
+            6_000_000,
+        )?,
+        refused_interval,
+        refused_max_sources: count(
+            "enroll_refused_max_sources",
+            file.enroll_refused_max_sources,
+            d.refused_max_sources,
+            65_536,
+        )?,
+    })
 }
 
 #[cfg(test)]
@@ -349,5 +442,30 @@ mod tests {
         assert!(e.to_string().contains("max_offline"), "{e}");
         let file: FileConfig = toml::from_str("trust_domain = \"Bad Domain\"").expect("parses");
         assert!(Config::resolve(file, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn enroll_limits_are_bounded() {
+        let c = Config::resolve(FileConfig::default(), Overrides::default()).expect("defaults");
+        assert_eq!(c.enroll, EnrollLimits::default());
+        let file: FileConfig = toml::from_str(
+            "enroll_source_burst = 3\nenroll_source_per_minute = 30\nenroll_refused_interval = \"2s\"\n",
+        )
+        .expect("parses");
+        let c = Config::resolve(file, Overrides::default()).expect("valid");
+        assert_eq!(c.enroll.source_burst, 3);
+        assert_eq!(c.enroll.refused_interval, Duration::from_secs(2));
+        for bad in [
+            "enroll_source_burst = 0",
+            "enroll_global_per_minute = 0",
+            "enroll_refused_interval = \"0s\"",
+            "enroll_refused_interval = \"2h\"",
+            "enroll_refused_max_sources = 100000",
+        ] {
+            let file: FileConfig = toml::from_str(bad).expect("parses");
+            let e = Config::resolve(file, Overrides::default()).unwrap_err();
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 }

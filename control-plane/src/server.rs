@@ -85,6 +85,8 @@ pub struct Shared {
     pub event_sink: tokio::sync::mpsc::UnboundedSender<crate::model::Event>,
     /// Per revocation: its leases by host (for per-lease `wiped` events).
     revoked_by_host: std::sync::Mutex<HashMap<u64, Arc<LeasesByHost>>>,
+    /// Rate limits and refusal counts of unauthenticated Enroll calls.
+    pub enroll_guard: crate::enroll::Guard,
 }
 
 impl Shared {
@@ -269,6 +271,7 @@ pub async fn run(
         policy_lock: tokio::sync::Mutex::new(()),
         event_sink: sink_tx,
         revoked_by_host: Default::default(),
+        enroll_guard: crate::enroll::Guard::new(config.enroll),
     });
     tokio::spawn(event_sink(shared.store.clone(), sink_rx));
     let bound = Bound {
@@ -278,6 +281,7 @@ pub async fn run(
     };
 
     let expiry = tokio::spawn(crate::expiry::run(shared.clone()));
+    let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_api = ControlPlaneServer::new(crate::agent_api::AgentApi::new(shared.clone()))
@@ -310,6 +314,9 @@ pub async fn run(
     });
     let (a, b) = tokio::join!(agent_srv, admin_srv);
     expiry.abort();
+    refused.abort();
+    // Refusals counted since the last interval are not lost at shutdown.
+    shared.enroll_guard.flush(&shared).await;
     let _ = std::fs::remove_file(&config.admin_socket);
     a?;
     b?;

@@ -362,7 +362,11 @@ fn forged_and_malformed_join_tokens_are_refused() {
     assert_refused(&c, &forged, "does not match");
     // An id that was never minted.
     let unknown = format!("leash-join.v1.jt-0123456789ab.{}.{pin}", random_secret());
-    assert_refused(&c, &unknown, "unknown join token");
+    // Refused with its reason; its audit record is the source's aggregated
+    // `enroll-refused` event (see host_trust.rs), not a `denied` event of its own.
+    let (code, log) = c.enroll_expecting_exit(&unknown, &[]);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("unknown join token"), "{log}");
     // Not a token at all: refused by the agent before it calls anyone.
     let (code, log) = c.enroll_expecting_exit("leash-join.v1.nonsense", &[]);
     assert_eq!(code, 2, "{log}");
