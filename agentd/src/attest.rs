@@ -998,6 +998,15 @@ pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
     read_stat(pid).ok().map(|s| (s.ppid, s.start_time))
 }
 
+/// Real, effective, saved and fs uid of `pid`, from `/proc/<pid>/status` (for tasks:
+/// who owns a task's root, and which of its processes the owner could signal).
+pub fn process_uids(pid: i32) -> Option<[u32; 4]> {
+    if pid <= 0 {
+        return None;
+    }
+    read_status(pid).ok().map(|s| s.uids)
+}
+
 /// Reads a `/proc` file whole. `std::fs::read` sizes its buffer from the file's length,
 /// which `/proc` reports as 0, and then probes with small reads: a dozen system calls for
 /// `status`. A page-sized first read takes these files in one go.

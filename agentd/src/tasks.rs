@@ -6,7 +6,10 @@
 //! root was given; never by the handle alone. When the root exits (for any reason, even
 //! SIGKILL) or the handle's holder ends the task, every credential bound to it is wiped,
 //! the control plane marks its leases `completed`, and descendants still running get
-//! SIGTERM, then SIGKILL after the task's grace period.
+//! SIGTERM, then SIGKILL after the task's grace period. Only descendants the task's
+//! owner could signal itself (kill(2): the owner's uid is the target's real or saved
+//! uid) are stopped; the others (a set-user-ID program that became another user for
+//! good) are left running and listed in the task's `completed` event.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -21,7 +24,7 @@ use ring::rand::SecureRandom;
 use tonic::Status;
 
 use crate::agent::Agent;
-use crate::attest::{parent_and_start, Attestation};
+use crate::attest::{parent_and_start, process_uids, Attestation};
 use crate::cache::Target;
 
 /// How often the process tree of live tasks is recorded, so descendants can still be
@@ -62,15 +65,50 @@ fn sha(b: &[u8]) -> [u8; 32] {
 }
 
 fn uid_of(pid: i32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
-    let ids: Vec<u32> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
+    let ids = process_uids(pid)?;
     // All of real, effective, saved and fs must agree, as for callers.
-    (ids.len() == 4 && ids.iter().all(|&u| u == ids[0])).then(|| ids[0])
+    ids.iter().all(|&u| u == ids[0]).then_some(ids[0])
+}
+
+/// Most processes listed as left running in one `completed` event.
+const MAX_LEFT_LISTED: usize = 64;
+/// Longest executable path listed.
+const MAX_EXE_LEN: usize = 256;
+
+/// Whether `owner` could signal `pid` itself: kill(2) lets an unprivileged sender signal
+/// a process whose real or saved set-user-ID is the sender's real or effective uid.
+fn owner_may_signal(owner: u32, pid: i32) -> bool {
+    if owner == 0 {
+        return true;
+    }
+    match process_uids(pid) {
+        Some([real, _, saved, _]) => real == owner || saved == owner,
+        None => false,
+    }
+}
+
+/// The executable of `pid` as the `completed` event lists it.
+fn exe_name(pid: i32) -> String {
+    let name = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .or_else(|_| std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string()))
+        .unwrap_or_default();
+    name.chars().take(MAX_EXE_LEN).collect()
+}
+
+/// The task's remaining processes its owner could not signal.
+fn left_alone(task: &Task) -> Vec<v1::LeftProcess> {
+    let mut out: Vec<v1::LeftProcess> = descendants(task)
+        .into_iter()
+        .filter(|&(pid, _)| !owner_may_signal(task.uid, pid))
+        .map(|(pid, _)| v1::LeftProcess {
+            pid: pid as u32,
+            exe: exe_name(pid),
+        })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out.truncate(MAX_LEFT_LISTED);
+    out
 }
 
 /// `pid` descends from (or is) `root`, checked through start times.
@@ -269,12 +307,17 @@ async fn finish(
         .cache
         .revoke(0, Target::Task(task.id.clone()), Vec::new());
     let mut completed = 0;
+    let left_running = if stop { left_alone(task) } else { Vec::new() };
+    if !left_running.is_empty() {
+        tracing::warn!(task = %task.id, processes = ?left_running.iter().map(|p| p.pid).collect::<Vec<_>>(), "left running processes of the task its owner could not signal");
+    }
     if let Some(mut c) = agent.client() {
         match c
             .complete_task(v1::CompleteTaskRequest {
                 task: task.id.clone(),
                 lease_ids: leases,
                 name: task.name.clone(),
+                left_running,
             })
             .await
         {
@@ -346,8 +389,10 @@ async fn stop_descendants(task: &Task) {
         let mut n = 0;
         for (pid, start) in descendants(task) {
             if let Ok(fd) = crate::sys::pidfd_open(pid) {
-                // Pinned first, then the start time checked: never signal a recycled pid.
+                // Pinned first, then the start time checked: never signal a recycled pid,
+                // and never one the owner could not signal itself.
                 if parent_and_start(pid).map(|(_, s)| s) == Some(start)
+                    && owner_may_signal(task.uid, pid)
                     && crate::sys::pidfd_send_signal(fd.as_fd(), sig).is_ok()
                 {
                     n += 1;
@@ -364,7 +409,10 @@ async fn stop_descendants(task: &Task) {
     let deadline = tokio::time::Instant::now() + task.grace;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if descendants(task).is_empty() {
+        if descendants(task)
+            .into_iter()
+            .all(|(pid, _)| !owner_may_signal(task.uid, pid))
+        {
             return;
         }
     }

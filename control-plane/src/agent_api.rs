@@ -583,6 +583,30 @@ impl ControlPlane for AgentApi {
             .finish_leases(ids, LeaseState::Completed, format!("task {label} ended"))
             .await
             .map_err(store_status)?;
+        if !r.left_running.is_empty() {
+            // The task's own `completed` record: what it left running because its owner
+            // could not have signalled it. Bounded whatever the agent sends.
+            let left: Vec<serde_json::Value> = r
+                .left_running
+                .iter()
+                .take(64)
+                .map(|p| serde_json::json!({ "pid": p.pid, "exe": p.exe.chars().take(256).collect::<String>() }))
+                .collect();
+            let e = Event::new("completed")
+                .actor(host.name.clone())
+                .host(host.name.clone())
+                .task(r.task.clone())
+                .reason(format!(
+                    "task {label} ended; {} process(es) its owner could not signal were left running",
+                    r.left_running.len()
+                ))
+                .detail(serde_json::json!({ "left_running": left }));
+            self.s
+                .store
+                .append_events(vec![e])
+                .await
+                .map_err(store_status)?;
+        }
         Ok(Response::new(v1::CompleteTaskResponse {
             completed: done.len() as u32,
         }))
