@@ -635,19 +635,23 @@ async fn run_sync(
     };
     // Subscribe before reading the log, so nothing committed in between is missed.
     let mut changes = s.store.subscribe_changes();
-    // The workloads this host may run, read once: what the stream tells it about first.
-    let workloads: Vec<Workload> = s
-        .store
-        .workloads()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|w| hosts_match(&w.hosts, &host.labels))
-        .collect();
+    // The workloads this host may run. Read before the backlog: a change committed in
+    // between is then in the backlog too, and is told against this picture.
+    let matching = || -> Result<Vec<Workload>, String> {
+        Ok(s
+            .store
+            .workloads()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|w| hosts_match(&w.hosts, &host.labels))
+            .collect())
+    };
+    let workloads = matching()?;
     let mut told: HashMap<String, String> = workloads
         .iter()
         .map(|w| (w.name.clone(), w.owner.clone()))
         .collect();
-    let snapshot = |seq: u64| v1::ControlMessage {
+    let snapshot = |seq: u64, workloads: &[Workload]| v1::ControlMessage {
         msg: Some(Msg::Snapshot(v1::Snapshot {
             seq,
             workloads: workloads
@@ -662,27 +666,41 @@ async fn run_sync(
     };
     let mut sent = match s.store.changes_since(last_seq).map_err(|e| e.to_string())? {
         Some(backlog) if last_seq > 0 => {
-            // Revocations and eviction in order; the workloads as they are now, in one
-            // snapshot that replaces what the agent had. Replaying workload changes one
-            // by one would name to the host every workload that stopped matching it in
-            // the meantime, whether or not it ever ran there.
             let mut sent = last_seq;
+            // A workload that stopped matching (or was removed) and does not match now
+            // may or may not be on the agent; naming it to find out would tell the host
+            // about a workload it may never have run. A snapshot after the backlog
+            // replaces what the agent has instead.
+            let mut replace = false;
             for c in &backlog {
-                if matches!(c, Change::Revoked { .. } | Change::HostEvicted { .. }) {
-                    if let Some(m) = messages_for(host, c, &mut told) {
-                        send(m).await?;
+                replace |= match c {
+                    Change::WorkloadPut { workload, .. } => {
+                        !hosts_match(&workload.hosts, &host.labels)
+                            && !told.contains_key(&workload.name)
                     }
+                    Change::WorkloadRemoved { name, .. } => !told.contains_key(name),
+                    _ => false,
+                };
+                if let Some(m) = messages_for(host, c, &mut told) {
+                    send(m).await?;
                 }
                 sent = c.seq();
             }
             let sent = sent.max(last_seq);
-            send(snapshot(sent)).await?;
+            if replace {
+                let now = matching()?;
+                told.extend(now.iter().map(|w| (w.name.clone(), w.owner.clone())));
+                send(snapshot(sent, &now)).await?;
+            }
             sent
         }
         _ => {
             // Fresh agent, or the log was compacted past it: a full snapshot.
+            // The sequence first, then the state: a change in between is sent again.
             let seq = s.store.current_seq();
-            send(snapshot(seq)).await?;
+            let now = matching()?;
+            told.extend(now.iter().map(|w| (w.name.clone(), w.owner.clone())));
+            send(snapshot(seq, &now)).await?;
             seq
         }
     };
