@@ -865,3 +865,14 @@ impl Drop for Cluster {
         self.proxy.take();
     }
 }
+
+impl Cluster {
+    /// SIGTERM the control plane and wait until it has exited (it flushes what it holds
+    /// on the way out); returns its exit status. [`Cluster::restart_control_plane`]
+    /// starts it again.
+    pub fn stop_control_plane(&mut self) -> i32 {
+        let mut d = self.cp.take().expect("the control plane runs");
+        d.signal(Signal::SIGTERM);
+        d.wait_exit(WAIT)
+    }
+}
