@@ -91,7 +91,9 @@ fn owner_may_signal(owner: u32, pid: i32) -> bool {
 fn exe_name(pid: i32) -> String {
     let name = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
-        .or_else(|_| std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string()))
+        .or_else(|_| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string())
+        })
         .unwrap_or_default();
     name.chars().take(MAX_EXE_LEN).collect()
 }

@@ -116,9 +116,9 @@ fn messages_for(
                 name: name.clone(),
             })
         }
-        Change::Revoked { revocation } => Msg::Revocation(crate::revocation::to_proto(
-            revocation, &host.name, told,
-        )),
+        Change::Revoked { revocation } => {
+            Msg::Revocation(crate::revocation::to_proto(revocation, &host.name, told))
+        }
         Change::HostEvicted { seq, name, reason } => {
             if name != &host.name {
                 return None;
@@ -638,8 +638,7 @@ async fn run_sync(
     // The workloads this host may run. Read before the backlog: a change committed in
     // between is then in the backlog too, and is told against this picture.
     let matching = || -> Result<Vec<Workload>, String> {
-        Ok(s
-            .store
+        Ok(s.store
             .workloads()
             .map_err(|e| e.to_string())?
             .into_iter()
@@ -819,7 +818,8 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
                 .into_iter()
                 .take(10_000)
                 .filter(|l| {
-                    let own = matches!(s.store.lease(&l.lease_id), Ok(Some(x)) if x.host == host.name);
+                    let own =
+                        matches!(s.store.lease(&l.lease_id), Ok(Some(x)) if x.host == host.name);
                     if !own {
                         ignored += 1;
                         first_ignored.get_or_insert_with(|| {

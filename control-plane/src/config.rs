@@ -379,14 +379,24 @@ fn enroll_limits(file: &FileConfig) -> Result<EnrollLimits, ConfigError> {
         });
     }
     Ok(EnrollLimits {
-        source_burst: count("enroll_source_burst", file.enroll_source_burst, d.source_burst, 1_000_000)?,
+        source_burst: count(
+            "enroll_source_burst",
+            file.enroll_source_burst,
+            d.source_burst,
+            1_000_000,
+        )?,
         source_per_minute: count(
             "enroll_source_per_minute",
             file.enroll_source_per_minute,
             d.source_per_minute,
             6_000_000,
         )?,
-        global_burst: count("enroll_global_burst", file.enroll_global_burst, d.global_burst, 1_000_000)?,
+        global_burst: count(
+            "enroll_global_burst",
+            file.enroll_global_burst,
+            d.global_burst,
+            1_000_000,
+        )?,
         global_per_minute: count(
             "enroll_global_per_minute",
             file.enroll_global_per_minute,

@@ -345,7 +345,8 @@ pub async fn enroll(
             Some(&token.id),
             false,
             "the join token was minted by another control plane (CA pin mismatch)".into(),
-        ).await);
+        )
+        .await);
     }
     let now = s.clock.now();
     let record = match s
@@ -362,7 +363,8 @@ pub async fn enroll(
                 Some(&token.id),
                 false,
                 "unknown join token (forged, or from another control plane)".into(),
-            ).await)
+            )
+            .await)
         }
     };
     let name = match (&record.name, r.name.as_str()) {
@@ -376,7 +378,8 @@ pub async fn enroll(
                 Some(&token.id),
                 true,
                 format!("the join token binds the name {bound:?}, not {asked:?}"),
-            ).await)
+            )
+            .await)
         }
         (None, "") if !r.default_name.is_empty() => r.default_name.clone(),
         (None, "") => {
@@ -388,7 +391,8 @@ pub async fn enroll(
                 true,
                 "no host name given and none bound in the token; start the agent with --name"
                     .into(),
-            ).await)
+            )
+            .await)
         }
         (None, asked) => asked.to_string(),
     };

@@ -24,7 +24,9 @@ pub fn to_proto(r: &Revocation, host: &str, told: &HashMap<String, String>) -> v
     let lease_ids = r.lease_ids_for(host);
     let holds = r.hosts.iter().any(|h| h == host);
     let kept = match &r.target {
-        RevocationTarget::Lease(v) if holds || lease_ids.contains(v) => Some(Target::Lease(v.clone())),
+        RevocationTarget::Lease(v) if holds || lease_ids.contains(v) => {
+            Some(Target::Lease(v.clone()))
+        }
         RevocationTarget::Lease(_) => None,
         RevocationTarget::Workload(v) if told.contains_key(v) => Some(Target::Workload(v.clone())),
         RevocationTarget::Workload(_) => None,
@@ -46,13 +48,20 @@ pub fn to_proto(r: &Revocation, host: &str, told: &HashMap<String, String>) -> v
     };
     let concerns = holds
         || matches!(&r.target, RevocationTarget::All)
-        || matches!(&kept, Some(Target::Workload(_) | Target::Owner(_) | Target::Host(_)));
+        || matches!(
+            &kept,
+            Some(Target::Workload(_) | Target::Owner(_) | Target::Host(_))
+        );
     v1::Revocation {
         seq: r.seq,
         target: Some(v1::RevocationTarget {
             target: Some(kept.unwrap_or_else(|| Target::Lease(String::new()))),
         }),
-        reason: if concerns { r.reason.clone() } else { String::new() },
+        reason: if concerns {
+            r.reason.clone()
+        } else {
+            String::new()
+        },
         lease_ids,
     }
 }

@@ -39,7 +39,10 @@ async fn enroll_raw(cp: &mut ControlPlaneClient<Channel>, token: &str) -> tonic:
 
 /// The audit events of type `kind`.
 fn events_of(c: &Cluster, kind: &str) -> Vec<serde_json::Value> {
-    c.audit().into_iter().filter(|e| e["type"] == kind).collect()
+    c.audit()
+        .into_iter()
+        .filter(|e| e["type"] == kind)
+        .collect()
 }
 
 #[test]
@@ -52,12 +55,19 @@ fn bogus_enrollments_leave_one_counted_event_per_source_and_malformed_ones_none(
     );
     let before = c.audit().len();
     let rt = rt();
-    let mut cp = rt.block_on(cp_client(&c, None)).expect("TLS without a client cert");
+    let mut cp = rt
+        .block_on(cp_client(&c, None))
+        .expect("TLS without a client cert");
     let malformed = [
         "hello".to_string(),
         "leash-join.v1.nonsense".to_string(),
         format!("leash-join.v1.jt-1.short.{}", c.ca_pin),
-        format!("leash-join.v1.{}.{}.{}", "a".repeat(100), "A".repeat(43), c.ca_pin),
+        format!(
+            "leash-join.v1.{}.{}.{}",
+            "a".repeat(100),
+            "A".repeat(43),
+            c.ca_pin
+        ),
         "x".repeat(100_000),
         format!("leash-join.v1.jt-1.{}.sha256:zz", "A".repeat(43)),
     ];
@@ -69,7 +79,10 @@ fn bogus_enrollments_leave_one_counted_event_per_source_and_malformed_ones_none(
                 || s.message().contains("not a Leash join token"),
             "{s:?}"
         );
-        assert!(s.message().len() < 300, "the refusal echoes its input: {s:?}");
+        assert!(
+            s.message().len() < 300,
+            "the refusal echoes its input: {s:?}"
+        );
     }
     for n in 0..40 {
         let s = rt.block_on(enroll_raw(&mut cp, &unknown_token(&c, n)));
@@ -92,9 +105,15 @@ fn bogus_enrollments_leave_one_counted_event_per_source_and_malformed_ones_none(
     let e = &refused[0];
     let d = &e["detail"];
     assert_eq!(d["source"], "127.0.0.1", "{e}");
-    assert_eq!(d["count"], 40, "malformed tokens are not counted, unknown ones are: {e}");
+    assert_eq!(
+        d["count"], 40,
+        "malformed tokens are not counted, unknown ones are: {e}"
+    );
     assert_eq!(d["kinds"]["unknown-token"], 40, "{e}");
-    assert!(d["join_tokens"].as_array().is_some_and(|a| a.len() <= 8), "{e}");
+    assert!(
+        d["join_tokens"].as_array().is_some_and(|a| a.len() <= 8),
+        "{e}"
+    );
     assert!(events_of(&c, "denied").is_empty(), "{:#?}", c.audit());
     assert_eq!(c.audit().len(), before + 1, "{:#?}", c.audit());
 }
@@ -105,7 +124,9 @@ fn enroll_is_rate_limited_per_source_and_a_real_agent_enrolls_after_the_window()
         "enroll_source_burst = 5\nenroll_source_per_minute = 60\nenroll_refused_interval = \"1s\"",
     ));
     let rt = rt();
-    let mut cp = rt.block_on(cp_client(&c, None)).expect("TLS without a client cert");
+    let mut cp = rt
+        .block_on(cp_client(&c, None))
+        .expect("TLS without a client cert");
     let mut limited = 0;
     let mut denied = 0;
     for n in 0..30 {
@@ -125,7 +146,10 @@ fn enroll_is_rate_limited_per_source_and_a_real_agent_enrolls_after_the_window()
         }
     }
     // A burst of 5 and one more a second: the calls above take well under 5 s.
-    assert!((5..=10).contains(&denied), "{denied} answered, {limited} limited");
+    assert!(
+        (5..=10).contains(&denied),
+        "{denied} answered, {limited} limited"
+    );
     assert_eq!(denied + limited, 30);
     // The refusals show up without a restart, counted (a flush may split them in two).
     let refused = c.eventually("the refused enrollments are recorded", || {
@@ -312,7 +336,10 @@ fn a_host_cannot_report_usage_of_another_hosts_lease_nor_ack_what_it_was_not_sen
         seq: own.seq + 1_000_000,
     })));
     for q in own.seq + 1..=own.seq + 50 {
-        rt.block_on(s.send(v1::agent_message::Msg::WipeAck(v1::WipeAck { seq: q, wiped: 1 })));
+        rt.block_on(s.send(v1::agent_message::Msg::WipeAck(v1::WipeAck {
+            seq: q,
+            wiped: 1,
+        })));
     }
     // Let them be processed before the revocation exists.
     rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
@@ -328,7 +355,10 @@ fn a_host_cannot_report_usage_of_another_hosts_lease_nor_ack_what_it_was_not_sen
         "20s",
     ]);
     let mut waiter = Daemon::spawn("leashctl revoke --wait", wait);
-    let rev = match rt.block_on(s.until(|m| matches!(m, Msg::Revocation(_)))).pop() {
+    let rev = match rt
+        .block_on(s.until(|m| matches!(m, Msg::Revocation(_))))
+        .pop()
+    {
         Some(Msg::Revocation(r)) => r,
         _ => unreachable!(),
     };
@@ -372,8 +402,17 @@ fn sync_names_to_a_host_only_the_workloads_and_revocation_details_that_concern_i
     let uid = format!("unix:uid:{}", my_uid());
     let workload = |name: &str, hosts: &str| {
         c.leashctl(&[
-            "workload", "add", name, "--owner", "team-x", "--selector", &uid, "--hosts", hosts,
-            "--allow", "api",
+            "workload",
+            "add",
+            name,
+            "--owner",
+            "team-x",
+            "--selector",
+            &uid,
+            "--hosts",
+            hosts,
+            "--allow",
+            "api",
         ])
         .ok();
     };
@@ -399,9 +438,18 @@ fn sync_names_to_a_host_only_the_workloads_and_revocation_details_that_concern_i
     // must arrive) and a marker workload.
     workload("secret-b2", "role=b");
     let theirs = c.get("api", &[]).lease_id;
-    c.leashctl(&["revoke", "--lease", &theirs, "--reason", "leak-on-host-1"]).ok();
-    c.leashctl(&["revoke", "--workload", "secret-b1", "--reason", "rotate-secret-b1"]).ok();
-    c.leashctl(&["revoke", "--workload", "mine", "--reason", "rotate-mine"]).ok();
+    c.leashctl(&["revoke", "--lease", &theirs, "--reason", "leak-on-host-1"])
+        .ok();
+    c.leashctl(&[
+        "revoke",
+        "--workload",
+        "secret-b1",
+        "--reason",
+        "rotate-secret-b1",
+    ])
+    .ok();
+    c.leashctl(&["revoke", "--workload", "mine", "--reason", "rotate-mine"])
+        .ok();
     workload("marker", "role=a");
     let live = rt.block_on(s.until(|m| {
         matches!(m, Msg::Workload(e) if e.workload.as_ref().is_some_and(|w| w.name == "marker"))
@@ -411,9 +459,18 @@ fn sync_names_to_a_host_only_the_workloads_and_revocation_details_that_concern_i
             && matches!(r.target.as_ref().and_then(|t| t.target.as_ref()),
                 Some(v1::revocation_target::Target::Workload(w)) if w == "mine"))
     });
-    assert!(mine_revoked, "the revocation of raw-a's own workload lost its target: {live:#?}");
-    let revocations = live.iter().filter(|m| matches!(m, Msg::Revocation(_))).count();
-    assert_eq!(revocations, 3, "every revocation still reaches raw-a: {live:#?}");
+    assert!(
+        mine_revoked,
+        "the revocation of raw-a's own workload lost its target: {live:#?}"
+    );
+    let revocations = live
+        .iter()
+        .filter(|m| matches!(m, Msg::Revocation(_)))
+        .count();
+    assert_eq!(
+        revocations, 3,
+        "every revocation still reaches raw-a: {live:#?}"
+    );
     seen.extend(live);
     drop(s);
 
@@ -460,14 +517,23 @@ fn setuid_setpriv(c: &Cluster) -> PathBuf {
 }
 
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 fn uids(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(str::to_string)
+        })
         .unwrap_or_default()
 }
 
@@ -518,7 +584,10 @@ exit 0
     std::fs::write(work.join("go-exit"), "").expect("touch");
     let code = worker.wait_exit(WAIT);
     let kill = |pid: i32| {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     };
     if code != 0 {
         kill(rooted);
@@ -529,22 +598,31 @@ exit 0
         );
     }
     let started = Instant::now();
-    let event = c.eventually("the task's completed event lists what was left running", || {
-        c.audit()
-            .into_iter()
-            .find(|e| e["type"] == "completed" && e["detail"]["left_running"].is_array())
+    let event = c.eventually(
+        "the task's completed event lists what was left running",
+        || {
+            c.audit()
+                .into_iter()
+                .find(|e| e["type"] == "completed" && e["detail"]["left_running"].is_array())
+        },
+    );
+    c.eventually("the task's own process is stopped", || {
+        (!alive(own)).then_some(())
     });
-    c.eventually("the task's own process is stopped", || (!alive(own)).then_some(()));
     // The grace period is 5 s: wait past it before checking the root one is untouched.
     let grace = Duration::from_secs(6).saturating_sub(started.elapsed());
     std::thread::sleep(grace);
     let still = alive(rooted);
     kill(rooted);
     kill(own);
-    assert!(still, "the agent stopped a process the task owner could not signal");
+    assert!(
+        still,
+        "the agent stopped a process the task owner could not signal"
+    );
     let left = event["detail"]["left_running"].as_array().expect("array");
     assert!(
-        left.iter().any(|p| p["pid"] == rooted && p["exe"].as_str().is_some_and(|e| e.ends_with("sleep"))),
+        left.iter()
+            .any(|p| p["pid"] == rooted && p["exe"].as_str().is_some_and(|e| e.ends_with("sleep"))),
         "{event}"
     );
     assert!(!left.iter().any(|p| p["pid"] == own), "{event}");

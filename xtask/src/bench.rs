@@ -6,6 +6,8 @@
 //! - `fetch`: the agent's cache-hit Fetch against a bare tonic echo service on a Unix
 //!   socket, `leash get` against a minimal client process, cold issuance through the
 //!   agent, and agentd's RSS with 1,000 cached credentials (issue 3).
+//! - `enroll-flood`: unauthenticated Enroll calls with never-minted join tokens; their
+//!   time, answers, and what they leave in the audit log and on disk.
 //! - `revoke`: N simulated agents with real mTLS and Sync streams; time from Revoke to
 //!   the last wipe acknowledgment, and control-plane memory per agent (issue 4).
 //!
@@ -16,6 +18,7 @@
 //! killed on drop and temp dirs removed, so a failed run leaves nothing behind.
 
 mod echo;
+mod enroll;
 mod exec;
 mod fetch;
 mod issue;
@@ -50,6 +53,8 @@ enum BenchCmd {
     Revoke(revoke::Args),
     /// The overhead of `leash exec` around `true` (issue 5's figure).
     Exec(exec::Args),
+    /// Unauthenticated Enroll calls with bogus join tokens: time, answers, audit growth.
+    EnrollFlood(enroll::Args),
     /// Minimal client process: connect to a Unix socket, one Fetch, print the token.
     #[command(hide = true)]
     Client(echo::ClientArgs),
@@ -77,6 +82,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 BenchCmd::Fetch(a) => fetch::run(&ctx, a),
                 BenchCmd::Revoke(a) => revoke::run(&ctx, a),
                 BenchCmd::Exec(a) => exec::run(&ctx, a),
+                BenchCmd::EnrollFlood(a) => enroll::run(&ctx, a),
                 BenchCmd::Client(_) | BenchCmd::EchoServer(_) => unreachable!("handled above"),
             }
         }
