@@ -91,7 +91,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         .prefix("leash-bench-enroll-")
         .tempdir()?;
     let dir = tmp.path();
-    let cp = ControlPlane::start(ctx, dir, None)?;
+    let cp = ControlPlane::start_configured(ctx, dir, None, "5s", "")?;
     // A real token, only for the CA pin a flood would copy from any leaked one.
     let real = cp.join_token("bench-pin")?;
     let pin = JoinToken::parse(&real)?.ca_pin;
@@ -148,7 +148,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     })?;
     stop(cp)?;
     let bytes_after = dir_bytes(&dir.join("cp-data"));
-    let cp = ControlPlane::start(ctx, dir, None)?;
+    let cp = ControlPlane::start_configured(ctx, dir, None, "5s", "")?;
     let events_after = events(&cp)?;
     let refused = cp.leashctl(&["audit", "tail", "--lines", "100000000"])?;
     let aggregated = refused

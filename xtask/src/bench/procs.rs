@@ -174,6 +174,10 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis((ticks(11) + ticks(12)) * 10))
 }
 
+/// The benches enroll thousands of simulated hosts from one address at once: far past
+/// the per-source Enroll limits a real deployment wants.
+const BENCH_ENROLL_LIMITS: &str = "enroll_source_burst = 1000000\nenroll_source_per_minute = 6000000\nenroll_global_burst = 1000000\nenroll_global_per_minute = 6000000";
+
 /// A control plane on a temp dir, port 0 and a temp admin socket.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -187,16 +191,28 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Start one under `dir`. `pin_cpu`: run it under `taskset -c CPU` when taskset exists.
     pub fn start(ctx: &Ctx, dir: &Path, pin_cpu: Option<usize>) -> anyhow::Result<ControlPlane> {
-        Self::start_with(ctx, dir, pin_cpu, "5s")
+        Self::start_configured(ctx, dir, pin_cpu, "5s", "")
     }
 
     /// Like [`ControlPlane::start`], with the Sync heartbeat interval (e.g. "5s", the
-    /// product's default).
+    /// product's default), and Enroll limits that let thousands of simulated hosts enroll.
     pub fn start_with(
         ctx: &Ctx,
         dir: &Path,
         pin_cpu: Option<usize>,
         heartbeat: &str,
+    ) -> anyhow::Result<ControlPlane> {
+        Self::start_configured(ctx, dir, pin_cpu, heartbeat, BENCH_ENROLL_LIMITS)
+    }
+
+    /// Start one with `extra` appended to its config file (`""`: nothing, which an
+    /// older build given as a baseline also understands).
+    pub fn start_configured(
+        ctx: &Ctx,
+        dir: &Path,
+        pin_cpu: Option<usize>,
+        heartbeat: &str,
+        extra: &str,
     ) -> anyhow::Result<ControlPlane> {
         let admin_socket = dir.join("admin.sock");
         let config = dir.join("cp.toml");
@@ -204,7 +220,7 @@ impl ControlPlane {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\nheartbeat = {:?}\nmax_offline = \"5m\"\n",
+                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\nheartbeat = {:?}\nmax_offline = \"5m\"\n{extra}\n",
                 data_dir.display().to_string(),
                 admin_socket.display().to_string(),
                 heartbeat,
