@@ -450,3 +450,78 @@ pub async fn enroll(
         not_after_unix: not_after,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> EnrollLimits {
+        EnrollLimits {
+            source_burst: 3,
+            source_per_minute: 60,
+            global_burst: 5,
+            global_per_minute: 60,
+            refused_interval: Duration::from_secs(60),
+            refused_max_sources: 2,
+        }
+    }
+
+    #[test]
+    fn buckets_limit_each_source_and_all_of_them() {
+        let g = Guard::new(limits());
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        for _ in 0..3 {
+            assert!(g.admit(Some(a), t0).is_ok());
+        }
+        let wait = g.admit(Some(a), t0).expect_err("a's burst is spent");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        // b has its own bucket, but the global one has 2 left.
+        assert!(g.admit(Some(b), t0).is_ok());
+        assert!(g.admit(Some(b), t0).is_ok());
+        assert!(g.admit(Some(b), t0).is_err(), "the global burst is spent");
+        // A second later each bucket has one more.
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(g.admit(Some(a), t1).is_ok());
+        assert!(g.admit(Some(a), t1).is_err());
+    }
+
+    #[test]
+    fn refusals_are_one_event_per_source_and_the_rest_share_one() {
+        let g = Guard::new(limits());
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        for _ in 0..10 {
+            assert!(!g.refused(ip("192.0.2.1"), "unknown-token", Some("jt-1"), false, 1));
+        }
+        assert!(g.refused(ip("192.0.2.2"), "refused", Some("jt-2"), true, 2));
+        assert!(!g.refused(ip("192.0.2.2"), "refused", Some("jt-2"), true, 3));
+        for n in 0..50 {
+            g.refused(ip(&format!("198.51.100.{n}")), "unknown-token", None, false, 4);
+        }
+        let mut events = g.take_events();
+        events.sort_by_key(|e| e.detail["source"].as_str().map(str::to_string));
+        assert_eq!(events.len(), 3, "{events:#?}");
+        assert_eq!(events[0].detail["source"], "192.0.2.1");
+        assert_eq!(events[0].detail["count"], 10);
+        assert_eq!(events[1].detail["count"], 2);
+        assert_eq!(events[2].detail["source"], "other sources");
+        assert_eq!(events[2].detail["count"], 50);
+        assert!(g.take_events().is_empty(), "a new interval starts empty");
+    }
+
+    #[test]
+    fn malformed_tokens_are_told_apart_without_echoing_them() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let good = JoinToken::encode("jt-1a2b", &[7u8; 32], &pin);
+        assert!(well_formed(&good).is_ok());
+        for bad in [
+            "x".repeat(10_000),
+            JoinToken::encode(&"a".repeat(65), &[7u8; 32], &pin),
+            "leash-join.v1.nonsense".into(),
+        ] {
+            let e = well_formed(&bad).expect_err("malformed");
+            assert!(e.len() < 200 && !e.contains("aaaaaaaaaa"), "{e}");
+        }
+    }
+}
