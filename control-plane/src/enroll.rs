@@ -476,7 +476,10 @@ mod tests {
             assert!(g.admit(Some(a), t0).is_ok());
         }
         let wait = g.admit(Some(a), t0).expect_err("a's burst is spent");
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         // b has its own bucket, but the global one has 2 left.
         assert!(g.admit(Some(b), t0).is_ok());
         assert!(g.admit(Some(b), t0).is_ok());
@@ -497,7 +500,13 @@ mod tests {
         assert!(g.refused(ip("192.0.2.2"), "refused", Some("jt-2"), true, 2));
         assert!(!g.refused(ip("192.0.2.2"), "refused", Some("jt-2"), true, 3));
         for n in 0..50 {
-            g.refused(ip(&format!("198.51.100.{n}")), "unknown-token", None, false, 4);
+            g.refused(
+                ip(&format!("198.51.100.{n}")),
+                "unknown-token",
+                None,
+                false,
+                4,
+            );
         }
         let mut events = g.take_events();
         events.sort_by_key(|e| e.detail["source"].as_str().map(str::to_string));

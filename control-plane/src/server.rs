@@ -308,14 +308,17 @@ pub async fn run(
         });
 
     on_bound(&bound);
+    let on_stop = shared.clone();
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+        // Refusals counted since the last interval are not lost at shutdown (the
+        // process may exit before the listeners have drained).
+        on_stop.enroll_guard.flush(&on_stop).await;
     });
     let (a, b) = tokio::join!(agent_srv, admin_srv);
     expiry.abort();
     refused.abort();
-    // Refusals counted since the last interval are not lost at shutdown.
     shared.enroll_guard.flush(&shared).await;
     let _ = std::fs::remove_file(&config.admin_socket);
     a?;

@@ -320,7 +320,11 @@ fn a_host_cannot_report_usage_of_another_hosts_lease_nor_ack_what_it_was_not_sen
     rt.block_on(s.send(v1::agent_message::Msg::Usage(v1::UsageReport {
         leases: vec![usage(&theirs), usage(&own.lease_id), usage("l-nosuchlease")],
     })));
+    // The client sends only while its runtime runs: drive it while polling.
+    let drive =
+        |ms: u64| rt.block_on(async { tokio::time::sleep(Duration::from_millis(ms)).await });
     c.eventually("raw-a's report on its own lease is recorded", || {
+        drive(100);
         served_by(&c.lease(&own.lease_id), "raw-a").then_some(())
     });
     let lease = c.lease(&theirs);
@@ -342,7 +346,7 @@ fn a_host_cannot_report_usage_of_another_hosts_lease_nor_ack_what_it_was_not_sen
         })));
     }
     // Let them be processed before the revocation exists.
-    rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
+    drive(500);
     let mut wait = c.leashctl_command();
     wait.args([
         "revoke",
@@ -365,7 +369,7 @@ fn a_host_cannot_report_usage_of_another_hosts_lease_nor_ack_what_it_was_not_sen
     assert!(rev.seq > own.seq && rev.seq <= own.seq + 50, "{rev:?}");
     assert_eq!(rev.lease_ids, vec![own.lease_id.clone()]);
     // Still waiting for raw-a: the early acks did not count.
-    std::thread::sleep(Duration::from_secs(2));
+    drive(2000);
     assert!(
         waiter.exited().is_none(),
         "revoke --wait finished before raw-a acknowledged the wipe:\n{}",
@@ -381,6 +385,10 @@ fn a_host_cannot_report_usage_of_another_hosts_lease_nor_ack_what_it_was_not_sen
         seq: rev.seq,
         wiped: 1,
     })));
+    let deadline = Instant::now() + WAIT;
+    while waiter.exited().is_none() && Instant::now() < deadline {
+        drive(100);
+    }
     assert_eq!(waiter.wait_exit(WAIT), 0, "{}", waiter.log().text());
     c.eventually("the wipe is on the lease's timeline", || {
         timeline_types(&c.lease(&own.lease_id))
