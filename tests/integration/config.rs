@@ -36,10 +36,16 @@ fn out_of_bounds_values_are_refused_at_check_time_and_at_start() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
     let cases: &[(&str, &[&str])] = &[
-        ("host_cert_ttl = \"99999999d\"", &["host_cert_ttl", "1h", "365d"]),
+        (
+            "host_cert_ttl = \"99999999d\"",
+            &["host_cert_ttl", "1h", "365d"],
+        ),
         ("host_cert_ttl = \"1m\"", &["host_cert_ttl", "1h"]),
         ("max_offline = \"30d\"", &["max_offline", "7d"]),
-        ("heartbeat = \"1h\"\nmax_offline = \"2h\"", &["heartbeat", "5m"]),
+        (
+            "heartbeat = \"1h\"\nmax_offline = \"2h\"",
+            &["heartbeat", "5m"],
+        ),
         ("max_approval = \"400d\"", &["max_approval", "30d"]),
         ("approval_timeout = \"0s\"", &["approval_timeout", "10s"]),
         ("issuer = \"\"", &["issuer", "empty"]),
@@ -55,7 +61,10 @@ fn out_of_bounds_values_are_refused_at_check_time_and_at_start() {
             out.stderr_has(needles);
             assert!(!out.stderr.contains("panicked"), "{out}");
         }
-        assert!(!data.exists(), "{extra}: a refused config created the data dir");
+        assert!(
+            !data.exists(),
+            "{extra}: a refused config created the data dir"
+        );
         assert!(!dir.path().join("run/admin.sock").exists());
     }
     let ok = serve(
