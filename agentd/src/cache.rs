@@ -60,7 +60,9 @@ impl Entry {
     /// Past ~50% of its lifetime: refresh on the next request if the control plane is
     /// reachable.
     pub fn stale(&self, now: i64) -> bool {
-        now >= self.issued_at + (self.expires_at - self.issued_at) / 2
+        // Saturating: both times come from the control plane's answer.
+        let half = self.expires_at.saturating_sub(self.issued_at) / 2;
+        now >= self.issued_at.saturating_add(half)
     }
 }
 
@@ -286,6 +288,17 @@ mod tests {
         c.insert(key("v"), entry("l2", 1, 100));
         assert_eq!(c.sweep(10), vec!["l1".to_string()]);
         let e = c.get(&key("v"), 1).expect("present");
+        assert!(!e.stale(49));
+        assert!(e.stale(50));
+    }
+
+    #[test]
+    fn staleness_of_extreme_times_does_not_overflow() {
+        let mut e = entry("l", 1, i64::MAX);
+        e.issued_at = i64::MIN;
+        assert!(!e.stale(-1));
+        assert!(e.stale(i64::MAX));
+        let e = entry("l", 1, 100);
         assert!(!e.stale(49));
         assert!(e.stale(50));
     }

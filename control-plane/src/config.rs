@@ -81,6 +81,8 @@ pub struct FileConfig {
     pub enroll_refused_interval: Option<String>,
     /// Sources with their own `enroll-refused` event per interval; the rest share one.
     pub enroll_refused_max_sources: Option<u32>,
+    /// Start even if `master.key` is readable by group or others (logged as a warning).
+    pub accept_readable_master_key: Option<bool>,
 }
 
 /// The resolved configuration the server runs with.
@@ -112,6 +114,8 @@ pub struct Config {
     pub approval_timeout: Duration,
     /// Limits on unauthenticated Enroll calls.
     pub enroll: EnrollLimits,
+    /// Start even if `master.key` is readable by group or others.
+    pub accept_readable_master_key: bool,
 }
 
 /// Flag values that override the file.
@@ -154,17 +158,111 @@ pub fn default_admin_socket() -> PathBuf {
     }
 }
 
+/// The bounds of every duration key: (key, minimum, maximum). Values outside them are
+/// refused at `--check-config` and at start, because they fail later in ways that are
+/// hard to trace (a certificate lifetime past year 9999, a heartbeat of zero).
+pub const DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
+    (
+        "max_offline",
+        Duration::from_secs(1),
+        Duration::from_secs(7 * DAY),
+    ),
+    (
+        "heartbeat",
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    ),
+    (
+        "host_cert_ttl",
+        Duration::from_secs(3600),
+        Duration::from_secs(365 * DAY),
+    ),
+    (
+        "max_approval",
+        Duration::from_secs(60),
+        Duration::from_secs(30 * DAY),
+    ),
+    (
+        "approval_timeout",
+        Duration::from_secs(10),
+        Duration::from_secs(7 * DAY),
+    ),
+    (
+        "enroll_refused_interval",
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    ),
+];
+
+const DAY: u64 = 24 * 3600;
+
+/// Longest `issuer` and admin name, in bytes.
+pub const MAX_ISSUER_LEN: usize = 255;
+const MAX_ADMIN_NAME_LEN: usize = 64;
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH_LEN: usize = 107;
+
+fn bounds(key: &'static str) -> (Duration, Duration) {
+    DURATION_BOUNDS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, lo, hi)| (*lo, *hi))
+        .unwrap_or((Duration::ZERO, Duration::MAX))
+}
+
+/// Parse a duration key and check it against [`DURATION_BOUNDS`].
 fn duration(
     key: &'static str,
     v: Option<&str>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s).map_err(|e| ConfigError::Value {
+    let Some(s) = v else {
+        return Ok(default);
+    };
+    let d = humantime::parse_duration(s).map_err(|e| ConfigError::Value {
+        key,
+        message: format!(
+            "{:?} is not a duration ({e}); write e.g. \"30s\", \"5m\", \"24h\"",
+            clip(s)
+        ),
+    })?;
+    let (lo, hi) = bounds(key);
+    if d < lo || d > hi {
+        return Err(ConfigError::Value {
             key,
-            message: format!("{s:?} is not a duration ({e}); write e.g. \"30s\", \"5m\", \"24h\""),
-        }),
+            message: format!(
+                "{:?} is out of range: it must be between {} and {}",
+                clip(s),
+                show(lo),
+                show(hi)
+            ),
+        });
+    }
+    Ok(d)
+}
+
+/// A bound as it is written in the config: "365d", "1h", "100ms".
+fn show(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_nanos() != 0 || s == 0 {
+        format!("{}ms", d.as_millis())
+    } else if s % DAY == 0 {
+        format!("{}d", s / DAY)
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// At most 64 characters of a value, for error messages (a value can be megabytes).
+fn clip(s: &str) -> String {
+    if s.chars().count() <= 64 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(64).collect::<String>())
     }
 }
 
@@ -175,11 +273,16 @@ impl FileConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| {
+        FileConfig::parse(&text, path)
+    }
+
+    /// Parse config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
             let at = e
                 .span()
-                .map(|sp| {
-                    let before = &text[..sp.start.min(text.len())];
+                .and_then(|sp| text.get(..sp.start.min(text.len())))
+                .map(|before| {
                     let line = before.matches('\n').count() + 1;
                     let col = before
                         .rsplit('\n')
@@ -198,105 +301,207 @@ impl FileConfig {
     }
 }
 
+/// The resolved durations, checked against [`DURATION_BOUNDS`] and each other.
+struct Durations {
+    max_offline: Duration,
+    heartbeat: Duration,
+    host_cert_ttl: Duration,
+    max_approval: Duration,
+    approval_timeout: Duration,
+}
+
+fn resolve_durations(file: &FileConfig) -> Result<Durations, ConfigError> {
+    let max_offline = duration(
+        "max_offline",
+        file.max_offline.as_deref(),
+        Duration::from_secs(300),
+    )?;
+    let heartbeat = duration(
+        "heartbeat",
+        file.heartbeat.as_deref(),
+        Duration::from_secs(5),
+    )?;
+    if heartbeat >= max_offline {
+        return Err(ConfigError::Value {
+            key: "heartbeat",
+            message: format!(
+                "{} must be shorter than max_offline ({}), or agents fail closed between heartbeats",
+                show(heartbeat),
+                show(max_offline)
+            ),
+        });
+    }
+    Ok(Durations {
+        max_offline,
+        heartbeat,
+        host_cert_ttl: duration(
+            "host_cert_ttl",
+            file.host_cert_ttl.as_deref(),
+            Duration::from_secs(DAY),
+        )?,
+        max_approval: duration(
+            "max_approval",
+            file.max_approval.as_deref(),
+            Duration::from_secs(8 * 3600),
+        )?,
+        approval_timeout: duration(
+            "approval_timeout",
+            file.approval_timeout.as_deref(),
+            Duration::from_secs(3600),
+        )?,
+    })
+}
+
+/// `issuer`: what goes into every token's `iss`, compared byte for byte by verifiers.
+fn validate_issuer(issuer: &str) -> Result<(), ConfigError> {
+    let why = if issuer.is_empty() {
+        "must not be empty (leave it out to use spiffe://<trust_domain>)".to_string()
+    } else if issuer.len() > MAX_ISSUER_LEN {
+        format!("is {} bytes long; at most {MAX_ISSUER_LEN}", issuer.len())
+    } else if !issuer.chars().all(|c| c.is_ascii_graphic()) {
+        format!(
+            "{:?} must be printable ASCII without spaces (e.g. a URL)",
+            clip(issuer)
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Value {
+        key: "issuer",
+        message: why,
+    })
+}
+
+fn resolve_actions(file: &mut FileConfig) -> Result<Vec<String>, ConfigError> {
+    let actions = file.actions.take().unwrap_or_else(|| {
+        ["read", "write", "deploy", "admin"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    if actions.is_empty() || actions.iter().any(|a| !valid_word(a)) {
+        return Err(ConfigError::Value {
+            key: "actions",
+            message: "must be a non-empty list of lowercase words (a-z, 0-9, '-', '_', at most 32 characters)".into(),
+        });
+    }
+    Ok(actions)
+}
+
+/// `[admins]`: names are printed in audit events and tables, so they are plain words;
+/// one uid may have one name only.
+fn resolve_admins(file: &mut FileConfig) -> Result<BTreeMap<u32, String>, ConfigError> {
+    let mut admins = BTreeMap::new();
+    for (name, uid) in file.admins.take().unwrap_or_default() {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_ADMIN_NAME_LEN
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !ok {
+            return Err(ConfigError::Value {
+                key: "admins",
+                message: format!(
+                    "admin name {:?} must be 1 to {MAX_ADMIN_NAME_LEN} letters, digits, '.', '-' or '_'",
+                    clip(&name)
+                ),
+            });
+        }
+        if let Some(other) = admins.insert(uid, name.clone()) {
+            return Err(ConfigError::Value {
+                key: "admins",
+                message: format!("uid {uid} is named twice ({other:?} and {name:?}); keep one"),
+            });
+        }
+    }
+    Ok(admins)
+}
+
+/// A path key: not empty, no NUL byte (the OS cannot take it).
+fn validate_path(key: &'static str, p: &Path) -> Result<(), ConfigError> {
+    let bytes = p.as_os_str().as_encoded_bytes();
+    if bytes.is_empty() {
+        return Err(ConfigError::Value {
+            key,
+            message: "must not be empty".into(),
+        });
+    }
+    if bytes.contains(&0) {
+        return Err(ConfigError::Value {
+            key,
+            message: "must not contain a NUL byte".into(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_admin_socket(p: &Path) -> Result<(), ConfigError> {
+    validate_path("admin_socket", p)?;
+    let len = p.as_os_str().len();
+    if len > MAX_SOCKET_PATH_LEN {
+        return Err(ConfigError::Value {
+            key: "admin_socket",
+            message: format!(
+                "{} is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH_LEN}: choose a shorter one",
+                p.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Config {
-    /// Apply defaults and flag overrides, and validate.
-    pub fn resolve(file: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
+    /// Apply defaults and flag overrides, and validate every key against its bounds.
+    pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
         let enroll = enroll_limits(&file)?;
         let trust_domain = o
             .trust_domain
-            .or(file.trust_domain)
+            .or(file.trust_domain.take())
             .unwrap_or_else(|| "leash.local".to_string());
         validate_trust_domain(&trust_domain)?;
         let listen_s = o
             .listen
-            .or(file.listen)
+            .or(file.listen.take())
             .unwrap_or_else(|| "127.0.0.1:8443".into());
         let listen = listen_s.parse().map_err(|e| ConfigError::Value {
             key: "listen",
             message: format!(
-                "{listen_s:?} is not a socket address ({e}); write e.g. \"0.0.0.0:8443\""
+                "{:?} is not a socket address ({e}); write e.g. \"0.0.0.0:8443\"",
+                clip(&listen_s)
             ),
         })?;
-        let max_offline = duration(
-            "max_offline",
-            file.max_offline.as_deref(),
-            Duration::from_secs(300),
-        )?;
-        if max_offline < Duration::from_secs(1) {
-            return Err(ConfigError::Value {
-                key: "max_offline",
-                message: "must be at least 1s".into(),
-            });
-        }
-        let heartbeat = duration(
-            "heartbeat",
-            file.heartbeat.as_deref(),
-            Duration::from_secs(5),
-        )?;
-        if heartbeat < Duration::from_millis(100) || heartbeat >= max_offline {
-            return Err(ConfigError::Value {
-                key: "heartbeat",
-                message: "must be at least 100ms and shorter than max_offline".into(),
-            });
-        }
-        let host_cert_ttl = duration(
-            "host_cert_ttl",
-            file.host_cert_ttl.as_deref(),
-            Duration::from_secs(24 * 3600),
-        )?;
-        if host_cert_ttl < Duration::from_secs(60) {
-            return Err(ConfigError::Value {
-                key: "host_cert_ttl",
-                message: "must be at least 1m".into(),
-            });
-        }
-        let actions = file.actions.unwrap_or_else(|| {
-            ["read", "write", "deploy", "admin"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        });
-        if actions.is_empty() || actions.iter().any(|a| !valid_word(a)) {
-            return Err(ConfigError::Value {
-                key: "actions",
-                message: "must be a non-empty list of lowercase words".into(),
-            });
-        }
-        let max_approval = duration(
-            "max_approval",
-            file.max_approval.as_deref(),
-            Duration::from_secs(8 * 3600),
-        )?;
-        let approval_timeout = duration(
-            "approval_timeout",
-            file.approval_timeout.as_deref(),
-            Duration::from_secs(3600),
-        )?;
-        let mut admins = BTreeMap::new();
-        for (name, uid) in file.admins.unwrap_or_default() {
-            admins.insert(uid, name);
-        }
+        let d = resolve_durations(&file)?;
+        let actions = resolve_actions(&mut file)?;
+        let admins = resolve_admins(&mut file)?;
+        let issuer = file
+            .issuer
+            .take()
+            .unwrap_or_else(|| format!("spiffe://{trust_domain}"));
+        validate_issuer(&issuer)?;
+        let data_dir = o
+            .data_dir
+            .or(file.data_dir.take())
+            .unwrap_or_else(default_data_dir);
+        validate_path("data_dir", &data_dir)?;
+        let admin_socket = o
+            .admin_socket
+            .or(file.admin_socket.take())
+            .unwrap_or_else(default_admin_socket);
+        validate_admin_socket(&admin_socket)?;
         Ok(Config {
-            data_dir: o
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(default_data_dir),
+            data_dir,
             listen,
-            admin_socket: o
-                .admin_socket
-                .or(file.admin_socket)
-                .unwrap_or_else(default_admin_socket),
-            issuer: file
-                .issuer
-                .unwrap_or_else(|| format!("spiffe://{trust_domain}")),
+            admin_socket,
+            issuer,
             trust_domain,
-            max_offline,
-            heartbeat,
-            host_cert_ttl,
+            max_offline: d.max_offline,
+            heartbeat: d.heartbeat,
+            host_cert_ttl: d.host_cert_ttl,
             actions,
             admins,
-            max_approval,
-            approval_timeout,
+            max_approval: d.max_approval,
+            approval_timeout: d.approval_timeout,
+            accept_readable_master_key: file.accept_readable_master_key.unwrap_or(false),
             enroll,
         })
     }
@@ -312,6 +517,7 @@ fn valid_word(s: &str) -> bool {
 fn validate_trust_domain(td: &str) -> Result<(), ConfigError> {
     let ok = !td.is_empty()
         && td.len() <= 255
+        && td.split('.').all(|label| !label.is_empty())
         && td.chars().all(|c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-' || c == '_'
         });
@@ -321,7 +527,8 @@ fn validate_trust_domain(td: &str) -> Result<(), ConfigError> {
         Err(ConfigError::Value {
             key: "trust_domain",
             message: format!(
-                "{td:?} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')"
+                "{:?} is not a SPIFFE trust domain (1 to 255 lowercase letters, digits, '.', '-', '_'; no empty label)",
+                clip(td)
             ),
         })
     }
@@ -372,12 +579,6 @@ fn enroll_limits(file: &FileConfig) -> Result<EnrollLimits, ConfigError> {
         file.enroll_refused_interval.as_deref(),
         d.refused_interval,
     )?;
-    if refused_interval < Duration::from_secs(1) || refused_interval > Duration::from_secs(3600) {
-        return Err(ConfigError::Value {
-            key: "enroll_refused_interval",
-            message: "must be from 1s to 1h".into(),
-        });
-    }
     Ok(EnrollLimits {
         source_burst: count(
             "enroll_source_burst",
@@ -477,5 +678,99 @@ mod tests {
             let key = bad.split(' ').next().unwrap_or_default();
             assert!(e.to_string().contains(key), "{bad}: {e}");
         }
+    }
+    fn resolve_text(text: &str) -> Result<Config, ConfigError> {
+        let file = FileConfig::parse(text, Path::new("test.toml"))?;
+        Config::resolve(file, Overrides::default())
+    }
+
+    fn refused(text: &str, key: &str, words: &[&str]) {
+        let e = resolve_text(text).expect_err(text).to_string();
+        assert!(e.contains(key), "{text:?}: {e}");
+        for w in words {
+            assert!(e.contains(w), "{text:?}: {e} lacks {w:?}");
+        }
+    }
+
+    #[test]
+    fn durations_out_of_bounds_are_refused_with_the_bounds() {
+        refused(
+            "host_cert_ttl = \"99999999d\"",
+            "host_cert_ttl",
+            &["1h", "365d"],
+        );
+        refused("host_cert_ttl = \"59m\"", "host_cert_ttl", &["1h"]);
+        refused("max_offline = \"8d\"", "max_offline", &["7d"]);
+        refused("max_offline = \"0s\"", "max_offline", &["1s"]);
+        refused(
+            "heartbeat = \"10m\"\nmax_offline = \"1h\"",
+            "heartbeat",
+            &["5m"],
+        );
+        refused("heartbeat = \"50ms\"", "heartbeat", &["100ms"]);
+        refused("max_approval = \"31d\"", "max_approval", &["30d"]);
+        refused("approval_timeout = \"1s\"", "approval_timeout", &["10s"]);
+        // humantime overflows are parse errors, not panics.
+        refused(
+            "host_cert_ttl = \"99999999999999999999999y\"",
+            "host_cert_ttl",
+            &["not a duration"],
+        );
+        // The bounds themselves are accepted.
+        let c = resolve_text("host_cert_ttl = \"365d\"\nmax_offline = \"7d\"\nheartbeat = \"5m\"")
+            .expect("upper bounds are valid");
+        assert_eq!(c.host_cert_ttl, Duration::from_secs(365 * DAY));
+        resolve_text("host_cert_ttl = \"1h\"\nmax_offline = \"1s\"\nheartbeat = \"100ms\"")
+            .expect("lower bounds are valid");
+    }
+
+    #[test]
+    fn every_bound_fits_what_uses_it() {
+        for (key, lo, hi) in DURATION_BOUNDS {
+            assert!(lo < hi, "{key}");
+            // Seconds are sent as u32 (max_offline_secs) and stored as i64 timestamps.
+            assert!(hi.as_secs() < u64::from(u32::MAX), "{key}");
+        }
+    }
+
+    #[test]
+    fn strings_are_checked() {
+        refused("issuer = \"\"", "issuer", &["empty"]);
+        refused("issuer = \"a b\"", "issuer", &["printable"]);
+        refused("issuer = \"x\\u001b[8m\"", "issuer", &["printable"]);
+        refused(
+            &format!("issuer = \"{}\"", "a".repeat(256)),
+            "issuer",
+            &["255"],
+        );
+        refused("trust_domain = \"\"", "trust_domain", &[]);
+        refused("trust_domain = \"a..b\"", "trust_domain", &["empty label"]);
+        refused("trust_domain = \".corp\"", "trust_domain", &[]);
+        refused("actions = []", "actions", &[]);
+        refused("actions = [\"Read\"]", "actions", &[]);
+        refused("[admins]\n\"a\\nb\" = 1000", "admins", &["admin name"]);
+        refused(
+            "[admins]\nalice = 1000\nbob = 1000",
+            "admins",
+            &["uid 1000"],
+        );
+        refused("data_dir = \"\"", "data_dir", &["empty"]);
+        refused("data_dir = \"/tmp/a\\u0000b\"", "data_dir", &["NUL"]);
+        refused(
+            &format!("admin_socket = \"/tmp/{}.sock\"", "s".repeat(120)),
+            "admin_socket",
+            &["107"],
+        );
+        let c = resolve_text("issuer = \"https://issuer.example/leash\"").expect("valid issuer");
+        assert_eq!(c.issuer, "https://issuer.example/leash");
+        assert!(!c.accept_readable_master_key);
+    }
+
+    #[test]
+    fn long_values_are_clipped_in_errors() {
+        let e = resolve_text(&format!("max_offline = \"{}\"", "9".repeat(100_000)))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.len() < 400, "{} bytes", e.len());
     }
 }

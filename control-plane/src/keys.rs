@@ -50,6 +50,17 @@ pub enum KeyError {
     /// I/O on the key file.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The master key file can be read by users other than its owner.
+    #[error("{} has mode {mode:04o}: the master key must not be readable by group or others; run `chmod 600 {}` (or set `accept_readable_master_key = true` in the config to start anyway)", path.display(), path.display())]
+    ReadableKeyFile {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A certificate lifetime that the certificate cannot express.
+    #[error("certificate lifetime of {0}s is out of range")]
+    Lifetime(u64),
 }
 
 impl From<rcgen::Error> for KeyError {
@@ -112,6 +123,43 @@ impl MasterKey {
         let key = UnboundKey::new(&AES_256_GCM, &bytes)
             .map_err(|_| KeyError::MasterKey("bad key".into()))?;
         Ok(MasterKey(LessSafeKey::new(key)))
+    }
+
+    /// Check the mode of `<data_dir>/master.key`, if the key comes from that file.
+    ///
+    /// A key file readable by group or others is refused, unless `accept_readable` (then
+    /// the returned text is the warning to log). Missing file: fine, it is created 0600.
+    pub fn check_file_mode(
+        data_dir: &Path,
+        accept_readable: bool,
+    ) -> Result<Option<String>, KeyError> {
+        use std::os::unix::fs::PermissionsExt;
+        if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            return Ok(None);
+        }
+        let path = data_dir.join(MASTER_KEY_FILE);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(KeyError::MasterKey(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 == 0 {
+            return Ok(None);
+        }
+        let err = KeyError::ReadableKeyFile { path, mode };
+        if accept_readable {
+            Ok(Some(format!(
+                "accepted because accept_readable_master_key = true: {err}"
+            )))
+        } else {
+            Err(err)
+        }
     }
 
     fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
@@ -364,7 +412,13 @@ impl Keys {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = time_now();
         p.not_before = now - time::Duration::minutes(5);
-        let not_after = now + time::Duration::seconds(ttl.as_secs() as i64);
+        // Checked: the lifetime comes from the config, and an unchecked sum panics past
+        // year 9999.
+        let not_after = i64::try_from(ttl.as_secs())
+            .ok()
+            .and_then(|s| now.checked_add(time::Duration::seconds(s)))
+            .filter(|t| t.year() <= 9999)
+            .ok_or(KeyError::Lifetime(ttl.as_secs()))?;
         p.not_after = not_after;
         let serial = random_serial()?;
         p.serial_number = Some(serial.clone());
@@ -506,5 +560,49 @@ mod tests {
         assert!(k
             .sign_host_cert(b"garbage", "x", std::time::Duration::from_secs(60))
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_lifetime_past_year_9999_is_an_error_not_a_panic() {
+        let (_dir, _store, _master, k) = fresh("td").await;
+        let host_key = KeyPair::generate().expect("key");
+        let csr = CertificateParams::new(Vec::new())
+            .expect("params")
+            .serialize_request(&host_key)
+            .expect("csr");
+        for secs in [99_999_999 * 86_400, u64::MAX] {
+            let e = k
+                .sign_host_cert(csr.der(), "h", std::time::Duration::from_secs(secs))
+                .expect_err("out of range");
+            assert!(matches!(e, KeyError::Lifetime(s) if s == secs), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_master_key_readable_by_others_is_refused_unless_accepted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // No file yet: it will be created 0600.
+        assert!(MasterKey::check_file_mode(dir.path(), false)
+            .expect("missing is fine")
+            .is_none());
+        drop(MasterKey::load_or_create(dir.path()).expect("master"));
+        let path = dir.path().join("master.key");
+        assert!(MasterKey::check_file_mode(dir.path(), false)
+            .expect("0600 is fine")
+            .is_none());
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = MasterKey::check_file_mode(dir.path(), false)
+                .expect_err("readable")
+                .to_string();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains(&format!("{mode:04o}")), "{e}");
+            assert!(e.contains("chmod 600"), "{e}");
+            let w = MasterKey::check_file_mode(dir.path(), true)
+                .expect("accepted")
+                .expect("with a warning");
+            assert!(w.contains("accept_readable_master_key"), "{w}");
+        }
     }
 }

@@ -100,6 +100,17 @@ fn main() -> ExitCode {
         }
     };
     if check_config {
+        match leash_control_plane::keys::MasterKey::check_file_mode(
+            &cfg.data_dir,
+            cfg.accept_readable_master_key,
+        ) {
+            Ok(Some(warning)) => eprintln!("warning: {warning}"),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }

@@ -213,6 +213,11 @@ pub async fn run(
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServerError> {
     prepare_dir(&config.data_dir, 0o700)?;
+    if let Some(warning) =
+        MasterKey::check_file_mode(&config.data_dir, config.accept_readable_master_key)?
+    {
+        tracing::warn!("{warning}");
+    }
     let store: Arc<dyn Storage> = SledStore::open(&config.data_dir)?;
     // The master key is only needed to unseal the keys; it is not kept around.
     let keys = {
