@@ -865,3 +865,10 @@ impl Drop for Cluster {
         self.proxy.take();
     }
 }
+
+impl Cluster {
+    /// Whether the control plane process is still running (not exited or killed).
+    pub fn control_plane_alive(&mut self) -> bool {
+        self.cp.as_mut().is_some_and(|d| d.exited().is_none())
+    }
+}

@@ -1,6 +1,8 @@
-//! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench …`.
+//! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench …`,
+//! `cargo xtask chaos …`.
 
 mod bench;
+mod chaos;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -20,6 +22,8 @@ enum Cmd {
     Demo,
     /// Benchmarks against the real release binaries (issue, fetch, revoke).
     Bench(bench::BenchArgs),
+    /// Fault injection against the real debug binaries (kill -9 under load).
+    Chaos(chaos::ChaosArgs),
     /// Build the binaries, then run every test (extra arguments go to `cargo test`).
     Test {
         /// Passed to `cargo test`.
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Demo => demo::run(),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Chaos(a) => chaos::run(a),
         Cmd::Test { args } => (|| {
             // The integration tests start the real binaries, so build them first.
             run(cargo().args(["build", "--workspace", "--bins"]))?;
