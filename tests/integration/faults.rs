@@ -88,6 +88,14 @@ fn load(c: &Cluster, acked: &Mutex<Acked>, stop: &AtomicBool) {
     });
 }
 
+/// A fresh credential once the agent has reconnected to the restarted control plane.
+fn back(c: &Cluster) -> leash_tests::Fetched {
+    c.eventually("the agent issues through the restarted control plane", || {
+        (c.leash(&["get", "api", "--fresh", "--output", "json"]).code == 0).then_some(())
+    });
+    c.get("api", &["--fresh"])
+}
+
 /// The checks after a restart; returns what was lost (empty when nothing was).
 fn check(c: &Cluster, acked: &mut Acked) -> Vec<String> {
     let mut lost = Vec::new();
@@ -117,7 +125,7 @@ fn check(c: &Cluster, acked: &mut Acked) -> Vec<String> {
         }
     }
     // A marker revocation after the restart: the agent must reach its sequence number.
-    let marker = c.get("api", &["--fresh"]);
+    let marker = back(c);
     let seq: u64 = c
         .leashctl(&["revoke", "--lease", &marker.lease_id, "--reason", "marker"])
         .ok()
@@ -257,10 +265,7 @@ fn a_full_disk_answers_unavailable_and_loses_nothing() {
         .expect("run cp");
     assert!(st.success(), "copying the data dir onto the tmpfs failed ({st})");
     c.restart_control_plane();
-    c.eventually("the agent is back", || {
-        (c.status()["synced"] == true).then_some(())
-    });
-    c.get("api", &["--fresh"]);
+    back(&c);
 
     let filler = fill(&data);
     for _ in 0..3 {
@@ -283,10 +288,7 @@ fn a_full_disk_answers_unavailable_and_loses_nothing() {
     );
     assert!(c.control_plane_alive(), "the control plane died\n{}", c.logs_dump());
     c.restart_control_plane();
-    c.eventually("the agent is back after the restart", || {
-        (c.status()["synced"] == true).then_some(())
-    });
-    let fresh = c.get("api", &["--fresh"]);
+    let fresh = back(&c);
     assert_ne!(fresh.lease_id, kept.lease_id);
     // Nothing acknowledged before the fill was lost.
     assert_eq!(c.lease(&kept.lease_id)["state"], "active");
