@@ -36,8 +36,12 @@ const MAX_BATCH: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// sled failed (disk full, corruption, permissions).
-    #[error("storage error: {0}; check the data directory's disk and permissions")]
+    /// sled failed (disk full, corruption, permissions). After an I/O error sled fails
+    /// every later write until the database is reopened.
+    #[error(
+        "storage error: {0}; check the data directory's disk space and permissions, then \
+         restart the control plane if writes keep failing"
+    )]
     Sled(#[from] sled::Error),
     /// A stored record could not be decoded.
     #[error("corrupt record in {tree}: {message}")]
