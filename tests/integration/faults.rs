@@ -90,9 +90,10 @@ fn load(c: &Cluster, acked: &Mutex<Acked>, stop: &AtomicBool) {
 
 /// A fresh credential once the agent has reconnected to the restarted control plane.
 fn back(c: &Cluster) -> leash_tests::Fetched {
-    c.eventually("the agent issues through the restarted control plane", || {
-        (c.leash(&["get", "api", "--fresh", "--output", "json"]).code == 0).then_some(())
-    });
+    c.eventually(
+        "the agent issues through the restarted control plane",
+        || (c.leash(&["get", "api", "--fresh", "--output", "json"]).code == 0).then_some(()),
+    );
     c.get("api", &["--fresh"])
 }
 
@@ -142,11 +143,17 @@ fn check(c: &Cluster, acked: &mut Acked) -> Vec<String> {
     // Nothing revoked is served: the cached answer is a live lease...
     let served = c.get("api", &[]);
     if acked.revoked.contains_key(&served.lease_id) {
-        lost.push(format!("the agent served revoked lease {}", served.lease_id));
+        lost.push(format!(
+            "the agent served revoked lease {}",
+            served.lease_id
+        ));
     }
     let l = c.lease(&served.lease_id);
     if l["state"] != "active" {
-        lost.push(format!("the agent served lease {} in state {}", served.lease_id, l["state"]));
+        lost.push(format!(
+            "the agent served lease {} in state {}",
+            served.lease_id, l["state"]
+        ));
     }
     // ... and introspection of every acknowledged revocation says inactive.
     for id in acked.revoked.keys() {
@@ -241,8 +248,14 @@ fn a_full_disk_answers_unavailable_and_loses_nothing() {
     // Acknowledged before the disk fills.
     let kept = c.get("api", &["--fresh"]);
     let gone = c.get("api", &["--fresh"]);
-    c.leashctl(&["revoke", "--lease", &gone.lease_id, "--reason", "before the fill"])
-        .ok();
+    c.leashctl(&[
+        "revoke",
+        "--lease",
+        &gone.lease_id,
+        "--reason",
+        "before the fill",
+    ])
+    .ok();
 
     // Move the data dir onto a small tmpfs.
     c.kill_control_plane();
@@ -263,7 +276,10 @@ fn a_full_disk_answers_unavailable_and_loses_nothing() {
         .arg(&data)
         .status()
         .expect("run cp");
-    assert!(st.success(), "copying the data dir onto the tmpfs failed ({st})");
+    assert!(
+        st.success(),
+        "copying the data dir onto the tmpfs failed ({st})"
+    );
     c.restart_control_plane();
     back(&c);
 
@@ -279,23 +295,44 @@ fn a_full_disk_answers_unavailable_and_loses_nothing() {
             failed = Some(out);
             break;
         }
-        during.push(out.json()["lease_id"].as_str().expect("lease_id").to_string());
+        during.push(
+            out.json()["lease_id"]
+                .as_str()
+                .expect("lease_id")
+                .to_string(),
+        );
     }
     let failed = failed.unwrap_or_else(|| {
-        panic!("500 issuances on a full disk all succeeded\n{}", c.logs_dump())
+        panic!(
+            "500 issuances on a full disk all succeeded\n{}",
+            c.logs_dump()
+        )
     });
     assert_unavailable(&failed);
-    eprintln!("{} issuance(s) succeeded on the full disk before the first failure", during.len());
+    eprintln!(
+        "{} issuance(s) succeeded on the full disk before the first failure",
+        during.len()
+    );
     for _ in 0..3 {
         assert_unavailable(&c.leash(&["get", "api", "--fresh", "--output", "json"]));
     }
     assert_unavailable(&c.leashctl(&["revoke", "--lease", &kept.lease_id, "--reason", "full"]));
-    assert!(c.control_plane_alive(), "the control plane died on a full disk\n{}", c.logs_dump());
+    assert!(
+        c.control_plane_alive(),
+        "the control plane died on a full disk\n{}",
+        c.logs_dump()
+    );
     let hosts = c.leashctl(&["host", "list"]);
-    assert!(hosts.code == 0 || hosts.code == 5, "host list on a full disk\n{hosts}");
+    assert!(
+        hosts.code == 0 || hosts.code == 5,
+        "host list on a full disk\n{hosts}"
+    );
     eprintln!("leashctl host list on the full disk: exit {}", hosts.code);
     let log = c.control_plane_log();
-    assert!(log.contains("STORE FLUSH FAILED"), "no loud log line:\n{log}");
+    assert!(
+        log.contains("STORE FLUSH FAILED"),
+        "no loud log line:\n{log}"
+    );
 
     // Space again. sled keeps the I/O error it hit until the database is reopened, so
     // writes stay unavailable (never a false success) until the control plane restarts.
@@ -305,8 +342,15 @@ fn a_full_disk_answers_unavailable_and_loses_nothing() {
         after.code == 0 || after.code == 5,
         "an issuance after space was freed\n{after}"
     );
-    assert!(c.control_plane_alive(), "the control plane died\n{}", c.logs_dump());
-    eprintln!("issuance after space was freed, before a restart: exit {}", after.code);
+    assert!(
+        c.control_plane_alive(),
+        "the control plane died\n{}",
+        c.logs_dump()
+    );
+    eprintln!(
+        "issuance after space was freed, before a restart: exit {}",
+        after.code
+    );
     c.restart_control_plane();
     let fresh = back(&c);
     assert_ne!(fresh.lease_id, kept.lease_id);
@@ -315,12 +359,19 @@ fn a_full_disk_answers_unavailable_and_loses_nothing() {
     let k = c.lease(&kept.lease_id);
     assert!(k["state"] == "active" || k["state"] == "revoked", "{k}");
     for id in &during {
-        assert_eq!(c.lease(id)["state"], "active", "lease {id} acknowledged on the full disk");
+        assert_eq!(
+            c.lease(id)["state"],
+            "active",
+            "lease {id} acknowledged on the full disk"
+        );
     }
     let g = c.lease(&gone.lease_id);
     assert_eq!(g["state"], "revoked", "{g}");
     assert_eq!(g["reason"], "before the fill", "{g}");
-    assert_eq!(c.leashctl(&["introspect", &gone.token]).json()["active"], false);
+    assert_eq!(
+        c.leashctl(&["introspect", &gone.token]).json()["active"],
+        false
+    );
     // And the full disk was never recorded as a denial.
     let audit = c.audit();
     assert!(

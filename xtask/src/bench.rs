@@ -120,7 +120,10 @@ impl Ctx {
         for bin in ["leash-control-plane", "leashctl", "leash-agentd", "leash"] {
             let p = dir.join(bin);
             if !p.exists() {
-                bail!("{} is missing; build it with `cargo build --workspace --bins`", p.display());
+                bail!(
+                    "{} is missing; build it with `cargo build --workspace --bins`",
+                    p.display()
+                );
             }
         }
         Ok(Ctx {

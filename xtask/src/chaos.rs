@@ -194,7 +194,13 @@ async fn caller(socket: PathBuf, ledger: Shared, stop: Arc<AtomicBool>, pace: Du
 }
 
 /// The revoker: revokes a random issued lease (never one twice) in a loop, until `stop`.
-async fn revoker(admin: PathBuf, ledger: Shared, stop: Arc<AtomicBool>, mut rng: Rng, round: usize) {
+async fn revoker(
+    admin: PathBuf,
+    ledger: Shared,
+    stop: Arc<AtomicBool>,
+    mut rng: Rng,
+    round: usize,
+) {
     let mut client = None;
     while !stop.load(Ordering::Relaxed) {
         if client.is_none() {
@@ -275,7 +281,10 @@ async fn check(
 ) -> anyhow::Result<Found> {
     let mut found = Found::default();
     let admin_socket = cp.admin_socket.clone();
-    let mut admin = retry("connect to the admin socket", || admin_client(&admin_socket)).await?;
+    let mut admin = retry("connect to the admin socket", || {
+        admin_client(&admin_socket)
+    })
+    .await?;
 
     // 1. Every acknowledged lease and revocation is in the store, in the right state.
     let leases = retry("list leases", || {
@@ -291,8 +300,7 @@ async fn check(
         }
     })
     .await?;
-    let state: HashMap<String, String> =
-        leases.into_iter().map(|l| (l.id, l.state)).collect();
+    let state: HashMap<String, String> = leases.into_iter().map(|l| (l.id, l.state)).collect();
     let (issued, revoked, sent) = {
         let l = lock(ledger);
         (l.issued.clone(), l.revoked.clone(), l.revoke_sent.clone())
@@ -321,13 +329,24 @@ async fn check(
     let sock0 = agents[0].socket.clone();
     let marker = retry("a fresh credential after the restart", || {
         let s = sock0.clone();
-        async move { Ok(agent_client(&s).await?.fetch(fetch_req(true)).await?.into_inner()) }
+        async move {
+            Ok(agent_client(&s)
+                .await?
+                .fetch(fetch_req(true))
+                .await?
+                .into_inner())
+        }
     })
     .await?;
     let seq = retry("the marker revocation", || {
         let mut a = admin.clone();
         let id = marker.lease_id.clone();
-        async move { Ok(a.revoke(revoke_req(&id, "chaos marker")).await?.into_inner().seq) }
+        async move {
+            Ok(a.revoke(revoke_req(&id, "chaos marker"))
+                .await?
+                .into_inner()
+                .seq)
+        }
     })
     .await?;
     {
@@ -351,7 +370,11 @@ async fn check(
                     .await?
                     .into_inner();
                 if st.last_seq < seq {
-                    bail!("agent {i} is at sequence {} (state {})", st.last_seq, st.state);
+                    bail!(
+                        "agent {i} is at sequence {} (state {})",
+                        st.last_seq,
+                        st.state
+                    );
                 }
                 Ok(st.last_seq)
             }
@@ -369,7 +392,13 @@ async fn check(
         let s = a.socket.clone();
         let got = retry(&format!("a credential from agent {i}"), || {
             let s = s.clone();
-            async move { Ok(agent_client(&s).await?.fetch(fetch_req(false)).await?.into_inner()) }
+            async move {
+                Ok(agent_client(&s)
+                    .await?
+                    .fetch(fetch_req(false))
+                    .await?
+                    .into_inner())
+            }
         })
         .await?;
         if revoked_now.contains(&got.lease_id) {
@@ -404,7 +433,10 @@ async fn check(
     let tokens: HashMap<String, String> = issued
         .iter()
         .map(|i| (i.lease.clone(), i.token.clone()))
-        .chain(std::iter::once((marker.lease_id.clone(), marker.token.clone())))
+        .chain(std::iter::once((
+            marker.lease_id.clone(),
+            marker.token.clone(),
+        )))
         .collect();
     let recent: Vec<(String, String)> = {
         let l = lock(ledger);
@@ -422,14 +454,19 @@ async fn check(
             .into_inner();
         found.introspected += 1;
         if r.active {
-            found.lost.push(format!("introspection says revoked lease {id} is active"));
+            found
+                .lost
+                .push(format!("introspection says revoked lease {id} is active"));
         }
     }
     Ok(found)
 }
 
 fn kill(a: KillArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.rounds > 0 && a.agents > 0 && a.callers > 0, "--rounds, --agents and --callers must be at least 1");
+    anyhow::ensure!(
+        a.rounds > 0 && a.agents > 0 && a.callers > 0,
+        "--rounds, --agents and --callers must be at least 1"
+    );
     anyhow::ensure!(a.min_ms <= a.max_ms, "--min-ms must not exceed --max-ms");
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
