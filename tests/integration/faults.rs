@@ -329,6 +329,9 @@ fn a_full_disk_answers_unavailable_and_loses_nothing() {
     );
     eprintln!("leashctl host list on the full disk: exit {}", hosts.code);
     let log = c.control_plane_log();
+    for l in log.lines().filter(|l| l.contains("ERROR")).take(4) {
+        eprintln!("control plane: {l}");
+    }
     assert!(
         log.contains("STORE FLUSH FAILED"),
         "no loud log line:\n{log}"
