@@ -2,7 +2,7 @@
 //! and check after every restart that nothing it acknowledged was lost.
 //!
 //! The load runs through real enrolled agents (the debug binaries, started with the
-//! bench's process helpers): callers ask the agents for fresh credentials (each a new
+//! bench's process management): callers ask the agents for fresh credentials (each a new
 //! Issue at the control plane), and an admin client revokes issued leases one at a time
 //! over the admin socket. Only answers the caller received count as acknowledged. At a
 //! seeded random moment the control plane is killed while the load runs, the load is
