@@ -186,12 +186,13 @@ impl AdminApi {
         let ev = Event::new("revocation")
             .actor(actor.clone())
             .reason(reason.clone());
-        let rev = self
-            .s
-            .store
-            .revoke(target, reason, actor, vec![ev])
-            .await
-            .map_err(store_status)?;
+        let failed = Event::new("revoke-failed")
+            .actor(actor.clone())
+            .detail(serde_json::json!({ "target": target.describe() }));
+        let rev = match self.s.store.revoke(target, reason, actor, vec![ev]).await {
+            Ok(rev) => rev,
+            Err(e) => return Err(crate::server::write_failed(&self.s, e, failed).await),
+        };
         let hosts = crate::revocation::hosts_to_wait_for(&self.s, &rev);
         Ok(v1::RevokeResponse {
             seq: rev.seq,

@@ -508,7 +508,14 @@ impl ControlPlane for AgentApi {
         let seq = match written {
             Ok(seq) => seq,
             Err(crate::store::StoreError::Refused(m)) => return Err(self.deny(&host, &r, m).await),
-            Err(e) => return Err(store_status(e)),
+            Err(e) => {
+                let failed = Event::new("issue-failed")
+                    .actor(host.name.clone())
+                    .host(host.name.clone())
+                    .workload(r.workload.clone())
+                    .credential(r.credential.clone());
+                return Err(crate::server::write_failed(&self.s, e, failed).await);
+            }
         };
         tracing::info!(host = %host.name, workload = %w.name, credential = %c.name, lease = %lease_id, %fingerprint, "issued");
         Ok(Response::new(v1::IssueResponse {

@@ -330,3 +330,20 @@ pub async fn run(
     b?;
     Ok(())
 }
+
+/// Map a failed write to a status, and record a failure of the store (a failed flush, an
+/// I/O error) as a failure event, never as a denial. The store usually cannot take that
+/// event either (the disk is still full): the error log line is then the only record.
+pub async fn write_failed(s: &Shared, e: StoreError, failed: crate::model::Event) -> tonic::Status {
+    if matches!(e, StoreError::NotDurable(_) | StoreError::Sled(_)) {
+        let kind = failed.kind.clone();
+        if let Err(err) = s
+            .store
+            .append_events(vec![failed.reason(e.to_string())])
+            .await
+        {
+            tracing::error!(error = %err, event = %kind, "could not record the failure in the audit log");
+        }
+    }
+    store_status(e)
+}

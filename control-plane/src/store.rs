@@ -36,8 +36,12 @@ const MAX_BATCH: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// sled failed (disk full, corruption, permissions).
-    #[error("storage error: {0}; check the data directory's disk and permissions")]
+    /// sled failed (disk full, corruption, permissions). After an I/O error sled fails
+    /// every later write until the database is reopened.
+    #[error(
+        "storage error: {0}; check the data directory's disk space and permissions, then \
+         restart the control plane if writes keep failing"
+    )]
     Sled(#[from] sled::Error),
     /// A stored record could not be decoded.
     #[error("corrupt record in {tree}: {message}")]
@@ -59,6 +63,16 @@ pub enum StoreError {
     /// The write was refused (e.g. a used join token, a disabled workload).
     #[error("{0}")]
     Refused(String),
+    /// The batch holding the write could not be flushed (a full disk, an I/O error), so
+    /// the write was not acknowledged. Its outcome is unknown to the caller: it was
+    /// applied in memory and is persisted by the next successful flush, or lost by a
+    /// crash before one. A failure of the store, never a refusal of the caller.
+    #[error(
+        "the write could not be made durable: {0}; it was not acknowledged and may or may \
+         not be recorded: free space in the data directory (or restart the control plane \
+         if the store stays failed) and retry"
+    )]
+    NotDurable(String),
 }
 
 /// Result alias.
@@ -438,9 +452,30 @@ impl Tx<'_> {
     }
 }
 
+/// How the writer makes a batch durable. Production flushes sled; unit tests substitute a
+/// flush that fails, to check what callers see then. A type parameter of the writer, so
+/// the release path is a direct call.
+trait Flush: Send + 'static {
+    fn flush(&mut self, db: &sled::Db) -> sled::Result<()>;
+}
+
+/// sled's own flush (fsync of everything written so far).
+struct SledFlush;
+
+impl Flush for SledFlush {
+    fn flush(&mut self, db: &sled::Db) -> sled::Result<()> {
+        db.flush().map(drop)
+    }
+}
+
 impl SledStore {
     /// Open (or create) the store under `dir` and start its writer thread.
     pub fn open(dir: &Path) -> Result<Arc<SledStore>> {
+        Self::open_with(dir, SledFlush)
+    }
+
+    /// [`SledStore::open`] with a chosen flush (tests inject failures through it).
+    fn open_with(dir: &Path, flush: impl Flush) -> Result<Arc<SledStore>> {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .mode(sled::Mode::HighThroughput)
@@ -491,7 +526,7 @@ impl SledStore {
             let events = events.clone();
             std::thread::Builder::new()
                 .name("leash-store-writer".into())
-                .spawn(move || writer(db, t, rx, seq, event_id, changes, events))
+                .spawn(move || writer(db, t, rx, seq, event_id, changes, events, flush))
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
         };
         Ok(Arc::new(SledStore {
@@ -516,7 +551,7 @@ impl SledStore {
             let r = f(t);
             Box::new(move |flush_err: Option<&StoreError>| {
                 let r = match (r, flush_err) {
-                    (Ok(_), Some(e)) => Err(StoreError::Refused(format!("not durable: {e}"))),
+                    (Ok(_), Some(e)) => Err(StoreError::NotDurable(e.to_string())),
                     (r, _) => r,
                 };
                 let _ = tx.send(r);
@@ -585,6 +620,14 @@ fn issue_job(
 }
 
 /// The writer loop: batch, apply, flush once, then answer and publish.
+///
+/// When a flush fails, every caller of the batch gets [`StoreError::NotDurable`] and
+/// nothing is published. sled cannot roll the batch back, so its writes stay applied in
+/// memory: the sequence and event counters move past them (reusing their numbers would
+/// overwrite them), and their changes and events wait, to be published in order after
+/// the next flush that succeeds (which persists them too). Live Sync streams therefore
+/// never see a gap, and never see anything that is not durable.
+#[allow(clippy::too_many_arguments)]
 fn writer(
     db: sled::Db,
     t: Arc<Trees>,
@@ -593,8 +636,13 @@ fn writer(
     mut event_id: u64,
     changes: broadcast::Sender<Arc<Change>>,
     events: broadcast::Sender<Event>,
+    mut flush: impl Flush,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The writer's own counter: ahead of the published `seq` while flushes fail.
+    let mut next_seq = seq.load(Ordering::Acquire);
+    let mut unpublished_changes: Vec<Change> = Vec::new();
+    let mut unpublished_events: Vec<Event> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -605,7 +653,7 @@ fn writer(
         }
         let mut tx = Tx {
             t: &t,
-            seq: seq.load(Ordering::Acquire),
+            seq: next_seq,
             event_id,
             changes: Vec::new(),
             events: Vec::new(),
@@ -620,30 +668,38 @@ fn writer(
             stop,
             ..
         } = tx;
+        next_seq = new_seq;
+        event_id = new_event_id;
+        unpublished_changes.extend(new_changes);
+        unpublished_events.extend(new_events);
         let flushed = (|| -> Result<()> {
             t.meta.insert("seq", &be(new_seq))?;
             t.meta.insert("event_id", &be(new_event_id))?;
-            db.flush()?;
+            flush.flush(&db)?;
             Ok(())
         })();
-        match &flushed {
-            Ok(()) => {
-                seq.store(new_seq, Ordering::Release);
-                event_id = new_event_id;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store flush failed; the batch was not acknowledged")
-            }
+        if let Err(e) = &flushed {
+            tracing::error!(
+                error = %e,
+                unacknowledged = replies.len(),
+                "STORE FLUSH FAILED: writes are answered UNAVAILABLE and not acknowledged; \
+                 free space in the data directory; if this repeats after that, restart the \
+                 control plane (sled keeps an I/O error until it is reopened)"
+            );
         }
         let err = flushed.err();
+        if err.is_none() {
+            // Before answering: a caller reads `current_seq` as soon as it is answered.
+            seq.store(new_seq, Ordering::Release);
+        }
         for r in replies {
             r(err.as_ref());
         }
         if err.is_none() {
-            for c in new_changes {
+            for c in unpublished_changes.drain(..) {
                 let _ = changes.send(Arc::new(c));
             }
-            for e in new_events {
+            for e in unpublished_events.drain(..) {
                 let _ = events.send(e);
             }
         }
@@ -1407,5 +1463,87 @@ mod tests {
             ..rev
         };
         assert_eq!(old.lease_ids_for("h2").len(), 4);
+    }
+
+    /// A flush that fails while `fail` is set, as a full disk makes sled's flush fail.
+    struct FailingFlush(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Flush for FailingFlush {
+        fn flush(&mut self, db: &sled::Db) -> sled::Result<()> {
+            if self.0.load(Ordering::SeqCst) {
+                return Err(sled::Error::Io(std::io::Error::from_raw_os_error(28)));
+            }
+            db.flush().map(drop)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_is_unavailable_not_refused_and_publishes_nothing_until_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = SledStore::open_with(dir.path(), FailingFlush(fail.clone())).expect("open");
+        s.put_workload(workload("w"), Event::new("x"))
+            .await
+            .expect("put");
+        s.put_join_token(token("t"), Event::new("x"))
+            .await
+            .expect("token");
+        s.enroll("t", "x", host(), 0, Event::new("enrolled"))
+            .await
+            .expect("enroll");
+        s.issue_lease(lease("l1", "w"), Event::new("issued").lease("l1"))
+            .await
+            .expect("l1");
+        let before = s.current_seq();
+        let mut changes = s.subscribe_changes();
+
+        fail.store(true, Ordering::SeqCst);
+        let issued = s
+            .issue_lease(lease("l2", "w"), Event::new("issued").lease("l2"))
+            .await;
+        assert!(
+            matches!(issued, Err(StoreError::NotDurable(_))),
+            "an issuance whose flush failed: {issued:?}"
+        );
+        let revoked = s
+            .revoke(
+                RevocationTarget::Lease("l1".into()),
+                "test".into(),
+                "root".into(),
+                Vec::new(),
+            )
+            .await;
+        let err = revoked.expect_err("a revocation whose flush failed is not acknowledged");
+        assert!(matches!(err, StoreError::NotDurable(_)), "{err:?}");
+        assert!(err.to_string().contains("not acknowledged"), "{err}");
+        assert_eq!(s.current_seq(), before, "nothing non-durable is committed");
+        assert!(
+            changes.try_recv().is_err(),
+            "nothing non-durable is published"
+        );
+
+        // Once flushes work again, the store continues without reusing a sequence number,
+        // and what waited is published in order, before the new write.
+        fail.store(false, Ordering::SeqCst);
+        let l3 = s
+            .issue_lease(lease("l3", "w"), Event::new("issued").lease("l3"))
+            .await
+            .expect("l3 after recovery");
+        assert!(
+            l3 > before + 2,
+            "seq {l3} reuses a number of the failed batches"
+        );
+        assert_eq!(s.current_seq(), l3);
+        // Published just after the callers are answered.
+        let published = tokio::time::timeout(std::time::Duration::from_secs(5), changes.recv())
+            .await
+            .expect("the failed batch's revocation is published")
+            .expect("published");
+        assert!(
+            matches!(&*published, Change::Revoked { revocation } if revocation.seq == before + 2),
+            "{published:?}"
+        );
+        let log = s.changes_since(before).expect("log").expect("retained");
+        assert_eq!(log.first().map(Change::seq), Some(before + 2));
     }
 }

@@ -875,4 +875,9 @@ impl Cluster {
         d.signal(Signal::SIGTERM);
         d.wait_exit(WAIT)
     }
+
+    /// Whether the control plane process is still running (not exited or killed).
+    pub fn control_plane_alive(&mut self) -> bool {
+        self.cp.as_mut().is_some_and(|d| d.exited().is_none())
+    }
 }

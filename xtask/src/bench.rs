@@ -22,7 +22,7 @@ mod enroll;
 mod exec;
 mod fetch;
 mod issue;
-mod procs;
+pub(crate) mod procs;
 mod revoke;
 mod sim;
 mod stats;
@@ -91,7 +91,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Where things are, and how this run was invoked.
 #[derive(Debug)]
-struct Ctx {
+pub(crate) struct Ctx {
     /// `target/release`.
     release: PathBuf,
     /// The command line to print next to every table.
@@ -118,6 +118,24 @@ impl Ctx {
 
     fn bin(&self, name: &str) -> PathBuf {
         self.release.join(name)
+    }
+
+    /// The binaries of `target/<profile>` (checked), for tasks that run the debug build.
+    pub(crate) fn profile(profile: &str, command: String) -> anyhow::Result<Ctx> {
+        let dir = target_dir().join(profile);
+        for bin in ["leash-control-plane", "leashctl", "leash-agentd", "leash"] {
+            let p = dir.join(bin);
+            if !p.exists() {
+                bail!(
+                    "{} is missing; build it with `cargo build --workspace --bins`",
+                    p.display()
+                );
+            }
+        }
+        Ok(Ctx {
+            release: dir,
+            command,
+        })
     }
 }
 
@@ -175,7 +193,7 @@ fn shown(cmd: &Command) -> String {
     s
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
     clean_env(&mut c);
@@ -195,7 +213,7 @@ fn clean_env(c: &mut Command) {
     }
 }
 
-fn run_cmd(mut cmd: Command) -> anyhow::Result<()> {
+pub(crate) fn run_cmd(mut cmd: Command) -> anyhow::Result<()> {
     eprintln!("$ {}", shown(&cmd));
     let st = cmd
         .status()

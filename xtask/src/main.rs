@@ -1,7 +1,8 @@
 //! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench …`,
-//! `cargo xtask fuzz`.
+//! `cargo xtask fuzz`, `cargo xtask chaos …`.
 
 mod bench;
+mod chaos;
 mod demo;
 mod fuzz;
 
@@ -24,6 +25,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Coverage-guided fuzzing of every input parser with libFuzzer (not run in CI).
     Fuzz(fuzz::FuzzArgs),
+    /// Fault injection against the real debug binaries (kill -9 under load).
+    Chaos(chaos::ChaosArgs),
     /// Build the binaries, then run every test (extra arguments go to `cargo test`).
     Test {
         /// Passed to `cargo test`.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo::run(),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Fuzz(a) => fuzz::run_fuzz(a),
+        Cmd::Chaos(a) => chaos::run(a),
         Cmd::Test { args } => (|| {
             // The integration tests start the real binaries, so build them first.
             run(cargo().args(["build", "--workspace", "--bins"]))?;

@@ -105,6 +105,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// SIGKILL the child (nothing flushed on the way out) and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Fail (with its last log lines) if the child has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(st) = self.child.try_wait()? {
@@ -257,6 +263,28 @@ impl ControlPlane {
             admin_socket,
             leashctl: ctx.bin("leashctl"),
         })
+    }
+
+    /// SIGKILL the control plane, then start it again on the same config, data dir and
+    /// address (agents reconnect to where they enrolled).
+    pub fn restart(&mut self, ctx: &Ctx) -> anyhow::Result<()> {
+        self.proc.kill9();
+        let config = self.admin_socket.with_file_name("cp.toml");
+        let mut cmd = Command::new(ctx.bin("leash-control-plane"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(&self.addr)
+            .env("LEASH_LOG", "info");
+        let (proc, _) = Proc::start(
+            "leash-control-plane",
+            cmd,
+            "listening on ",
+            Duration::from_secs(30),
+        )?;
+        self.proc = proc;
+        Ok(())
     }
 
     /// Run `leashctl --admin-socket … ARGS`; returns its stdout.
