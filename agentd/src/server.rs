@@ -8,11 +8,11 @@
 //! (see [`Conn::over_cap`]), so the caller learns why instead of seeing a reset.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

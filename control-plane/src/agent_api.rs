@@ -234,9 +234,9 @@ impl ControlPlane for AgentApi {
             .map_err(store_status)?
             .ok_or_else(|| {
                 Reason::NotFound.status(format!(
-                "no credential named {}; `leashctl credential list` shows the ones that exist",
-                excerpt(&r.credential)
-            ))
+                    "no credential named {}; `leashctl credential list` shows the ones that exist",
+                    excerpt(&r.credential)
+                ))
             })?;
         if w.disabled {
             return Err(self

@@ -36,7 +36,11 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| r.iter().map(|c| crate::names::escape(c).into_owned()).collect())
+        .map(|r| {
+            r.iter()
+                .map(|c| crate::names::escape(c).into_owned())
+                .collect()
+        })
         .collect();
     let mut text = String::new();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -147,7 +151,10 @@ mod tests {
         // Widths are those of the escaped text, so the columns still line up.
         let header = t.lines().next().unwrap_or_default();
         let state_at = header.find("STATE").unwrap_or(0);
-        assert_eq!(t.lines().nth(1).and_then(|l| l.get(state_at..)), Some("revoked\\x07"));
+        assert_eq!(
+            t.lines().nth(1).and_then(|l| l.get(state_at..)),
+            Some("revoked\\x07")
+        );
     }
 
     #[test]

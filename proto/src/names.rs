@@ -29,8 +29,7 @@ pub const NAME_PUNCTUATION: &str = "-_.:@/+= ";
 pub const EXCERPT_CHARS: usize = 64;
 
 /// The rule, as error messages state it.
-pub const NAME_RULE: &str =
-    "letters, digits, spaces and - _ . : @ / + =, at most 256 bytes";
+pub const NAME_RULE: &str = "letters, digits, spaces and - _ . : @ / + =, at most 256 bytes";
 
 /// Why a caller's text was refused. Messages name the field and the rule and describe
 /// the offending character by code point, never quoting the value itself.
@@ -139,7 +138,8 @@ pub fn check_name(field: &'static str, value: &str) -> Result<(), NameError> {
 }
 
 /// The rule [`check_text`] applies, as error messages state it.
-pub const TEXT_RULE: &str = "printable characters only (no control or invisible formatting characters)";
+pub const TEXT_RULE: &str =
+    "printable characters only (no control or invisible formatting characters)";
 
 /// Check a value that is not a name (an audience URL): printable characters only. Its
 /// length is bounded by the request size; show it with [`excerpt`].
@@ -238,11 +238,26 @@ mod tests {
             ("ok\nstate: revoked", 2, 0x0a, "a control character"),
             ("bell\u{7}", 4, 0x07, "a control character"),
             ("cr\r", 2, 0x0d, "a control character"),
-            ("x\u{202e}gnp.exe", 1, 0x202e, "an invisible formatting character"),
-            ("zero\u{200b}width", 4, 0x200b, "an invisible formatting character"),
+            (
+                "x\u{202e}gnp.exe",
+                1,
+                0x202e,
+                "an invisible formatting character",
+            ),
+            (
+                "zero\u{200b}width",
+                4,
+                0x200b,
+                "an invisible formatting character",
+            ),
             ("c1\u{9b}31m", 2, 0x9b, "a control character"),
             ("semi;colon", 4, 0x3b, "the character"),
-            ("tag\u{e0041}", 3, 0xe0041, "an invisible formatting character"),
+            (
+                "tag\u{e0041}",
+                3,
+                0xe0041,
+                "an invisible formatting character",
+            ),
         ];
         for (v, at, code, what) in cases {
             let e = check_name("on-behalf-of", v).expect_err(v);
@@ -260,14 +275,20 @@ mod tests {
             let m = e.to_string();
             assert!(m.starts_with("on-behalf-of contains"), "{m}");
             assert!(m.contains(NAME_RULE), "{m}");
-            assert!(!m.chars().any(|c| c.is_control() || is_invisible(c)), "{m:?}");
+            assert!(
+                !m.chars().any(|c| c.is_control() || is_invisible(c)),
+                "{m:?}"
+            );
         }
         let long = "a".repeat(60 * 1024);
         let e = check_name("task name", &long).expect_err("60 KB");
         let m = e.to_string();
         assert!(m.contains("61440 bytes long; at most 256 bytes"), "{m}");
         assert!(m.len() < 200, "{m}");
-        assert!(check_name("x", &"é".repeat(129)).is_err(), "bytes, not chars");
+        assert!(
+            check_name("x", &"é".repeat(129)).is_err(),
+            "bytes, not chars"
+        );
     }
 
     #[test]
@@ -291,7 +312,10 @@ mod tests {
         assert_eq!(escape("x\u{202e}y\u{9b}"), "x\\u{202e}y\\u{009b}");
         assert_eq!(escape("back\\slash"), "back\\\\slash");
         let e = escape("\u{1b}\u{7}\n\r\u{0}\u{7f}\u{85}\u{2028}\u{feff}");
-        assert!(!e.chars().any(|c| c.is_control() || is_invisible(c)), "{e:?}");
+        assert!(
+            !e.chars().any(|c| c.is_control() || is_invisible(c)),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -124,12 +124,11 @@ fn hostile_names_are_refused_at_the_agent_with_exit_1() {
     // A default task name taken from an odd command path is made to fit instead.
     let odd = c.dir().join("odd;name(1)");
     std::fs::copy("/bin/true", &odd).expect("copy true");
-    c.leash(&["exec", "--", odd.to_str().expect("utf-8")]).code(0);
+    c.leash(&["exec", "--", odd.to_str().expect("utf-8")])
+        .code(0);
 
     // Nothing was issued or stored for any of them.
-    let leases = c
-        .leashctl(&["lease", "list", "--output", "json"])
-        .json();
+    let leases = c.leashctl(&["lease", "list", "--output", "json"]).json();
     assert_eq!(leases.as_array().map(Vec::len), Some(1), "{leases}");
     no_raw_controls_in_logs(&c);
 }
@@ -160,7 +159,8 @@ fn invalid_naming(r: Result<impl std::fmt::Debug, tonic::Status>, field: &str, w
     assert!(m.contains(field), "{what}: {m}");
     assert!(m.len() < 512, "{what}: {} bytes", m.len());
     assert!(
-        !m.chars().any(|c| c.is_control() || leash_proto::names::is_invisible(c)),
+        !m.chars()
+            .any(|c| c.is_control() || leash_proto::names::is_invisible(c)),
         "{what}: {m:?}"
     );
 }
@@ -207,8 +207,17 @@ fn hostile_names_are_refused_again_at_the_control_plane() {
         invalid_naming(rt.block_on(cp.complete_task(r)), "task name", what);
     }
     let audit = c.leashctl(&["audit", "export", "--since", "1h"]).ok();
-    for stored in ["\\u001b", "\\u0007", "carol\\r", "alice\\nstate", "\u{202e}"] {
-        assert!(!audit.contains(stored), "a hostile name was stored: {stored:?}");
+    for stored in [
+        "\\u001b",
+        "\\u0007",
+        "carol\\r",
+        "alice\\nstate",
+        "\u{202e}",
+    ] {
+        assert!(
+            !audit.contains(stored),
+            "a hostile name was stored: {stored:?}"
+        );
     }
     no_raw_controls_in_logs(&c);
 }
@@ -237,9 +246,7 @@ fn on_behalf_of_is_only_for_shared_agents() {
         .expect_err("obo for a job was issued");
     assert_eq!(Reason::of(&s), Reason::Invalid, "{s:?}");
     assert!(s.message().contains("shared-agent"), "{s:?}");
-    let leases = c
-        .leashctl(&["lease", "list", "--output", "json"])
-        .json();
+    let leases = c.leashctl(&["lease", "list", "--output", "json"]).json();
     assert!(
         leases
             .as_array()
@@ -303,7 +310,10 @@ fn stored_control_characters_are_printed_escaped() {
         );
     }
     let show = c.leashctl(&["workload", "show", "ci/odd"]).ok();
-    assert!(show.contains("owner:      team\\x1b]0;pwned\\x07\\nci/forged"), "{show}");
+    assert!(
+        show.contains("owner:      team\\x1b]0;pwned\\x07\\nci/forged"),
+        "{show}"
+    );
 }
 
 #[test]
@@ -377,7 +387,10 @@ fn status_from_another_namespace_shows_health_only() {
     let c = Cluster::start();
     basic(&c);
     let full = c.status();
-    assert!(full["host"].is_string() && full["health_only"].is_null(), "{full}");
+    assert!(
+        full["host"].is_string() && full["health_only"].is_null(),
+        "{full}"
+    );
     for (ns, flags) in [("pid", vec!["--pid", "--fork"]), ("mount", vec!["--mount"])] {
         let mut cmd = Command::new("unshare");
         cmd.args(&flags)
@@ -393,7 +406,13 @@ fn status_from_another_namespace_shows_health_only() {
         assert_eq!(v["state"], full["state"], "{ns}: {v}");
         assert!(v["last_seq"].as_u64().is_some(), "{ns}: {v}");
         assert!(v["last_heartbeat_unix_ms"].as_i64().is_some(), "{ns}: {v}");
-        for hidden in ["host", "control_plane", "workloads", "cached_credentials", "version"] {
+        for hidden in [
+            "host",
+            "control_plane",
+            "workloads",
+            "cached_credentials",
+            "version",
+        ] {
             assert!(v[hidden].is_null(), "{ns}: {hidden} shown: {v}");
         }
         // Text output likewise.
@@ -404,7 +423,10 @@ fn status_from_another_namespace_shows_health_only() {
             .arg(&c.agent(0).socket)
             .arg("status");
         let text = c.run(cmd).ok();
-        assert!(text.contains("synced:") && !text.contains("host:"), "{ns}: {text}");
+        assert!(
+            text.contains("synced:") && !text.contains("host:"),
+            "{ns}: {text}"
+        );
         assert!(
             !text.contains(&c.addr.to_string()),
             "{ns}: the control plane's address was shown"

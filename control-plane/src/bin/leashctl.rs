@@ -1503,12 +1503,7 @@ fn lease_text(l: &v1::Lease, timeline: &[serde_json::Value]) -> String {
             format!(" ({})", esc(&l.reason))
         }
     );
-    let _ = writeln!(
-        o,
-        "issued:     {}  (seq {})",
-        time(l.issued_at_unix),
-        l.seq
-    );
+    let _ = writeln!(o, "issued:     {}  (seq {})", time(l.issued_at_unix), l.seq);
     let _ = writeln!(o, "expires:    {}", time(l.expires_at_unix));
     let _ = writeln!(o, "fingerprint {}", esc(&l.fingerprint));
     let _ = writeln!(o, "timeline:");
@@ -1552,7 +1547,8 @@ mod tests {
         })];
         let t = lease_text(&l, &timeline);
         assert!(
-            !t.chars().any(|c| c != '\n' && (c.is_control() || leash_proto::names::is_invisible(c))),
+            !t.chars()
+                .any(|c| c != '\n' && (c.is_control() || leash_proto::names::is_invisible(c))),
             "{t:?}"
         );
         let states: Vec<&str> = t.lines().filter(|x| x.starts_with("state:")).collect();
@@ -1561,7 +1557,13 @@ mod tests {
             ["state:      completed (task x\\rstate: active\\x07 ended)"],
             "{t}"
         );
-        assert!(t.contains("on behalf:  eve\\x1b[8m\\nstate:      active\n"), "{t}");
-        assert!(t.contains(" by h\\x1b]0;pwned\\x07 (a\\nb\\u{202e})\n"), "{t}");
+        assert!(
+            t.contains("on behalf:  eve\\x1b[8m\\nstate:      active\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(" by h\\x1b]0;pwned\\x07 (a\\nb\\u{202e})\n"),
+            "{t}"
+        );
     }
 }
