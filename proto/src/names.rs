@@ -37,7 +37,7 @@ pub const NAME_RULE: &str = "letters, digits, spaces and - _ . : @ / + =, at mos
 #[non_exhaustive]
 pub enum NameError {
     /// Over the length cap.
-    #[error("{field} is {len} bytes long; at most {max} bytes are allowed ({rule})")]
+    #[error("{field} is {len} bytes long; at most {max} bytes are allowed")]
     TooLong {
         /// The field, as the caller knows it.
         field: &'static str,
@@ -45,8 +45,6 @@ pub enum NameError {
         len: usize,
         /// The cap.
         max: usize,
-        /// The whole rule.
-        rule: &'static str,
     },
     /// A character outside the allowed set.
     #[error("{field} contains {what} U+{code:04X} at byte {at}; allowed: {rule}")]
@@ -122,7 +120,6 @@ pub fn check_name(field: &'static str, value: &str) -> Result<(), NameError> {
             field,
             len: value.len(),
             max: MAX_NAME_BYTES,
-            rule: NAME_RULE,
         });
     }
     match value.char_indices().find(|&(_, c)| !name_char(c)) {

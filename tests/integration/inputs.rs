@@ -281,6 +281,13 @@ fn stored_control_characters_are_printed_escaped() {
     // JSON stays exact.
     let v = c.lease(&g.lease_id);
     assert_eq!(v["reason"], "oops\nstate:      active\u{1b}[8m");
+    // The agent logs the revocation it applied with its reason escaped.
+    c.eventually("the agent applied the revocation", || {
+        c.agent_log(&c.agent(0).name)
+            .contains("revocation applied")
+            .then_some(())
+    });
+    no_raw_controls_in_logs(&c);
 
     c.leashctl(&[
         "workload",
@@ -329,6 +336,11 @@ fn a_20_kb_audience_gets_a_clear_bounded_error() {
     ]);
     assert!(out.stderr.len() < 512, "{} bytes", out.stderr.len());
     assert!(out.stdout.is_empty(), "{out}");
+    // Any status a Leash service sends is cut to fit its header, whatever it quotes: a
+    // 60 KB name given to the admin API is answered, not lost in a protocol error.
+    let out = c.leashctl(&["lease", "show", &"a".repeat(60 * 1024)]);
+    out.code(4).stderr_has(&["no lease", "message cut"]);
+    assert!(out.stderr.len() < 1200, "{} bytes", out.stderr.len());
     // An audience with an escape sequence is refused before it goes anywhere.
     let out = c.leash(&["get", "api", "--audience", "https://x\u{1b}]0;t\u{7}"]);
     out.code(1).stderr_has(&["audience", "U+001B", "printable"]);
