@@ -107,7 +107,7 @@ fn hostile_names_are_refused_at_the_agent_with_exit_1() {
         let out = c.leash(&["task", "start", "--name", &v]);
         refused_cleanly(&out, 1, "task name", what, &v);
 
-        // `leash exec` exits 125 when leash itself fails (docs/CLI.md); the command
+        // `leash exec` exits 125 when leash itself fails (docs/TASKS.md); the command
         // never runs.
         let marker = c.dir().join("ran");
         let out = c.leash(&[
