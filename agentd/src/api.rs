@@ -5,9 +5,15 @@
 //! `Attestor::attest_quick`); nothing the caller sends is trusted for identity. The
 //! fetch path: attest, match a workload, serve from cache when the entry satisfies the
 //! request and is fresh, otherwise Issue through the control plane and cache the answer.
+//!
+//! Text a caller chooses (on-behalf-of, task names, the names in a request) is checked
+//! against `leash_proto::names` before anything else looks at it, and is quoted back
+//! only through `names::excerpt`. Status answers anyone, but a caller that cannot be
+//! attested (another pid or mount namespace, a process gone) gets the health fields only.
 
 use std::sync::Arc;
 
+use leash_proto::names::{self, NameError};
 use leash_proto::reason::Reason;
 use leash_proto::v1;
 use leash_proto::v1::agent_server::Agent as AgentService;
@@ -17,7 +23,24 @@ use crate::agent::{now_ms, Agent, State};
 use crate::attest::{Attestation, Peer};
 use crate::cache::{Entry, Key};
 use crate::secret::Secret;
-use crate::server::RateLimit;
+use crate::server::{Conn, RateLimit};
+
+/// The kind of workload that may say on whose behalf it acts.
+const SHARED_AGENT: &str = "shared-agent";
+
+fn invalid(e: NameError) -> Status {
+    Reason::Invalid.status(e.to_string())
+}
+
+/// Every free-text field of a Fetch, against the rule for caller-chosen text.
+fn check_fetch(r: &v1::FetchRequest) -> Result<(), Status> {
+    names::check_name("the credential name", &r.credential).map_err(invalid)?;
+    names::check_name("the action (--action)", &r.action).map_err(invalid)?;
+    names::check_name("the workload name (--as)", &r.as_workload).map_err(invalid)?;
+    names::check_name("on-behalf-of (--on-behalf-of)", &r.on_behalf_of).map_err(invalid)?;
+    names::check_text("the audience (--audience)", &r.audience).map_err(invalid)?;
+    Ok(())
+}
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -34,10 +57,14 @@ impl Api {
     }
 
     fn attest<T>(&self, req: &Request<T>) -> Result<Arc<Attestation>, Status> {
-        let peer = req
+        let conn = req
             .extensions()
-            .get::<Peer>()
+            .get::<Conn>()
             .ok_or_else(|| Reason::Denied.status("no peer credentials on this connection"))?;
+        if let Some(over) = conn.over_cap {
+            return Err(Reason::Unavailable.status(over.to_string()));
+        }
+        let peer: &Peer = &conn.peer;
         if !self.limit.allow(peer.uid()) {
             return Err(Status::resource_exhausted(format!(
                 "too many requests from uid {}; slow down",
@@ -75,7 +102,8 @@ impl Api {
         if !as_workload.is_empty() {
             return candidates.into_iter().find(|w| w.name == as_workload).ok_or_else(|| {
                 Reason::Denied.status(format!(
-                    "this caller is not attested as workload {as_workload:?} (it may not exist, may not run on this host, or its selectors do not match this caller)"
+                    "this caller is not attested as workload {} (it may not exist, may not run on this host, or its selectors do not match this caller)",
+                    names::excerpt(as_workload)
                 ))
             });
         }
@@ -178,7 +206,17 @@ impl AgentService for Api {
         if r.credential.is_empty() {
             return Err(Reason::Invalid.status("name the credential to fetch"));
         }
+        check_fetch(&r)?;
         let w = self.pick(&a, &r.as_workload)?;
+        // On-behalf-of lands in signed tokens: only a shared agent may say it. Bad input
+        // rather than a policy refusal: the same request without it is the valid one.
+        if !r.on_behalf_of.is_empty() && w.kind != SHARED_AGENT {
+            return Err(Reason::Invalid.status(format!(
+                "workload {} is of kind {}, not {SHARED_AGENT}: --on-behalf-of is only for shared agents; drop it, or ask an admin to register the workload with --kind {SHARED_AGENT}",
+                names::excerpt(&w.name),
+                names::excerpt(&w.kind)
+            )));
+        }
         let (task, task_name) = match self.agent.tasks.membership(&r.task_handle, &a)? {
             Some((id, name)) => (Some(id), name),
             None => (None, String::new()),
@@ -270,9 +308,27 @@ impl AgentService for Api {
 
     async fn status(
         &self,
-        _req: Request<v1::StatusRequest>,
+        req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
+        // Health (synced, last_seq, last_heartbeat, state) is for any local caller, so
+        // probes in containers and other namespaces keep working; what the host is,
+        // where its control plane is and what it serves only for attested callers.
+        let attested = match self.attest(&req) {
+            Ok(_) => true,
+            Err(s) if Reason::of(&s) == Reason::Denied => false,
+            Err(s) => return Err(s),
+        };
         let h = self.agent.health();
+        if !attested {
+            return Ok(Response::new(v1::StatusResponse {
+                synced: h.synced,
+                last_seq: h.last_seq,
+                last_heartbeat_unix_ms: h.last_heartbeat_ms,
+                state: h.state.as_str().into(),
+                health_only: true,
+                ..Default::default()
+            }));
+        }
         let id = self.agent.identity();
         Ok(Response::new(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -286,6 +342,7 @@ impl AgentService for Api {
             state: h.state.as_str().into(),
             reason: h.reason,
             workloads: self.agent.workload_count() as u32,
+            health_only: false,
         }))
     }
 
@@ -306,6 +363,8 @@ impl AgentService for Api {
     ) -> Result<Response<v1::StartTaskResponse>, Status> {
         let a = self.attest(&req)?;
         self.serving()?;
+        names::check_name("the task name (--name, --task-name)", &req.get_ref().name)
+            .map_err(invalid)?;
         crate::tasks::start(&self.agent, &a, req.into_inner())
             .await
             .map(Response::new)

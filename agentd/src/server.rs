@@ -2,17 +2,22 @@
 //!
 //! Each accepted connection's peer is read once (SO_PEERCRED, pinned by pidfd) and
 //! travels with the connection as tonic connect-info; the API attests it again on every
-//! request. Connections per uid are capped here, before any request is read.
+//! request. Connections per uid are capped here, before any request is read. A
+//! connection over the cap gets no service: it is kept open only briefly (and only a few
+//! such at a time), for every request on it to be answered with the limit that was hit
+//! (see [`Conn::over_cap`]), so the caller learns why instead of seeing a reset.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
@@ -96,18 +101,68 @@ impl Drop for ConnGuard {
     }
 }
 
+/// How long a connection over the per-uid cap stays open to be told so.
+pub const OVER_CAP_LINGER: Duration = Duration::from_secs(2);
+/// How many connections over the cap may be open at once (all uids together); past
+/// that they are closed at once, unanswered.
+pub const OVER_CAP_OPEN_MAX: usize = 32;
+
+/// The per-uid connection limit a connection was over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverCap {
+    /// The caller's uid.
+    pub uid: u32,
+    /// The limit.
+    pub limit: usize,
+}
+
+impl std::fmt::Display for OverCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "too many connections from uid {} (limit {}); close idle connections and try again",
+            self.uid, self.limit
+        )
+    }
+}
+
+/// What a request learns about its connection (tonic connect-info).
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// The pinned peer.
+    pub peer: Peer,
+    /// Set when the connection was over the per-uid cap: every request on it is refused
+    /// with this.
+    pub over_cap: Option<OverCap>,
+}
+
+/// Frees a slot of the over-the-cap pool when the connection closes.
+#[derive(Debug)]
+struct OverCapGuard(Arc<AtomicUsize>);
+
+impl Drop for OverCapGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A connection with its pinned peer.
 #[derive(Debug)]
 pub struct AttestedStream {
     inner: UnixStream,
     peer: Peer,
-    _guard: ConnGuard,
+    _guard: Option<ConnGuard>,
+    /// Over the cap: the limit, the pool slot, and when reading ends.
+    over_cap: Option<(OverCap, OverCapGuard, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl Connected for AttestedStream {
-    type ConnectInfo = Peer;
-    fn connect_info(&self) -> Peer {
-        self.peer.clone()
+    type ConnectInfo = Conn;
+    fn connect_info(&self) -> Conn {
+        Conn {
+            peer: self.peer.clone(),
+            over_cap: self.over_cap.as_ref().map(|(o, _, _)| *o),
+        }
     }
 }
 
@@ -117,6 +172,12 @@ impl AsyncRead for AttestedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some((_, _, linger)) = self.over_cap.as_mut() {
+            if linger.as_mut().poll(cx).is_ready() {
+                // End of input: the server closes the connection.
+                return Poll::Ready(Ok(()));
+            }
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -144,6 +205,7 @@ pub fn incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<Result<AttestedStream, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let counts = Arc::new(ConnCounts::default());
+    let over_cap_open = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -162,26 +224,51 @@ pub fn incoming(
                 }
             };
             let uid = peer.uid();
-            {
+            let within = {
                 let mut m = counts.0.lock().unwrap_or_else(|p| p.into_inner());
                 let n = m.entry(uid).or_insert(0);
                 if *n >= max_per_uid {
-                    tracing::warn!(
-                        uid,
-                        limit = max_per_uid,
-                        "refused a connection: too many open for this uid"
-                    );
-                    continue;
+                    false
+                } else {
+                    *n += 1;
+                    true
                 }
-                *n += 1;
-            }
-            let s = AttestedStream {
-                inner: stream,
-                peer,
-                _guard: ConnGuard {
-                    counts: counts.clone(),
+            };
+            let s = if within {
+                AttestedStream {
+                    inner: stream,
+                    peer,
+                    _guard: Some(ConnGuard {
+                        counts: counts.clone(),
+                        uid,
+                    }),
+                    over_cap: None,
+                }
+            } else {
+                let taken = over_cap_open.fetch_add(1, Ordering::AcqRel);
+                let slot = OverCapGuard(over_cap_open.clone());
+                tracing::warn!(
                     uid,
-                },
+                    limit = max_per_uid,
+                    answered = taken < OVER_CAP_OPEN_MAX,
+                    "refused a connection: too many open for this uid"
+                );
+                if taken >= OVER_CAP_OPEN_MAX {
+                    continue; // dropping the stream closes it; the slot is given back
+                }
+                AttestedStream {
+                    inner: stream,
+                    peer,
+                    _guard: None,
+                    over_cap: Some((
+                        OverCap {
+                            uid,
+                            limit: max_per_uid,
+                        },
+                        slot,
+                        Box::pin(tokio::time::sleep(OVER_CAP_LINGER)),
+                    )),
+                }
             };
             if tx.send(Ok(s)).await.is_err() {
                 return;

@@ -204,7 +204,7 @@ async fn apply(
                 .cache
                 .revoke(r.seq, target.clone(), r.lease_ids.clone());
             agent.advance(r.seq);
-            tracing::info!(seq = r.seq, ?target, wiped, reason = %r.reason, "revocation applied");
+            tracing::info!(seq = r.seq, ?target, wiped, reason = ?r.reason, "revocation applied");
             if !send(Up::WipeAck(v1::WipeAck {
                 seq: r.seq,
                 wiped: wiped as u32,

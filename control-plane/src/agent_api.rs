@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use leash_proto::names::{self, excerpt};
 use leash_proto::reason::Reason;
 use leash_proto::v1;
 use leash_proto::v1::control_plane_server::ControlPlane;
@@ -263,6 +264,7 @@ impl ControlPlane for AgentApi {
     ) -> Result<Response<v1::IssueResponse>, Status> {
         let host = self.host(&req)?;
         let r = req.into_inner();
+        check_issue(&r)?;
         let s = &self.s;
         let now = s.clock.now();
         let w = s
@@ -270,7 +272,7 @@ impl ControlPlane for AgentApi {
             .workload(&r.workload)
             .map_err(store_status)?
             .ok_or_else(|| {
-                Reason::NotFound.status(format!("no workload named {:?}", r.workload))
+                Reason::NotFound.status(format!("no workload named {}", excerpt(&r.workload)))
             })?;
         let c = s
             .store
@@ -278,9 +280,9 @@ impl ControlPlane for AgentApi {
             .map_err(store_status)?
             .ok_or_else(|| {
                 Reason::NotFound.status(format!(
-                "no credential named {:?}; `leashctl credential list` shows the ones that exist",
-                r.credential
-            ))
+                    "no credential named {}; `leashctl credential list` shows the ones that exist",
+                    excerpt(&r.credential)
+                ))
             })?;
         if w.disabled {
             return Err(self
@@ -330,6 +332,13 @@ impl ControlPlane for AgentApi {
                 )
                 .await);
         }
+        if w.kind != SHARED_AGENT && !r.on_behalf_of.is_empty() {
+            return Err(Reason::Invalid.status(format!(
+                "workload {:?} is of kind {}, not {SHARED_AGENT}: only a shared agent may act on behalf of someone; drop --on-behalf-of",
+                w.name,
+                excerpt(&w.kind)
+            )));
+        }
         let action = if r.action.is_empty() {
             c.default_action.clone()
         } else {
@@ -337,7 +346,8 @@ impl ControlPlane for AgentApi {
         };
         if !s.config.actions.contains(&action) {
             return Err(Reason::Invalid.status(format!(
-                "unknown action {action:?}; the configured actions are {}",
+                "unknown action {}; the configured actions are {}",
+                excerpt(&action),
                 s.config.actions.join(", ")
             )));
         }
@@ -348,7 +358,8 @@ impl ControlPlane for AgentApi {
         };
         if !c.audiences.contains(&audience) {
             return Err(Reason::Invalid.status(format!(
-                "audience {audience:?} is not allowed for {:?}; allowed: {}",
+                "audience {} is not allowed for credential {:?}; allowed: {}",
+                excerpt(&audience),
                 c.name,
                 c.audiences.join(", ")
             )));
@@ -371,8 +382,9 @@ impl ControlPlane for AgentApi {
                 Some(sc) => Some(sc.join(" ")),
                 None => {
                     return Err(Reason::Invalid.status(format!(
-                        "credential {:?} defines no scopes for action {action:?}; it has scopes for: {}",
+                        "credential {:?} defines no scopes for action {}; it has scopes for: {}",
                         c.name,
+                        excerpt(&action),
                         c.scopes.keys().cloned().collect::<Vec<_>>().join(", ")
                     )))
                 }
@@ -546,6 +558,7 @@ impl ControlPlane for AgentApi {
     ) -> Result<Response<v1::TaskStartedResponse>, Status> {
         let host = self.host(&req)?;
         let r = req.into_inner();
+        check_task(&r.task, &r.name)?;
         let e = Event::new("task-started")
             .actor(host.name.clone())
             .host(host.name.clone())
@@ -568,6 +581,7 @@ impl ControlPlane for AgentApi {
         if r.task.is_empty() {
             return Err(Reason::Invalid.status("CompleteTask needs the task id"));
         }
+        check_task(&r.task, &r.name)?;
         // Every active lease of this task on this host, not only the ones the agent
         // still had cached.
         let ids: Vec<String> = self
@@ -879,3 +893,28 @@ pub fn narrow_labels(
 
 /// Give tonic a moment between heartbeats on idle connections (HTTP/2 keepalive).
 pub const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// The kind of workload that may act on behalf of someone.
+const SHARED_AGENT: &str = "shared-agent";
+
+fn invalid(e: names::NameError) -> Status {
+    Reason::Invalid.status(e.to_string())
+}
+
+/// The agent checked these already; a host is not trusted to have done so. Every
+/// free-text field of an Issue that is stored or signed is held to the rule for
+/// caller-chosen text (`leash_proto::names`).
+fn check_issue(r: &v1::IssueRequest) -> Result<(), Status> {
+    names::check_name("workload", &r.workload).map_err(invalid)?;
+    names::check_name("credential", &r.credential).map_err(invalid)?;
+    names::check_name("action", &r.action).map_err(invalid)?;
+    names::check_name("on_behalf_of", &r.on_behalf_of).map_err(invalid)?;
+    names::check_text("audience", &r.audience).map_err(invalid)?;
+    check_task(&r.task, &r.task_name)
+}
+
+/// A task's id and name, as StartTask, CompleteTask and Issue carry them.
+fn check_task(id: &str, name: &str) -> Result<(), Status> {
+    names::check_name("task", id).map_err(invalid)?;
+    names::check_name("task name", name).map_err(invalid)
+}

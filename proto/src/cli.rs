@@ -25,31 +25,49 @@ fn humantime_like(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
-/// Print rows as aligned columns under a header, to stdout.
+/// Print rows as aligned columns under a header, to stdout. Cells are shown escaped
+/// (see [`crate::names::escape`]): a stored value cannot end a row or reach the terminal
+/// as a control sequence.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    print!("{}", table(header, rows));
+}
+
+/// The text [`print_table`] prints.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| crate::names::escape(c).into_owned())
+                .collect()
+        })
+        .collect();
+    let mut text = String::new();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             if i < widths.len() {
                 widths[i] = widths[i].max(c.chars().count());
             }
         }
     }
-    let line = |cells: Vec<&str>| {
+    let mut line = |cells: Vec<&str>| {
         let mut out = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
+            if i + 1 == cells.len() || i >= widths.len() {
                 out.push_str(c);
             } else {
                 out.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        text.push_str(out.trim_end());
+        text.push('\n');
     };
     line(header.to_vec());
-    for r in rows {
+    for r in &rows {
         line(r.iter().map(String::as_str).collect());
     }
+    text
 }
 
 /// Format unix seconds as RFC 3339 (UTC), or `-` for 0.
@@ -95,7 +113,8 @@ pub fn status_exit(status: &tonic::Status) -> (String, i32) {
         (_, m) if m.contains("message length too large") => format!(
             "{m}: the request is larger than the service accepts; shorten the names and values you pass"
         ),
-        (_, m) if !m.is_empty() => m.to_string(),
+        // Shown escaped: a message can quote what a caller sent.
+        (_, m) if !m.is_empty() => crate::names::escape(m).into_owned(),
         (Reason::Unavailable, _) => "the service is unavailable".to_string(),
         (r, _) => r.as_str().to_lowercase(),
     };
@@ -113,6 +132,35 @@ mod tests {
         assert_eq!(parse_secs("2h"), Ok(7200));
         assert!(parse_secs("soon").is_err());
         assert!(parse_secs("").is_err());
+    }
+
+    #[test]
+    fn tables_escape_stored_text() {
+        let t = table(
+            &["ID", "ON_BEHALF_OF", "STATE"],
+            &[vec![
+                "l-1".into(),
+                "eve\u{1b}[8m\nl-2  x  active".into(),
+                "revoked\u{7}".into(),
+            ]],
+        );
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+        assert!(t.contains("eve\\x1b[8m\\nl-2  x  active"), "{t}");
+        assert!(t.ends_with("revoked\\x07\n"), "{t:?}");
+        // Widths are those of the escaped text, so the columns still line up.
+        let header = t.lines().next().unwrap_or_default();
+        let state_at = header.find("STATE").unwrap_or(0);
+        assert_eq!(
+            t.lines().nth(1).and_then(|l| l.get(state_at..)),
+            Some("revoked\\x07")
+        );
+    }
+
+    #[test]
+    fn status_messages_are_shown_escaped() {
+        let (m, code) = status_exit(&Reason::Invalid.status("bad \u{1b}[2J name"));
+        assert_eq!((m.as_str(), code), ("bad \\x1b[2J name", 1));
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //!   exit codes the CLIs map them to.
 //! - [`join_token`]: the join-token format (what the control plane mints and the agent
 //!   reads).
+//! - [`names`]: the rule for text a caller chooses, and the escaping of text shown back.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod join_token;
+pub mod names;
 pub mod reason;
 pub mod uds;
 

@@ -67,9 +67,12 @@ impl Reason {
         }
     }
 
-    /// A status with this reason attached.
+    /// A status with this reason attached. A message over [`MAX_STATUS_MESSAGE_BYTES`]
+    /// is cut (it travels in an HTTP/2 header: an oversized one fails the whole call as
+    /// a protocol error, hiding what was wrong); quote caller input with
+    /// [`crate::names::excerpt`] so it never comes to that.
     pub fn status(self, message: impl Into<String>) -> tonic::Status {
-        let mut status = tonic::Status::new(self.code(), message);
+        let mut status = tonic::Status::new(self.code(), bounded(message.into()));
         if let Ok(v) = self.as_str().parse() {
             status.metadata_mut().insert(REASON_KEY, v);
         }
@@ -97,6 +100,23 @@ impl Reason {
             _ => Reason::Unavailable,
         }
     }
+}
+
+/// Longest status message a Leash service sends.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
+fn bounded(mut m: String) -> String {
+    if m.len() <= MAX_STATUS_MESSAGE_BYTES {
+        return m;
+    }
+    let total = m.len();
+    let mut cut = MAX_STATUS_MESSAGE_BYTES - 64;
+    while !m.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    m.truncate(cut);
+    m.push_str(&format!("… (message cut; it was {total} bytes)"));
+    m
 }
 
 impl fmt::Display for Reason {
@@ -138,6 +158,19 @@ mod tests {
             assert_eq!(Reason::of(&s), r);
         }
         assert_eq!(Reason::Timeout.exit_code(), 6);
+    }
+
+    #[test]
+    fn long_messages_are_cut_to_fit_a_header() {
+        let s = Reason::Invalid.status(format!("no workload named {}", "é".repeat(30_000)));
+        assert!(
+            s.message().len() <= MAX_STATUS_MESSAGE_BYTES,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().starts_with("no workload named éé"));
+        assert!(s.message().ends_with("… (message cut; it was 60018 bytes)"));
+        assert_eq!(Reason::Denied.status("short").message(), "short");
     }
 
     #[test]

@@ -281,7 +281,22 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Status { output } => {
             let r = c.status(v1::StatusRequest {}).await?.into_inner();
-            if output == Output::Json {
+            if r.health_only {
+                eprintln!("note: the agent could not attest this process (another pid or mount namespace?); it shows health only");
+            }
+            if output == Output::Json && r.health_only {
+                json(&serde_json::json!({
+                    "health_only": true, "state": r.state,
+                    "synced": r.synced, "last_seq": r.last_seq,
+                    "last_heartbeat": time(r.last_heartbeat_unix_ms / 1000),
+                    "last_heartbeat_unix_ms": r.last_heartbeat_unix_ms,
+                }));
+            } else if r.health_only {
+                println!("state:          {}", r.state);
+                println!("synced:         {}", r.synced);
+                println!("last seq:       {}", r.last_seq);
+                println!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
+            } else if output == Output::Json {
                 json(&serde_json::json!({
                     "version": r.version, "host": r.host, "state": r.state,
                     "synced": r.synced, "last_seq": r.last_seq,

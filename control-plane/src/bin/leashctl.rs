@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use leash_proto::cli::{parse_secs, print_table, status_exit, time};
+use leash_proto::names::escape as esc;
 use leash_proto::v1;
 use leash_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
@@ -469,12 +470,18 @@ fn print_workload(w: &v1::Workload, out: Output) {
     if out == Output::Json {
         return json_out(&workload_json(w));
     }
-    println!("name:       {}", w.name);
-    println!("spiffe id:  {}", w.spiffe_id);
-    println!("owner:      {}", w.owner);
-    println!("kind:       {}", w.kind);
-    println!("selectors:  {}", w.selectors.join(" "));
-    let hosts: Vec<String> = w.hosts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // Stored text is shown escaped: it cannot forge a line or reach the terminal as a
+    // control sequence.
+    println!("name:       {}", esc(&w.name));
+    println!("spiffe id:  {}", esc(&w.spiffe_id));
+    println!("owner:      {}", esc(&w.owner));
+    println!("kind:       {}", esc(&w.kind));
+    println!("selectors:  {}", esc(&w.selectors.join(" ")));
+    let hosts: Vec<String> = w
+        .hosts
+        .iter()
+        .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+        .collect();
     println!(
         "hosts:      {}",
         if hosts.is_empty() {
@@ -488,7 +495,7 @@ fn print_workload(w: &v1::Workload, out: Output) {
         if w.allow.is_empty() {
             "-".into()
         } else {
-            w.allow.join(" ")
+            esc(&w.allow.join(" ")).into_owned()
         }
     );
     println!("expires at: {}", time(w.expires_at_unix));
@@ -912,49 +919,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 v["timeline"] = serde_json::Value::Array(timeline);
                 json_out(&v);
             } else {
-                println!("lease:      {}", l.id);
-                println!("workload:   {}", l.workload);
-                println!(
-                    "credential: {} (action {}, audience {})",
-                    l.credential, l.action, l.audience
-                );
-                println!("host:       {}", l.host);
-                if !l.task.is_empty() {
-                    println!("task:       {}", l.task);
-                }
-                if !l.on_behalf_of.is_empty() {
-                    println!("on behalf:  {}", l.on_behalf_of);
-                }
-                println!(
-                    "state:      {}{}",
-                    l.state,
-                    if l.reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", l.reason)
-                    }
-                );
-                println!("issued:     {}  (seq {})", time(l.issued_at_unix), l.seq);
-                println!("expires:    {}", time(l.expires_at_unix));
-                println!("fingerprint {}", l.fingerprint);
-                println!("timeline:");
-                for e in &timeline {
-                    let at = e["at_ms"].as_i64().unwrap_or(0);
-                    let t = time(at / 1000);
-                    let mut line = format!(
-                        "  {}.{:03}Z  {:<10}",
-                        t.trim_end_matches('Z'),
-                        at % 1000,
-                        e["type"].as_str().unwrap_or("?")
-                    );
-                    if let Some(a) = e["actor"].as_str() {
-                        line.push_str(&format!(" by {a}"));
-                    }
-                    if let Some(r) = e["reason"].as_str() {
-                        line.push_str(&format!(" ({r})"));
-                    }
-                    println!("{line}");
-                }
+                print!("{}", lease_text(&l, &timeline));
             }
         }
         Cmd::Revoke(a) => revoke(&mut c, a).await?,
@@ -1017,7 +982,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
             println!("workloads that need a new owner (leashctl workload transfer W --to OWNER, then enable):");
             for w in &r.workloads {
-                println!("  {w}");
+                println!("  {}", esc(w));
             }
         }
         Cmd::Report(ReportCmd::Stale { unused_for, out }) => {
@@ -1374,11 +1339,11 @@ async fn approval(c: &mut AdminClient<Channel>, cmd: ApprovalCmd) -> Result<(), 
                 .into_inner();
             eprintln!(
                 "approved {} ({} {} for {} on {}) until {}, {} use(s)",
-                a.id,
-                a.action,
-                a.credential,
-                a.workload,
-                a.host,
+                esc(&a.id),
+                esc(&a.action),
+                esc(&a.credential),
+                esc(&a.workload),
+                esc(&a.host),
                 time(a.valid_until_unix),
                 a.uses_left
             );
@@ -1503,5 +1468,102 @@ fn main() -> ExitCode {
             eprintln!("error: timed out");
             ExitCode::from(6)
         }
+    }
+}
+
+/// `lease show` as text. Every stored value is shown escaped (`leash_proto::names`):
+/// whatever a lease's on-behalf-of, task name, reason or timeline holds, it cannot forge
+/// a line (a `state:`) or send an escape sequence to the terminal.
+fn lease_text(l: &v1::Lease, timeline: &[serde_json::Value]) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(o, "lease:      {}", esc(&l.id));
+    let _ = writeln!(o, "workload:   {}", esc(&l.workload));
+    let _ = writeln!(
+        o,
+        "credential: {} (action {}, audience {})",
+        esc(&l.credential),
+        esc(&l.action),
+        esc(&l.audience)
+    );
+    let _ = writeln!(o, "host:       {}", esc(&l.host));
+    if !l.task.is_empty() {
+        let _ = writeln!(o, "task:       {}", esc(&l.task));
+    }
+    if !l.on_behalf_of.is_empty() {
+        let _ = writeln!(o, "on behalf:  {}", esc(&l.on_behalf_of));
+    }
+    let _ = writeln!(
+        o,
+        "state:      {}{}",
+        esc(&l.state),
+        if l.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", esc(&l.reason))
+        }
+    );
+    let _ = writeln!(o, "issued:     {}  (seq {})", time(l.issued_at_unix), l.seq);
+    let _ = writeln!(o, "expires:    {}", time(l.expires_at_unix));
+    let _ = writeln!(o, "fingerprint {}", esc(&l.fingerprint));
+    let _ = writeln!(o, "timeline:");
+    for e in timeline {
+        let at = e["at_ms"].as_i64().unwrap_or(0);
+        let t = time(at / 1000);
+        let mut line = format!(
+            "  {}.{:03}Z  {:<10}",
+            t.trim_end_matches('Z'),
+            at % 1000,
+            esc(e["type"].as_str().unwrap_or("?"))
+        );
+        if let Some(a) = e["actor"].as_str() {
+            line.push_str(&format!(" by {}", esc(a)));
+        }
+        if let Some(r) = e["reason"].as_str() {
+            line.push_str(&format!(" ({})", esc(r)));
+        }
+        let _ = writeln!(o, "{line}");
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_show_escapes_what_was_stored() {
+        let l = v1::Lease {
+            id: "l-1".into(),
+            workload: "ci/job".into(),
+            on_behalf_of: "eve\u{1b}[8m\nstate:      active".into(),
+            state: "completed".into(),
+            reason: "task x\rstate: active\u{7} ended".into(),
+            ..Default::default()
+        };
+        let timeline = vec![serde_json::json!({
+            "at_ms": 1_700_000_000_000_i64, "type": "completed",
+            "actor": "h\u{1b}]0;pwned\u{7}", "reason": "a\nb\u{202e}",
+        })];
+        let t = lease_text(&l, &timeline);
+        assert!(
+            !t.chars()
+                .any(|c| c != '\n' && (c.is_control() || leash_proto::names::is_invisible(c))),
+            "{t:?}"
+        );
+        let states: Vec<&str> = t.lines().filter(|x| x.starts_with("state:")).collect();
+        assert_eq!(
+            states,
+            ["state:      completed (task x\\rstate: active\\x07 ended)"],
+            "{t}"
+        );
+        assert!(
+            t.contains("on behalf:  eve\\x1b[8m\\nstate:      active\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(" by h\\x1b]0;pwned\\x07 (a\\nb\\u{202e})\n"),
+            "{t}"
+        );
     }
 }

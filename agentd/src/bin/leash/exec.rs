@@ -161,7 +161,9 @@ pub async fn run(
     let task = match agent
         .start_task(v1::StartTaskRequest {
             root_pid: std::process::id(),
-            name: task_name.unwrap_or_else(|| program.clone()),
+            // A command path may hold characters a task name may not: the default is
+            // made to fit; a name given explicitly is checked by the agent as it is.
+            name: task_name.unwrap_or_else(|| leash_proto::names::sanitize(program)),
             grace_ms: grace.as_millis().min(u128::from(u32::MAX)) as u32,
         })
         .await
