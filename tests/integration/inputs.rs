@@ -203,6 +203,7 @@ fn hostile_names_are_refused_again_at_the_control_plane() {
             task: "t-0123456789abcdef".into(),
             lease_ids: Vec::new(),
             name: v.clone(),
+            left_running: Vec::new(),
         };
         invalid_naming(rt.block_on(cp.complete_task(r)), "task name", what);
     }
