@@ -25,7 +25,14 @@ pub struct Args {
     /// Concurrent callers, each on its own TLS connection.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Raise the rate limits out of reach, to see what the refusal aggregation alone
+    /// leaves behind when every call is answered.
+    #[arg(long)]
+    no_rate_limit: bool,
 }
+
+/// Config text that puts the Enroll rate limits out of reach of one flood.
+const NO_RATE_LIMIT: &str = "enroll_source_burst = 1000000\nenroll_source_per_minute = 6000000\nenroll_global_burst = 1000000\nenroll_global_per_minute = 6000000";
 
 /// Bytes allocated under `dir` (what `du` counts).
 fn dir_bytes(dir: &Path) -> u64 {
@@ -91,7 +98,8 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         .prefix("leash-bench-enroll-")
         .tempdir()?;
     let dir = tmp.path();
-    let cp = ControlPlane::start_configured(ctx, dir, None, "5s", "")?;
+    let extra = if a.no_rate_limit { NO_RATE_LIMIT } else { "" };
+    let cp = ControlPlane::start_configured(ctx, dir, None, "5s", extra)?;
     // A real token, only for the CA pin a flood would copy from any leaked one.
     let real = cp.join_token("bench-pin")?;
     let pin = JoinToken::parse(&real)?.ca_pin;
@@ -148,7 +156,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     })?;
     stop(cp)?;
     let bytes_after = dir_bytes(&dir.join("cp-data"));
-    let cp = ControlPlane::start_configured(ctx, dir, None, "5s", "")?;
+    let cp = ControlPlane::start_configured(ctx, dir, None, "5s", extra)?;
     let events_after = events(&cp)?;
     let refused = cp.leashctl(&["audit", "tail", "--lines", "100000000"])?;
     let aggregated = refused
@@ -161,9 +169,14 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         "Enroll flood (unknown join tokens, no client certificate)",
         &ctx.command,
         &format!(
-            "{} calls, {} concurrent TLS connections, default `enroll_*` limits; audit and data dir counted after a clean stop (the aggregated refusals are flushed then)",
+            "{} calls, {} concurrent TLS connections, {}; audit and data dir counted after a clean stop (the aggregated refusals are flushed then)",
             thousands(a.calls as u64),
-            a.concurrency
+            a.concurrency,
+            if a.no_rate_limit {
+                "rate limits out of reach (--no-rate-limit)"
+            } else {
+                "default `enroll_*` limits"
+            }
         ),
     );
     let mut t = Table::new(&["figure", "value"]);
