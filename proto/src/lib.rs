@@ -5,11 +5,14 @@
 //!   exit codes the CLIs map them to.
 //! - [`join_token`]: the join-token format (what the control plane mints and the agent
 //!   reads).
+//! - [`socket_trust`]: the default socket paths and the check that a socket (or a socket
+//!   directory) is one only root or the caller could have set up.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod join_token;
 pub mod reason;
+pub mod socket_trust;
 pub mod uds;
 
 /// Generated code for package `leash.v1`.
