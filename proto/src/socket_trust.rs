@@ -207,9 +207,12 @@ fn resolve(path: &Path, euid: u32) -> Result<(PathBuf, Metadata), TrustError> {
     let mut links = 0;
     while let Some(c) = todo.pop() {
         if c.as_os_str() == "/" {
-            cur = root.clone();
-            cur_md = lstat(&cur)?;
-            checked_cur = false;
+            // Every absolute path starts here; `/` is looked at once.
+            if cur != root {
+                cur = root.clone();
+                cur_md = lstat(&cur)?;
+                checked_cur = false;
+            }
             continue;
         }
         if c.as_os_str() == ".." {
