@@ -14,6 +14,10 @@
 //! checked too. So a link can neither be swapped by someone else nor lead somewhere
 //! someone else controls.
 //!
+//! Inside a user namespace that does not map root, root's files show as the overflow
+//! uid (65534); only there is that uid taken for root (see
+//! `unmapped_in_user_namespace`).
+//!
 //! This runs before every CLI call (`leash get`), so it costs one `lstat` per path
 //! component and nothing else on success; user names are looked up only for errors.
 
@@ -145,9 +149,42 @@ pub fn check_dir(dir: &Path, euid: u32) -> Result<(), TrustError> {
     check_one_dir(&real, &md, euid)
 }
 
+/// Whether `uid` counts as root: root itself or, inside a user namespace, the overflow
+/// uid (see [`unmapped_in_user_namespace`]).
+fn root_like(uid: u32) -> bool {
+    uid == 0 || unmapped_in_user_namespace(uid)
+}
+
+/// Inside a user namespace that does not map root (a rootless container, `unshare
+/// --user`), files of unmapped users, root among them, show as the overflow uid
+/// (`/proc/sys/kernel/overflowuid`, usually 65534). There the check cannot tell root
+/// from another unmapped user, so it takes the overflow uid for root; outside a user
+/// namespace, uid 65534 is an ordinary user. The files are read only when an owner is
+/// neither root nor the caller, so never on the usual path.
+fn unmapped_in_user_namespace(uid: u32) -> bool {
+    let overflow = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(65534);
+    uid == overflow
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .map(|m| !is_identity_map(&m))
+            .unwrap_or(false)
+}
+
+/// `uid_map` of the initial user namespace: every uid maps to itself.
+fn is_identity_map(map: &str) -> bool {
+    let rows: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|r: &Vec<&str>| !r.is_empty())
+        .collect();
+    rows.len() == 1 && rows[0] == ["0", "0", "4294967295"]
+}
+
 fn owned(path: &Path, md: &Metadata, euid: u32) -> Result<(), TrustError> {
     let uid = md.uid();
-    if uid == 0 || uid == euid {
+    if uid == euid || root_like(uid) {
         Ok(())
     } else {
         Err(TrustError::Owner {
@@ -161,7 +198,7 @@ fn owned(path: &Path, md: &Metadata, euid: u32) -> Result<(), TrustError> {
 fn check_one_dir(path: &Path, md: &Metadata, euid: u32) -> Result<(), TrustError> {
     owned(path, md, euid)?;
     let mode = md.mode() & 0o7777;
-    let sticky_root = mode & 0o1000 != 0 && md.uid() == 0;
+    let sticky_root = mode & 0o1000 != 0 && root_like(md.uid());
     if mode & 0o022 != 0 && !sticky_root {
         return Err(TrustError::Writable {
             path: path.to_path_buf(),
@@ -541,6 +578,18 @@ mod tests {
             default_client_socket(&system, Some(xdg.as_os_str())),
             system
         );
+    }
+
+    #[test]
+    fn only_the_initial_user_namespace_has_the_identity_map() {
+        assert!(is_identity_map("         0          0 4294967295\n"));
+        assert!(!is_identity_map("         0      65534          1\n"));
+        assert!(!is_identity_map("0 1000 1\n1 100000 65536\n"));
+        assert!(!is_identity_map(""));
+        // This test process is not in a user namespace: 65534 is just a user here.
+        if std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| is_identity_map(&m)) {
+            assert!(!root_like(NOBODY));
+        }
     }
 
     #[test]
