@@ -300,7 +300,10 @@ mod tests {
         let e = bind(&p).expect_err("a world-writable directory is refused");
         assert!(matches!(e, SocketError::Untrusted { .. }), "{e}");
         let m = e.to_string();
-        assert!(m.contains(&d.display().to_string()) && m.contains("--socket"), "{m}");
+        assert!(
+            m.contains(&d.display().to_string()) && m.contains("--socket"),
+            "{m}"
+        );
         assert!(!p.exists(), "nothing was bound");
         // The same directory made private again is fine.
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");

@@ -149,7 +149,9 @@ fn a_socket_below_a_directory_others_can_write_to_is_refused() {
     for mode in [0o777, 0o770] {
         chmod(&open, mode);
         let mut cmd = Command::new(bin("leashctl"));
-        cmd.arg("--admin-socket").arg(&sock).args(["workload", "list"]);
+        cmd.arg("--admin-socket")
+            .arg(&sock)
+            .args(["workload", "list"]);
         run(cmd)
             .code(5)
             .stderr_has(&["refusing", &open.display().to_string(), "writable"]);
@@ -272,9 +274,7 @@ fn a_per_user_agent_under_xdg_runtime_dir_is_found_when_there_is_no_system_agent
     cmd.env_remove("LEASH_AGENT_SOCKET")
         .env_remove("XDG_RUNTIME_DIR")
         .arg("status");
-    c.run(cmd)
-        .code(5)
-        .stderr_has(&["/run/leash/agent.sock"]);
+    c.run(cmd).code(5).stderr_has(&["/run/leash/agent.sock"]);
 }
 
 #[test]
@@ -300,15 +300,25 @@ fn the_daemons_refuse_a_socket_directory_others_can_write_to() {
     // The agent, before it even tries to enroll.
     let sock = open.join("agent.sock");
     let mut cmd = Command::new(bin("leash-agentd"));
-    cmd.args(["run", "--control-plane", "https://127.0.0.1:9", "--state-dir"])
-        .arg(t.path().join("state"))
-        .arg("--socket")
-        .arg(&sock)
-        .args(["--join-token", "not-a-token"])
-        .env("LEASH_LOG", "info");
+    cmd.args([
+        "run",
+        "--control-plane",
+        "https://127.0.0.1:9",
+        "--state-dir",
+    ])
+    .arg(t.path().join("state"))
+    .arg("--socket")
+    .arg(&sock)
+    .args(["--join-token", "not-a-token"])
+    .env("LEASH_LOG", "info");
     let out = run(cmd);
     assert_eq!(out.code, 1, "{out}");
-    out.stderr_has(&["refusing", &sock.display().to_string(), "writable", "--socket"]);
+    out.stderr_has(&[
+        "refusing",
+        &sock.display().to_string(),
+        "writable",
+        "--socket",
+    ]);
     assert!(!sock.exists(), "{out}");
 
     // A directory owned by another user (root only can set that up).

@@ -936,7 +936,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 outln!("workload:   {}", l.workload);
                 outln!(
                     "credential: {} (action {}, audience {})",
-                    l.credential, l.action, l.audience
+                    l.credential,
+                    l.action,
+                    l.audience
                 );
                 outln!("host:       {}", l.host);
                 if !l.task.is_empty() {
@@ -1437,7 +1439,9 @@ async fn wait_for(c: &mut AdminClient<Channel>, seq: u64, timeout: u32) -> Resul
     if last.done {
         outln!(
             "wiped on {}/{} hosts in {} ms",
-            last.acked, last.total, last.elapsed_ms
+            last.acked,
+            last.total,
+            last.elapsed_ms
         );
         Ok(())
     } else {
