@@ -149,6 +149,9 @@ pub async fn run(
     if let Err(e) = sys::set_not_dumpable() {
         tracing::warn!(error = %e, "could not mark the process non-dumpable");
     }
+    // Refuse an unsafe socket directory now, before enrolling, rather than after the
+    // first sync.
+    server::prepare_dir(&config.socket)?;
     let id = load_or_enroll(&config, &enrollment).await?;
     let mut cli_paths = config.cli_paths.clone();
     if let Some(dir) = std::env::current_exe()

@@ -34,40 +34,48 @@ pub enum SocketError {
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
     /// Could not create the directory or bind.
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}: {source}; pass --socket with a path this user may create")]
     Bind {
         /// Path.
         path: PathBuf,
         /// Why.
         source: io::Error,
     },
+    /// The socket's directory could be changed by someone other than root and this
+    /// user, who could then replace the socket with their own.
+    #[error(
+        "refusing to serve the workload socket {path}: {source}. Put it in a directory \
+         that only root or this user can change (pass --socket)"
+    )]
+    Untrusted {
+        /// Socket path.
+        path: PathBuf,
+        /// What is wrong with its directory.
+        source: leash_proto::socket_trust::TrustError,
+    },
 }
 
-/// Default socket path: `/run/leash/agent.sock` as root, else
-/// `$XDG_RUNTIME_DIR/leash/agent.sock`.
+/// Default socket path: `/run/leash/agent.sock` as root; as another user
+/// `$XDG_RUNTIME_DIR/leash/agent.sock`, or the system path when that variable is unset
+/// (never a guessable directory in `/tmp` that another user could create first).
 pub fn default_socket() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/leash/agent.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("leash/agent.sock"),
-        None => PathBuf::from(format!("/tmp/leash-{}/agent.sock", nix::unistd::geteuid())),
-    }
+    leash_proto::socket_trust::default_daemon_socket(
+        Path::new(leash_proto::socket_trust::SYSTEM_AGENT_SOCKET),
+        nix::unistd::geteuid().as_raw(),
+        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+    )
 }
 
 /// Bind the workload socket: mode 0666 in a 0755 directory (identity comes from
-/// attestation, not file permissions). A stale file is removed only if it is a socket.
+/// attestation, not file permissions). The directory, and every one above it, must be
+/// one only root or this user can change (see `leash_proto::socket_trust`): the CLIs
+/// refuse anything else. A stale file is removed only if it is a socket.
 pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     let err = |source| SocketError::Bind {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
-        }
-    }
+    prepare_dir(path)?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
         Ok(_) => return Err(SocketError::NotASocket(path.to_path_buf())),
@@ -76,6 +84,33 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     let l = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
     Ok(l)
+}
+
+/// Create the socket's directory (0755) if missing, and check that it and every
+/// directory above it can be changed only by root or this user.
+pub fn prepare_dir(path: &Path) -> Result<(), SocketError> {
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let err = |source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    leash_proto::socket_trust::check_dir(dir, nix::unistd::geteuid().as_raw()).map_err(|source| {
+        SocketError::Untrusted {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Open connections per uid.
@@ -340,5 +375,25 @@ mod tests {
         bind(&p).expect("rebind over stale socket");
         let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o666);
+    }
+
+    #[tokio::test]
+    async fn refuses_a_directory_others_can_write_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().join("run");
+        std::fs::create_dir(&d).expect("mkdir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let p = d.join("agent.sock");
+        let e = bind(&p).expect_err("a world-writable directory is refused");
+        assert!(matches!(e, SocketError::Untrusted { .. }), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains(&d.display().to_string()) && m.contains("--socket"),
+            "{m}"
+        );
+        assert!(!p.exists(), "nothing was bound");
+        // The same directory made private again is fine.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        bind(&p).expect("bind");
     }
 }

@@ -146,16 +146,15 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/leash")
 }
 
-/// Default admin socket: `/run/leash/admin.sock` as root, else
-/// `$XDG_RUNTIME_DIR/leash/admin.sock`.
+/// Default admin socket: `/run/leash/admin.sock` as root; as another user
+/// `$XDG_RUNTIME_DIR/leash/admin.sock`, or the system path when that variable is unset
+/// (never a guessable directory in `/tmp` that another user could create first).
 pub fn default_admin_socket() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/leash/admin.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("leash/admin.sock"),
-        None => PathBuf::from(format!("/tmp/leash-{}/admin.sock", nix::unistd::geteuid())),
-    }
+    leash_proto::socket_trust::default_daemon_socket(
+        Path::new(leash_proto::socket_trust::SYSTEM_ADMIN_SOCKET),
+        nix::unistd::geteuid().as_raw(),
+        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+    )
 }
 
 /// The bounds of every duration key: (key, minimum, maximum). Values outside them are

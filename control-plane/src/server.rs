@@ -50,6 +50,29 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The admin socket's directory could not be created.
+    #[error(
+        "cannot create the admin socket directory {path}: {source}; pass --admin-socket \
+         (or set admin_socket in the config) with a path this user may create"
+    )]
+    SocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin socket's directory could be changed by someone other than root and this
+    /// user, who could then replace the socket with their own.
+    #[error(
+        "refusing to serve the admin socket {path}: {source}. Put it in a directory that \
+         only root or this user can change (--admin-socket or admin_socket in the config)"
+    )]
+    UntrustedSocketDir {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong with its directory.
+        source: leash_proto::socket_trust::TrustError,
+    },
     /// The admin socket path is taken by something that is not a socket.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
@@ -239,8 +262,25 @@ pub async fn run(
 
     if let Some(parent) = config.admin_socket.parent() {
         if !parent.exists() {
-            prepare_dir(parent, 0o755)?;
+            std::fs::create_dir_all(parent).map_err(|source| ServerError::SocketDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755));
         }
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        // The CLIs refuse a socket in a directory someone else could change; refuse to
+        // serve one there too, rather than have every leashctl call fail.
+        leash_proto::socket_trust::check_dir(parent, nix::unistd::geteuid().as_raw()).map_err(
+            |source| ServerError::UntrustedSocketDir {
+                path: config.admin_socket.clone(),
+                source,
+            },
+        )?;
     }
     remove_stale_socket(&config.admin_socket)?;
     let uds = UnixListener::bind(&config.admin_socket).map_err(|source| ServerError::Listen {

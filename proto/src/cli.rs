@@ -1,5 +1,6 @@
-//! Small pieces both CLIs (`leash`, `leashctl`) share: durations, tables, and turning a
-//! gRPC status into a message and an exit code.
+//! Small pieces both CLIs (`leash`, `leashctl`) share: durations, tables, turning a
+//! gRPC status into a message and an exit code, and writing to stdout that ends quietly
+//! when the reader has gone (`leashctl audit tail | head`).
 
 use crate::reason::Reason;
 
@@ -29,7 +30,7 @@ fn humantime_like(s: &str) -> Option<u64> {
 /// (see [`crate::names::escape`]): a stored value cannot end a row or reach the terminal
 /// as a control sequence.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    print!("{}", table(header, rows));
+    print_str(&table(header, rows));
 }
 
 /// The text [`print_table`] prints.
@@ -68,6 +69,56 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         line(r.iter().map(String::as_str).collect());
     }
     text
+}
+
+/// Exit status when stdout's reader has gone: what a shell reports for a tool that
+/// SIGPIPE ended (128 + 13), so `set -o pipefail` scripts see the same as with
+/// coreutils, but without a signal or a message.
+pub const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Write one line to stdout. If the reader has gone (EPIPE), exit quietly with
+/// [`BROKEN_PIPE_EXIT`]; on any other write error, say so and exit 5.
+///
+/// Rust ignores SIGPIPE, so a write to a closed pipe returns `EPIPE` and `println!`
+/// panics. Restoring SIGPIPE's default instead would also kill the CLI, silently, when a
+/// daemon closes its socket mid-call, losing the exit code that says "unavailable".
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        stdout_failed(&e);
+    }
+}
+
+/// Write to stdout without a newline; as [`print_line`].
+pub fn print_str(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        stdout_failed(&e);
+    }
+}
+
+/// End the process after a failed write to stdout: quietly if the reader has gone.
+pub fn stdout_failed(e: &std::io::Error) -> ! {
+    use std::io::Write;
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(BROKEN_PIPE_EXIT);
+    }
+    let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+    std::process::exit(5);
+}
+
+/// `println!` for the CLIs: a closed stdout ends the process quietly instead of
+/// panicking (see [`cli::print_line`](crate::cli::print_line)).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
 }
 
 /// Format unix seconds as RFC 3339 (UTC), or `-` for 0.

@@ -6,12 +6,15 @@
 //! - [`join_token`]: the join-token format (what the control plane mints and the agent
 //!   reads).
 //! - [`names`]: the rule for text a caller chooses, and the escaping of text shown back.
+//! - [`socket_trust`]: the default socket paths and the check that a socket (or a socket
+//!   directory) is one only root or the caller could have set up.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod join_token;
 pub mod names;
 pub mod reason;
+pub mod socket_trust;
 pub mod uds;
 
 /// Generated code for package `leash.v1`.

@@ -929,7 +929,9 @@ fn admin_call_from_a_non_admin_uid_is_denied() {
     // Make the socket reachable, so that only the uid check stands in the way.
     use std::os::unix::fs::PermissionsExt;
     let dir = c.admin_socket.parent().expect("socket dir");
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod dir");
+    // Traversable but not writable by others: leashctl refuses a socket in a directory
+    // others could write to.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
     std::fs::set_permissions(&c.admin_socket, std::fs::Permissions::from_mode(0o777))
         .expect("chmod socket");
     let ctl = c.copy_for_other_uids("leashctl");
@@ -1307,7 +1309,9 @@ fn configured_admins_are_authorised_and_recorded_by_name() {
     );
     use std::os::unix::fs::PermissionsExt;
     let dir = c.admin_socket.parent().expect("socket dir");
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod dir");
+    // Traversable but not writable by others: leashctl refuses a socket in a directory
+    // others could write to.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
     std::fs::set_permissions(&c.admin_socket, std::fs::Permissions::from_mode(0o777))
         .expect("chmod socket");
     let ctl = c.copy_for_other_uids("leashctl");

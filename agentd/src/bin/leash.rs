@@ -3,11 +3,13 @@
 //! hash selectors from its parent), so nothing here can claim an identity.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use leash_proto::cli::{parse_secs, status_exit, time};
+use leash_proto::outln;
+use leash_proto::socket_trust::{self, TrustError};
 use leash_proto::v1;
 use leash_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
@@ -135,25 +137,43 @@ impl From<tonic::Status> for Fail {
     }
 }
 
-fn default_socket() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/leash/agent.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("leash/agent.sock"),
-        None => PathBuf::from(format!("/tmp/leash-{}/agent.sock", nix::unistd::geteuid())),
-    }
+/// `--socket` / `$LEASH_AGENT_SOCKET` if given, else the system agent's socket, else
+/// one under `$XDG_RUNTIME_DIR` (never a guessable path in `/tmp`).
+fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| {
+        socket_trust::default_client_socket(
+            Path::new(socket_trust::SYSTEM_AGENT_SOCKET),
+            std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+        )
+    })
+}
+
+/// Refuse a socket someone other than root or the caller could have set up, before
+/// anything is sent to it.
+fn trusted_socket(socket: &Path) -> Result<(), String> {
+    socket_trust::check_socket(socket, socket_trust::euid()).map_err(|e| match e {
+        TrustError::Missing { .. } => format!(
+            "no Leash agent answers at {}: {e}\nIs leash-agentd running? Point leash at its socket with --socket or $LEASH_AGENT_SOCKET.",
+            socket.display()
+        ),
+        e => format!(
+            "refusing to use the agent socket {}: {e}.\nUse the socket of the agent root runs ({}), or one whose directories only root or you can change, with --socket or $LEASH_AGENT_SOCKET.",
+            socket.display(),
+            socket_trust::SYSTEM_AGENT_SOCKET
+        ),
+    })
 }
 
 #[path = "leash/exec.rs"]
 mod exec;
 
 fn json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
-    let socket = cli.socket.unwrap_or_else(default_socket);
+    let socket = socket_path(cli.socket);
+    trusted_socket(&socket).map_err(|m| Fail(m, 5))?;
     let channel: Channel = leash_proto::uds::connect(&socket).await.map_err(|e| {
         Fail(
             format!("no Leash agent answers: {e}\nIs leash-agentd running? Point leash at its socket with --socket or $LEASH_AGENT_SOCKET."),
@@ -240,7 +260,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     "cached": r.cached,
                 }));
             } else {
-                println!("{}", r.token);
+                outln!("{}", r.token);
             }
         }
         Cmd::Whoami { output } => {
@@ -253,11 +273,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     "selectors": a.selectors, "workloads": r.workloads, "host": r.host,
                 }));
             } else {
-                println!("host:      {}", r.host);
-                println!("pid:       {}", a.pid);
-                println!("uid:       {} ({})", a.uid, a.user);
-                println!("gid:       {}", a.gid);
-                println!(
+                outln!("host:      {}", r.host);
+                outln!("pid:       {}", a.pid);
+                outln!("uid:       {} ({})", a.uid, a.user);
+                outln!("gid:       {}", a.gid);
+                outln!(
                     "exe:       {}",
                     if a.exe_path.is_empty() {
                         "-"
@@ -265,16 +285,16 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                         &a.exe_path
                     }
                 );
-                println!("selectors:");
+                outln!("selectors:");
                 for s in &a.selectors {
-                    println!("  {s}");
+                    outln!("  {s}");
                 }
                 if r.workloads.is_empty() {
-                    println!("workloads: (none match)");
+                    outln!("workloads: (none match)");
                 } else {
-                    println!("workloads:");
+                    outln!("workloads:");
                     for (w, id) in r.workloads.iter().zip(r.spiffe_ids.split(' ')) {
-                        println!("  {w}  {id}");
+                        outln!("  {w}  {id}");
                     }
                 }
             }
@@ -292,10 +312,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     "last_heartbeat_unix_ms": r.last_heartbeat_unix_ms,
                 }));
             } else if r.health_only {
-                println!("state:          {}", r.state);
-                println!("synced:         {}", r.synced);
-                println!("last seq:       {}", r.last_seq);
-                println!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
+                outln!("state:          {}", r.state);
+                outln!("synced:         {}", r.synced);
+                outln!("last seq:       {}", r.last_seq);
+                outln!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
             } else if output == Output::Json {
                 json(&serde_json::json!({
                     "version": r.version, "host": r.host, "state": r.state,
@@ -307,9 +327,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     "reason": (!r.reason.is_empty()).then_some(&r.reason),
                 }));
             } else {
-                println!("agent:          leash-agentd {}", r.version);
-                println!("host:           {}", r.host);
-                println!(
+                outln!("agent:          leash-agentd {}", r.version);
+                outln!("host:           {}", r.host);
+                outln!(
                     "state:          {}{}",
                     r.state,
                     if r.reason.is_empty() {
@@ -318,13 +338,13 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                         format!(" ({})", r.reason)
                     }
                 );
-                println!("synced:         {}", r.synced);
-                println!("last seq:       {}", r.last_seq);
-                println!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
-                println!("control plane:  {}", r.control_plane);
-                println!("max offline:    {}s", r.max_offline_secs);
-                println!("workloads:      {}", r.workloads);
-                println!("cached:         {} credential(s)", r.cached_credentials);
+                outln!("synced:         {}", r.synced);
+                outln!("last seq:       {}", r.last_seq);
+                outln!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
+                outln!("control plane:  {}", r.control_plane);
+                outln!("max offline:    {}s", r.max_offline_secs);
+                outln!("workloads:      {}", r.workloads);
+                outln!("cached:         {} credential(s)", r.cached_credentials);
             }
         }
         Cmd::Exec { .. } => unreachable!("handled in main"),
@@ -344,9 +364,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 .into_inner();
             eprintln!("task {} started (root pid {root})", r.task_id);
             if print_env {
-                println!("LEASH_TASK={}", r.handle);
+                outln!("LEASH_TASK={}", r.handle);
             } else {
-                println!("{}", r.handle);
+                outln!("{}", r.handle);
             }
         }
         Cmd::Task(TaskCmd::End { handle }) => {
@@ -427,7 +447,11 @@ fn main() -> ExitCode {
         command,
     } = cli.cmd
     {
-        let socket = cli.socket.unwrap_or_else(default_socket);
+        let socket = socket_path(cli.socket);
+        if let Err(m) = trusted_socket(&socket) {
+            eprintln!("leash exec: {m}");
+            return ExitCode::from(exec::LEASH_FAILED);
+        }
         return ExitCode::from(rt.block_on(exec::run(socket, task_name, envs, grace, command)));
     }
     match rt.block_on(run(cli)) {

@@ -3,13 +3,15 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
-use leash_proto::cli::{parse_secs, print_table, status_exit, time};
+use leash_proto::cli::{parse_secs, print_str, print_table, status_exit, time};
 use leash_proto::names::escape as esc;
+use leash_proto::outln;
+use leash_proto::socket_trust::{self, TrustError};
 use leash_proto::v1;
 use leash_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
@@ -419,14 +421,31 @@ fn usage(m: impl Into<String>) -> Fail {
     Fail(m.into(), 1)
 }
 
-fn default_socket() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/leash/admin.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("leash/admin.sock"),
-        None => PathBuf::from(format!("/tmp/leash-{}/admin.sock", nix::unistd::geteuid())),
-    }
+/// `--admin-socket` / `$LEASH_ADMIN_SOCKET` if given, else the system control plane's
+/// socket, else one under `$XDG_RUNTIME_DIR` (never a guessable path in `/tmp`).
+fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| {
+        socket_trust::default_client_socket(
+            Path::new(socket_trust::SYSTEM_ADMIN_SOCKET),
+            std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+        )
+    })
+}
+
+/// Refuse a socket someone other than root or the caller could have set up, before
+/// anything (a token to introspect, a request for a join token) is sent to it.
+fn trusted_socket(socket: &Path) -> Result<(), Fail> {
+    socket_trust::check_socket(socket, socket_trust::euid()).map_err(|e| match e {
+        TrustError::Missing { .. } => Fail(format!(
+            "no control plane answers at {}: {e}\nIs leash-control-plane running? Point leashctl at its admin socket with --admin-socket or $LEASH_ADMIN_SOCKET.",
+            socket.display()
+        ), 5),
+        e => Fail(format!(
+            "refusing to use the admin socket {}: {e}.\nUse the socket of the control plane root runs ({}), or one whose directories only root or you can change, with --admin-socket or $LEASH_ADMIN_SOCKET.",
+            socket.display(),
+            socket_trust::SYSTEM_ADMIN_SOCKET
+        ), 5),
+    })
 }
 
 fn kv(items: &[String], what: &str) -> Result<HashMap<String, String>, Fail> {
@@ -441,7 +460,7 @@ fn kv(items: &[String], what: &str) -> Result<HashMap<String, String>, Fail> {
 }
 
 fn json_out<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn workload_json(w: &v1::Workload) -> serde_json::Value {
@@ -472,17 +491,17 @@ fn print_workload(w: &v1::Workload, out: Output) {
     }
     // Stored text is shown escaped: it cannot forge a line or reach the terminal as a
     // control sequence.
-    println!("name:       {}", esc(&w.name));
-    println!("spiffe id:  {}", esc(&w.spiffe_id));
-    println!("owner:      {}", esc(&w.owner));
-    println!("kind:       {}", esc(&w.kind));
-    println!("selectors:  {}", esc(&w.selectors.join(" ")));
+    outln!("name:       {}", esc(&w.name));
+    outln!("spiffe id:  {}", esc(&w.spiffe_id));
+    outln!("owner:      {}", esc(&w.owner));
+    outln!("kind:       {}", esc(&w.kind));
+    outln!("selectors:  {}", esc(&w.selectors.join(" ")));
     let hosts: Vec<String> = w
         .hosts
         .iter()
         .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
         .collect();
-    println!(
+    outln!(
         "hosts:      {}",
         if hosts.is_empty() {
             "(all)".into()
@@ -490,7 +509,7 @@ fn print_workload(w: &v1::Workload, out: Output) {
             hosts.join(",")
         }
     );
-    println!(
+    outln!(
         "allow:      {}",
         if w.allow.is_empty() {
             "-".into()
@@ -498,8 +517,8 @@ fn print_workload(w: &v1::Workload, out: Output) {
             esc(&w.allow.join(" ")).into_owned()
         }
     );
-    println!("expires at: {}", time(w.expires_at_unix));
-    println!(
+    outln!("expires at: {}", time(w.expires_at_unix));
+    outln!(
         "state:      {}",
         if w.disabled { "disabled" } else { "enabled" }
     );
@@ -550,7 +569,8 @@ fn credential_row(c: &v1::Credential) -> Vec<String> {
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
-    let socket = cli.admin_socket.unwrap_or_else(default_socket);
+    let socket = socket_path(cli.admin_socket);
+    trusted_socket(&socket)?;
     let channel: Channel = leash_proto::uds::connect(&socket).await.map_err(|e| {
         Fail(
             format!(
@@ -573,7 +593,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 .await?
                 .into_inner();
             eprintln!("join token {} expires at {}", r.id, time(r.expires_at_unix));
-            println!("{}", r.token);
+            outln!("{}", r.token);
         }
         Cmd::JoinToken(JoinTokenCmd::List(o)) => {
             let r = c.list_join_tokens(v1::Empty {}).await?.into_inner();
@@ -919,7 +939,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 v["timeline"] = serde_json::Value::Array(timeline);
                 json_out(&v);
             } else {
-                print!("{}", lease_text(&l, &timeline));
+                print_str(&lease_text(&l, &timeline));
             }
         }
         Cmd::Revoke(a) => revoke(&mut c, a).await?,
@@ -980,9 +1000,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             if wait {
                 wait_for(&mut c, r.seq, timeout).await?;
             }
-            println!("workloads that need a new owner (leashctl workload transfer W --to OWNER, then enable):");
+            outln!("workloads that need a new owner (leashctl workload transfer W --to OWNER, then enable):");
             for w in &r.workloads {
-                println!("  {}", esc(w));
+                outln!("  {}", esc(w));
             }
         }
         Cmd::Report(ReportCmd::Stale { unused_for, out }) => {
@@ -1074,11 +1094,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let stdout = std::io::stdout();
             while let Some(e) = stream.message().await? {
                 let mut out = stdout.lock();
-                if writeln!(out, "{}", e.json)
-                    .and_then(|_| out.flush())
-                    .is_err()
-                {
-                    break;
+                if let Err(e) = writeln!(out, "{}", e.json).and_then(|_| out.flush()) {
+                    leash_proto::cli::stdout_failed(&e);
                 }
             }
         }
@@ -1122,7 +1139,7 @@ async fn policy(c: &mut AdminClient<Channel>, cmd: PolicyCmd) -> Result<(), Fail
                 "policy version {} applied; {} active lease(s) no longer permitted were revoked",
                 r.version, r.revoked
             );
-            println!("{}", r.version);
+            outln!("{}", r.version);
             if wait && r.revocation_seq > 0 {
                 let timeout = parse_secs(&timeout).map_err(usage)?;
                 wait_for(c, r.revocation_seq, timeout).await?;
@@ -1143,14 +1160,14 @@ async fn policy(c: &mut AdminClient<Channel>, cmd: PolicyCmd) -> Result<(), Fail
                 }));
             } else {
                 if r.version > 0 {
-                    println!(
+                    outln!(
                         "// version {} applied {} by {}",
                         r.version,
                         time(r.applied_at_unix),
                         r.applied_by
                     );
                 }
-                print!("{}", r.rendered);
+                print_str(&r.rendered);
             }
             Ok(())
         }
@@ -1184,8 +1201,8 @@ async fn policy(c: &mut AdminClient<Channel>, cmd: PolicyCmd) -> Result<(), Fail
                     format!("nothing -> version {}", cur.version),
                 ),
             };
-            println!("--- {label}");
-            print!("{}", leash_control_plane::policy::diff(&old, &new));
+            outln!("--- {label}");
+            print_str(&leash_control_plane::policy::diff(&old, &new));
             Ok(())
         }
         PolicyCmd::Explain {
@@ -1238,22 +1255,22 @@ async fn policy(c: &mut AdminClient<Channel>, cmd: PolicyCmd) -> Result<(), Fail
                 } else {
                     "DENY".to_string()
                 };
-                println!("decision: {d} (policy version {})", r.version);
+                outln!("decision: {d} (policy version {})", r.version);
                 for x in &r.refusals {
-                    println!("refused before policy: {x}");
+                    outln!("refused before policy: {x}");
                 }
                 if r.reasons.is_empty() {
-                    println!("no policy matched: default deny");
+                    outln!("no policy matched: default deny");
                 }
                 for p in &r.reasons {
-                    println!(
+                    outln!(
                         "determined by {}:\n  {}",
                         p.id,
                         p.text.trim().replace('\n', "\n  ")
                     );
                 }
                 for e in &r.errors {
-                    println!("evaluation error (policy skipped): {e}");
+                    outln!("evaluation error (policy skipped): {e}");
                 }
             }
             match (
@@ -1383,9 +1400,11 @@ async fn wait_for(c: &mut AdminClient<Channel>, seq: u64, timeout: u32) -> Resul
         last = p;
     }
     if last.done {
-        println!(
+        outln!(
             "wiped on {}/{} hosts in {} ms",
-            last.acked, last.total, last.elapsed_ms
+            last.acked,
+            last.total,
+            last.elapsed_ms
         );
         Ok(())
     } else {
@@ -1432,7 +1451,7 @@ async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Result<(), Fail>
         r.hosts.len()
     );
     if !a.wait {
-        println!("{}", r.seq);
+        outln!("{}", r.seq);
         return Ok(());
     }
     wait_for(c, r.seq, timeout).await

@@ -23,7 +23,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 
-const LEASH_FAILED: u8 = 125;
+pub(crate) const LEASH_FAILED: u8 = 125;
 
 fn fail(m: impl std::fmt::Display) -> u8 {
     eprintln!("leash exec: {m}");
