@@ -587,7 +587,7 @@ mod tests {
         assert!(MasterKey::check_file_mode(dir.path(), false)
             .expect("missing is fine")
             .is_none());
-        drop(MasterKey::load_or_create(dir.path()).expect("master"));
+        let _master = MasterKey::load_or_create(dir.path()).expect("master");
         let path = dir.path().join("master.key");
         assert!(MasterKey::check_file_mode(dir.path(), false)
             .expect("0600 is fine")
