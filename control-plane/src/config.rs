@@ -245,11 +245,11 @@ fn show(d: Duration) -> String {
     let s = d.as_secs();
     if d.subsec_nanos() != 0 || s == 0 {
         format!("{}ms", d.as_millis())
-    } else if s % DAY == 0 {
+    } else if s.is_multiple_of(DAY) {
         format!("{}d", s / DAY)
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

@@ -152,13 +152,14 @@ impl MasterKey {
         if mode & 0o077 == 0 {
             return Ok(None);
         }
-        let err = KeyError::ReadableKeyFile { path, mode };
         if accept_readable {
             Ok(Some(format!(
-                "accepted because accept_readable_master_key = true: {err}"
+                "{} has mode {mode:04o}: the master key is readable by group or others; accepted only because accept_readable_master_key = true. Fix it with `chmod 600 {}`",
+                path.display(),
+                path.display()
             )))
         } else {
-            Err(err)
+            Err(KeyError::ReadableKeyFile { path, mode })
         }
     }
 
@@ -586,7 +587,7 @@ mod tests {
         assert!(MasterKey::check_file_mode(dir.path(), false)
             .expect("missing is fine")
             .is_none());
-        drop(MasterKey::load_or_create(dir.path()).expect("master"));
+        let _master = MasterKey::load_or_create(dir.path()).expect("master");
         let path = dir.path().join("master.key");
         assert!(MasterKey::check_file_mode(dir.path(), false)
             .expect("0600 is fine")

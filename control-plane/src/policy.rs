@@ -96,7 +96,12 @@ pub fn schema_text(actions: &[String]) -> String {
 }
 
 fn position(text: &str, offset: usize) -> (u32, u32) {
-    let before = &text[..offset.min(text.len())];
+    // The offset comes from the parser's diagnostic: never slice inside a character.
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() as u32 + 1;
     let col = before
         .rsplit('\n')
@@ -778,6 +783,13 @@ pub fn diff(old: &str, new: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_inside_a_character_does_not_panic() {
+        assert_eq!(position("é", 1), (1, 1));
+        assert_eq!(position("a\nxé", 4), (2, 2));
+        assert_eq!(position("abc", 99), (1, 4));
+    }
 
     fn actions() -> Vec<String> {
         ["read", "write", "deploy", "admin"]

@@ -167,15 +167,21 @@ pub fn agent_request(data: &[u8]) {
                 }
             }
         }
-        1 => drop(decode::<v1::WhoAmIRequest>(bytes)),
-        2 => drop(decode::<v1::StatusRequest>(bytes)),
+        1 => {
+            let _ = decode::<v1::WhoAmIRequest>(bytes);
+        }
+        2 => {
+            let _ = decode::<v1::StatusRequest>(bytes);
+        }
         3 => {
             // Forwarded to the control plane, which verifies the token.
             if let Some(r) = decode::<v1::IntrospectRequest>(bytes) {
                 verify_token(&r.token);
             }
         }
-        4 => drop(decode::<v1::StartTaskRequest>(bytes)),
+        4 => {
+            let _ = decode::<v1::StartTaskRequest>(bytes);
+        }
         _ => {
             if let Some(r) = decode::<v1::EndTaskRequest>(bytes) {
                 let m = tasks.membership(&r.handle, &caller());
@@ -245,15 +251,23 @@ pub fn cp_request(data: &[u8]) {
                 sign_csr(&r.csr_der);
             }
         }
-        2 => drop(decode::<v1::AgentMessage>(bytes)),
-        3 => drop(decode::<v1::IssueRequest>(bytes)),
+        2 => {
+            let _ = decode::<v1::AgentMessage>(bytes);
+        }
+        3 => {
+            let _ = decode::<v1::IssueRequest>(bytes);
+        }
         4 => {
             if let Some(r) = decode::<v1::IntrospectRequest>(bytes) {
                 verify_token(&r.token);
             }
         }
-        5 => drop(decode::<v1::TaskStartedRequest>(bytes)),
-        _ => drop(decode::<v1::CompleteTaskRequest>(bytes)),
+        5 => {
+            let _ = decode::<v1::TaskStartedRequest>(bytes);
+        }
+        _ => {
+            let _ = decode::<v1::CompleteTaskRequest>(bytes);
+        }
     }
 }
 

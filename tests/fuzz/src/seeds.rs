@@ -185,7 +185,7 @@ impl Rng {
     }
 
     /// Next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -194,7 +194,7 @@ impl Rng {
 
     /// In `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -232,7 +232,7 @@ pub fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
                 let i = rng.below(v.len());
                 v[i] ^= 1 << rng.below(8);
             }
-            1 => v.insert(at, rng.next() as u8),
+            1 => v.insert(at, rng.next_u64() as u8),
             2 if !v.is_empty() => {
                 let end = (at + 1 + rng.below(16)).min(v.len());
                 v.drain(at.min(end)..end);
@@ -248,9 +248,9 @@ pub fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
             }
             _ if !v.is_empty() => {
                 let i = rng.below(v.len());
-                v[i] = rng.next() as u8;
+                v[i] = rng.next_u64() as u8;
             }
-            _ => v.push(rng.next() as u8),
+            _ => v.push(rng.next_u64() as u8),
         }
     }
     v
