@@ -19,10 +19,10 @@ mod echo;
 mod exec;
 mod fetch;
 mod issue;
-mod procs;
+pub(crate) mod procs;
 mod revoke;
-mod sim;
-mod stats;
+pub(crate) mod sim;
+pub(crate) mod stats;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -85,21 +85,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Where things are, and how this run was invoked.
 #[derive(Debug)]
-struct Ctx {
-    /// `target/release`.
+pub(crate) struct Ctx {
+    /// `target/release` (or `target/debug` for a quick check of the soak).
     release: PathBuf,
     /// The command line to print next to every table.
     command: String,
 }
 
 impl Ctx {
-    fn new() -> anyhow::Result<Ctx> {
-        let release = target_dir().join("release");
+    pub(crate) fn new() -> anyhow::Result<Ctx> {
+        Ctx::in_profile("release")
+    }
+
+    /// The binaries of `target/<profile>` (e.g. "debug", for a quick check).
+    pub(crate) fn in_profile(profile: &str) -> anyhow::Result<Ctx> {
+        let release = target_dir().join(profile);
         for bin in ["leash-control-plane", "leashctl", "leash-agentd", "leash"] {
             let p = release.join(bin);
             if !p.exists() {
                 bail!(
-                    "{} is missing; run `cargo xtask bench` (it builds it)",
+                    "{} is missing; build it (`cargo xtask bench` and `cargo xtask soak` build the release binaries)",
                     p.display()
                 );
             }
@@ -110,7 +115,7 @@ impl Ctx {
         })
     }
 
-    fn bin(&self, name: &str) -> PathBuf {
+    pub(crate) fn bin(&self, name: &str) -> PathBuf {
         self.release.join(name)
     }
 }
@@ -154,7 +159,7 @@ fn invocation() -> String {
 }
 
 /// A command as a shell line, with join tokens left out.
-fn shown(cmd: &Command) -> String {
+pub(crate) fn shown(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     let mut secret_next = false;
     for a in cmd.get_args() {
@@ -169,7 +174,7 @@ fn shown(cmd: &Command) -> String {
     s
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
     clean_env(&mut c);
@@ -189,7 +194,7 @@ fn clean_env(c: &mut Command) {
     }
 }
 
-fn run_cmd(mut cmd: Command) -> anyhow::Result<()> {
+pub(crate) fn run_cmd(mut cmd: Command) -> anyhow::Result<()> {
     eprintln!("$ {}", shown(&cmd));
     let st = cmd
         .status()

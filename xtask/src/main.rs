@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench …`.
+//! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench …`, `cargo xtask soak`.
 
 mod bench;
 mod demo;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -20,6 +21,9 @@ enum Cmd {
     Demo,
     /// Benchmarks against the real release binaries (issue, fetch, revoke).
     Bench(bench::BenchArgs),
+    /// A long mixed load against the release binaries, watching the daemons' RSS and
+    /// open descriptors every minute.
+    Soak(soak::Args),
     /// Build the binaries, then run every test (extra arguments go to `cargo test`).
     Test {
         /// Passed to `cargo test`.
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Demo => demo::run(),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Soak(a) => soak::run(a),
         Cmd::Test { args } => (|| {
             // The integration tests start the real binaries, so build them first.
             run(cargo().args(["build", "--workspace", "--bins"]))?;
