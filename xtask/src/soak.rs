@@ -122,7 +122,9 @@ struct Sample {
 fn fd_count(pid: u32) -> anyhow::Result<u64> {
     let dir = format!("/proc/{pid}/fd");
     Ok(std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot list {dir} (the soak needs to run as the daemons' user or root)"))?
+        .with_context(|| {
+            format!("cannot list {dir} (the soak needs to run as the daemons' user or root)")
+        })?
         .count() as u64)
 }
 
@@ -312,9 +314,7 @@ struct Soak {
 
 impl Soak {
     fn new(ctx: &Ctx, a: &Args) -> anyhow::Result<Soak> {
-        let dir = tempfile::Builder::new()
-            .prefix("leash-soak-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("leash-soak-").tempdir()?;
         // A short heartbeat, so that agents notice a cut and re-sync quickly.
         let cp = ControlPlane::start_with(ctx, dir.path(), None, "1s")?;
         // A short TTL, so that cached credentials are renewed and leases expire during
@@ -429,7 +429,10 @@ impl Soak {
             .block_on(sim.issue(req))
             .map_err(|s| anyhow::anyhow!("Issue: {}", s.message()))?
             .into_inner();
-        anyhow::ensure!(!r.token.is_empty() && !r.lease_id.is_empty(), "Issue returned no token or lease");
+        anyhow::ensure!(
+            !r.token.is_empty() && !r.lease_id.is_empty(),
+            "Issue returned no token or lease"
+        );
         Ok(r.lease_id)
     }
 
@@ -560,7 +563,9 @@ impl Soak {
         match self.fetch(i, false) {
             Ok(l) if l == lease => n.err(
                 "revoked served",
-                &anyhow::anyhow!("agent {i} served lease {lease} after its revocation was acknowledged"),
+                &anyhow::anyhow!(
+                    "agent {i} served lease {lease} after its revocation was acknowledged"
+                ),
             ),
             Ok(_) => n.ok("fetch"),
             Err(e) => n.err("fetch", &e),
@@ -583,10 +588,15 @@ impl Soak {
             "soak: memory and descriptors of the daemons under a long mixed load",
             &command,
             &format!(
-                "{} minute(s), {} real agent(s) behind a cuttable proxy plus one simulated host, warm-up {warmup} minute(s), heartbeat 1s, credential TTL 2m, data in {}",
+                "{} minute(s), {} real agent(s) behind a cuttable proxy plus one simulated host, warm-up {warmup} minute(s), heartbeat 1s, credential TTL 2m, data in {}{}",
                 a.minutes,
                 a.agents,
-                self.dir.path().display()
+                self.dir.path().display(),
+                if a.debug_binaries {
+                    "; DEBUG binaries (target/debug), not the release builds the line below names"
+                } else {
+                    ""
+                }
             ),
         );
         let daemons = self.daemons();
@@ -600,25 +610,26 @@ impl Soak {
             head.push_str(&format!(" {op} |"));
         }
         head.push_str(" errors |");
-        let take = |samples: &mut Vec<Vec<Sample>>, n: &Counts, minute: u64| -> anyhow::Result<()> {
-            let mut row = format!("| {minute} |");
-            for (k, (_, pid)) in daemons.iter().enumerate() {
-                let s = sample(*pid)?;
-                samples[k].push(s);
-                row.push_str(&format!(" {} | {} |", mib(s.rss_kib), s.fds));
-            }
-            for op in OPS {
-                let v = if op == "revoked served" {
-                    n.errors.get(op).map(|e| e.0).unwrap_or(0)
-                } else {
-                    n.ops.get(op).copied().unwrap_or(0)
-                };
-                row.push_str(&format!(" {} |", thousands(v)));
-            }
-            row.push_str(&format!(" {} |", n.errors()));
-            println!("{row}");
-            Ok(())
-        };
+        let take =
+            |samples: &mut Vec<Vec<Sample>>, n: &Counts, minute: u64| -> anyhow::Result<()> {
+                let mut row = format!("| {minute} |");
+                for (k, (_, pid)) in daemons.iter().enumerate() {
+                    let s = sample(*pid)?;
+                    samples[k].push(s);
+                    row.push_str(&format!(" {} | {} |", mib(s.rss_kib), s.fds));
+                }
+                for op in OPS {
+                    let v = if op == "revoked served" {
+                        n.errors.get(op).map(|e| e.0).unwrap_or(0)
+                    } else {
+                        n.ops.get(op).copied().unwrap_or(0)
+                    };
+                    row.push_str(&format!(" {} |", thousands(v)));
+                }
+                row.push_str(&format!(" {} |", n.errors()));
+                println!("{row}");
+                Ok(())
+            };
         println!("{head}");
         println!("{}", head.replace(|c: char| c != '|', "-"));
         take(&mut samples, &n, 0)?;
@@ -666,8 +677,7 @@ impl Soak {
         ]);
         let mut all_ok = true;
         for (k, (name, _)) in daemons.iter().enumerate() {
-            let v = judge(&samples[k], warmup, a.max_growth)
-                .context("no samples after warm-up")?;
+            let v = judge(&samples[k], warmup, a.max_growth).context("no samples after warm-up")?;
             all_ok &= v.ok;
             let base_fds = samples[k][warmup].fds;
             let last_fds = samples[k].last().map(|s| s.fds).unwrap_or(0);
@@ -712,7 +722,10 @@ impl Soak {
             );
         }
         println!();
-        println!("soak passed: every daemon within {}% RSS growth, descriptors flat, no errors", a.max_growth);
+        println!(
+            "soak passed: every daemon within {}% RSS growth, descriptors flat, no errors",
+            a.max_growth
+        );
         Ok(())
     }
 }
@@ -728,10 +741,17 @@ mod tests {
     #[test]
     fn growth_is_measured_from_the_end_of_warm_up() {
         // Minute 0 and 1 are warm-up: their growth does not count.
-        let v = judge(&[s(1000, 10), s(5000, 20), s(10_000, 20), s(10_400, 19)], 2, 5.0)
-            .expect("samples after warm-up");
+        let v = judge(
+            &[s(1000, 10), s(5000, 20), s(10_000, 20), s(10_400, 19)],
+            2,
+            5.0,
+        )
+        .expect("samples after warm-up");
         assert!((v.growth_pct - 4.0).abs() < 1e-9, "{v:?}");
-        assert_eq!((v.fds_min, v.fds_max, v.fds_grew, v.ok), (19, 20, false, true));
+        assert_eq!(
+            (v.fds_min, v.fds_max, v.fds_grew, v.ok),
+            (19, 20, false, true)
+        );
         assert_eq!(v.max_rss_kib, 10_400);
     }
 
