@@ -365,8 +365,9 @@ impl Soak {
             let ch = sim::enroll_channel(&addr, &token).await?;
             let cfg =
                 sim::enroll_in_memory(ControlPlaneClient::new(ch), &token, "soak-sim-host").await?;
-            let mut client =
-                ControlPlaneClient::new(leash_agentd::tls::connect(&[addr.clone()], cfg).await?);
+            let mut client = ControlPlaneClient::new(
+                leash_agentd::tls::connect(std::slice::from_ref(&addr), cfg).await?,
+            );
             let sync = sim::open_sync(&mut client).await?;
             tokio::spawn(sim::drain(sync));
             anyhow::Ok(client)
@@ -518,24 +519,24 @@ impl Soak {
             Ok(_) => n.ok("fetch"),
             Err(e) => n.err("fetch", &e),
         }
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             match self.exec(i) {
                 Ok(()) => n.ok("exec"),
                 Err(e) => n.err("exec", &e),
             }
         }
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             match self.fetch(i, true) {
                 Ok(lease) => {
                     n.ok("fetch --fresh");
-                    if round % 10 == 0 {
+                    if round.is_multiple_of(10) {
                         self.revoke_and_check(i, &lease, n);
                     }
                 }
                 Err(e) => n.err("fetch --fresh", &e),
             }
         }
-        if round % 25 == 0 {
+        if round.is_multiple_of(25) {
             // A revocation of a simulated host's lease, and now and then one by
             // workload (an epoch rather than a list of leases).
             let r = self.issue().and_then(|l| self.revoke(&["--lease", &l]));
