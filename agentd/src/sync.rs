@@ -176,6 +176,11 @@ async fn apply(
         Msg::CaughtUp(c) => {
             agent.advance(c.seq);
             agent.caught_up(c.max_offline_secs);
+            // Tasks that ended while the control plane was away: their leases complete
+            // now (off the stream's loop, which must keep answering heartbeats).
+            if agent.tasks.unreported() > 0 {
+                tokio::spawn(crate::tasks::report_unreported(agent.clone()));
+            }
             if !*ready.borrow() {
                 let _ = ready.send(true);
             }

@@ -11,7 +11,7 @@
 //! uid) are stopped; the others (a set-user-ID program that became another user for
 //! good) are left running and listed in the task's `completed` event.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +32,10 @@ use crate::cache::Target;
 const TRACK_INTERVAL: Duration = Duration::from_millis(300);
 /// Default grace between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// Task completions kept for the control plane while it is unreachable. Past this the
+/// oldest are dropped (their leases then end by expiry, as they did before), so a long
+/// partition on a busy runner cannot grow the agent's memory without bound.
+const MAX_UNREPORTED: usize = 10_000;
 
 struct Task {
     id: String,
@@ -49,6 +53,10 @@ struct Task {
 #[derive(Default)]
 pub struct Tasks {
     map: Mutex<HashMap<String, Arc<Task>>>,
+    /// Completions of tasks that ended while the control plane was unreachable: their
+    /// credentials are already wiped here, and the control plane learns of the end
+    /// (leases `completed`) once the agent has caught up again.
+    unreported: Mutex<VecDeque<v1::CompleteTaskRequest>>,
 }
 
 impl std::fmt::Debug for Tasks {
@@ -151,6 +159,34 @@ impl Tasks {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Keep a completion the control plane did not receive, to send after reconnecting.
+    fn defer(&self, req: v1::CompleteTaskRequest) {
+        let mut q = self.unreported.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= MAX_UNREPORTED {
+            if let Some(old) = q.pop_front() {
+                tracing::warn!(task = %old.task, kept = MAX_UNREPORTED, "too many task completions waiting for the control plane: the oldest one's leases will expire instead of completing");
+            }
+        }
+        q.push_back(req);
+    }
+
+    /// Take every completion waiting for the control plane.
+    fn take_unreported(&self) -> Vec<v1::CompleteTaskRequest> {
+        self.unreported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect()
+    }
+
+    /// How many completions wait for the control plane.
+    pub fn unreported(&self) -> usize {
+        self.unreported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// The task a request belongs to, proven by handle *and* ancestry. An empty handle
@@ -313,23 +349,28 @@ async fn finish(
     if !left_running.is_empty() {
         tracing::warn!(task = %task.id, processes = ?left_running.iter().map(|p| p.pid).collect::<Vec<_>>(), "left running processes of the task its owner could not signal");
     }
+    let req = v1::CompleteTaskRequest {
+        task: task.id.clone(),
+        lease_ids: leases,
+        name: task.name.clone(),
+        left_running,
+    };
     if let Some(mut c) = agent.client() {
-        match c
-            .complete_task(v1::CompleteTaskRequest {
-                task: task.id.clone(),
-                lease_ids: leases,
-                name: task.name.clone(),
-                left_running,
-            })
-            .await
-        {
+        match c.complete_task(req.clone()).await {
             Ok(r) => completed = r.into_inner().completed,
             Err(e) => {
-                tracing::warn!(task = %task.id, error = %e.message(), "could not mark the task's leases completed; they will expire")
+                tracing::warn!(task = %task.id, error = %e.message(), "could not mark the task's leases completed; they will be once the control plane is reachable again");
+                agent.tasks.defer(req);
+                // Caught up again while this call was failing: that catch-up's report
+                // ran without this one, so send it now.
+                if agent.health().synced {
+                    tokio::spawn(report_unreported(agent.clone()));
+                }
             }
         }
     } else {
-        tracing::warn!(task = %task.id, "control plane unreachable: the task's leases will expire instead of completing");
+        tracing::warn!(task = %task.id, "control plane unreachable: the task's leases will be marked completed once it is reachable again");
+        agent.tasks.defer(req);
     }
     tracing::info!(task = %task.id, name = %task.name, wiped, completed, reason = why, "task ended");
     if stop {
@@ -339,6 +380,38 @@ async fn finish(
     v1::EndTaskResponse {
         wiped: wiped as u32,
         completed,
+    }
+}
+
+/// Send the completions of tasks that ended while the control plane was unreachable
+/// (called once the agent has caught up). What still fails is kept for the next time.
+pub async fn report_unreported(agent: Arc<Agent>) {
+    let pending = agent.tasks.take_unreported();
+    if pending.is_empty() {
+        return;
+    }
+    let Some(c) = agent.client() else {
+        for r in pending {
+            agent.tasks.defer(r);
+        }
+        return;
+    };
+    let mut rest = pending.into_iter();
+    while let Some(req) = rest.next() {
+        let task = req.task.clone();
+        match c.clone().complete_task(req.clone()).await {
+            Ok(r) => {
+                tracing::info!(task = %task, name = %req.name, completed = r.into_inner().completed, "task end reported after reconnecting");
+            }
+            Err(e) => {
+                tracing::warn!(task = %task, error = %e.message(), "could not report a task's end yet; retrying after the next reconnect");
+                agent.tasks.defer(req);
+                for r in rest {
+                    agent.tasks.defer(r);
+                }
+                return;
+            }
+        }
     }
 }
 

@@ -24,8 +24,8 @@ mod fetch;
 mod issue;
 pub(crate) mod procs;
 mod revoke;
-mod sim;
-mod stats;
+pub(crate) mod sim;
+pub(crate) mod stats;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -92,20 +92,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// Where things are, and how this run was invoked.
 #[derive(Debug)]
 pub(crate) struct Ctx {
-    /// `target/release`.
+    /// `target/release` (or `target/debug` for a quick check of the soak).
     release: PathBuf,
     /// The command line to print next to every table.
     command: String,
 }
 
 impl Ctx {
-    fn new() -> anyhow::Result<Ctx> {
-        let release = target_dir().join("release");
+    pub(crate) fn new() -> anyhow::Result<Ctx> {
+        Ctx::in_profile("release")
+    }
+
+    /// The binaries of `target/<profile>` (e.g. "debug", for a quick check).
+    pub(crate) fn in_profile(profile: &str) -> anyhow::Result<Ctx> {
+        let release = target_dir().join(profile);
         for bin in ["leash-control-plane", "leashctl", "leash-agentd", "leash"] {
             let p = release.join(bin);
             if !p.exists() {
                 bail!(
-                    "{} is missing; run `cargo xtask bench` (it builds it)",
+                    "{} is missing; build it (`cargo xtask bench` and `cargo xtask soak` build the release binaries)",
                     p.display()
                 );
             }
@@ -116,7 +121,7 @@ impl Ctx {
         })
     }
 
-    fn bin(&self, name: &str) -> PathBuf {
+    pub(crate) fn bin(&self, name: &str) -> PathBuf {
         self.release.join(name)
     }
 
@@ -178,7 +183,7 @@ fn invocation() -> String {
 }
 
 /// A command as a shell line, with join tokens left out.
-fn shown(cmd: &Command) -> String {
+pub(crate) fn shown(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     let mut secret_next = false;
     for a in cmd.get_args() {

@@ -1,10 +1,11 @@
 //! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench …`,
-//! `cargo xtask fuzz`, `cargo xtask chaos …`.
+//! `cargo xtask fuzz`, `cargo xtask chaos …`, `cargo xtask soak`.
 
 mod bench;
 mod chaos;
 mod demo;
 mod fuzz;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -27,6 +28,9 @@ enum Cmd {
     Fuzz(fuzz::FuzzArgs),
     /// Fault injection against the real debug binaries (kill -9 under load).
     Chaos(chaos::ChaosArgs),
+    /// A long mixed load against the release binaries, watching the daemons' RSS and
+    /// open descriptors every minute.
+    Soak(soak::Args),
     /// Build the binaries, then run every test (extra arguments go to `cargo test`).
     Test {
         /// Passed to `cargo test`.
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Fuzz(a) => fuzz::run_fuzz(a),
         Cmd::Chaos(a) => chaos::run(a),
+        Cmd::Soak(a) => soak::run(a),
         Cmd::Test { args } => (|| {
             // The integration tests start the real binaries, so build them first.
             run(cargo().args(["build", "--workspace", "--bins"]))?;

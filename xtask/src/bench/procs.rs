@@ -358,12 +358,24 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(ctx: &Ctx, cp: &ControlPlane, dir: &Path, name: &str) -> anyhow::Result<Agent> {
+        Self::start_at(ctx, cp, &cp.addr, dir, name)
+    }
+
+    /// Like [`Agent::start`], reaching the control plane at `addr` (HOST:PORT), e.g.
+    /// through a proxy.
+    pub fn start_at(
+        ctx: &Ctx,
+        cp: &ControlPlane,
+        addr: &str,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Agent> {
         let token = cp.join_token(name)?;
         let socket = dir.join("agent.sock");
         let mut cmd = Command::new(ctx.bin("leash-agentd"));
         cmd.arg("run")
             .arg("--control-plane")
-            .arg(format!("https://{}", cp.addr))
+            .arg(format!("https://{addr}"))
             .arg("--state-dir")
             .arg(dir.join("agent-state"))
             .arg("--socket")
