@@ -1,4 +1,4 @@
-//! JWT issuance: the claims DESIGN.md fixes, signed ES256 with a `kid`, and the
+//! JWT issuance: the claims docs/CLI.md documents, signed ES256 with a `kid`, and the
 //! introspection answer for a presented token.
 
 use serde::{Deserialize, Serialize};

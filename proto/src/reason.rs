@@ -32,7 +32,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The exit code DESIGN.md assigns to this reason.
+    /// The exit code docs/CLI.md documents for this reason.
     pub fn exit_code(self) -> i32 {
         match self {
             Reason::Invalid => 1,

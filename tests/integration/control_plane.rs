@@ -107,7 +107,7 @@ fn enrollment_registers_the_host_and_the_agent_serves() {
     let me = c.leash(&["whoami", "--output", "json"]).json();
     assert_eq!(me["uid"], my_uid());
 
-    // Modes as DESIGN.md sets them: admin socket 0660; workload socket 0666 in a 0755
+    // Modes as docs/SECURITY.md sets them: admin socket 0660; workload socket 0666 in a 0755
     // dir; state and data dirs 0700, the host's files 0600.
     let mode = |p: &std::path::Path| {
         use std::os::unix::fs::PermissionsExt;
@@ -494,7 +494,8 @@ fn calls_other_than_enroll_need_a_client_certificate() {
     c.leashctl(&["host", "list"]).ok();
 }
 
-async fn open_sync(
+/// Open a Sync stream as an agent would, resuming from `last_seq`.
+pub(crate) async fn open_sync(
     cp: &mut leash_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
     last_seq: u64,
 ) -> (
@@ -520,7 +521,7 @@ async fn open_sync(
 }
 
 /// The next message that is not a heartbeat.
-async fn next_msg(inbound: &mut tonic::Streaming<v1::ControlMessage>) -> Msg {
+pub(crate) async fn next_msg(inbound: &mut tonic::Streaming<v1::ControlMessage>) -> Msg {
     loop {
         let m = tokio::time::timeout(WAIT, inbound.message())
             .await

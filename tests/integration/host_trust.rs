@@ -9,7 +9,6 @@ use leash_proto::v1;
 use leash_proto::v1::control_message::Msg;
 use leash_proto::v1::control_plane_client::ControlPlaneClient;
 use leash_tests::{my_uid, process::Daemon, Cluster, Options, WAIT};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::{basic, cp_client, host_credentials, rt, timeline_types};
@@ -211,37 +210,13 @@ struct Stream {
 
 impl Stream {
     async fn open(cp: &mut ControlPlaneClient<Channel>, last_seq: u64) -> Stream {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tx.send(v1::AgentMessage {
-            msg: Some(v1::agent_message::Msg::Hello(v1::SyncHello {
-                protocol_version: leash_proto::PROTOCOL_VERSION,
-                last_seq,
-                agent_version: "test".into(),
-            })),
-        })
-        .await
-        .expect("hello queued");
-        let inbound = cp
-            .sync(ReceiverStream::new(rx))
-            .await
-            .expect("Sync with the host certificate")
-            .into_inner();
+        let (tx, inbound) = crate::control_plane::open_sync(cp, last_seq).await;
         Stream { tx, inbound }
     }
 
     /// The next message that is not a heartbeat.
     async fn next(&mut self) -> Msg {
-        loop {
-            let m = tokio::time::timeout(WAIT, self.inbound.message())
-                .await
-                .expect("a Sync message within the timeout")
-                .expect("a healthy Sync stream")
-                .expect("an open Sync stream");
-            match m.msg.expect("a message body") {
-                Msg::Heartbeat(_) => continue,
-                other => return other,
-            }
-        }
+        crate::control_plane::next_msg(&mut self.inbound).await
     }
 
     /// Messages up to and including the first one `until` accepts.

@@ -524,22 +524,7 @@ fn offboarding_wipes_on_every_host_and_the_stale_report_lists_the_workloads() {
 fn shared_agent_tokens_for_two_principals_are_never_confused() {
     let c = Cluster::start();
     c.credential("api", &["--audience", API_AUD]);
-    let uid = format!("unix:uid:{}", leash_tests::my_uid());
-    c.leashctl(&[
-        "workload",
-        "add",
-        "bots/helper",
-        "--owner",
-        "team-bots",
-        "--kind",
-        "shared-agent",
-        "--selector",
-        &uid,
-        "--allow",
-        "api",
-    ])
-    .ok();
-    c.wait_visible(0, "bots/helper");
+    crate::inputs::shared_agent(&c, "bots/helper");
     let out = c.leash(&["get", "api"]);
     out.code(2).stderr_has(&["on-behalf-of", "shared agent"]);
     assert!(out.stdout.is_empty(), "{out}");

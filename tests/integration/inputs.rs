@@ -72,7 +72,8 @@ fn no_raw_controls_in_logs(c: &Cluster) {
     }
 }
 
-fn shared_agent(c: &Cluster, name: &str) {
+/// A `shared-agent` workload for the test's own uid, allowed `api`, known to agent 0.
+pub(crate) fn shared_agent(c: &Cluster, name: &str) {
     let uid = format!("unix:uid:{}", my_uid());
     c.leashctl(&[
         "workload",

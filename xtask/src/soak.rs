@@ -16,8 +16,6 @@
 //! ended, and exits non-zero when a daemon's RSS grew by more than `--max-growth` %, when
 //! a daemon holds more descriptors than it did then, or when any operation failed.
 
-mod proxy;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
@@ -303,7 +301,7 @@ struct SoakAgent {
 struct Soak {
     dir: tempfile::TempDir,
     cp: ControlPlane,
-    proxy: proxy::Proxy,
+    proxy: leash_tests::Proxy,
     agents: Vec<SoakAgent>,
     rt: tokio::runtime::Runtime,
     sim: ControlPlaneClient<Channel>,
@@ -338,7 +336,8 @@ impl Soak {
             .addr
             .parse()
             .with_context(|| format!("the control plane's address {:?}", cp.addr))?;
-        let proxy = proxy::Proxy::start(upstream)?;
+        // The integration tests' proxy: it forwards bytes only, so TLS stays end to end.
+        let proxy = leash_tests::Proxy::start(upstream);
         let mut agents = Vec::new();
         for i in 0..a.agents {
             let adir = dir.path().join(format!("agent-{i}"));
