@@ -152,6 +152,12 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ leash_control_plane::server::ServerError::StoreFailed) => {
+            // EX_TEMPFAIL: started again, it reopens the store and carries on.
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::from(75)
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");

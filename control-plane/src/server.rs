@@ -76,6 +76,15 @@ pub enum ServerError {
     /// The admin socket path is taken by something that is not a socket.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// The store failed a flush (a full disk) and keeps failing until it is reopened;
+    /// the disk has room again, so the control plane stopped to be restarted.
+    #[error(
+        "the store failed to write (see the STORE FLUSH FAILED lines above) and stays failed \
+         until it is reopened; the data directory has room again, so the control plane \
+         stopped to be started again (a supervisor such as systemd with Restart=on-failure \
+         does that); nothing acknowledged is lost"
+    )]
+    StoreFailed,
     /// The stored policy could not be loaded.
     #[error("policy: {0}")]
     Policy(String),
@@ -329,6 +338,11 @@ pub async fn run(
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let recovery = tokio::spawn(stop_when_the_store_can_be_reopened(
+        shared.store.clone(),
+        config.data_dir.clone(),
+        stop_tx.clone(),
+    ));
     let agent_api = ControlPlaneServer::new(crate::agent_api::AgentApi::new(shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -361,14 +375,79 @@ pub async fn run(
         // process may exit before the listeners have drained).
         on_stop.enroll_guard.flush(&on_stop).await;
     });
-    let (a, b) = tokio::join!(agent_srv, admin_srv);
+    let servers = async { tokio::join!(agent_srv, admin_srv) };
+    tokio::pin!(servers);
+    let mut stopping = stop_rx.clone();
+    let (a, b) = tokio::select! {
+        r = &mut servers => r,
+        // Sync streams never end by themselves: once stopping, give requests in flight a
+        // moment, then drop what is left.
+        _ = async {
+            let _ = stopping.wait_for(|v| *v).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        } => (Ok(()), Ok(())),
+    };
     expiry.abort();
     refused.abort();
+    recovery.abort();
     shared.enroll_guard.flush(&shared).await;
     let _ = std::fs::remove_file(&config.admin_socket);
     a?;
     b?;
+    if shared.store.failed() {
+        return Err(ServerError::StoreFailed);
+    }
     Ok(())
+}
+
+/// Free space the data directory needs before a failed store is worth reopening (or a
+/// sixteenth of its file system, if that is less).
+const REOPEN_FREE_BYTES: u64 = 64 << 20;
+
+/// After a failed flush, sled refuses every write until it is reopened, even once space
+/// is freed. While the disk stays full the control plane keeps running (reads, cached
+/// credentials on hosts, clear UNAVAILABLE answers); once the data directory has room
+/// again it stops, so that its supervisor starts it with the store reopened. Reopening
+/// in process would mean swapping the store under every handler.
+async fn stop_when_the_store_can_be_reopened(
+    store: Arc<dyn Storage>,
+    data_dir: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut waiting = false;
+    loop {
+        tick.tick().await;
+        if !store.failed() {
+            continue;
+        }
+        let Ok(fs) = nix::sys::statvfs::statvfs(&data_dir) else {
+            continue;
+        };
+        let block = fs.fragment_size() as u64;
+        let free = fs.blocks_available() as u64 * block;
+        // A small file system (a test's tmpfs) may never have 64 MiB free: a sixteenth of
+        // it will do there.
+        let needed = REOPEN_FREE_BYTES.min(fs.blocks() as u64 * block / 16);
+        if !waiting {
+            waiting = true;
+            tracing::error!(
+                free_bytes = free,
+                needed_bytes = needed,
+                "the store has failed; the control plane stops once the data directory has \
+                 room again, to be started again with the store reopened"
+            );
+        }
+        if free >= needed {
+            tracing::error!(
+                free_bytes = free,
+                "the store has failed and the data directory has room again: stopping so \
+                 the control plane is started again with the store reopened"
+            );
+            let _ = stop.send(true);
+            return;
+        }
+    }
 }
 
 /// Map a failed write to a status, and record a failure of the store (a failed flush, an

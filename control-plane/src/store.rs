@@ -90,6 +90,12 @@ pub struct Enrollment {
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// The last committed sequence number.
     fn current_seq(&self) -> u64;
+    /// Whether a flush has failed in a way the store cannot recover from while it stays
+    /// open (sled keeps an I/O error until it is reopened): writes are refused until the
+    /// process reopens it.
+    fn failed(&self) -> bool {
+        false
+    }
     /// Subscribe to committed changes (in sequence order).
     /// Each change is shared by every subscriber (one Sync stream per agent).
     fn subscribe_changes(&self) -> broadcast::Receiver<Arc<Change>>;
@@ -258,6 +264,8 @@ pub struct SledStore {
     changes: broadcast::Sender<Arc<Change>>,
     events: broadcast::Sender<Event>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by the writer when a flush fails; see [`Storage::failed`].
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for SledStore {
@@ -526,15 +534,17 @@ impl SledStore {
         let (changes, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel(4096);
         let (jobs, rx) = mpsc::channel::<Job>(8192);
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer_handle = {
             let db = db.clone();
             let t = t.clone();
             let seq = seq.clone();
             let changes = changes.clone();
             let events = events.clone();
+            let failed = failed.clone();
             std::thread::Builder::new()
                 .name("leash-store-writer".into())
-                .spawn(move || writer(db, t, rx, seq, event_id, changes, events, flush))
+                .spawn(move || writer(db, t, rx, seq, event_id, changes, events, flush, &failed))
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
         };
         Ok(Arc::new(SledStore {
@@ -545,6 +555,7 @@ impl SledStore {
             changes,
             events,
             writer: std::sync::Mutex::new(Some(writer_handle)),
+            failed,
         }))
     }
 
@@ -645,6 +656,7 @@ fn writer(
     changes: broadcast::Sender<Arc<Change>>,
     events: broadcast::Sender<Event>,
     mut flush: impl Flush,
+    failed: &std::sync::atomic::AtomicBool,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // The writer's own counter: ahead of the published `seq` while flushes fail.
@@ -687,12 +699,13 @@ fn writer(
             Ok(())
         })();
         if let Err(e) = &flushed {
+            failed.store(true, Ordering::Release);
             tracing::error!(
                 error = %e,
                 unacknowledged = replies.len(),
                 "STORE FLUSH FAILED: writes are answered UNAVAILABLE and not acknowledged; \
-                 free space in the data directory; if this repeats after that, restart the \
-                 control plane (sled keeps an I/O error until it is reopened)"
+                 free space in the data directory: the control plane then stops (exit 75) to be \
+                 started again by its supervisor (sled keeps an I/O error until it is reopened)"
             );
         }
         let err = flushed.err();
@@ -721,6 +734,10 @@ fn writer(
 impl Storage for SledStore {
     fn current_seq(&self) -> u64 {
         self.seq.load(Ordering::Acquire)
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     fn subscribe_changes(&self) -> broadcast::Receiver<Arc<Change>> {

@@ -876,6 +876,13 @@ impl Cluster {
         d.wait_exit(WAIT)
     }
 
+    /// Wait until the control plane exits by itself; returns its exit status. It stays
+    /// stopped ([`Cluster::restart_control_plane`] starts it again, as a supervisor would).
+    pub fn wait_control_plane_exit(&mut self, timeout: Duration) -> i32 {
+        let mut d = self.cp.take().expect("the control plane runs");
+        d.wait_exit(timeout)
+    }
+
     /// Whether the control plane process is still running (not exited or killed).
     pub fn control_plane_alive(&mut self) -> bool {
         self.cp.as_mut().is_some_and(|d| d.exited().is_none())
