@@ -424,11 +424,11 @@ async fn stop_when_the_store_can_be_reopened(
         let Ok(fs) = nix::sys::statvfs::statvfs(&data_dir) else {
             continue;
         };
-        let block = fs.fragment_size() as u64;
-        let free = fs.blocks_available() as u64 * block;
+        let block = fs.fragment_size();
+        let free = fs.blocks_available() * block;
         // A small file system (a test's tmpfs) may never have 64 MiB free: a sixteenth of
         // it will do there.
-        let needed = REOPEN_FREE_BYTES.min(fs.blocks() as u64 * block / 16);
+        let needed = REOPEN_FREE_BYTES.min(fs.blocks() * block / 16);
         if !waiting {
             waiting = true;
             tracing::error!(

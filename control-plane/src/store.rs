@@ -476,13 +476,6 @@ impl Flush for SledFlush {
     }
 }
 
-/// sled's page cache. Its default (1 GiB) keeps nearly the whole database in memory, so
-/// the control plane's RSS grew with every lease and event ever written (+76 % over a
-/// 30-minute soak). What an Issue reads is small and hot (workloads, credentials, hosts,
-/// the newest leases), so a bounded cache holds the working set; older pages are read
-/// back from the log on the rare call that needs them.
-const CACHE_BYTES: u64 = 16 << 20;
-
 impl SledStore {
     /// Open (or create) the store under `dir` and start its writer thread.
     pub fn open(dir: &Path) -> Result<Arc<SledStore>> {
@@ -493,7 +486,6 @@ impl SledStore {
     fn open_with(dir: &Path, flush: impl Flush) -> Result<Arc<SledStore>> {
         let db = sled::Config::new()
             .path(dir.join("db"))
-            .cache_capacity(CACHE_BYTES)
             .mode(sled::Mode::HighThroughput)
             // We flush explicitly per batch; sled's own periodic flush would only add I/O.
             .flush_every_ms(None)
