@@ -476,6 +476,14 @@ impl Flush for SledFlush {
     }
 }
 
+/// sled's page cache. Its default (1 GiB) keeps nearly the whole database in memory, and
+/// the database only grows (leases and events are kept), so the control plane's RSS grew
+/// with every lease and event ever written (+76 % over a 30-minute soak). Bounded, RSS
+/// levels off once the cache has filled. What an Issue reads is small and hot (workloads,
+/// credentials, hosts, the newest leases); older pages are read back on the rare call
+/// that needs them.
+const CACHE_BYTES: u64 = 16 << 20;
+
 impl SledStore {
     /// Open (or create) the store under `dir` and start its writer thread.
     pub fn open(dir: &Path) -> Result<Arc<SledStore>> {
@@ -486,6 +494,7 @@ impl SledStore {
     fn open_with(dir: &Path, flush: impl Flush) -> Result<Arc<SledStore>> {
         let db = sled::Config::new()
             .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
             .mode(sled::Mode::HighThroughput)
             // We flush explicitly per batch; sled's own periodic flush would only add I/O.
             .flush_every_ms(None)
