@@ -1,6 +1,7 @@
 //! The Leash wire protocol, shared by `leash-control-plane` and `leash-agentd`.
 //!
 //! - [`v1`]: the generated gRPC services and messages (`proto/leash/v1`).
+//! - [`clock`]: the wall clock both daemons decide by, which tests can move.
 //! - [`reason`]: the machine-readable error reasons carried on a `tonic::Status` and the
 //!   exit codes the CLIs map them to.
 //! - [`join_token`]: the join-token format (what the control plane mints and the agent
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod clock;
 pub mod join_token;
 pub mod names;
 pub mod reason;

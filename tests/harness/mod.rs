@@ -268,6 +268,27 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// The file whose number (milliseconds) the daemons add to their clock. It works
+    /// only with binaries built with the `test-clock` feature, as `cargo xtask test`
+    /// builds them.
+    fn clock_file(&self) -> PathBuf {
+        self.dir.path().join("clock-offset-ms")
+    }
+
+    /// Move the clock of the control plane and every agent forward by `by`, at once.
+    pub fn advance_clock(&self, by: Duration) {
+        let file = self.clock_file();
+        let now: i64 = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let next = now + i64::try_from(by.as_millis()).expect("a sane duration");
+        // Written whole and renamed into place: a daemon reads the old or the new value.
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, next.to_string()).expect("write the clock offset");
+        std::fs::rename(&tmp, &file).expect("move the clock offset into place");
+    }
+
     fn track_log(&self, what: &str, log: Log) {
         self.logs
             .lock()
@@ -282,6 +303,7 @@ impl Cluster {
             cmd.arg("--listen").arg(a.to_string());
         }
         cmd.env("LEASH_LOG", "info")
+            .env(leash_proto::clock::TEST_CLOCK_ENV, self.clock_file())
             .env_remove("LEASH_ADMIN_SOCKET");
         let mut d = Daemon::spawn("control plane", cmd);
         self.track_log("control plane", d.log());
@@ -362,6 +384,7 @@ impl Cluster {
             cmd.arg("--join-token").arg(t);
         }
         cmd.env("LEASH_LOG", "info")
+            .env(leash_proto::clock::TEST_CLOCK_ENV, self.clock_file())
             .env_remove("LEASH_JOIN_TOKEN")
             .env_remove("LEASH_AGENT_SOCKET");
         cmd

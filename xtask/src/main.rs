@@ -57,6 +57,15 @@ pub fn show(cmd: &Command) -> String {
     s
 }
 
+/// How the binaries the integration tests run are built.
+pub const TEST_BINS_BUILD: [&str; 5] = [
+    "build",
+    "--workspace",
+    "--bins",
+    "--features",
+    "leash-proto/test-clock",
+];
+
 /// The cargo the xtask was started with.
 pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -85,8 +94,9 @@ fn main() -> ExitCode {
         Cmd::Chaos(a) => chaos::run(a),
         Cmd::Soak(a) => soak::run(a),
         Cmd::Test { args } => (|| {
-            // The integration tests start the real binaries, so build them first.
-            run(cargo().args(["build", "--workspace", "--bins"]))?;
+            // The integration tests start the real binaries, so build them first, with
+            // the clock the tests can move (a debug-only feature; see proto/src/clock.rs).
+            run(cargo().args(TEST_BINS_BUILD))?;
             run(cargo()
                 .args(["test", "--workspace"])
                 .args(test_args(args, nix::unistd::geteuid().is_root())))
