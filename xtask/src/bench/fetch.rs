@@ -43,6 +43,12 @@ pub struct Args {
     /// rounds (each round a share of --requests / --per-client).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
+    /// A directory holding `leash-control-plane`, `leashctl`, `leash-agentd` and `leash`
+    /// from another build (for example an older commit built with
+    /// `cargo build --release`). Both builds then run side by side and their cache-hit and
+    /// cold Fetch are measured in alternating rounds; nothing else is measured.
+    #[arg(long, value_name = "DIR")]
+    baseline: Option<PathBuf>,
 }
 
 async fn client(socket: &Path) -> anyhow::Result<AgentClient<Channel>> {
@@ -241,6 +247,9 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         a.cached <= 80_000,
         "--cached must leave TTLs under the credential's 24h max_ttl"
     );
+    if let Some(base) = &a.baseline {
+        return compare(ctx, &a, base);
+    }
     let dir = tempfile::Builder::new()
         .prefix("leash-bench-fetch-")
         .tempdir()?;
@@ -649,5 +658,163 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     t.print();
     drop(agent);
     drop(cp);
+    Ok(())
+}
+
+/// One build's control plane and agent, for `--baseline`.
+struct Stack {
+    _dir: tempfile::TempDir,
+    _cp: ControlPlane,
+    agent: Agent,
+}
+
+impl Stack {
+    fn start(ctx: &Ctx) -> anyhow::Result<Stack> {
+        let dir = tempfile::Builder::new()
+            .prefix("leash-bench-fetch-")
+            .tempdir()?;
+        let cp = ControlPlane::start(ctx, dir.path(), None)?;
+        cp.add_credential(CREDENTIAL)?;
+        cp.add_workload(WORKLOAD, nix::unistd::getuid().as_raw(), CREDENTIAL)?;
+        let agent = Agent::start(ctx, &cp, dir.path(), "bench-fetch-host")?;
+        Ok(Stack {
+            _dir: dir,
+            _cp: cp,
+            agent,
+        })
+    }
+}
+
+/// `--baseline`: this build and another side by side, their cache-hit Fetch (1 and
+/// `--clients` connections) and cold Fetch measured in alternating rounds.
+fn compare(ctx: &Ctx, a: &Args, base_dir: &Path) -> anyhow::Result<()> {
+    for bin in ["leash-control-plane", "leashctl", "leash-agentd", "leash"] {
+        anyhow::ensure!(
+            base_dir.join(bin).exists(),
+            "{} is missing: --baseline wants a directory holding a release build of {bin}",
+            base_dir.join(bin).display()
+        );
+    }
+    let base = Ctx {
+        release: base_dir.to_path_buf(),
+        command: ctx.command.clone(),
+    };
+    let stacks = [Stack::start(&base)?, Stack::start(ctx)?];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rounds = a.rounds.max(1);
+    eprintln!(
+        "baseline vs this build: cache-hit Fetch 1 x {} and {} x {} calls, cold Fetch {} calls, each in {rounds} alternating rounds",
+        a.requests, a.clients, a.per_client, a.cold
+    );
+    let (one, many, cold) = rt.block_on(async {
+        let mut one = Vec::new();
+        let mut many = Vec::new();
+        for s in &stacks {
+            one.push(Load::prepare(&s.agent.socket, Call::Fetch, 1).await?);
+            many.push(Load::prepare(&s.agent.socket, Call::Fetch, a.clients).await?);
+        }
+        interleaved(&mut one, rounds, a.requests).await?;
+        interleaved(&mut many, rounds, a.per_client).await?;
+        let fresh = v1::FetchRequest {
+            fresh: true,
+            ..fetch_req()
+        };
+        let mut conns = Vec::new();
+        for s in &stacks {
+            let mut c = client(&s.agent.socket).await?;
+            for _ in 0..20 {
+                c.fetch(fresh.clone()).await?;
+            }
+            conns.push(c);
+        }
+        let mut cold = [Samples::default(), Samples::default()];
+        for r in 0..rounds {
+            let n = a.cold / rounds + usize::from(r < a.cold % rounds);
+            for (c, s) in conns.iter_mut().zip(cold.iter_mut()) {
+                for _ in 0..n {
+                    let t = Instant::now();
+                    let got = c.fetch(fresh.clone()).await?.into_inner();
+                    s.push(t.elapsed());
+                    anyhow::ensure!(!got.cached, "a fresh Fetch was served from the cache");
+                }
+            }
+        }
+        anyhow::Ok((one, many, cold))
+    })?;
+    anyhow::ensure!(
+        one.iter().chain(&many).all(|l| l.uncached == 0),
+        "some cache-hit calls were not served from the cache"
+    );
+    header(
+        "bench fetch --baseline: this build's Fetch against another build's, same run",
+        &ctx.command,
+        &format!(
+            "--requests {} --clients {} --per-client {} --cold {} --rounds {rounds}; baseline: {}",
+            a.requests,
+            a.clients,
+            a.per_client,
+            a.cold,
+            base_dir.display()
+        ),
+    );
+    println!(
+        "Two control planes and two agents (one per build) run side by side; each load alternates between \
+         the builds in {rounds} rounds, so drift on the machine falls on both alike. \
+         Ratio: this build's throughput (or 1/p50) over the baseline's; 1.00× is equal, above is faster."
+    );
+    println!();
+    let mut t = Table::new(&[
+        "measurement",
+        "build",
+        "calls",
+        "p50",
+        "p99",
+        "throughput",
+        "ratio",
+    ]);
+    let rows: [(&str, &[Load]); 2] = [
+        ("cache-hit Fetch, 1 client", &one),
+        ("cache-hit Fetch, many clients", &many),
+    ];
+    for (what, loads) in rows {
+        let thr = |l: &Load| l.lat.len() as f64 / l.elapsed.as_secs_f64();
+        for (i, (name, l)) in ["baseline", "this build"].iter().zip(loads).enumerate() {
+            t.row(vec![
+                if what.contains("many") {
+                    format!("cache-hit Fetch, {} clients", a.clients)
+                } else {
+                    what.into()
+                },
+                (*name).into(),
+                thousands(l.lat.len() as u64),
+                dur(l.lat.p50()),
+                dur(l.lat.p99()),
+                rate(thr(l)),
+                if i == 0 {
+                    "1.00×".into()
+                } else {
+                    ratio(thr(l), thr(&loads[0]))
+                },
+            ]);
+        }
+    }
+    for (i, (name, s)) in ["baseline", "this build"].iter().zip(&cold).enumerate() {
+        t.row(vec![
+            "cold Fetch (`fresh`), 1 client".into(),
+            (*name).into(),
+            thousands(s.len() as u64),
+            dur(s.p50()),
+            dur(s.p99()),
+            "".into(),
+            if i == 0 {
+                "1.00×".into()
+            } else {
+                ratio(cold[0].p50().as_secs_f64(), s.p50().as_secs_f64())
+            },
+        ]);
+    }
+    t.print();
     Ok(())
 }
