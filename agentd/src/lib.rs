@@ -12,6 +12,7 @@ pub mod api;
 pub mod attest;
 pub mod cache;
 pub mod identity;
+pub mod procfs;
 pub mod secret;
 pub mod server;
 pub mod sync;

@@ -24,8 +24,9 @@ use ring::rand::SecureRandom;
 use tonic::Status;
 
 use crate::agent::Agent;
-use crate::attest::{parent_and_start, process_uids, Attestation};
+use crate::attest::Attestation;
 use crate::cache::Target;
+use crate::procfs::{self, parent_and_start, process_uids, ProcessTree};
 
 /// How often the process tree of live tasks is recorded, so descendants can still be
 /// found (and stopped) after the root is gone and they were re-parented.
@@ -80,8 +81,6 @@ fn uid_of(pid: i32) -> Option<u32> {
 
 /// Most processes listed as left running in one `completed` event.
 const MAX_LEFT_LISTED: usize = 64;
-/// Longest executable path listed.
-const MAX_EXE_LEN: usize = 256;
 
 /// Whether `owner` could signal `pid` itself: kill(2) lets an unprivileged sender signal
 /// a process whose real or saved set-user-ID is the sender's real or effective uid.
@@ -95,17 +94,6 @@ fn owner_may_signal(owner: u32, pid: i32) -> bool {
     }
 }
 
-/// The executable of `pid` as the `completed` event lists it.
-fn exe_name(pid: i32) -> String {
-    let name = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .or_else(|_| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string())
-        })
-        .unwrap_or_default();
-    name.chars().take(MAX_EXE_LEN).collect()
-}
-
 /// The task's remaining processes its owner could not signal.
 fn left_alone(task: &Task) -> Vec<v1::LeftProcess> {
     let mut out: Vec<v1::LeftProcess> = descendants(task)
@@ -113,7 +101,7 @@ fn left_alone(task: &Task) -> Vec<v1::LeftProcess> {
         .filter(|&(pid, _)| !owner_may_signal(task.uid, pid))
         .map(|(pid, _)| v1::LeftProcess {
             pid: pid as u32,
-            exe: exe_name(pid),
+            exe: procfs::exe_or_comm(pid),
         })
         .collect();
     out.sort_by_key(|p| p.pid);
@@ -123,20 +111,7 @@ fn left_alone(task: &Task) -> Vec<v1::LeftProcess> {
 
 /// `pid` descends from (or is) `root`, checked through start times.
 fn descends(pid: i32, root: i32, root_start: u64) -> bool {
-    let mut cur = pid;
-    for _ in 0..4096 {
-        let Some((ppid, start)) = parent_and_start(cur) else {
-            return false;
-        };
-        if cur == root {
-            return start == root_start;
-        }
-        if start < root_start || ppid <= 0 {
-            return false;
-        }
-        cur = ppid;
-    }
-    false
+    procfs::is_ancestor_or_self(root, root_start, pid)
 }
 
 /// Parse `LEASH_TASK=<id>.<secret>`.
@@ -253,7 +228,7 @@ pub async fn start(
     let pidfd = crate::sys::pidfd_open(root)
         .map_err(|e| invalid(format!("cannot pin process {root}: {e}")))?;
     // Pinned: check it is still the process we vetted.
-    if parent_and_start(root).map(|(_, s)| s) != Some(root_start) {
+    if procfs::start_time(root) != Some(root_start) {
         return Err(invalid(format!(
             "process {root} exited while the task was starting"
         )));
@@ -418,41 +393,11 @@ pub async fn report_unreported(agent: Arc<Agent>) {
 /// Pids (with start times) of every live process that descends from the task root, or
 /// that was recorded as a descendant earlier and still runs (re-parented orphans).
 fn descendants(task: &Task) -> HashSet<(i32, u64)> {
-    let mut parent: HashMap<i32, (i32, u64)> = HashMap::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-                if let Some(ps) = parent_and_start(pid) {
-                    parent.insert(pid, ps);
-                }
-            }
-        }
-    }
-    let mut out = HashSet::new();
-    for (&pid, &(_, start)) in &parent {
-        if pid == task.root_pid {
-            continue;
-        }
-        let mut cur = pid;
-        for _ in 0..4096 {
-            let Some(&(ppid, s)) = parent.get(&cur) else {
-                break;
-            };
-            if cur == task.root_pid {
-                if s == task.root_start {
-                    out.insert((pid, start));
-                }
-                break;
-            }
-            if s < task.root_start || ppid <= 0 {
-                break;
-            }
-            cur = ppid;
-        }
-    }
+    let tree = ProcessTree::read();
+    let mut out = tree.descendants(task.root_pid, task.root_start);
     let known = task.known.lock().unwrap_or_else(|p| p.into_inner());
     for &(pid, start) in known.iter() {
-        if parent.get(&pid).map(|&(_, s)| s) == Some(start) {
+        if tree.start_time(pid) == Some(start) {
             out.insert((pid, start));
         }
     }
@@ -466,7 +411,7 @@ async fn stop_descendants(task: &Task) {
             if let Ok(fd) = crate::sys::pidfd_open(pid) {
                 // Pinned first, then the start time checked: never signal a recycled pid,
                 // and never one the owner could not signal itself.
-                if parent_and_start(pid).map(|(_, s)| s) == Some(start)
+                if procfs::start_time(pid) == Some(start)
                     && owner_may_signal(task.uid, pid)
                     && crate::sys::pidfd_send_signal(fd.as_fd(), sig).is_ok()
                 {
