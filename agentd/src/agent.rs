@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use crate::attest::Attestor;
 use crate::cache::Cache;
 use crate::identity::Identity;
+use crate::tasks::{TaskHost, Tasks};
 
 /// Unix ms now.
 pub fn now_ms() -> i64 {
@@ -94,7 +95,7 @@ pub struct Agent {
     /// Credentials.
     pub cache: Cache,
     /// Live tasks.
-    pub tasks: crate::tasks::Tasks,
+    pub tasks: Tasks,
     identity: RwLock<Arc<Identity>>,
     /// Shared, so a request's matching copies pointers rather than records.
     workloads: RwLock<HashMap<String, Arc<v1::Workload>>>,
@@ -126,7 +127,7 @@ impl Agent {
             config,
             attestor,
             cache: Cache::default(),
-            tasks: crate::tasks::Tasks::default(),
+            tasks: Tasks::default(),
             identity: RwLock::new(Arc::new(identity)),
             workloads: RwLock::new(HashMap::new()),
             client: RwLock::new(None),
@@ -352,5 +353,23 @@ impl Agent {
     /// Take the usage collected so far.
     pub fn take_usage(&self) -> Vec<v1::LeaseUsage> {
         lock(&self.usage).drain().map(|(_, v)| v).collect()
+    }
+}
+
+impl TaskHost for Agent {
+    fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    fn client(&self) -> Option<ControlPlaneClient<Channel>> {
+        Agent::client(self)
+    }
+
+    fn synced(&self) -> bool {
+        lock(&self.health).synced
     }
 }
