@@ -23,7 +23,7 @@ use leash_proto::v1;
 use leash_proto::v1::agent_server::Agent as AgentService;
 use tonic::{Request, Response, Status};
 
-use crate::agent::{now_ms, Agent, State};
+use crate::agent::{Agent, State};
 use crate::attest::{Attestation, Peer};
 use crate::cache::{Entry, Key, Target};
 use crate::secret::Secret;
@@ -242,7 +242,7 @@ impl AgentService for Api {
             task,
             obo: (!r.on_behalf_of.is_empty()).then_some(r.on_behalf_of),
         };
-        let now = now_ms() / 1000;
+        let now = self.agent.clock.now();
         let cached = if r.fresh {
             None
         } else {
