@@ -44,7 +44,6 @@ mod peer;
 mod tests;
 
 use std::collections::BTreeSet;
-use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

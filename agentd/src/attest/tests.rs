@@ -5,7 +5,7 @@ use super::*;
 use crate::procfs::{parse_status, start_time};
 use nix::unistd::{Gid, Group, Uid, User};
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command, Stdio};
