@@ -1,10 +1,14 @@
 //! The agent's shared state: configuration, identity, synced workloads, the cache, the
 //! health that `leash status` reports, and the usage counts the Sync stream reports.
+//!
+//! Every time-of-day decision the agent makes (heartbeat age, cache expiry, identity
+//! renewal) reads [`Agent::clock`], so tests can move it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use leash_proto::clock::Clock;
 use leash_proto::v1;
 use leash_proto::v1::control_plane_client::ControlPlaneClient;
 use tonic::transport::Channel;
@@ -12,14 +16,10 @@ use tonic::transport::Channel;
 use crate::attest::Attestor;
 use crate::cache::Cache;
 use crate::identity::Identity;
+use crate::tasks::{TaskHost, Tasks};
 
-/// Unix ms now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// max_offline when the control plane sends none, in seconds.
+const DEFAULT_MAX_OFFLINE_SECS: u32 = 300;
 
 /// Resolved agent configuration.
 #[derive(Debug, Clone)]
@@ -94,7 +94,9 @@ pub struct Agent {
     /// Credentials.
     pub cache: Cache,
     /// Live tasks.
-    pub tasks: crate::tasks::Tasks,
+    pub tasks: Tasks,
+    /// The one clock for time-of-day decisions.
+    pub clock: Clock,
     identity: RwLock<Arc<Identity>>,
     /// Shared, so a request's matching copies pointers rather than records.
     workloads: RwLock<HashMap<String, Arc<v1::Workload>>>,
@@ -119,14 +121,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Agent {
-    /// A new agent for an enrolled identity.
-    pub fn new(config: AgentConfig, attestor: Attestor, identity: Identity) -> Agent {
-        let cap = config.max_offline_cap_secs.unwrap_or(300);
+    /// A new agent for an enrolled identity, deciding by `clock`.
+    pub fn new(config: AgentConfig, attestor: Attestor, identity: Identity, clock: Clock) -> Agent {
+        let cap = config
+            .max_offline_cap_secs
+            .unwrap_or(DEFAULT_MAX_OFFLINE_SECS);
         Agent {
             config,
             attestor,
             cache: Cache::default(),
-            tasks: crate::tasks::Tasks::default(),
+            tasks: Tasks::default(),
+            clock,
             identity: RwLock::new(Arc::new(identity)),
             workloads: RwLock::new(HashMap::new()),
             client: RwLock::new(None),
@@ -185,7 +190,11 @@ impl Agent {
     }
 
     fn effective_max_offline(&self, from_cp: u32) -> u32 {
-        let from_cp = if from_cp == 0 { 300 } else { from_cp };
+        let from_cp = if from_cp == 0 {
+            DEFAULT_MAX_OFFLINE_SECS
+        } else {
+            from_cp
+        };
         match self.config.max_offline_cap_secs {
             Some(cap) => cap.min(from_cp),
             None => from_cp,
@@ -204,7 +213,7 @@ impl Agent {
         }
         h.state = State::Ready;
         h.synced = true;
-        h.last_heartbeat_ms = now_ms();
+        h.last_heartbeat_ms = self.clock.now_ms();
         h.max_offline_secs = mo;
         h.reason.clear();
     }
@@ -213,7 +222,7 @@ impl Agent {
     pub fn heartbeat(&self, max_offline_secs: u32) {
         let mo = self.effective_max_offline(max_offline_secs);
         let mut h = lock(&self.health);
-        h.last_heartbeat_ms = now_ms();
+        h.last_heartbeat_ms = self.clock.now_ms();
         h.max_offline_secs = mo;
         // Failed closed while the stream stayed open (the control plane stalled): the
         // stream is ordered and lossless, so everything sent before this heartbeat has
@@ -319,7 +328,7 @@ impl Agent {
 
     /// Count one serving of a lease (batched up the Sync stream later; never waits).
     pub fn record_use(&self, lease: &str, pid: u32, exe: &str) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut u = lock(&self.usage);
         if let Some(e) = u.get_mut(lease) {
             // The common case: one more use of a lease already counted this interval.
@@ -352,5 +361,23 @@ impl Agent {
     /// Take the usage collected so far.
     pub fn take_usage(&self) -> Vec<v1::LeaseUsage> {
         lock(&self.usage).drain().map(|(_, v)| v).collect()
+    }
+}
+
+impl TaskHost for Agent {
+    fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    fn client(&self) -> Option<ControlPlaneClient<Channel>> {
+        Agent::client(self)
+    }
+
+    fn synced(&self) -> bool {
+        lock(&self.health).synced
     }
 }

@@ -10,6 +10,10 @@
 //! against `leash_proto::names` before anything else looks at it, and is quoted back
 //! only through `names::excerpt`. Status answers anyone, but a caller that cannot be
 //! attested (another pid or mount namespace, a process gone) gets the health fields only.
+//!
+//! This is the workload socket's gRPC boundary: library errors (`tasks::TaskError`,
+//! `attest::AttestError`, `leash_proto::names::NameError`) become `Status` here and only
+//! here, each with its reason (and so the CLI's exit code).
 
 use std::sync::Arc;
 
@@ -19,17 +23,25 @@ use leash_proto::v1;
 use leash_proto::v1::agent_server::Agent as AgentService;
 use tonic::{Request, Response, Status};
 
-use crate::agent::{now_ms, Agent, State};
+use crate::agent::{Agent, State};
 use crate::attest::{Attestation, Peer};
-use crate::cache::{Entry, Key};
+use crate::cache::{Entry, Key, Target};
 use crate::secret::Secret;
 use crate::server::{Conn, RateLimit};
+use crate::tasks::{self, TaskError};
 
 /// The kind of workload that may say on whose behalf it acts.
 const SHARED_AGENT: &str = "shared-agent";
 
+/// Caller-chosen text that breaks the naming rule: bad input.
 fn invalid(e: NameError) -> Status {
     Reason::Invalid.status(e.to_string())
+}
+
+impl From<TaskError> for Status {
+    fn from(e: TaskError) -> Status {
+        e.reason().status(e.to_string())
+    }
 }
 
 /// Every free-text field of a Fetch, against the rule for caller-chosen text.
@@ -230,7 +242,7 @@ impl AgentService for Api {
             task,
             obo: (!r.on_behalf_of.is_empty()).then_some(r.on_behalf_of),
         };
-        let now = now_ms() / 1000;
+        let now = self.agent.clock.now();
         let cached = if r.fresh {
             None
         } else {
@@ -251,11 +263,9 @@ impl AgentService for Api {
                         // The task may have ended while this Issue was in flight.
                         if let Some(t) = &key.task {
                             if self.agent.tasks.membership(&r.task_handle, &a).is_err() {
-                                self.agent.cache.revoke(
-                                    0,
-                                    crate::cache::Target::Task(t.clone()),
-                                    Vec::new(),
-                                );
+                                self.agent
+                                    .cache
+                                    .revoke(0, Target::Task(t.clone()), Vec::new());
                                 return Err(Reason::Denied.status(
                                     "the task ended while the credential was being issued",
                                 ));
@@ -365,9 +375,9 @@ impl AgentService for Api {
         self.serving()?;
         names::check_name("the task name (--name, --task-name)", &req.get_ref().name)
             .map_err(invalid)?;
-        crate::tasks::start(&self.agent, &a, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            tasks::start(&self.agent, &a, req.into_inner()).await?,
+        ))
     }
 
     async fn end_task(
@@ -375,8 +385,8 @@ impl AgentService for Api {
         req: Request<v1::EndTaskRequest>,
     ) -> Result<Response<v1::EndTaskResponse>, Status> {
         let a = self.attest(&req)?;
-        crate::tasks::end_by_handle(&self.agent, &a, &req.into_inner().handle)
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            tasks::end_by_handle(&self.agent, &a, &req.into_inner().handle).await?,
+        ))
     }
 }

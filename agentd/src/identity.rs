@@ -4,6 +4,9 @@
 //! The state directory holds only this identity (key, certificate, CA certificate and a
 //! small JSON description). It is the only thing the agent ever writes to disk;
 //! credentials never go there.
+//!
+//! When a certificate was issued is read from the [`Clock`] the caller hands in, the
+//! same clock that decides when to renew it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use leash_proto::clock::Clock;
 use leash_proto::join_token::JoinToken;
 use leash_proto::reason::Reason;
 use leash_proto::v1;
@@ -105,6 +109,23 @@ impl Identity {
         let life = (self.desc.not_after - self.desc.issued_at).max(60);
         self.desc.issued_at + life * 7 / 10
     }
+
+    /// An identity with no key or certificate, for unit tests of what holds one.
+    #[cfg(test)]
+    pub(crate) fn for_tests(host: &str) -> Identity {
+        Identity {
+            desc: Description {
+                host: host.into(),
+                labels: BTreeMap::new(),
+                trust_domain: "test".into(),
+                not_after: 0,
+                issued_at: 0,
+            },
+            cert: CertificateDer::from(Vec::new()),
+            ca: CertificateDer::from(Vec::new()),
+            key_pkcs8: Zeroizing::new(Vec::new()),
+        }
+    }
 }
 
 fn state_err(path: &Path, m: impl std::fmt::Display) -> IdentityError {
@@ -174,15 +195,30 @@ fn new_key_and_csr() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), IdentityError> {
     Ok((Zeroizing::new(key.serialize_der()), csr.der().to_vec()))
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// Enroll with a join token and save the identity, by the system clock.
+pub async fn enroll(
+    dir: &Path,
+    addrs: &[String],
+    token_text: &str,
+    name: Option<String>,
+    default_name: Option<String>,
+    labels: BTreeMap<String, String>,
+) -> Result<Identity, IdentityError> {
+    enroll_with_clock(
+        &Clock::system(),
+        dir,
+        addrs,
+        token_text,
+        name,
+        default_name,
+        labels,
+    )
+    .await
 }
 
-/// Enroll with a join token and save the identity.
-pub async fn enroll(
+/// Enroll with a join token and save the identity, recording its issue time by `clock`.
+pub async fn enroll_with_clock(
+    clock: &Clock,
     dir: &Path,
     addrs: &[String],
     token_text: &str,
@@ -227,7 +263,7 @@ pub async fn enroll(
             labels: r.labels.into_iter().collect(),
             trust_domain: r.trust_domain,
             not_after: r.not_after_unix,
-            issued_at: now(),
+            issued_at: clock.now(),
         },
         cert: CertificateDer::from(r.certificate_der),
         ca: CertificateDer::from(r.ca_certificate_der),
@@ -242,8 +278,19 @@ pub async fn enroll(
     Ok(id)
 }
 
-/// Renew the host certificate with a new key; saves and returns the new identity.
+/// Renew the host certificate with a new key; saves and returns the new identity. By the
+/// system clock.
 pub async fn renew(
+    dir: &Path,
+    addrs: &[String],
+    current: &Identity,
+) -> Result<Identity, IdentityError> {
+    renew_with_clock(&Clock::system(), dir, addrs, current).await
+}
+
+/// [`renew`], recording the new certificate's issue time by `clock`.
+pub async fn renew_with_clock(
+    clock: &Clock,
     dir: &Path,
     addrs: &[String],
     current: &Identity,
@@ -265,7 +312,7 @@ pub async fn renew(
         .into_inner();
     let mut desc = current.desc.clone();
     desc.not_after = r.not_after_unix;
-    desc.issued_at = now();
+    desc.issued_at = clock.now();
     let id = Identity {
         desc,
         cert: CertificateDer::from(r.certificate_der),

@@ -4,14 +4,18 @@
 //!
 //! `run` wires the parts: `identity` (enrollment, the only on-disk state), `sync` (the
 //! stream from the control plane), `cache` (credentials in memory), `attest` (who is
-//! calling), `server` + `api` (the workload socket). `sys` is the one module with
-//! `unsafe`. `main.rs` and `bin/leash.rs` are thin shells.
+//! calling), `procfs` (what `/proc` says about a process, for `attest` and `tasks`),
+//! `tasks` (credentials bound to a unit of work), `server` + `api` (the workload socket,
+//! and the one place errors become gRPC statuses). `agent` holds the shared state and
+//! the one [`Clock`] every time-of-day decision reads. `sys` is the one module with
+//! `unsafe`. The binaries are `main.rs` (`leash-agentd`) and `bin/leash.rs` (`leash`).
 
 pub mod agent;
 pub mod api;
 pub mod attest;
 pub mod cache;
 pub mod identity;
+pub mod procfs;
 pub mod secret;
 pub mod server;
 pub mod sync;
@@ -27,6 +31,11 @@ use std::time::Duration;
 
 use agent::{Agent, AgentConfig, State};
 use identity::IdentityError;
+use leash_proto::clock::Clock;
+
+/// How often waits for a time-of-day deadline re-read the clock, so a moved clock takes
+/// effect promptly.
+const DEADLINE_TICK: Duration = Duration::from_millis(100);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +84,7 @@ pub struct Enrollment {
 async fn load_or_enroll(
     config: &AgentConfig,
     e: &Enrollment,
+    clock: &Clock,
 ) -> Result<identity::Identity, AgentError> {
     identity::prepare_state_dir(&config.state_dir).map_err(AgentError::Identity)?;
     if let Some(id) = identity::load(&config.state_dir).map_err(AgentError::Identity)? {
@@ -89,7 +99,8 @@ async fn load_or_enroll(
         .ok_or(AgentError::Enrollment(IdentityError::NoToken))?;
     let mut backoff = Duration::from_millis(500);
     loop {
-        match identity::enroll(
+        match identity::enroll_with_clock(
+            clock,
             &config.state_dir,
             &config.control_planes,
             token,
@@ -121,11 +132,19 @@ async fn load_or_enroll(
 async fn renewal(agent: Arc<Agent>) {
     loop {
         let id = agent.identity();
-        let wait = id.renew_at() - agent::now_ms() / 1000;
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+        // Re-read the clock on a short tick rather than sleeping until the renewal point:
+        // the clock may be moved.
+        while agent.clock.now() < id.renew_at() {
+            tokio::time::sleep(DEADLINE_TICK).await;
         }
-        match identity::renew(&agent.config.state_dir, &agent.config.control_planes, &id).await {
+        match identity::renew_with_clock(
+            &agent.clock,
+            &agent.config.state_dir,
+            &agent.config.control_planes,
+            &id,
+        )
+        .await
+        {
             Ok(new) => {
                 tracing::info!(not_after = new.desc.not_after, "host certificate renewed");
                 agent.set_identity(new);
@@ -140,19 +159,37 @@ async fn renewal(agent: Arc<Agent>) {
 
 /// Enroll if needed, sync, then serve the workload socket until `shutdown` resolves.
 /// `on_ready` is called with the socket path once the agent has caught up and listens.
+/// Time-of-day decisions use the system clock ([`Clock::system`]).
 pub async fn run(
     config: AgentConfig,
     enrollment: Enrollment,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&std::path::Path),
 ) -> Result<(), AgentError> {
+    run_with_clock(config, enrollment, Clock::system(), shutdown, on_ready).await
+}
+
+/// [`run`], deciding by `clock`.
+pub async fn run_with_clock(
+    config: AgentConfig,
+    enrollment: Enrollment,
+    clock: Clock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&std::path::Path),
+) -> Result<(), AgentError> {
+    if clock.is_external() {
+        tracing::warn!(
+            file = ?std::env::var_os(leash_proto::clock::TEST_CLOCK_ENV),
+            "this is a test build: its clock can be moved from outside the process"
+        );
+    }
     if let Err(e) = sys::set_not_dumpable() {
         tracing::warn!(error = %e, "could not mark the process non-dumpable");
     }
     // Refuse an unsafe socket directory now, before enrolling, rather than after the
     // first sync.
     server::prepare_dir(&config.socket)?;
-    let id = load_or_enroll(&config, &enrollment).await?;
+    let id = load_or_enroll(&config, &enrollment, &clock).await?;
     let mut cli_paths = config.cli_paths.clone();
     if let Some(dir) = std::env::current_exe()
         .ok()
@@ -164,7 +201,7 @@ pub async fn run(
         cli_paths,
         ..Default::default()
     })?;
-    let agent = Arc::new(Agent::new(config.clone(), attestor, id));
+    let agent = Arc::new(Agent::new(config.clone(), attestor, id, clock));
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
     let sync_task = tokio::spawn(sync::run(agent.clone(), ready_tx));
     let watchdog = tokio::spawn(sync::watchdog(agent.clone()));

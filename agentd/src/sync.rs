@@ -13,11 +13,13 @@ use leash_proto::v1::control_plane_client::ControlPlaneClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::agent::{now_ms, Agent, State};
+use crate::agent::{Agent, State};
 use crate::cache::Target;
 
 /// How often served-usage batches go up the stream.
 const USAGE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the watchdog checks expiry and max_offline against the agent's clock.
+const WATCH_TICK: Duration = Duration::from_millis(250);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -227,29 +229,144 @@ async fn apply(
     None
 }
 
-/// Wipe at expiry, and fail closed past `max_offline` since the last heartbeat.
+/// Wipe at expiry, and fail closed past `max_offline` since the last heartbeat. Both are
+/// decided by the agent's clock, re-read on every short tick, so moving that clock takes
+/// effect within one tick.
 pub async fn watchdog(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(WATCH_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = now_ms();
-        let expired = agent.cache.sweep(now / 1000);
-        if !expired.is_empty() {
-            tracing::info!(count = expired.len(), "wiped expired credentials");
+        check_deadlines(&agent);
+    }
+}
+
+/// One watchdog pass: wipe what has expired by the agent's clock, and fail closed if the
+/// last heartbeat is older than max_offline.
+pub fn check_deadlines(agent: &Agent) {
+    let now = agent.clock.now_ms();
+    let expired = agent.cache.sweep(now.div_euclid(1000));
+    if !expired.is_empty() {
+        tracing::info!(count = expired.len(), "wiped expired credentials");
+    }
+    let h = agent.health();
+    if h.state == State::Ready || h.state == State::Offline {
+        let silent = now - h.last_heartbeat_ms;
+        if h.last_heartbeat_ms > 0 && silent > i64::from(h.max_offline_secs) * 1000 {
+            let wiped = agent.fail_closed();
+            tracing::warn!(
+                silent_ms = silent,
+                max_offline_secs = h.max_offline_secs,
+                wiped,
+                "no heartbeat from the control plane for longer than max_offline: wiped everything, failing closed until re-synced"
+            );
         }
-        let h = agent.health();
-        if h.state == State::Ready || h.state == State::Offline {
-            let silent = now - h.last_heartbeat_ms;
-            if h.last_heartbeat_ms > 0 && silent > i64::from(h.max_offline_secs) * 1000 {
-                let wiped = agent.fail_closed();
-                tracing::warn!(
-                    silent_ms = silent,
-                    max_offline_secs = h.max_offline_secs,
-                    wiped,
-                    "no heartbeat from the control plane for longer than max_offline: wiped everything, failing closed until re-synced"
-                );
-            }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::{Attestor, AttestorConfig};
+    use crate::cache::{Entry, Key};
+    use crate::secret::Secret;
+    use leash_proto::clock::Clock;
+
+    fn agent(clock: &Clock) -> Agent {
+        let config = crate::agent::AgentConfig {
+            control_planes: vec!["127.0.0.1:1".into()],
+            state_dir: "/nonexistent".into(),
+            socket: "/nonexistent/agent.sock".into(),
+            max_offline_cap_secs: None,
+            cli_paths: vec![],
+            max_conns_per_uid: 8,
+            requests_per_uid: 0,
+        };
+        let attestor = Attestor::new(AttestorConfig::default()).expect("attestor");
+        Agent::new(
+            config,
+            attestor,
+            crate::identity::Identity::for_tests("h"),
+            clock.clone(),
+        )
+    }
+
+    fn key() -> Key {
+        Key {
+            workload: "w".into(),
+            credential: "c".into(),
+            audience: String::new(),
+            action: String::new(),
+            ttl: 0,
+            task: None,
+            obo: None,
         }
+    }
+
+    fn cache_for(agent: &Agent, secs: i64) {
+        let now = agent.clock.now();
+        assert!(agent.cache.insert(
+            key(),
+            Entry {
+                token: Secret::from("tok"),
+                lease_id: "l1".into(),
+                owner: "o".into(),
+                issued_at: now,
+                expires_at: now + secs,
+                seq: 1,
+                action: "read".into(),
+                audience: "a".into(),
+            },
+        ));
+    }
+
+    #[test]
+    fn a_cached_credential_expires_when_the_clock_passes_it() {
+        let clock = Clock::system();
+        let a = agent(&clock);
+        a.caught_up(3600);
+        cache_for(&a, 60);
+        check_deadlines(&a);
+        assert!(
+            a.cache.get(&key(), clock.now()).is_some(),
+            "not expired yet"
+        );
+        clock.advance_ms(50_000);
+        check_deadlines(&a);
+        assert_eq!(a.cache.len(), 1, "ten seconds left");
+        clock.advance_ms(11_000);
+        assert!(
+            a.cache.get(&key(), clock.now()).is_none(),
+            "never served at expiry"
+        );
+        check_deadlines(&a);
+        assert!(a.cache.is_empty(), "wiped at expiry");
+        assert_eq!(a.state(), State::Ready, "expiry alone does not fail closed");
+    }
+
+    #[test]
+    fn max_offline_fails_closed_by_the_clock() {
+        let clock = Clock::system();
+        let a = agent(&clock);
+        a.caught_up(30);
+        cache_for(&a, 3600);
+        clock.advance_ms(29_000);
+        check_deadlines(&a);
+        assert_eq!(a.state(), State::Ready, "still within max_offline");
+        assert_eq!(a.cache.len(), 1);
+        // A heartbeat restarts the count.
+        a.heartbeat(30);
+        clock.advance_ms(29_000);
+        check_deadlines(&a);
+        assert_eq!(a.state(), State::Ready);
+        clock.advance_ms(1_001);
+        check_deadlines(&a);
+        assert_eq!(a.state(), State::FailingClosed);
+        assert!(a.cache.is_empty(), "everything wiped");
+        assert!(
+            a.health().reason.contains("max_offline"),
+            "{}",
+            a.health().reason
+        );
     }
 }

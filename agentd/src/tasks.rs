@@ -10,6 +10,11 @@
 //! owner could signal itself (kill(2): the owner's uid is the target's real or saved
 //! uid) are stopped; the others (a set-user-ID program that became another user for
 //! good) are left running and listed in the task's `completed` event.
+//!
+//! The task logic needs four things from the rest of the agent, named by [`TaskHost`]:
+//! the live tasks, the credential cache, the control-plane client and whether the agent
+//! is caught up. It depends on no other part of the agent; every `/proc` fact comes from
+//! `crate::procfs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,12 +25,97 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use leash_proto::reason::Reason;
 use leash_proto::v1;
+use leash_proto::v1::control_plane_client::ControlPlaneClient;
 use ring::rand::SecureRandom;
-use tonic::Status;
+use tonic::transport::Channel;
 
-use crate::agent::Agent;
-use crate::attest::{parent_and_start, process_uids, Attestation};
-use crate::cache::Target;
+use crate::attest::Attestation;
+use crate::cache::{Cache, Target};
+use crate::procfs::{self, parent_and_start, process_uids, ProcessTree};
+
+/// What the task logic needs from the agent that runs it.
+pub trait TaskHost: Send + Sync + 'static {
+    /// The live tasks.
+    fn tasks(&self) -> &Tasks;
+    /// The credential cache.
+    fn cache(&self) -> &Cache;
+    /// The client for unary calls to the control plane, when connected.
+    fn client(&self) -> Option<ControlPlaneClient<Channel>>;
+    /// Whether the agent is caught up with the control plane now.
+    fn synced(&self) -> bool;
+}
+
+/// Why a task request was refused. The messages are the ones callers see.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The handle does not name a task this caller belongs to.
+    #[error("this process is not inside the task named by LEASH_TASK (task credentials go only to the task's own processes); unset LEASH_TASK to get your own")]
+    NotInTask,
+    /// The handle names a task that has ended.
+    #[error(
+        "the task named by LEASH_TASK has ended; unset LEASH_TASK to get your own credentials"
+    )]
+    Ended,
+    /// The requested root process does not exist.
+    #[error("no process {0}")]
+    NoProcess(i32),
+    /// The calling process is gone.
+    #[error("caller is gone")]
+    CallerGone,
+    /// The root runs as another uid.
+    #[error(
+        "process {root} does not run as your uid ({uid}); a task's root must have the caller's uid"
+    )]
+    OtherUid {
+        /// The requested root.
+        root: i32,
+        /// The caller's uid.
+        uid: u32,
+    },
+    /// The root is not related to the caller.
+    #[error("process {0} is neither you, your ancestor nor your descendant; a task's root must be one of those")]
+    Unrelated(i32),
+    /// The root could not be pinned.
+    #[error("cannot pin process {root}: {source}")]
+    Pin {
+        /// The requested root.
+        root: i32,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
+    /// The root exited while the task was starting.
+    #[error("process {0} exited while the task was starting")]
+    RootExited(i32),
+    /// No randomness for the handle.
+    #[error("no randomness")]
+    NoRandomness,
+    /// EndTask without the task's handle, or from another uid.
+    #[error("EndTask needs the task's handle (LEASH_TASK) from the process that started it")]
+    NeedsHandle,
+    /// EndTask for a task that is not live.
+    #[error("no such task (it may have ended already)")]
+    NoSuchTask,
+}
+
+impl TaskError {
+    /// The reason a caller is given (and so its exit code).
+    pub fn reason(&self) -> Reason {
+        match self {
+            TaskError::NoProcess(_) | TaskError::Pin { .. } | TaskError::RootExited(_) => {
+                Reason::Invalid
+            }
+            TaskError::NoRandomness => Reason::Unavailable,
+            TaskError::NoSuchTask => Reason::NotFound,
+            TaskError::NotInTask
+            | TaskError::Ended
+            | TaskError::CallerGone
+            | TaskError::OtherUid { .. }
+            | TaskError::Unrelated(_)
+            | TaskError::NeedsHandle => Reason::Denied,
+        }
+    }
+}
 
 /// How often the process tree of live tasks is recorded, so descendants can still be
 /// found (and stopped) after the root is gone and they were re-parented.
@@ -80,8 +170,6 @@ fn uid_of(pid: i32) -> Option<u32> {
 
 /// Most processes listed as left running in one `completed` event.
 const MAX_LEFT_LISTED: usize = 64;
-/// Longest executable path listed.
-const MAX_EXE_LEN: usize = 256;
 
 /// Whether `owner` could signal `pid` itself: kill(2) lets an unprivileged sender signal
 /// a process whose real or saved set-user-ID is the sender's real or effective uid.
@@ -95,17 +183,6 @@ fn owner_may_signal(owner: u32, pid: i32) -> bool {
     }
 }
 
-/// The executable of `pid` as the `completed` event lists it.
-fn exe_name(pid: i32) -> String {
-    let name = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .or_else(|_| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string())
-        })
-        .unwrap_or_default();
-    name.chars().take(MAX_EXE_LEN).collect()
-}
-
 /// The task's remaining processes its owner could not signal.
 fn left_alone(task: &Task) -> Vec<v1::LeftProcess> {
     let mut out: Vec<v1::LeftProcess> = descendants(task)
@@ -113,7 +190,7 @@ fn left_alone(task: &Task) -> Vec<v1::LeftProcess> {
         .filter(|&(pid, _)| !owner_may_signal(task.uid, pid))
         .map(|(pid, _)| v1::LeftProcess {
             pid: pid as u32,
-            exe: exe_name(pid),
+            exe: procfs::exe_or_comm(pid),
         })
         .collect();
     out.sort_by_key(|p| p.pid);
@@ -123,20 +200,7 @@ fn left_alone(task: &Task) -> Vec<v1::LeftProcess> {
 
 /// `pid` descends from (or is) `root`, checked through start times.
 fn descends(pid: i32, root: i32, root_start: u64) -> bool {
-    let mut cur = pid;
-    for _ in 0..4096 {
-        let Some((ppid, start)) = parent_and_start(cur) else {
-            return false;
-        };
-        if cur == root {
-            return start == root_start;
-        }
-        if start < root_start || ppid <= 0 {
-            return false;
-        }
-        cur = ppid;
-    }
-    false
+    procfs::is_ancestor_or_self(root, root_start, pid)
 }
 
 /// Parse `LEASH_TASK=<id>.<secret>`.
@@ -195,75 +259,60 @@ impl Tasks {
         &self,
         handle: &str,
         caller: &Attestation,
-    ) -> Result<Option<(String, String)>, Status> {
+    ) -> Result<Option<(String, String)>, TaskError> {
         if handle.trim().is_empty() {
             return Ok(None);
         }
-        let refuse = || {
-            Reason::Denied.status(
-                "this process is not inside the task named by LEASH_TASK (task credentials go only to the task's own processes); unset LEASH_TASK to get your own",
-            )
-        };
-        let (id, secret) = parse_handle(handle).ok_or_else(refuse)?;
-        let task = self.lock().get(id).cloned().ok_or_else(|| {
-            Reason::Denied.status("the task named by LEASH_TASK has ended; unset LEASH_TASK to get your own credentials")
-        })?;
+        let (id, secret) = parse_handle(handle).ok_or(TaskError::NotInTask)?;
+        let task = self.lock().get(id).cloned().ok_or(TaskError::Ended)?;
         // Comparing hashes of a 256-bit secret: timing reveals nothing useful.
         if sha(&secret) != task.secret_sha256
             || caller.uid != task.uid
             || !descends(caller.pid as i32, task.root_pid, task.root_start)
         {
-            return Err(refuse());
+            return Err(TaskError::NotInTask);
         }
         Ok(Some((task.id.clone(), task.name.clone())))
     }
 }
 
 /// Start a task for `caller`.
-pub async fn start(
-    agent: &Arc<Agent>,
+pub async fn start<H: TaskHost>(
+    agent: &Arc<H>,
     caller: &Attestation,
     r: v1::StartTaskRequest,
-) -> Result<v1::StartTaskResponse, Status> {
+) -> Result<v1::StartTaskResponse, TaskError> {
     let caller_pid = caller.pid as i32;
     let root = if r.root_pid == 0 {
         caller_pid
     } else {
         r.root_pid as i32
     };
-    let invalid = |m: String| Reason::Invalid.status(m);
-    let (_, root_start) =
-        parent_and_start(root).ok_or_else(|| invalid(format!("no process {root}")))?;
-    let (_, caller_start) =
-        parent_and_start(caller_pid).ok_or_else(|| Reason::Denied.status("caller is gone"))?;
+    let (_, root_start) = parent_and_start(root).ok_or(TaskError::NoProcess(root))?;
+    let (_, caller_start) = parent_and_start(caller_pid).ok_or(TaskError::CallerGone)?;
     if uid_of(root) != Some(caller.uid) {
-        return Err(Reason::Denied.status(format!(
-            "process {root} does not run as your uid ({}); a task's root must have the caller's uid",
-            caller.uid
-        )));
+        return Err(TaskError::OtherUid {
+            root,
+            uid: caller.uid,
+        });
     }
     let related = root == caller_pid
         || descends(caller_pid, root, root_start)
         || descends(root, caller_pid, caller_start);
     if !related {
-        return Err(Reason::Denied.status(format!(
-            "process {root} is neither you, your ancestor nor your descendant; a task's root must be one of those"
-        )));
+        return Err(TaskError::Unrelated(root));
     }
-    let pidfd = crate::sys::pidfd_open(root)
-        .map_err(|e| invalid(format!("cannot pin process {root}: {e}")))?;
+    let pidfd = crate::sys::pidfd_open(root).map_err(|source| TaskError::Pin { root, source })?;
     // Pinned: check it is still the process we vetted.
-    if parent_and_start(root).map(|(_, s)| s) != Some(root_start) {
-        return Err(invalid(format!(
-            "process {root} exited while the task was starting"
-        )));
+    if procfs::start_time(root) != Some(root_start) {
+        return Err(TaskError::RootExited(root));
     }
     let mut rnd = [0u8; 32];
     let mut idb = [0u8; 8];
     let rng = ring::rand::SystemRandom::new();
     rng.fill(&mut rnd)
         .and_then(|_| rng.fill(&mut idb))
-        .map_err(|_| Reason::Unavailable.status("no randomness"))?;
+        .map_err(|_| TaskError::NoRandomness)?;
     let id = format!("t-{}", hex::encode(idb));
     let name = if r.name.trim().is_empty() {
         id.clone()
@@ -285,7 +334,7 @@ pub async fn start(
         grace,
         known: Mutex::new(HashSet::new()),
     });
-    agent.tasks.lock().insert(id.clone(), task.clone());
+    agent.tasks().lock().insert(id.clone(), task.clone());
     tracing::info!(task = %id, %name, root, uid = caller.uid, "task started");
     if let Some(mut c) = agent.client() {
         let req = v1::TaskStartedRequest {
@@ -306,24 +355,20 @@ pub async fn start(
 }
 
 /// End a task on request; needs its handle (and the caller's uid).
-pub async fn end_by_handle(
-    agent: &Arc<Agent>,
+pub async fn end_by_handle<H: TaskHost>(
+    agent: &Arc<H>,
     caller: &Attestation,
     handle: &str,
-) -> Result<v1::EndTaskResponse, Status> {
-    let refuse = || {
-        Reason::Denied
-            .status("EndTask needs the task's handle (LEASH_TASK) from the process that started it")
-    };
-    let (id, secret) = parse_handle(handle).ok_or_else(refuse)?;
+) -> Result<v1::EndTaskResponse, TaskError> {
+    let (id, secret) = parse_handle(handle).ok_or(TaskError::NeedsHandle)?;
     let task = agent
-        .tasks
+        .tasks()
         .lock()
         .get(id)
         .cloned()
-        .ok_or_else(|| Reason::NotFound.status("no such task (it may have ended already)"))?;
+        .ok_or(TaskError::NoSuchTask)?;
     if sha(&secret) != task.secret_sha256 || caller.uid != task.uid {
-        return Err(refuse());
+        return Err(TaskError::NeedsHandle);
     }
     // The runner that ends a task manages its own processes (its post-job hook is itself
     // a descendant of the root), so only the credentials go here.
@@ -331,18 +376,18 @@ pub async fn end_by_handle(
 }
 
 /// Wipe, complete at the control plane, and (when the root died) stop descendants.
-async fn finish(
-    agent: &Arc<Agent>,
+async fn finish<H: TaskHost>(
+    agent: &Arc<H>,
     task: &Arc<Task>,
     why: &str,
     stop: bool,
 ) -> v1::EndTaskResponse {
-    if agent.tasks.lock().remove(&task.id).is_none() {
+    if agent.tasks().lock().remove(&task.id).is_none() {
         return v1::EndTaskResponse::default();
     }
-    let leases = agent.cache.task_leases(&task.id);
+    let leases = agent.cache().task_leases(&task.id);
     let wiped = agent
-        .cache
+        .cache()
         .revoke(0, Target::Task(task.id.clone()), Vec::new());
     let mut completed = 0;
     let left_running = if stop { left_alone(task) } else { Vec::new() };
@@ -360,17 +405,17 @@ async fn finish(
             Ok(r) => completed = r.into_inner().completed,
             Err(e) => {
                 tracing::warn!(task = %task.id, error = %e.message(), "could not mark the task's leases completed; they will be once the control plane is reachable again");
-                agent.tasks.defer(req);
+                agent.tasks().defer(req);
                 // Caught up again while this call was failing: that catch-up's report
                 // ran without this one, so send it now.
-                if agent.health().synced {
+                if agent.synced() {
                     tokio::spawn(report_unreported(agent.clone()));
                 }
             }
         }
     } else {
         tracing::warn!(task = %task.id, "control plane unreachable: the task's leases will be marked completed once it is reachable again");
-        agent.tasks.defer(req);
+        agent.tasks().defer(req);
     }
     tracing::info!(task = %task.id, name = %task.name, wiped, completed, reason = why, "task ended");
     if stop {
@@ -385,14 +430,14 @@ async fn finish(
 
 /// Send the completions of tasks that ended while the control plane was unreachable
 /// (called once the agent has caught up). What still fails is kept for the next time.
-pub async fn report_unreported(agent: Arc<Agent>) {
-    let pending = agent.tasks.take_unreported();
+pub async fn report_unreported<H: TaskHost>(agent: Arc<H>) {
+    let pending = agent.tasks().take_unreported();
     if pending.is_empty() {
         return;
     }
     let Some(c) = agent.client() else {
         for r in pending {
-            agent.tasks.defer(r);
+            agent.tasks().defer(r);
         }
         return;
     };
@@ -405,9 +450,9 @@ pub async fn report_unreported(agent: Arc<Agent>) {
             }
             Err(e) => {
                 tracing::warn!(task = %task, error = %e.message(), "could not report a task's end yet; retrying after the next reconnect");
-                agent.tasks.defer(req);
+                agent.tasks().defer(req);
                 for r in rest {
-                    agent.tasks.defer(r);
+                    agent.tasks().defer(r);
                 }
                 return;
             }
@@ -418,41 +463,11 @@ pub async fn report_unreported(agent: Arc<Agent>) {
 /// Pids (with start times) of every live process that descends from the task root, or
 /// that was recorded as a descendant earlier and still runs (re-parented orphans).
 fn descendants(task: &Task) -> HashSet<(i32, u64)> {
-    let mut parent: HashMap<i32, (i32, u64)> = HashMap::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-                if let Some(ps) = parent_and_start(pid) {
-                    parent.insert(pid, ps);
-                }
-            }
-        }
-    }
-    let mut out = HashSet::new();
-    for (&pid, &(_, start)) in &parent {
-        if pid == task.root_pid {
-            continue;
-        }
-        let mut cur = pid;
-        for _ in 0..4096 {
-            let Some(&(ppid, s)) = parent.get(&cur) else {
-                break;
-            };
-            if cur == task.root_pid {
-                if s == task.root_start {
-                    out.insert((pid, start));
-                }
-                break;
-            }
-            if s < task.root_start || ppid <= 0 {
-                break;
-            }
-            cur = ppid;
-        }
-    }
+    let tree = ProcessTree::read();
+    let mut out = tree.descendants(task.root_pid, task.root_start);
     let known = task.known.lock().unwrap_or_else(|p| p.into_inner());
     for &(pid, start) in known.iter() {
-        if parent.get(&pid).map(|&(_, s)| s) == Some(start) {
+        if tree.start_time(pid) == Some(start) {
             out.insert((pid, start));
         }
     }
@@ -466,7 +481,7 @@ async fn stop_descendants(task: &Task) {
             if let Ok(fd) = crate::sys::pidfd_open(pid) {
                 // Pinned first, then the start time checked: never signal a recycled pid,
                 // and never one the owner could not signal itself.
-                if parent_and_start(pid).map(|(_, s)| s) == Some(start)
+                if procfs::start_time(pid) == Some(start)
                     && owner_may_signal(task.uid, pid)
                     && crate::sys::pidfd_send_signal(fd.as_fd(), sig).is_ok()
                 {
@@ -498,7 +513,7 @@ async fn stop_descendants(task: &Task) {
 }
 
 /// Wait for the root to exit (pidfd readable), recording descendants meanwhile.
-async fn watch_root(agent: Arc<Agent>, task: Arc<Task>, pidfd: OwnedFd) {
+async fn watch_root<H: TaskHost>(agent: Arc<H>, task: Arc<Task>, pidfd: OwnedFd) {
     let exited = crate::sys::pidfd_exited(pidfd);
     tokio::pin!(exited);
     let mut tick = tokio::time::interval(TRACK_INTERVAL);
@@ -516,7 +531,7 @@ async fn watch_root(agent: Arc<Agent>, task: Arc<Task>, pidfd: OwnedFd) {
                 return;
             }
             _ = tick.tick() => {
-                if !agent.tasks.lock().contains_key(&task.id) {
+                if !agent.tasks().lock().contains_key(&task.id) {
                     return; // ended by handle
                 }
                 let d = descendants(&task);
