@@ -1,4 +1,5 @@
-//! `leash-agentd`: a thin shell over `leash_agentd::run`.
+//! `leash-agentd`: a thin shell over `leash_agentd::run`; the start-up it shares with
+//! the other binaries is in `leash_proto::startup`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use leash_agentd::agent::AgentConfig;
+use leash_proto::startup::{self, fail};
 
 #[derive(Parser)]
 #[command(name = "leash-agentd", version, about = "Leash host agent")]
@@ -60,32 +62,13 @@ struct RunArgs {
     log_json: bool,
 }
 
-fn fail(m: impl std::fmt::Display, code: u8) -> ExitCode {
-    eprintln!("error: {m}");
-    ExitCode::from(code)
-}
-
 fn main() -> ExitCode {
-    // clap exits 2 on bad usage; 2 means "refused" here, so usage errors exit 1.
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match startup::parse_args(startup::USAGE_EXIT) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
-        }
+        Err(code) => return code,
     };
     let Cmd::Run(a) = cli.cmd;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEASH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if a.log_json {
-        b.json().init();
-    } else {
-        b.init();
-    }
+    startup::init_logging(a.log_json);
 
     let mut control_planes = Vec::new();
     for url in &a.control_planes {
@@ -147,12 +130,9 @@ fn main() -> ExitCode {
         max_conns_per_uid: a.max_connections_per_uid.max(1),
         requests_per_uid: a.requests_per_uid,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match startup::daemon_runtime(1) {
         Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the runtime: {e}"), 1),
+        Err(code) => return code,
     };
     let enrollment = leash_agentd::Enrollment {
         token,
@@ -163,7 +143,7 @@ fn main() -> ExitCode {
     let r = rt.block_on(leash_agentd::run(
         config,
         enrollment,
-        shutdown_signal(),
+        startup::shutdown_signal(),
         |sock| {
             tracing::info!("ready on {}", sock.display());
         },
@@ -175,19 +155,5 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             fail(&e, e.exit_code())
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -1,4 +1,5 @@
-//! `leash-control-plane`: a thin shell over `leash_control_plane::server::run`.
+//! `leash-control-plane`: a thin shell over `leash_control_plane::server::run`; the
+//! start-up it shares with the other binaries is in `leash_proto::startup`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use leash_control_plane::config::{Config, FileConfig, Overrides};
+use leash_proto::startup::{self, fail};
 
 #[derive(Parser)]
 #[command(name = "leash-control-plane", version, about = "Leash control plane")]
@@ -42,28 +44,10 @@ enum Cmd {
     },
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEASH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
-
 fn main() -> ExitCode {
-    // clap exits 2 on bad usage; Leash reserves 2 for "denied", so usage errors exit 1.
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match startup::parse_args(startup::USAGE_EXIT) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
-        }
+        Err(code) => return code,
     };
     let Cmd::Serve {
         config,
@@ -77,10 +61,7 @@ fn main() -> ExitCode {
     let file = match &config {
         Some(p) => match FileConfig::load(p) {
             Ok(f) => f,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+            Err(e) => return fail(e, 1),
         },
         None => FileConfig::default(),
     };
@@ -94,10 +75,7 @@ fn main() -> ExitCode {
         },
     ) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fail(e, 1),
     };
     if check_config {
         match leash_control_plane::keys::MasterKey::check_file_mode(
@@ -106,29 +84,20 @@ fn main() -> ExitCode {
         ) {
             Ok(Some(warning)) => eprintln!("warning: {warning}"),
             Ok(None) => {}
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+            Err(e) => return fail(e, 1),
         }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    init_logging(log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    startup::init_logging(log_json);
+    let rt = match startup::daemon_runtime(5) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(5);
-        }
+        Err(code) => return code,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let result = rt.block_on(async move {
         tokio::spawn(async move {
-            shutdown_signal().await;
+            startup::shutdown_signal().await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
         });
@@ -155,27 +124,11 @@ fn main() -> ExitCode {
         Err(e @ leash_control_plane::server::ServerError::StoreFailed) => {
             // EX_TEMPFAIL: started again, it reopens the store and carries on.
             tracing::error!("{e}");
-            eprintln!("error: {e}");
-            ExitCode::from(75)
+            fail(e, 75)
         }
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("error: {e}");
-            ExitCode::from(1)
+            fail(e, 1)
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

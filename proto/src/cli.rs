@@ -1,6 +1,7 @@
-//! Small pieces both CLIs (`leash`, `leashctl`) share: durations, tables, turning a
-//! gRPC status into a message and an exit code, and writing to stdout that ends quietly
-//! when the reader has gone (`leashctl audit tail | head`).
+//! Small pieces both CLIs (`leash`, `leashctl`) share: durations, tables and JSON,
+//! turning a gRPC status into a message and an exit code ([`Fail`]), reading a token to
+//! introspect, and writing to stdout that ends quietly when the reader has gone
+//! (`leashctl audit tail | head`).
 
 use crate::reason::Reason;
 
@@ -170,6 +171,61 @@ pub fn status_exit(status: &tonic::Status) -> (String, i32) {
         (r, _) => r.as_str().to_lowercase(),
     };
     (msg, reason.exit_code())
+}
+
+/// Write a value as pretty JSON to stdout, as [`print_line`].
+pub fn print_json<T: serde::Serialize>(v: &T) {
+    print_line(format_args!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    ));
+}
+
+/// A failed command: the message for stderr and the exit code (docs/CLI.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fail(pub String, pub i32);
+
+impl Fail {
+    /// Bad usage or input (exit 1).
+    pub fn usage(m: impl Into<String>) -> Fail {
+        Fail(m.into(), 1)
+    }
+
+    /// Print `error: MESSAGE` to stderr and return the exit status.
+    pub fn exit(self) -> std::process::ExitCode {
+        eprintln!("error: {}", self.0);
+        std::process::ExitCode::from(self.1 as u8)
+    }
+}
+
+impl From<tonic::Status> for Fail {
+    fn from(s: tonic::Status) -> Self {
+        let (m, c) = status_exit(&s);
+        Fail(m, c)
+    }
+}
+
+/// The token `introspect` asks about: the argument, or stdin (at most 64 KiB) when it is
+/// absent or `-`; trimmed, and never empty.
+pub fn token_arg(arg: Option<&str>) -> Result<String, Fail> {
+    use std::io::Read;
+    let token = match arg {
+        None | Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .take(64 * 1024)
+                .read_to_string(&mut s)
+                .map_err(|e| Fail::usage(format!("cannot read the token from stdin: {e}")))?;
+            s
+        }
+        Some(t) => t.to_string(),
+    };
+    if token.trim().is_empty() {
+        return Err(Fail::usage(
+            "no token given: pass it as an argument or on stdin with `-`",
+        ));
+    }
+    Ok(token.trim().to_string())
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //! - [`names`]: the rule for text a caller chooses, and the escaping of text shown back.
 //! - [`socket_trust`]: the default socket paths and the check that a socket (or a socket
 //!   directory) is one only root or the caller could have set up.
+//! - [`cli`]: what both CLIs share (tables, JSON, exit codes of failed calls).
+//! - [`startup`]: the start-up all four binaries share (arguments, logging, signals);
+//!   behind the default `startup` feature.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -17,6 +20,8 @@ pub mod join_token;
 pub mod names;
 pub mod reason;
 pub mod socket_trust;
+#[cfg(feature = "startup")]
+pub mod startup;
 pub mod uds;
 
 /// Generated code for package `leash.v1`.

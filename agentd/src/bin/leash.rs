@@ -2,14 +2,14 @@
 //! agent attests this process (and, since this is the installed CLI, takes path and
 //! hash selectors from its parent), so nothing here can claim an identity.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use leash_proto::cli::{parse_secs, status_exit, time};
+use clap::{Parser, Subcommand};
+use leash_proto::cli::{parse_secs, print_json, token_arg, Fail};
 use leash_proto::outln;
 use leash_proto::socket_trust::{self, TrustError};
+use leash_proto::startup;
 use leash_proto::v1;
 use leash_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
@@ -26,12 +26,6 @@ struct Cli {
     socket: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Output {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -128,15 +122,6 @@ enum TaskCmd {
     },
 }
 
-struct Fail(String, i32);
-
-impl From<tonic::Status> for Fail {
-    fn from(s: tonic::Status) -> Self {
-        let (m, c) = status_exit(&s);
-        Fail(m, c)
-    }
-}
-
 /// `--socket` / `$LEASH_AGENT_SOCKET` if given, else the system agent's socket, else
 /// one under `$XDG_RUNTIME_DIR` (never a guessable path in `/tmp`).
 fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
@@ -166,10 +151,10 @@ fn trusted_socket(socket: &Path) -> Result<(), String> {
 
 #[path = "leash/exec.rs"]
 mod exec;
+#[path = "leash/output.rs"]
+mod output;
 
-fn json(v: &serde_json::Value) {
-    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
+use output::Output;
 
 async fn run(cli: Cli) -> Result<(), Fail> {
     let socket = socket_path(cli.socket);
@@ -248,104 +233,18 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             if told {
                 eprintln!("approved after {}s", start.elapsed().as_secs());
             }
-            if output == Output::Json {
-                json(&serde_json::json!({
-                    "token": r.token,
-                    "expires_at": time(r.expires_at_unix),
-                    "expires_at_unix": r.expires_at_unix,
-                    "lease_id": r.lease_id,
-                    "workload": r.workload,
-                    "action": r.action,
-                    "audience": r.audience,
-                    "cached": r.cached,
-                }));
-            } else {
-                outln!("{}", r.token);
-            }
+            output::fetched(&r, output);
         }
         Cmd::Whoami { output } => {
             let r = c.who_am_i(v1::WhoAmIRequest {}).await?.into_inner();
-            let a = r.attested.unwrap_or_default();
-            if output == Output::Json {
-                json(&serde_json::json!({
-                    "pid": a.pid, "uid": a.uid, "gid": a.gid, "user": a.user,
-                    "exe_path": a.exe_path, "exe_sha256": a.exe_sha256,
-                    "selectors": a.selectors, "workloads": r.workloads, "host": r.host,
-                }));
-            } else {
-                outln!("host:      {}", r.host);
-                outln!("pid:       {}", a.pid);
-                outln!("uid:       {} ({})", a.uid, a.user);
-                outln!("gid:       {}", a.gid);
-                outln!(
-                    "exe:       {}",
-                    if a.exe_path.is_empty() {
-                        "-"
-                    } else {
-                        &a.exe_path
-                    }
-                );
-                outln!("selectors:");
-                for s in &a.selectors {
-                    outln!("  {s}");
-                }
-                if r.workloads.is_empty() {
-                    outln!("workloads: (none match)");
-                } else {
-                    outln!("workloads:");
-                    for (w, id) in r.workloads.iter().zip(r.spiffe_ids.split(' ')) {
-                        outln!("  {w}  {id}");
-                    }
-                }
-            }
+            output::whoami(r, output);
         }
         Cmd::Status { output } => {
             let r = c.status(v1::StatusRequest {}).await?.into_inner();
             if r.health_only {
                 eprintln!("note: the agent could not attest this process (another pid or mount namespace?); it shows health only");
             }
-            if output == Output::Json && r.health_only {
-                json(&serde_json::json!({
-                    "health_only": true, "state": r.state,
-                    "synced": r.synced, "last_seq": r.last_seq,
-                    "last_heartbeat": time(r.last_heartbeat_unix_ms / 1000),
-                    "last_heartbeat_unix_ms": r.last_heartbeat_unix_ms,
-                }));
-            } else if r.health_only {
-                outln!("state:          {}", r.state);
-                outln!("synced:         {}", r.synced);
-                outln!("last seq:       {}", r.last_seq);
-                outln!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
-            } else if output == Output::Json {
-                json(&serde_json::json!({
-                    "version": r.version, "host": r.host, "state": r.state,
-                    "synced": r.synced, "last_seq": r.last_seq,
-                    "last_heartbeat": time(r.last_heartbeat_unix_ms / 1000),
-                    "last_heartbeat_unix_ms": r.last_heartbeat_unix_ms,
-                    "cached_credentials": r.cached_credentials, "workloads": r.workloads,
-                    "control_plane": r.control_plane, "max_offline_secs": r.max_offline_secs,
-                    "reason": (!r.reason.is_empty()).then_some(&r.reason),
-                }));
-            } else {
-                outln!("agent:          leash-agentd {}", r.version);
-                outln!("host:           {}", r.host);
-                outln!(
-                    "state:          {}{}",
-                    r.state,
-                    if r.reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", r.reason)
-                    }
-                );
-                outln!("synced:         {}", r.synced);
-                outln!("last seq:       {}", r.last_seq);
-                outln!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
-                outln!("control plane:  {}", r.control_plane);
-                outln!("max offline:    {}s", r.max_offline_secs);
-                outln!("workloads:      {}", r.workloads);
-                outln!("cached:         {} credential(s)", r.cached_credentials);
-            }
+            output::status(&r, output);
         }
         Cmd::Exec { .. } => unreachable!("handled in main"),
         Cmd::Task(TaskCmd::Start {
@@ -383,62 +282,36 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             );
         }
         Cmd::Introspect { token } => {
-            let token = match token.as_deref() {
-                None | Some("-") => {
-                    let mut s = String::new();
-                    std::io::stdin()
-                        .take(64 * 1024)
-                        .read_to_string(&mut s)
-                        .map_err(|e| Fail(format!("cannot read the token from stdin: {e}"), 1))?;
-                    s
-                }
-                Some(t) => t.to_string(),
-            };
-            if token.trim().is_empty() {
-                return Err(Fail(
-                    "no token given: pass it as an argument or on stdin with `-`".into(),
-                    1,
-                ));
-            }
+            let token = token_arg(token.as_deref())?;
             let r = c
-                .introspect(v1::IntrospectRequest {
-                    token: token.trim().to_string(),
-                })
+                .introspect(v1::IntrospectRequest { token })
                 .await?
                 .into_inner();
-            json(&serde_json::from_str(&r.json).unwrap_or_default());
+            print_json(&serde_json::from_str::<serde_json::Value>(&r.json).unwrap_or_default());
         }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    // clap exits 2 on bad usage; 2 means "denied" here, so usage errors exit 1.
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            if !e.use_stderr() {
-                return ExitCode::SUCCESS;
-            }
-            // `leash exec` passes its command's status through, so its own failures
-            // use 125 (as env(1) and docker do) rather than 1.
-            let exec = std::env::args()
-                .skip(1)
-                .take_while(|a| a != "--")
-                .any(|a| a == "exec");
-            return ExitCode::from(if exec { 125 } else { 1 });
-        }
+    // `leash exec` passes its command's status through, so its own failures use 125 (as
+    // env(1) and docker do) rather than 1.
+    let exec = std::env::args()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "exec");
+    let usage_exit = if exec {
+        exec::LEASH_FAILED
+    } else {
+        startup::USAGE_EXIT
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let cli: Cli = match startup::parse_args(usage_exit) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match startup::cli_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(5);
-        }
+        Err(code) => return code,
     };
     if let Cmd::Exec {
         task_name,
@@ -456,9 +329,6 @@ fn main() -> ExitCode {
     }
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Fail(m, code)) => {
-            eprintln!("error: {m}");
-            ExitCode::from(code as u8)
-        }
+        Err(f) => f.exit(),
     }
 }

@@ -1,0 +1,187 @@
+//! `leashctl lease` and `leashctl revoke`: issued credentials, taking them back, and
+//! waiting until every host has wiped them (also used by `policy apply` and `owner
+//! offboard`).
+
+use clap::{ArgGroup, Subcommand};
+use leash_proto::cli::{parse_secs, Fail};
+use leash_proto::outln;
+use leash_proto::v1;
+use leash_proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+use crate::output::{self, Out};
+
+#[derive(Subcommand)]
+pub(crate) enum LeaseCmd {
+    /// List leases.
+    List {
+        /// Only this workload's.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Only active ones.
+        #[arg(long)]
+        active: bool,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// A lease and its timeline.
+    Show {
+        /// Lease id.
+        id: String,
+        #[command(flatten)]
+        out: Out,
+    },
+}
+
+/// Run one `leashctl lease` command.
+pub(crate) async fn run(c: &mut AdminClient<Channel>, cmd: LeaseCmd) -> Result<(), Fail> {
+    match cmd {
+        LeaseCmd::List {
+            workload,
+            active,
+            out,
+        } => {
+            let r = c
+                .list_leases(v1::ListLeasesRequest {
+                    workload: workload.unwrap_or_default(),
+                    active_only: active,
+                })
+                .await?
+                .into_inner();
+            output::leases(&r, out.output);
+        }
+        LeaseCmd::Show { id, out } => {
+            let r = c
+                .get_lease(v1::NameRequest { name: id })
+                .await?
+                .into_inner();
+            let l = r.lease.unwrap_or_default();
+            let timeline: Vec<serde_json::Value> = r
+                .timeline
+                .iter()
+                .filter_map(|e| serde_json::from_str(&e.json).ok())
+                .collect();
+            output::lease(&l, timeline, out.output);
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["lease", "workload", "credential", "owner", "host", "all"])))]
+pub(crate) struct RevokeArgs {
+    /// One lease.
+    #[arg(long)]
+    lease: Option<String>,
+    /// Every lease of a workload.
+    #[arg(long)]
+    workload: Option<String>,
+    /// Every lease of a credential.
+    #[arg(long)]
+    credential: Option<String>,
+    /// Every lease of an owner's workloads.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Every lease on a host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Everything.
+    #[arg(long)]
+    all: bool,
+    /// Why (recorded).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Wait until every host has wiped.
+    #[arg(long)]
+    wait: bool,
+    /// How long to wait.
+    #[arg(long, default_value = "30s", requires = "wait")]
+    timeout: String,
+}
+
+/// `leashctl revoke`.
+pub(crate) async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Result<(), Fail> {
+    use v1::revocation_target_spec::Target;
+    let target = if let Some(v) = a.lease {
+        Target::Lease(v)
+    } else if let Some(v) = a.workload {
+        Target::Workload(v)
+    } else if let Some(v) = a.credential {
+        Target::Credential(v)
+    } else if let Some(v) = a.owner {
+        Target::Owner(v)
+    } else if let Some(v) = a.host {
+        Target::Host(v)
+    } else {
+        Target::All(true)
+    };
+    let timeout = parse_secs(&a.timeout).map_err(Fail::usage)?;
+    let r = c
+        .revoke(v1::RevokeRequest {
+            target: Some(v1::RevocationTargetSpec {
+                target: Some(target),
+            }),
+            reason: a.reason.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    eprintln!(
+        "revoked {} lease(s) at sequence {}; pushing to {} host(s)",
+        r.leases_revoked,
+        r.seq,
+        r.hosts.len()
+    );
+    if !a.wait {
+        outln!("{}", r.seq);
+        return Ok(());
+    }
+    wait_for(c, r.seq, timeout).await
+}
+
+/// Follow a revocation until every host has wiped it, or `timeout` seconds pass (exit 6).
+pub(crate) async fn wait_for(
+    c: &mut AdminClient<Channel>,
+    seq: u64,
+    timeout: u32,
+) -> Result<(), Fail> {
+    let mut stream = c
+        .wait_revocation(v1::WaitRevocationRequest {
+            seq,
+            timeout_ms: timeout.saturating_mul(1000),
+        })
+        .await?
+        .into_inner();
+    let mut last = v1::RevocationProgress::default();
+    while let Some(p) = stream.message().await? {
+        let mut line = format!("wiped on {}/{} hosts", p.acked, p.total);
+        if !p.pending_hosts.is_empty() {
+            line.push_str(&format!("; {} not answering", p.pending_hosts.join(", ")));
+        }
+        if !p.failed_closed_hosts.is_empty() {
+            line.push_str(&format!(
+                "; {} offline past max_offline (already wiped by failing closed)",
+                p.failed_closed_hosts.join(", ")
+            ));
+        }
+        eprintln!("{line}");
+        last = p;
+    }
+    if last.done {
+        outln!(
+            "wiped on {}/{} hosts in {} ms",
+            last.acked,
+            last.total,
+            last.elapsed_ms
+        );
+        Ok(())
+    } else {
+        Err(Fail(
+            format!(
+                "timed out after {}s: {} did not acknowledge the wipe",
+                timeout,
+                last.pending_hosts.join(", ")
+            ),
+            6,
+        ))
+    }
+}

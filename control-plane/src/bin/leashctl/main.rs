@@ -1,0 +1,169 @@
+//! `leashctl`: the fleet admin's CLI, speaking the admin API on the control plane's
+//! Unix socket. Errors map to exit codes through the reason each status carries.
+//!
+//! This file parses the command line, connects and dispatches; each command group has
+//! its module, and `output` prints records as tables or JSON. Start-up shared with the
+//! other binaries is in `leash_proto::startup`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use leash_proto::cli::Fail;
+use leash_proto::socket_trust::{self, TrustError};
+use leash_proto::startup;
+use leash_proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+mod approval;
+mod audit;
+mod credential;
+mod host;
+mod input;
+mod join_token;
+mod lease;
+mod output;
+mod owner;
+mod policy;
+mod tokens;
+mod workload;
+
+use approval::ApprovalCmd;
+use audit::{AuditCmd, ReportCmd};
+use credential::CredentialCmd;
+use host::HostCmd;
+use join_token::JoinTokenCmd;
+use lease::{LeaseCmd, RevokeArgs};
+use owner::OwnerCmd;
+use policy::PolicyCmd;
+use workload::WorkloadCmd;
+
+#[derive(Parser)]
+#[command(name = "leashctl", version, about = "Administer a Leash control plane")]
+struct Cli {
+    /// Admin socket of the control plane.
+    #[arg(long, env = "LEASH_ADMIN_SOCKET", global = true)]
+    admin_socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One-time tokens that let a host enroll.
+    #[command(subcommand)]
+    JoinToken(JoinTokenCmd),
+    /// Non-human identities.
+    #[command(subcommand)]
+    Workload(WorkloadCmd),
+    /// What can be issued.
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+    /// Enrolled machines.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Issued credentials.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
+    /// Cedar policy: check, apply, show, diff, explain.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Take credentials back from every host.
+    Revoke(RevokeArgs),
+    /// Requests waiting for a human.
+    #[command(subcommand)]
+    Approval(ApprovalCmd),
+    /// Who is accountable; offboarding.
+    #[command(subcommand)]
+    Owner(OwnerCmd),
+    /// Reports.
+    #[command(subcommand)]
+    Report(ReportCmd),
+    /// Ask whether a token is still active (RFC 7662 JSON).
+    Introspect {
+        /// The token, or `-` to read it from stdin.
+        token: Option<String>,
+    },
+    /// Print the JSON Web Key Set verifiers use.
+    Jwks,
+    /// The audit trail, as JSON lines.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+/// `--admin-socket` / `$LEASH_ADMIN_SOCKET` if given, else the system control plane's
+/// socket, else one under `$XDG_RUNTIME_DIR` (never a guessable path in `/tmp`).
+fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| {
+        socket_trust::default_client_socket(
+            Path::new(socket_trust::SYSTEM_ADMIN_SOCKET),
+            std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+        )
+    })
+}
+
+/// Refuse a socket someone other than root or the caller could have set up, before
+/// anything (a token to introspect, a request for a join token) is sent to it.
+fn trusted_socket(socket: &Path) -> Result<(), Fail> {
+    socket_trust::check_socket(socket, socket_trust::euid()).map_err(|e| match e {
+        TrustError::Missing { .. } => Fail(format!(
+            "no control plane answers at {}: {e}\nIs leash-control-plane running? Point leashctl at its admin socket with --admin-socket or $LEASH_ADMIN_SOCKET.",
+            socket.display()
+        ), 5),
+        e => Fail(format!(
+            "refusing to use the admin socket {}: {e}.\nUse the socket of the control plane root runs ({}), or one whose directories only root or you can change, with --admin-socket or $LEASH_ADMIN_SOCKET.",
+            socket.display(),
+            socket_trust::SYSTEM_ADMIN_SOCKET
+        ), 5),
+    })
+}
+
+async fn run(cli: Cli) -> Result<(), Fail> {
+    let socket = socket_path(cli.admin_socket);
+    trusted_socket(&socket)?;
+    let channel: Channel = leash_proto::uds::connect(&socket).await.map_err(|e| {
+        Fail(
+            format!(
+                "{e}\nIs leash-control-plane running? Point leashctl at its admin socket with --admin-socket or $LEASH_ADMIN_SOCKET."
+            ),
+            5,
+        )
+    })?;
+    let mut c = AdminClient::new(channel)
+        .max_decoding_message_size(leash_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(leash_proto::MAX_MESSAGE_BYTES);
+    let c = &mut c;
+    match cli.cmd {
+        Cmd::JoinToken(cmd) => join_token::run(c, cmd).await,
+        Cmd::Workload(cmd) => workload::run(c, cmd).await,
+        Cmd::Credential(cmd) => credential::run(c, cmd).await,
+        Cmd::Host(cmd) => host::run(c, cmd).await,
+        Cmd::Lease(cmd) => lease::run(c, cmd).await,
+        Cmd::Policy(cmd) => policy::run(c, cmd).await,
+        Cmd::Revoke(args) => lease::revoke(c, args).await,
+        Cmd::Approval(cmd) => approval::run(c, cmd).await,
+        Cmd::Owner(cmd) => owner::run(c, cmd).await,
+        Cmd::Report(cmd) => audit::report(c, cmd).await,
+        Cmd::Introspect { token } => tokens::introspect(c, token).await,
+        Cmd::Jwks => tokens::jwks(c).await,
+        Cmd::Audit(cmd) => audit::audit(c, cmd).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = match startup::parse_args(startup::USAGE_EXIT) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match startup::cli_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let timeout_guard = Duration::from_secs(3600);
+    match rt.block_on(async { tokio::time::timeout(timeout_guard, run(cli)).await }) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(f)) => f.exit(),
+        Err(_) => startup::fail("timed out", 6),
+    }
+}
