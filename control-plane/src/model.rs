@@ -172,7 +172,7 @@ pub struct Lease {
     /// The request context it was issued under (for re-evaluation). Typed, so writing
     /// and reading a lease builds no JSON tree; stored as the same JSON object as before.
     #[serde(default)]
-    pub context: Option<crate::policy::Facts>,
+    pub context: Option<Facts>,
     /// Policy version at issue.
     #[serde(default)]
     pub policy_version: u64,
@@ -189,6 +189,71 @@ pub struct Lease {
     pub reason: Option<String>,
     /// First 12 hex of SHA-256 of the token: safe to show.
     pub fingerprint: String,
+}
+
+/// The request an issuance (or an explanation) is decided on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Facts {
+    /// Attested uid.
+    pub uid: i64,
+    /// Attested user name.
+    #[serde(default)]
+    pub user: String,
+    /// Attested exe path.
+    #[serde(default)]
+    pub exe_path: String,
+    /// Attested exe sha256.
+    #[serde(default)]
+    pub sha256: String,
+    /// Requested TTL.
+    pub ttl_seconds: i64,
+    /// Audience.
+    #[serde(default)]
+    pub audience: String,
+    /// Task name, inside a task.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// On-behalf-of principal.
+    #[serde(default)]
+    pub on_behalf_of: String,
+    /// Unix seconds of the decision.
+    pub now: i64,
+}
+
+impl Facts {
+    /// The facts of an admin's "what if" question: attested ids come from the
+    /// workload's own selectors.
+    pub fn for_explain(w: &Workload, ttl_seconds: i64, audience: String, now: i64) -> Facts {
+        let sel = |kind: &str| {
+            w.selectors
+                .iter()
+                .find_map(|s| s.strip_prefix(&format!("unix:{kind}:")).map(str::to_string))
+        };
+        Facts {
+            uid: sel("uid").and_then(|u| u.parse().ok()).unwrap_or(-1),
+            user: sel("user").unwrap_or_default(),
+            exe_path: sel("path").unwrap_or_default(),
+            sha256: sel("sha256").unwrap_or_default(),
+            ttl_seconds,
+            audience,
+            task: None,
+            on_behalf_of: String::new(),
+            now,
+        }
+    }
+}
+
+/// One applied policy version, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// Version (1, 2, …).
+    pub version: u64,
+    /// The file as applied.
+    pub text: String,
+    /// Unix seconds.
+    pub applied_at: i64,
+    /// Admin name.
+    pub applied_by: String,
 }
 
 /// A request waiting for (or decided by) a human.

@@ -22,6 +22,8 @@ use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Credential, Host, Workload};
+pub use crate::model::{Facts, PolicyRecord};
+use crate::store::{Storage, StoreError};
 
 /// Id of the `--allow` template.
 const ALLOW_TEMPLATE: &str = "leash-allow";
@@ -131,35 +133,6 @@ fn problems(text: &str, d: &dyn Diagnostic, fallback: String) -> Vec<Problem> {
         message: format!("{fallback}{help}"),
     });
     out
-}
-
-/// The request an issuance (or an explanation) is decided on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Facts {
-    /// Attested uid.
-    pub uid: i64,
-    /// Attested user name.
-    #[serde(default)]
-    pub user: String,
-    /// Attested exe path.
-    #[serde(default)]
-    pub exe_path: String,
-    /// Attested exe sha256.
-    #[serde(default)]
-    pub sha256: String,
-    /// Requested TTL.
-    pub ttl_seconds: i64,
-    /// Audience.
-    #[serde(default)]
-    pub audience: String,
-    /// Task name, inside a task.
-    #[serde(default)]
-    pub task: Option<String>,
-    /// On-behalf-of principal.
-    #[serde(default)]
-    pub on_behalf_of: String,
-    /// Unix seconds of the decision.
-    pub now: i64,
 }
 
 /// What policy said.
@@ -780,6 +753,20 @@ pub fn diff(old: &str, new: &str) -> String {
     out
 }
 
+/// The stored policy version `v` (0: the current one), if there is one.
+pub fn stored(store: &dyn Storage, v: u64) -> Result<Option<PolicyRecord>, StoreError> {
+    if v == 0 {
+        store.current_policy()
+    } else {
+        store.policy_version(v)
+    }
+}
+
+/// Store a new version durably and make it current, in one write.
+pub async fn store_version(store: &dyn Storage, rec: &PolicyRecord) -> Result<(), StoreError> {
+    store.put_policy_version(rec.clone()).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -961,70 +948,5 @@ permit(principal, action == Leash::Action::"admin", resource);
     fn diff_marks_changes() {
         let d = diff("a\nb\nc\n", "a\nc\nd\n");
         assert_eq!(d, "  a\n- b\n  c\n+ d\n");
-    }
-}
-
-/// One applied policy version, as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PolicyRecord {
-    /// Version (1, 2, …).
-    pub version: u64,
-    /// The file as applied.
-    pub text: String,
-    /// Unix seconds.
-    pub applied_at: i64,
-    /// Admin name.
-    pub applied_by: String,
-}
-
-const CURRENT_KEY: &str = "policy/current";
-
-fn version_key(v: u64) -> String {
-    format!("policy/v/{v}")
-}
-
-/// The stored version `v` (0: the current one).
-pub fn stored(store: &dyn crate::store::Storage, v: u64) -> Option<PolicyRecord> {
-    let v = if v == 0 {
-        let b = store.blob(CURRENT_KEY).ok()??;
-        u64::from_be_bytes(<[u8; 8]>::try_from(b.as_slice()).ok()?)
-    } else {
-        v
-    };
-    serde_json::from_slice(&store.blob(&version_key(v)).ok()??).ok()
-}
-
-/// Store a new version durably and make it current.
-pub async fn store_version(
-    store: &dyn crate::store::Storage,
-    rec: &PolicyRecord,
-) -> Result<(), crate::store::StoreError> {
-    let bytes = serde_json::to_vec(rec).unwrap_or_default();
-    store.put_blob(&version_key(rec.version), bytes).await?;
-    store
-        .put_blob(CURRENT_KEY, rec.version.to_be_bytes().to_vec())
-        .await
-}
-
-impl Facts {
-    /// The facts of an admin's "what if" question: attested ids come from the
-    /// workload's own selectors.
-    pub fn for_explain(w: &Workload, ttl_seconds: i64, audience: String, now: i64) -> Facts {
-        let sel = |kind: &str| {
-            w.selectors
-                .iter()
-                .find_map(|s| s.strip_prefix(&format!("unix:{kind}:")).map(str::to_string))
-        };
-        Facts {
-            uid: sel("uid").and_then(|u| u.parse().ok()).unwrap_or(-1),
-            user: sel("user").unwrap_or_default(),
-            exe_path: sel("path").unwrap_or_default(),
-            sha256: sel("sha256").unwrap_or_default(),
-            ttl_seconds,
-            audience,
-            task: None,
-            on_behalf_of: String::new(),
-            now,
-        }
     }
 }

@@ -301,7 +301,7 @@ pub async fn run(
     let policy = crate::policy::Engine::new(&config.actions)
         .map_err(|e| ServerError::Policy(e.to_string()))?;
     let workloads = store.workloads()?;
-    match crate::policy::stored(&*store, 0) {
+    match crate::policy::stored(&*store, 0)? {
         Some(rec) => policy
             .install(rec.version, &rec.text, &workloads)
             .map_err(|e| {
