@@ -455,7 +455,7 @@ pub struct Event {
     /// Position in the audit log (assigned by the store).
     #[serde(default)]
     pub id: u64,
-    /// Unix ms.
+    /// Unix ms at which it was recorded (assigned by the store when 0).
     pub at_ms: i64,
     /// `issued`, `denied`, `enrolled`, …
     #[serde(rename = "type")]
@@ -490,11 +490,12 @@ pub struct Event {
 }
 
 impl Event {
-    /// A new event of `kind` now.
+    /// A new event of `kind`. It is dated (`at_ms`) when the store records it, by the
+    /// store's clock, as it is numbered then (`id`).
     pub fn new(kind: &str) -> Event {
         Event {
             id: 0,
-            at_ms: crate::clock::now_ms(),
+            at_ms: 0,
             kind: kind.to_string(),
             actor: None,
             host: None,

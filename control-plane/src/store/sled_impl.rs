@@ -495,7 +495,7 @@ impl Storage for SledStore {
                     "no workload is owned by {owner:?}"
                 )));
             }
-            let now = crate::clock::now_ms() / 1000;
+            let now = tx.now_ms.div_euclid(1000);
             tx.t.meta
                 .insert(format!("offboarded/{owner}").as_bytes(), &be(now as u64))?;
             tx.event(

@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::codec::{be, dec, get, meta_u64};
 use super::flush::{Flush, SledFlush};
 use super::{Result, Storage, StoreError};
+use crate::clock::Clock;
 use crate::model::{Change, Event, Lease};
 
 /// How many change-log entries are kept for agents to resume from; an agent further
@@ -48,6 +49,9 @@ pub(super) struct Tx<'a> {
     pub(super) events: Vec<Event>,
     /// Set by the shutdown job: finish this batch, then exit.
     pub(super) stop: bool,
+    /// Unix ms by the store's clock when the batch began: the time of its audit events,
+    /// revocations and offboardings.
+    pub(super) now_ms: i64,
 }
 
 pub(super) type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -99,13 +103,14 @@ impl std::fmt::Debug for SledStore {
 const CACHE_BYTES: u64 = 16 << 20;
 
 impl SledStore {
-    /// Open (or create) the store under `dir` and start its writer thread.
-    pub fn open(dir: &Path) -> Result<Arc<SledStore>> {
-        Self::open_with(dir, SledFlush)
+    /// Open (or create) the store under `dir` and start its writer thread. `clock` dates
+    /// what the store records (audit events, revocations, offboardings).
+    pub fn open(dir: &Path, clock: Clock) -> Result<Arc<SledStore>> {
+        Self::open_with(dir, clock, SledFlush)
     }
 
     /// [`SledStore::open`] with a chosen flush (tests inject failures through it).
-    pub(super) fn open_with(dir: &Path, flush: impl Flush) -> Result<Arc<SledStore>> {
+    pub(super) fn open_with(dir: &Path, clock: Clock, flush: impl Flush) -> Result<Arc<SledStore>> {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)
@@ -159,7 +164,11 @@ impl SledStore {
             let failed = failed.clone();
             std::thread::Builder::new()
                 .name("leash-store-writer".into())
-                .spawn(move || writer(db, t, rx, seq, event_id, changes, events, flush, &failed))
+                .spawn(move || {
+                    writer(
+                        db, t, rx, seq, event_id, changes, events, flush, &failed, &clock,
+                    )
+                })
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
         };
         Ok(Arc::new(SledStore {
@@ -233,6 +242,7 @@ fn writer(
     events: broadcast::Sender<Event>,
     mut flush: impl Flush,
     failed: &std::sync::atomic::AtomicBool,
+    clock: &Clock,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // The writer's own counter: ahead of the published `seq` while flushes fail.
@@ -254,6 +264,7 @@ fn writer(
             changes: Vec::new(),
             events: Vec::new(),
             stop: false,
+            now_ms: clock.now_ms(),
         };
         let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
         let Tx {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::codec::enc;
 use super::flush::Flush;
 use super::*;
+use crate::clock::Clock;
 
 fn workload(name: &str) -> Workload {
     Workload {
@@ -75,7 +76,7 @@ fn host() -> Host {
 async fn writes_are_sequenced_durable_and_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let s = SledStore::open(dir.path()).expect("open");
+        let s = SledStore::open(dir.path(), Clock::default()).expect("open");
         let s1 = s
             .put_workload(workload("a"), Event::new("workload-added"))
             .await
@@ -91,13 +92,13 @@ async fn writes_are_sequenced_durable_and_survive_reopen() {
     }
     // sled's own I/O threads may hold the file lock a moment after the last handle
     // is dropped (a real restart is a new process and never sees this).
-    let mut reopened = SledStore::open(dir.path());
+    let mut reopened = SledStore::open(dir.path(), Clock::default());
     for _ in 0..100 {
         if reopened.is_ok() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-        reopened = SledStore::open(dir.path());
+        reopened = SledStore::open(dir.path(), Clock::default());
     }
     let s = reopened.expect("reopen");
     assert_eq!(s.workloads().expect("list").len(), 2);
@@ -108,7 +109,7 @@ async fn writes_are_sequenced_durable_and_survive_reopen() {
 #[tokio::test]
 async fn group_commit_serves_concurrent_writers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = SledStore::open(dir.path(), Clock::default()).expect("open");
     s.put_workload(workload("w"), Event::new("x"))
         .await
         .expect("put");
@@ -139,7 +140,7 @@ async fn group_commit_serves_concurrent_writers() {
 #[tokio::test]
 async fn revocation_covers_and_disabled_workload_refuses() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = SledStore::open(dir.path(), Clock::default()).expect("open");
     s.put_workload(workload("w"), Event::new("x"))
         .await
         .expect("put");
@@ -260,7 +261,8 @@ impl Flush for FailingFlush {
 async fn a_failed_flush_is_unavailable_not_refused_and_publishes_nothing_until_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s = SledStore::open_with(dir.path(), FailingFlush(fail.clone())).expect("open");
+    let s = SledStore::open_with(dir.path(), Clock::default(), FailingFlush(fail.clone()))
+        .expect("open");
     s.put_workload(workload("w"), Event::new("x"))
         .await
         .expect("put");
@@ -338,7 +340,7 @@ fn policy(version: u64) -> PolicyRecord {
 #[tokio::test]
 async fn policy_versions_are_typed_ordered_and_read_from_older_databases() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = SledStore::open(dir.path(), Clock::default()).expect("open");
     assert_eq!(s.current_policy().expect("current"), None);
     // As the store wrote them before it had typed methods: two raw blobs.
     s.put_blob("policy/v/1", enc(&policy(1)))
@@ -368,4 +370,47 @@ async fn policy_versions_are_typed_ordered_and_read_from_older_databases() {
         s.current_policy(),
         Err(StoreError::Corrupt { tree: "blobs", .. })
     ));
+}
+
+#[tokio::test]
+async fn what_the_store_records_is_dated_by_its_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::default();
+    let s = SledStore::open(dir.path(), clock.clone()).expect("open");
+    s.put_workload(workload("w"), Event::new("workload-added"))
+        .await
+        .expect("put");
+    let day_ms = 86_400_000;
+    clock.advance_ms(day_ms);
+    let before = clock.now_ms();
+    let rev = s
+        .revoke(
+            RevocationTarget::Workload("w".into()),
+            "test".into(),
+            "root".into(),
+            vec![Event::new("revoke-requested")],
+        )
+        .await
+        .expect("revoke");
+    assert!(rev.at_ms >= before, "{} < {before}", rev.at_ms);
+    let (_, _) = s
+        .offboard_owner("team", "root".into())
+        .await
+        .expect("offboard");
+    let offboarded = s.offboarded_owners().expect("owners");
+    assert_eq!(offboarded.len(), 1);
+    assert!(offboarded[0].1 >= before / 1000, "{offboarded:?}");
+    let events = s.events(0, 100).expect("events");
+    assert_eq!(events[0].kind, "workload-added");
+    assert!(events[0].at_ms < before - day_ms / 2, "{:?}", events[0]);
+    assert!(
+        events[1..].iter().all(|e| e.at_ms >= before),
+        "events after the clock moved are dated by it: {events:?}"
+    );
+    // An event dated by its maker keeps its date.
+    let mut dated = Event::new("dated");
+    dated.at_ms = 42;
+    s.append_events(vec![dated]).await.expect("append");
+    let last = s.events(0, 100).expect("events").pop().expect("one");
+    assert_eq!((last.kind.as_str(), last.at_ms), ("dated", 42));
 }

@@ -20,6 +20,10 @@ impl Tx<'_> {
     pub(super) fn event(&mut self, mut e: Event) -> Result<()> {
         self.event_id += 1;
         e.id = self.event_id;
+        // An event is dated when it is recorded, by the store's clock (see `Event::new`).
+        if e.at_ms == 0 {
+            e.at_ms = self.now_ms;
+        }
         self.t.events.insert(be(e.id), enc(&e))?;
         for (tree, key) in [
             (&self.t.lease_events, &e.lease),
@@ -125,7 +129,7 @@ impl Tx<'_> {
             target,
             reason,
             actor,
-            at_ms: crate::clock::now_ms(),
+            at_ms: self.now_ms,
             lease_ids,
             hosts,
             lease_hosts,
