@@ -28,7 +28,8 @@ pub struct Workload {
     /// Host-label selector; empty means every host.
     #[serde(default)]
     pub hosts: BTreeMap<String, String>,
-    /// Credentials this workload may get (interim authorisation).
+    /// Credentials this workload may get: each becomes a link of the `--allow` policy
+    /// template (see `policy`).
     #[serde(default)]
     pub allow: Vec<String>,
     /// Unix seconds after which it gets nothing; 0 for never.
@@ -46,7 +47,7 @@ pub struct Workload {
 pub struct Credential {
     /// Name, e.g. `deploy-api`.
     pub name: String,
-    /// `jwt` (others later).
+    /// `jwt`, the only kind so far.
     pub kind: String,
     /// Allowed audiences; the first is the default.
     pub audiences: Vec<String>,
@@ -170,7 +171,7 @@ pub struct Lease {
     #[serde(default)]
     pub approval: Option<String>,
     /// The request context it was issued under (for re-evaluation). Typed, so writing
-    /// and reading a lease builds no JSON tree; stored as the same JSON object as before.
+    /// and reading a lease builds no JSON tree; stored as a JSON object.
     #[serde(default)]
     pub context: Option<Facts>,
     /// Policy version at issue.

@@ -93,8 +93,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// The last committed sequence number.
     fn current_seq(&self) -> u64;
     /// Whether a flush has failed in a way the store cannot recover from while it stays
-    /// open (sled keeps an I/O error until it is reopened): writes are refused until the
-    /// process reopens it.
+    /// open: sled keeps an I/O error, and fails later writes, until it is reopened. The
+    /// server stops (to be restarted) once the data directory has room again.
     fn failed(&self) -> bool {
         false
     }

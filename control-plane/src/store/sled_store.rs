@@ -96,8 +96,9 @@ impl std::fmt::Debug for SledStore {
 
 /// sled's page cache. Its default (1 GiB) keeps nearly the whole database in memory, and
 /// the database only grows (leases and events are kept), so the control plane's RSS grew
-/// with every lease and event ever written (+76 % over a 30-minute soak). Bounded, RSS
-/// levels off once the cache has filled. What an Issue reads is small and hot (workloads,
+/// with every lease and event ever written (+75.7 % over a 30-minute soak, see the Soak
+/// section of docs/SECURITY.md). Bounded, RSS rises while the cache fills and then
+/// nearly levels off (same section). What an Issue reads is small and hot (workloads,
 /// credentials, hosts, the newest leases); older pages are read back on the rare call
 /// that needs them.
 const CACHE_BYTES: u64 = 16 << 20;
