@@ -8,9 +8,24 @@ use cedar_policy::{
 };
 
 use super::engine::{Engine, MAX_SUBSETS};
+use super::error::PolicyError;
 use super::schema::{tags, uid};
-use super::{PolicyError, Verdict};
 use crate::model::{Credential, Facts, Host, Workload};
+
+/// What policy said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allowed (possibly only after approval).
+    pub allow: bool,
+    /// Allowed only after a human approves.
+    pub approval_required: bool,
+    /// Ids of the policies that determined it (`Engine::policy_text` has their source).
+    pub reasons: Vec<String>,
+    /// Evaluation errors (a policy that errored is skipped, as Cedar does).
+    pub errors: Vec<String>,
+    /// Policy version.
+    pub version: u64,
+}
 
 impl Engine {
     /// Decide one request.

@@ -9,9 +9,9 @@ use cedar_policy::{
     Entities, EntityUid, PolicyId, PolicySet, Schema, SlotId, Template, ValidationMode, Validator,
 };
 
+use super::error::{PolicyError, Problem};
 use super::problems::problems;
 use super::schema::{allow_link_id, schema_text, uid, ALLOW_TEMPLATE};
-use super::{PolicyError, Problem};
 use crate::model::Workload;
 
 pub(super) struct Compiled {

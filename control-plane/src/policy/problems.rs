@@ -2,7 +2,7 @@
 
 use miette::Diagnostic;
 
-use super::Problem;
+use super::error::Problem;
 
 pub(super) fn position(text: &str, offset: usize) -> (u32, u32) {
     // The offset comes from the parser's diagnostic: never slice inside a character.

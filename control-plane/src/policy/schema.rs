@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 
-use super::PolicyError;
+use super::error::PolicyError;
 
 /// Id of the `--allow` template.
 pub(super) const ALLOW_TEMPLATE: &str = "leash-allow";

@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Result, StoreError};
+use super::error::{Result, StoreError};
 
 pub(super) fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()

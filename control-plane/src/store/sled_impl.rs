@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::codec::{all, be, dec, enc, get, policy_key, POLICY_CURRENT_KEY, POLICY_VERSION_PREFIX};
+use super::error::{Result, StoreError};
 use super::sled_store::{SledStore, LOG_RETAIN};
 use super::tx::issue_job;
-use super::{Enrollment, Result, Storage, StoreError};
+use super::{Enrollment, Storage};
 use crate::model::{
     Approval, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, PolicyRecord,
     Revocation, RevocationTarget, Workload,

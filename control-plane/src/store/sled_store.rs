@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::codec::{be, dec, get, meta_u64};
+use super::error::{Result, StoreError};
 use super::flush::{Flush, SledFlush};
-use super::{Result, Storage, StoreError};
 use crate::clock::Clock;
 use crate::model::{Change, Event, Lease};
 
@@ -89,7 +89,7 @@ impl Drop for SledStore {
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SledStore")
-            .field("seq", &self.current_seq())
+            .field("seq", &self.seq.load(Ordering::Acquire))
             .finish()
     }
 }

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::codec::{be, enc, get};
+use super::error::{Result, StoreError};
 use super::sled_store::{Tx, LOG_RETAIN};
-use super::{Result, StoreError};
 use crate::model::{
     Change, Event, Host, Lease, LeaseState, Revocation, RevocationTarget, Workload,
 };
