@@ -892,7 +892,7 @@ impl Admin for AdminApi {
         self.admin(&req)?;
         let v = req.into_inner().version;
         let workloads = self.s.store.workloads().map_err(store_status)?;
-        let rec = crate::policy::stored(&*self.s.store, v);
+        let rec = crate::policy::stored(&*self.s.store, v).map_err(store_status)?;
         if v != 0 && rec.is_none() {
             return Err(not_found(format!(
                 "no policy version {v}; the current one is {}",

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
+use crate::clock::Clock;
+
 /// A wipe acknowledgment as the admin side sees it.
 #[derive(Debug, Clone)]
 pub struct WipeAck {
@@ -43,7 +45,8 @@ const MAX_UNACKED_WIPES: usize = 4096;
 /// Live connection registry.
 #[derive(Debug)]
 pub struct Hub {
-    /// Unix ms this control plane started: before it, any host may have been connected.
+    /// Unix ms (by the control plane's clock) this control plane started: before it, any
+    /// host may have been connected, so `max_offline` is counted from here at the earliest.
     pub started_ms: i64,
     conns: Mutex<HashMap<String, Conn>>,
     /// Highest sequence sent to each host by this process, over all its connections:
@@ -64,19 +67,18 @@ pub struct ConnInfo {
     pub wipe_acked_seq: u64,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
+impl Hub {
+    /// An empty registry for a control plane starting now by `clock`.
+    pub fn new(clock: &Clock) -> Self {
         Hub {
-            started_ms: crate::clock::now_ms(),
+            started_ms: clock.now_ms(),
             conns: Mutex::new(HashMap::new()),
             delivered: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             acks: broadcast::channel(65536).0,
         }
     }
-}
 
-impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Conn>> {
         // A panic while holding this lock cannot leave the map inconsistent (plain
         // inserts and field updates), so recover from poisoning.
@@ -192,5 +194,23 @@ impl Hub {
     /// Number of connected agents.
     pub fn connected(&self) -> usize {
         self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_is_read_from_the_clock_it_is_handed() {
+        let clock = Clock::default();
+        clock.advance_ms(86_400_000);
+        let hub = Hub::new(&clock);
+        let system = leash_proto::clock::system_now_ms();
+        assert!(
+            hub.started_ms >= system + 86_400_000 - 1_000,
+            "started {} with the clock a day ahead of {system}",
+            hub.started_ms
+        );
     }
 }

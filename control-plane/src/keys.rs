@@ -473,7 +473,7 @@ mod tests {
     /// A fresh store and master key in a temp dir, and the keys created in them.
     async fn fresh(td: &str) -> (tempfile::TempDir, Arc<SledStore>, MasterKey, Keys) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path()).expect("store");
+        let store = SledStore::open(dir.path(), crate::clock::Clock::default()).expect("store");
         let master = MasterKey::load_or_create(dir.path()).expect("master");
         let keys = Keys::load_or_create(&*store, &master, td)
             .await

@@ -28,7 +28,8 @@ pub struct Workload {
     /// Host-label selector; empty means every host.
     #[serde(default)]
     pub hosts: BTreeMap<String, String>,
-    /// Credentials this workload may get (interim authorisation).
+    /// Credentials this workload may get: each becomes a link of the `--allow` policy
+    /// template (see `policy`).
     #[serde(default)]
     pub allow: Vec<String>,
     /// Unix seconds after which it gets nothing; 0 for never.
@@ -46,7 +47,7 @@ pub struct Workload {
 pub struct Credential {
     /// Name, e.g. `deploy-api`.
     pub name: String,
-    /// `jwt` (others later).
+    /// `jwt`, the only kind so far.
     pub kind: String,
     /// Allowed audiences; the first is the default.
     pub audiences: Vec<String>,
@@ -170,9 +171,9 @@ pub struct Lease {
     #[serde(default)]
     pub approval: Option<String>,
     /// The request context it was issued under (for re-evaluation). Typed, so writing
-    /// and reading a lease builds no JSON tree; stored as the same JSON object as before.
+    /// and reading a lease builds no JSON tree; stored as a JSON object.
     #[serde(default)]
-    pub context: Option<crate::policy::Facts>,
+    pub context: Option<Facts>,
     /// Policy version at issue.
     #[serde(default)]
     pub policy_version: u64,
@@ -189,6 +190,71 @@ pub struct Lease {
     pub reason: Option<String>,
     /// First 12 hex of SHA-256 of the token: safe to show.
     pub fingerprint: String,
+}
+
+/// The request an issuance (or an explanation) is decided on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Facts {
+    /// Attested uid.
+    pub uid: i64,
+    /// Attested user name.
+    #[serde(default)]
+    pub user: String,
+    /// Attested exe path.
+    #[serde(default)]
+    pub exe_path: String,
+    /// Attested exe sha256.
+    #[serde(default)]
+    pub sha256: String,
+    /// Requested TTL.
+    pub ttl_seconds: i64,
+    /// Audience.
+    #[serde(default)]
+    pub audience: String,
+    /// Task name, inside a task.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// On-behalf-of principal.
+    #[serde(default)]
+    pub on_behalf_of: String,
+    /// Unix seconds of the decision.
+    pub now: i64,
+}
+
+impl Facts {
+    /// The facts of an admin's "what if" question: attested ids come from the
+    /// workload's own selectors.
+    pub fn for_explain(w: &Workload, ttl_seconds: i64, audience: String, now: i64) -> Facts {
+        let sel = |kind: &str| {
+            w.selectors
+                .iter()
+                .find_map(|s| s.strip_prefix(&format!("unix:{kind}:")).map(str::to_string))
+        };
+        Facts {
+            uid: sel("uid").and_then(|u| u.parse().ok()).unwrap_or(-1),
+            user: sel("user").unwrap_or_default(),
+            exe_path: sel("path").unwrap_or_default(),
+            sha256: sel("sha256").unwrap_or_default(),
+            ttl_seconds,
+            audience,
+            task: None,
+            on_behalf_of: String::new(),
+            now,
+        }
+    }
+}
+
+/// One applied policy version, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// Version (1, 2, …).
+    pub version: u64,
+    /// The file as applied.
+    pub text: String,
+    /// Unix seconds.
+    pub applied_at: i64,
+    /// Admin name.
+    pub applied_by: String,
 }
 
 /// A request waiting for (or decided by) a human.
@@ -390,7 +456,7 @@ pub struct Event {
     /// Position in the audit log (assigned by the store).
     #[serde(default)]
     pub id: u64,
-    /// Unix ms.
+    /// Unix ms at which it was recorded (assigned by the store when 0).
     pub at_ms: i64,
     /// `issued`, `denied`, `enrolled`, …
     #[serde(rename = "type")]
@@ -425,11 +491,12 @@ pub struct Event {
 }
 
 impl Event {
-    /// A new event of `kind` now.
+    /// A new event of `kind`. It is dated (`at_ms`) when the store records it, by the
+    /// store's clock, as it is numbered then (`id`).
     pub fn new(kind: &str) -> Event {
         Event {
             id: 0,
-            at_ms: crate::clock::now_ms(),
+            at_ms: 0,
             kind: kind.to_string(),
             actor: None,
             host: None,

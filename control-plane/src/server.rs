@@ -250,7 +250,8 @@ pub async fn run(
     {
         tracing::warn!("{warning}");
     }
-    let store: Arc<dyn Storage> = SledStore::open(&config.data_dir)?;
+    let clock = Clock::system();
+    let store: Arc<dyn Storage> = SledStore::open(&config.data_dir, clock.clone())?;
     // The master key is only needed to unseal the keys; it is not kept around.
     let keys = {
         let master = MasterKey::load_or_create(&config.data_dir)?;
@@ -301,7 +302,7 @@ pub async fn run(
     let policy = crate::policy::Engine::new(&config.actions)
         .map_err(|e| ServerError::Policy(e.to_string()))?;
     let workloads = store.workloads()?;
-    match crate::policy::stored(&*store, 0) {
+    match crate::policy::stored(&*store, 0)? {
         Some(rec) => policy
             .install(rec.version, &rec.text, &workloads)
             .map_err(|e| {
@@ -319,8 +320,8 @@ pub async fn run(
         config: config.clone(),
         store,
         keys,
-        clock: Clock::system(),
-        hub: Hub::default(),
+        hub: Hub::new(&clock),
+        clock,
         policy,
         policy_lock: tokio::sync::Mutex::new(()),
         event_sink: sink_tx,
@@ -334,7 +335,10 @@ pub async fn run(
         ca_pin: shared.keys.ca_pin.clone(),
     };
 
-    let expiry = tokio::spawn(crate::expiry::run(shared.clone()));
+    let expiry = tokio::spawn(crate::expiry::run(
+        shared.store.clone(),
+        shared.clock.clone(),
+    ));
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -197,7 +197,11 @@ fn keys() -> &'static Keys {
     &KEYS
         .get_or_init(|| {
             let dir = tempfile::tempdir().expect("temp dir");
-            let store = leash_control_plane::store::SledStore::open(dir.path()).expect("store");
+            let store = leash_control_plane::store::SledStore::open(
+                dir.path(),
+                leash_control_plane::clock::Clock::default(),
+            )
+            .expect("store");
             let master = MasterKey::load_or_create(dir.path()).expect("master key");
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()

@@ -1,0 +1,48 @@
+//! What a store operation can fail with: storage faults, refusals, and writes that could
+//! not be made durable.
+
+/// Storage failures and refused writes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// sled failed (disk full, corruption, permissions). After an I/O error sled fails
+    /// every later write until the database is reopened.
+    #[error(
+        "storage error: {0}; check the data directory's disk space and permissions, then \
+         restart the control plane if writes keep failing"
+    )]
+    Sled(#[from] sled::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in {tree}: {message}")]
+    Corrupt {
+        /// Tree name.
+        tree: &'static str,
+        /// Decoder message.
+        message: String,
+    },
+    /// The writer thread is gone (shutting down).
+    #[error("the store is shutting down")]
+    Closed,
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The named thing exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// The write was refused (e.g. a used join token, a disabled workload).
+    #[error("{0}")]
+    Refused(String),
+    /// The batch holding the write could not be flushed (a full disk, an I/O error), so
+    /// the write was not acknowledged. Its outcome is unknown to the caller: it was
+    /// applied in memory and is persisted by the next successful flush, or lost by a
+    /// crash before one. A failure of the store, never a refusal of the caller.
+    #[error(
+        "the write could not be made durable: {0}; it was not acknowledged and may or may \
+         not be recorded: free space in the data directory (or restart the control plane \
+         if the store stays failed) and retry"
+    )]
+    NotDurable(String),
+}
+
+/// Result alias.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,190 @@
+//! Durable state: the [`Storage`] trait and its embedded sled implementation.
+//!
+//! The trait owns more than key-value access: it allocates sequence numbers, keeps the
+//! change log that Sync streams replay, the revocation log and the audit event log. That
+//! is what a PostgreSQL backend for several replicas would have to provide too; nothing
+//! outside this module assumes it is the only writer, only that the store orders writes.
+//!
+//! [`SledStore`] funnels every write through **one writer thread**. The thread drains
+//! whatever requests are queued, applies them in order, flushes sled once for the whole
+//! batch (group commit), and only then answers each caller and publishes the batch's
+//! changes and events. So nothing is acknowledged before it is durable, and many
+//! concurrent issuances share one fsync.
+//!
+//! The module is split by concern: this file holds the trait and its errors; the sled
+//! implementation lives in `error` (what callers see fail), `sled_store` (the writer thread and group commit), `tx` (the
+//! writes one batch makes), `sled_impl` (the trait methods), `codec` (record encoding)
+//! and `flush` (the seam through which unit tests make a flush fail).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::model::{
+    Approval, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, PolicyRecord,
+    Revocation, RevocationTarget, Workload,
+};
+
+mod codec;
+mod error;
+mod flush;
+mod sled_impl;
+mod sled_store;
+mod tx;
+
+pub use error::{Result, StoreError};
+pub use sled_store::SledStore;
+
+/// Outcome of consuming a join token to enroll a host.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    /// The host record written.
+    pub host: Host,
+}
+
+/// The storage boundary. See the module doc.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// The last committed sequence number.
+    fn current_seq(&self) -> u64;
+    /// Whether a flush has failed in a way the store cannot recover from while it stays
+    /// open: sled keeps an I/O error, and fails later writes, until it is reopened. The
+    /// server stops (to be restarted) once the data directory has room again.
+    fn failed(&self) -> bool {
+        false
+    }
+    /// Subscribe to committed changes (in sequence order).
+    /// Each change is shared by every subscriber (one Sync stream per agent).
+    fn subscribe_changes(&self) -> broadcast::Receiver<Arc<Change>>;
+    /// Subscribe to committed audit events.
+    fn subscribe_events(&self) -> broadcast::Receiver<Event>;
+    /// Changes after `seq`, or `None` when the log no longer reaches back that far.
+    fn changes_since(&self, seq: u64) -> Result<Option<Vec<Change>>>;
+
+    /// A workload.
+    fn workload(&self, name: &str) -> Result<Option<Workload>>;
+    /// All workloads, by name.
+    fn workloads(&self) -> Result<Vec<Workload>>;
+    /// A credential.
+    fn credential(&self, name: &str) -> Result<Option<Credential>>;
+    /// All credentials, by name.
+    fn credentials(&self) -> Result<Vec<Credential>>;
+    /// A host.
+    fn host(&self, name: &str) -> Result<Option<Host>>;
+    /// The host that holds the certificate with this serial (hex).
+    fn host_by_serial(&self, serial: &str) -> Result<Option<Host>>;
+    /// All hosts.
+    fn hosts(&self) -> Result<Vec<Host>>;
+    /// A join token.
+    fn join_token(&self, id: &str) -> Result<Option<JoinTokenRecord>>;
+    /// All join tokens.
+    fn join_tokens(&self) -> Result<Vec<JoinTokenRecord>>;
+    /// A lease.
+    fn lease(&self, id: &str) -> Result<Option<Lease>>;
+    /// Leases, optionally of one workload and/or only active ones.
+    fn leases(&self, workload: Option<&str>, active_only: bool) -> Result<Vec<Lease>>;
+    /// Ids of active leases that expire at or before `now` (unix seconds), at most `limit`.
+    fn expired_leases(&self, now: i64, limit: usize) -> Result<Vec<String>>;
+    /// Revocations with `seq` above the given one.
+    fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>>;
+    /// Audit events from `since_ms`, at most `limit` of the newest.
+    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>>;
+    /// Events that mention a lease, in order.
+    fn lease_events(&self, lease: &str) -> Result<Vec<Event>>;
+    /// Events that mention a task, in order.
+    fn task_events(&self, task: &str) -> Result<Vec<Event>>;
+    /// Events that mention an approval, in order.
+    fn approval_events(&self, approval: &str) -> Result<Vec<Event>>;
+    /// An approval.
+    fn approval(&self, id: &str) -> Result<Option<Approval>>;
+    /// All approvals.
+    fn approvals(&self) -> Result<Vec<Approval>>;
+    /// Record an approval (new or decided).
+    async fn put_approval(&self, a: Approval, event: Event) -> Result<()>;
+    /// Atomically use an approved approval once for an issuance, then write the lease.
+    /// Refused if the approval is no longer usable.
+    async fn issue_with_approval(
+        &self,
+        approval: &str,
+        now: i64,
+        lease: Lease,
+        event: Event,
+    ) -> Result<u64>;
+    /// An opaque blob (encrypted keys).
+    fn blob(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Applied policy version `version`.
+    fn policy_version(&self, version: u64) -> Result<Option<PolicyRecord>>;
+    /// Every applied policy version, oldest first.
+    fn policy_versions(&self) -> Result<Vec<PolicyRecord>>;
+    /// The policy version in force (none before the first `policy apply`).
+    fn current_policy(&self) -> Result<Option<PolicyRecord>>;
+    /// Record a policy version and make it the one in force, in one durable write.
+    async fn put_policy_version(&self, rec: PolicyRecord) -> Result<()>;
+
+    /// Store an opaque blob durably.
+    async fn put_blob(&self, name: &str, value: Vec<u8>) -> Result<()>;
+    /// Add or replace a workload; returns its change sequence number.
+    async fn put_workload(&self, w: Workload, event: Event) -> Result<u64>;
+    /// Remove a workload.
+    async fn remove_workload(&self, name: &str, event: Event) -> Result<u64>;
+    /// Add or replace a credential.
+    async fn put_credential(&self, c: Credential, event: Event) -> Result<()>;
+    /// Record a new join token.
+    async fn put_join_token(&self, t: JoinTokenRecord, event: Event) -> Result<()>;
+    /// Revoke a join token.
+    async fn revoke_join_token(&self, id: &str, event: Event) -> Result<()>;
+    /// Atomically consume a join token (checking hash, expiry, reuse) and write the host.
+    async fn enroll(
+        &self,
+        token_id: &str,
+        secret_sha256: &str,
+        host: Host,
+        now: i64,
+        event: Event,
+    ) -> Result<Enrollment>;
+    /// Point a host at a renewed certificate.
+    async fn renew_host(&self, name: &str, serial: &str, not_after: i64) -> Result<()>;
+    /// Write a lease, refusing it if the workload was disabled or removed meanwhile.
+    /// Returns the sequence number the lease was issued at.
+    async fn issue_lease(&self, lease: Lease, event: Event) -> Result<u64>;
+    /// Record a revocation durably; moves the leases it covers to `revoked`.
+    async fn revoke(
+        &self,
+        target: RevocationTarget,
+        reason: String,
+        actor: String,
+        extra: Vec<Event>,
+    ) -> Result<Revocation>;
+    /// Move active leases to a terminal state (expired / completed) with an event each.
+    async fn finish_leases(
+        &self,
+        ids: Vec<String>,
+        state: LeaseState,
+        reason: String,
+    ) -> Result<Vec<Lease>>;
+    /// Enable or disable a workload; disabling also revokes its leases.
+    async fn set_workload_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<(Workload, Option<Revocation>)>;
+    /// Offboard an owner: disable every workload they own, remember them as offboarded,
+    /// and revoke their leases, in one durable write. Returns the revocation and the
+    /// workloads that need a new owner.
+    async fn offboard_owner(&self, owner: &str, actor: String)
+        -> Result<(Revocation, Vec<String>)>;
+    /// Owners offboarded so far, with when (unix seconds).
+    fn offboarded_owners(&self) -> Result<Vec<(String, i64)>>;
+    /// Evict a host: refuse it from now on and revoke what it holds.
+    async fn evict_host(&self, name: &str, actor: String, reason: String) -> Result<Revocation>;
+    /// Record host liveness (not flushed individually).
+    async fn touch_host(&self, name: &str, at: i64) -> Result<()>;
+    /// Append audit events.
+    async fn append_events(&self, events: Vec<Event>) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,319 @@
+//! [`SledStore`]: sled behind one writer thread that applies queued writes in batches and
+//! flushes once per batch (group commit), answering callers only once it is durable.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::codec::{be, dec, get, meta_u64};
+use super::error::{Result, StoreError};
+use super::flush::{Flush, SledFlush};
+use crate::clock::Clock;
+use crate::model::{Change, Event, Lease};
+
+/// How many change-log entries are kept for agents to resume from; an agent further
+/// behind gets a snapshot.
+pub(super) const LOG_RETAIN: u64 = 100_000;
+/// Largest number of queued writes applied under one flush.
+const MAX_BATCH: usize = 1024;
+
+pub(super) struct Trees {
+    pub(super) meta: sled::Tree,
+    pub(super) blobs: sled::Tree,
+    pub(super) workloads: sled::Tree,
+    pub(super) credentials: sled::Tree,
+    pub(super) hosts: sled::Tree,
+    pub(super) serials: sled::Tree,
+    pub(super) join_tokens: sled::Tree,
+    pub(super) leases: sled::Tree,
+    pub(super) active: sled::Tree,
+    /// Active leases by expiry: (expires_at BE, lease id) -> ().
+    pub(super) expiry: sled::Tree,
+    pub(super) log: sled::Tree,
+    pub(super) revocations: sled::Tree,
+    pub(super) events: sled::Tree,
+    pub(super) lease_events: sled::Tree,
+    pub(super) task_events: sled::Tree,
+    pub(super) approval_events: sled::Tree,
+    pub(super) approvals: sled::Tree,
+}
+
+/// The state one batch of writes works on.
+pub(super) struct Tx<'a> {
+    pub(super) t: &'a Trees,
+    pub(super) seq: u64,
+    pub(super) event_id: u64,
+    pub(super) changes: Vec<Change>,
+    pub(super) events: Vec<Event>,
+    /// Set by the shutdown job: finish this batch, then exit.
+    pub(super) stop: bool,
+    /// Unix ms by the store's clock when the batch began: the time of its audit events,
+    /// revocations and offboardings.
+    pub(super) now_ms: i64,
+}
+
+pub(super) type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+pub(super) type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Reply + Send>;
+
+/// The embedded default: sled with a single writer thread.
+pub struct SledStore {
+    pub(super) db: sled::Db,
+    pub(super) t: Arc<Trees>,
+    pub(super) jobs: mpsc::Sender<Job>,
+    pub(super) seq: Arc<AtomicU64>,
+    pub(super) changes: broadcast::Sender<Arc<Change>>,
+    pub(super) events: broadcast::Sender<Event>,
+    pub(super) writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by the writer when a flush fails; see [`Storage::failed`].
+    pub(super) failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for SledStore {
+    /// Stop the writer after what is queued, and wait for it, so the database is
+    /// flushed and unlocked when the store is gone (a reopen in the same process works).
+    fn drop(&mut self) {
+        let stop: Job = Box::new(|tx| {
+            tx.stop = true;
+            Box::new(|_| {})
+        });
+        if self.jobs.try_send(stop).is_ok() {
+            if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("seq", &self.seq.load(Ordering::Acquire))
+            .finish()
+    }
+}
+
+/// sled's page cache. Its default (1 GiB) keeps nearly the whole database in memory, and
+/// the database only grows (leases and events are kept), so the control plane's RSS grew
+/// with every lease and event ever written (+75.7 % over a 30-minute soak, see the Soak
+/// section of docs/SECURITY.md). Bounded, RSS rises while the cache fills and then
+/// nearly levels off (same section). What an Issue reads is small and hot (workloads,
+/// credentials, hosts, the newest leases); older pages are read back on the rare call
+/// that needs them.
+const CACHE_BYTES: u64 = 16 << 20;
+
+impl SledStore {
+    /// Open (or create) the store under `dir` and start its writer thread. `clock` dates
+    /// what the store records (audit events, revocations, offboardings).
+    pub fn open(dir: &Path, clock: Clock) -> Result<Arc<SledStore>> {
+        Self::open_with(dir, clock, SledFlush)
+    }
+
+    /// [`SledStore::open`] with a chosen flush (tests inject failures through it).
+    pub(super) fn open_with(dir: &Path, clock: Clock, flush: impl Flush) -> Result<Arc<SledStore>> {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
+            .mode(sled::Mode::HighThroughput)
+            // We flush explicitly per batch; sled's own periodic flush would only add I/O.
+            .flush_every_ms(None)
+            .open()?;
+        let t = Arc::new(Trees {
+            meta: db.open_tree("meta")?,
+            blobs: db.open_tree("blobs")?,
+            workloads: db.open_tree("workloads")?,
+            credentials: db.open_tree("credentials")?,
+            hosts: db.open_tree("hosts")?,
+            serials: db.open_tree("serials")?,
+            join_tokens: db.open_tree("join_tokens")?,
+            leases: db.open_tree("leases")?,
+            active: db.open_tree("active_leases")?,
+            expiry: db.open_tree("lease_expiry")?,
+            log: db.open_tree("log")?,
+            revocations: db.open_tree("revocations")?,
+            events: db.open_tree("events")?,
+            lease_events: db.open_tree("lease_events")?,
+            task_events: db.open_tree("task_events")?,
+            approval_events: db.open_tree("approval_events")?,
+            approvals: db.open_tree("approvals")?,
+        });
+        // Databases from before the expiry index: build it once.
+        if t.expiry.is_empty() && !t.active.is_empty() {
+            for id in t.active.iter().keys() {
+                let id = id?;
+                if let Some(l) = get::<Lease>(&t.leases, "leases", &id)? {
+                    let mut ek = be(l.expires_at.max(0) as u64).to_vec();
+                    ek.extend_from_slice(&id);
+                    t.expiry.insert(ek, &[])?;
+                }
+            }
+            db.flush()?;
+        }
+        let seq = Arc::new(AtomicU64::new(meta_u64(&t.meta, "seq")?));
+        let event_id = meta_u64(&t.meta, "event_id")?;
+        let (changes, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(4096);
+        let (jobs, rx) = mpsc::channel::<Job>(8192);
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer_handle = {
+            let db = db.clone();
+            let t = t.clone();
+            let seq = seq.clone();
+            let changes = changes.clone();
+            let events = events.clone();
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("leash-store-writer".into())
+                .spawn(move || {
+                    writer(
+                        db, t, rx, seq, event_id, changes, events, flush, &failed, &clock,
+                    )
+                })
+                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
+        };
+        Ok(Arc::new(SledStore {
+            db,
+            t,
+            jobs,
+            seq,
+            changes,
+            events,
+            writer: std::sync::Mutex::new(Some(writer_handle)),
+            failed,
+        }))
+    }
+
+    /// Run `f` on the writer thread; resolves once its batch is durable.
+    pub(super) async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |t| {
+            let r = f(t);
+            Box::new(move |flush_err: Option<&StoreError>| {
+                let r = match (r, flush_err) {
+                    (Ok(_), Some(e)) => Err(StoreError::NotDurable(e.to_string())),
+                    (r, _) => r,
+                };
+                let _ = tx.send(r);
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) fn indexed_events(&self, index: &sled::Tree, key: &str) -> Result<Vec<Event>> {
+        let mut prefix = key.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for k in index.scan_prefix(&prefix).keys() {
+            let k = k?;
+            if let Some(v) = self.t.events.get(&k[prefix.len()..])? {
+                out.push(dec("events", &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Size of the database on disk, in bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// The writer loop: batch, apply, flush once, then answer and publish.
+///
+/// When a flush fails, every caller of the batch gets [`StoreError::NotDurable`] and
+/// nothing is published. sled cannot roll the batch back, so its writes stay applied in
+/// memory: the sequence and event counters move past them (reusing their numbers would
+/// overwrite them), and their changes and events wait, to be published in order after
+/// the next flush that succeeds (which persists them too). Live Sync streams therefore
+/// never see a gap, and never see anything that is not durable.
+#[allow(clippy::too_many_arguments)]
+fn writer(
+    db: sled::Db,
+    t: Arc<Trees>,
+    mut rx: mpsc::Receiver<Job>,
+    seq: Arc<AtomicU64>,
+    mut event_id: u64,
+    changes: broadcast::Sender<Arc<Change>>,
+    events: broadcast::Sender<Event>,
+    mut flush: impl Flush,
+    failed: &std::sync::atomic::AtomicBool,
+    clock: &Clock,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The writer's own counter: ahead of the published `seq` while flushes fail.
+    let mut next_seq = seq.load(Ordering::Acquire);
+    let mut unpublished_changes: Vec<Change> = Vec::new();
+    let mut unpublished_events: Vec<Event> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut tx = Tx {
+            t: &t,
+            seq: next_seq,
+            event_id,
+            changes: Vec::new(),
+            events: Vec::new(),
+            stop: false,
+            now_ms: clock.now_ms(),
+        };
+        let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
+        let Tx {
+            seq: new_seq,
+            event_id: new_event_id,
+            changes: new_changes,
+            events: new_events,
+            stop,
+            ..
+        } = tx;
+        next_seq = new_seq;
+        event_id = new_event_id;
+        unpublished_changes.extend(new_changes);
+        unpublished_events.extend(new_events);
+        let flushed = (|| -> Result<()> {
+            t.meta.insert("seq", &be(new_seq))?;
+            t.meta.insert("event_id", &be(new_event_id))?;
+            flush.flush(&db)?;
+            Ok(())
+        })();
+        if let Err(e) = &flushed {
+            failed.store(true, Ordering::Release);
+            tracing::error!(
+                error = %e,
+                unacknowledged = replies.len(),
+                "STORE FLUSH FAILED: writes are answered UNAVAILABLE and not acknowledged; \
+                 free space in the data directory: the control plane then stops (exit 75) to be \
+                 started again by its supervisor (sled keeps an I/O error until it is reopened)"
+            );
+        }
+        let err = flushed.err();
+        if err.is_none() {
+            // Before answering: a caller reads `current_seq` as soon as it is answered.
+            seq.store(new_seq, Ordering::Release);
+        }
+        for r in replies {
+            r(err.as_ref());
+        }
+        if err.is_none() {
+            for c in unpublished_changes.drain(..) {
+                let _ = changes.send(Arc::new(c));
+            }
+            for e in unpublished_events.drain(..) {
+                let _ = events.send(e);
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Unit tests of the sled store: sequencing, group commit, revocation, policy versions,
+//! and what callers see when a flush fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::codec::enc;
+use super::flush::Flush;
+use super::*;
+use crate::clock::Clock;
+
+fn workload(name: &str) -> Workload {
+    Workload {
+        name: name.into(),
+        owner: "team".into(),
+        kind: "job".into(),
+        selectors: vec!["unix:uid:1".into()],
+        hosts: BTreeMap::new(),
+        allow: vec![],
+        expires_at: 0,
+        disabled: false,
+        created_at: 0,
+    }
+}
+
+fn lease(id: &str, w: &str) -> Lease {
+    Lease {
+        id: id.into(),
+        workload: w.into(),
+        credential: "c".into(),
+        action: "read".into(),
+        audience: "a".into(),
+        host: "h".into(),
+        task: None,
+        on_behalf_of: None,
+        approval: None,
+        context: None,
+        policy_version: 0,
+        issued_at: 0,
+        expires_at: 10,
+        seq: 0,
+        state: LeaseState::Active,
+        reason: None,
+        fingerprint: "f".into(),
+    }
+}
+
+/// An unused, unrevoked join token whose secret hashes to "x".
+fn token(id: &str) -> JoinTokenRecord {
+    JoinTokenRecord {
+        id: id.into(),
+        secret_sha256: "x".into(),
+        name: None,
+        labels: BTreeMap::new(),
+        created_at: 0,
+        expires_at: i64::MAX,
+        used_by: None,
+        revoked: false,
+    }
+}
+
+fn host() -> Host {
+    Host {
+        name: "h".into(),
+        labels: BTreeMap::new(),
+        enrolled_at: 0,
+        last_seen: 0,
+        evicted: false,
+        cert_serial: "01".into(),
+        cert_not_after: 0,
+    }
+}
+
+#[tokio::test]
+async fn writes_are_sequenced_durable_and_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = SledStore::open(dir.path(), Clock::default()).expect("open");
+        let s1 = s
+            .put_workload(workload("a"), Event::new("workload-added"))
+            .await
+            .expect("put");
+        let s2 = s
+            .put_workload(workload("b"), Event::new("workload-added"))
+            .await
+            .expect("put");
+        assert!(s2 > s1);
+        let changes = s.changes_since(s1).expect("log").expect("retained");
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].seq(), s2);
+    }
+    // sled's own I/O threads may hold the file lock a moment after the last handle
+    // is dropped (a real restart is a new process and never sees this).
+    let mut reopened = SledStore::open(dir.path(), Clock::default());
+    for _ in 0..100 {
+        if reopened.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        reopened = SledStore::open(dir.path(), Clock::default());
+    }
+    let s = reopened.expect("reopen");
+    assert_eq!(s.workloads().expect("list").len(), 2);
+    assert_eq!(s.current_seq(), 2);
+    assert_eq!(s.events(0, 10).expect("events").len(), 2);
+}
+
+#[tokio::test]
+async fn group_commit_serves_concurrent_writers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SledStore::open(dir.path(), Clock::default()).expect("open");
+    s.put_workload(workload("w"), Event::new("x"))
+        .await
+        .expect("put");
+    let t = token("t");
+    s.put_join_token(t, Event::new("x")).await.expect("token");
+    s.enroll("t", "x", host(), 0, Event::new("enrolled"))
+        .await
+        .expect("enroll");
+    let mut handles = Vec::new();
+    for i in 0..200 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            s.issue_lease(
+                lease(&format!("l{i}"), "w"),
+                Event::new("issued").lease(format!("l{i}")),
+            )
+            .await
+        }));
+    }
+    let mut seqs = BTreeSet::new();
+    for h in handles {
+        seqs.insert(h.await.expect("join").expect("issued"));
+    }
+    assert_eq!(seqs.len(), 200, "every lease got its own sequence number");
+    assert_eq!(s.leases(None, true).expect("leases").len(), 200);
+}
+
+#[tokio::test]
+async fn revocation_covers_and_disabled_workload_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SledStore::open(dir.path(), Clock::default()).expect("open");
+    s.put_workload(workload("w"), Event::new("x"))
+        .await
+        .expect("put");
+    s.put_workload(workload("v"), Event::new("x"))
+        .await
+        .expect("put");
+    let t = token("t");
+    s.put_join_token(t, Event::new("x")).await.expect("token");
+    assert!(
+        s.enroll("t", "y", host(), 0, Event::new("e"))
+            .await
+            .is_err(),
+        "wrong secret"
+    );
+    s.enroll("t", "x", host(), 0, Event::new("e"))
+        .await
+        .expect("enroll");
+    assert!(
+        s.enroll("t", "x", host(), 0, Event::new("e"))
+            .await
+            .is_err(),
+        "reuse"
+    );
+    s.issue_lease(lease("l1", "w"), Event::new("issued").lease("l1"))
+        .await
+        .expect("l1");
+    s.issue_lease(lease("l2", "v"), Event::new("issued").lease("l2"))
+        .await
+        .expect("l2");
+    let (_, rev) = s
+        .set_workload_disabled("w", true, "root".into(), "test".into())
+        .await
+        .expect("disable");
+    let rev = rev.expect("revocation");
+    assert_eq!(rev.lease_ids, vec!["l1".to_string()]);
+    assert_eq!(
+        s.lease("l1").expect("get").expect("some").state,
+        LeaseState::Revoked
+    );
+    assert_eq!(
+        s.lease("l2").expect("get").expect("some").state,
+        LeaseState::Active
+    );
+    assert!(s
+        .issue_lease(lease("l3", "w"), Event::new("issued"))
+        .await
+        .is_err());
+    let timeline: Vec<String> = s
+        .lease_events("l1")
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(timeline, vec!["issued", "revoked"]);
+
+    // Each host is told only the lease ids issued to it.
+    for (i, name) in ["h1", "h2"].into_iter().enumerate() {
+        let t = token(&format!("t{i}"));
+        s.put_join_token(t, Event::new("x")).await.expect("token");
+        let h = Host {
+            name: name.into(),
+            cert_serial: format!("1{i}"),
+            ..host()
+        };
+        s.enroll(&format!("t{i}"), "x", h, 0, Event::new("e"))
+            .await
+            .expect("enroll");
+    }
+    for (id, h) in [("m1", "h1"), ("m2", "h2"), ("m3", "h1")] {
+        let mut l = lease(id, "v");
+        l.host = h.into();
+        s.issue_lease(l, Event::new("issued")).await.expect("lease");
+    }
+    let rev = s
+        .revoke(
+            RevocationTarget::Workload("v".into()),
+            "test".into(),
+            "root".into(),
+            Vec::new(),
+        )
+        .await
+        .expect("revoke");
+    let mut all = rev.lease_ids.clone();
+    all.sort();
+    assert_eq!(all, ["l2", "m1", "m2", "m3"]);
+    assert!(
+        rev.lease_hosts.windows(2).all(|w| w[0] <= w[1]),
+        "grouped by host: {:?}",
+        rev.lease_hosts
+    );
+    let mut h1 = rev.lease_ids_for("h1");
+    h1.sort();
+    assert_eq!(h1, ["m1", "m3"]);
+    assert_eq!(rev.lease_ids_for("h2"), ["m2"]);
+    assert_eq!(rev.lease_ids_for("h"), ["l2"]);
+    assert!(rev.lease_ids_for("elsewhere").is_empty());
+    // A revocation recorded before per-host lists existed: every host gets every id.
+    let old = Revocation {
+        lease_hosts: Vec::new(),
+        ..rev
+    };
+    assert_eq!(old.lease_ids_for("h2").len(), 4);
+}
+
+/// A flush that fails while `fail` is set, as a full disk makes sled's flush fail.
+struct FailingFlush(Arc<std::sync::atomic::AtomicBool>);
+
+impl Flush for FailingFlush {
+    fn flush(&mut self, db: &sled::Db) -> sled::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(sled::Error::Io(std::io::Error::from_raw_os_error(28)));
+        }
+        db.flush().map(drop)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_flush_is_unavailable_not_refused_and_publishes_nothing_until_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = SledStore::open_with(dir.path(), Clock::default(), FailingFlush(fail.clone()))
+        .expect("open");
+    s.put_workload(workload("w"), Event::new("x"))
+        .await
+        .expect("put");
+    s.put_join_token(token("t"), Event::new("x"))
+        .await
+        .expect("token");
+    s.enroll("t", "x", host(), 0, Event::new("enrolled"))
+        .await
+        .expect("enroll");
+    s.issue_lease(lease("l1", "w"), Event::new("issued").lease("l1"))
+        .await
+        .expect("l1");
+    let before = s.current_seq();
+    let mut changes = s.subscribe_changes();
+
+    fail.store(true, Ordering::SeqCst);
+    let issued = s
+        .issue_lease(lease("l2", "w"), Event::new("issued").lease("l2"))
+        .await;
+    assert!(
+        matches!(issued, Err(StoreError::NotDurable(_))),
+        "an issuance whose flush failed: {issued:?}"
+    );
+    let revoked = s
+        .revoke(
+            RevocationTarget::Lease("l1".into()),
+            "test".into(),
+            "root".into(),
+            Vec::new(),
+        )
+        .await;
+    let err = revoked.expect_err("a revocation whose flush failed is not acknowledged");
+    assert!(matches!(err, StoreError::NotDurable(_)), "{err:?}");
+    assert!(err.to_string().contains("not acknowledged"), "{err}");
+    assert_eq!(s.current_seq(), before, "nothing non-durable is committed");
+    assert!(
+        changes.try_recv().is_err(),
+        "nothing non-durable is published"
+    );
+
+    // Once flushes work again, the store continues without reusing a sequence number,
+    // and what waited is published in order, before the new write.
+    fail.store(false, Ordering::SeqCst);
+    let l3 = s
+        .issue_lease(lease("l3", "w"), Event::new("issued").lease("l3"))
+        .await
+        .expect("l3 after recovery");
+    assert!(
+        l3 > before + 2,
+        "seq {l3} reuses a number of the failed batches"
+    );
+    assert_eq!(s.current_seq(), l3);
+    // Published just after the callers are answered.
+    let published = tokio::time::timeout(std::time::Duration::from_secs(5), changes.recv())
+        .await
+        .expect("the failed batch's revocation is published")
+        .expect("published");
+    assert!(
+        matches!(&*published, Change::Revoked { revocation } if revocation.seq == before + 2),
+        "{published:?}"
+    );
+    let log = s.changes_since(before).expect("log").expect("retained");
+    assert_eq!(log.first().map(Change::seq), Some(before + 2));
+}
+
+fn policy(version: u64) -> PolicyRecord {
+    PolicyRecord {
+        version,
+        text: format!("// version {version}"),
+        applied_at: 0,
+        applied_by: "root".into(),
+    }
+}
+
+#[tokio::test]
+async fn policy_versions_are_typed_ordered_and_read_from_older_databases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SledStore::open(dir.path(), Clock::default()).expect("open");
+    assert_eq!(s.current_policy().expect("current"), None);
+    // As the store wrote them before it had typed methods: two raw blobs.
+    s.put_blob("policy/v/1", enc(&policy(1)))
+        .await
+        .expect("blob");
+    s.put_blob("policy/current", 1u64.to_be_bytes().to_vec())
+        .await
+        .expect("blob");
+    assert_eq!(s.current_policy().expect("current"), Some(policy(1)));
+    for v in 2..=11 {
+        s.put_policy_version(policy(v)).await.expect("put");
+    }
+    assert_eq!(s.current_policy().expect("current"), Some(policy(11)));
+    assert_eq!(s.policy_version(2).expect("v2"), Some(policy(2)));
+    assert_eq!(s.policy_version(12).expect("v12"), None);
+    let versions: Vec<u64> = s
+        .policy_versions()
+        .expect("list")
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions, (1..=11).collect::<Vec<_>>());
+    s.put_blob("policy/current", vec![1, 2, 3])
+        .await
+        .expect("blob");
+    assert!(matches!(
+        s.current_policy(),
+        Err(StoreError::Corrupt { tree: "blobs", .. })
+    ));
+}
+
+#[tokio::test]
+async fn what_the_store_records_is_dated_by_its_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::default();
+    let s = SledStore::open(dir.path(), clock.clone()).expect("open");
+    s.put_workload(workload("w"), Event::new("workload-added"))
+        .await
+        .expect("put");
+    let day_ms = 86_400_000;
+    clock.advance_ms(day_ms);
+    let before = clock.now_ms();
+    let rev = s
+        .revoke(
+            RevocationTarget::Workload("w".into()),
+            "test".into(),
+            "root".into(),
+            vec![Event::new("revoke-requested")],
+        )
+        .await
+        .expect("revoke");
+    assert!(rev.at_ms >= before, "{} < {before}", rev.at_ms);
+    let (_, _) = s
+        .offboard_owner("team", "root".into())
+        .await
+        .expect("offboard");
+    let offboarded = s.offboarded_owners().expect("owners");
+    assert_eq!(offboarded.len(), 1);
+    assert!(offboarded[0].1 >= before / 1000, "{offboarded:?}");
+    let events = s.events(0, 100).expect("events");
+    assert_eq!(events[0].kind, "workload-added");
+    assert!(events[0].at_ms < before - day_ms / 2, "{:?}", events[0]);
+    assert!(
+        events[1..].iter().all(|e| e.at_ms >= before),
+        "events after the clock moved are dated by it: {events:?}"
+    );
+    // An event dated by its maker keeps its date.
+    let mut dated = Event::new("dated");
+    dated.at_ms = 42;
+    s.append_events(vec![dated]).await.expect("append");
+    let last = s.events(0, 100).expect("events").pop().expect("one");
+    assert_eq!((last.kind.as_str(), last.at_ms), ("dated", 42));
+}

@@ -1,0 +1,182 @@
+//! The writes one batch makes on the writer thread: sequence numbers, audit events, the
+//! change log, leases and their indexes, revocations, and the checks of an issuance.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::codec::{be, enc, get};
+use super::error::{Result, StoreError};
+use super::sled_store::{Tx, LOG_RETAIN};
+use crate::model::{
+    Change, Event, Host, Lease, LeaseState, Revocation, RevocationTarget, Workload,
+};
+
+impl Tx<'_> {
+    /// Allocate the next sequence number.
+    pub(super) fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    pub(super) fn event(&mut self, mut e: Event) -> Result<()> {
+        self.event_id += 1;
+        e.id = self.event_id;
+        // An event is dated when it is recorded, by the store's clock (see `Event::new`).
+        if e.at_ms == 0 {
+            e.at_ms = self.now_ms;
+        }
+        self.t.events.insert(be(e.id), enc(&e))?;
+        for (tree, key) in [
+            (&self.t.lease_events, &e.lease),
+            (&self.t.task_events, &e.task),
+            (&self.t.approval_events, &e.approval),
+        ] {
+            if let Some(key) = key {
+                let mut k = key.as_bytes().to_vec();
+                k.push(0);
+                k.extend_from_slice(&be(e.id));
+                tree.insert(k, &[])?;
+            }
+        }
+        self.events.push(e);
+        Ok(())
+    }
+
+    pub(super) fn change(&mut self, c: Change) -> Result<()> {
+        self.t.log.insert(be(c.seq()), enc(&c))?;
+        if c.seq() > LOG_RETAIN {
+            // Compaction: agents older than this get a snapshot.
+            self.t.log.remove(be(c.seq() - LOG_RETAIN))?;
+        }
+        self.changes.push(c);
+        Ok(())
+    }
+
+    pub(super) fn put_lease(&mut self, l: &Lease) -> Result<()> {
+        self.t.leases.insert(l.id.as_bytes(), enc(l))?;
+        let mut ek = be(l.expires_at.max(0) as u64).to_vec();
+        ek.extend_from_slice(l.id.as_bytes());
+        if l.state == LeaseState::Active {
+            self.t.active.insert(l.id.as_bytes(), &[])?;
+            self.t.expiry.insert(ek, &[])?;
+        } else {
+            self.t.active.remove(l.id.as_bytes())?;
+            self.t.expiry.remove(ek)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn revoke(
+        &mut self,
+        target: RevocationTarget,
+        reason: String,
+        actor: String,
+        extra_hosts: &[String],
+    ) -> Result<Revocation> {
+        let seq = self.next_seq();
+        let mut owners: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut lease_ids = Vec::new();
+        let mut lease_host_names = Vec::new();
+        let mut hosts: BTreeSet<String> = extra_hosts.iter().cloned().collect();
+        let ids: Vec<sled::IVec> = self.t.active.iter().keys().collect::<Result<_, _>>()?;
+        for id in ids {
+            let Some(mut lease) = get::<Lease>(&self.t.leases, "leases", &id)? else {
+                continue;
+            };
+            let owner = match owners.get(&lease.workload) {
+                Some(o) => o.clone(),
+                None => {
+                    let o =
+                        get::<Workload>(&self.t.workloads, "workloads", lease.workload.as_bytes())?
+                            .map(|w| w.owner);
+                    owners.insert(lease.workload.clone(), o.clone());
+                    o
+                }
+            };
+            if !target.covers(&lease, owner.as_deref()) {
+                continue;
+            }
+            lease.state = LeaseState::Revoked;
+            lease.reason = Some(reason.clone());
+            self.put_lease(&lease)?;
+            hosts.insert(lease.host.clone());
+            self.event(
+                Event::new("revoked")
+                    .actor(actor.clone())
+                    .lease(lease.id.clone())
+                    .workload(lease.workload.clone())
+                    .credential(lease.credential.clone())
+                    .host(lease.host.clone())
+                    .reason(reason.clone())
+                    .detail(serde_json::json!({ "seq": seq })),
+            )?;
+            lease_ids.push(lease.id);
+            lease_host_names.push(lease.host);
+        }
+        if let RevocationTarget::Host(h) = &target {
+            hosts.insert(h.clone());
+        }
+        let hosts: Vec<String> = hosts.into_iter().collect();
+        // Group the leases by host (see `Revocation::lease_hosts`).
+        let mut pairs: Vec<(u32, String)> = lease_host_names
+            .iter()
+            .map(|h| hosts.binary_search(h).unwrap_or_default() as u32)
+            .zip(lease_ids)
+            .collect();
+        pairs.sort_unstable();
+        let (lease_hosts, lease_ids): (Vec<u32>, Vec<String>) = pairs.into_iter().unzip();
+        let rev = Revocation {
+            seq,
+            target,
+            reason,
+            actor,
+            at_ms: self.now_ms,
+            lease_ids,
+            hosts,
+            lease_hosts,
+        };
+        self.t.revocations.insert(be(seq), enc(&rev))?;
+        self.change(Change::Revoked {
+            revocation: rev.clone(),
+        })?;
+        Ok(rev)
+    }
+}
+
+/// The checks and writes of one issuance, to run on the writer: the workload must
+/// still be enabled and the host not evicted at the moment the lease is written.
+pub(super) fn issue_job(
+    mut lease: Lease,
+    event: Event,
+) -> impl FnOnce(&mut Tx<'_>) -> Result<u64> + Send + 'static {
+    move |tx| {
+        match get::<Workload>(&tx.t.workloads, "workloads", lease.workload.as_bytes())? {
+            Some(w) if !w.disabled => {}
+            Some(_) => {
+                return Err(StoreError::Refused(format!(
+                    "workload {:?} is disabled",
+                    lease.workload
+                )))
+            }
+            None => {
+                return Err(StoreError::NotFound(format!(
+                    "no workload named {:?}",
+                    lease.workload
+                )))
+            }
+        }
+        match get::<Host>(&tx.t.hosts, "hosts", lease.host.as_bytes())? {
+            Some(h) if !h.evicted => {}
+            _ => {
+                return Err(StoreError::Refused(format!(
+                    "host {:?} was evicted",
+                    lease.host
+                )))
+            }
+        }
+        let seq = tx.next_seq();
+        lease.seq = seq;
+        tx.put_lease(&lease)?;
+        tx.event(event)?;
+        Ok(seq)
+    }
+}
