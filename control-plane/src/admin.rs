@@ -5,7 +5,6 @@
 //! plane's own uid. The admin's name is recorded as the actor of what they do.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,23 +26,11 @@ use crate::model::{
     Workload, ID_SELECTOR_KINDS, WORKLOAD_KINDS,
 };
 use crate::policy::PolicyError;
-use crate::server::{store_status, Shared};
+use crate::state::Shared;
+use crate::status::write_failed;
 
 /// Longest a join token may live.
 const MAX_JOIN_TOKEN_TTL: u32 = 7 * 24 * 3600;
-
-/// Make the admin socket 0660 and, where the group exists, owned by `leash-admin`.
-pub fn secure_socket(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(Some(g)) = nix::unistd::Group::from_name("leash-admin") {
-        if let Err(e) = nix::unistd::chown(path, None, Some(g.gid)) {
-            tracing::warn!(error = %e, "could not give the admin socket to group leash-admin");
-        }
-    }
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)) {
-        tracing::warn!(error = %e, "could not set the admin socket's mode");
-    }
-}
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -169,7 +156,7 @@ impl AdminApi {
         self.s
             .store
             .workload(name)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .ok_or_else(|| {
                 not_found(format!(
                     "no workload named {name:?}; `leashctl workload list` shows them"
@@ -191,7 +178,7 @@ impl AdminApi {
             .detail(serde_json::json!({ "target": target.describe() }));
         let rev = match self.s.store.revoke(target, reason, actor, vec![ev]).await {
             Ok(rev) => rev,
-            Err(e) => return Err(crate::server::write_failed(&self.s, e, failed).await),
+            Err(e) => return Err(write_failed(&self.s, e, failed).await),
         };
         let hosts = crate::revocation::hosts_to_wait_for(&self.s, &rev);
         Ok(v1::RevokeResponse {
@@ -230,7 +217,7 @@ impl Admin for AdminApi {
                     "invalid host name {n:?}: use letters, digits, '.', '-', '_'"
                 )));
             }
-            if self.s.store.host(n).map_err(store_status)?.is_some() {
+            if self.s.store.host(n).map_err(Status::from)?.is_some() {
                 return Err(invalid(format!(
                     "host name {n:?} is taken; names are never reused"
                 )));
@@ -262,7 +249,7 @@ impl Admin for AdminApi {
             .store
             .put_join_token(rec, ev)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(v1::CreateJoinTokenResponse {
             token,
             id,
@@ -280,7 +267,7 @@ impl Admin for AdminApi {
             .s
             .store
             .join_tokens()
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .into_iter()
             .map(|t| v1::JoinTokenInfo {
                 state: t.state(now).to_string(),
@@ -308,7 +295,7 @@ impl Admin for AdminApi {
             .store
             .revoke_join_token(&id, ev)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(v1::Empty {}))
     }
 
@@ -366,7 +353,7 @@ impl Admin for AdminApi {
             .s
             .store
             .workload(&w.name)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .is_some()
         {
             return Err(invalid(format!(
@@ -401,7 +388,7 @@ impl Admin for AdminApi {
             .s
             .store
             .workloads()
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .iter()
             .map(|w| self.spiffe(workload_proto(w)))
             .collect();
@@ -431,7 +418,7 @@ impl Admin for AdminApi {
             .store
             .remove_workload(&name, ev)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         self.s.relink();
         Ok(Response::new(v1::Empty {}))
     }
@@ -457,7 +444,7 @@ impl Admin for AdminApi {
             .store
             .set_workload_disabled(&r.name, r.disabled, actor, reason)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(self.spiffe(workload_proto(&w))))
     }
 
@@ -561,7 +548,7 @@ impl Admin for AdminApi {
             .store
             .put_credential(rec.clone(), ev)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(credential_proto(&rec)))
     }
 
@@ -574,7 +561,7 @@ impl Admin for AdminApi {
             .s
             .store
             .credentials()
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .iter()
             .map(credential_proto)
             .collect();
@@ -590,7 +577,7 @@ impl Admin for AdminApi {
             .s
             .store
             .hosts()
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .into_iter()
             .map(|h| {
                 let conn = self.s.hub.info(&h.name);
@@ -619,7 +606,7 @@ impl Admin for AdminApi {
             .store
             .evict_host(&name, actor, "host evicted by an admin".into())
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(v1::Empty {}))
     }
 
@@ -638,7 +625,7 @@ impl Admin for AdminApi {
             .s
             .store
             .leases(w, r.active_only)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .iter()
             .filter(|l| !r.active_only || l.expires_at > now)
             .map(lease_proto)
@@ -656,21 +643,21 @@ impl Admin for AdminApi {
             .s
             .store
             .lease(&id)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .ok_or_else(|| {
                 not_found(format!("no lease {id:?}; `leashctl lease list` shows them"))
             })?;
-        let mut events = self.s.store.lease_events(&id).map_err(store_status)?;
+        let mut events = self.s.store.lease_events(&id).map_err(Status::from)?;
         // The task's own events (task-started, …) belong in the lease's timeline too.
         if let Some(task) = &lease.task {
-            for e in self.s.store.task_events(task).map_err(store_status)? {
+            for e in self.s.store.task_events(task).map_err(Status::from)? {
                 if e.lease.is_none() {
                     events.push(e);
                 }
             }
         }
         if let Some(ap) = &lease.approval {
-            for e in self.s.store.approval_events(ap).map_err(store_status)? {
+            for e in self.s.store.approval_events(ap).map_err(Status::from)? {
                 if e.lease.is_none() {
                     events.push(e);
                 }
@@ -696,7 +683,7 @@ impl Admin for AdminApi {
                 self.s
                     .store
                     .lease(&id)
-                    .map_err(store_status)?
+                    .map_err(Status::from)?
                     .ok_or_else(|| not_found(format!("no lease {id:?}")))?;
                 RevocationTarget::Lease(id)
             }
@@ -705,20 +692,20 @@ impl Admin for AdminApi {
                 RevocationTarget::Workload(w)
             }
             Some(Target::Credential(c)) => {
-                if self.s.store.credential(&c).map_err(store_status)?.is_none() {
+                if self.s.store.credential(&c).map_err(Status::from)?.is_none() {
                     return Err(not_found(format!("no credential named {c:?}")));
                 }
                 RevocationTarget::Credential(c)
             }
             Some(Target::Owner(o)) => {
-                let any = self.s.store.workloads().map_err(store_status)?.iter().any(|w| w.owner == o);
+                let any = self.s.store.workloads().map_err(Status::from)?.iter().any(|w| w.owner == o);
                 if !any {
                     return Err(not_found(format!("no workload is owned by {o:?}")));
                 }
                 RevocationTarget::Owner(o)
             }
             Some(Target::Host(h)) => {
-                if self.s.store.host(&h).map_err(store_status)?.is_none() {
+                if self.s.store.host(&h).map_err(Status::from)?.is_none() {
                     return Err(not_found(format!("no host named {h:?}")));
                 }
                 RevocationTarget::Host(h)
@@ -792,7 +779,7 @@ impl Admin for AdminApi {
         // Validate, store durably, install; then take back what it no longer permits.
         let _guard = self.s.policy_lock.lock().await;
         let version = self.s.policy.version() + 1;
-        let workloads = self.s.store.workloads().map_err(store_status)?;
+        let workloads = self.s.store.workloads().map_err(Status::from)?;
         match self.s.policy.check(&text) {
             Ok(_) => {}
             Err(PolicyError::Invalid(p)) => {
@@ -815,7 +802,7 @@ impl Admin for AdminApi {
         };
         crate::policy::store_version(&*self.s.store, &rec)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         self.s
             .policy
             .install(version, &text, &workloads)
@@ -823,7 +810,7 @@ impl Admin for AdminApi {
         // Every active lease is evaluated again under the request context it was issued with.
         let now = self.s.clock.now();
         let mut revoke = Vec::new();
-        for l in self.s.store.leases(None, true).map_err(store_status)? {
+        for l in self.s.store.leases(None, true).map_err(Status::from)? {
             if l.expires_at <= now {
                 continue;
             }
@@ -832,8 +819,8 @@ impl Admin for AdminApi {
                 self.s
                     .store
                     .credential(&l.credential)
-                    .map_err(store_status)?,
-                self.s.store.host(&l.host).map_err(store_status)?,
+                    .map_err(Status::from)?,
+                self.s.store.host(&l.host).map_err(Status::from)?,
             ) else {
                 continue;
             };
@@ -860,7 +847,7 @@ impl Admin for AdminApi {
                 .store
                 .append_events(vec![ev])
                 .await
-                .map_err(store_status)?;
+                .map_err(Status::from)?;
             (0, Vec::new())
         } else {
             let rev = self
@@ -873,7 +860,7 @@ impl Admin for AdminApi {
                     vec![ev],
                 )
                 .await
-                .map_err(store_status)?;
+                .map_err(Status::from)?;
             let hosts = crate::revocation::hosts_to_wait_for(&self.s, &rev);
             (rev.seq, hosts)
         };
@@ -891,7 +878,7 @@ impl Admin for AdminApi {
     ) -> Result<Response<v1::PolicyShowResponse>, Status> {
         self.admin(&req)?;
         let v = req.into_inner().version;
-        let workloads = self.s.store.workloads().map_err(store_status)?;
+        let workloads = self.s.store.workloads().map_err(Status::from)?;
         let rec = crate::policy::stored(&*self.s.store, v);
         if v != 0 && rec.is_none() {
             return Err(not_found(format!(
@@ -924,7 +911,7 @@ impl Admin for AdminApi {
             .s
             .store
             .credential(&r.credential)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .ok_or_else(|| not_found(format!("no credential named {:?}", r.credential)))?;
         let host = if r.host.is_empty() {
             crate::model::Host {
@@ -940,7 +927,7 @@ impl Admin for AdminApi {
             self.s
                 .store
                 .host(&r.host)
-                .map_err(store_status)?
+                .map_err(Status::from)?
                 .ok_or_else(|| not_found(format!("no host named {:?}", r.host)))?
         };
         let action = if r.action.is_empty() {
@@ -1045,7 +1032,7 @@ impl Admin for AdminApi {
             .s
             .store
             .approvals()
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .into_iter()
             .map(|mut a| {
                 if a.state == "pending" && now - a.requested_at >= timeout {
@@ -1112,13 +1099,13 @@ impl Admin for AdminApi {
         req: Request<v1::Empty>,
     ) -> Result<Response<v1::ListOwnersResponse>, Status> {
         self.admin(&req)?;
-        let workloads = self.s.store.workloads().map_err(store_status)?;
-        let leases = self.s.store.leases(None, true).map_err(store_status)?;
+        let workloads = self.s.store.workloads().map_err(Status::from)?;
+        let leases = self.s.store.leases(None, true).map_err(Status::from)?;
         let offboarded: Vec<String> = self
             .s
             .store
             .offboarded_owners()
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .into_iter()
             .map(|(o, _)| o)
             .collect();
@@ -1150,7 +1137,7 @@ impl Admin for AdminApi {
             .store
             .offboard_owner(&owner, actor)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         self.s.relink();
         let hosts = crate::revocation::hosts_to_wait_for(&self.s, &rev);
         Ok(Response::new(v1::OffboardResponse {
@@ -1169,7 +1156,7 @@ impl Admin for AdminApi {
         let unused_for = i64::from(req.into_inner().unused_for_seconds);
         let now = self.s.clock.now();
         let mut last: BTreeMap<String, i64> = BTreeMap::new();
-        for l in self.s.store.leases(None, false).map_err(store_status)? {
+        for l in self.s.store.leases(None, false).map_err(Status::from)? {
             let e = last.entry(l.workload).or_insert(0);
             *e = (*e).max(l.issued_at);
         }
@@ -1177,12 +1164,12 @@ impl Admin for AdminApi {
             .s
             .store
             .offboarded_owners()
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .into_iter()
             .map(|(o, _)| o)
             .collect();
         let mut out = Vec::new();
-        for w in self.s.store.workloads().map_err(store_status)? {
+        for w in self.s.store.workloads().map_err(Status::from)? {
             let last_issued = last.get(&w.name).copied().unwrap_or(0);
             let why = if offboarded.contains(&w.owner) {
                 "owner-offboarded"
@@ -1228,7 +1215,7 @@ impl Admin for AdminApi {
             .s
             .store
             .events(r.since_unix_ms, limit)
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         let (tx, rx) = mpsc::channel(256);
         let follow = r.follow;
         tokio::spawn(async move {
@@ -1283,7 +1270,7 @@ impl AdminApi {
             .store
             .put_approval(a.clone(), ev)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(self.approval_proto(a)))
     }
 
@@ -1297,7 +1284,7 @@ impl AdminApi {
             .store
             .put_workload(w.clone(), ev)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         self.s.relink();
         Ok(Response::new(self.spiffe(workload_proto(&w))))
     }
@@ -1337,7 +1324,7 @@ impl AdminApi {
             .s
             .store
             .approval(id)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .ok_or_else(|| {
                 not_found(format!(
                     "no approval {id:?}; `leashctl approval list` shows the pending ones"
@@ -1356,7 +1343,7 @@ impl AdminApi {
             .s
             .store
             .workload(&a.workload)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .map(|w| w.owner);
         if owner.as_deref() == Some(approver) {
             return Err(Reason::Denied.status(format!(

@@ -4,10 +4,9 @@
 //! host record (by serial, never by name) and checking that record; an evicted or
 //! unknown host is refused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
 use leash_proto::names::{self, excerpt};
@@ -23,7 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::issuer::{self, Claims, LeashClaim};
 use crate::model::{hosts_match, Change, Event, Host, Lease, LeaseState, Workload};
 use crate::policy::Facts;
-use crate::server::{store_status, Shared};
+use crate::state::Shared;
+use crate::status::write_failed;
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ impl AgentApi {
             .s
             .store
             .host_by_serial(&serial)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .ok_or_else(|| Reason::Denied.status("this certificate belongs to no enrolled host"))?;
         if host.evicted {
             return Err(Reason::Denied.status(format!(
@@ -200,7 +200,7 @@ impl ControlPlane for AgentApi {
             .store
             .renew_host(&host.name, &serial, not_after)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(v1::RenewResponse {
             certificate_der: der.to_vec(),
             not_after_unix: not_after,
@@ -270,14 +270,14 @@ impl ControlPlane for AgentApi {
         let w = s
             .store
             .workload(&r.workload)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .ok_or_else(|| {
                 Reason::NotFound.status(format!("no workload named {}", excerpt(&r.workload)))
             })?;
         let c = s
             .store
             .credential(&r.credential)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .ok_or_else(|| {
                 Reason::NotFound.status(format!(
                     "no credential named {}; `leashctl credential list` shows the ones that exist",
@@ -526,7 +526,7 @@ impl ControlPlane for AgentApi {
                     .host(host.name.clone())
                     .workload(r.workload.clone())
                     .credential(r.credential.clone());
-                return Err(crate::server::write_failed(&self.s, e, failed).await);
+                return Err(write_failed(&self.s, e, failed).await);
             }
         };
         tracing::info!(host = %host.name, workload = %w.name, credential = %c.name, lease = %lease_id, %fingerprint, "issued");
@@ -568,7 +568,7 @@ impl ControlPlane for AgentApi {
             .store
             .append_events(vec![e])
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(v1::TaskStartedResponse {}))
     }
 
@@ -588,7 +588,7 @@ impl ControlPlane for AgentApi {
             .s
             .store
             .leases(None, true)
-            .map_err(store_status)?
+            .map_err(Status::from)?
             .into_iter()
             .filter(|l| l.host == host.name && l.task.as_deref() == Some(r.task.as_str()))
             .map(|l| l.id)
@@ -603,7 +603,7 @@ impl ControlPlane for AgentApi {
             .store
             .finish_leases(ids, LeaseState::Completed, format!("task {label} ended"))
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         if !r.left_running.is_empty() {
             // The task's own `completed` record: what it left running because its owner
             // could not have signalled it. Bounded whatever the agent sends.
@@ -626,7 +626,7 @@ impl ControlPlane for AgentApi {
                 .store
                 .append_events(vec![e])
                 .await
-                .map_err(store_status)?;
+                .map_err(Status::from)?;
         }
         Ok(Response::new(v1::CompleteTaskResponse {
             completed: done.len() as u32,
@@ -873,26 +873,8 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
     }
 }
 
-/// Labels an agent asked for must narrow the token's, never add to them.
-pub fn narrow_labels(
-    bound: &BTreeMap<String, String>,
-    asked: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, String> {
-    if asked.is_empty() {
-        return Ok(bound.clone());
-    }
-    for (k, v) in asked {
-        if bound.get(k) != Some(v) {
-            return Err(format!(
-                "label {k}={v} is not bound in the join token; an agent may only narrow the token's labels"
-            ));
-        }
-    }
-    Ok(asked.clone())
-}
-
-/// Give tonic a moment between heartbeats on idle connections (HTTP/2 keepalive).
-pub const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Kept at this path for the fuzz targets.
+pub use crate::enroll::narrow_labels;
 
 /// The kind of workload that may act on behalf of someone.
 const SHARED_AGENT: &str = "shared-agent";

@@ -10,7 +10,7 @@ use leash_proto::reason::{Reason, APPROVAL_KEY};
 use tonic::Status;
 
 use crate::model::{Approval, Event, Host, Workload};
-use crate::server::{store_status, Shared};
+use crate::state::Shared;
 
 /// Pending requests one workload may have at once.
 pub const MAX_PENDING_PER_WORKLOAD: usize = 20;
@@ -63,7 +63,7 @@ pub fn request(
 pub async fn gate(s: &Shared, want: Approval) -> Result<String, Status> {
     let now = want.requested_at;
     let timeout = s.config.approval_timeout.as_secs() as i64;
-    let all = s.store.approvals().map_err(store_status)?;
+    let all = s.store.approvals().map_err(Status::from)?;
     let same = |a: &&Approval| {
         a.workload == want.workload
             && a.credential == want.credential
@@ -124,7 +124,7 @@ pub async fn gate(s: &Shared, want: Approval) -> Result<String, Status> {
             "action": a.action, "on_behalf_of": a.on_behalf_of, "ttl_seconds": a.ttl, "policies": a.policies,
         }));
     let id = a.id.clone();
-    s.store.put_approval(a, ev).await.map_err(store_status)?;
+    s.store.put_approval(a, ev).await.map_err(Status::from)?;
     tracing::info!(approval = %id, "request waits for approval");
     Err(pending_message(&id))
 }

@@ -3,7 +3,8 @@
 //! It holds identities (workloads and their owners), credential definitions, the CA and
 //! JWT signing keys, leases, the revocation log and the audit trail, and serves two
 //! APIs: the agent-facing one over mutual TLS (`agent_api`), and the admin one on a
-//! local Unix socket (`admin`). `server::run` wires them together; `main.rs` is a thin
+//! local Unix socket (`admin`). Both share one `state::Shared`; `server::run` wires them
+//! together; `main.rs` is a thin
 //! command-line shell around it so tests can start a control plane in-process too.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,8 @@ pub mod model;
 pub mod policy;
 pub mod revocation;
 pub mod server;
+pub mod state;
+pub mod status;
 pub mod store;
 pub mod tls;
 

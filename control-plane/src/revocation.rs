@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use leash_proto::v1;
 
 use crate::model::{Revocation, RevocationTarget};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// A revocation as Sync carries it to `host`: with only the lease ids issued to it, and
 /// without what names other hosts' business.
@@ -66,14 +66,6 @@ pub fn to_proto(r: &Revocation, host: &str, told: &HashMap<String, String>) -> v
     }
 }
 
-/// The revocation recorded with sequence number `seq`, if any.
-pub fn recorded(store: &dyn crate::store::Storage, seq: u64) -> Option<Revocation> {
-    store
-        .revocations_since(seq.saturating_sub(1))
-        .ok()
-        .and_then(|v| v.into_iter().find(|r| r.seq == seq))
-}
-
 /// RFC 7662 introspection of a token.
 pub fn introspect(s: &Shared, token: &str) -> v1::IntrospectResponse {
     let claims = crate::issuer::verify(&s.keys, token.trim());
@@ -114,7 +106,7 @@ pub async fn wait(
 ) {
     let start = Instant::now();
     let mut acks = s.hub.subscribe_acks();
-    let Some(rev) = recorded(s.store.as_ref(), seq) else {
+    let Some(rev) = s.revocation(seq) else {
         let _ = tx
             .send(Err(leash_proto::reason::Reason::NotFound
                 .status(format!("no revocation with sequence {seq}"))))
