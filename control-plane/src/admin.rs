@@ -20,14 +20,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::agent_api::workload_proto;
 use crate::model::{
-    selector_kind, valid_name, Credential, Event, JoinTokenRecord, Lease, RevocationTarget,
-    Workload, ID_SELECTOR_KINDS, WORKLOAD_KINDS,
+    selector_kind, valid_name, Credential, Event, JoinTokenRecord, RevocationTarget, Workload,
+    ID_SELECTOR_KINDS, WORKLOAD_KINDS,
 };
 use crate::policy::PolicyError;
 use crate::state::Shared;
 use crate::status::write_failed;
+use crate::wire::{
+    self, credential_proto, event_proto, lease_proto, problem_proto, workload_proto,
+};
 
 /// Longest a join token may live.
 const MAX_JOIN_TOKEN_TTL: u32 = 7 * 24 * 3600;
@@ -65,58 +67,6 @@ fn check_labels(labels: &BTreeMap<String, String>, what: &str) -> Result<(), Sta
         }
     }
     Ok(())
-}
-
-/// A lease as the admin API shows it.
-pub fn lease_proto(l: &Lease) -> v1::Lease {
-    v1::Lease {
-        id: l.id.clone(),
-        workload: l.workload.clone(),
-        credential: l.credential.clone(),
-        action: l.action.clone(),
-        audience: l.audience.clone(),
-        host: l.host.clone(),
-        task: l.task.clone().unwrap_or_default(),
-        on_behalf_of: l.on_behalf_of.clone().unwrap_or_default(),
-        issued_at_unix: l.issued_at,
-        expires_at_unix: l.expires_at,
-        seq: l.seq,
-        state: l.state.as_str().to_string(),
-        reason: l.reason.clone().unwrap_or_default(),
-        fingerprint: l.fingerprint.clone(),
-        policy_version: l.policy_version,
-    }
-}
-
-fn credential_proto(c: &Credential) -> v1::Credential {
-    v1::Credential {
-        name: c.name.clone(),
-        kind: c.kind.clone(),
-        audiences: c.audiences.clone(),
-        default_ttl_seconds: c.default_ttl,
-        max_ttl_seconds: c.max_ttl,
-        default_action: c.default_action.clone(),
-        scopes: c
-            .scopes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.join(" ")))
-            .collect(),
-        created_at_unix: c.created_at,
-    }
-}
-
-fn problem_proto(p: crate::policy::Problem) -> v1::PolicyProblem {
-    v1::PolicyProblem {
-        line: p.line,
-        col: p.col,
-        message: p.message,
-    }
-}
-
-fn event_proto(e: &Event) -> v1::AuditEvent {
-    v1::AuditEvent {
-        json: serde_json::to_string(e).unwrap_or_default(),
-    }
 }
 
 impl AdminApi {
@@ -269,15 +219,7 @@ impl Admin for AdminApi {
             .join_tokens()
             .map_err(Status::from)?
             .into_iter()
-            .map(|t| v1::JoinTokenInfo {
-                state: t.state(now).to_string(),
-                id: t.id,
-                name: t.name.unwrap_or_default(),
-                labels: t.labels.into_iter().collect(),
-                created_at_unix: t.created_at,
-                expires_at_unix: t.expires_at,
-                used_by: t.used_by.unwrap_or_default(),
-            })
+            .map(|t| wire::join_token_info(t, now))
             .collect();
         Ok(Response::new(v1::ListJoinTokensResponse { tokens }))
     }
@@ -581,16 +523,7 @@ impl Admin for AdminApi {
             .into_iter()
             .map(|h| {
                 let conn = self.s.hub.info(&h.name);
-                v1::HostInfo {
-                    last_seen_unix: conn.map(|c| c.last_seen_ms / 1000).unwrap_or(h.last_seen),
-                    connected: conn.is_some(),
-                    acked_seq: conn.map(|c| c.acked_seq).unwrap_or(0),
-                    name: h.name,
-                    labels: h.labels.into_iter().collect(),
-                    enrolled_at_unix: h.enrolled_at,
-                    evicted: h.evicted,
-                    cert_not_after_unix: h.cert_not_after,
-                }
+                wire::host_info(h, conn)
             })
             .collect();
         Ok(Response::new(v1::ListHostsResponse { hosts }))
@@ -1298,24 +1231,7 @@ impl AdminApi {
             .flatten()
             .map(|w| w.owner)
             .unwrap_or_default();
-        v1::ApprovalInfo {
-            id: a.id,
-            workload: a.workload,
-            credential: a.credential,
-            action: a.action,
-            host: a.host,
-            on_behalf_of: a.on_behalf_of,
-            ttl_seconds: a.ttl,
-            audience: a.audience,
-            requested_at_unix: a.requested_at,
-            state: a.state,
-            decided_by: a.decided_by.unwrap_or_default(),
-            reason: a.reason.unwrap_or_default(),
-            valid_until_unix: a.valid_until,
-            uses_left: a.uses_left,
-            policies: a.policies,
-            owner,
-        }
+        wire::approval_info(a, owner)
     }
 
     /// A pending, unexpired approval that `approver` may decide.
@@ -1359,8 +1275,7 @@ impl AdminApi {
         Ok(a)
     }
 
-    fn spiffe(&self, mut w: v1::Workload) -> v1::Workload {
-        w.spiffe_id = format!("spiffe://{}/{}", self.s.config.trust_domain, w.name);
-        w
+    fn spiffe(&self, w: v1::Workload) -> v1::Workload {
+        wire::with_spiffe_id(w, &self.s.config.trust_domain)
     }
 }

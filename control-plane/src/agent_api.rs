@@ -24,6 +24,7 @@ use crate::model::{hosts_match, Change, Event, Host, Lease, LeaseState, Workload
 use crate::policy::Facts;
 use crate::state::Shared;
 use crate::status::write_failed;
+use crate::wire::workload_proto;
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -118,7 +119,7 @@ fn messages_for(
             })
         }
         Change::Revoked { revocation } => {
-            Msg::Revocation(crate::revocation::to_proto(revocation, &host.name, told))
+            Msg::Revocation(crate::wire::revocation_proto(revocation, &host.name, told))
         }
         Change::HostEvicted { seq, name, reason } => {
             if name != &host.name {
@@ -146,22 +147,6 @@ fn message_seq(m: &v1::ControlMessage) -> (u64, bool) {
         Some(Msg::Heartbeat(x)) => (x.seq, false),
         Some(Msg::Evicted(x)) => (x.seq, false),
         None => (0, false),
-    }
-}
-
-/// A workload record as the wire carries it.
-pub fn workload_proto(w: &Workload) -> v1::Workload {
-    v1::Workload {
-        name: w.name.clone(),
-        spiffe_id: String::new(),
-        owner: w.owner.clone(),
-        kind: w.kind.clone(),
-        selectors: w.selectors.clone(),
-        hosts: w.hosts.clone().into_iter().collect(),
-        allow: w.allow.clone(),
-        expires_at_unix: w.expires_at,
-        disabled: w.disabled,
-        created_at_unix: w.created_at,
     }
 }
 

@@ -26,6 +26,7 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 /// A random identifier: `prefix-` followed by `bytes` random bytes in hex.
 pub fn random_id(prefix: &str, bytes: usize) -> String {
