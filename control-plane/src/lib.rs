@@ -16,6 +16,7 @@ pub mod config;
 pub mod enroll;
 pub mod expiry;
 pub mod hub;
+pub mod issuance;
 pub mod issuer;
 pub mod keys;
 pub mod model;
