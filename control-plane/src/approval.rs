@@ -9,7 +9,7 @@
 use leash_proto::reason::{Reason, APPROVAL_KEY};
 use tonic::Status;
 
-use crate::model::{Approval, Event, Host, Workload};
+use crate::model::{Approval, Host, Workload};
 use crate::state::Shared;
 
 /// Pending requests one workload may have at once.
@@ -114,15 +114,7 @@ pub async fn gate(s: &Shared, want: Approval) -> Result<String, Status> {
     }
     let mut a = want;
     a.id = crate::random_id("ap", 6);
-    let ev = Event::new("pending")
-        .actor(a.host.clone())
-        .host(a.host.clone())
-        .workload(a.workload.clone())
-        .credential(a.credential.clone())
-        .approval(a.id.clone())
-        .detail(serde_json::json!({
-            "action": a.action, "on_behalf_of": a.on_behalf_of, "ttl_seconds": a.ttl, "policies": a.policies,
-        }));
+    let ev = crate::audit::pending(s.clock.now_ms(), &a);
     let id = a.id.clone();
     s.store.put_approval(a, ev).await.map_err(Status::from)?;
     tracing::info!(approval = %id, "request waits for approval");

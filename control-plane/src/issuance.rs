@@ -9,8 +9,9 @@ use leash_proto::reason::Reason;
 use leash_proto::v1;
 use tonic::Status;
 
+use crate::audit;
 use crate::issuer::{self, Claims, LeashClaim};
-use crate::model::{hosts_match, Event, Host, Lease, LeaseState};
+use crate::model::{hosts_match, Host, Lease, LeaseState};
 use crate::policy::Facts;
 use crate::state::Shared;
 use crate::status::write_failed;
@@ -255,18 +256,7 @@ pub async fn issue(
         reason: None,
         fingerprint: fingerprint.clone(),
     };
-    let mut event = Event::new("issued")
-        .actor(host.name.clone())
-        .host(host.name.clone())
-        .workload(w.name.clone())
-        .credential(c.name.clone())
-        .lease(lease_id.clone())
-        .detail(serde_json::json!({
-            "action": action, "audience": audience, "ttl_seconds": ttl,
-            "fingerprint": fingerprint, "pid": attested.pid,
-        }));
-    event.task = lease.task.clone();
-    event.approval = approval.clone();
+    let event = audit::issued(s.clock.now_ms(), &lease, ttl, attested.pid);
     let written = match &approval {
         Some(id) => s.store.issue_with_approval(id, now, lease, event).await,
         None => s.store.issue_lease(lease, event).await,
@@ -275,11 +265,8 @@ pub async fn issue(
         Ok(seq) => seq,
         Err(crate::store::StoreError::Refused(m)) => return Err(deny(s, host, &r, m).await),
         Err(e) => {
-            let failed = Event::new("issue-failed")
-                .actor(host.name.clone())
-                .host(host.name.clone())
-                .workload(r.workload.clone())
-                .credential(r.credential.clone());
+            let failed =
+                audit::issue_failed(s.clock.now_ms(), &host.name, &r.workload, &r.credential);
             return Err(write_failed(s, e, failed).await);
         }
     };
@@ -297,12 +284,13 @@ pub async fn issue(
 
 /// Refuse an Issue request: record a `denied` event, answer DENIED.
 async fn deny(s: &Shared, host: &Host, req: &v1::IssueRequest, reason: String) -> Status {
-    let e = Event::new("denied")
-        .actor(host.name.clone())
-        .host(host.name.clone())
-        .workload(req.workload.clone())
-        .credential(req.credential.clone())
-        .reason(reason.clone());
+    let e = audit::issue_denied(
+        s.clock.now_ms(),
+        &host.name,
+        &req.workload,
+        &req.credential,
+        &reason,
+    );
     if let Err(err) = s.store.append_events(vec![e]).await {
         tracing::warn!(error = %err, "could not record a denied event");
     }

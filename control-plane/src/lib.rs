@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod agent_api;
 pub mod approval;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod enroll;

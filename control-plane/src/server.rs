@@ -294,7 +294,10 @@ pub async fn run(
         let _ = stop_tx.send(true);
         // Refusals counted since the last interval are not lost at shutdown (the
         // process may exit before the listeners have drained).
-        on_stop.enroll_guard.flush(on_stop.store.as_ref()).await;
+        on_stop
+            .enroll_guard
+            .flush(on_stop.store.as_ref(), on_stop.clock.now_ms())
+            .await;
     });
     let servers = async { tokio::join!(agent_srv, admin_srv) };
     tokio::pin!(servers);
@@ -311,7 +314,10 @@ pub async fn run(
     expiry.abort();
     refused.abort();
     recovery.abort();
-    shared.enroll_guard.flush(shared.store.as_ref()).await;
+    shared
+        .enroll_guard
+        .flush(shared.store.as_ref(), shared.clock.now_ms())
+        .await;
     let _ = std::fs::remove_file(&config.admin_socket);
     a?;
     b?;

@@ -6,6 +6,7 @@ use leash_proto::v1;
 use tonic::Status;
 
 use super::check::{invalid, not_found};
+use crate::audit;
 use crate::model::{Approval, Event};
 use crate::state::Shared;
 use crate::wire::{self};
@@ -58,9 +59,7 @@ pub(super) async fn approve(
     a.decided_by = Some(approver.clone());
     a.valid_until = now + i64::from(for_secs);
     a.uses_left = if r.uses == 0 { 1 } else { r.uses };
-    let ev = decision_event("approved", approver, &a).detail(
-        serde_json::json!({ "for_seconds": for_secs, "uses": a.uses_left, "action": a.action }),
-    );
+    let ev = audit::approved(s.clock.now_ms(), &approver, &a, for_secs);
     save_approval(s, a, ev).await
 }
 
@@ -76,18 +75,8 @@ pub(super) async fn deny(
     a.state = "denied".into();
     a.decided_by = Some(approver.clone());
     a.reason = Some(r.reason.clone());
-    let ev = decision_event("denied", approver, &a).reason(r.reason);
+    let ev = audit::approval_denied(s.clock.now_ms(), &approver, &a, &r.reason);
     save_approval(s, a, ev).await
-}
-
-/// The event recording an approver's decision.
-fn decision_event(kind: &str, approver: String, a: &Approval) -> Event {
-    Event::new(kind)
-        .actor(approver)
-        .workload(a.workload.clone())
-        .credential(a.credential.clone())
-        .host(a.host.clone())
-        .approval(a.id.clone())
 }
 
 /// Store a decided approval and answer with it.

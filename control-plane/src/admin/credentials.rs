@@ -6,7 +6,8 @@ use leash_proto::v1;
 use tonic::Status;
 
 use super::check::invalid;
-use crate::model::{valid_name, Credential, Event};
+use crate::audit;
+use crate::model::{valid_name, Credential};
 use crate::state::Shared;
 use crate::wire::credential_proto;
 
@@ -84,10 +85,7 @@ pub(super) async fn add(
         scopes,
         created_at: s.clock.now(),
     };
-    let ev = Event::new("credential-added")
-        .actor(actor)
-        .credential(rec.name.clone())
-        .detail(serde_json::json!({ "kind": rec.kind, "audiences": rec.audiences, "ttl": rec.default_ttl, "max_ttl": rec.max_ttl }));
+    let ev = audit::credential_added(s.clock.now_ms(), &actor, &rec);
     s.store
         .put_credential(rec.clone(), ev)
         .await

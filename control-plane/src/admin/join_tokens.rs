@@ -10,7 +10,8 @@ use ring::rand::SecureRandom;
 use tonic::Status;
 
 use super::check::{check_labels, invalid};
-use crate::model::{valid_name, Event, JoinTokenRecord};
+use crate::audit;
+use crate::model::{valid_name, JoinTokenRecord};
 use crate::state::Shared;
 use crate::wire::{self};
 
@@ -64,9 +65,7 @@ pub(super) async fn create(
         revoked: false,
     };
     let token = JoinToken::encode(&id, &secret, &s.keys.ca_pin);
-    let ev = Event::new("join-token-created")
-        .actor(actor)
-        .detail(serde_json::json!({ "join_token": id, "name": rec.name, "labels": rec.labels, "ttl_seconds": ttl }));
+    let ev = audit::join_token_created(s.clock.now_ms(), &actor, &rec, ttl);
     s.store
         .put_join_token(rec, ev)
         .await
@@ -96,9 +95,7 @@ pub(super) async fn revoke(
     req: v1::NameRequest,
 ) -> Result<v1::Empty, Status> {
     let id = req.name;
-    let ev = Event::new("join-token-revoked")
-        .actor(actor)
-        .detail(serde_json::json!({ "join_token": id }));
+    let ev = audit::join_token_revoked(s.clock.now_ms(), &actor, &id);
     s.store
         .revoke_join_token(&id, ev)
         .await

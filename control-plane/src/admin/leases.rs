@@ -11,7 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::check::{invalid, not_found, workload_or_404};
-use crate::model::{Event, RevocationTarget};
+use crate::audit;
+use crate::model::RevocationTarget;
 use crate::state::Shared;
 use crate::status::write_failed;
 use crate::wire::{event_proto, lease_proto};
@@ -151,12 +152,9 @@ pub(super) async fn revoke_target(
     target: RevocationTarget,
     reason: String,
 ) -> Result<v1::RevokeResponse, Status> {
-    let ev = Event::new("revocation")
-        .actor(actor.clone())
-        .reason(reason.clone());
-    let failed = Event::new("revoke-failed")
-        .actor(actor.clone())
-        .detail(serde_json::json!({ "target": target.describe() }));
+    let at_ms = s.clock.now_ms();
+    let ev = audit::revocation(at_ms, &actor, &reason);
+    let failed = audit::revoke_failed(at_ms, &actor, &target.describe());
     let rev = match s.store.revoke(target, reason, actor, vec![ev]).await {
         Ok(rev) => rev,
         Err(e) => return Err(write_failed(s, e, failed).await),

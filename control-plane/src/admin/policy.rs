@@ -9,7 +9,8 @@ use leash_proto::v1;
 use tonic::Status;
 
 use super::check::{invalid, not_found, workload_or_404};
-use crate::model::{Event, RevocationTarget, Workload};
+use crate::audit;
+use crate::model::{RevocationTarget, Workload};
 use crate::policy::PolicyError;
 use crate::state::Shared;
 use crate::wire::problem_proto;
@@ -64,9 +65,7 @@ pub(super) async fn apply(
         .map_err(|e| Reason::Unavailable.status(e.to_string()))?;
     let revoke = no_longer_permitted(s, &workloads)?;
     let revoked = revoke.len() as u32;
-    let ev = Event::new("policy-changed")
-        .actor(actor.clone())
-        .detail(serde_json::json!({ "version": version, "revoked": revoked }));
+    let ev = audit::policy_changed(s.clock.now_ms(), &actor, version, revoked);
     let (seq, hosts) = if revoke.is_empty() {
         s.store
             .append_events(vec![ev])

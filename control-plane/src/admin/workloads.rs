@@ -7,6 +7,7 @@ use leash_proto::v1;
 use tonic::Status;
 
 use super::check::{check_labels, invalid, spiffe, workload_or_404};
+use crate::audit;
 use crate::model::{selector_kind, valid_name, Event, Workload, ID_SELECTOR_KINDS, WORKLOAD_KINDS};
 use crate::state::Shared;
 use crate::wire::workload_proto;
@@ -75,10 +76,7 @@ pub(super) async fn add(
         disabled: false,
         created_at: s.clock.now(),
     };
-    let ev = Event::new("workload-added")
-        .actor(actor)
-        .workload(rec.name.clone())
-        .detail(serde_json::json!({ "owner": rec.owner, "kind": rec.kind, "selectors": rec.selectors, "allow": rec.allow }));
+    let ev = audit::workload_added(s.clock.now_ms(), &actor, &rec);
     save_workload(s, rec, ev).await
 }
 
@@ -105,9 +103,7 @@ pub(super) async fn remove(
 ) -> Result<v1::Empty, Status> {
     let name = req.name;
     workload_or_404(s, &name)?;
-    let ev = Event::new("workload-removed")
-        .actor(actor)
-        .workload(name.clone());
+    let ev = audit::workload_removed(s.clock.now_ms(), &actor, &name);
     s.store
         .remove_workload(&name, ev)
         .await
@@ -149,10 +145,7 @@ pub(super) async fn transfer(
     }
     let mut w = workload_or_404(s, &r.name)?;
     let from = std::mem::replace(&mut w.owner, r.to.trim().to_string());
-    let ev = Event::new("workload-transferred")
-        .actor(actor)
-        .workload(w.name.clone())
-        .detail(serde_json::json!({ "from": from, "to": w.owner }));
+    let ev = audit::workload_transferred(s.clock.now_ms(), &actor, &w.name, &from, &w.owner);
     save_workload(s, w, ev).await
 }
 

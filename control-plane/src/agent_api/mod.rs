@@ -19,7 +19,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::model::{Event, Host, LeaseState};
+use crate::audit;
+use crate::model::{Host, LeaseState};
 use crate::state::Shared;
 
 mod sync;
@@ -190,11 +191,7 @@ impl ControlPlane for AgentApi {
         let host = self.host(&req)?;
         let r = req.into_inner();
         check_task(&r.task, &r.name)?;
-        let e = Event::new("task-started")
-            .actor(host.name.clone())
-            .host(host.name.clone())
-            .task(r.task.clone())
-            .detail(serde_json::json!({ "name": r.name, "root_pid": r.root_pid, "uid": r.uid }));
+        let e = audit::task_started(self.s.clock.now_ms(), &host.name, &r);
         self.s
             .store
             .append_events(vec![e])
@@ -244,15 +241,14 @@ impl ControlPlane for AgentApi {
                 .take(64)
                 .map(|p| serde_json::json!({ "pid": p.pid, "exe": p.exe.chars().take(256).collect::<String>() }))
                 .collect();
-            let e = Event::new("completed")
-                .actor(host.name.clone())
-                .host(host.name.clone())
-                .task(r.task.clone())
-                .reason(format!(
-                    "task {label} ended; {} process(es) its owner could not signal were left running",
-                    r.left_running.len()
-                ))
-                .detail(serde_json::json!({ "left_running": left }));
+            let e = audit::task_completed(
+                self.s.clock.now_ms(),
+                &host.name,
+                &r.task,
+                &label,
+                r.left_running.len(),
+                left,
+            );
             self.s
                 .store
                 .append_events(vec![e])

@@ -8,7 +8,8 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
-use crate::model::{hosts_match, Change, Event, Host, Workload};
+use crate::audit;
+use crate::model::{hosts_match, Change, Host, Workload};
 use crate::state::Shared;
 use crate::wire::workload_proto;
 
@@ -260,19 +261,7 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
                 .get(&host.name)
                 .cloned()
                 .unwrap_or_default();
-            let base = Event::new("wiped")
-                .actor(host.name.clone())
-                .host(host.name.clone())
-                .detail(serde_json::json!({ "seq": a.seq, "count": a.wiped }));
-            let events = if leases.is_empty() {
-                vec![base]
-            } else {
-                leases
-                    .into_iter()
-                    .map(|id| base.clone().lease(id))
-                    .collect()
-            };
-            s.record(events);
+            s.record(audit::wiped(now, &host.name, a.seq, a.wiped, leases));
         }
         Some(Msg::Usage(u)) => {
             s.hub.seen(&host.name, conn, now, None);
@@ -295,18 +284,7 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
                     }
                     own
                 })
-                .map(|l| {
-                    Event::new("served")
-                        .host(host.name.clone())
-                        .actor(host.name.clone())
-                        .lease(l.lease_id)
-                        .detail(serde_json::json!({
-                            "count": l.count,
-                            "first_pid": l.first_pid, "first_exe": l.first_exe,
-                            "last_pid": l.last_pid, "last_exe": l.last_exe,
-                            "first_ms": l.first_unix_ms, "last_ms": l.last_unix_ms,
-                        }))
-                })
+                .map(|l| audit::served(now, &host.name, l))
                 .collect();
             if ignored > 0 {
                 tracing::warn!(host = %host.name, ignored, first = ?first_ignored.unwrap_or_default(), "ignored usage reported for leases not issued to this host");

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::audit;
 use crate::config::EnrollLimits;
 use crate::model::Event;
 use crate::store::Storage;
@@ -75,22 +76,21 @@ impl Refused {
         }
     }
 
-    fn event(&self, source: &str, interval: Duration) -> Event {
-        Event::new("enroll-refused")
-            .actor("enroll")
-            .reason(format!(
-                "{} enrollment(s) refused from {source} in {}s",
-                self.count,
-                interval.as_secs()
-            ))
-            .detail(serde_json::json!({
+    fn event(&self, source: &str, interval: Duration, at_ms: i64) -> Event {
+        audit::enroll_refused(
+            at_ms,
+            source,
+            interval.as_secs(),
+            self.count,
+            serde_json::json!({
                 "source": source,
                 "count": self.count,
                 "kinds": self.kinds,
                 "join_tokens": self.join_tokens,
                 "first_ms": self.first_ms,
                 "last_ms": self.last_ms,
-            }))
+            }),
+        )
     }
 }
 
@@ -200,7 +200,7 @@ impl Guard {
     }
 
     /// The aggregated events of the interval that ends now (and start a new one).
-    pub fn take_events(&self) -> Vec<Event> {
+    pub fn take_events(&self, at_ms: i64) -> Vec<Event> {
         let interval = self.limits.refused_interval;
         let (refused, others) = {
             let mut st = self.lock();
@@ -211,10 +211,10 @@ impl Guard {
         };
         let mut events: Vec<Event> = refused
             .iter()
-            .map(|(ip, r)| r.event(&ip.to_string(), interval))
+            .map(|(ip, r)| r.event(&ip.to_string(), interval, at_ms))
             .collect();
         if others.count > 0 {
-            events.push(others.event("other sources", interval));
+            events.push(others.event("other sources", interval, at_ms));
         }
         events
     }
@@ -225,8 +225,8 @@ impl Guard {
     }
 
     /// Write the interval's aggregated events.
-    pub async fn flush(&self, store: &dyn Storage) {
-        let events = self.take_events();
+    pub async fn flush(&self, store: &dyn Storage, at_ms: i64) {
+        let events = self.take_events(at_ms);
         if events.is_empty() {
             return;
         }
@@ -293,7 +293,7 @@ mod tests {
                 4,
             );
         }
-        let mut events = g.take_events();
+        let mut events = g.take_events(5);
         events.sort_by_key(|e| e.detail["source"].as_str().map(str::to_string));
         assert_eq!(events.len(), 3, "{events:#?}");
         assert_eq!(events[0].detail["source"], "192.0.2.1");
@@ -301,6 +301,6 @@ mod tests {
         assert_eq!(events[1].detail["count"], 2);
         assert_eq!(events[2].detail["source"], "other sources");
         assert_eq!(events[2].detail["count"], 50);
-        assert!(g.take_events().is_empty(), "a new interval starts empty");
+        assert!(g.take_events(5).is_empty(), "a new interval starts empty");
     }
 }

@@ -28,7 +28,8 @@ use leash_proto::reason::Reason;
 use leash_proto::v1;
 use tonic::Status;
 
-use crate::model::{valid_name, Event, Host};
+use crate::audit;
+use crate::model::{valid_name, Host};
 use crate::state::Shared;
 use crate::store::StoreError;
 
@@ -45,7 +46,9 @@ pub async fn flush_every_interval(s: std::sync::Arc<Shared>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        s.enroll_guard.flush(s.store.as_ref()).await;
+        s.enroll_guard
+            .flush(s.store.as_ref(), s.clock.now_ms())
+            .await;
     }
 }
 
@@ -79,10 +82,7 @@ async fn refuse(
         .enroll_guard
         .refused(source, kind, token_id, known, s.clock.now_ms());
     if first {
-        let mut e = Event::new("denied").actor("enroll").reason(reason.clone());
-        if let Some(id) = token_id {
-            e = e.detail(serde_json::json!({ "join_token": id, "source": source }));
-        }
+        let e = audit::enroll_denied(s.clock.now_ms(), &reason, token_id, source);
         if let Err(err) = s.store.append_events(vec![e]).await {
             tracing::warn!(error = %err, "could not record a denied enrollment");
         }
@@ -218,10 +218,13 @@ pub async fn enroll(
         cert_serial: serial,
         cert_not_after: not_after,
     };
-    let event = Event::new("enrolled")
-        .actor(name.clone())
-        .host(name.clone())
-        .detail(serde_json::json!({ "join_token": token.id, "labels": labels, "agent_version": r.agent_version }));
+    let event = audit::enrolled(
+        s.clock.now_ms(),
+        &name,
+        &token.id,
+        &labels,
+        &r.agent_version,
+    );
     match s
         .store
         .enroll(&token.id, &secret_sha, host, now, event)
