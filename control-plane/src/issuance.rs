@@ -15,9 +15,7 @@ use crate::model::{hosts_match, Host, Lease, LeaseState};
 use crate::policy::Facts;
 use crate::state::Shared;
 use crate::status::write_failed;
-
-/// The kind of workload that may act on behalf of someone.
-const SHARED_AGENT: &str = "shared-agent";
+use crate::workload_kind::WorkloadKind;
 
 /// Decide `r` from `host` and, when allowed, issue it.
 pub async fn issue(
@@ -75,7 +73,8 @@ pub async fn issue(
         )
         .await);
     }
-    if w.kind == "shared-agent" && r.on_behalf_of.is_empty() {
+    let shared_agent = WorkloadKind::of(&w.kind).is_some_and(WorkloadKind::acts_on_behalf);
+    if shared_agent && r.on_behalf_of.is_empty() {
         return Err(deny(
             s,
             host,
@@ -87,11 +86,12 @@ pub async fn issue(
         )
         .await);
     }
-    if w.kind != SHARED_AGENT && !r.on_behalf_of.is_empty() {
+    if !shared_agent && !r.on_behalf_of.is_empty() {
         return Err(Reason::Invalid.status(format!(
-            "workload {:?} is of kind {}, not {SHARED_AGENT}: only a shared agent may act on behalf of someone; drop --on-behalf-of",
+            "workload {:?} is of kind {}, not {}: only a shared agent may act on behalf of someone; drop --on-behalf-of",
             w.name,
-            excerpt(&w.kind)
+            excerpt(&w.kind),
+            WorkloadKind::SharedAgent
         )));
     }
     let action = if r.action.is_empty() {
@@ -203,7 +203,8 @@ pub async fn issue(
         );
         match crate::approval::gate(s, want).await {
             Ok(id) => Some(id),
-            Err(st) => {
+            Err(e) => {
+                let st = Status::from(e);
                 if Reason::of(&st) == Reason::Denied {
                     return Err(deny(s, host, &r, st.message().to_string()).await);
                 }

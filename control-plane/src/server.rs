@@ -17,6 +17,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::{Keys, MasterKey};
+use crate::policy::PolicyError;
 // Also the path `expiry.rs` names `Shared` by.
 pub use crate::state::Shared;
 use crate::store::{SledStore, Storage, StoreError};
@@ -100,9 +101,18 @@ pub enum ServerError {
          does that); nothing acknowledged is lost"
     )]
     StoreFailed,
-    /// The stored policy could not be loaded.
+    /// The policy engine could not be built, or the `--allow` links could not be.
     #[error("policy: {0}")]
-    Policy(String),
+    Policy(#[from] PolicyError),
+    /// The stored policy version no longer validates (against this configuration's
+    /// actions, say).
+    #[error("policy: stored policy version {version} no longer validates: {source}")]
+    StoredPolicy {
+        /// The stored version.
+        version: u64,
+        /// Why it does not validate.
+        source: PolicyError,
+    },
     /// The gRPC server failed.
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -215,21 +225,16 @@ pub async fn run(
     })?;
     secure_socket(&config.admin_socket);
 
-    let policy = crate::policy::Engine::new(&config.actions)
-        .map_err(|e| ServerError::Policy(e.to_string()))?;
+    let policy = crate::policy::Engine::new(&config.actions)?;
     let workloads = store.workloads()?;
     match crate::policy::stored(&*store, 0) {
         Some(rec) => policy
             .install(rec.version, &rec.text, &workloads)
-            .map_err(|e| {
-                ServerError::Policy(format!(
-                    "stored policy version {} no longer validates: {e}",
-                    rec.version
-                ))
+            .map_err(|source| ServerError::StoredPolicy {
+                version: rec.version,
+                source,
             })?,
-        None => policy
-            .relink(&workloads)
-            .map_err(|e| ServerError::Policy(e.to_string()))?,
+        None => policy.relink(&workloads)?,
     }
     let (sink_tx, sink_rx) = tokio::sync::mpsc::unbounded_channel();
     let clock = Clock::system();

@@ -2,9 +2,11 @@
 //! `Reason` (docs/CLI.md lists the exit code of each). Library modules return their own
 //! error enums; only the handlers and this module speak `tonic::Status`.
 
-use leash_proto::reason::Reason;
+use leash_proto::reason::{Reason, APPROVAL_KEY};
 use tonic::Status;
 
+use crate::approval::ApprovalError;
+use crate::enroll::EnrollError;
 use crate::model::Event;
 use crate::state::Shared;
 use crate::store::StoreError;
@@ -22,6 +24,40 @@ impl From<StoreError> for Status {
                 Reason::Unavailable.status(format!("the control plane's store failed: {e}"))
             }
         }
+    }
+}
+
+impl From<ApprovalError> for Status {
+    /// Pending carries the approval id in its metadata, for the requester to quote.
+    fn from(e: ApprovalError) -> Status {
+        match e {
+            ApprovalError::Pending { ref id } => {
+                let mut st = Reason::Pending.status(e.to_string());
+                if let Ok(v) = id.parse() {
+                    st.metadata_mut().insert(APPROVAL_KEY, v);
+                }
+                st
+            }
+            ApprovalError::Denied(m) => Reason::Denied.status(m),
+            ApprovalError::Store(e) => Status::from(e),
+        }
+    }
+}
+
+impl From<EnrollError> for Status {
+    fn from(e: EnrollError) -> Status {
+        let e = match e {
+            EnrollError::Store(e) => return Status::from(e),
+            e => e,
+        };
+        let reason = match &e {
+            EnrollError::RateLimited { .. } | EnrollError::Store(_) => Reason::Unavailable,
+            EnrollError::Protocol(_) | EnrollError::InvalidName(_) | EnrollError::Csr(_) => {
+                Reason::Invalid
+            }
+            EnrollError::Malformed(_) | EnrollError::Refused(_) => Reason::Denied,
+        };
+        reason.status(e.to_string())
     }
 }
 

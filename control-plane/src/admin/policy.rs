@@ -14,6 +14,7 @@ use crate::model::{RevocationTarget, Workload};
 use crate::policy::PolicyError;
 use crate::state::Shared;
 use crate::wire::problem_proto;
+use crate::workload_kind::WorkloadKind;
 
 pub(super) async fn check(
     s: &Shared,
@@ -205,7 +206,9 @@ pub(super) async fn explain(
             c.name
         ));
     }
-    if w.kind == "shared-agent" && r.on_behalf_of.is_empty() {
+    if WorkloadKind::of(&w.kind).is_some_and(WorkloadKind::acts_on_behalf)
+        && r.on_behalf_of.is_empty()
+    {
         refusals.push("a shared agent must act on behalf of someone (--on-behalf-of)".to_string());
     }
     let v = s

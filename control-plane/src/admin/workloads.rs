@@ -8,9 +8,10 @@ use tonic::Status;
 
 use super::check::{check_labels, invalid, spiffe, workload_or_404};
 use crate::audit;
-use crate::model::{selector_kind, valid_name, Event, Workload, ID_SELECTOR_KINDS, WORKLOAD_KINDS};
+use crate::model::{selector_kind, valid_name, Event, Workload, ID_SELECTOR_KINDS};
 use crate::state::Shared;
 use crate::wire::workload_proto;
+use crate::workload_kind::{UnknownWorkloadKind, WorkloadKind};
 
 pub(super) async fn add(
     s: &Shared,
@@ -29,13 +30,10 @@ pub(super) async fn add(
             "every workload needs an owner: add --owner TEAM-OR-PERSON",
         ));
     }
-    if !WORKLOAD_KINDS.contains(&w.kind.as_str()) {
-        return Err(invalid(format!(
-            "unknown kind {:?}; use one of {}",
-            w.kind,
-            WORKLOAD_KINDS.join(", ")
-        )));
-    }
+    let kind: WorkloadKind = w
+        .kind
+        .parse()
+        .map_err(|e: UnknownWorkloadKind| invalid(e.to_string()))?;
     let mut has_id = false;
     for sel in &w.selectors {
         match selector_kind(sel) {
@@ -68,7 +66,7 @@ pub(super) async fn add(
     let rec = Workload {
         name: w.name,
         owner: w.owner.trim().to_string(),
-        kind: w.kind,
+        kind: kind.as_str().to_string(),
         selectors: w.selectors,
         hosts,
         allow: w.allow,

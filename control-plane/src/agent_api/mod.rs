@@ -86,6 +86,7 @@ impl ControlPlane for AgentApi {
         crate::enroll::enroll(&self.s, source, r)
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn renew(

@@ -11,6 +11,7 @@ use tonic::{Status, Streaming};
 use crate::audit;
 use crate::model::{hosts_match, Change, Host, Workload};
 use crate::state::Shared;
+use crate::store::StoreError;
 use crate::wire::workload_proto;
 
 /// The Sync message, if any, that tells `host` about `change`. `told` holds the
@@ -81,6 +82,36 @@ fn message_seq(m: &v1::ControlMessage) -> (u64, bool) {
     }
 }
 
+/// Why a Sync stream ended (logged, never sent: the stream is gone).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncEnd {
+    /// The response stream was dropped.
+    #[error("agent went away")]
+    AgentGone,
+    /// The host was already evicted when it connected.
+    #[error("host is evicted")]
+    Evicted,
+    /// The host was evicted while connected.
+    #[error("host evicted")]
+    EvictedNow,
+    /// The stream fell behind the change log past what it keeps.
+    #[error("fell too far behind the change log")]
+    FellBehind,
+    /// The change feed closed: the control plane is stopping.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// The agent ended its side.
+    #[error("agent closed the stream")]
+    AgentClosed,
+    /// The agent's side failed.
+    #[error("agent stream error: {0}")]
+    AgentError(String),
+    /// The store could not be read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
 /// Drive one Sync stream until either side goes away.
 pub(super) async fn run_sync(
     s: &Shared,
@@ -89,7 +120,7 @@ pub(super) async fn run_sync(
     last_seq: u64,
     inbound: &mut Streaming<v1::AgentMessage>,
     tx: &mpsc::Sender<Result<v1::ControlMessage, Status>>,
-) -> Result<(), String> {
+) -> Result<(), SyncEnd> {
     use tokio::sync::broadcast::error::RecvError;
     use v1::control_message::Msg;
 
@@ -97,18 +128,15 @@ pub(super) async fn run_sync(
         // Noted before it goes out, so an ack that comes back at once is recognised.
         let (seq, revocation) = message_seq(&m);
         s.hub.sending(&host.name, conn, seq, revocation);
-        tx.send(Ok(m))
-            .await
-            .map_err(|_| "agent went away".to_string())
+        tx.send(Ok(m)).await.map_err(|_| SyncEnd::AgentGone)
     };
     // Subscribe before reading the log, so nothing committed in between is missed.
     let mut changes = s.store.subscribe_changes();
     // The workloads this host may run. Read before the backlog: a change committed in
     // between is then in the backlog too, and is told against this picture.
-    let matching = || -> Result<Vec<Workload>, String> {
+    let matching = || -> Result<Vec<Workload>, SyncEnd> {
         Ok(s.store
-            .workloads()
-            .map_err(|e| e.to_string())?
+            .workloads()?
             .into_iter()
             .filter(|w| hosts_match(&w.hosts, &host.labels))
             .collect())
@@ -131,7 +159,7 @@ pub(super) async fn run_sync(
             revocations: Vec::new(),
         })),
     };
-    let mut sent = match s.store.changes_since(last_seq).map_err(|e| e.to_string())? {
+    let mut sent = match s.store.changes_since(last_seq)? {
         Some(backlog) if last_seq > 0 => {
             let mut sent = last_seq;
             // A workload that stopped matching (or was removed) and does not match now
@@ -188,7 +216,7 @@ pub(super) async fn run_sync(
                 })),
             })
             .await?;
-            return Err("host is evicted".into());
+            return Err(SyncEnd::Evicted);
         }
     }
 
@@ -204,19 +232,19 @@ pub(super) async fn run_sync(
                     }
                     sent = c.seq();
                     if matches!(&*c, Change::HostEvicted { name, .. } if name == &host.name) {
-                        return Err("host evicted".into());
+                        return Err(SyncEnd::EvictedNow);
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Fell behind the broadcast: replay from the durable log instead.
-                    let backlog = s.store.changes_since(sent).map_err(|e| e.to_string())?
-                        .ok_or("fell too far behind the change log")?;
+                    let backlog = s.store.changes_since(sent)?
+                        .ok_or(SyncEnd::FellBehind)?;
                     for c in backlog {
                         if let Some(m) = messages_for(host, &c, &mut told) { send(m).await?; }
                         sent = c.seq();
                     }
                 }
-                Err(RecvError::Closed) => return Err("shutting down".into()),
+                Err(RecvError::Closed) => return Err(SyncEnd::ShuttingDown),
             },
             _ = heartbeat.tick() => {
                 send(v1::ControlMessage { msg: Some(Msg::Heartbeat(v1::Heartbeat {
@@ -226,8 +254,8 @@ pub(super) async fn run_sync(
                 }))}).await?;
             }
             msg = inbound.next() => match msg {
-                None => return Err("agent closed the stream".into()),
-                Some(Err(e)) => return Err(format!("agent stream error: {}", e.message())),
+                None => return Err(SyncEnd::AgentClosed),
+                Some(Err(e)) => return Err(SyncEnd::AgentError(e.message().to_string())),
                 Some(Ok(m)) => handle_agent_message(s, host, conn, m).await,
             },
         }

@@ -24,9 +24,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use leash_proto::join_token::JoinToken;
-use leash_proto::reason::Reason;
 use leash_proto::v1;
-use tonic::Status;
 
 use crate::audit;
 use crate::model::{valid_name, Host};
@@ -34,6 +32,52 @@ use crate::state::Shared;
 use crate::store::StoreError;
 
 pub mod guard;
+
+/// Why an enrollment was refused. Each says what to do; `status.rs` maps them to the
+/// reasons docs/CLI.md lists.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrollError {
+    /// Too many calls from this source, or from everyone (unavailable).
+    #[error("too many enrollment attempts from {from}; retry in {retry_secs}s")]
+    RateLimited {
+        /// The source address, or "this source".
+        from: String,
+        /// Seconds until a call is allowed again.
+        retry_secs: u64,
+    },
+    /// The agent speaks another protocol version (invalid).
+    #[error(
+        "protocol version {0} is not supported (this control plane speaks {speaks})",
+        speaks = leash_proto::PROTOCOL_VERSION
+    )]
+    Protocol(u32),
+    /// The text is not shaped like a join token (denied, and not recorded).
+    #[error("{0}")]
+    Malformed(String),
+    /// The token was refused (denied; counted, and recorded for tokens minted here).
+    #[error("{0}")]
+    Refused(String),
+    /// The host name is not a valid name (invalid).
+    #[error("invalid host name {0:?}: use letters, digits, '.', '-', '_'")]
+    InvalidName(String),
+    /// The certificate request could not be signed (invalid).
+    #[error("{0}; the agent must send a valid PKCS#10 CSR")]
+    Csr(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A label the agent asked for that the join token does not bind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("label {key}={value} is not bound in the join token; an agent may only narrow the token's labels")]
+pub struct LabelError {
+    /// The label's key.
+    pub key: String,
+    /// The value asked for.
+    pub value: String,
+}
 
 /// Longest join token text looked at; a real one is about 150 bytes.
 const MAX_TOKEN_LEN: usize = 512;
@@ -53,17 +97,17 @@ pub async fn flush_every_interval(s: std::sync::Arc<Shared>) {
 }
 
 /// Whether `text` is shaped like a join token at all: cheap checks on the text alone.
-fn well_formed(text: &str) -> Result<JoinToken, String> {
+fn well_formed(text: &str) -> Result<JoinToken, EnrollError> {
     if text.len() > MAX_TOKEN_LEN {
-        return Err(format!(
+        return Err(EnrollError::Malformed(format!(
             "malformed join token: longer than {MAX_TOKEN_LEN} bytes; create a new one with `leashctl join-token create`"
-        ));
+        )));
     }
-    let token = JoinToken::parse(text).map_err(|e| e.to_string())?;
+    let token = JoinToken::parse(text).map_err(|e| EnrollError::Malformed(e.to_string()))?;
     if token.id.len() > MAX_TOKEN_ID_LEN {
-        return Err(format!(
+        return Err(EnrollError::Malformed(format!(
             "malformed join token: the id is longer than {MAX_TOKEN_ID_LEN} characters; create a new one with `leashctl join-token create`"
-        ));
+        )));
     }
     Ok(token)
 }
@@ -77,7 +121,7 @@ async fn refuse(
     token_id: Option<&str>,
     known: bool,
     reason: String,
-) -> Status {
+) -> EnrollError {
     let first = s
         .enroll_guard
         .refused(source, kind, token_id, known, s.clock.now_ms());
@@ -90,22 +134,23 @@ async fn refuse(
     } else {
         tracing::debug!(source = ?source, kind, "enrollment refused");
     }
-    Reason::Denied.status(reason)
+    EnrollError::Refused(reason)
 }
 
 /// Labels an agent asked for must narrow the token's, never add to them.
 pub fn narrow_labels(
     bound: &BTreeMap<String, String>,
     asked: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, LabelError> {
     if asked.is_empty() {
         return Ok(bound.clone());
     }
     for (k, v) in asked {
         if bound.get(k) != Some(v) {
-            return Err(format!(
-                "label {k}={v} is not bound in the join token; an agent may only narrow the token's labels"
-            ));
+            return Err(LabelError {
+                key: k.clone(),
+                value: v.clone(),
+            });
         }
     }
     Ok(asked.clone())
@@ -116,24 +161,20 @@ pub async fn enroll(
     s: &Shared,
     source: Option<IpAddr>,
     r: v1::EnrollRequest,
-) -> Result<v1::EnrollResponse, Status> {
+) -> Result<v1::EnrollResponse, EnrollError> {
     if let Err(wait) = s.enroll_guard.admit(source, Instant::now()) {
         let from = source.map_or_else(|| "this source".to_string(), |ip| ip.to_string());
-        return Err(Reason::Unavailable.status(format!(
-            "too many enrollment attempts from {from}; retry in {}s",
-            wait.as_secs().max(1)
-        )));
+        return Err(EnrollError::RateLimited {
+            from,
+            retry_secs: wait.as_secs().max(1),
+        });
     }
     if r.protocol_version != leash_proto::PROTOCOL_VERSION {
-        return Err(Reason::Invalid.status(format!(
-            "protocol version {} is not supported (this control plane speaks {})",
-            r.protocol_version,
-            leash_proto::PROTOCOL_VERSION
-        )));
+        return Err(EnrollError::Protocol(r.protocol_version));
     }
     // Refused before any lookup or write, and not recorded: the text alone shows it
     // is not a join token.
-    let token = well_formed(&r.join_token).map_err(|m| Reason::Denied.status(m))?;
+    let token = well_formed(&r.join_token)?;
     if token.ca_pin != s.keys.ca_pin {
         return Err(refuse(
             s,
@@ -146,7 +187,7 @@ pub async fn enroll(
         .await);
     }
     let now = s.clock.now();
-    let record = match s.store.join_token(&token.id).map_err(Status::from)? {
+    let record = match s.store.join_token(&token.id)? {
         Some(t) => t,
         None => {
             return Err(refuse(
@@ -190,21 +231,19 @@ pub async fn enroll(
         (None, asked) => asked.to_string(),
     };
     if !valid_name(&name) || name.contains('/') {
-        return Err(Reason::Invalid.status(format!(
-            "invalid host name {name:?}: use letters, digits, '.', '-', '_'"
-        )));
+        return Err(EnrollError::InvalidName(name));
     }
     let asked: BTreeMap<String, String> = r.labels.into_iter().collect();
     let labels = match narrow_labels(&record.labels, &asked) {
         Ok(l) => l,
-        Err(m) => return Err(refuse(s, source, "labels", Some(&token.id), true, m).await),
+        Err(m) => {
+            return Err(refuse(s, source, "labels", Some(&token.id), true, m.to_string()).await)
+        }
     };
     let (cert, serial, not_after) = s
         .keys
         .sign_host_cert(&r.csr_der, &name, s.config.host_cert_ttl)
-        .map_err(|e| {
-            Reason::Invalid.status(format!("{e}; the agent must send a valid PKCS#10 CSR"))
-        })?;
+        .map_err(|e| EnrollError::Csr(e.to_string()))?;
     let secret_sha = hex::encode(ring::digest::digest(
         &ring::digest::SHA256,
         &token.secret_bytes(),
@@ -234,7 +273,7 @@ pub async fn enroll(
         Err(StoreError::Refused(m)) | Err(StoreError::Conflict(m)) => {
             return Err(refuse(s, source, "refused", Some(&token.id), true, m).await)
         }
-        Err(e) => return Err(Status::from(e)),
+        Err(e) => return Err(EnrollError::Store(e)),
     }
     tracing::info!(host = %name, "host enrolled");
     Ok(v1::EnrollResponse {
@@ -261,7 +300,7 @@ mod tests {
             JoinToken::encode(&"a".repeat(65), &[7u8; 32], &pin),
             "leash-join.v1.nonsense".into(),
         ] {
-            let e = well_formed(&bad).expect_err("malformed");
+            let e = well_formed(&bad).expect_err("malformed").to_string();
             assert!(e.len() < 200 && !e.contains("aaaaaaaaaa"), "{e}");
         }
     }
