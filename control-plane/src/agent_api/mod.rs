@@ -1,4 +1,5 @@
-//! The agent-facing gRPC service: Enroll, Renew, Sync, Issue, Introspect, CompleteTask.
+//! The agent-facing gRPC service: Enroll, Renew, Sync, Issue, Introspect, StartTask,
+//! CompleteTask.
 //!
 //! Every method but Enroll starts by mapping the caller's client certificate to its
 //! host record (by serial, never by name) and checking that record; an evicted or
