@@ -121,7 +121,7 @@ pub(super) async fn revoke(
     } else {
         r.reason
     };
-    Ok(revoke_target(s, actor, target, reason).await?)
+    revoke_target(s, actor, target, reason).await
 }
 
 pub(super) async fn wait_revocation(
