@@ -6,24 +6,91 @@
 //! for a bounded time and number of uses, bound to the workload, credential, action, host,
 //! on-behalf-of and maximum TTL; or denies it with a reason, which the requester sees.
 
-use leash_proto::reason::{Reason, APPROVAL_KEY};
-use tonic::Status;
+use std::fmt;
+use std::str::FromStr;
 
-use crate::model::{Approval, Event, Host, Workload};
-use crate::server::{store_status, Shared};
+use crate::model::{Approval, Host, Workload};
+use crate::state::Shared;
+use crate::store::StoreError;
 
 /// Pending requests one workload may have at once.
 pub const MAX_PENDING_PER_WORKLOAD: usize = 20;
 /// How long a denial answers identical requests (so a waiting requester sees it).
 const DENIAL_MEMORY_SECS: i64 = 600;
 
-/// A PENDING status carrying the approval id.
-pub fn pending_status(id: &str, msg: String) -> Status {
-    let mut st = Reason::Pending.status(msg);
-    if let Ok(v) = id.parse() {
-        st.metadata_mut().insert(APPROVAL_KEY, v);
+/// Where an approval stands. Approval records store it as its text (`state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApprovalState {
+    /// Waiting for an approver.
+    Pending,
+    /// Approved for a time and a number of uses.
+    Approved,
+    /// Denied, with a reason the requester sees.
+    Denied,
+    /// Nobody decided within `approval_timeout` (shown, never stored).
+    Expired,
+}
+
+impl ApprovalState {
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+        }
     }
-    st
+
+    /// Whether `a` is in this state.
+    pub fn is(self, a: &Approval) -> bool {
+        a.state == self.as_str()
+    }
+}
+
+impl fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Text that names no approval state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown approval state {0:?}; the states are pending, approved, denied and expired")]
+pub struct UnknownApprovalState(pub String);
+
+impl FromStr for ApprovalState {
+    type Err = UnknownApprovalState;
+
+    fn from_str(s: &str) -> Result<ApprovalState, UnknownApprovalState> {
+        [
+            ApprovalState::Pending,
+            ApprovalState::Approved,
+            ApprovalState::Denied,
+            ApprovalState::Expired,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| UnknownApprovalState(s.to_string()))
+    }
+}
+
+/// Why the gate did not let a request through.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApprovalError {
+    /// The request waits for an approver (a new approval, or an identical pending one).
+    #[error("approval {id} is pending; an approver runs: leashctl approval approve {id}")]
+    Pending {
+        /// The approval's id, which the requester may quote.
+        id: String,
+    },
+    /// An approver denied an identical request, or the workload has too many pending.
+    #[error("{0}")]
+    Denied(String),
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The request as an approval would record it.
@@ -50,7 +117,7 @@ pub fn request(
         audience: audience.to_string(),
         policies,
         requested_at: now,
-        state: "pending".into(),
+        state: ApprovalState::Pending.to_string(),
         decided_by: None,
         reason: None,
         valid_until: 0,
@@ -58,12 +125,12 @@ pub fn request(
     }
 }
 
-/// Decide what an approval-requiring request gets: the id of a usable approval, or a
-/// PENDING / DENIED status.
-pub async fn gate(s: &Shared, want: Approval) -> Result<String, Status> {
+/// Decide what an approval-requiring request gets: the id of a usable approval, or why
+/// not (pending, denied).
+pub async fn gate(s: &Shared, want: Approval) -> Result<String, ApprovalError> {
     let now = want.requested_at;
     let timeout = s.config.approval_timeout.as_secs() as i64;
-    let all = s.store.approvals().map_err(store_status)?;
+    let all = s.store.approvals()?;
     let same = |a: &&Approval| {
         a.workload == want.workload
             && a.credential == want.credential
@@ -74,18 +141,18 @@ pub async fn gate(s: &Shared, want: Approval) -> Result<String, Status> {
     };
     // An approval covers requests up to its TTL.
     if let Some(a) = all.iter().filter(same).find(|a| {
-        a.state == "approved" && a.uses_left > 0 && a.valid_until > now && want.ttl <= a.ttl
+        ApprovalState::Approved.is(a) && a.uses_left > 0 && a.valid_until > now && want.ttl <= a.ttl
     }) {
         return Ok(a.id.clone());
     }
     if let Some(a) = all
         .iter()
         .filter(same)
-        .filter(|a| a.ttl == want.ttl && a.state == "denied")
+        .filter(|a| a.ttl == want.ttl && ApprovalState::Denied.is(a))
         .max_by_key(|a| a.requested_at)
     {
         if now - a.requested_at < timeout + DENIAL_MEMORY_SECS {
-            return Err(Reason::Denied.status(format!(
+            return Err(ApprovalError::Denied(format!(
                 "approval {} was denied by {}: {}",
                 a.id,
                 a.decided_by.as_deref().unwrap_or("an approver"),
@@ -95,43 +162,32 @@ pub async fn gate(s: &Shared, want: Approval) -> Result<String, Status> {
     }
     if let Some(a) = all
         .iter()
-        .filter(|a| a.same_request(&want) && a.state == "pending" && now - a.requested_at < timeout)
+        .filter(|a| {
+            a.same_request(&want) && ApprovalState::Pending.is(a) && now - a.requested_at < timeout
+        })
         .min_by_key(|a| a.requested_at)
     {
-        return Err(pending_message(&a.id));
+        return Err(ApprovalError::Pending { id: a.id.clone() });
     }
     let pending_for_workload = all
         .iter()
         .filter(|a| {
-            a.workload == want.workload && a.state == "pending" && now - a.requested_at < timeout
+            a.workload == want.workload
+                && ApprovalState::Pending.is(a)
+                && now - a.requested_at < timeout
         })
         .count();
     if pending_for_workload >= MAX_PENDING_PER_WORKLOAD {
-        return Err(Reason::Denied.status(format!(
+        return Err(ApprovalError::Denied(format!(
             "workload {:?} already has {pending_for_workload} requests waiting for approval; ask an approver to decide them (`leashctl approval list`)",
             want.workload
         )));
     }
     let mut a = want;
     a.id = crate::random_id("ap", 6);
-    let ev = Event::new("pending")
-        .actor(a.host.clone())
-        .host(a.host.clone())
-        .workload(a.workload.clone())
-        .credential(a.credential.clone())
-        .approval(a.id.clone())
-        .detail(serde_json::json!({
-            "action": a.action, "on_behalf_of": a.on_behalf_of, "ttl_seconds": a.ttl, "policies": a.policies,
-        }));
+    let ev = crate::audit::pending(s.clock.now_ms(), &a);
     let id = a.id.clone();
-    s.store.put_approval(a, ev).await.map_err(store_status)?;
+    s.store.put_approval(a, ev).await?;
     tracing::info!(approval = %id, "request waits for approval");
-    Err(pending_message(&id))
-}
-
-fn pending_message(id: &str) -> Status {
-    pending_status(
-        id,
-        format!("approval {id} is pending; an approver runs: leashctl approval approve {id}"),
-    )
+    Err(ApprovalError::Pending { id })
 }

@@ -152,3 +152,55 @@ pub fn introspection(
     }
     doc
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
+    use super::*;
+    use crate::keys::MasterKey;
+    use crate::store::SledStore;
+
+    #[tokio::test]
+    async fn signed_tokens_verify_with_jsonwebtoken_and_carry_the_kid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), Default::default()).expect("store");
+        let master = MasterKey::load_or_create(dir.path()).expect("master");
+        let k = Keys::load_or_create(&*store, &master, "td")
+            .await
+            .expect("keys");
+        let claims = Claims {
+            iss: "spiffe://td".into(),
+            sub: "spiffe://td/ci/deploy".into(),
+            aud: "https://a.example".into(),
+            exp: 2_000_000_000,
+            iat: 1_000_000_000,
+            nbf: 1_000_000_000,
+            jti: "l-1".into(),
+            scope: Some("deploy:write".into()),
+            obo: None,
+            leash: LeashClaim {
+                host: "h\"1".into(),
+                action: "deploy".into(),
+                owner: "team".into(),
+                task: None,
+            },
+        };
+        let token = sign(&k, &claims).expect("signed");
+        let header = jsonwebtoken::decode_header(&token).expect("header");
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        assert_eq!(header.kid.as_deref(), Some(k.signing_key().kid.as_str()));
+        assert_eq!(verify(&k, &token), Some(claims.clone()));
+        // Two signatures of the same claims differ (ECDSA nonces) and both verify.
+        let again = sign(&k, &claims).expect("signed");
+        assert_ne!(token, again);
+        assert_eq!(verify(&k, &again), Some(claims));
+        // A changed payload does not.
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let other = URL_SAFE_NO_PAD.encode(br#"{"sub":"x"}"#);
+        parts[1] = &other;
+        assert_eq!(verify(&k, &parts.join(".")), None);
+    }
+}

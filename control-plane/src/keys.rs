@@ -506,43 +506,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn signed_tokens_verify_with_jsonwebtoken_and_carry_the_kid() {
-        let (_dir, _store, _master, k) = fresh("td").await;
-        let claims = crate::issuer::Claims {
-            iss: "spiffe://td".into(),
-            sub: "spiffe://td/ci/deploy".into(),
-            aud: "https://a.example".into(),
-            exp: 2_000_000_000,
-            iat: 1_000_000_000,
-            nbf: 1_000_000_000,
-            jti: "l-1".into(),
-            scope: Some("deploy:write".into()),
-            obo: None,
-            leash: crate::issuer::LeashClaim {
-                host: "h\"1".into(),
-                action: "deploy".into(),
-                owner: "team".into(),
-                task: None,
-            },
-        };
-        let token = crate::issuer::sign(&k, &claims).expect("signed");
-        let header = jsonwebtoken::decode_header(&token).expect("header");
-        assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
-        assert_eq!(header.typ.as_deref(), Some("JWT"));
-        assert_eq!(header.kid.as_deref(), Some(k.signing_key().kid.as_str()));
-        assert_eq!(crate::issuer::verify(&k, &token), Some(claims.clone()));
-        // Two signatures of the same claims differ (ECDSA nonces) and both verify.
-        let again = crate::issuer::sign(&k, &claims).expect("signed");
-        assert_ne!(token, again);
-        assert_eq!(crate::issuer::verify(&k, &again), Some(claims));
-        // A changed payload does not.
-        let mut parts: Vec<&str> = token.split('.').collect();
-        let other = URL_SAFE_NO_PAD.encode(br#"{"sub":"x"}"#);
-        parts[1] = &other;
-        assert_eq!(crate::issuer::verify(&k, &parts.join(".")), None);
-    }
-
-    #[tokio::test]
     async fn host_cert_has_our_names_not_the_csr_ones() {
         let (_dir, _store, _master, k) = fresh("td").await;
         let host_key = KeyPair::generate().expect("key");

@@ -3,26 +3,33 @@
 //! It holds identities (workloads and their owners), credential definitions, the CA and
 //! JWT signing keys, leases, the revocation log and the audit trail, and serves two
 //! APIs: the agent-facing one over mutual TLS (`agent_api`), and the admin one on a
-//! local Unix socket (`admin`). `server::run` wires them together; `main.rs` is a thin
+//! local Unix socket (`admin`). Both share one `state::Shared`; `server::run` wires them
+//! together; `main.rs` is a thin
 //! command-line shell around it so tests can start a control plane in-process too.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod agent_api;
 pub mod approval;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod enroll;
 pub mod expiry;
 pub mod hub;
+pub mod issuance;
 pub mod issuer;
 pub mod keys;
 pub mod model;
 pub mod policy;
 pub mod revocation;
 pub mod server;
+pub mod state;
+pub mod status;
 pub mod store;
 pub mod tls;
+pub mod wire;
+pub mod workload_kind;
 
 /// A random identifier: `prefix-` followed by `bytes` random bytes in hex.
 pub fn random_id(prefix: &str, bytes: usize) -> String {

@@ -1,78 +1,13 @@
-//! Taking credentials back: the wire form of revocations, waiting for every host's wipe
-//! acknowledgment, and introspection (the answer verifiers get for a presented token).
+//! Taking credentials back: waiting for every host's wipe acknowledgment, and
+//! introspection (the answer verifiers get for a presented token).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use leash_proto::v1;
 
 use crate::model::{Revocation, RevocationTarget};
-use crate::server::Shared;
-
-/// A revocation as Sync carries it to `host`: with only the lease ids issued to it, and
-/// without what names other hosts' business.
-///
-/// `told` maps the workloads this host has been sent on its stream to their owners. A
-/// workload or owner target is kept only for those: the agent needs it to drop a
-/// credential of that workload still in flight when the revocation lands (its epoch). A
-/// host target is kept only when it is this host. Any other target becomes an empty
-/// lease target, which the agent matches through `lease_ids` alone; those are the leases
-/// issued to this host, so nothing it holds is missed. The reason is kept only when the
-/// revocation concerns this host.
-pub fn to_proto(r: &Revocation, host: &str, told: &HashMap<String, String>) -> v1::Revocation {
-    use v1::revocation_target::Target;
-    let lease_ids = r.lease_ids_for(host);
-    let holds = r.hosts.iter().any(|h| h == host);
-    let kept = match &r.target {
-        RevocationTarget::Lease(v) if holds || lease_ids.contains(v) => {
-            Some(Target::Lease(v.clone()))
-        }
-        RevocationTarget::Lease(_) => None,
-        RevocationTarget::Workload(v) if told.contains_key(v) => Some(Target::Workload(v.clone())),
-        RevocationTarget::Workload(_) => None,
-        // Credentials are defined once for every host; their names are not a host's.
-        RevocationTarget::Credential(v) => Some(Target::Credential(v.clone())),
-        RevocationTarget::Owner(v) if told.values().any(|o| o == v) => {
-            Some(Target::Owner(v.clone()))
-        }
-        RevocationTarget::Owner(_) => None,
-        RevocationTarget::Host(v) if v == host => Some(Target::Host(v.clone())),
-        RevocationTarget::Host(_) => None,
-        RevocationTarget::All => Some(Target::All(true)),
-        // A task runs on one host; when its leases say which, only that host hears of it.
-        // With no lease yet nothing says where it runs, and the id alone names nothing.
-        RevocationTarget::Task(v) if holds || r.hosts.is_empty() => Some(Target::Task(v.clone())),
-        RevocationTarget::Task(_) => None,
-        // Agents match these by the lease ids listed below.
-        RevocationTarget::Leases(_) => None,
-    };
-    let concerns = holds
-        || matches!(&r.target, RevocationTarget::All)
-        || matches!(
-            &kept,
-            Some(Target::Workload(_) | Target::Owner(_) | Target::Host(_))
-        );
-    v1::Revocation {
-        seq: r.seq,
-        target: Some(v1::RevocationTarget {
-            target: Some(kept.unwrap_or_else(|| Target::Lease(String::new()))),
-        }),
-        reason: if concerns {
-            r.reason.clone()
-        } else {
-            String::new()
-        },
-        lease_ids,
-    }
-}
-
-/// The revocation recorded with sequence number `seq`, if any.
-pub fn recorded(store: &dyn crate::store::Storage, seq: u64) -> Option<Revocation> {
-    store
-        .revocations_since(seq.saturating_sub(1))
-        .ok()
-        .and_then(|v| v.into_iter().find(|r| r.seq == seq))
-}
+use crate::state::Shared;
 
 /// RFC 7662 introspection of a token.
 pub fn introspect(s: &Shared, token: &str) -> v1::IntrospectResponse {
@@ -114,7 +49,7 @@ pub async fn wait(
 ) {
     let start = Instant::now();
     let mut acks = s.hub.subscribe_acks();
-    let Some(rev) = recorded(s.store.as_ref(), seq) else {
+    let Some(rev) = s.revocation(seq) else {
         let _ = tx
             .send(Err(leash_proto::reason::Reason::NotFound
                 .status(format!("no revocation with sequence {seq}"))))

@@ -1,7 +1,6 @@
 //! Wiring: open the store, load the keys, start the agent-facing mTLS listener and the
 //! admin Unix socket, and run until the shutdown future resolves.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -9,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use leash_proto::reason::Reason;
 use leash_proto::v1::admin_server::AdminServer;
 use leash_proto::v1::control_plane_server::ControlPlaneServer;
 use leash_proto::MAX_MESSAGE_BYTES;
@@ -18,9 +16,27 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::hub::Hub;
 use crate::keys::{Keys, MasterKey};
+use crate::policy::PolicyError;
+use crate::state::Shared;
+// Also the path `expiry.rs` names `Shared` by.
 use crate::store::{SledStore, Storage, StoreError};
+
+/// HTTP/2 keepalive on the agent-facing listener: idle Sync streams are pinged this
+/// often, so a vanished peer is noticed between heartbeats.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Make the admin socket 0660 and, where the group exists, owned by `leash-admin`.
+fn secure_socket(path: &Path) {
+    if let Ok(Some(g)) = nix::unistd::Group::from_name("leash-admin") {
+        if let Err(e) = nix::unistd::chown(path, None, Some(g.gid)) {
+            tracing::warn!(error = %e, "could not give the admin socket to group leash-admin");
+        }
+    }
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)) {
+        tracing::warn!(error = %e, "could not set the admin socket's mode");
+    }
+}
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -85,110 +101,21 @@ pub enum ServerError {
          does that); nothing acknowledged is lost"
     )]
     StoreFailed,
-    /// The stored policy could not be loaded.
+    /// The policy engine could not be built, or the `--allow` links could not be.
     #[error("policy: {0}")]
-    Policy(String),
+    Policy(#[from] PolicyError),
+    /// The stored policy version no longer validates (against this configuration's
+    /// actions, say).
+    #[error("policy: stored policy version {version} no longer validates: {source}")]
+    StoredPolicy {
+        /// The stored version.
+        version: u64,
+        /// Why it does not validate.
+        source: PolicyError,
+    },
     /// The gRPC server failed.
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Lease ids by host name.
-pub type LeasesByHost = HashMap<String, Vec<String>>;
-
-/// State every service shares.
-#[derive(Debug)]
-pub struct Shared {
-    /// Resolved configuration.
-    pub config: Config,
-    /// Durable state.
-    pub store: Arc<dyn Storage>,
-    /// Key material.
-    pub keys: Arc<Keys>,
-    /// Time.
-    pub clock: Clock,
-    /// Connected agents.
-    pub hub: Hub,
-    /// Cedar policy.
-    pub policy: crate::policy::Engine,
-    /// Serialises policy applications (version numbering and re-evaluation).
-    pub policy_lock: tokio::sync::Mutex<()>,
-    /// Audit events that nobody waits for (wipe acks, usage), batched into few writes.
-    pub event_sink: tokio::sync::mpsc::UnboundedSender<crate::model::Event>,
-    /// Per revocation: its leases by host (for per-lease `wiped` events).
-    revoked_by_host: std::sync::Mutex<HashMap<u64, Arc<LeasesByHost>>>,
-    /// Rate limits and refusal counts of unauthenticated Enroll calls.
-    pub enroll_guard: crate::enroll::Guard,
-}
-
-impl Shared {
-    /// Record events without waiting: a wipe acknowledgment or a usage report must not
-    /// hold up its Sync stream on a disk flush. They are written in batches.
-    pub fn record(&self, events: Vec<crate::model::Event>) {
-        for e in events {
-            let _ = self.event_sink.send(e);
-        }
-    }
-
-    /// The leases a revocation covered, grouped by host; computed once per revocation
-    /// however many hosts acknowledge it.
-    pub fn revoked_leases_by_host(&self, seq: u64) -> Arc<LeasesByHost> {
-        // Computed under the lock: the acks of a revocation arrive together, and the first
-        // one computes while the others wait for its answer instead of repeating it.
-        let mut cache = self
-            .revoked_by_host
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = cache.get(&seq) {
-            return m.clone();
-        }
-        let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
-        if let Some(rev) = crate::revocation::recorded(self.store.as_ref(), seq) {
-            if rev.lease_hosts.len() == rev.lease_ids.len() {
-                // The revocation says which host each lease went to.
-                for h in &rev.hosts {
-                    let ids = rev.lease_ids_for(h);
-                    if !ids.is_empty() {
-                        by_host.insert(h.clone(), ids);
-                    }
-                }
-            } else {
-                // Recorded before it did: look each lease up.
-                for id in rev.lease_ids {
-                    if let Ok(Some(l)) = self.store.lease(&id) {
-                        by_host.entry(l.host).or_default().push(id);
-                    }
-                }
-            }
-        }
-        let m = Arc::new(by_host);
-        if cache.len() > 256 {
-            cache.clear();
-        }
-        cache.insert(seq, m.clone());
-        m
-    }
-
-    /// Rebuild the `--allow` links after workloads changed.
-    pub fn relink(&self) {
-        let ws = self.store.workloads().unwrap_or_default();
-        if let Err(e) = self.policy.relink(&ws) {
-            tracing::error!(error = %e, "could not rebuild the --allow policy links");
-        }
-    }
-}
-
-/// Map a store error to a status with a reason.
-pub fn store_status(e: StoreError) -> tonic::Status {
-    match e {
-        StoreError::NotFound(m) => Reason::NotFound.status(m),
-        StoreError::Conflict(m) => Reason::Invalid.status(m),
-        StoreError::Refused(m) => Reason::Denied.status(m),
-        e => {
-            tracing::error!(error = %e, "store failure");
-            Reason::Unavailable.status(format!("the control plane's store failed: {e}"))
-        }
-    }
 }
 
 /// Create `dir` (0700) if missing.
@@ -297,37 +224,35 @@ pub async fn run(
         addr: config.admin_socket.display().to_string(),
         source,
     })?;
-    crate::admin::secure_socket(&config.admin_socket);
+    secure_socket(&config.admin_socket);
 
-    let policy = crate::policy::Engine::new(&config.actions)
-        .map_err(|e| ServerError::Policy(e.to_string()))?;
+    let policy = crate::policy::Engine::new(&config.actions)?;
     let workloads = store.workloads()?;
     match crate::policy::stored(&*store, 0)? {
         Some(rec) => policy
             .install(rec.version, &rec.text, &workloads)
-            .map_err(|e| {
-                ServerError::Policy(format!(
-                    "stored policy version {} no longer validates: {e}",
-                    rec.version
-                ))
+            .map_err(|source| ServerError::StoredPolicy {
+                version: rec.version,
+                source,
             })?,
-        None => policy
-            .relink(&workloads)
-            .map_err(|e| ServerError::Policy(e.to_string()))?,
+        None => policy.relink(&workloads)?,
     }
     let (sink_tx, sink_rx) = tokio::sync::mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        config: config.clone(),
+    if clock.is_external() {
+        tracing::warn!(
+            "this is a test build whose clock is moved from outside the process ({}); \
+             never run it in production",
+            leash_proto::clock::TEST_CLOCK_ENV
+        );
+    }
+    let shared = Arc::new(Shared::new(
+        config.clone(),
         store,
         keys,
-        hub: Hub::new(&clock),
         clock,
         policy,
-        policy_lock: tokio::sync::Mutex::new(()),
-        event_sink: sink_tx,
-        revoked_by_host: Default::default(),
-        enroll_guard: crate::enroll::Guard::new(config.enroll),
-    });
+        sink_tx,
+    ));
     tokio::spawn(event_sink(shared.store.clone(), sink_rx));
     let bound = Bound {
         listen,
@@ -356,7 +281,7 @@ pub async fn run(
 
     let mut rx1 = stop_rx.clone();
     let agent_srv = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(crate::agent_api::KEEPALIVE))
+        .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(256)
         .add_service(agent_api)
@@ -377,7 +302,10 @@ pub async fn run(
         let _ = stop_tx.send(true);
         // Refusals counted since the last interval are not lost at shutdown (the
         // process may exit before the listeners have drained).
-        on_stop.enroll_guard.flush(&on_stop).await;
+        on_stop
+            .enroll_guard
+            .flush(on_stop.store.as_ref(), on_stop.clock.now_ms())
+            .await;
     });
     let servers = async { tokio::join!(agent_srv, admin_srv) };
     tokio::pin!(servers);
@@ -394,7 +322,10 @@ pub async fn run(
     expiry.abort();
     refused.abort();
     recovery.abort();
-    shared.enroll_guard.flush(&shared).await;
+    shared
+        .enroll_guard
+        .flush(shared.store.as_ref(), shared.clock.now_ms())
+        .await;
     let _ = std::fs::remove_file(&config.admin_socket);
     a?;
     b?;
@@ -452,21 +383,4 @@ async fn stop_when_the_store_can_be_reopened(
             return;
         }
     }
-}
-
-/// Map a failed write to a status, and record a failure of the store (a failed flush, an
-/// I/O error) as a failure event, never as a denial. The store usually cannot take that
-/// event either (the disk is still full): the error log line is then the only record.
-pub async fn write_failed(s: &Shared, e: StoreError, failed: crate::model::Event) -> tonic::Status {
-    if matches!(e, StoreError::NotDurable(_) | StoreError::Sled(_)) {
-        let kind = failed.kind.clone();
-        if let Err(err) = s
-            .store
-            .append_events(vec![failed.reason(e.to_string())])
-            .await
-        {
-            tracing::error!(error = %err, event = %kind, "could not record the failure in the audit log");
-        }
-    }
-    store_status(e)
 }

@@ -1,11 +1,16 @@
 //! The join-token format.
 //!
-//! A join token is `leash-join.v1.<id>.<secret>.<ca-pin>.<addr>` where
-//! - `id` is the token's public id (what `join-token list` and `revoke` show),
-//! - `secret` is 32 random bytes, base64url; the control plane stores only its SHA-256,
+//! A join token is `leash-join.v1.<id>.<secret>.<ca-pin>`, exactly four parts after the
+//! prefix, where
+//! - `id` is the token's public id (what `join-token list` and `revoke` show): letters,
+//!   digits and `-`,
+//! - `secret` is 32 random bytes, base64url without padding; the control plane stores
+//!   only its SHA-256,
 //! - `ca-pin` is `sha256:<hex>` of the control plane CA's SubjectPublicKeyInfo (DER),
-//!   which the agent pins on first contact,
-//! - `addr` is optional (may be empty), a hint of where the control plane listens.
+//!   which the agent pins on first contact.
+//!
+//! The token does not say where the control plane listens: the agent is given that
+//! separately (`leash-agentd --control-plane`).
 //!
 //! The host name and labels a token binds stay on the control plane, bound to the id;
 //! they are not trusted from the token text.
@@ -110,5 +115,18 @@ mod tests {
     fn rejects_garbage() {
         assert_eq!(JoinToken::parse("hello"), Err(JoinTokenError::Format));
         assert!(JoinToken::parse("leash-join.v1.id.short.sha256:00").is_err());
+    }
+
+    #[test]
+    fn encode_writes_four_parts_and_nothing_after_the_pin() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let t = JoinToken::encode("jt-1a2b", &[7u8; 32], &pin);
+        assert!(t.starts_with("leash-join.v1.jt-1a2b."), "{t}");
+        assert!(t.ends_with(&pin), "{t}");
+        // A trailing part is not read as an address: it spoils the pin.
+        assert_eq!(
+            JoinToken::parse(&format!("{t}.127.0.0.1:7443")),
+            Err(JoinTokenError::Part("bad CA pin"))
+        );
     }
 }

@@ -1,0 +1,105 @@
+//! `credential add|list`: validating and storing credential definitions.
+
+use std::collections::BTreeMap;
+
+use leash_proto::v1;
+use tonic::Status;
+
+use super::check::invalid;
+use crate::audit;
+use crate::model::{valid_name, Credential};
+use crate::state::Shared;
+use crate::wire::credential_proto;
+
+pub(super) async fn add(
+    s: &Shared,
+    actor: String,
+    req: v1::Credential,
+) -> Result<v1::Credential, Status> {
+    let c = req;
+    if !valid_name(&c.name) {
+        return Err(invalid(format!("invalid credential name {:?}", c.name)));
+    }
+    match c.kind.as_str() {
+        "jwt" => {}
+        "static" | "x509" | "postgres" => {
+            return Err(invalid(format!(
+                "credential kind {:?} is not available yet; this control plane issues `jwt` credentials",
+                c.kind
+            )))
+        }
+        k => return Err(invalid(format!("unknown credential kind {k:?}; use --kind jwt"))),
+    }
+    if c.audiences.is_empty() || c.audiences.iter().any(|a| a.trim().is_empty()) {
+        return Err(invalid("a jwt credential needs at least one --audience"));
+    }
+    if c.default_ttl_seconds == 0 {
+        return Err(invalid("--ttl must be at least 1s"));
+    }
+    let max_ttl = if c.max_ttl_seconds == 0 {
+        c.default_ttl_seconds.max(3600)
+    } else {
+        c.max_ttl_seconds
+    };
+    if max_ttl < c.default_ttl_seconds {
+        return Err(invalid(format!(
+            "--max-ttl ({max_ttl}s) is below --ttl ({}s)",
+            c.default_ttl_seconds
+        )));
+    }
+    let actions = &s.config.actions;
+    let default_action = if c.default_action.is_empty() {
+        "read".to_string()
+    } else {
+        c.default_action
+    };
+    if !actions.contains(&default_action) {
+        return Err(invalid(format!(
+            "unknown --default-action {default_action:?}; the configured actions are {}",
+            actions.join(", ")
+        )));
+    }
+    let mut scopes = BTreeMap::new();
+    for (action, sc) in c.scopes {
+        if !actions.contains(&action) {
+            return Err(invalid(format!(
+                "--scope names unknown action {action:?}; the configured actions are {}",
+                actions.join(", ")
+            )));
+        }
+        let list: Vec<String> = sc.split_whitespace().map(str::to_string).collect();
+        if list.is_empty() {
+            return Err(invalid(format!(
+                "--scope {action}= needs at least one scope"
+            )));
+        }
+        scopes.insert(action, list);
+    }
+    let rec = Credential {
+        name: c.name,
+        kind: c.kind,
+        audiences: c.audiences,
+        default_ttl: c.default_ttl_seconds,
+        max_ttl,
+        default_action,
+        scopes,
+        created_at: s.clock.now(),
+    };
+    let ev = audit::credential_added(s.clock.now_ms(), &actor, &rec);
+    s.store
+        .put_credential(rec.clone(), ev)
+        .await
+        .map_err(Status::from)?;
+    Ok(credential_proto(&rec))
+}
+
+pub(super) async fn list(s: &Shared) -> Result<v1::ListCredentialsResponse, Status> {
+    let credentials = s
+        .store
+        .credentials()
+        .map_err(Status::from)?
+        .iter()
+        .map(credential_proto)
+        .collect();
+    Ok(v1::ListCredentialsResponse { credentials })
+}

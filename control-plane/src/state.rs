@@ -1,0 +1,133 @@
+//! The state every handler shares: configuration, the store, keys, the clock, the
+//! connected agents, the policy engine and the audit sink. Handlers take a `&Shared`;
+//! `server::run` builds the one instance.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::enroll::guard::Guard;
+use crate::hub::Hub;
+use crate::keys::Keys;
+use crate::model::{Event, Revocation};
+use crate::policy::Engine;
+use crate::store::Storage;
+
+/// Lease ids by host name.
+pub type LeasesByHost = HashMap<String, Vec<String>>;
+
+/// State every service shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Resolved configuration.
+    pub config: Config,
+    /// Durable state.
+    pub store: Arc<dyn Storage>,
+    /// Key material.
+    pub keys: Arc<Keys>,
+    /// Time.
+    pub clock: Clock,
+    /// Connected agents.
+    pub hub: Hub,
+    /// Cedar policy.
+    pub policy: Engine,
+    /// Serialises policy applications (version numbering and re-evaluation).
+    pub policy_lock: tokio::sync::Mutex<()>,
+    /// Audit events that nobody waits for (wipe acks, usage), batched into few writes.
+    pub event_sink: tokio::sync::mpsc::UnboundedSender<Event>,
+    /// Per revocation: its leases by host (for per-lease `wiped` events).
+    revoked_by_host: std::sync::Mutex<HashMap<u64, Arc<LeasesByHost>>>,
+    /// Rate limits and refusal counts of unauthenticated Enroll calls.
+    pub enroll_guard: Guard,
+}
+
+impl Shared {
+    /// Put the parts together. `event_sink` is the sending half of the channel whose
+    /// receiver writes fire-and-forget events in batches.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Storage>,
+        keys: Arc<Keys>,
+        clock: Clock,
+        policy: Engine,
+        event_sink: tokio::sync::mpsc::UnboundedSender<Event>,
+    ) -> Shared {
+        let enroll_guard = Guard::new(config.enroll);
+        Shared {
+            config,
+            store,
+            keys,
+            hub: Hub::new(&clock),
+            clock,
+            policy,
+            policy_lock: tokio::sync::Mutex::new(()),
+            event_sink,
+            revoked_by_host: Default::default(),
+            enroll_guard,
+        }
+    }
+
+    /// Record events without waiting: a wipe acknowledgment or a usage report must not
+    /// hold up its Sync stream on a disk flush. They are written in batches.
+    pub fn record(&self, events: Vec<Event>) {
+        for e in events {
+            let _ = self.event_sink.send(e);
+        }
+    }
+
+    /// The revocation recorded with sequence number `seq`, if any.
+    pub fn revocation(&self, seq: u64) -> Option<Revocation> {
+        self.store
+            .revocations_since(seq.saturating_sub(1))
+            .ok()
+            .and_then(|v| v.into_iter().find(|r| r.seq == seq))
+    }
+
+    /// The leases a revocation covered, grouped by host; computed once per revocation
+    /// however many hosts acknowledge it.
+    pub fn revoked_leases_by_host(&self, seq: u64) -> Arc<LeasesByHost> {
+        // Computed under the lock: the acks of a revocation arrive together, and the first
+        // one computes while the others wait for its answer instead of repeating it.
+        let mut cache = self
+            .revoked_by_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.get(&seq) {
+            return m.clone();
+        }
+        let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
+        if let Some(rev) = self.revocation(seq) {
+            if rev.lease_hosts.len() == rev.lease_ids.len() {
+                // The revocation says which host each lease went to.
+                for h in &rev.hosts {
+                    let ids = rev.lease_ids_for(h);
+                    if !ids.is_empty() {
+                        by_host.insert(h.clone(), ids);
+                    }
+                }
+            } else {
+                // Recorded before it did: look each lease up.
+                for id in rev.lease_ids {
+                    if let Ok(Some(l)) = self.store.lease(&id) {
+                        by_host.entry(l.host).or_default().push(id);
+                    }
+                }
+            }
+        }
+        let m = Arc::new(by_host);
+        if cache.len() > 256 {
+            cache.clear();
+        }
+        cache.insert(seq, m.clone());
+        m
+    }
+
+    /// Rebuild the `--allow` links after workloads changed.
+    pub fn relink(&self) {
+        let ws = self.store.workloads().unwrap_or_default();
+        if let Err(e) = self.policy.relink(&ws) {
+            tracing::error!(error = %e, "could not rebuild the --allow policy links");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Every conversion between the stored records (`model`) and the gRPC messages
+//! (`leash_proto::v1`), in one place: what the agent API sends in Sync and what the
+//! admin API shows.
+
+use std::collections::HashMap;
+
+use leash_proto::v1;
+
+use crate::hub::ConnInfo;
+use crate::model::{
+    Approval, Credential, Event, Host, JoinTokenRecord, Lease, Revocation, RevocationTarget,
+    Workload,
+};
+use crate::policy::Problem;
+
+/// A workload record as the wire carries it.
+pub fn workload_proto(w: &Workload) -> v1::Workload {
+    v1::Workload {
+        name: w.name.clone(),
+        spiffe_id: String::new(),
+        owner: w.owner.clone(),
+        kind: w.kind.clone(),
+        selectors: w.selectors.clone(),
+        hosts: w.hosts.clone().into_iter().collect(),
+        allow: w.allow.clone(),
+        expires_at_unix: w.expires_at,
+        disabled: w.disabled,
+        created_at_unix: w.created_at,
+    }
+}
+
+/// A lease as the admin API shows it.
+pub fn lease_proto(l: &Lease) -> v1::Lease {
+    v1::Lease {
+        id: l.id.clone(),
+        workload: l.workload.clone(),
+        credential: l.credential.clone(),
+        action: l.action.clone(),
+        audience: l.audience.clone(),
+        host: l.host.clone(),
+        task: l.task.clone().unwrap_or_default(),
+        on_behalf_of: l.on_behalf_of.clone().unwrap_or_default(),
+        issued_at_unix: l.issued_at,
+        expires_at_unix: l.expires_at,
+        seq: l.seq,
+        state: l.state.as_str().to_string(),
+        reason: l.reason.clone().unwrap_or_default(),
+        fingerprint: l.fingerprint.clone(),
+        policy_version: l.policy_version,
+    }
+}
+
+pub fn credential_proto(c: &Credential) -> v1::Credential {
+    v1::Credential {
+        name: c.name.clone(),
+        kind: c.kind.clone(),
+        audiences: c.audiences.clone(),
+        default_ttl_seconds: c.default_ttl,
+        max_ttl_seconds: c.max_ttl,
+        default_action: c.default_action.clone(),
+        scopes: c
+            .scopes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.join(" ")))
+            .collect(),
+        created_at_unix: c.created_at,
+    }
+}
+
+pub fn problem_proto(p: Problem) -> v1::PolicyProblem {
+    v1::PolicyProblem {
+        line: p.line,
+        col: p.col,
+        message: p.message,
+    }
+}
+
+pub fn event_proto(e: &Event) -> v1::AuditEvent {
+    v1::AuditEvent {
+        json: serde_json::to_string(e).unwrap_or_default(),
+    }
+}
+
+/// A workload with its SPIFFE ID in `trust_domain` filled in (the admin API shows it;
+/// Sync leaves it empty, the agent knows its trust domain).
+pub fn with_spiffe_id(mut w: v1::Workload, trust_domain: &str) -> v1::Workload {
+    w.spiffe_id = format!("spiffe://{trust_domain}/{}", w.name);
+    w
+}
+
+/// A join token as `join-token list` shows it, with its state at `now` (unix s).
+pub fn join_token_info(t: JoinTokenRecord, now: i64) -> v1::JoinTokenInfo {
+    v1::JoinTokenInfo {
+        state: t.state(now).to_string(),
+        id: t.id,
+        name: t.name.unwrap_or_default(),
+        labels: t.labels.into_iter().collect(),
+        created_at_unix: t.created_at,
+        expires_at_unix: t.expires_at,
+        used_by: t.used_by.unwrap_or_default(),
+    }
+}
+
+/// A host as `host list` shows it; `conn` is its live connection, if any.
+pub fn host_info(h: Host, conn: Option<ConnInfo>) -> v1::HostInfo {
+    v1::HostInfo {
+        last_seen_unix: conn.map(|c| c.last_seen_ms / 1000).unwrap_or(h.last_seen),
+        connected: conn.is_some(),
+        acked_seq: conn.map(|c| c.acked_seq).unwrap_or(0),
+        name: h.name,
+        labels: h.labels.into_iter().collect(),
+        enrolled_at_unix: h.enrolled_at,
+        evicted: h.evicted,
+        cert_not_after_unix: h.cert_not_after,
+    }
+}
+
+/// An approval as `approval list` shows it; `owner` is its workload's owner (empty when
+/// the workload is gone).
+pub fn approval_info(a: Approval, owner: String) -> v1::ApprovalInfo {
+    v1::ApprovalInfo {
+        id: a.id,
+        workload: a.workload,
+        credential: a.credential,
+        action: a.action,
+        host: a.host,
+        on_behalf_of: a.on_behalf_of,
+        ttl_seconds: a.ttl,
+        audience: a.audience,
+        requested_at_unix: a.requested_at,
+        state: a.state,
+        decided_by: a.decided_by.unwrap_or_default(),
+        reason: a.reason.unwrap_or_default(),
+        valid_until_unix: a.valid_until,
+        uses_left: a.uses_left,
+        policies: a.policies,
+        owner,
+    }
+}
+
+/// A revocation as Sync carries it to `host`: with only the lease ids issued to it, and
+/// without what names other hosts' business.
+///
+/// `told` maps the workloads this host has been sent on its stream to their owners. A
+/// workload or owner target is kept only for those: the agent needs it to drop a
+/// credential of that workload still in flight when the revocation lands (its epoch). A
+/// host target is kept only when it is this host. Any other target becomes an empty
+/// lease target, which the agent matches through `lease_ids` alone; those are the leases
+/// issued to this host, so nothing it holds is missed. The reason is kept only when the
+/// revocation concerns this host.
+pub fn revocation_proto(
+    r: &Revocation,
+    host: &str,
+    told: &HashMap<String, String>,
+) -> v1::Revocation {
+    use v1::revocation_target::Target;
+    let lease_ids = r.lease_ids_for(host);
+    let holds = r.hosts.iter().any(|h| h == host);
+    let kept = match &r.target {
+        RevocationTarget::Lease(v) if holds || lease_ids.contains(v) => {
+            Some(Target::Lease(v.clone()))
+        }
+        RevocationTarget::Lease(_) => None,
+        RevocationTarget::Workload(v) if told.contains_key(v) => Some(Target::Workload(v.clone())),
+        RevocationTarget::Workload(_) => None,
+        // Credentials are defined once for every host; their names are not a host's.
+        RevocationTarget::Credential(v) => Some(Target::Credential(v.clone())),
+        RevocationTarget::Owner(v) if told.values().any(|o| o == v) => {
+            Some(Target::Owner(v.clone()))
+        }
+        RevocationTarget::Owner(_) => None,
+        RevocationTarget::Host(v) if v == host => Some(Target::Host(v.clone())),
+        RevocationTarget::Host(_) => None,
+        RevocationTarget::All => Some(Target::All(true)),
+        // A task runs on one host; when its leases say which, only that host hears of it.
+        // With no lease yet nothing says where it runs, and the id alone names nothing.
+        RevocationTarget::Task(v) if holds || r.hosts.is_empty() => Some(Target::Task(v.clone())),
+        RevocationTarget::Task(_) => None,
+        // Agents match these by the lease ids listed below.
+        RevocationTarget::Leases(_) => None,
+    };
+    let concerns = holds
+        || matches!(&r.target, RevocationTarget::All)
+        || matches!(
+            &kept,
+            Some(Target::Workload(_) | Target::Owner(_) | Target::Host(_))
+        );
+    v1::Revocation {
+        seq: r.seq,
+        target: Some(v1::RevocationTarget {
+            target: Some(kept.unwrap_or_else(|| Target::Lease(String::new()))),
+        }),
+        reason: if concerns {
+            r.reason.clone()
+        } else {
+            String::new()
+        },
+        lease_ids,
+    }
+}
