@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::model::{Approval, Host, Workload};
+use crate::model::Approval;
 use crate::state::Shared;
 use crate::store::StoreError;
 
@@ -91,38 +91,6 @@ pub enum ApprovalError {
     /// The store could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// The request as an approval would record it.
-#[allow(clippy::too_many_arguments)]
-pub fn request(
-    w: &Workload,
-    credential: &str,
-    action: &str,
-    host: &Host,
-    on_behalf_of: &str,
-    ttl: u32,
-    audience: &str,
-    policies: Vec<String>,
-    now: i64,
-) -> Approval {
-    Approval {
-        id: String::new(),
-        workload: w.name.clone(),
-        credential: credential.to_string(),
-        action: action.to_string(),
-        host: host.name.clone(),
-        on_behalf_of: on_behalf_of.to_string(),
-        ttl,
-        audience: audience.to_string(),
-        policies,
-        requested_at: now,
-        state: ApprovalState::Pending.to_string(),
-        decided_by: None,
-        reason: None,
-        valid_until: 0,
-        uses_left: 0,
-    }
 }
 
 /// Decide what an approval-requiring request gets: the id of a usable approval, or why

@@ -119,6 +119,7 @@ mod tests {
             state: LeaseState::Active,
             reason: None,
             fingerprint: "f".into(),
+            ends_outside: false,
         };
         s.issue_lease(lease, Event::new("issued").lease("l1"))
             .await

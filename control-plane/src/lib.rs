@@ -20,6 +20,7 @@ pub mod hub;
 pub mod issuance;
 pub mod issuer;
 pub mod keys;
+pub mod kinds;
 pub mod model;
 pub mod policy;
 pub mod revocation;

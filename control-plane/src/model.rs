@@ -190,6 +190,10 @@ pub struct Lease {
     pub reason: Option<String>,
     /// First 12 hex of SHA-256 of the token: safe to show.
     pub fingerprint: String,
+    /// Its credential kind has something outside Leash to undo when it ends (see
+    /// `kinds::CredentialKind::end`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ends_outside: bool,
 }
 
 /// The request an issuance (or an explanation) is decided on.

@@ -265,6 +265,7 @@ pub async fn run(
         shared.clock.clone(),
     ));
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
+    let ends = tokio::spawn(crate::issuance::ends::run(shared.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let recovery = tokio::spawn(stop_when_the_store_can_be_reopened(
@@ -320,6 +321,7 @@ pub async fn run(
         } => (Ok(()), Ok(())),
     };
     expiry.abort();
+    ends.abort();
     refused.abort();
     recovery.abort();
     shared

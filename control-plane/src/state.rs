@@ -10,9 +10,10 @@ use crate::config::Config;
 use crate::enroll::guard::Guard;
 use crate::hub::Hub;
 use crate::keys::Keys;
+use crate::kinds::Registry;
 use crate::model::{Event, Revocation};
 use crate::policy::Engine;
-use crate::store::Storage;
+use crate::store::{Storage, StoreError};
 
 /// Lease ids by host name.
 pub type LeasesByHost = HashMap<String, Vec<String>>;
@@ -40,6 +41,8 @@ pub struct Shared {
     revoked_by_host: std::sync::Mutex<HashMap<u64, Arc<LeasesByHost>>>,
     /// Rate limits and refusal counts of unauthenticated Enroll calls.
     pub enroll_guard: Guard,
+    /// The credential kinds this control plane issues.
+    pub kinds: Registry,
 }
 
 impl Shared {
@@ -65,6 +68,7 @@ impl Shared {
             event_sink,
             revoked_by_host: Default::default(),
             enroll_guard,
+            kinds: Registry::standard(),
         }
     }
 
@@ -73,6 +77,22 @@ impl Shared {
     pub fn record(&self, events: Vec<Event>) {
         for e in events {
             let _ = self.event_sink.send(e);
+        }
+    }
+
+    /// Record a failure of the store (a failed flush, an I/O error) as `failed`, a failure
+    /// event, never as a denial. The store usually cannot take that event either (the
+    /// disk is still full): the error log line is then the only record.
+    pub async fn record_failure(&self, e: &StoreError, failed: Event) {
+        if matches!(e, StoreError::NotDurable(_) | StoreError::Sled(_)) {
+            let kind = failed.kind.clone();
+            if let Err(err) = self
+                .store
+                .append_events(vec![failed.reason(e.to_string())])
+                .await
+            {
+                tracing::error!(error = %err, event = %kind, "could not record the failure in the audit log");
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use tonic::Status;
 
 use crate::approval::ApprovalError;
 use crate::enroll::EnrollError;
+use crate::issuance::IssueError;
 use crate::model::Event;
 use crate::state::Shared;
 use crate::store::StoreError;
@@ -61,47 +62,26 @@ impl From<EnrollError> for Status {
     }
 }
 
-/// Map a failed write to a status, and record a failure of the store (a failed flush, an
-/// I/O error) as a failure event, never as a denial. The store usually cannot take that
-/// event either (the disk is still full): the error log line is then the only record.
+/// Map a failed write to a status, recording a store failure as `failed` (see
+/// [`Shared::record_failure`]).
 pub async fn write_failed(s: &Shared, e: StoreError, failed: Event) -> Status {
-    if matches!(e, StoreError::NotDurable(_) | StoreError::Sled(_)) {
-        let kind = failed.kind.clone();
-        if let Err(err) = s
-            .store
-            .append_events(vec![failed.reason(e.to_string())])
-            .await
-        {
-            tracing::error!(error = %err, event = %kind, "could not record the failure in the audit log");
-        }
-    }
+    s.record_failure(&e, failed).await;
     Status::from(e)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_store_failure_is_unavailable_and_a_refusal_is_denied() {
-        let st = Status::from(StoreError::NotDurable("flush failed".into()));
-        assert_eq!(Reason::of(&st), Reason::Unavailable, "{st:?}");
-        assert!(st.message().contains("could not be made durable"), "{st:?}");
-        assert_eq!(
-            Reason::of(&Status::from(StoreError::Closed)),
-            Reason::Unavailable
-        );
-        assert_eq!(
-            Reason::of(&Status::from(StoreError::Refused("used".into()))),
-            Reason::Denied
-        );
-        assert_eq!(
-            Reason::of(&Status::from(StoreError::NotFound("x".into()))),
-            Reason::NotFound
-        );
-        assert_eq!(
-            Reason::of(&Status::from(StoreError::Conflict("x".into()))),
-            Reason::Invalid
-        );
+impl From<IssueError> for Status {
+    /// Each issuance error with its reason; a pending approval keeps its id.
+    fn from(e: IssueError) -> Status {
+        match e {
+            IssueError::Approval(a) => Status::from(a),
+            IssueError::Store(s) => Status::from(s),
+            e => {
+                let reason = e.reason();
+                if reason == Reason::Unavailable {
+                    tracing::error!(error = %e, "issuance failed");
+                }
+                reason.status(e.to_string())
+            }
+        }
     }
 }

@@ -173,6 +173,7 @@ impl ControlPlane for AgentApi {
         crate::issuance::issue(&self.s, &host, r)
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn introspect(

@@ -86,6 +86,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn leases(&self, workload: Option<&str>, active_only: bool) -> Result<Vec<Lease>>;
     /// Ids of active leases that expire at or before `now` (unix seconds), at most `limit`.
     fn expired_leases(&self, now: i64, limit: usize) -> Result<Vec<String>>;
+    /// Up to `limit` ended leases whose credential kind has yet to undo what it set up
+    /// outside Leash (queued when they ended; see `issuance::ends`).
+    fn ended_leases(&self, limit: usize) -> Result<Vec<Lease>>;
+    /// Take leases off that queue once their kind's end step succeeded.
+    async fn forget_ended(&self, ids: Vec<String>) -> Result<()>;
     /// Revocations with `seq` above the given one.
     fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>>;
     /// Audit events from `since_ms`, at most `limit` of the newest.

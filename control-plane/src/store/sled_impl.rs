@@ -121,6 +121,26 @@ impl Storage for SledStore {
         Ok(out)
     }
 
+    fn ended_leases(&self, limit: usize) -> Result<Vec<Lease>> {
+        let mut out = Vec::new();
+        for id in self.t.ended.iter().keys().take(limit) {
+            if let Some(l) = get::<Lease>(&self.t.leases, "leases", &id?)? {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn forget_ended(&self, ids: Vec<String>) -> Result<()> {
+        self.write(move |tx| {
+            for id in ids {
+                tx.t.ended.remove(id.as_bytes())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>> {
         self.t
             .revocations

@@ -38,6 +38,9 @@ pub(super) struct Trees {
     pub(super) task_events: sled::Tree,
     pub(super) approval_events: sled::Tree,
     pub(super) approvals: sled::Tree,
+    /// Ended leases whose credential kind still has to undo something outside Leash:
+    /// lease id -> (). See `issuance::ends`.
+    pub(super) ended: sled::Tree,
 }
 
 /// The state one batch of writes works on.
@@ -111,6 +114,17 @@ impl SledStore {
     }
 
     /// [`SledStore::open`] with a chosen flush (tests inject failures through it).
+    /// A store whose next `fail` flushes fail (see `FailNext`), for tests of what
+    /// callers of the store do then.
+    #[cfg(test)]
+    pub(crate) fn open_failing(
+        dir: &Path,
+        clock: Clock,
+        fail: Arc<std::sync::atomic::AtomicU32>,
+    ) -> Result<Arc<SledStore>> {
+        Self::open_with(dir, clock, super::flush::FailNext(fail))
+    }
+
     pub(super) fn open_with(dir: &Path, clock: Clock, flush: impl Flush) -> Result<Arc<SledStore>> {
         let db = sled::Config::new()
             .path(dir.join("db"))
@@ -137,6 +151,7 @@ impl SledStore {
             task_events: db.open_tree("task_events")?,
             approval_events: db.open_tree("approval_events")?,
             approvals: db.open_tree("approvals")?,
+            ended: db.open_tree("ended")?,
         });
         // Databases from before the expiry index: build it once.
         if t.expiry.is_empty() && !t.active.is_empty() {

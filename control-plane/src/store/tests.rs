@@ -43,6 +43,7 @@ fn lease(id: &str, w: &str) -> Lease {
         state: LeaseState::Active,
         reason: None,
         fingerprint: "f".into(),
+        ends_outside: false,
     }
 }
 

@@ -61,6 +61,11 @@ impl Tx<'_> {
         } else {
             self.t.active.remove(l.id.as_bytes())?;
             self.t.expiry.remove(ek)?;
+            // Every ending (revocation, expiry, task completion, re-evaluation,
+            // offboarding, eviction) passes here: queue what the kind must undo.
+            if l.ends_outside {
+                self.t.ended.insert(l.id.as_bytes(), &[])?;
+            }
         }
         Ok(())
     }

@@ -1,0 +1,221 @@
+//! The decision: the checks made before policy, then policy. [`decide`] is the one
+//! function that decides a request; `Issue`, `policy explain` and the re-evaluation after
+//! `policy apply` all call it, so they cannot disagree.
+
+use leash_proto::names::excerpt;
+use leash_proto::reason::Reason;
+
+use super::request::{Caller, Resolved};
+use super::IssueError;
+use crate::config::Config;
+use crate::model::{hosts_match, Lease};
+use crate::policy::{Engine, Verdict};
+use crate::workload_kind::WorkloadKind;
+
+/// Why a request is refused before policy is asked, in the order the checks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The workload is disabled.
+    WorkloadDisabled,
+    /// The workload's expiry has passed.
+    WorkloadExpired,
+    /// The workload may not run on this host (its host selectors).
+    WrongHost,
+    /// The attested caller lacks one of the workload's selectors.
+    SelectorsNotMatched,
+    /// A shared agent asked without saying on whose behalf.
+    NeedsOnBehalfOf,
+    /// A workload that is not a shared agent asked on someone's behalf.
+    NotASharedAgent,
+    /// The action is not one of the configured actions.
+    UnknownAction,
+    /// The credential does not allow this audience.
+    AudienceNotAllowed,
+    /// The TTL is above the credential's maximum.
+    TtlAboveMax,
+    /// The credential defines scopes, but none for this action.
+    NoScopesForAction,
+}
+
+impl Refusal {
+    /// Denied: a decision about this caller, audited as `denied` (exit 2). Invalid: a
+    /// request no caller could make succeed (exit 1).
+    pub fn reason(self) -> Reason {
+        match self {
+            Refusal::WorkloadDisabled
+            | Refusal::WorkloadExpired
+            | Refusal::WrongHost
+            | Refusal::SelectorsNotMatched
+            | Refusal::NeedsOnBehalfOf => Reason::Denied,
+            Refusal::NotASharedAgent
+            | Refusal::UnknownAction
+            | Refusal::AudienceNotAllowed
+            | Refusal::TtlAboveMax
+            | Refusal::NoScopesForAction => Reason::Invalid,
+        }
+    }
+
+    /// What to tell the caller: what was wrong, and what to do.
+    pub fn message(self, r: &Resolved, config: &Config) -> String {
+        let (w, c) = (&r.workload, &r.credential);
+        match self {
+            Refusal::WorkloadDisabled => format!("workload {:?} is disabled", w.name),
+            Refusal::WorkloadExpired => format!("workload {:?} has expired", w.name),
+            Refusal::WrongHost => format!(
+                "workload {:?} may not run on host {:?}",
+                w.name, r.host.name
+            ),
+            Refusal::SelectorsNotMatched => format!(
+                "the caller does not match the selectors of workload {:?}",
+                w.name
+            ),
+            Refusal::NeedsOnBehalfOf => format!(
+                "workload {:?} is a shared agent: every request must say --on-behalf-of",
+                w.name
+            ),
+            Refusal::NotASharedAgent => format!(
+                "workload {:?} is of kind {}, not {}: only a shared agent may act on behalf of someone; drop --on-behalf-of",
+                w.name,
+                excerpt(&w.kind),
+                WorkloadKind::SharedAgent
+            ),
+            Refusal::UnknownAction => format!(
+                "unknown action {}; the configured actions are {}",
+                excerpt(&r.action),
+                config.actions.join(", ")
+            ),
+            Refusal::AudienceNotAllowed => format!(
+                "audience {} is not allowed for credential {:?}; allowed: {}",
+                excerpt(&r.audience),
+                c.name,
+                c.audiences.join(", ")
+            ),
+            Refusal::TtlAboveMax => format!(
+                "requested TTL {}s is above the max_ttl of {:?} ({}s); ask for less",
+                r.ttl, c.name, c.max_ttl
+            ),
+            Refusal::NoScopesForAction => format!(
+                "credential {:?} defines no scopes for action {}; it has scopes for: {}",
+                c.name,
+                excerpt(&r.action),
+                c.scopes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+/// The checks made before policy, all of them, in order.
+pub fn refusals(r: &Resolved, config: &Config) -> Vec<Refusal> {
+    let (w, c) = (&r.workload, &r.credential);
+    let mut out = Vec::new();
+    if w.disabled {
+        out.push(Refusal::WorkloadDisabled);
+    }
+    if w.expires_at != 0 && w.expires_at <= r.now {
+        out.push(Refusal::WorkloadExpired);
+    }
+    if r.host_known && !hosts_match(&w.hosts, &r.host.labels) {
+        out.push(Refusal::WrongHost);
+    }
+    // Only a live caller is matched against the selectors: a hypothetical one is what
+    // they describe, and an issued lease was matched when it was issued.
+    if let Caller::Attested(a) = &r.caller {
+        if !w.selectors.iter().all(|sel| a.selectors.contains(sel)) {
+            out.push(Refusal::SelectorsNotMatched);
+        }
+    }
+    let shared_agent = WorkloadKind::of(&w.kind).is_some_and(WorkloadKind::acts_on_behalf);
+    if shared_agent && r.on_behalf_of.is_none() {
+        out.push(Refusal::NeedsOnBehalfOf);
+    }
+    if !shared_agent && r.on_behalf_of.is_some() {
+        out.push(Refusal::NotASharedAgent);
+    }
+    if !config.actions.contains(&r.action) {
+        out.push(Refusal::UnknownAction);
+    }
+    if !c.audiences.contains(&r.audience) {
+        out.push(Refusal::AudienceNotAllowed);
+    }
+    if r.ttl > c.max_ttl {
+        out.push(Refusal::TtlAboveMax);
+    }
+    if !c.scopes.is_empty() && !c.scopes.contains_key(&r.action) {
+        out.push(Refusal::NoScopesForAction);
+    }
+    out
+}
+
+/// What was decided about a request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Refusals before policy, in the order the checks run (empty: none).
+    pub refusals: Vec<Refusal>,
+    /// What policy said; `None` when the action is unknown (policy cannot be asked).
+    pub verdict: Option<Verdict>,
+}
+
+/// Where a decision leaves the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Refused before policy (the first refusal).
+    Refused(Refusal),
+    /// Policy does not permit it; the message says why.
+    Forbidden(String),
+    /// Policy permits it once a human approves; the policies that require approval.
+    NeedsApproval(Vec<String>),
+    /// Permitted.
+    Allowed,
+}
+
+/// Decide `r`: the checks before policy, then policy. The one function that decides
+/// issuance.
+pub fn decide(policy: &Engine, config: &Config, r: &Resolved) -> Result<Decision, IssueError> {
+    let refusals = refusals(r, config);
+    let verdict = if refusals.contains(&Refusal::UnknownAction) {
+        None
+    } else {
+        Some(policy.decide(&r.workload, &r.credential, &r.action, &r.host, &r.facts)?)
+    };
+    Ok(Decision { refusals, verdict })
+}
+
+impl Decision {
+    /// Where this leaves the request: the first refusal, else policy's answer.
+    pub fn outcome(&self, r: &Resolved) -> Outcome {
+        if let Some(f) = self.refusals.first() {
+            return Outcome::Refused(*f);
+        }
+        let Some(v) = &self.verdict else {
+            return Outcome::Refused(Refusal::UnknownAction);
+        };
+        let (w, c, action) = (&r.workload.name, &r.credential.name, &r.action);
+        if !v.allow {
+            return Outcome::Forbidden(if v.reasons.is_empty() {
+                format!(
+                    "no policy permits workload {w:?} to {action} credential {c:?} (default deny); grant it with `leashctl workload add … --allow {c}` or a Cedar policy"
+                )
+            } else {
+                format!(
+                    "forbidden by policy {} for workload {w:?}, credential {c:?}, action {action}",
+                    v.reasons.join(", ")
+                )
+            });
+        }
+        if v.approval_required {
+            return Outcome::NeedsApproval(v.reasons.clone());
+        }
+        Outcome::Allowed
+    }
+
+    /// Whether an issued `lease` stays permitted: nothing refuses it and policy allows
+    /// it, after approval when it was issued under one.
+    pub fn keeps(&self, lease: &Lease) -> bool {
+        self.refusals.is_empty()
+            && self
+                .verdict
+                .as_ref()
+                .is_some_and(|v| v.allow && (!v.approval_required || lease.approval.is_some()))
+    }
+}

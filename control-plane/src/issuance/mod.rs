@@ -1,0 +1,334 @@
+//! Issuance: the one path every credential takes, whatever its kind.
+//!
+//! 1. [`request::resolve`]: the request, resolved once (host, workload, credential,
+//!    action, audience, TTL, task, on-behalf-of, the facts policy sees).
+//! 2. [`decide::decide`]: the checks before policy, then policy. `Issue`, `policy explain`
+//!    ([`explain`]) and the re-evaluation after `policy apply` ([`no_longer_permitted`])
+//!    all call it, so explain cannot disagree with Issue.
+//! 3. The approval gate, when policy asks for one (`approval`).
+//! 4. Minting, by the credential's kind (`kinds`).
+//! 5. The lease and its `issued` event, written durably together (`store`).
+//!
+//! Ending a lease, by any path, reaches the kind through [`ends`]. The handlers decode,
+//! authorise, call these functions and map [`IssueError`] to a status (`status`).
+
+pub mod decide;
+pub mod ends;
+pub mod request;
+#[cfg(test)]
+mod tests;
+
+use leash_proto::reason::Reason;
+use leash_proto::v1;
+
+use self::decide::{decide, Outcome, Refusal};
+use self::request::{resolve, Ask, Caller, Place, TaskRef};
+use crate::approval::ApprovalError;
+use crate::audit;
+use crate::kinds::{Env, KindError, MintRequest};
+use crate::model::{Host, Lease, LeaseState, Workload};
+use crate::policy::PolicyError;
+use crate::state::Shared;
+use crate::store::StoreError;
+
+/// Why a request was not issued (or could not be explained).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// A name that does not exist (exit 4).
+    #[error("{0}")]
+    NotFound(String),
+    /// Refused before policy; [`Refusal::reason`] says whether denied or invalid.
+    #[error("{message}")]
+    Refused {
+        /// Which check refused it.
+        refusal: Refusal,
+        /// What to tell the caller.
+        message: String,
+    },
+    /// Policy, an approver or a used-up approval said no (exit 2).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The approval gate: pending (exit 3) or a store failure.
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    /// The store failed (exit 5), or refused (exit 2).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Policy could not be evaluated (exit 5).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The credential's kind could not mint it.
+    #[error(transparent)]
+    Kind(#[from] KindError),
+    /// A stored credential of a kind this build does not issue (exit 5).
+    #[error("credential {credential:?} is of kind {kind:?}, which this control plane does not issue (it issues: {known})")]
+    UnknownKind {
+        /// The credential.
+        credential: String,
+        /// Its kind.
+        kind: String,
+        /// The kinds this build issues.
+        known: String,
+    },
+}
+
+impl IssueError {
+    /// The reason (and so the exit code) the caller sees.
+    pub fn reason(&self) -> Reason {
+        match self {
+            IssueError::NotFound(_) => Reason::NotFound,
+            IssueError::Refused { refusal, .. } => refusal.reason(),
+            IssueError::Forbidden(_) => Reason::Denied,
+            IssueError::Approval(ApprovalError::Pending { .. }) => Reason::Pending,
+            IssueError::Approval(ApprovalError::Denied(_)) => Reason::Denied,
+            IssueError::Approval(_) => Reason::Unavailable,
+            IssueError::Store(StoreError::NotFound(_)) => Reason::NotFound,
+            IssueError::Store(StoreError::Conflict(_)) => Reason::Invalid,
+            IssueError::Store(StoreError::Refused(_)) => Reason::Denied,
+            IssueError::Store(_) | IssueError::Policy(_) | IssueError::UnknownKind { .. } => {
+                Reason::Unavailable
+            }
+            IssueError::Kind(KindError::Invalid(_)) => Reason::Invalid,
+            IssueError::Kind(_) => Reason::Unavailable,
+        }
+    }
+}
+
+/// Decide an `Issue` request from `host` and, when it is allowed, mint the credential and
+/// write its lease. Denials are audited as `denied`, a failed write as `issue-failed`.
+pub async fn issue(
+    s: &Shared,
+    host: &Host,
+    req: v1::IssueRequest,
+) -> Result<v1::IssueResponse, IssueError> {
+    let pid = req.attested.as_ref().map_or(0, |a| a.pid);
+    let r = resolve(
+        s.store.as_ref(),
+        Ask::issue(req),
+        Place::Host(host.clone()),
+        s.clock.now(),
+    )?;
+    let decision = decide(&s.policy, &s.config, &r)?;
+    let approval = match decision.outcome(&r) {
+        Outcome::Allowed => None,
+        Outcome::Refused(refusal) => {
+            let message = refusal.message(&r, &s.config);
+            if refusal.reason() == Reason::Denied {
+                record_denial(s, &r, &message).await;
+            }
+            return Err(IssueError::Refused { refusal, message });
+        }
+        Outcome::Forbidden(why) => return Err(forbid(s, &r, why).await),
+        Outcome::NeedsApproval(policies) => {
+            match crate::approval::gate(s, r.approval_request(policies)).await {
+                Ok(id) => Some(id),
+                Err(ApprovalError::Denied(why)) => return Err(forbid(s, &r, why).await),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let kind = s
+        .kinds
+        .get(&r.credential.kind)
+        .ok_or_else(|| IssueError::UnknownKind {
+            credential: r.credential.name.clone(),
+            kind: r.credential.kind.clone(),
+            known: s.kinds.names().join(", "),
+        })?;
+    let lease_id = crate::random_id("l", 10);
+    let scope = r.scope();
+    let minted = kind
+        .mint(
+            Env {
+                keys: &s.keys,
+                config: &s.config,
+            },
+            MintRequest {
+                lease_id: &lease_id,
+                credential: &r.credential,
+                workload: &r.workload,
+                host: &r.host.name,
+                action: &r.action,
+                audience: &r.audience,
+                scope: scope.as_deref(),
+                ttl: r.ttl,
+                task: r.task.as_ref().map(|t| t.id.as_str()),
+                on_behalf_of: r.on_behalf_of.as_deref(),
+                now: r.now,
+            },
+        )
+        .await?;
+    let lease = Lease {
+        id: lease_id,
+        workload: r.workload.name.clone(),
+        credential: r.credential.name.clone(),
+        action: r.action.clone(),
+        audience: r.audience.clone(),
+        host: r.host.name.clone(),
+        task: r.task.as_ref().map(|t| t.id.clone()),
+        on_behalf_of: r.on_behalf_of.clone(),
+        approval: approval.clone(),
+        context: Some(r.facts.clone()),
+        policy_version: decision.verdict.as_ref().map_or(0, |v| v.version),
+        issued_at: r.now,
+        expires_at: minted.expires_at,
+        seq: 0,
+        state: LeaseState::Active,
+        reason: None,
+        fingerprint: minted.fingerprint.clone(),
+        ends_outside: kind.ends_outside(),
+    };
+    let lease_id = lease.id.clone();
+    let event = audit::issued(s.clock.now_ms(), &lease, r.ttl, pid);
+    let written = match &approval {
+        Some(id) => s.store.issue_with_approval(id, r.now, lease, event).await,
+        None => s.store.issue_lease(lease, event).await,
+    };
+    let seq = match written {
+        Ok(seq) => seq,
+        // The approval was used up (or decided) between the gate and the write.
+        Err(StoreError::Refused(why)) => return Err(forbid(s, &r, why).await),
+        Err(e) => {
+            let failed = audit::issue_failed(
+                s.clock.now_ms(),
+                &host.name,
+                &r.workload.name,
+                &r.credential.name,
+            );
+            s.record_failure(&e, failed).await;
+            return Err(e.into());
+        }
+    };
+    tracing::info!(host = %host.name, workload = %r.workload.name, credential = %r.credential.name,
+        lease = %lease_id, fingerprint = %minted.fingerprint, "issued");
+    Ok(v1::IssueResponse {
+        token: minted.material.into_token(),
+        expires_at_unix: minted.expires_at,
+        lease_id,
+        seq,
+        issued_at_unix: r.now,
+        action: r.action,
+        audience: r.audience,
+    })
+}
+
+/// Record a `denied` event and answer with `why`.
+async fn forbid(s: &Shared, r: &request::Resolved, why: String) -> IssueError {
+    record_denial(s, r, &why).await;
+    IssueError::Forbidden(why)
+}
+
+async fn record_denial(s: &Shared, r: &request::Resolved, why: &str) {
+    let e = audit::issue_denied(
+        s.clock.now_ms(),
+        &r.host.name,
+        &r.workload.name,
+        &r.credential.name,
+        why,
+    );
+    if let Err(err) = s.store.append_events(vec![e]).await {
+        tracing::warn!(error = %err, "could not record a denied event");
+    }
+}
+
+/// `policy explain`: what [`decide`] says about the question, without issuing. At
+/// `r.at_unix` when given, else now; on `r.host` when given, else on no host in
+/// particular (host selectors are then not checked).
+pub fn explain(
+    s: &Shared,
+    req: &v1::PolicyExplainRequest,
+) -> Result<v1::PolicyExplainResponse, IssueError> {
+    let place = if req.host.is_empty() {
+        Place::Anywhere
+    } else {
+        Place::Host(s.store.host(&req.host)?.ok_or_else(|| {
+            IssueError::NotFound(format!(
+                "no host named {}; `leashctl host list` shows them",
+                leash_proto::names::excerpt(&req.host)
+            ))
+        })?)
+    };
+    let now = if req.at_unix == 0 {
+        s.clock.now()
+    } else {
+        req.at_unix
+    };
+    let r = resolve(s.store.as_ref(), Ask::explain(req), place, now)?;
+    let d = decide(&s.policy, &s.config, &r)?;
+    // An unknown action is a question that cannot be asked, as it is for Issue.
+    if d.refusals.contains(&Refusal::UnknownAction) {
+        return Err(IssueError::Refused {
+            refusal: Refusal::UnknownAction,
+            message: Refusal::UnknownAction.message(&r, &s.config),
+        });
+    }
+    let allowed = d.outcome(&r) == Outcome::Allowed;
+    let v = d.verdict.unwrap_or_else(|| crate::policy::Verdict {
+        allow: false,
+        approval_required: false,
+        reasons: Vec::new(),
+        errors: Vec::new(),
+        version: s.policy.version(),
+    });
+    Ok(v1::PolicyExplainResponse {
+        decision: if allowed { "allow" } else { "deny" }.to_string(),
+        approval_required: v.approval_required,
+        reasons: v
+            .reasons
+            .into_iter()
+            .map(|id| v1::PolicyReason {
+                text: s.policy.policy_text(&id),
+                id,
+            })
+            .collect(),
+        errors: v.errors,
+        version: v.version,
+        refusals: d
+            .refusals
+            .iter()
+            .map(|f| f.message(&r, &s.config))
+            .collect(),
+    })
+}
+
+/// The active leases the current policy no longer permits: each decided again, by
+/// [`decide`], on the facts it was issued under. A lease whose workload, credential or
+/// host is gone is left to the paths that handle those.
+pub fn no_longer_permitted(s: &Shared, workloads: &[Workload]) -> Result<Vec<String>, IssueError> {
+    let now = s.clock.now();
+    let mut revoke = Vec::new();
+    for l in s.store.leases(None, true)? {
+        if l.expires_at <= now || !workloads.iter().any(|w| w.name == l.workload) {
+            continue;
+        }
+        let Some(host) = s.store.host(&l.host)? else {
+            continue;
+        };
+        let facts = l.context.clone().unwrap_or_default();
+        let ask = Ask {
+            workload: l.workload.clone(),
+            credential: l.credential.clone(),
+            action: l.action.clone(),
+            audience: l.audience.clone(),
+            ttl_seconds: u32::try_from(facts.ttl_seconds).unwrap_or(0),
+            task: l.task.clone().map(|id| TaskRef {
+                name: facts.task.clone().unwrap_or_else(|| id.clone()),
+                id,
+            }),
+            on_behalf_of: l.on_behalf_of.clone().unwrap_or_default(),
+            caller: Caller::Issued(facts),
+        };
+        let r = match resolve(s.store.as_ref(), ask, Place::Host(host), now) {
+            Ok(r) => r,
+            Err(IssueError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        // A policy that cannot be evaluated permits nothing.
+        let keeps = decide(&s.policy, &s.config, &r).is_ok_and(|d| d.keeps(&l));
+        if !keeps {
+            revoke.push(l.id);
+        }
+    }
+    Ok(revoke)
+}

@@ -1,0 +1,535 @@
+//! Issuance in-process: every ending path reaching a kind's end step, a failed flush,
+//! and explain agreeing with Issue. The control plane's parts are the real ones (sled
+//! store, keys, Cedar engine); only the clock is moved by hand.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use leash_proto::reason::Reason;
+use leash_proto::v1;
+use tonic::Status;
+
+use super::ends::{process, Retries};
+use super::{explain, issue, no_longer_permitted, IssueError};
+use crate::clock::Clock;
+use crate::config::{Config, FileConfig, Overrides};
+use crate::keys::{Keys, MasterKey};
+use crate::kinds::testing::Recorder;
+use crate::model::{
+    Credential, Event, Host, JoinTokenRecord, LeaseState, RevocationTarget, Workload,
+};
+use crate::policy::Engine;
+use crate::state::Shared;
+use crate::store::{SledStore, Storage, StoreError};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    s: Shared,
+    recorder: Recorder,
+    clock: Clock,
+    /// The next this many flushes fail.
+    fail: Arc<AtomicU32>,
+}
+
+async fn shared(
+    dir: &std::path::Path,
+    clock: &Clock,
+    fail: Arc<AtomicU32>,
+    recorder: &Recorder,
+) -> Shared {
+    let store = SledStore::open_failing(dir, clock.clone(), fail).expect("store");
+    let master = MasterKey::load_or_create(dir).expect("master key");
+    let keys = Arc::new(
+        Keys::load_or_create(&*store, &master, "leash.test")
+            .await
+            .expect("keys"),
+    );
+    let text = format!("data_dir = {:?}\n", dir.display().to_string());
+    let file = FileConfig::parse(&text, &dir.join("cp.toml")).expect("config");
+    let config = Config::resolve(file, Overrides::default()).expect("config");
+    let policy = Engine::new(&config.actions).expect("engine");
+    policy
+        .relink(&store.workloads().expect("workloads"))
+        .expect("links");
+    let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+    let mut s = Shared::new(config, store, keys, clock.clone(), policy, tx);
+    s.kinds.add(recorder.clone());
+    s
+}
+
+fn workload(name: &str, owner: &str, hosts: &[(&str, &str)]) -> Workload {
+    Workload {
+        name: name.into(),
+        owner: owner.into(),
+        kind: "service".into(),
+        selectors: Vec::new(),
+        hosts: hosts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        allow: vec!["api".into(), "rec".into()],
+        expires_at: 0,
+        disabled: false,
+        created_at: 0,
+    }
+}
+
+fn credential(name: &str, kind: &str) -> Credential {
+    Credential {
+        name: name.into(),
+        kind: kind.into(),
+        audiences: vec!["https://api.example".into()],
+        default_ttl: 3600,
+        max_ttl: 7200,
+        default_action: "read".into(),
+        scopes: BTreeMap::new(),
+        created_at: 0,
+    }
+}
+
+fn host(name: &str, role: &str) -> Host {
+    Host {
+        name: name.into(),
+        labels: BTreeMap::from([("role".to_string(), role.to_string())]),
+        enrolled_at: 0,
+        last_seen: 0,
+        evicted: false,
+        cert_serial: format!("serial-{name}"),
+        cert_not_after: i64::MAX,
+    }
+}
+
+/// A control plane with hosts `h1` (role ci) and `h2` (role dev), credentials `api`
+/// (jwt) and `rec` (the recorder kind), and one workload per ending path.
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::default();
+    let fail = Arc::new(AtomicU32::new(0));
+    let recorder = Recorder::default();
+    let s = shared(dir.path(), &clock, fail.clone(), &recorder).await;
+    let st = &s.store;
+    for (name, role) in [("h1", "ci"), ("h2", "dev")] {
+        st.put_join_token(
+            JoinTokenRecord {
+                id: format!("jt-{name}"),
+                secret_sha256: "x".into(),
+                name: None,
+                labels: BTreeMap::new(),
+                created_at: 0,
+                expires_at: i64::MAX,
+                used_by: None,
+                revoked: false,
+            },
+            Event::new("x"),
+        )
+        .await
+        .expect("token");
+        st.enroll(
+            &format!("jt-{name}"),
+            "x",
+            host(name, role),
+            0,
+            Event::new("enrolled"),
+        )
+        .await
+        .expect("enroll");
+    }
+    st.put_credential(credential("api", "jwt"), Event::new("x"))
+        .await
+        .expect("api");
+    st.put_credential(credential("rec", "recorder"), Event::new("x"))
+        .await
+        .expect("rec");
+    for (w, owner) in [
+        ("w/revoke", "team-a"),
+        ("w/expire", "team-a"),
+        ("w/task", "team-a"),
+        ("w/policy", "team-a"),
+        ("w/offboard", "team-o"),
+        ("w/evict", "team-a"),
+        ("w/disable", "team-a"),
+    ] {
+        st.put_workload(workload(w, owner, &[]), Event::new("x"))
+            .await
+            .expect("workload");
+    }
+    st.put_workload(
+        workload("w/ci-only", "team-a", &[("role", "ci")]),
+        Event::new("x"),
+    )
+    .await
+    .expect("workload");
+    // No --allow links: only Cedar policy decides for it.
+    st.put_workload(
+        Workload {
+            allow: Vec::new(),
+            ..workload("w/bare", "team-a", &[])
+        },
+        Event::new("x"),
+    )
+    .await
+    .expect("workload");
+    s.policy
+        .relink(&st.workloads().expect("workloads"))
+        .expect("links");
+    Fixture {
+        dir,
+        s,
+        recorder,
+        clock,
+        fail,
+    }
+}
+
+fn ask(workload: &str, credential: &str) -> v1::IssueRequest {
+    v1::IssueRequest {
+        workload: workload.into(),
+        credential: credential.into(),
+        attested: Some(v1::Attested {
+            uid: 1000,
+            pid: 42,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Fixture {
+    fn host(&self, name: &str) -> Host {
+        self.s.store.host(name).expect("read").expect("host")
+    }
+
+    async fn issue(&self, on: &str, r: v1::IssueRequest) -> Result<v1::IssueResponse, IssueError> {
+        issue(&self.s, &self.host(on), r).await
+    }
+
+    async fn lease(&self, on: &str, workload: &str, credential: &str) -> String {
+        self.issue(on, ask(workload, credential))
+            .await
+            .expect("issued")
+            .lease_id
+    }
+}
+
+#[tokio::test]
+async fn every_ending_path_reaches_the_kind_once() {
+    let f = fixture().await;
+    let st = f.s.store.clone();
+    let revoke = f.lease("h1", "w/revoke", "rec").await;
+    let expire = f
+        .issue(
+            "h1",
+            v1::IssueRequest {
+                ttl_seconds: 60,
+                ..ask("w/expire", "rec")
+            },
+        )
+        .await
+        .expect("issued")
+        .lease_id;
+    let task = f
+        .issue(
+            "h1",
+            v1::IssueRequest {
+                task: "t-1".into(),
+                ..ask("w/task", "rec")
+            },
+        )
+        .await
+        .expect("issued")
+        .lease_id;
+    let policy = f.lease("h1", "w/policy", "rec").await;
+    let offboard = f.lease("h1", "w/offboard", "rec").await;
+    let evict = f.lease("h2", "w/evict", "rec").await;
+    let disable = f.lease("h1", "w/disable", "rec").await;
+    // A kind with nothing to undo outside Leash queues nothing.
+    let jwt = f.lease("h1", "w/revoke", "api").await;
+    assert!(st.ended_leases(100).expect("queue").is_empty());
+
+    st.revoke(
+        RevocationTarget::Lease(revoke.clone()),
+        "test".into(),
+        "root".into(),
+        Vec::new(),
+    )
+    .await
+    .expect("revoke");
+    st.revoke(
+        RevocationTarget::Lease(jwt),
+        "test".into(),
+        "root".into(),
+        Vec::new(),
+    )
+    .await
+    .expect("revoke jwt");
+    f.clock.advance_ms(120_000);
+    let expired = crate::expiry::sweep(st.as_ref(), f.clock.now())
+        .await
+        .expect("sweep");
+    assert_eq!(expired.iter().map(|l| &l.id).collect::<Vec<_>>(), [&expire]);
+    st.finish_leases(
+        vec![task.clone()],
+        LeaseState::Completed,
+        "task t-1 ended".into(),
+    )
+    .await
+    .expect("complete");
+    let workloads = st.workloads().expect("workloads");
+    f.s.policy
+        .install(
+            1,
+            "@id(\"no-policy-workload\")\nforbid(principal == Leash::Workload::\"w/policy\", action, resource);\n",
+            &workloads,
+        )
+        .expect("install");
+    let gone = no_longer_permitted(&f.s, &workloads).expect("re-evaluate");
+    assert_eq!(gone, std::slice::from_ref(&policy));
+    st.revoke(
+        RevocationTarget::Leases(gone),
+        "policy 1".into(),
+        "root".into(),
+        Vec::new(),
+    )
+    .await
+    .expect("revoke");
+    st.offboard_owner("team-o", "root".into())
+        .await
+        .expect("offboard");
+    st.evict_host("h2", "root".into(), "test".into())
+        .await
+        .expect("evict");
+    st.set_workload_disabled("w/disable", true, "root".into(), "test".into())
+        .await
+        .expect("disable");
+
+    let mut want = vec![revoke, expire, task, policy, offboard, evict, disable];
+    want.sort();
+    assert_eq!(st.ended_leases(100).expect("queue").len(), want.len());
+    let mut retries = Retries::default();
+    assert_eq!(process(&f.s, &mut retries).await, want.len());
+    let mut got = f.recorder.ended();
+    got.sort();
+    assert_eq!(got, want, "each ended lease reached its kind once");
+    assert!(st.ended_leases(100).expect("queue").is_empty());
+    assert_eq!(process(&f.s, &mut retries).await, 0);
+    assert_eq!(f.recorder.ended().len(), want.len());
+}
+
+#[tokio::test]
+async fn a_failed_end_step_is_kept_and_done_after_a_restart() {
+    let f = fixture().await;
+    let id = f.lease("h1", "w/revoke", "rec").await;
+    f.s.store
+        .revoke(
+            RevocationTarget::Lease(id.clone()),
+            "test".into(),
+            "root".into(),
+            Vec::new(),
+        )
+        .await
+        .expect("revoke");
+    f.recorder.failures.store(1, Ordering::SeqCst);
+    let mut retries = Retries::default();
+    assert_eq!(process(&f.s, &mut retries).await, 0, "the end step failed");
+    assert!(f.recorder.ended().is_empty());
+    // Not tried again before its pause is over.
+    assert_eq!(process(&f.s, &mut retries).await, 0);
+    let Fixture {
+        dir,
+        s,
+        recorder,
+        clock,
+        fail,
+        ..
+    } = f;
+    drop(s);
+    let s = shared(dir.path(), &clock, fail, &recorder).await;
+    let queued = s.store.ended_leases(100).expect("queue");
+    assert_eq!(
+        queued.iter().map(|l| &l.id).collect::<Vec<_>>(),
+        [&id],
+        "the queue survives a restart"
+    );
+    assert_eq!(process(&s, &mut Retries::default()).await, 1);
+    assert_eq!(recorder.ended(), [id]);
+}
+
+#[tokio::test]
+async fn a_failed_flush_is_unavailable_and_audited_as_a_failure_not_a_denial() {
+    let f = fixture().await;
+    f.fail.store(1, Ordering::SeqCst);
+    let err = f
+        .issue("h1", ask("w/revoke", "api"))
+        .await
+        .expect_err("the lease was not made durable");
+    assert!(
+        matches!(err, IssueError::Store(StoreError::NotDurable(_))),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), Reason::Unavailable);
+    let status = Status::from(err);
+    assert_eq!(Reason::of(&status), Reason::Unavailable, "{status:?}");
+    let events = f.s.store.events(0, 1000).expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "issue-failed" && e.workload.as_deref() == Some("w/revoke")),
+        "a failure event: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.kind == "denied"),
+        "no denial: {events:?}"
+    );
+}
+
+/// (what, host, workload, action, audience, ttl, Issue's reason or None if issued)
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    u32,
+    Option<Reason>,
+);
+
+#[tokio::test]
+async fn explain_and_issue_agree_on_a_table_of_cases() {
+    let f = fixture().await;
+    f.s.store
+        .set_workload_disabled("w/disable", true, "root".into(), "test".into())
+        .await
+        .expect("disable");
+    let workloads = f.s.store.workloads().expect("workloads");
+    f.s.policy
+        .install(
+            1,
+            "@id(\"short-reads\")\npermit(principal, action == Leash::Action::\"read\", resource)\nwhen { context.ttl_seconds <= 600 };\n\n@id(\"no-writes\")\nforbid(principal, action == Leash::Action::\"write\", resource);\n\n@id(\"admin-approval\")\n@approval(\"required\")\npermit(principal, action == Leash::Action::\"admin\", resource);\n",
+            &workloads,
+        )
+        .expect("install");
+    let cases: [Case<'_>; 10] = [
+        ("allowed", "h1", "w/bare", "read", "", 300, None),
+        (
+            "forbidden by policy",
+            "h1",
+            "w/bare",
+            "write",
+            "",
+            300,
+            Some(Reason::Denied),
+        ),
+        (
+            "needs approval",
+            "h1",
+            "w/bare",
+            "admin",
+            "",
+            300,
+            Some(Reason::Pending),
+        ),
+        (
+            "no policy permits",
+            "h1",
+            "w/bare",
+            "read",
+            "",
+            1200,
+            Some(Reason::Denied),
+        ),
+        (
+            "TTL above the maximum",
+            "h1",
+            "w/revoke",
+            "read",
+            "",
+            9000,
+            Some(Reason::Invalid),
+        ),
+        (
+            "wrong host",
+            "h2",
+            "w/ci-only",
+            "read",
+            "",
+            300,
+            Some(Reason::Denied),
+        ),
+        ("right host", "h1", "w/ci-only", "read", "", 300, None),
+        (
+            "disabled workload",
+            "h1",
+            "w/disable",
+            "read",
+            "",
+            300,
+            Some(Reason::Denied),
+        ),
+        (
+            "unknown audience",
+            "h1",
+            "w/revoke",
+            "read",
+            "https://other.example",
+            300,
+            Some(Reason::Invalid),
+        ),
+        (
+            "unknown action",
+            "h1",
+            "w/revoke",
+            "fly",
+            "",
+            300,
+            Some(Reason::Invalid),
+        ),
+    ];
+    for (what, on, w, action, audience, ttl, want) in cases {
+        let r = v1::IssueRequest {
+            action: action.into(),
+            audience: audience.into(),
+            ttl_seconds: ttl,
+            ..ask(w, "api")
+        };
+        let issued = f.issue(on, r).await;
+        assert_eq!(
+            issued.as_ref().err().map(IssueError::reason),
+            want,
+            "{what}: Issue said {issued:?}"
+        );
+        let e = explain(
+            &f.s,
+            &v1::PolicyExplainRequest {
+                workload: w.into(),
+                credential: "api".into(),
+                action: action.into(),
+                audience: audience.into(),
+                ttl_seconds: ttl,
+                host: on.into(),
+                ..Default::default()
+            },
+        );
+        match e {
+            Ok(e) => {
+                assert_eq!(
+                    e.decision == "allow",
+                    issued.is_ok(),
+                    "{what}: explain said {e:?}"
+                );
+                if let Some(Reason::Invalid | Reason::Denied) = want {
+                    if !e.refusals.is_empty() {
+                        let msg = issued
+                            .as_ref()
+                            .err()
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
+                        assert_eq!(e.refusals[0], msg, "{what}: the same words as Issue");
+                    }
+                }
+            }
+            // An unknown action is bad input to both.
+            Err(err) => assert_eq!(Some(err.reason()), want, "{what}: explain failed: {err}"),
+        }
+    }
+}
