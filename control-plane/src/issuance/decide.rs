@@ -2,108 +2,13 @@
 //! function that decides a request; `Issue`, `policy explain` and the re-evaluation after
 //! `policy apply` all call it, so they cannot disagree.
 
-use leash_proto::names::excerpt;
-use leash_proto::reason::Reason;
-
+use super::error::IssueError;
+pub use super::error::Refusal;
 use super::request::{Caller, Resolved};
-use super::IssueError;
 use crate::config::Config;
 use crate::model::{hosts_match, Lease};
 use crate::policy::{Engine, Verdict};
 use crate::workload_kind::WorkloadKind;
-
-/// Why a request is refused before policy is asked, in the order the checks run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The workload is disabled.
-    WorkloadDisabled,
-    /// The workload's expiry has passed.
-    WorkloadExpired,
-    /// The workload may not run on this host (its host selectors).
-    WrongHost,
-    /// The attested caller lacks one of the workload's selectors.
-    SelectorsNotMatched,
-    /// A shared agent asked without saying on whose behalf.
-    NeedsOnBehalfOf,
-    /// A workload that is not a shared agent asked on someone's behalf.
-    NotASharedAgent,
-    /// The action is not one of the configured actions.
-    UnknownAction,
-    /// The credential does not allow this audience.
-    AudienceNotAllowed,
-    /// The TTL is above the credential's maximum.
-    TtlAboveMax,
-    /// The credential defines scopes, but none for this action.
-    NoScopesForAction,
-}
-
-impl Refusal {
-    /// Denied: a decision about this caller, audited as `denied` (exit 2). Invalid: a
-    /// request no caller could make succeed (exit 1).
-    pub fn reason(self) -> Reason {
-        match self {
-            Refusal::WorkloadDisabled
-            | Refusal::WorkloadExpired
-            | Refusal::WrongHost
-            | Refusal::SelectorsNotMatched
-            | Refusal::NeedsOnBehalfOf => Reason::Denied,
-            Refusal::NotASharedAgent
-            | Refusal::UnknownAction
-            | Refusal::AudienceNotAllowed
-            | Refusal::TtlAboveMax
-            | Refusal::NoScopesForAction => Reason::Invalid,
-        }
-    }
-
-    /// What to tell the caller: what was wrong, and what to do.
-    pub fn message(self, r: &Resolved, config: &Config) -> String {
-        let (w, c) = (&r.workload, &r.credential);
-        match self {
-            Refusal::WorkloadDisabled => format!("workload {:?} is disabled", w.name),
-            Refusal::WorkloadExpired => format!("workload {:?} has expired", w.name),
-            Refusal::WrongHost => format!(
-                "workload {:?} may not run on host {:?}",
-                w.name, r.host.name
-            ),
-            Refusal::SelectorsNotMatched => format!(
-                "the caller does not match the selectors of workload {:?}",
-                w.name
-            ),
-            Refusal::NeedsOnBehalfOf => format!(
-                "workload {:?} is a shared agent: every request must say --on-behalf-of",
-                w.name
-            ),
-            Refusal::NotASharedAgent => format!(
-                "workload {:?} is of kind {}, not {}: only a shared agent may act on behalf of someone; drop --on-behalf-of",
-                w.name,
-                excerpt(&w.kind),
-                WorkloadKind::SharedAgent
-            ),
-            Refusal::UnknownAction => format!(
-                "unknown action {}; the configured actions are {}",
-                excerpt(&r.action),
-                config.actions.join(", ")
-            ),
-            Refusal::AudienceNotAllowed => format!(
-                "audience {} is not allowed for credential {:?}; allowed: {}",
-                excerpt(&r.audience),
-                c.name,
-                c.audiences.join(", ")
-            ),
-            Refusal::TtlAboveMax => format!(
-                "requested TTL {}s is above the max_ttl of {:?} ({}s); ask for less",
-                r.ttl, c.name, c.max_ttl
-            ),
-            Refusal::NoScopesForAction => format!(
-                "credential {:?} defines no scopes for action {}; it has scopes for: {}",
-                c.name,
-                excerpt(&r.action),
-                c.scopes.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        }
-    }
-}
 
 /// The checks made before policy, all of them, in order.
 pub fn refusals(r: &Resolved, config: &Config) -> Vec<Refusal> {

@@ -14,6 +14,7 @@
 
 pub mod decide;
 pub mod ends;
+mod error;
 pub mod request;
 #[cfg(test)]
 mod tests;
@@ -21,79 +22,16 @@ mod tests;
 use leash_proto::reason::Reason;
 use leash_proto::v1;
 
+pub use self::error::IssueError;
+
 use self::decide::{decide, Outcome, Refusal};
-use self::request::{resolve, Ask, Caller, Place, TaskRef};
+use self::request::{resolve, Ask, Caller, Place, ResolveError, TaskRef};
 use crate::approval::ApprovalError;
 use crate::audit;
-use crate::kinds::{Env, KindError, MintRequest};
+use crate::kinds::{Env, MintRequest};
 use crate::model::{Host, Lease, LeaseState, Workload};
-use crate::policy::PolicyError;
 use crate::state::Shared;
 use crate::store::StoreError;
-
-/// Why a request was not issued (or could not be explained).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum IssueError {
-    /// A name that does not exist (exit 4).
-    #[error("{0}")]
-    NotFound(String),
-    /// Refused before policy; [`Refusal::reason`] says whether denied or invalid.
-    #[error("{message}")]
-    Refused {
-        /// Which check refused it.
-        refusal: Refusal,
-        /// What to tell the caller.
-        message: String,
-    },
-    /// Policy, an approver or a used-up approval said no (exit 2).
-    #[error("{0}")]
-    Forbidden(String),
-    /// The approval gate: pending (exit 3) or a store failure.
-    #[error(transparent)]
-    Approval(#[from] ApprovalError),
-    /// The store failed (exit 5), or refused (exit 2).
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Policy could not be evaluated (exit 5).
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    /// The credential's kind could not mint it.
-    #[error(transparent)]
-    Kind(#[from] KindError),
-    /// A stored credential of a kind this build does not issue (exit 5).
-    #[error("credential {credential:?} is of kind {kind:?}, which this control plane does not issue (it issues: {known})")]
-    UnknownKind {
-        /// The credential.
-        credential: String,
-        /// Its kind.
-        kind: String,
-        /// The kinds this build issues.
-        known: String,
-    },
-}
-
-impl IssueError {
-    /// The reason (and so the exit code) the caller sees.
-    pub fn reason(&self) -> Reason {
-        match self {
-            IssueError::NotFound(_) => Reason::NotFound,
-            IssueError::Refused { refusal, .. } => refusal.reason(),
-            IssueError::Forbidden(_) => Reason::Denied,
-            IssueError::Approval(ApprovalError::Pending { .. }) => Reason::Pending,
-            IssueError::Approval(ApprovalError::Denied(_)) => Reason::Denied,
-            IssueError::Approval(_) => Reason::Unavailable,
-            IssueError::Store(StoreError::NotFound(_)) => Reason::NotFound,
-            IssueError::Store(StoreError::Conflict(_)) => Reason::Invalid,
-            IssueError::Store(StoreError::Refused(_)) => Reason::Denied,
-            IssueError::Store(_) | IssueError::Policy(_) | IssueError::UnknownKind { .. } => {
-                Reason::Unavailable
-            }
-            IssueError::Kind(KindError::Invalid(_)) => Reason::Invalid,
-            IssueError::Kind(_) => Reason::Unavailable,
-        }
-    }
-}
 
 /// Decide an `Issue` request from `host` and, when it is allowed, mint the credential and
 /// write its lease. Denials are audited as `denied`, a failed write as `issue-failed`.
@@ -321,8 +259,8 @@ pub fn no_longer_permitted(s: &Shared, workloads: &[Workload]) -> Result<Vec<Str
         };
         let r = match resolve(s.store.as_ref(), ask, Place::Host(host), now) {
             Ok(r) => r,
-            Err(IssueError::NotFound(_)) => continue,
-            Err(e) => return Err(e),
+            Err(ResolveError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
         };
         // A policy that cannot be evaluated permits nothing.
         let keeps = decide(&s.policy, &s.config, &r).is_ok_and(|d| d.keeps(&l));

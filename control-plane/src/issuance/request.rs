@@ -5,9 +5,19 @@
 use leash_proto::names::excerpt;
 use leash_proto::v1;
 
-use super::IssueError;
 use crate::model::{Approval, Credential, Facts, Host, Workload};
-use crate::store::Storage;
+use crate::store::{Storage, StoreError};
+
+/// A request that names something that is not there, or a store that could not say.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// No such workload or credential (exit 4).
+    #[error("{0}")]
+    NotFound(String),
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// The task a request is made in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,15 +148,15 @@ pub fn resolve(
     ask: Ask,
     place: Place,
     now: i64,
-) -> Result<Resolved, IssueError> {
+) -> Result<Resolved, ResolveError> {
     let workload = store.workload(&ask.workload)?.ok_or_else(|| {
-        IssueError::NotFound(format!(
+        ResolveError::NotFound(format!(
             "no workload named {}; `leashctl workload list` shows them",
             excerpt(&ask.workload)
         ))
     })?;
     let credential = store.credential(&ask.credential)?.ok_or_else(|| {
-        IssueError::NotFound(format!(
+        ResolveError::NotFound(format!(
             "no credential named {}; `leashctl credential list` shows the ones that exist",
             excerpt(&ask.credential)
         ))
