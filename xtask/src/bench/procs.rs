@@ -185,6 +185,9 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 const BENCH_ENROLL_LIMITS: &str = "enroll_source_burst = 1000000\nenroll_source_per_minute = 6000000\nenroll_global_burst = 1000000\nenroll_global_per_minute = 6000000";
 
 /// A control plane on a temp dir, port 0 and a temp admin socket.
+/// Extra environment for the control plane the benches and the soak start.
+pub const CP_ENV: &str = "LEASH_BENCH_CONTROL_PLANE_ENV";
+
 #[derive(Debug)]
 pub struct ControlPlane {
     pub proc: Proc,
@@ -245,6 +248,16 @@ impl ControlPlane {
             .arg("--config")
             .arg(&config)
             .env("LEASH_LOG", "info");
+        // `KEY=VALUE KEY=VALUE…` for the control plane alone, e.g. a heap profiler's
+        // LD_PRELOAD while a soak runs (docs/SECURITY.md, "Soak").
+        if let Some(extra) = std::env::var_os(CP_ENV) {
+            for kv in extra.to_string_lossy().split_whitespace() {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("{CP_ENV}: {kv:?} is not KEY=VALUE"))?;
+                cmd.env(k, v);
+            }
+        }
         let (proc, line) = Proc::start(
             "leash-control-plane",
             cmd,
