@@ -197,9 +197,10 @@ fn connections_and_requests_per_uid_are_capped() {
     });
 
     // Requests: a burst over the limit is slowed down, with a clear error. The calls
-    // above took from this uid's request allowance (20 a second): let it fill up again,
-    // so the burst below starts from a full allowance however slow this machine is.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // above took from this uid's request allowance (20 a second): move the agent's clock
+    // past a second so it is full again, and the burst below starts from a full
+    // allowance however slow this machine is.
+    c.advance_clock(Duration::from_millis(1100));
     let rt = crate::rt();
     let (ok, limited) = rt.block_on(async {
         let ch = leash_proto::uds::connect(&sock)
