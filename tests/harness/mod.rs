@@ -936,3 +936,16 @@ impl Cluster {
             .any(|p| p.parse::<i32>() == Ok(pid))
     }
 }
+
+impl Cluster {
+    /// After [`Cluster::advance_clock`]: wait until agent `i` has had a heartbeat on the
+    /// moved clock and is synced. A jump past `max_offline` makes an agent fail closed
+    /// until its next heartbeat; after this it serves again.
+    pub fn wait_caught_up_at(&self, i: usize) {
+        self.eventually("the agent is caught up after the clock moved", || {
+            let s = self.status_at(i);
+            let last = s["last_heartbeat_unix_ms"].as_i64()?;
+            (s["synced"] == true && self.clock_now_ms() - last < 1_000).then_some(())
+        });
+    }
+}

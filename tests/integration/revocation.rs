@@ -225,11 +225,7 @@ fn revoke_wait_does_not_wait_for_hosts_offline_past_max_offline() {
     // itself by failing closed. The jump also makes host-1's last heartbeat look 3 s
     // old; wait until its next one has it caught up again.
     c.advance_clock(Duration::from_secs(3));
-    c.eventually("host-1 is caught up after the clock moved", || {
-        let s = c.status();
-        (s["synced"] == true && c.clock_now_ms() - s["last_heartbeat_unix_ms"].as_i64()? < 1_000)
-            .then_some(())
-    });
+    c.wait_caught_up_at(0);
     let started = Instant::now();
     let out = c.leashctl(&["revoke", "--all", "--wait", "--timeout", "20s"]);
     out.code(0).stderr_has(&["host-2", "max_offline"]);
@@ -800,11 +796,7 @@ fn revoke_wait_after_a_control_plane_restart_still_waits_for_hosts_within_max_of
     // it fails closed until the next one: wait until it is caught up and holds a
     // credential again.
     c.advance_clock(Duration::from_secs(5));
-    c.eventually("the agent is caught up after the clock moved", || {
-        let s = c.status();
-        (s["synced"] == true && c.clock_now_ms() - s["last_heartbeat_unix_ms"].as_i64()? < 1_000)
-            .then_some(())
-    });
+    c.wait_caught_up_at(0);
     c.get("api", &[]);
     assert_eq!(c.cached_at(0), 1, "{}", c.status());
     c.kill_control_plane();
