@@ -64,7 +64,10 @@ pub struct Api {
 impl Api {
     /// Wrap the agent.
     pub fn new(agent: Arc<Agent>) -> Api {
-        let limit = Arc::new(RateLimit::new(agent.config.requests_per_uid));
+        let limit = Arc::new(RateLimit::new(
+            agent.config.requests_per_uid,
+            agent.clock.clone(),
+        ));
         Api { agent, limit }
     }
 

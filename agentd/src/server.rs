@@ -17,8 +17,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use leash_proto::clock::Clock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -313,18 +314,22 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// A token bucket per uid for requests.
+/// A token bucket per uid for requests. It refills by the agent's [`Clock`], so a test
+/// that moves the clock refills it without waiting.
 #[derive(Debug)]
 pub struct RateLimit {
     per_sec: f64,
-    buckets: Mutex<HashMap<u32, (f64, Instant)>>,
+    clock: Clock,
+    /// Tokens left and when (clock milliseconds) they were counted, per uid.
+    buckets: Mutex<HashMap<u32, (f64, i64)>>,
 }
 
 impl RateLimit {
     /// `per_sec` requests a second with a burst of the same size; 0 disables it.
-    pub fn new(per_sec: u32) -> RateLimit {
+    pub fn new(per_sec: u32, clock: Clock) -> RateLimit {
         RateLimit {
             per_sec: f64::from(per_sec),
+            clock,
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -334,12 +339,13 @@ impl RateLimit {
         if self.per_sec <= 0.0 {
             return true;
         }
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = m.entry(uid).or_insert((self.per_sec, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_sec).min(self.per_sec);
-        *last = now;
+        // A clock set back refills nothing (and never takes tokens away).
+        let elapsed_secs = (now.saturating_sub(*last)).max(0) as f64 / 1000.0;
+        *tokens = (*tokens + elapsed_secs * self.per_sec).min(self.per_sec);
+        *last = now.max(*last);
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             true
@@ -355,11 +361,23 @@ mod tests {
 
     #[test]
     fn rate_limit_caps_a_burst() {
-        let r = RateLimit::new(10);
+        let r = RateLimit::new(10, Clock::default());
         let allowed = (0..100).filter(|_| r.allow(1)).count();
         assert!((10..=11).contains(&allowed), "{allowed}");
         assert!(r.allow(2), "other uids have their own bucket");
-        assert!(RateLimit::new(0).allow(1));
+        assert!(RateLimit::new(0, Clock::default()).allow(1));
+    }
+
+    #[test]
+    fn rate_limit_refills_by_the_clock_it_is_handed() {
+        let clock = Clock::default();
+        let r = RateLimit::new(10, clock.clone());
+        while r.allow(1) {}
+        assert!(!r.allow(1), "the burst is spent");
+        // Moving the clock a second refills the whole burst, with no wait.
+        clock.advance_ms(1_000);
+        let allowed = (0..100).filter(|_| r.allow(1)).count();
+        assert!((10..=11).contains(&allowed), "{allowed}");
     }
 
     #[tokio::test]

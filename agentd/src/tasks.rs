@@ -492,10 +492,22 @@ async fn stop_descendants(task: &Task) {
         n
     };
     let termed = send(libc::SIGTERM);
-    if termed == 0 {
-        return;
+    if termed > 0 {
+        tracing::info!(task = %task.id, processes = termed, grace_ms = task.grace.as_millis() as u64, "stopping the task's remaining processes");
+        if !wait_for_signalable_to_exit(task).await {
+            let killed = send(libc::SIGKILL);
+            if killed > 0 {
+                tracing::info!(task = %task.id, processes = killed, "killed the task's processes after the grace period");
+            }
+        }
     }
-    tracing::info!(task = %task.id, processes = termed, grace_ms = task.grace.as_millis() as u64, "stopping the task's remaining processes");
+    // The end of the task's process handling, whichever way it went (tests wait for it).
+    tracing::info!(task = %task.id, "done stopping the task's processes");
+}
+
+/// Wait up to the task's grace period until no descendant the owner may signal is left;
+/// whether none is.
+async fn wait_for_signalable_to_exit(task: &Task) -> bool {
     let deadline = tokio::time::Instant::now() + task.grace;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -503,13 +515,10 @@ async fn stop_descendants(task: &Task) {
             .into_iter()
             .all(|(pid, _)| !owner_may_signal(task.uid, pid))
         {
-            return;
+            return true;
         }
     }
-    let killed = send(libc::SIGKILL);
-    if killed > 0 {
-        tracing::info!(task = %task.id, processes = killed, "killed the task's processes after the grace period");
-    }
+    false
 }
 
 /// Wait for the root to exit (pidfd readable), recording descendants meanwhile.
@@ -535,7 +544,15 @@ async fn watch_root<H: TaskHost>(agent: Arc<H>, task: Arc<Task>, pidfd: OwnedFd)
                     return; // ended by handle
                 }
                 let d = descendants(&task);
-                *task.known.lock().unwrap_or_else(|p| p.into_inner()) = d;
+                let mut known = task.known.lock().unwrap_or_else(|p| p.into_inner());
+                let mut new: Vec<i32> = d.difference(&known).map(|(pid, _)| *pid).collect();
+                if !new.is_empty() {
+                    // Only at debug: a busy task starts many processes. Tests wait for
+                    // this line instead of for a number of scans.
+                    new.sort_unstable();
+                    tracing::debug!(task = %task.id, pids = ?new, "tracking new processes of the task");
+                }
+                *known = d;
             }
         }
     }

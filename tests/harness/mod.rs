@@ -383,7 +383,9 @@ impl Cluster {
         if let Some(t) = token {
             cmd.arg("--join-token").arg(t);
         }
-        cmd.env("LEASH_LOG", "info")
+        // The task module's debug lines say which processes a task's scan has seen, so
+        // a test can wait for them rather than for a number of scans.
+        cmd.env("LEASH_LOG", "info,leash_agentd::tasks=debug")
             .env(leash_proto::clock::TEST_CLOCK_ENV, self.clock_file())
             .env_remove("LEASH_JOIN_TOKEN")
             .env_remove("LEASH_AGENT_SOCKET");
@@ -909,5 +911,41 @@ impl Cluster {
     /// Whether the control plane process is still running (not exited or killed).
     pub fn control_plane_alive(&mut self) -> bool {
         self.cp.as_mut().is_some_and(|d| d.exited().is_none())
+    }
+}
+
+impl Cluster {
+    /// Unix milliseconds on the daemons' clock: the system clock plus every
+    /// [`Cluster::advance_clock`] so far.
+    pub fn clock_now_ms(&self) -> i64 {
+        let offset: i64 = std::fs::read_to_string(self.clock_file())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        now_ms() + offset
+    }
+
+    /// Whether agent `agent` (its name) has logged that a task's process scan saw `pid`
+    /// (the task module's debug line, which the harness turns on).
+    pub fn agent_tracks_task_process(&self, agent: &str, pid: i32) -> bool {
+        self.agent_log(agent)
+            .lines()
+            .filter(|l| l.contains("tracking new processes of the task"))
+            .filter_map(|l| l.split("pids=[").nth(1)?.split(']').next())
+            .flat_map(|list| list.split(", ").map(str::trim))
+            .any(|p| p.parse::<i32>() == Ok(pid))
+    }
+}
+
+impl Cluster {
+    /// After [`Cluster::advance_clock`]: wait until agent `i` has had a heartbeat on the
+    /// moved clock and is synced. A jump past `max_offline` makes an agent fail closed
+    /// until its next heartbeat; after this it serves again.
+    pub fn wait_caught_up_at(&self, i: usize) {
+        self.eventually("the agent is caught up after the clock moved", || {
+            let s = self.status_at(i);
+            let last = s["last_heartbeat_unix_ms"].as_i64()?;
+            (s["synced"] == true && self.clock_now_ms() - last < 1_000).then_some(())
+        });
     }
 }

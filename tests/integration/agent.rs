@@ -157,12 +157,11 @@ fn cache_serves_only_requests_it_satisfies_and_refreshes_past_half_life() {
     // Past half its lifetime, a credential is refreshed on demand, before it expires.
     let b = c.get("brief", &[]);
     let expires = b.json["expires_at_unix"].as_i64().expect("expires_at_unix");
+    // 2.5 s of its 4 s on the daemons' clock, rather than waiting for them.
+    c.advance_clock(Duration::from_millis(2500));
     let refreshed = c.eventually("the brief credential is refreshed", || {
         let g = c.get("brief", &[]);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64;
+        let now = c.clock_now_ms().div_euclid(1000);
         (g.lease_id != b.lease_id).then_some((g, now))
     });
     assert!(!refreshed.0.cached);
@@ -197,9 +196,10 @@ fn connections_and_requests_per_uid_are_capped() {
     });
 
     // Requests: a burst over the limit is slowed down, with a clear error. The calls
-    // above took from this uid's request allowance (20 a second): let it fill up again,
-    // so the burst below starts from a full allowance however slow this machine is.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // above took from this uid's request allowance (20 a second): move the agent's clock
+    // past a second so it is full again, and the burst below starts from a full
+    // allowance however slow this machine is.
+    c.advance_clock(Duration::from_millis(1100));
     let rt = crate::rt();
     let (ok, limited) = rt.block_on(async {
         let ch = leash_proto::uds::connect(&sock)

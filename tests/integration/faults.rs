@@ -176,9 +176,22 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
         let stop = AtomicBool::new(false);
         let shared = Mutex::new(std::mem::take(&mut acked));
         std::thread::scope(|s| {
+            let (issued0, revoked0) = {
+                let a = shared.lock().expect("lock");
+                (a.issued.len(), a.revoked.len())
+            };
             s.spawn(|| load(&c, &shared, &stop));
-            // Different moments each round (not a multiple of any loop's period).
-            std::thread::sleep(Duration::from_millis(900 + 370 * round));
+            // Kill mid-load, at a different point each round: once this round has had
+            // some issuances and revocations acknowledged (more each round), rather than
+            // after a fixed time.
+            let want = (
+                issued0 + 3 + 2 * round as usize,
+                revoked0 + 1 + round as usize,
+            );
+            c.eventually("the load has been acknowledged for a while", || {
+                let a = shared.lock().expect("lock");
+                (a.issued.len() >= want.0 && a.revoked.len() >= want.1).then_some(())
+            });
             c.signal_control_plane(nix::sys::signal::Signal::SIGKILL);
             stop.store(true, Ordering::Relaxed);
         });

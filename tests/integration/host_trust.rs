@@ -157,8 +157,9 @@ fn enroll_is_rate_limited_per_source_and_a_real_agent_enrolls_after_the_window()
         (total == denied).then_some(v)
     });
     assert!(refused.len() <= 2, "{refused:#?}");
-    // After the window, a real agent enrolls from the same address.
-    std::thread::sleep(Duration::from_millis(1500));
+    // After the window (one call a second refills the source's bucket, by the control
+    // plane's clock, moved here), a real agent enrolls from the same address.
+    c.advance_clock(Duration::from_millis(1500));
     let token = c.join_token(&["--name", "after-flood"]);
     let state = c.dir().join("after-flood");
     identity::prepare_state_dir(&state).expect("state dir");
@@ -562,8 +563,12 @@ exit 0
     c.eventually("the set-user-ID program is fully root", || {
         uids(rooted).contains("\t0\t0\t0\t0").then_some(())
     });
-    // Let the agent record the task's process tree (every 300 ms).
-    std::thread::sleep(Duration::from_millis(900));
+    // The agent stops what it last saw in the task: let its scan (every 300 ms) see both.
+    c.eventually("the agent's task scan saw both processes", || {
+        (c.agent_tracks_task_process("host-1", rooted)
+            && c.agent_tracks_task_process("host-1", own))
+        .then_some(())
+    });
     std::fs::write(work.join("go-exit"), "").expect("touch");
     let code = worker.wait_exit(WAIT);
     let kill = |pid: i32| {
@@ -580,7 +585,6 @@ exit 0
             std::fs::read_to_string(work.join("start.err")).unwrap_or_default()
         );
     }
-    let started = Instant::now();
     let event = c.eventually(
         "the task's completed event lists what was left running",
         || {
@@ -592,9 +596,14 @@ exit 0
     c.eventually("the task's own process is stopped", || {
         (!alive(own)).then_some(())
     });
-    // The grace period is 5 s: wait past it before checking the root one is untouched.
-    let grace = Duration::from_secs(6).saturating_sub(started.elapsed());
-    std::thread::sleep(grace);
+    // Wait until the agent is done with the task's processes (past the 5 s grace
+    // period, or sooner once only what the owner cannot signal is left) before checking
+    // the root one is untouched: after that line the agent sends them nothing more.
+    c.eventually("the agent is done stopping the task's processes", || {
+        c.agent_log("host-1")
+            .contains("done stopping the task's processes")
+            .then_some(())
+    });
     let still = alive(rooted);
     kill(rooted);
     kill(own);

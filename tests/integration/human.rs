@@ -175,8 +175,12 @@ fn approval_expiry_is_honoured() {
         .ok();
     let first = c.get("api", &["--action", "admin", "--fresh"]);
     assert!(!first.cached);
-    // Let the 1 s approval lapse (it is kept in whole seconds).
-    std::thread::sleep(Duration::from_millis(2100));
+    // Let the 1 s approval lapse (it is kept in whole seconds) on the daemons' clock.
+    c.advance_clock(Duration::from_millis(2100));
+    c.eventually("the approval has lapsed by the moved clock", || {
+        let out = c.leash(&["get", "api", "--action", "admin", "--fresh"]);
+        (out.code == 3).then_some(())
+    });
     let next = pending(&c, &["api", "--action", "admin", "--fresh"]);
     assert_ne!(next, id, "an expired approval was used");
 }

@@ -14,6 +14,7 @@
 //!   scopes, re-evaluation on change, explain, `--allow` links (issue 6);
 //! - `human`: approvals, offboarding, the stale report, shared agents, transfers
 //!   (issue 7);
+//! - `architecture`: no import circles and no over-long files in the daemons' sources;
 //! - `sockets`, `inputs`, `host_trust`, `config`, `faults`, `partitions`: the hardening work: socket
 //!   paths the CLIs trust, names and sizes taken from callers, what the control plane
 //!   believes a host about, configuration bounds, and the fault campaign (kill -9 under
@@ -24,6 +25,7 @@
 //! `cargo xtask test` includes them when it runs as root, as CI does.
 
 mod agent;
+mod architecture;
 mod config;
 mod control_plane;
 mod faults;

@@ -136,6 +136,9 @@ fn revocation_whose_acknowledgment_is_lost_in_a_cut_completes_after_the_heal() {
     c.signal_agent(0, Signal::SIGSTOP);
     let mut wait = revoke_waiting(&c, &["--lease", &f.lease_id]);
     wait.wait_for_line("not answering", WAIT);
+    // A short margin (≤ 500 ms, no time-based decision waits on it) for the push to be
+    // through the proxy into the stopped agent's socket before the cut; a stopped agent
+    // shows nothing to poll for.
     std::thread::sleep(Duration::from_millis(500));
     c.proxy().cut();
     c.signal_agent(0, Signal::SIGCONT);

@@ -161,7 +161,7 @@ when { context.host.hasTag("role") && context.host.getTag("role") == "ci" };
 }
 
 #[test]
-fn policy_restricts_by_time_with_an_injected_clock() {
+fn policy_restricts_by_time_as_explain_at_shows_and_issue_agrees_now() {
     let c = Cluster::start();
     c.credential("api", &["--audience", API_AUD]);
     bare_workload(&c, "ci/job", "team-ci");
@@ -223,6 +223,75 @@ when { context.now < datetime("2000-01-01T00:00:00Z") };
     c.leash(&["get", "api", "--action", "read"])
         .code(2)
         .stderr_has(&["no policy permits"]);
+}
+
+/// Seconds from now (by the system clock) to the next Saturday at `hour`:30 UTC.
+fn secs_to_next_saturday(hour: i64) -> i64 {
+    let now = leash_tests::now_ms().div_euclid(1000);
+    let day = now.div_euclid(86_400);
+    // 1970-01-01 was a Thursday; Monday is 1 and Saturday 6, as `context.weekday`.
+    let weekday = (day + 3).rem_euclid(7) + 1;
+    let mut at = (day + (6 - weekday).rem_euclid(7)) * 86_400 + hour * 3_600 + 1_800;
+    if at <= now {
+        at += 7 * 86_400;
+    }
+    at - now
+}
+
+#[test]
+fn moving_the_daemons_clock_to_a_saturday_night_refuses_a_deploy_and_the_day_allows_it() {
+    let c = Cluster::start();
+    c.credential("api", &["--audience", API_AUD]);
+    bare_workload(&c, "ci/job", "team-ci");
+    apply_policy(
+        &c,
+        "night.cedar",
+        r#"@id("deploys")
+permit(principal, action == Leash::Action::"deploy", resource);
+
+@id("no-night-deploys")
+forbid(principal, action == Leash::Action::"deploy", resource)
+when { context.hour < 6 || context.hour >= 20 };
+"#,
+        &[],
+    );
+    // To the next Saturday, 03:30 UTC, on the control plane's and the agent's clock.
+    c.advance_clock(std::time::Duration::from_secs(
+        secs_to_next_saturday(3).try_into().expect("ahead"),
+    ));
+    // The jump makes the agent fail closed until its next heartbeat.
+    c.wait_caught_up_at(0);
+    c.leash(&["get", "api", "--action", "deploy", "--fresh"])
+        .code(2);
+    let e = explain(
+        &c,
+        "ci/job",
+        "api",
+        &["--action", "deploy", "--host", "host-1"],
+    );
+    e.code(2);
+    assert!(e.stdout.contains("no-night-deploys"), "{e}");
+    // Nine hours on, 12:30 the same Saturday: the same policy lets it through, so it is
+    // the moved clock that decided.
+    c.advance_clock(std::time::Duration::from_secs(9 * 3_600));
+    c.wait_caught_up_at(0);
+    let day = c.get("api", &["--action", "deploy", "--fresh"]);
+    assert_eq!(claims(&day.token)["leash"]["action"], "deploy");
+    let e = explain(
+        &c,
+        "ci/job",
+        "api",
+        &["--action", "deploy", "--host", "host-1"],
+    );
+    e.code(0);
+    assert!(e.stdout.contains("deploys"), "{e}");
+    let audit = c.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|ev| ev["type"] == "denied" && ev["workload"] == "ci/job"),
+        "the night refusal was not audited"
+    );
 }
 
 #[test]

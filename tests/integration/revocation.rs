@@ -221,8 +221,11 @@ fn revoke_wait_does_not_wait_for_hosts_offline_past_max_offline() {
             .any(|h| h["name"] == "host-2" && h["connected"] == false)
             .then_some(())
     });
-    // Let more than max_offline pass: by then host-2 has wiped itself by failing closed.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let more than max_offline pass on every daemon's clock: by then host-2 has wiped
+    // itself by failing closed. The jump also makes host-1's last heartbeat look 3 s
+    // old; wait until its next one has it caught up again.
+    c.advance_clock(Duration::from_secs(3));
+    c.wait_caught_up_at(0);
     let started = Instant::now();
     let out = c.leashctl(&["revoke", "--all", "--wait", "--timeout", "20s"]);
     out.code(0).stderr_has(&["host-2", "max_offline"]);
@@ -728,6 +731,8 @@ fn revocation_racing_issuance_leaves_no_older_credential_behind() {
             })
         })
         .collect();
+    // Not a wait for time: a short window (≤ 500 ms) for the issuers to get going, so
+    // the revocation below races them.
     std::thread::sleep(Duration::from_millis(300));
     let out = c.leashctl(&[
         "revoke",
@@ -745,6 +750,7 @@ fn revocation_racing_issuance_leaves_no_older_credential_behind() {
         .and_then(|r| r.split(';').next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sequence in\n{out}"));
+    // Likewise: issuances keep racing for a short while (≤ 500 ms) after the revocation.
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let issued: u32 = issuers
@@ -785,14 +791,20 @@ fn revoke_wait_after_a_control_plane_restart_still_waits_for_hosts_within_max_of
     );
     basic(&c);
     c.get("api", &[]);
-    // Connected for longer than max_offline, which the control plane does not record.
-    std::thread::sleep(Duration::from_secs(5));
+    // Connected for longer than max_offline (by the daemons' clock), which the control
+    // plane does not record. The jump makes the agent's last heartbeat look 5 s old, so
+    // it fails closed until the next one: wait until it is caught up and holds a
+    // credential again.
+    c.advance_clock(Duration::from_secs(5));
+    c.wait_caught_up_at(0);
+    c.get("api", &[]);
+    assert_eq!(c.cached_at(0), 1, "{}", c.status());
     c.kill_control_plane();
     c.proxy().cut(); // the agent cannot reconnect: it is offline, within max_offline
     c.restart_control_plane();
     let out = c.leashctl(&["revoke", "--all", "--wait", "--timeout", "20s"]);
     let st = c.status();
-    let silent_ms = leash_tests::now_ms()
+    let silent_ms = c.clock_now_ms()
         - st["last_heartbeat_unix_ms"]
             .as_i64()
             .expect("last_heartbeat_unix_ms");

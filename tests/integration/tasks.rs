@@ -243,7 +243,9 @@ fn sigkill_of_leash_exec_itself_ends_the_task_and_stops_its_child() {
     assert!(alive(child));
     // The agent records the task's process tree every 300 ms (it stops the processes it
     // last saw in the task); let it see the child before its parent disappears.
-    std::thread::sleep(Duration::from_millis(900));
+    c.eventually("the agent's task scan saw the child", || {
+        c.agent_tracks_task_process("host-1", child).then_some(())
+    });
     d.signal(Signal::SIGKILL);
     assert_eq!(
         d.wait_exit(Duration::from_secs(10)),
@@ -694,7 +696,9 @@ exit 0
     assert!(alive(bg));
     // The agent records the task's process tree every 300 ms (it stops the processes it
     // last saw in the task); let it see the background job before the worker exits.
-    std::thread::sleep(Duration::from_millis(900));
+    c.eventually("the agent's task scan saw the background job", || {
+        c.agent_tracks_task_process("host-1", bg).then_some(())
+    });
     std::fs::write(work.join("go-exit"), "").expect("touch");
     assert_eq!(worker.wait_exit(Duration::from_secs(20)), 0);
     c.eventually(

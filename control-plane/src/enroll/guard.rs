@@ -5,37 +5,43 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::audit;
+use crate::clock::Clock;
 use crate::config::EnrollLimits;
 use crate::model::Event;
 use crate::store::Storage;
 
+/// How often [`Guard::flush_every_interval`] looks at the clock: an interval ends
+/// within this of its end by the control plane's clock, moved or not.
+const FLUSH_TICK: Duration = Duration::from_millis(100);
 /// Distinct join token ids quoted in one aggregated event.
 const MAX_IDS_PER_EVENT: usize = 8;
 /// Per-source buckets kept; past it, the full ones (idle sources) are forgotten.
 const MAX_BUCKETS: usize = 65_536;
 
-/// A token bucket: `burst` calls at once, refilled at `per_minute`.
+/// A token bucket: `burst` calls at once, refilled at `per_minute`. Times are the
+/// control plane's clock in Unix milliseconds, so moving the clock refills it.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
-    at: Instant,
+    at_ms: i64,
 }
 
 impl Bucket {
-    fn full(burst: u32, now: Instant) -> Bucket {
+    fn full(burst: u32, now_ms: i64) -> Bucket {
         Bucket {
             tokens: f64::from(burst),
-            at: now,
+            at_ms: now_ms,
         }
     }
 
-    fn refill(&mut self, burst: u32, per_minute: u32, now: Instant) {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+    fn refill(&mut self, burst: u32, per_minute: u32, now_ms: i64) {
+        // A clock set back refills nothing until it passes the last reading again.
+        let dt = now_ms.saturating_sub(self.at_ms).max(0) as f64 / 1000.0;
         self.tokens = (self.tokens + dt * f64::from(per_minute) / 60.0).min(f64::from(burst));
-        self.at = now;
+        self.at_ms = self.at_ms.max(now_ms);
     }
 
     /// How long until one call is allowed (zero when it is now).
@@ -116,7 +122,8 @@ impl Guard {
         Guard {
             limits,
             state: Mutex::new(GuardState {
-                global: Bucket::full(limits.global_burst, Instant::now()),
+                // Full from the start: a full bucket is the same whenever it was filled.
+                global: Bucket::full(limits.global_burst, 0),
                 sources: HashMap::new(),
                 refused: HashMap::new(),
                 others: Refused::default(),
@@ -131,8 +138,10 @@ impl Guard {
 
     /// Take one call from the source's bucket and the global one, or say how long to
     /// wait. The source's bucket is charged even when the global one is empty, so one
-    /// busy source cannot keep the others out for long.
-    pub(super) fn admit(&self, source: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
+    /// busy source cannot keep the others out for long. `now_ms` is the control plane's
+    /// clock.
+    pub(super) fn admit(&self, source: Option<IpAddr>, now_ms: i64) -> Result<(), Duration> {
+        let now = now_ms;
         let l = self.limits;
         let mut st = self.lock();
         let mut wait = Duration::ZERO;
@@ -224,6 +233,24 @@ impl Guard {
         self.limits.refused_interval
     }
 
+    /// Write each interval's aggregated events when it ends by `clock`, forever. The
+    /// clock is re-read on a short tick, so moving it ends the interval within a tick.
+    pub async fn flush_every_interval(&self, store: &dyn Storage, clock: &Clock) {
+        let interval_ms = i64::try_from(self.interval().as_millis()).unwrap_or(i64::MAX);
+        let mut tick = tokio::time::interval(FLUSH_TICK.min(self.interval()));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_ms = clock.now_ms().saturating_add(interval_ms);
+        loop {
+            tick.tick().await;
+            let now = clock.now_ms();
+            if now < next_ms {
+                continue;
+            }
+            next_ms = now.saturating_add(interval_ms);
+            self.flush(store, now).await;
+        }
+    }
+
     /// Write the interval's aggregated events.
     pub async fn flush(&self, store: &dyn Storage, at_ms: i64) {
         let events = self.take_events(at_ms);
@@ -254,7 +281,7 @@ mod tests {
     #[test]
     fn buckets_limit_each_source_and_all_of_them() {
         let g = Guard::new(limits());
-        let t0 = Instant::now();
+        let t0 = 1_000_000;
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let b: IpAddr = "192.0.2.2".parse().expect("ip");
         for _ in 0..3 {
@@ -270,9 +297,64 @@ mod tests {
         assert!(g.admit(Some(b), t0).is_ok());
         assert!(g.admit(Some(b), t0).is_err(), "the global burst is spent");
         // A second later each bucket has one more.
-        let t1 = t0 + Duration::from_secs(1);
+        let t1 = t0 + 1_000;
         assert!(g.admit(Some(a), t1).is_ok());
         assert!(g.admit(Some(a), t1).is_err());
+    }
+
+    #[test]
+    fn a_moved_clock_refills_the_buckets() {
+        let clock = crate::clock::Clock::default();
+        let g = Guard::new(limits());
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        for _ in 0..3 {
+            assert!(g.admit(Some(a), clock.now_ms()).is_ok());
+        }
+        assert!(
+            g.admit(Some(a), clock.now_ms()).is_err(),
+            "a's burst is spent"
+        );
+        // Three seconds on the clock (and none in real time) refill a's burst of 3.
+        clock.advance_ms(3_000);
+        for _ in 0..3 {
+            assert!(g.admit(Some(a), clock.now_ms()).is_ok());
+        }
+        assert!(g.admit(Some(a), clock.now_ms()).is_err(), "spent again");
+    }
+
+    #[tokio::test]
+    async fn a_moved_clock_ends_the_refusal_interval_within_a_tick() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Clock::default();
+        let store = crate::store::SledStore::open(dir.path(), clock.clone()).expect("store");
+        let g = std::sync::Arc::new(Guard::new(limits()));
+        let ip = Some("192.0.2.9".parse::<IpAddr>().expect("ip"));
+        g.refused(ip, "unknown-token", Some("jt-9"), false, clock.now_ms());
+        let flusher = {
+            let (g, store, clock) = (g.clone(), store.clone(), clock.clone());
+            tokio::spawn(async move { g.flush_every_interval(store.as_ref(), &clock).await })
+        };
+        let refused = || {
+            store
+                .events(0, 100)
+                .expect("events")
+                .into_iter()
+                .filter(|e| e.detail["source"] == "192.0.2.9")
+                .count()
+        };
+        tokio::time::sleep(3 * FLUSH_TICK).await;
+        assert_eq!(refused(), 0, "the 60 s interval has not ended");
+        // A minute on the clock, none in real time: recorded within a few ticks.
+        clock.advance_ms(61_000);
+        let moved = std::time::Instant::now();
+        while refused() == 0 {
+            assert!(
+                moved.elapsed() < Duration::from_secs(5),
+                "the flusher did not see the moved clock"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        flusher.abort();
     }
 
     #[test]

@@ -21,7 +21,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Instant;
 
 use leash_proto::join_token::JoinToken;
 use leash_proto::v1;
@@ -83,17 +82,12 @@ pub struct LabelError {
 const MAX_TOKEN_LEN: usize = 512;
 /// Longest join token id accepted (ids minted here are a dozen characters).
 const MAX_TOKEN_ID_LEN: usize = 64;
-/// Record refused enrollments once per interval, until the process ends.
+/// Record refused enrollments once per interval (by the control plane's clock), until
+/// the process ends.
 pub async fn flush_every_interval(s: std::sync::Arc<Shared>) {
-    let mut tick = tokio::time::interval(s.enroll_guard.interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        s.enroll_guard
-            .flush(s.store.as_ref(), s.clock.now_ms())
-            .await;
-    }
+    s.enroll_guard
+        .flush_every_interval(s.store.as_ref(), &s.clock)
+        .await;
 }
 
 /// Whether `text` is shaped like a join token at all: cheap checks on the text alone.
@@ -162,7 +156,7 @@ pub async fn enroll(
     source: Option<IpAddr>,
     r: v1::EnrollRequest,
 ) -> Result<v1::EnrollResponse, EnrollError> {
-    if let Err(wait) = s.enroll_guard.admit(source, Instant::now()) {
+    if let Err(wait) = s.enroll_guard.admit(source, s.clock.now_ms()) {
         let from = source.map_or_else(|| "this source".to_string(), |ip| ip.to_string());
         return Err(EnrollError::RateLimited {
             from,
