@@ -599,6 +599,54 @@ permit(principal, action == Leash::Action::"admin", resource);
             assert_eq!(claims(g.stdout.trim())["leash"]["action"], action);
         }
     }
+    // Two more refusals before policy: an audience the credential does not allow, and a
+    // workload pinned to hosts this one is not (the agent never sees it, so Issue is
+    // asked through `leash get` only for the first).
+    let e = explain(
+        &c,
+        "ci/job",
+        "api",
+        &["--audience", "https://other.example", "--host", "runner-1"],
+    );
+    e.code(2);
+    assert!(
+        e.stdout.contains("is not allowed for credential \"api\""),
+        "explain names the refusal as Issue does\n{e}"
+    );
+    c.leash(&[
+        "get",
+        "api",
+        "--as",
+        "ci/job",
+        "--audience",
+        "https://other.example",
+    ])
+    .code(1)
+    .stderr_has(&["is not allowed for credential \"api\""]);
+    let uid = format!("unix:uid:{}", leash_tests::my_uid());
+    c.leashctl(&[
+        "workload",
+        "add",
+        "dev/only",
+        "--owner",
+        "team-dev",
+        "--kind",
+        "job",
+        "--selector",
+        &uid,
+        "--hosts",
+        "role=dev",
+        "--allow",
+        "api",
+    ])
+    .ok();
+    let e = explain(&c, "dev/only", "api", &["--host", "runner-1"]);
+    e.code(2);
+    assert!(
+        e.stdout.contains("may not run on host \"runner-1\""),
+        "explain names the refusal as Issue does\n{e}"
+    );
+    explain(&c, "dev/only", "api", &[]).code(0);
     // Nothing was issued for the denied cases.
     let leases = c.leashctl(&["lease", "list", "--output", "json"]).json();
     assert_eq!(leases.as_array().map(Vec::len), Some(3), "{leases}");
