@@ -29,7 +29,9 @@ pub mod status;
 pub mod store;
 pub mod tls;
 pub mod wire;
-pub mod workload_kind;
+/// The workload kinds, shared with the agent; also reachable here, where the control
+/// plane's modules have always found them.
+pub use leash_proto::workload_kind;
 
 /// A random identifier: `prefix-` followed by `bytes` random bytes in hex.
 pub fn random_id(prefix: &str, bytes: usize) -> String {

@@ -3,10 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use leash_proto::workload_kind::WorkloadKind;
 use serde::{Deserialize, Serialize};
-
-/// Workload kinds.
-pub const WORKLOAD_KINDS: &[&str] = &["service", "job", "agent", "shared-agent", "sandbox"];
 
 /// Selector kinds that carry the security boundary; every workload needs one of them.
 pub const ID_SELECTOR_KINDS: &[&str] = &["uid", "user", "gid", "group"];
@@ -21,8 +19,8 @@ pub struct Workload {
     pub name: String,
     /// Accountable team or person.
     pub owner: String,
-    /// One of [`WORKLOAD_KINDS`].
-    pub kind: String,
+    /// Its kind; stored as its text (`shared-agent`).
+    pub kind: WorkloadKind,
     /// `unix:uid:1001` …; all must be among the caller's.
     pub selectors: Vec<String>,
     /// Host-label selector; empty means every host.

@@ -19,7 +19,7 @@ pub fn workload_proto(w: &Workload) -> v1::Workload {
         name: w.name.clone(),
         spiffe_id: String::new(),
         owner: w.owner.clone(),
-        kind: w.kind.clone(),
+        kind: w.kind.to_string(),
         selectors: w.selectors.clone(),
         hosts: w.hosts.clone().into_iter().collect(),
         allow: w.allow.clone(),
