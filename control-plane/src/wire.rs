@@ -128,7 +128,7 @@ pub fn approval_info(a: Approval, owner: String) -> v1::ApprovalInfo {
         ttl_seconds: a.ttl,
         audience: a.audience,
         requested_at_unix: a.requested_at,
-        state: a.state,
+        state: a.state.to_string(),
         decided_by: a.decided_by.unwrap_or_default(),
         reason: a.reason.unwrap_or_default(),
         valid_until_unix: a.valid_until,

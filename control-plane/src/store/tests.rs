@@ -9,6 +9,7 @@ use super::codec::enc;
 use super::flush::Flush;
 use super::*;
 use crate::clock::Clock;
+use crate::model::ApprovalState;
 use leash_proto::workload_kind::WorkloadKind;
 
 fn workload(name: &str) -> Workload {
@@ -450,7 +451,23 @@ async fn records_stored_with_text_kinds_and_states_read_and_write_unchanged() {
         .approval("ap-1a2b3c4d5e6f")
         .expect("read")
         .expect("present");
+    assert_eq!(a.state, ApprovalState::Approved);
     assert_eq!(String::from_utf8(enc(&a)).expect("utf-8"), OLD_APPROVAL);
+    let mut states: Vec<(String, ApprovalState)> = s
+        .approvals()
+        .expect("list")
+        .into_iter()
+        .map(|a| (a.id, a.state))
+        .collect();
+    states.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        states,
+        [
+            ("ap-1a2b3c4d5e6f".to_string(), ApprovalState::Approved),
+            ("ap-denied".to_string(), ApprovalState::Denied),
+            ("ap-pending".to_string(), ApprovalState::Pending),
+        ]
+    );
     // Every kind is stored as the text the CLI spells.
     for kind in WorkloadKind::ALL {
         let mut w = w.clone();
