@@ -21,6 +21,7 @@ use leash_proto::names::{self, NameError};
 use leash_proto::reason::Reason;
 use leash_proto::v1;
 use leash_proto::v1::agent_server::Agent as AgentService;
+use leash_proto::workload_kind::WorkloadKind;
 use tonic::{Request, Response, Status};
 
 use crate::agent::{Agent, State};
@@ -29,9 +30,6 @@ use crate::cache::{Entry, Key, Target};
 use crate::secret::Secret;
 use crate::server::{Conn, RateLimit};
 use crate::tasks::{self, TaskError};
-
-/// The kind of workload that may say on whose behalf it acts.
-const SHARED_AGENT: &str = "shared-agent";
 
 /// Caller-chosen text that breaks the naming rule: bad input.
 fn invalid(e: NameError) -> Status {
@@ -225,9 +223,12 @@ impl AgentService for Api {
         let w = self.pick(&a, &r.as_workload)?;
         // On-behalf-of lands in signed tokens: only a shared agent may say it. Bad input
         // rather than a policy refusal: the same request without it is the valid one.
-        if !r.on_behalf_of.is_empty() && w.kind != SHARED_AGENT {
+        let shared = WorkloadKind::SharedAgent;
+        if !r.on_behalf_of.is_empty()
+            && !WorkloadKind::of(&w.kind).is_some_and(WorkloadKind::acts_on_behalf)
+        {
             return Err(Reason::Invalid.status(format!(
-                "workload {} is of kind {}, not {SHARED_AGENT}: --on-behalf-of is only for shared agents; drop it, or ask an admin to register the workload with --kind {SHARED_AGENT}",
+                "workload {} is of kind {}, not {shared}: --on-behalf-of is only for shared agents; drop it, or ask an admin to register the workload with --kind {shared}",
                 names::excerpt(&w.name),
                 names::excerpt(&w.kind)
             )));

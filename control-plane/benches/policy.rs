@@ -11,12 +11,13 @@ use std::time::Instant;
 
 use leash_control_plane::model::{Credential, Host, Workload};
 use leash_control_plane::policy::{Engine, Facts};
+use leash_proto::workload_kind::WorkloadKind;
 
 fn workload(i: usize) -> Workload {
     Workload {
         name: format!("team-{}/svc-{i}", i % 50),
         owner: format!("team-{}", i % 50),
-        kind: "service".into(),
+        kind: WorkloadKind::Service,
         selectors: vec![format!("unix:uid:{}", 1000 + i)],
         hosts: BTreeMap::new(),
         allow: vec![format!("cred-{}", i % 100)],

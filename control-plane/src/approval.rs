@@ -6,10 +6,7 @@
 //! for a bounded time and number of uses, bound to the workload, credential, action, host,
 //! on-behalf-of and maximum TTL; or denies it with a reason, which the requester sees.
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::model::Approval;
+use crate::model::{Approval, ApprovalState};
 use crate::state::Shared;
 use crate::store::StoreError;
 
@@ -17,63 +14,6 @@ use crate::store::StoreError;
 pub const MAX_PENDING_PER_WORKLOAD: usize = 20;
 /// How long a denial answers identical requests (so a waiting requester sees it).
 const DENIAL_MEMORY_SECS: i64 = 600;
-
-/// Where an approval stands. Approval records store it as its text (`state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ApprovalState {
-    /// Waiting for an approver.
-    Pending,
-    /// Approved for a time and a number of uses.
-    Approved,
-    /// Denied, with a reason the requester sees.
-    Denied,
-    /// Nobody decided within `approval_timeout` (shown, never stored).
-    Expired,
-}
-
-impl ApprovalState {
-    /// The state as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApprovalState::Pending => "pending",
-            ApprovalState::Approved => "approved",
-            ApprovalState::Denied => "denied",
-            ApprovalState::Expired => "expired",
-        }
-    }
-
-    /// Whether `a` is in this state.
-    pub fn is(self, a: &Approval) -> bool {
-        a.state == self.as_str()
-    }
-}
-
-impl fmt::Display for ApprovalState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Text that names no approval state.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown approval state {0:?}; the states are pending, approved, denied and expired")]
-pub struct UnknownApprovalState(pub String);
-
-impl FromStr for ApprovalState {
-    type Err = UnknownApprovalState;
-
-    fn from_str(s: &str) -> Result<ApprovalState, UnknownApprovalState> {
-        [
-            ApprovalState::Pending,
-            ApprovalState::Approved,
-            ApprovalState::Denied,
-            ApprovalState::Expired,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-        .ok_or_else(|| UnknownApprovalState(s.to_string()))
-    }
-}
 
 /// Why the gate did not let a request through.
 #[derive(Debug, thiserror::Error)]
@@ -109,14 +49,17 @@ pub async fn gate(s: &Shared, want: Approval) -> Result<String, ApprovalError> {
     };
     // An approval covers requests up to its TTL.
     if let Some(a) = all.iter().filter(same).find(|a| {
-        ApprovalState::Approved.is(a) && a.uses_left > 0 && a.valid_until > now && want.ttl <= a.ttl
+        a.state == ApprovalState::Approved
+            && a.uses_left > 0
+            && a.valid_until > now
+            && want.ttl <= a.ttl
     }) {
         return Ok(a.id.clone());
     }
     if let Some(a) = all
         .iter()
         .filter(same)
-        .filter(|a| a.ttl == want.ttl && ApprovalState::Denied.is(a))
+        .filter(|a| a.ttl == want.ttl && a.state == ApprovalState::Denied)
         .max_by_key(|a| a.requested_at)
     {
         if now - a.requested_at < timeout + DENIAL_MEMORY_SECS {
@@ -131,7 +74,9 @@ pub async fn gate(s: &Shared, want: Approval) -> Result<String, ApprovalError> {
     if let Some(a) = all
         .iter()
         .filter(|a| {
-            a.same_request(&want) && ApprovalState::Pending.is(a) && now - a.requested_at < timeout
+            a.same_request(&want)
+                && a.state == ApprovalState::Pending
+                && now - a.requested_at < timeout
         })
         .min_by_key(|a| a.requested_at)
     {
@@ -141,7 +86,7 @@ pub async fn gate(s: &Shared, want: Approval) -> Result<String, ApprovalError> {
         .iter()
         .filter(|a| {
             a.workload == want.workload
-                && ApprovalState::Pending.is(a)
+                && a.state == ApprovalState::Pending
                 && now - a.requested_at < timeout
         })
         .count();

@@ -52,6 +52,7 @@ mod tests {
     use super::*;
     use crate::model::{Event, Host, JoinTokenRecord, Workload};
     use crate::store::SledStore;
+    use leash_proto::workload_kind::WorkloadKind;
 
     /// A store holding one workload, one host and one lease that expires a minute after
     /// `clock`'s now.
@@ -62,7 +63,7 @@ mod tests {
             Workload {
                 name: "w".into(),
                 owner: "team".into(),
-                kind: "job".into(),
+                kind: WorkloadKind::Job,
                 selectors: vec!["unix:uid:1".into()],
                 hosts: BTreeMap::new(),
                 allow: vec![],

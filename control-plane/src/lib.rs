@@ -30,7 +30,6 @@ pub mod status;
 pub mod store;
 pub mod tls;
 pub mod wire;
-pub mod workload_kind;
 
 /// A random identifier: `prefix-` followed by `bytes` random bytes in hex.
 pub fn random_id(prefix: &str, bytes: usize) -> String {

@@ -2,11 +2,11 @@
 //! from admin input. Nothing here holds an issued token: leases keep a fingerprint only.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
+use leash_proto::workload_kind::WorkloadKind;
 use serde::{Deserialize, Serialize};
-
-/// Workload kinds.
-pub const WORKLOAD_KINDS: &[&str] = &["service", "job", "agent", "shared-agent", "sandbox"];
 
 /// Selector kinds that carry the security boundary; every workload needs one of them.
 pub const ID_SELECTOR_KINDS: &[&str] = &["uid", "user", "gid", "group"];
@@ -21,8 +21,8 @@ pub struct Workload {
     pub name: String,
     /// Accountable team or person.
     pub owner: String,
-    /// One of [`WORKLOAD_KINDS`].
-    pub kind: String,
+    /// Its kind; stored as its text (`shared-agent`).
+    pub kind: WorkloadKind,
     /// `unix:uid:1001` …; all must be among the caller's.
     pub selectors: Vec<String>,
     /// Host-label selector; empty means every host.
@@ -261,6 +261,62 @@ pub struct PolicyRecord {
     pub applied_by: String,
 }
 
+/// Where an approval stands. Stored, and shown, as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    /// Waiting for an approver.
+    Pending,
+    /// Approved for a time and a number of uses.
+    Approved,
+    /// Denied, with a reason the requester sees.
+    Denied,
+    /// Nobody decided within `approval_timeout` (shown, never stored).
+    Expired,
+}
+
+impl ApprovalState {
+    /// Every state.
+    pub const ALL: [ApprovalState; 4] = [
+        ApprovalState::Pending,
+        ApprovalState::Approved,
+        ApprovalState::Denied,
+        ApprovalState::Expired,
+    ];
+
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Text that names no approval state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown approval state {0:?}; the states are pending, approved, denied and expired")]
+pub struct UnknownApprovalState(pub String);
+
+impl FromStr for ApprovalState {
+    type Err = UnknownApprovalState;
+
+    fn from_str(s: &str) -> Result<ApprovalState, UnknownApprovalState> {
+        ApprovalState::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownApprovalState(s.to_string()))
+    }
+}
+
 /// A request waiting for (or decided by) a human.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
@@ -286,8 +342,8 @@ pub struct Approval {
     pub policies: Vec<String>,
     /// Unix seconds.
     pub requested_at: i64,
-    /// `pending`, `approved`, `denied` or `expired`.
-    pub state: String,
+    /// Where it stands; stored as its text (`pending`, …).
+    pub state: ApprovalState,
     /// Who decided.
     #[serde(default)]
     pub decided_by: Option<String>,
@@ -615,6 +671,27 @@ mod tests {
         assert_eq!(
             selector_kind(&format!("unix:sha256:{}", "a".repeat(64))),
             Some("sha256")
+        );
+    }
+
+    #[test]
+    fn approval_states_are_stored_shown_and_parsed_as_the_same_text() {
+        for st in ApprovalState::ALL {
+            let json = serde_json::to_string(&st).expect("encode");
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+            assert_eq!(
+                serde_json::from_str::<ApprovalState>(&json).expect("decode"),
+                st
+            );
+            assert_eq!(st.as_str().parse::<ApprovalState>(), Ok(st));
+            assert_eq!(st.to_string(), st.as_str());
+        }
+        let names = ApprovalState::ALL.map(ApprovalState::as_str);
+        assert_eq!(names, ["pending", "approved", "denied", "expired"]);
+        assert!(serde_json::from_str::<ApprovalState>("\"Approved\"").is_err());
+        assert_eq!(
+            "later".parse::<ApprovalState>().unwrap_err().to_string(),
+            "unknown approval state \"later\"; the states are pending, approved, denied and expired"
         );
     }
 

@@ -12,6 +12,7 @@
 //! - [`cli`]: what both CLIs share (tables, JSON, exit codes of failed calls).
 //! - [`startup`]: the start-up all four binaries share (arguments, logging, signals);
 //!   behind the default `startup` feature.
+//! - [`workload_kind`]: the kinds of workload, which both daemons decide by.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod socket_trust;
 #[cfg(feature = "startup")]
 pub mod startup;
 pub mod uds;
+pub mod workload_kind;
 
 /// Generated code for package `leash.v1`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]

@@ -6,9 +6,8 @@ use leash_proto::v1;
 use tonic::Status;
 
 use super::check::{invalid, not_found};
-use crate::approval::ApprovalState;
 use crate::audit;
-use crate::model::{Approval, Event};
+use crate::model::{Approval, ApprovalState, Event};
 use crate::state::Shared;
 use crate::wire::{self};
 
@@ -25,12 +24,12 @@ pub(super) async fn list(
         .map_err(Status::from)?
         .into_iter()
         .map(|mut a| {
-            if ApprovalState::Pending.is(&a) && now - a.requested_at >= timeout {
-                a.state = ApprovalState::Expired.to_string();
+            if a.state == ApprovalState::Pending && now - a.requested_at >= timeout {
+                a.state = ApprovalState::Expired;
             }
             a
         })
-        .filter(|a| all || ApprovalState::Pending.is(a))
+        .filter(|a| all || a.state == ApprovalState::Pending)
         .map(|a| approval_proto(s, a))
         .collect();
     approvals.sort_by_key(|a| a.requested_at_unix);
@@ -56,7 +55,7 @@ pub(super) async fn approve(
         )));
     }
     let now = s.clock.now();
-    a.state = ApprovalState::Approved.to_string();
+    a.state = ApprovalState::Approved;
     a.decided_by = Some(approver.clone());
     a.valid_until = now + i64::from(for_secs);
     a.uses_left = if r.uses == 0 { 1 } else { r.uses };
@@ -73,7 +72,7 @@ pub(super) async fn deny(
         return Err(invalid("say why: --reason \"…\" (the requester sees it)"));
     }
     let mut a = pending_approval(s, &r.id, &approver)?;
-    a.state = ApprovalState::Denied.to_string();
+    a.state = ApprovalState::Denied;
     a.decided_by = Some(approver.clone());
     a.reason = Some(r.reason.clone());
     let ev = audit::approval_denied(s.clock.now_ms(), &approver, &a, &r.reason);
@@ -109,7 +108,7 @@ fn pending_approval(s: &Shared, id: &str, approver: &str) -> Result<Approval, St
         ))
     })?;
     let now = s.clock.now();
-    if !ApprovalState::Pending.is(&a) {
+    if a.state != ApprovalState::Pending {
         return Err(invalid(format!("approval {id} is already {}", a.state)));
     }
     if now - a.requested_at >= s.config.approval_timeout.as_secs() as i64 {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use leash_proto::v1;
+use leash_proto::workload_kind::{UnknownWorkloadKind, WorkloadKind};
 use tonic::Status;
 
 use super::check::{check_labels, invalid, spiffe, workload_or_404};
@@ -11,7 +12,6 @@ use crate::audit;
 use crate::model::{selector_kind, valid_name, Event, Workload, ID_SELECTOR_KINDS};
 use crate::state::Shared;
 use crate::wire::workload_proto;
-use crate::workload_kind::{UnknownWorkloadKind, WorkloadKind};
 
 pub(super) async fn add(
     s: &Shared,
@@ -66,7 +66,7 @@ pub(super) async fn add(
     let rec = Workload {
         name: w.name,
         owner: w.owner.trim().to_string(),
-        kind: kind.as_str().to_string(),
+        kind,
         selectors: w.selectors,
         hosts,
         allow: w.allow,

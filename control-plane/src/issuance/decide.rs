@@ -8,7 +8,6 @@ use super::request::{Caller, Resolved};
 use crate::config::Config;
 use crate::model::{hosts_match, Lease};
 use crate::policy::{Engine, Verdict};
-use crate::workload_kind::WorkloadKind;
 
 /// The checks made before policy, all of them, in order.
 pub fn refusals(r: &Resolved, config: &Config) -> Vec<Refusal> {
@@ -30,7 +29,7 @@ pub fn refusals(r: &Resolved, config: &Config) -> Vec<Refusal> {
             out.push(Refusal::SelectorsNotMatched);
         }
     }
-    let shared_agent = WorkloadKind::of(&w.kind).is_some_and(WorkloadKind::acts_on_behalf);
+    let shared_agent = w.kind.acts_on_behalf();
     if shared_agent && r.on_behalf_of.is_none() {
         out.push(Refusal::NeedsOnBehalfOf);
     }

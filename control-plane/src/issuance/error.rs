@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::kinds::KindError;
 use crate::policy::PolicyError;
 use crate::store::StoreError;
-use crate::workload_kind::WorkloadKind;
+use leash_proto::workload_kind::WorkloadKind;
 
 /// Why a request was not issued (or could not be explained).
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +150,7 @@ impl Refusal {
             Refusal::NotASharedAgent => format!(
                 "workload {:?} is of kind {}, not {}: only a shared agent may act on behalf of someone; drop --on-behalf-of",
                 w.name,
-                excerpt(&w.kind),
+                excerpt(w.kind.as_str()),
                 WorkloadKind::SharedAgent
             ),
             Refusal::UnknownAction => format!(

@@ -5,7 +5,7 @@
 use leash_proto::names::excerpt;
 use leash_proto::v1;
 
-use crate::model::{Approval, Credential, Facts, Host, Workload};
+use crate::model::{Approval, ApprovalState, Credential, Facts, Host, Workload};
 use crate::store::{Storage, StoreError};
 
 /// A request that names something that is not there, or a store that could not say.
@@ -251,7 +251,7 @@ impl Resolved {
             audience: self.audience.clone(),
             policies,
             requested_at: self.now,
-            state: crate::approval::ApprovalState::Pending.to_string(),
+            state: ApprovalState::Pending,
             decided_by: None,
             reason: None,
             valid_until: 0,

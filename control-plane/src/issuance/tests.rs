@@ -62,7 +62,7 @@ fn workload(name: &str, owner: &str, hosts: &[(&str, &str)]) -> Workload {
     Workload {
         name: name.into(),
         owner: owner.into(),
-        kind: "service".into(),
+        kind: leash_proto::workload_kind::WorkloadKind::Service,
         selectors: Vec::new(),
         hosts: hosts
             .iter()

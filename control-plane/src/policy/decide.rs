@@ -52,7 +52,7 @@ impl Engine {
         let ekey = (
             w.name.clone(),
             w.owner.clone(),
-            w.kind.clone(),
+            w.kind,
             c.name.clone(),
             c.kind.clone(),
             // Host labels are fixed at enrollment, but keying on them costs little.
@@ -79,7 +79,7 @@ impl Engine {
                                 ),
                                 (
                                     "kind".to_string(),
-                                    RestrictedExpression::new_string(w.kind.clone()),
+                                    RestrictedExpression::new_string(w.kind.to_string()),
                                 ),
                             ],
                             [],

@@ -9,6 +9,8 @@ use cedar_policy::{
     Entities, EntityUid, PolicyId, PolicySet, Schema, SlotId, Template, ValidationMode, Validator,
 };
 
+use leash_proto::workload_kind::WorkloadKind;
+
 use super::error::{PolicyError, Problem};
 use super::problems::problems;
 use super::schema::{allow_link_id, schema_text, uid, ALLOW_TEMPLATE};
@@ -33,7 +35,7 @@ pub(super) struct Compiled {
     pub(super) entities: std::sync::Mutex<HashMap<EntityKey, Arc<Entities>>>,
 }
 
-type EntityKey = (String, String, String, String, String, String);
+type EntityKey = (String, String, WorkloadKind, String, String, String);
 
 /// Bound on cached subsets (distinct principal/action/resource triples).
 pub(super) const MAX_SUBSETS: usize = 100_000;

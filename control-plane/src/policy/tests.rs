@@ -7,6 +7,7 @@ use super::decide::civil;
 use super::problems::position;
 use super::*;
 use crate::model::{Credential, Host, Workload};
+use leash_proto::workload_kind::WorkloadKind;
 
 #[test]
 fn a_position_inside_a_character_does_not_panic() {
@@ -26,7 +27,7 @@ fn w(allow: &[&str]) -> Workload {
     Workload {
         name: "ci/deploy".into(),
         owner: "team-web".into(),
-        kind: "job".into(),
+        kind: WorkloadKind::Job,
         selectors: vec!["unix:uid:1".into()],
         hosts: BTreeMap::new(),
         allow: allow.iter().map(|s| s.to_string()).collect(),

@@ -13,8 +13,8 @@ use super::sled_store::{SledStore, LOG_RETAIN};
 use super::tx::issue_job;
 use super::{Enrollment, Storage};
 use crate::model::{
-    Approval, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, PolicyRecord,
-    Revocation, RevocationTarget, Workload,
+    Approval, ApprovalState, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState,
+    PolicyRecord, Revocation, RevocationTarget, Workload,
 };
 
 #[async_trait]
@@ -248,7 +248,7 @@ impl Storage for SledStore {
         self.write(move |tx| {
             let mut a: Approval = get(&tx.t.approvals, "approvals", approval.as_bytes())?
                 .ok_or_else(|| StoreError::Refused(format!("approval {approval} is gone")))?;
-            if a.state != "approved" || a.uses_left == 0 || a.valid_until <= now {
+            if a.state != ApprovalState::Approved || a.uses_left == 0 || a.valid_until <= now {
                 return Err(StoreError::Refused(format!(
                     "approval {approval} is used up or expired"
                 )));

@@ -9,12 +9,14 @@ use super::codec::enc;
 use super::flush::Flush;
 use super::*;
 use crate::clock::Clock;
+use crate::model::ApprovalState;
+use leash_proto::workload_kind::WorkloadKind;
 
 fn workload(name: &str) -> Workload {
     Workload {
         name: name.into(),
         owner: "team".into(),
-        kind: "job".into(),
+        kind: WorkloadKind::Job,
         selectors: vec!["unix:uid:1".into()],
         hosts: BTreeMap::new(),
         allow: vec![],
@@ -414,4 +416,64 @@ async fn what_the_store_records_is_dated_by_its_clock() {
     s.append_events(vec![dated]).await.expect("append");
     let last = s.events(0, 100).expect("events").pop().expect("one");
     assert_eq!((last.kind.as_str(), last.at_ms), ("dated", 42));
+}
+
+/// A workload and an approval exactly as the store wrote them when their kind and state
+/// were plain text, byte for byte (serde JSON, fields in declaration order).
+const OLD_WORKLOAD: &str = r#"{"name":"ci/helper","owner":"team-a","kind":"shared-agent","selectors":["unix:uid:1001"],"hosts":{"role":"ci"},"allow":["deploy-api"],"expires_at":0,"disabled":false,"created_at":1700000000}"#;
+const OLD_APPROVAL: &str = r#"{"id":"ap-1a2b3c4d5e6f","workload":"ci/helper","credential":"deploy-api","action":"deploy","host":"h1","on_behalf_of":"alice","ttl":300,"audience":"api","policies":["p1"],"requested_at":1700000000,"state":"approved","decided_by":"root","reason":null,"valid_until":1700000600,"uses_left":3}"#;
+
+#[tokio::test]
+async fn records_stored_with_text_kinds_and_states_read_and_write_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        // Written straight into the trees, as an older control plane left them.
+        let db = sled::open(dir.path().join("db")).expect("raw open");
+        let w = db.open_tree("workloads").expect("tree");
+        w.insert("ci/helper", OLD_WORKLOAD.as_bytes())
+            .expect("insert");
+        let a = db.open_tree("approvals").expect("tree");
+        a.insert("ap-1a2b3c4d5e6f", OLD_APPROVAL.as_bytes())
+            .expect("insert");
+        for state in ["pending", "denied"] {
+            let other = OLD_APPROVAL
+                .replace("ap-1a2b3c4d5e6f", &format!("ap-{state}"))
+                .replace("\"approved\"", &format!("{state:?}"));
+            a.insert(format!("ap-{state}"), other.as_bytes())
+                .expect("insert");
+        }
+        db.flush().expect("flush");
+    }
+    let s = SledStore::open(dir.path(), Clock::default()).expect("open");
+    let w = s.workload("ci/helper").expect("read").expect("present");
+    assert_eq!(w.kind, WorkloadKind::SharedAgent);
+    assert_eq!(String::from_utf8(enc(&w)).expect("utf-8"), OLD_WORKLOAD);
+    let a = s
+        .approval("ap-1a2b3c4d5e6f")
+        .expect("read")
+        .expect("present");
+    assert_eq!(a.state, ApprovalState::Approved);
+    assert_eq!(String::from_utf8(enc(&a)).expect("utf-8"), OLD_APPROVAL);
+    let mut states: Vec<(String, ApprovalState)> = s
+        .approvals()
+        .expect("list")
+        .into_iter()
+        .map(|a| (a.id, a.state))
+        .collect();
+    states.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        states,
+        [
+            ("ap-1a2b3c4d5e6f".to_string(), ApprovalState::Approved),
+            ("ap-denied".to_string(), ApprovalState::Denied),
+            ("ap-pending".to_string(), ApprovalState::Pending),
+        ]
+    );
+    // Every kind is stored as the text the CLI spells.
+    for kind in WorkloadKind::ALL {
+        let mut w = w.clone();
+        w.kind = kind;
+        let text = String::from_utf8(enc(&w)).expect("utf-8");
+        assert!(text.contains(&format!(r#""kind":"{kind}""#)), "{text}");
+    }
 }

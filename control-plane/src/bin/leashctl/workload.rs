@@ -4,6 +4,7 @@ use clap::Subcommand;
 use leash_proto::cli::Fail;
 use leash_proto::v1;
 use leash_proto::v1::admin_client::AdminClient;
+use leash_proto::workload_kind::WorkloadKind;
 use tonic::transport::Channel;
 
 use crate::input::kv;
@@ -19,7 +20,7 @@ pub(crate) enum WorkloadCmd {
         #[arg(long)]
         owner: Option<String>,
         /// service, job, agent, shared-agent or sandbox.
-        #[arg(long, default_value = "service")]
+        #[arg(long, default_value = WorkloadKind::Service.as_str())]
         kind: String,
         /// unix:uid:N, unix:user:U, unix:gid:N, unix:group:G, unix:path:P, unix:sha256:H (repeatable).
         #[arg(long = "selector")]
