@@ -1,14 +1,15 @@
-//! Every audit event the handlers record, built in one place so the event vocabulary
-//! (its `type`s and their fields) reads as one list. Each constructor takes `at_ms`,
-//! the caller's clock reading (`s.clock.now_ms()`). The store builds the events of the
-//! changes it makes itself (revocations, lease endings, evictions, offboarding).
+//! Every audit event, built in one place so the event vocabulary (its `type`s and their
+//! fields) reads as one list. The handlers' constructors take `at_ms`, the caller's clock
+//! reading (`s.clock.now_ms()`). The events of changes the store makes inside a write
+//! (revocations, lease endings, evictions, offboarding, renewals) are built here too,
+//! undated: the store dates them by its clock when it records them.
 
 use std::net::IpAddr;
 
 use leash_proto::v1;
 use serde_json::{json, Value};
 
-use crate::model::{Approval, Credential, Event, JoinTokenRecord, Lease, Workload};
+use crate::model::{Approval, Credential, Event, JoinTokenRecord, Lease, LeaseState, Workload};
 
 /// An event of `kind` at `at_ms`.
 fn at(at_ms: i64, kind: &str) -> Event {
@@ -252,4 +253,55 @@ pub fn policy_changed(at_ms: i64, actor: &str, version: u64, revoked: u32) -> Ev
     at(at_ms, "policy-changed")
         .actor(actor)
         .detail(json!({ "version": version, "revoked": revoked }))
+}
+
+/// `host` renewed its certificate (`renewed`); dated by the store.
+pub fn renewed(host: &str) -> Event {
+    Event::new("renewed").host(host).actor(host)
+}
+
+/// `lease` was revoked by the revocation with sequence number `seq` (`revoked`); dated by
+/// the store.
+pub fn lease_revoked(lease: &Lease, actor: &str, why: &str, seq: u64) -> Event {
+    Event::new("revoked")
+        .actor(actor)
+        .lease(lease.id.clone())
+        .workload(lease.workload.clone())
+        .credential(lease.credential.clone())
+        .host(lease.host.clone())
+        .reason(why)
+        .detail(json!({ "seq": seq }))
+}
+
+/// `lease` ended as `state` (`expired`, `completed`); dated by the store.
+pub fn lease_ended(lease: &Lease, state: LeaseState, why: &str) -> Event {
+    let mut e = Event::new(state.as_str())
+        .lease(lease.id.clone())
+        .workload(lease.workload.clone())
+        .credential(lease.credential.clone())
+        .host(lease.host.clone())
+        .reason(why);
+    e.task = lease.task.clone();
+    e
+}
+
+/// Workload `name` was disabled or enabled again (`disabled`, `enabled`); dated by the
+/// store.
+pub fn workload_disabled(name: &str, disabled: bool, actor: &str, why: &str) -> Event {
+    Event::new(if disabled { "disabled" } else { "enabled" })
+        .actor(actor)
+        .workload(name)
+        .reason(why)
+}
+
+/// `owner` was offboarded, disabling `workloads` (`offboarded`); dated by the store.
+pub fn offboarded(owner: &str, workloads: &[String], actor: &str) -> Event {
+    Event::new("offboarded")
+        .actor(actor)
+        .detail(json!({ "owner": owner, "workloads": workloads }))
+}
+
+/// Host `name` was evicted (`evicted`); dated by the store.
+pub fn evicted(name: &str, actor: &str, why: &str) -> Event {
+    Event::new("evicted").actor(actor).host(name).reason(why)
 }

@@ -170,7 +170,7 @@ impl ControlPlane for AgentApi {
         let host = self.host(&req)?;
         let r = req.into_inner();
         check_issue(&r)?;
-        crate::issuance::issue(&self.s, &host, r)
+        crate::issuance::issue(&self.s, host, r)
             .await
             .map(Response::new)
             .map_err(Status::from)

@@ -37,14 +37,14 @@ use crate::store::StoreError;
 /// write its lease. Denials are audited as `denied`, a failed write as `issue-failed`.
 pub async fn issue(
     s: &Shared,
-    host: &Host,
+    host: Host,
     req: v1::IssueRequest,
 ) -> Result<v1::IssueResponse, IssueError> {
     let pid = req.attested.as_ref().map_or(0, |a| a.pid);
-    let r = resolve(
+    let mut r = resolve(
         s.store.as_ref(),
         Ask::issue(req),
-        Place::Host(host.clone()),
+        Place::Host(host),
         s.clock.now(),
     )?;
     let decision = decide(&s.policy, &s.config, &r)?;
@@ -107,7 +107,8 @@ pub async fn issue(
         task: r.task.as_ref().map(|t| t.id.clone()),
         on_behalf_of: r.on_behalf_of.clone(),
         approval: approval.clone(),
-        context: Some(r.facts.clone()),
+        // Nothing after minting reads the facts: move them into the lease.
+        context: Some(std::mem::take(&mut r.facts)),
         policy_version: decision.verdict.as_ref().map_or(0, |v| v.version),
         issued_at: r.now,
         expires_at: minted.expires_at,
@@ -130,7 +131,7 @@ pub async fn issue(
         Err(e) => {
             let failed = audit::issue_failed(
                 s.clock.now_ms(),
-                &host.name,
+                &r.host.name,
                 &r.workload.name,
                 &r.credential.name,
             );
@@ -138,7 +139,7 @@ pub async fn issue(
             return Err(e.into());
         }
     };
-    tracing::info!(host = %host.name, workload = %r.workload.name, credential = %r.credential.name,
+    tracing::info!(host = %r.host.name, workload = %r.workload.name, credential = %r.credential.name,
         lease = %lease_id, fingerprint = %minted.fingerprint, "issued");
     Ok(v1::IssueResponse {
         token: minted.material.into_token(),

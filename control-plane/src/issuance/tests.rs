@@ -201,7 +201,7 @@ impl Fixture {
     }
 
     async fn issue(&self, on: &str, r: v1::IssueRequest) -> Result<v1::IssueResponse, IssueError> {
-        issue(&self.s, &self.host(on), r).await
+        issue(&self.s, self.host(on), r).await
     }
 
     async fn lease(&self, on: &str, workload: &str, credential: &str) -> String {

@@ -12,6 +12,7 @@ use super::error::{Result, StoreError};
 use super::sled_store::{SledStore, LOG_RETAIN};
 use super::tx::issue_job;
 use super::{Enrollment, Storage};
+use crate::audit;
 use crate::model::{
     Approval, ApprovalState, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState,
     PolicyRecord, Revocation, RevocationTarget, Workload,
@@ -382,7 +383,7 @@ impl Storage for SledStore {
             h.cert_not_after = not_after;
             tx.t.hosts.insert(name.as_bytes(), enc(&h))?;
             tx.t.serials.insert(serial.as_bytes(), name.as_bytes())?;
-            tx.event(Event::new("renewed").host(name.clone()).actor(name))
+            tx.event(audit::renewed(&name))
         })
         .await
     }
@@ -435,14 +436,7 @@ impl Storage for SledStore {
                 l.state = state;
                 l.reason = Some(reason.clone());
                 tx.put_lease(&l)?;
-                let mut e = Event::new(state.as_str())
-                    .lease(l.id.clone())
-                    .workload(l.workload.clone())
-                    .credential(l.credential.clone())
-                    .host(l.host.clone())
-                    .reason(reason.clone());
-                e.task = l.task.clone();
-                tx.event(e)?;
+                tx.event(audit::lease_ended(&l, state, &reason))?;
                 done.push(l);
             }
             Ok(done)
@@ -464,12 +458,7 @@ impl Storage for SledStore {
             w.disabled = disabled;
             let seq = tx.next_seq();
             tx.t.workloads.insert(name.as_bytes(), enc(&w))?;
-            tx.event(
-                Event::new(if disabled { "disabled" } else { "enabled" })
-                    .actor(actor.clone())
-                    .workload(name.clone())
-                    .reason(reason.clone()),
-            )?;
+            tx.event(audit::workload_disabled(&name, disabled, &actor, &reason))?;
             tx.change(Change::WorkloadPut {
                 seq,
                 workload: w.clone(),
@@ -502,12 +491,12 @@ impl Storage for SledStore {
                     w.disabled = true;
                     let seq = tx.next_seq();
                     tx.t.workloads.insert(w.name.as_bytes(), enc(&w))?;
-                    tx.event(
-                        Event::new("disabled")
-                            .actor(actor.clone())
-                            .workload(w.name.clone())
-                            .reason(format!("owner {owner} offboarded")),
-                    )?;
+                    tx.event(audit::workload_disabled(
+                        &w.name,
+                        true,
+                        &actor,
+                        &format!("owner {owner} offboarded"),
+                    ))?;
                     tx.change(Change::WorkloadPut { seq, workload: w })?;
                 }
             }
@@ -519,11 +508,7 @@ impl Storage for SledStore {
             let now = tx.now_ms.div_euclid(1000);
             tx.t.meta
                 .insert(format!("offboarded/{owner}").as_bytes(), &be(now as u64))?;
-            tx.event(
-                Event::new("offboarded")
-                    .actor(actor.clone())
-                    .detail(serde_json::json!({ "owner": owner, "workloads": names })),
-            )?;
+            tx.event(audit::offboarded(&owner, &names, &actor))?;
             let rev = tx.revoke(
                 RevocationTarget::Owner(owner.clone()),
                 format!("owner {owner} offboarded"),
@@ -562,12 +547,7 @@ impl Storage for SledStore {
                 std::slice::from_ref(&name),
             )?;
             let seq = tx.next_seq();
-            tx.event(
-                Event::new("evicted")
-                    .actor(actor)
-                    .host(name.clone())
-                    .reason(reason.clone()),
-            )?;
+            tx.event(audit::evicted(&name, &actor, &reason))?;
             tx.change(Change::HostEvicted { seq, name, reason })?;
             Ok(rev)
         })

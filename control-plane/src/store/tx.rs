@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::codec::{be, enc, get};
 use super::error::{Result, StoreError};
 use super::sled_store::{Tx, LOG_RETAIN};
+use crate::audit;
 use crate::model::{
     Change, Event, Host, Lease, LeaseState, Revocation, RevocationTarget, Workload,
 };
@@ -104,16 +105,7 @@ impl Tx<'_> {
             lease.reason = Some(reason.clone());
             self.put_lease(&lease)?;
             hosts.insert(lease.host.clone());
-            self.event(
-                Event::new("revoked")
-                    .actor(actor.clone())
-                    .lease(lease.id.clone())
-                    .workload(lease.workload.clone())
-                    .credential(lease.credential.clone())
-                    .host(lease.host.clone())
-                    .reason(reason.clone())
-                    .detail(serde_json::json!({ "seq": seq })),
-            )?;
+            self.event(audit::lease_revoked(&lease, &actor, &reason, seq))?;
             lease_ids.push(lease.id);
             lease_host_names.push(lease.host);
         }
