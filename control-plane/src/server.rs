@@ -19,7 +19,6 @@ use crate::config::Config;
 use crate::keys::{Keys, MasterKey};
 use crate::policy::PolicyError;
 use crate::state::Shared;
-// Also the path `expiry.rs` names `Shared` by.
 use crate::store::{SledStore, Storage, StoreError};
 
 /// HTTP/2 keepalive on the agent-facing listener: idle Sync streams are pinged this

@@ -36,7 +36,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
         p.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does this)",
+        "{} is missing: run `cargo build --workspace --bins --features leash-proto/test-clock` first (cargo xtask test does this)",
         p.display()
     );
     p

@@ -1,4 +1,4 @@
-//! The agent (issue 3): the workload socket and its bad input, matching, attestation
+//! The agent: the workload socket and its bad input, matching, attestation
 //! (interpreters, other uids), the cache with the control plane away, restarts, and
 //! secrets kept off logs and disks.
 

@@ -1,4 +1,4 @@
-//! The control plane (issue 2): enrollment and its refusals, mTLS, the Sync stream as a
+//! The control plane: enrollment and its refusals, mTLS, the Sync stream as a
 //! test agent sees it, Issue and the JWT claims, durability across SIGKILL, and bad
 //! input of every kind.
 

@@ -1,4 +1,4 @@
-//! Human controls (issue 7): contextual approval end to end (pending, de-duplicated,
+//! Human controls: contextual approval end to end (pending, de-duplicated,
 //! approved with `--wait`, uses honoured, denied with a reason, timeouts, no
 //! self-approval), offboarding on every host with the stale report, shared agents acting
 //! on behalf of people, and transfers changing the owner policy sees.

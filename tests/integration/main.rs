@@ -2,20 +2,17 @@
 //! temp dir, driven by the real `leashctl` and `leash` and, where a test needs to speak
 //! the protocol itself, by gRPC clients acting as an agent or a caller.
 //!
-//! - `control_plane`: enrollment, mTLS, Sync, Issue, claims, durability, bad input
-//!   (issue 2);
-//! - `agent`: attestation, the workload socket, the cache, the control plane away
-//!   (issue 3);
+//! - `control_plane`: enrollment, mTLS, Sync, Issue, claims, durability, bad input;
+//! - `agent`: attestation, the workload socket, the cache, the control plane away;
 //! - `revocation`: revocation push and wipe acknowledgment, disable, eviction, failing
-//!   closed, expiry, timelines, introspection (issue 4);
+//!   closed, expiry, timelines, introspection;
 //! - `tasks`: `leash exec`, task-bound credentials wiped and completed when the task ends
-//!   however it ends, membership by ancestry plus handle, the runner task API (issue 5);
+//!   however it ends, membership by ancestry plus handle, the runner task API;
 //! - `policy`: Cedar policy check, precedence, TTL / host / time restrictions, action
-//!   scopes, re-evaluation on change, explain, `--allow` links (issue 6);
-//! - `human`: approvals, offboarding, the stale report, shared agents, transfers
-//!   (issue 7);
+//!   scopes, re-evaluation on change, explain, `--allow` links;
+//! - `human`: approvals, offboarding, the stale report, shared agents, transfers;
 //! - `architecture`: no import circles and no over-long files in the daemons' sources;
-//! - `sockets`, `inputs`, `host_trust`, `config`, `faults`, `partitions`: the hardening work: socket
+//! - `sockets`, `inputs`, `host_trust`, `config`, `faults`, `partitions`: socket
 //!   paths the CLIs trust, names and sizes taken from callers, what the control plane
 //!   believes a host about, configuration bounds, and the fault campaign (kill -9 under
 //!   load, a full disk, an agent cut off).

@@ -1,4 +1,4 @@
-//! Runtime policy in Cedar (issue 6): check errors with positions, forbid over permit,
+//! Runtime policy in Cedar: check errors with positions, forbid over permit,
 //! TTL / host-label / time restrictions, action scopes in the token, re-evaluation of
 //! active leases on a policy change, `policy explain` against what `Issue` does, and
 //! `--allow` entries made before any policy.

@@ -1,4 +1,4 @@
-//! Taking credentials back (issue 4): revocation by every target with the wipe
+//! Taking credentials back: revocation by every target with the wipe
 //! acknowledged, `--wait` timing out on a stopped agent, disable, eviction, failing
 //! closed past max_offline, expiry, lease timelines, durability of revocations, missed
 //! revocations applied on reconnect, and introspection.

@@ -1,4 +1,4 @@
-//! Tasks (issue 5): `leash exec` puts task-bound credentials in its command's
+//! Tasks: `leash exec` puts task-bound credentials in its command's
 //! environment; when the task ends (the command exits, is SIGKILLed, or `leash exec`
 //! itself is SIGKILLed) the agent wipes them, the control plane marks their leases
 //! `completed` and introspection says inactive, and leftover processes are stopped.

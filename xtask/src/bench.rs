@@ -2,14 +2,14 @@
 //! the real release binaries on loopback.
 //!
 //! - `issue`: Issue over mTLS against a real control plane, at concurrency 1 and 32,
-//!   next to the raw sled insert+flush rate on the same disk (issue 2).
+//!   next to the raw sled insert+flush rate on the same disk.
 //! - `fetch`: the agent's cache-hit Fetch against a bare tonic echo service on a Unix
 //!   socket, `leash get` against a minimal client process, cold issuance through the
-//!   agent, and agentd's RSS with 1,000 cached credentials (issue 3).
+//!   agent, and agentd's RSS with 1,000 cached credentials.
 //! - `enroll-flood`: unauthenticated Enroll calls with never-minted join tokens; their
 //!   time, answers, and what they leave in the audit log and on disk.
 //! - `revoke`: N simulated agents with real mTLS and Sync streams; time from Revoke to
-//!   the last wipe acknowledgment, and control-plane memory per agent (issue 4).
+//!   the last wipe acknowledgment, and control-plane memory per agent.
 //!
 //! Every bench first builds the product binaries in release mode, and then re-runs
 //! itself from a release build of xtask: the load generator shares the machine with what
@@ -45,13 +45,13 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCmd {
-    /// Issue over mTLS against a real control plane (issue 2's figures).
+    /// Issue over mTLS against a real control plane.
     Issue(issue::Args),
-    /// Fetch through a real agent vs. a bare tonic echo service (issue 3's figures).
+    /// Fetch through a real agent vs. a bare tonic echo service.
     Fetch(fetch::Args),
-    /// Revocation fan-out to N simulated agents (issue 4's figures).
+    /// Revocation fan-out to N simulated agents.
     Revoke(revoke::Args),
-    /// The overhead of `leash exec` around `true` (issue 5's figure).
+    /// The overhead of `leash exec` around `true`.
     Exec(exec::Args),
     /// Unauthenticated Enroll calls with bogus join tokens: time, answers, audit growth.
     EnrollFlood(enroll::Args),

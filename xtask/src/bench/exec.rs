@@ -1,5 +1,5 @@
 //! `cargo xtask bench exec`: the overhead `leash exec` adds to running `true`, against
-//! running `true` directly, measured in the same run (issue 5's figure).
+//! running `true` directly, measured in the same run.
 //!
 //! `leash exec` registers a task, fetches one credential bound to it, runs the command,
 //! then ends the task (wipe + `completed` at the control plane) before it exits.
