@@ -362,6 +362,14 @@ fn forged_and_malformed_join_tokens_are_refused() {
     // A real id with a secret of the right format that was never minted.
     let forged = format!("leash-join.v1.{id}.{}.{pin}", random_secret());
     assert_refused(&c, &forged, "does not match");
+    // Without the secret, a token's bound name is not revealed, whatever name is asked.
+    let bound = c.join_token(&["--name", "bound-host"]);
+    let (bid, _, _) = token_parts(&bound);
+    let forged = format!("leash-join.v1.{bid}.{}.{pin}", random_secret());
+    let (code, log) = c.enroll_expecting_exit(&forged, &["--name", "other-host"]);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("does not match"), "{log}");
+    assert!(!log.contains("bound-host"), "the bound name leaked\n{log}");
     // An id that was never minted.
     let unknown = format!("leash-join.v1.jt-0123456789ab.{}.{pin}", random_secret());
     // Refused with its reason; its audit record is the source's aggregated

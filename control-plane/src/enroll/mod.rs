@@ -195,6 +195,25 @@ pub async fn enroll(
             .await)
         }
     };
+    // Only the holder of the secret learns anything more (the bound name, the labels) or
+    // costs a signature; the store checks both again in the write that uses the token.
+    let secret_sha = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &token.secret_bytes(),
+    ));
+    let unusable = if record.secret_sha256 != secret_sha {
+        Some("join token secret does not match (forged or mistyped token)")
+    } else {
+        match record.state(now) {
+            "active" => None,
+            "used" => Some("join token was already used; tokens are single use"),
+            "revoked" => Some("join token was revoked"),
+            _ => Some("join token has expired"),
+        }
+    };
+    if let Some(why) = unusable {
+        return Err(refuse(s, source, "refused", Some(&token.id), true, why.into()).await);
+    }
     let name = match (&record.name, r.name.as_str()) {
         (Some(bound), "") => bound.clone(),
         (Some(bound), asked) if asked == bound => bound.clone(),
@@ -205,7 +224,10 @@ pub async fn enroll(
                 "name",
                 Some(&token.id),
                 true,
-                format!("the join token binds the name {bound:?}, not {asked:?}"),
+                format!(
+                    "the join token binds the name {bound:?}, not {}",
+                    leash_proto::names::excerpt(asked)
+                ),
             )
             .await)
         }
@@ -238,10 +260,6 @@ pub async fn enroll(
         .keys
         .sign_host_cert(&r.csr_der, &name, s.config.host_cert_ttl)
         .map_err(|e| EnrollError::Csr(e.to_string()))?;
-    let secret_sha = hex::encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        &token.secret_bytes(),
-    ));
     let host = Host {
         name: name.clone(),
         labels: labels.clone(),
