@@ -447,3 +447,55 @@ fn status_from_another_namespace_shows_health_only() {
         );
     }
 }
+
+#[test]
+fn admin_reasons_are_printable_and_bounded() {
+    let c = Cluster::start();
+    basic(&c);
+    let lease = c.get("api", &[]).lease_id;
+    let mut hostile = hostile();
+    hostile.push(("2 KB", "r".repeat(2048)));
+    for (what, reason) in hostile {
+        for cmd in [
+            vec![
+                "revoke",
+                "--lease",
+                lease.as_str(),
+                "--reason",
+                reason.as_str(),
+            ],
+            vec!["workload", "disable", "ci/job", "--reason", reason.as_str()],
+        ] {
+            let out = c.leashctl(&cmd);
+            out.code(1).stderr_has(&["--reason"]);
+            let e = &out.stderr;
+            assert!(
+                e.contains("at most 1024 bytes") || e.contains("U+"),
+                "{what}: the refusal says what is wrong: {e}"
+            );
+            assert!(
+                !e.chars()
+                    .any(|ch| ch != '\n'
+                        && (ch.is_control() || leash_proto::names::is_invisible(ch))),
+                "{what}: raw control characters in the error: {e:?}"
+            );
+            assert!(e.len() < 1024, "{what}: {} bytes of error", e.len());
+        }
+    }
+    // The refused calls changed nothing; a printable reason is taken as given.
+    assert_eq!(c.lease(&lease)["state"], "active");
+    c.leashctl(&[
+        "revoke",
+        "--lease",
+        &lease,
+        "--reason",
+        "rotated: ticket OPS-12",
+    ])
+    .ok();
+    let l = c.lease(&lease);
+    assert_eq!(
+        (&l["state"], &l["reason"]),
+        (&"revoked".into(), &"rotated: ticket OPS-12".into()),
+        "{l}"
+    );
+}
