@@ -28,6 +28,7 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod tasks;
 pub mod tls;
 pub mod wire;
 

@@ -20,8 +20,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::audit;
-use crate::model::{Host, LeaseState};
+use crate::model::Host;
 use crate::state::Shared;
 
 mod sync;
@@ -194,12 +193,7 @@ impl ControlPlane for AgentApi {
         let host = self.host(&req)?;
         let r = req.into_inner();
         check_task(&r.task, &r.name)?;
-        let e = audit::task_started(self.s.clock.now_ms(), &host.name, &r);
-        self.s
-            .store
-            .append_events(vec![e])
-            .await
-            .map_err(Status::from)?;
+        crate::tasks::started(&self.s, &host, &r).await?;
         Ok(Response::new(v1::TaskStartedResponse {}))
     }
 
@@ -213,54 +207,8 @@ impl ControlPlane for AgentApi {
             return Err(Reason::Invalid.status("CompleteTask needs the task id"));
         }
         check_task(&r.task, &r.name)?;
-        // Every active lease of this task on this host, not only the ones the agent
-        // still had cached.
-        let ids: Vec<String> = self
-            .s
-            .store
-            .leases(None, true)
-            .map_err(Status::from)?
-            .into_iter()
-            .filter(|l| l.host == host.name && l.task.as_deref() == Some(r.task.as_str()))
-            .map(|l| l.id)
-            .collect();
-        let label = if r.name.is_empty() {
-            r.task.clone()
-        } else {
-            r.name.clone()
-        };
-        let done = self
-            .s
-            .store
-            .finish_leases(ids, LeaseState::Completed, format!("task {label} ended"))
-            .await
-            .map_err(Status::from)?;
-        if !r.left_running.is_empty() {
-            // The task's own `completed` record: what it left running because its owner
-            // could not have signalled it. Bounded whatever the agent sends.
-            let left: Vec<serde_json::Value> = r
-                .left_running
-                .iter()
-                .take(64)
-                .map(|p| serde_json::json!({ "pid": p.pid, "exe": p.exe.chars().take(256).collect::<String>() }))
-                .collect();
-            let e = audit::task_completed(
-                self.s.clock.now_ms(),
-                &host.name,
-                &r.task,
-                &label,
-                r.left_running.len(),
-                left,
-            );
-            self.s
-                .store
-                .append_events(vec![e])
-                .await
-                .map_err(Status::from)?;
-        }
-        Ok(Response::new(v1::CompleteTaskResponse {
-            completed: done.len() as u32,
-        }))
+        let completed = crate::tasks::complete(&self.s, &host, &r).await?;
+        Ok(Response::new(v1::CompleteTaskResponse { completed }))
     }
 }
 
