@@ -1,8 +1,8 @@
 //! `cargo xtask chaos kill`: kill the control plane with SIGKILL under load, many times,
 //! and check after every restart that nothing it acknowledged was lost.
 //!
-//! The load runs through real enrolled agents (the debug binaries, started with the
-//! bench's process management): callers ask the agents for fresh credentials (each a new
+//! The load runs through real enrolled agents (the debug binaries, or the release ones
+//! with `--release`, started with the bench's process management): callers ask the agents for fresh credentials (each a new
 //! Issue at the control plane), and an admin client revokes issued leases one at a time
 //! over the admin socket. Only answers the caller received count as acknowledged. At a
 //! seeded random moment the control plane is killed while the load runs, the load is
@@ -81,9 +81,12 @@ pub struct KillArgs {
     /// Longest load before a kill, in ms.
     #[arg(long, default_value_t = 2500)]
     max_ms: u64,
-    /// Use the binaries in target/debug as they are (no `cargo build`).
+    /// Use the binaries in target/debug (or target/release) as they are (no `cargo build`).
     #[arg(long)]
     no_build: bool,
+    /// Run the release binaries (built first unless --no-build) instead of the debug ones.
+    #[arg(long)]
+    release: bool,
 }
 
 /// Run a chaos task.
@@ -476,14 +479,32 @@ fn kill(a: KillArgs) -> anyhow::Result<()> {
     });
     if !a.no_build {
         let mut b = cargo();
-        b.args(["build", "--workspace", "--bins"]);
+        if a.release {
+            b.args([
+                "build",
+                "--release",
+                "--bins",
+                "-p",
+                "leash-control-plane",
+                "-p",
+                "leash-agentd",
+            ]);
+        } else {
+            b.args(["build", "--workspace", "--bins"]);
+        }
         run_cmd(b)?;
     }
     let command = format!(
-        "cargo xtask chaos kill --rounds {} --seed {seed} --agents {} --callers {} --pace-ms {} --min-ms {} --max-ms {}",
-        a.rounds, a.agents, a.callers, a.pace_ms, a.min_ms, a.max_ms
+        "cargo xtask chaos kill --rounds {} --seed {seed} --agents {} --callers {} --pace-ms {} --min-ms {} --max-ms {}{}",
+        a.rounds,
+        a.agents,
+        a.callers,
+        a.pace_ms,
+        a.min_ms,
+        a.max_ms,
+        if a.release { " --release" } else { "" }
     );
-    let ctx = Ctx::profile("debug", command.clone())?;
+    let ctx = Ctx::profile(if a.release { "release" } else { "debug" }, command.clone())?;
     let dir = tempfile::Builder::new().prefix("leash-chaos-").tempdir()?;
     let mut cp = ControlPlane::start_with(&ctx, dir.path(), None, "1s")?;
     cp.add_credential(CREDENTIAL)?;
