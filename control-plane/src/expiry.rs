@@ -47,80 +47,35 @@ pub async fn sweep(store: &dyn Storage, now: i64) -> Result<Vec<Lease>, StoreErr
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::model::{Event, Host, JoinTokenRecord, Workload};
+    use crate::fixtures;
+    use crate::model::{Event, Host};
     use crate::store::SledStore;
-    use leash_proto::workload_kind::WorkloadKind;
 
     /// A store holding one workload, one host and one lease that expires a minute after
     /// `clock`'s now.
     async fn store_with_a_lease(dir: &std::path::Path, clock: &Clock) -> Arc<SledStore> {
         let s = SledStore::open(dir, clock.clone()).expect("open");
         let now = clock.now();
-        s.put_workload(
-            Workload {
-                name: "w".into(),
-                owner: "team".into(),
-                kind: WorkloadKind::Job,
-                selectors: vec!["unix:uid:1".into()],
-                hosts: BTreeMap::new(),
-                allow: vec![],
-                expires_at: 0,
-                disabled: false,
-                created_at: now,
-            },
-            Event::new("workload-added"),
-        )
-        .await
-        .expect("workload");
-        s.put_join_token(
-            JoinTokenRecord {
-                id: "t".into(),
-                secret_sha256: "x".into(),
-                name: None,
-                labels: BTreeMap::new(),
-                created_at: now,
-                expires_at: now + 600,
-                used_by: None,
-                revoked: false,
-            },
-            Event::new("join-token-created"),
-        )
-        .await
-        .expect("token");
+        s.put_workload(fixtures::workload("w"), Event::new("workload-added"))
+            .await
+            .expect("workload");
+        s.put_join_token(fixtures::token("t"), Event::new("join-token-created"))
+            .await
+            .expect("token");
         let host = Host {
-            name: "h".into(),
-            labels: BTreeMap::new(),
             enrolled_at: now,
             last_seen: now,
-            evicted: false,
-            cert_serial: "01".into(),
             cert_not_after: now + 3600,
+            ..fixtures::host("h", "01")
         };
         s.enroll("t", "x", host, now, Event::new("enrolled"))
             .await
             .expect("enroll");
         let lease = Lease {
-            id: "l1".into(),
-            workload: "w".into(),
-            credential: "c".into(),
-            action: "read".into(),
-            audience: "a".into(),
-            host: "h".into(),
-            task: None,
-            on_behalf_of: None,
-            approval: None,
-            context: None,
-            policy_version: 0,
             issued_at: now,
             expires_at: now + 60,
-            seq: 0,
-            state: LeaseState::Active,
-            reason: None,
-            fingerprint: "f".into(),
-            ends_outside: false,
+            ..fixtures::lease("l1", "w")
         };
         s.issue_lease(lease, Event::new("issued").lease("l1"))
             .await

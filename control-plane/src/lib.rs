@@ -16,6 +16,8 @@ pub mod clock;
 pub mod config;
 pub mod enroll;
 pub mod expiry;
+#[cfg(test)]
+mod fixtures;
 pub mod hub;
 pub mod issuance;
 pub mod issuer;

@@ -121,6 +121,21 @@ impl Ctx {
         })
     }
 
+    /// The binaries of another build in `dir` (a `--baseline`), checked to hold `bins`.
+    pub(crate) fn baseline(&self, dir: &std::path::Path, bins: &[&str]) -> anyhow::Result<Ctx> {
+        for bin in bins {
+            anyhow::ensure!(
+                dir.join(bin).exists(),
+                "{} is missing: --baseline wants a directory holding a release build of {bin}",
+                dir.join(bin).display()
+            );
+        }
+        Ok(Ctx {
+            release: dir.to_path_buf(),
+            command: self.command.clone(),
+        })
+    }
+
     pub(crate) fn bin(&self, name: &str) -> PathBuf {
         self.release.join(name)
     }

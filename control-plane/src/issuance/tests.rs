@@ -16,9 +16,7 @@ use crate::clock::Clock;
 use crate::config::{Config, FileConfig, Overrides};
 use crate::keys::{Keys, MasterKey};
 use crate::kinds::testing::Recorder;
-use crate::model::{
-    Credential, Event, Host, JoinTokenRecord, LeaseState, RevocationTarget, Workload,
-};
+use crate::model::{Credential, Event, Host, LeaseState, RevocationTarget, Workload};
 use crate::policy::Engine;
 use crate::state::Shared;
 use crate::store::{SledStore, Storage, StoreError};
@@ -90,13 +88,9 @@ fn credential(name: &str, kind: &str) -> Credential {
 
 fn host(name: &str, role: &str) -> Host {
     Host {
-        name: name.into(),
         labels: BTreeMap::from([("role".to_string(), role.to_string())]),
-        enrolled_at: 0,
-        last_seen: 0,
-        evicted: false,
-        cert_serial: format!("serial-{name}"),
         cert_not_after: i64::MAX,
+        ..crate::fixtures::host(name, &format!("serial-{name}"))
     }
 }
 
@@ -111,16 +105,7 @@ async fn fixture() -> Fixture {
     let st = &s.store;
     for (name, role) in [("h1", "ci"), ("h2", "dev")] {
         st.put_join_token(
-            JoinTokenRecord {
-                id: format!("jt-{name}"),
-                secret_sha256: "x".into(),
-                name: None,
-                labels: BTreeMap::new(),
-                created_at: 0,
-                expires_at: i64::MAX,
-                used_by: None,
-                revoked: false,
-            },
+            crate::fixtures::token(&format!("jt-{name}")),
             Event::new("x"),
         )
         .await

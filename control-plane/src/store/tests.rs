@@ -1,7 +1,7 @@
 //! Unit tests of the sled store: sequencing, group commit, revocation, policy versions,
 //! and what callers see when a flush fails.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -9,71 +9,9 @@ use super::codec::enc;
 use super::flush::Flush;
 use super::*;
 use crate::clock::Clock;
+use crate::fixtures::{lease, token, workload};
 use crate::model::ApprovalState;
 use leash_proto::workload_kind::WorkloadKind;
-
-fn workload(name: &str) -> Workload {
-    Workload {
-        name: name.into(),
-        owner: "team".into(),
-        kind: WorkloadKind::Job,
-        selectors: vec!["unix:uid:1".into()],
-        hosts: BTreeMap::new(),
-        allow: vec![],
-        expires_at: 0,
-        disabled: false,
-        created_at: 0,
-    }
-}
-
-fn lease(id: &str, w: &str) -> Lease {
-    Lease {
-        id: id.into(),
-        workload: w.into(),
-        credential: "c".into(),
-        action: "read".into(),
-        audience: "a".into(),
-        host: "h".into(),
-        task: None,
-        on_behalf_of: None,
-        approval: None,
-        context: None,
-        policy_version: 0,
-        issued_at: 0,
-        expires_at: 10,
-        seq: 0,
-        state: LeaseState::Active,
-        reason: None,
-        fingerprint: "f".into(),
-        ends_outside: false,
-    }
-}
-
-/// An unused, unrevoked join token whose secret hashes to "x".
-fn token(id: &str) -> JoinTokenRecord {
-    JoinTokenRecord {
-        id: id.into(),
-        secret_sha256: "x".into(),
-        name: None,
-        labels: BTreeMap::new(),
-        created_at: 0,
-        expires_at: i64::MAX,
-        used_by: None,
-        revoked: false,
-    }
-}
-
-fn host() -> Host {
-    Host {
-        name: "h".into(),
-        labels: BTreeMap::new(),
-        enrolled_at: 0,
-        last_seen: 0,
-        evicted: false,
-        cert_serial: "01".into(),
-        cert_not_after: 0,
-    }
-}
 
 #[tokio::test]
 async fn writes_are_sequenced_durable_and_survive_reopen() {
@@ -329,6 +267,10 @@ async fn a_failed_flush_is_unavailable_not_refused_and_publishes_nothing_until_d
     );
     let log = s.changes_since(before).expect("log").expect("retained");
     assert_eq!(log.first().map(Change::seq), Some(before + 2));
+}
+
+fn host() -> Host {
+    crate::fixtures::host("h", "01")
 }
 
 fn policy(version: u64) -> PolicyRecord {

@@ -688,17 +688,10 @@ impl Stack {
 /// `--baseline`: this build and another side by side, their cache-hit Fetch (1 and
 /// `--clients` connections) and cold Fetch measured in alternating rounds.
 fn compare(ctx: &Ctx, a: &Args, base_dir: &Path) -> anyhow::Result<()> {
-    for bin in ["leash-control-plane", "leashctl", "leash-agentd", "leash"] {
-        anyhow::ensure!(
-            base_dir.join(bin).exists(),
-            "{} is missing: --baseline wants a directory holding a release build of {bin}",
-            base_dir.join(bin).display()
-        );
-    }
-    let base = Ctx {
-        release: base_dir.to_path_buf(),
-        command: ctx.command.clone(),
-    };
+    let base = ctx.baseline(
+        base_dir,
+        &["leash-control-plane", "leashctl", "leash-agentd", "leash"],
+    )?;
     let stacks = [Stack::start(&base)?, Stack::start(ctx)?];
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

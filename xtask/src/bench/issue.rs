@@ -377,17 +377,7 @@ fn measure(ctx: &Ctx, a: &Args, dir: &std::path::Path) -> anyhow::Result<Measure
 /// compare their throughput.
 fn compare(ctx: &Ctx, a: &Args, base_dir: &std::path::Path) -> anyhow::Result<()> {
     anyhow::ensure!(a.rounds > 0, "--rounds must be positive");
-    for bin in ["leash-control-plane", "leashctl"] {
-        anyhow::ensure!(
-            base_dir.join(bin).exists(),
-            "{} is missing: --baseline wants a directory holding a release build of {bin}",
-            base_dir.join(bin).display()
-        );
-    }
-    let base = Ctx {
-        release: base_dir.to_path_buf(),
-        command: ctx.command.clone(),
-    };
+    let base = ctx.baseline(base_dir, &["leash-control-plane", "leashctl"])?;
     let mut figures: Vec<(&str, Vec<Measured>)> =
         vec![("baseline", vec![]), ("this build", vec![])];
     for round in 1..=a.rounds {
