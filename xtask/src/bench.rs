@@ -244,9 +244,8 @@ pub(crate) fn run_cmd(mut cmd: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Build the product binaries in release mode; when this xtask is a debug build, also
-/// build xtask in release mode and replace this process with it.
-fn build_and_rerun() -> anyhow::Result<()> {
+/// Build the four product binaries in release mode.
+pub(crate) fn build_release_binaries() -> anyhow::Result<()> {
     let mut bins = cargo();
     bins.args([
         "build",
@@ -257,7 +256,13 @@ fn build_and_rerun() -> anyhow::Result<()> {
         "-p",
         "leash-agentd",
     ]);
-    run_cmd(bins)?;
+    run_cmd(bins)
+}
+
+/// Build the product binaries in release mode; when this xtask is a debug build, also
+/// build xtask in release mode and replace this process with it.
+fn build_and_rerun() -> anyhow::Result<()> {
+    build_release_binaries()?;
     if !cfg!(debug_assertions) {
         // Already a release build (`cargo run --release -p xtask -- bench …`): this
         // process is the load generator, and its own binary serves the hidden helpers.

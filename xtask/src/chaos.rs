@@ -478,21 +478,13 @@ fn kill(a: KillArgs) -> anyhow::Result<()> {
             .unwrap_or(1)
     });
     if !a.no_build {
-        let mut b = cargo();
         if a.release {
-            b.args([
-                "build",
-                "--release",
-                "--bins",
-                "-p",
-                "leash-control-plane",
-                "-p",
-                "leash-agentd",
-            ]);
+            crate::bench::build_release_binaries()?;
         } else {
+            let mut b = cargo();
             b.args(["build", "--workspace", "--bins"]);
+            run_cmd(b)?;
         }
-        run_cmd(b)?;
     }
     let command = format!(
         "cargo xtask chaos kill --rounds {} --seed {seed} --agents {} --callers {} --pace-ms {} --min-ms {} --max-ms {}{}",
