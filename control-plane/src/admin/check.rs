@@ -59,18 +59,3 @@ pub fn workload_or_404(s: &Shared, name: &str) -> Result<Workload, Status> {
 pub fn spiffe(s: &Shared, w: v1::Workload) -> v1::Workload {
     wire::with_spiffe_id(w, &s.config.trust_domain)
 }
-
-/// Longest reason an admin may give (it travels in events, revocations and denials).
-pub const MAX_REASON_BYTES: usize = 1024;
-
-/// Check the free text of a `--reason`: printable characters only (it is shown to other
-/// people: requesters, hosts, `lease show`), and at most [`MAX_REASON_BYTES`].
-pub fn check_reason(text: &str) -> Result<(), Status> {
-    if text.len() > MAX_REASON_BYTES {
-        return Err(invalid(format!(
-            "--reason is {} bytes long; at most {MAX_REASON_BYTES} bytes are allowed",
-            text.len()
-        )));
-    }
-    leash_proto::names::check_text("--reason", text).map_err(|e| invalid(e.to_string()))
-}

@@ -116,7 +116,6 @@ pub(super) async fn revoke(
             ))
         }
     };
-    super::check::check_reason(&r.reason)?;
     let reason = if r.reason.is_empty() {
         "revoked by an admin".to_string()
     } else {
