@@ -97,8 +97,15 @@ fn main() -> ExitCode {
             // The integration tests start the real binaries, so build them first, with
             // the clock the tests can move (a debug-only feature; see proto/src/clock.rs).
             run(cargo().args(TEST_BINS_BUILD))?;
+            // The same feature set as the binaries, so the test build reuses what that
+            // build compiled instead of compiling the workspace a second time.
             run(cargo()
-                .args(["test", "--workspace"])
+                .args([
+                    "test",
+                    "--workspace",
+                    "--features",
+                    "leash-proto/test-clock",
+                ])
                 .args(test_args(args, nix::unistd::geteuid().is_root())))
         })(),
     };
