@@ -59,3 +59,13 @@ pub fn workload_or_404(s: &Shared, name: &str) -> Result<Workload, Status> {
 pub fn spiffe(s: &Shared, w: v1::Workload) -> v1::Workload {
     wire::with_spiffe_id(w, &s.config.trust_domain)
 }
+
+/// The names of the owners that were offboarded.
+pub fn offboarded_owners(s: &Shared) -> Result<Vec<String>, Status> {
+    Ok(s.store
+        .offboarded_owners()
+        .map_err(Status::from)?
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect())
+}

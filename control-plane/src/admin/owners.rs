@@ -11,13 +11,7 @@ use crate::state::Shared;
 pub(super) async fn list(s: &Shared) -> Result<v1::ListOwnersResponse, Status> {
     let workloads = s.store.workloads().map_err(Status::from)?;
     let leases = s.store.leases(None, true).map_err(Status::from)?;
-    let offboarded: Vec<String> = s
-        .store
-        .offboarded_owners()
-        .map_err(Status::from)?
-        .into_iter()
-        .map(|(o, _)| o)
-        .collect();
+    let offboarded = super::check::offboarded_owners(s)?;
     let mut owners: BTreeMap<String, v1::OwnerInfo> = BTreeMap::new();
     for w in &workloads {
         let e = owners

@@ -26,13 +26,7 @@ pub(super) async fn stale(
         let e = last.entry(l.workload).or_insert(0);
         *e = (*e).max(l.issued_at);
     }
-    let offboarded: Vec<String> = s
-        .store
-        .offboarded_owners()
-        .map_err(Status::from)?
-        .into_iter()
-        .map(|(o, _)| o)
-        .collect();
+    let offboarded = super::check::offboarded_owners(s)?;
     let mut out = Vec::new();
     for w in s.store.workloads().map_err(Status::from)? {
         let last_issued = last.get(&w.name).copied().unwrap_or(0);
