@@ -151,6 +151,9 @@ impl Api {
             cached,
             action: e.action.clone(),
             audience: e.audience.clone(),
+            kind: e.served.kind.clone(),
+            version: e.served.version,
+            format: e.served.format.clone(),
         }
     }
 
@@ -203,6 +206,16 @@ impl Api {
             seq: r.seq,
             action: r.action,
             audience: r.audience,
+            served: crate::cache::Served {
+                // A control plane from before kinds were reported issues only JWTs.
+                kind: if r.kind.is_empty() {
+                    "jwt".into()
+                } else {
+                    r.kind
+                },
+                version: r.version,
+                format: r.format,
+            },
         })
     }
 }

@@ -54,6 +54,20 @@ pub struct Entry {
     pub action: String,
     /// Audience actually granted.
     pub audience: String,
+    /// What the control plane said it is: kind (`jwt`, `secret`, …), version and format
+    /// (brokered secrets).
+    pub served: Served,
+}
+
+/// The credential's kind, version and format, as the control plane issued it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Served {
+    /// `jwt`, `secret`, …
+    pub kind: String,
+    /// A brokered secret's version; 0 for other kinds.
+    pub version: u32,
+    /// A brokered secret's format (`text`, `json`, `env`); empty for other kinds.
+    pub format: String,
 }
 
 impl Entry {
@@ -244,6 +258,7 @@ mod tests {
             seq,
             action: "read".into(),
             audience: "a".into(),
+            served: Served::default(),
         }
     }
 

@@ -316,6 +316,7 @@ mod tests {
                 seq: 1,
                 action: "read".into(),
                 audience: "a".into(),
+                served: Default::default(),
             },
         ));
     }

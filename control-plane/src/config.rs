@@ -83,6 +83,10 @@ pub struct FileConfig {
     pub enroll_refused_max_sources: Option<u32>,
     /// Start even if `master.key` is readable by group or others (logged as a warning).
     pub accept_readable_master_key: Option<bool>,
+    /// How long an ended lease is kept after its expiry time, e.g. "7d".
+    pub lease_retention: Option<String>,
+    /// How long an audit event is kept, e.g. "90d".
+    pub event_retention: Option<String>,
 }
 
 /// The resolved configuration the server runs with.
@@ -116,6 +120,8 @@ pub struct Config {
     pub enroll: EnrollLimits,
     /// Start even if `master.key` is readable by group or others.
     pub accept_readable_master_key: bool,
+    /// What is forgotten when (see `retention.rs`).
+    pub retention: Retention,
 }
 
 /// Flag values that override the file.
@@ -191,6 +197,16 @@ pub const DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
         Duration::from_secs(1),
         Duration::from_secs(3600),
     ),
+    (
+        "lease_retention",
+        Duration::from_secs(60),
+        Duration::from_secs(3650 * DAY),
+    ),
+    (
+        "event_retention",
+        Duration::from_secs(60),
+        Duration::from_secs(3650 * DAY),
+    ),
 ];
 
 const DAY: u64 = 24 * 3600;
@@ -241,7 +257,7 @@ fn duration(
 }
 
 /// A bound as it is written in the config: "365d", "1h", "100ms".
-fn show(d: Duration) -> String {
+pub(crate) fn show(d: Duration) -> String {
     let s = d.as_secs();
     if d.subsec_nanos() != 0 || s == 0 {
         format!("{}ms", d.as_millis())
@@ -307,6 +323,7 @@ struct Durations {
     host_cert_ttl: Duration,
     max_approval: Duration,
     approval_timeout: Duration,
+    retention: Retention,
 }
 
 fn resolve_durations(file: &FileConfig) -> Result<Durations, ConfigError> {
@@ -348,6 +365,18 @@ fn resolve_durations(file: &FileConfig) -> Result<Durations, ConfigError> {
             file.approval_timeout.as_deref(),
             Duration::from_secs(3600),
         )?,
+        retention: Retention {
+            leases: duration(
+                "lease_retention",
+                file.lease_retention.as_deref(),
+                Duration::from_secs(7 * DAY),
+            )?,
+            events: duration(
+                "event_retention",
+                file.event_retention.as_deref(),
+                Duration::from_secs(90 * DAY),
+            )?,
+        },
     })
 }
 
@@ -502,6 +531,7 @@ impl Config {
             approval_timeout: d.approval_timeout,
             accept_readable_master_key: file.accept_readable_master_key.unwrap_or(false),
             enroll,
+            retention: d.retention,
         })
     }
 }
@@ -530,6 +560,26 @@ fn validate_trust_domain(td: &str) -> Result<(), ConfigError> {
                 clip(td)
             ),
         })
+    }
+}
+
+/// The retention periods (see `retention.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// How long an ended lease is kept after its expiry time.
+    pub leases: Duration,
+    /// How long an audit event is kept.
+    pub events: Duration,
+}
+
+impl Retention {
+    /// The cut-off at `now_ms` (unix ms).
+    pub fn cutoff(&self, now_ms: i64) -> crate::store::Cutoff {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        crate::store::Cutoff {
+            leases_before: now_ms.saturating_sub(ms(self.leases)) / 1000,
+            events_before_ms: now_ms.saturating_sub(ms(self.events)),
+        }
     }
 }
 

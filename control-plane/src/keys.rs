@@ -163,7 +163,9 @@ impl MasterKey {
         }
     }
 
-    fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+    /// Encrypt `plain` with `name` as associated data (so a sealed record cannot be
+    /// passed off as another's).
+    pub fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut nonce = [0u8; 12];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -181,7 +183,8 @@ impl MasterKey {
         Ok(out)
     }
 
-    fn open(&self, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    /// Decrypt what [`MasterKey::seal`] sealed under the same `name`.
+    pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         if sealed.len() < 12 + 16 {
             return Err(KeyError::Decrypt(name.into()));
         }

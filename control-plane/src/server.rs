@@ -178,11 +178,9 @@ pub async fn run(
     }
     let clock = Clock::system();
     let store: Arc<dyn Storage> = SledStore::open(&config.data_dir, clock.clone())?;
-    // The master key is only needed to unseal the keys; it is not kept around.
-    let keys = {
-        let master = MasterKey::load_or_create(&config.data_dir)?;
-        Arc::new(Keys::load_or_create(&*store, &master, &config.trust_domain).await?)
-    };
+    // The master key unseals the keys now, and brokered secrets later.
+    let master = Arc::new(MasterKey::load_or_create(&config.data_dir)?);
+    let keys = Arc::new(Keys::load_or_create(&*store, &master, &config.trust_domain).await?);
     let tls = crate::tls::server_config(&keys)?;
 
     let tcp = TcpListener::bind(config.listen)
@@ -248,6 +246,7 @@ pub async fn run(
         config.clone(),
         store,
         keys,
+        master,
         clock,
         policy,
         sink_tx,
@@ -265,6 +264,11 @@ pub async fn run(
     ));
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
     let ends = tokio::spawn(crate::issuance::ends::run(shared.clone()));
+    let retention = tokio::spawn(crate::retention::run(
+        shared.store.clone(),
+        shared.clock.clone(),
+        config.retention,
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let recovery = tokio::spawn(stop_when_the_store_can_be_reopened(
@@ -321,6 +325,7 @@ pub async fn run(
     };
     expiry.abort();
     ends.abort();
+    retention.abort();
     refused.abort();
     recovery.abort();
     shared

@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::enroll::guard::Guard;
 use crate::hub::Hub;
-use crate::keys::Keys;
+use crate::keys::{Keys, MasterKey};
 use crate::kinds::Registry;
 use crate::model::{Event, Revocation};
 use crate::policy::Engine;
@@ -27,6 +27,8 @@ pub struct Shared {
     pub store: Arc<dyn Storage>,
     /// Key material.
     pub keys: Arc<Keys>,
+    /// The key everything stored encrypted is sealed with.
+    pub master: Arc<MasterKey>,
     /// Time.
     pub clock: Clock,
     /// Connected agents.
@@ -52,6 +54,7 @@ impl Shared {
         config: Config,
         store: Arc<dyn Storage>,
         keys: Arc<Keys>,
+        master: Arc<MasterKey>,
         clock: Clock,
         policy: Engine,
         event_sink: tokio::sync::mpsc::UnboundedSender<Event>,
@@ -61,6 +64,7 @@ impl Shared {
             config,
             store,
             keys,
+            master,
             hub: Hub::new(&clock),
             clock,
             policy,
@@ -69,6 +73,16 @@ impl Shared {
             revoked_by_host: Default::default(),
             enroll_guard,
             kinds: Registry::standard(),
+        }
+    }
+
+    /// What the credential kinds may use.
+    pub fn env(&self) -> crate::kinds::Env<'_> {
+        crate::kinds::Env {
+            keys: &self.keys,
+            master: &self.master,
+            store: &*self.store,
+            config: &self.config,
         }
     }
 

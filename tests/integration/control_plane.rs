@@ -1353,3 +1353,63 @@ fn configured_admins_are_authorised_and_recorded_by_name() {
         .code(2)
         .stderr_has(&["uid 0", "not a leash admin"]);
 }
+
+#[test]
+fn ended_leases_and_old_events_are_forgotten_after_their_retention() {
+    let c = Cluster::with(
+        leash_tests::Options::default()
+            .config("lease_retention = \"1m\"\nevent_retention = \"3m\""),
+    );
+    c.credential(
+        "kept-jwt",
+        &[
+            "--kind",
+            "jwt",
+            "--audience",
+            API_AUD,
+            "--ttl",
+            "1h",
+            "--max-ttl",
+            "2h",
+        ],
+    );
+    c.my_workload("team/kept", "team", &["kept-jwt"]);
+    let ended = c.get("kept-jwt", &[]).lease_id;
+    c.leashctl(&["revoke", "--lease", &ended, "--wait", "--timeout", "10s"])
+        .ok();
+    assert_eq!(c.lease(&ended)["state"], "revoked");
+    let mentions = |id: &str| c.audit().iter().filter(|e| e["lease"] == id).count();
+    assert!(mentions(&ended) >= 2, "issued and revoked are recorded");
+
+    // Two minutes on: the revoked lease is kept (retention counts from its expiry, an
+    // hour after issue), its events are not three minutes old yet.
+    c.advance_clock(Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.lease(&ended)["state"],
+        "revoked",
+        "kept until expiry + 1m"
+    );
+    assert!(mentions(&ended) >= 2, "events are kept for 3m");
+
+    // Past its expiry and the minute after it: forgotten, with a message that says why,
+    // and its events with it (older than three minutes by now).
+    c.advance_clock(Duration::from_secs(3600));
+    let out = c.eventually("the revoked lease is forgotten", || {
+        let out = c.leashctl(&["lease", "show", &ended]);
+        (out.code == 4).then_some(out)
+    });
+    out.stderr_has(&["no lease", "lease_retention", "1m"]);
+    c.eventually("its events are deleted", || {
+        (mentions(&ended) == 0).then_some(())
+    });
+
+    // What is new is kept: a lease issued now, and its events.
+    let fresh = c.eventually("the agent serves again after the clock jump", || {
+        let out = c.leash(&["get", "kept-jwt", "--output", "json", "--fresh"]);
+        (out.code == 0).then(|| out.json()["lease_id"].as_str().map(String::from))?
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.lease(&fresh)["state"], "active");
+    assert!(mentions(&fresh) >= 1);
+}

@@ -67,6 +67,14 @@ pub struct Args {
     /// Largest allowed RSS growth after warm-up, in percent.
     #[arg(long, default_value_t = 5.0)]
     max_growth: f64,
+    /// The control plane's `lease_retention` (e.g. "2m"); unset: the product default.
+    /// Ended leases are forgotten this long after their expiry, so with a period shorter
+    /// than the warm-up the database stops growing within the run.
+    #[arg(long)]
+    lease_retention: Option<String>,
+    /// The control plane's `event_retention` (e.g. "4m"); unset: the product default.
+    #[arg(long)]
+    event_retention: Option<String>,
     /// Run the debug binaries of target/debug (built first) instead of release ones, for
     /// a quick check of the soak itself; report figures from release runs.
     #[arg(long)]
@@ -314,7 +322,16 @@ impl Soak {
     fn new(ctx: &Ctx, a: &Args) -> anyhow::Result<Soak> {
         let dir = tempfile::Builder::new().prefix("leash-soak-").tempdir()?;
         // A short heartbeat, so that agents notice a cut and re-sync quickly.
-        let cp = ControlPlane::start_with(ctx, dir.path(), None, "1s")?;
+        let mut extra = crate::bench::procs::BENCH_ENROLL_LIMITS.to_string();
+        for (key, v) in [
+            ("lease_retention", &a.lease_retention),
+            ("event_retention", &a.event_retention),
+        ] {
+            if let Some(v) = v {
+                extra.push_str(&format!("\n{key} = {v:?}"));
+            }
+        }
+        let cp = ControlPlane::start_configured(ctx, dir.path(), None, "1s", &extra)?;
         // A short TTL, so that cached credentials are renewed and leases expire during
         // the run as they do in production.
         cp.leashctl(&[
@@ -781,6 +798,8 @@ mod tests {
             reconnect_every: 30,
             max_growth: 5.0,
             debug_binaries: false,
+            lease_retention: None,
+            event_retention: None,
         };
         assert_eq!(a(30, None).warmup(), 2);
         assert_eq!(a(3, None).warmup(), 1);

@@ -45,7 +45,10 @@ pub(super) async fn get(s: &Shared, req: v1::NameRequest) -> Result<v1::LeaseDet
     let id = req.name;
     let lease =
         s.store.lease(&id).map_err(Status::from)?.ok_or_else(|| {
-            not_found(format!("no lease {id:?}; `leashctl lease list` shows them"))
+            not_found(format!(
+                "no lease {id:?}; `leashctl lease list` shows them (an ended lease is kept for {} after its expiry: `lease_retention`)",
+                crate::config::show(s.config.retention.leases)
+            ))
         })?;
     let mut events = s.store.lease_events(&id).map_err(Status::from)?;
     // The task's own events (task-started, …) belong in the lease's timeline too.

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::kinds::Env;
 use crate::state::Shared;
 
 /// How often the queue is looked at when nothing is in it.
@@ -46,10 +45,7 @@ pub async fn process(s: &Shared, retries: &mut Retries) -> usize {
             return 0;
         }
     };
-    let env = Env {
-        keys: &s.keys,
-        config: &s.config,
-    };
+    let env = s.env();
     let now = Instant::now();
     let mut done = Vec::new();
     for l in leases {

@@ -28,7 +28,7 @@ use self::decide::{decide, Outcome, Refusal};
 use self::request::{resolve, Ask, Caller, Place, ResolveError, TaskRef};
 use crate::approval::ApprovalError;
 use crate::audit;
-use crate::kinds::{Env, MintRequest};
+use crate::kinds::MintRequest;
 use crate::model::{Host, Lease, LeaseState, Workload};
 use crate::state::Shared;
 use crate::store::StoreError;
@@ -78,10 +78,7 @@ pub async fn issue(
     let scope = r.scope();
     let minted = kind
         .mint(
-            Env {
-                keys: &s.keys,
-                config: &s.config,
-            },
+            s.env(),
             MintRequest {
                 lease_id: &lease_id,
                 credential: &r.credential,
@@ -149,6 +146,9 @@ pub async fn issue(
         issued_at_unix: r.now,
         action: r.action,
         audience: r.audience,
+        kind: r.credential.kind.clone(),
+        version: minted.version,
+        format: minted.format,
     })
 }
 

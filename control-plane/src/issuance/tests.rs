@@ -37,7 +37,7 @@ async fn shared(
     recorder: &Recorder,
 ) -> Shared {
     let store = SledStore::open_failing(dir, clock.clone(), fail).expect("store");
-    let master = MasterKey::load_or_create(dir).expect("master key");
+    let master = Arc::new(MasterKey::load_or_create(dir).expect("master key"));
     let keys = Arc::new(
         Keys::load_or_create(&*store, &master, "leash.test")
             .await
@@ -51,7 +51,7 @@ async fn shared(
         .relink(&store.workloads().expect("workloads"))
         .expect("links");
     let (tx, _) = tokio::sync::mpsc::unbounded_channel();
-    let mut s = Shared::new(config, store, keys, clock.clone(), policy, tx);
+    let mut s = Shared::new(config, store, keys, master, clock.clone(), policy, tx);
     s.kinds.add(recorder.clone());
     s
 }

@@ -50,6 +50,8 @@ impl CredentialKind for Jwt {
             fingerprint: issuer::fingerprint(&token),
             expires_at: claims.exp,
             material: Material::Token(token),
+            version: 0,
+            format: String::new(),
         })
     }
 }

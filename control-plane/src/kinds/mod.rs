@@ -26,7 +26,7 @@ use std::sync::Arc;
 use leash_proto::v1;
 
 use crate::config::Config;
-use crate::keys::Keys;
+use crate::keys::{Keys, MasterKey};
 use crate::model::{Credential, Lease, Workload};
 
 pub mod jwt;
@@ -50,6 +50,10 @@ pub enum KindError {
 pub struct Env<'a> {
     /// Signing keys and the CA.
     pub keys: &'a Keys,
+    /// The key that seals what is stored encrypted (a brokered secret's value).
+    pub master: &'a MasterKey,
+    /// Durable state (a kind reads its own records, e.g. a secret's versions).
+    pub store: &'a dyn crate::store::Storage,
     /// The control plane's configuration.
     pub config: &'a Config,
 }
@@ -117,6 +121,12 @@ pub struct Minted {
     pub expires_at: i64,
     /// A short digest that is safe to show and log.
     pub fingerprint: String,
+    /// The version served, for kinds whose credential has versions (a brokered secret);
+    /// 0 otherwise.
+    pub version: u32,
+    /// How the value is written (a brokered secret: `text`, `json`, `env`); empty
+    /// otherwise.
+    pub format: String,
 }
 
 /// One kind of credential. See the module documentation.

@@ -46,6 +46,8 @@ impl CredentialKind for Recorder {
             material: Material::Token(format!("recorded-{}", req.lease_id)),
             expires_at: req.now + i64::from(req.ttl),
             fingerprint: "recorder".into(),
+            version: 0,
+            format: String::new(),
         })
     }
 

@@ -58,3 +58,10 @@ pub(super) fn meta_u64(t: &sled::Tree, key: &str) -> Result<u64> {
         .map(u64::from_be_bytes)
         .unwrap_or(0))
 }
+
+/// Key of the ended-lease index: (expires_at BE, id).
+pub(super) fn ended_key(l: &crate::model::Lease) -> Vec<u8> {
+    let mut k = be(l.expires_at.max(0) as u64).to_vec();
+    k.extend_from_slice(l.id.as_bytes());
+    k
+}

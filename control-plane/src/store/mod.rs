@@ -14,7 +14,8 @@
 //! The module is split by concern: this file holds the trait and its errors; the sled
 //! implementation lives in `error` (what callers see fail), `sled_store` (the writer thread and group commit), `tx` (the
 //! writes one batch makes), `sled_impl` (the trait methods), `codec` (record encoding)
-//! and `flush` (the seam through which unit tests make a flush fail).
+//! `flush` (the seam through which unit tests make a flush fail) and `retention` (what is
+//! forgotten once it is older than the configured retention).
 
 use std::sync::Arc;
 
@@ -29,11 +30,13 @@ use crate::model::{
 mod codec;
 mod error;
 mod flush;
+mod retention;
 mod sled_impl;
 mod sled_store;
 mod tx;
 
 pub use error::{Result, StoreError};
+pub use retention::{Cutoff, Pruned};
 pub use sled_store::SledStore;
 
 /// Outcome of consuming a join token to enroll a host.
@@ -189,6 +192,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn touch_host(&self, name: &str, at: i64) -> Result<()>;
     /// Append audit events.
     async fn append_events(&self, events: Vec<Event>) -> Result<()>;
+    /// Whether [`Storage::prune`] would remove anything under `cut` (a cheap read).
+    fn prune_due(&self, cut: Cutoff) -> Result<bool>;
+    /// Forget up to `limit` each of the ended leases, audit events and revocation records
+    /// older than `cut`, in one durable write. A lease whose kind has yet to undo its
+    /// effect outside Leash is kept until it has.
+    async fn prune(&self, cut: Cutoff, limit: usize) -> Result<Pruned>;
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::codec::{all, be, dec, enc, get, policy_key, POLICY_CURRENT_KEY, POLICY_VERSION_PREFIX};
+use super::codec::{
+    all, be, dec, enc, ended_key, get, policy_key, POLICY_CURRENT_KEY, POLICY_VERSION_PREFIX,
+};
 use super::error::{Result, StoreError};
 use super::sled_store::{SledStore, LOG_RETAIN};
 use super::tx::issue_job;
-use super::{Enrollment, Storage};
+use super::{Cutoff, Enrollment, Pruned, Storage};
 use crate::audit;
 use crate::model::{
     Approval, ApprovalState, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState,
@@ -136,6 +138,10 @@ impl Storage for SledStore {
         self.write(move |tx| {
             for id in ids {
                 tx.t.ended.remove(id.as_bytes())?;
+                // Back under retention, if pruning passed it by while its end was pending.
+                if let Some(l) = get::<Lease>(&tx.t.leases, "leases", id.as_bytes())? {
+                    tx.t.lease_ended.insert(ended_key(&l), &[])?;
+                }
             }
             Ok(())
         })
@@ -574,5 +580,14 @@ impl Storage for SledStore {
             Ok(())
         })
         .await
+    }
+
+    fn prune_due(&self, cut: Cutoff) -> Result<bool> {
+        super::retention::due(&self.t, cut)
+    }
+
+    async fn prune(&self, cut: Cutoff, limit: usize) -> Result<Pruned> {
+        self.write(move |tx| super::retention::prune(tx, cut, limit))
+            .await
     }
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::codec::{be, dec, get, meta_u64};
+use super::codec::{be, dec, ended_key, get, meta_u64};
 use super::error::{Result, StoreError};
 use super::flush::{Flush, SledFlush};
 use crate::clock::Clock;
-use crate::model::{Change, Event, Lease};
+use crate::model::{Change, Event, Lease, LeaseState};
 
 /// How many change-log entries are kept for agents to resume from; an agent further
 /// behind gets a snapshot.
@@ -41,6 +41,9 @@ pub(super) struct Trees {
     /// Ended leases whose credential kind still has to undo something outside Leash:
     /// lease id -> (). See `issuance::ends`.
     pub(super) ended: sled::Tree,
+    /// Ended leases by when they stop being kept: (expires_at BE, lease id) -> ().
+    /// See `retention`.
+    pub(super) lease_ended: sled::Tree,
 }
 
 /// The state one batch of writes works on.
@@ -152,6 +155,7 @@ impl SledStore {
             approval_events: db.open_tree("approval_events")?,
             approvals: db.open_tree("approvals")?,
             ended: db.open_tree("ended")?,
+            lease_ended: db.open_tree("lease_ended")?,
         });
         // Databases from before the expiry index: build it once.
         if t.expiry.is_empty() && !t.active.is_empty() {
@@ -163,6 +167,10 @@ impl SledStore {
                     t.expiry.insert(ek, &[])?;
                 }
             }
+            db.flush()?;
+        }
+        // Databases from before retention: index their ended leases once.
+        if build_ended_index(&t)? {
             db.flush()?;
         }
         let seq = Arc::new(AtomicU64::new(meta_u64(&t.meta, "seq")?));
@@ -331,4 +339,20 @@ fn writer(
             return;
         }
     }
+}
+
+/// Databases from before the ended-lease index: build it once, at open.
+fn build_ended_index(t: &Trees) -> Result<bool> {
+    const DONE: &str = "lease_ended_index";
+    if t.meta.contains_key(DONE)? {
+        return Ok(false);
+    }
+    for v in t.leases.iter().values() {
+        let l: Lease = dec("leases", &v?)?;
+        if l.state != LeaseState::Active {
+            t.lease_ended.insert(ended_key(&l), &[])?;
+        }
+    }
+    t.meta.insert(DONE, &[1])?;
+    Ok(true)
 }

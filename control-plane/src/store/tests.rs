@@ -419,3 +419,133 @@ async fn records_stored_with_text_kinds_and_states_read_and_write_unchanged() {
         assert!(text.contains(&format!(r#""kind":"{kind}""#)), "{text}");
     }
 }
+
+/// Reopen a store whose previous handle was just dropped (see the first test).
+fn reopen(dir: &std::path::Path, clock: &Clock) -> Arc<SledStore> {
+    let mut r = SledStore::open(dir, clock.clone());
+    for _ in 0..100 {
+        if r.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r = SledStore::open(dir, clock.clone());
+    }
+    r.expect("reopen")
+}
+
+#[tokio::test]
+async fn retention_forgets_only_what_is_older_than_its_period() {
+    use crate::config::Retention;
+    use crate::retention::sweep;
+    use std::time::Duration;
+    const MIN: i64 = 60_000;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::default();
+    let s = SledStore::open(dir.path(), clock.clone()).expect("open");
+    s.put_workload(workload("w"), Event::new("workload-added"))
+        .await
+        .expect("workload");
+    s.put_join_token(token("t"), Event::new("x"))
+        .await
+        .expect("token");
+    s.enroll("t", "x", host(), 0, Event::new("enrolled"))
+        .await
+        .expect("enroll");
+    let now = clock.now();
+    let short = |id: &str| Lease {
+        expires_at: now + 10,
+        ..lease(id, "w")
+    };
+    for l in [
+        short("ended"),
+        Lease {
+            ends_outside: true,
+            ..short("end-pending")
+        },
+        Lease {
+            expires_at: now + 100_000,
+            ..lease("active", "w")
+        },
+    ] {
+        let id = l.id.clone();
+        s.issue_lease(l, Event::new("issued").lease(&id))
+            .await
+            .expect("lease");
+    }
+    for id in ["ended", "end-pending"] {
+        s.revoke(
+            RevocationTarget::Lease(id.into()),
+            "test".into(),
+            "root".into(),
+            vec![],
+        )
+        .await
+        .expect("revoke");
+    }
+    let retention = Retention {
+        leases: Duration::from_secs(3600),
+        events: Duration::from_secs(2 * 3600),
+    };
+    let pass = |s: Arc<SledStore>| {
+        let cut = retention.cutoff(clock.now_ms());
+        async move { sweep(&*s, cut).await.expect("sweep") }
+    };
+    assert!(!s.prune_due(retention.cutoff(clock.now_ms())).expect("due"));
+    assert_eq!(
+        pass(s.clone()).await,
+        Pruned::default(),
+        "nothing is old yet"
+    );
+
+    // A database from before the ended-lease index: it is built at open.
+    s.t.lease_ended.clear().expect("clear");
+    s.t.meta.remove("lease_ended_index").expect("meta");
+    s.db.flush().expect("flush");
+    drop(s);
+    let s = reopen(dir.path(), &clock);
+
+    // 90 minutes on: the ended lease and the revocations are past the one-hour retention,
+    // the events are not past their two hours.
+    clock.advance_ms(90 * MIN);
+    let p = pass(s.clone()).await;
+    assert_eq!(
+        p,
+        Pruned {
+            leases: 1,
+            events: 0,
+            revocations: 2
+        }
+    );
+    assert!(s.lease("ended").expect("get").is_none());
+    assert!(
+        s.lease("active").expect("get").is_some(),
+        "active leases stay"
+    );
+    assert!(
+        s.lease("end-pending").expect("get").is_some(),
+        "a lease whose end step is pending stays"
+    );
+    assert!(s.revocations_since(0).expect("revocations").is_empty());
+    assert_eq!(
+        s.lease_events("ended").expect("events").len(),
+        2,
+        "its events stay for their own period"
+    );
+
+    // Once its end step is done, the pending lease goes at the next pass.
+    s.forget_ended(vec!["end-pending".into()])
+        .await
+        .expect("forget");
+    assert_eq!(pass(s.clone()).await.leases, 1);
+    assert!(s.lease("end-pending").expect("get").is_none());
+
+    // Two hours and a half on: every event so far is past its retention, with its indexes.
+    clock.advance_ms(60 * MIN);
+    let p = pass(s.clone()).await;
+    assert!(p.events >= 8, "{p:?}");
+    assert!(s.events(0, 1000).expect("events").is_empty());
+    assert!(s.lease_events("ended").expect("events").is_empty());
+    assert!(s.lease("active").expect("get").is_some());
+    assert_eq!(pass(s.clone()).await, Pruned::default());
+}

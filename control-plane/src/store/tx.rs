@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::codec::{be, enc, get};
+use super::codec::{be, enc, ended_key, get};
 use super::error::{Result, StoreError};
 use super::sled_store::{Tx, LOG_RETAIN};
 use crate::audit;
@@ -62,6 +62,7 @@ impl Tx<'_> {
         } else {
             self.t.active.remove(l.id.as_bytes())?;
             self.t.expiry.remove(ek)?;
+            self.t.lease_ended.insert(ended_key(l), &[])?;
             // Every ending (revocation, expiry, task completion, re-evaluation,
             // offboarding, eviction) passes here: queue what the kind must undo.
             if l.ends_outside {

@@ -134,6 +134,9 @@ pub fn server(a: ServerArgs) -> anyhow::Result<()> {
         cached: true,
         action: "read".into(),
         audience: "https://bench.leash.example".into(),
+        kind: "jwt".into(),
+        version: 0,
+        format: String::new(),
     };
     // The same runtime flavour and server settings as leash-agentd.
     let rt = tokio::runtime::Builder::new_multi_thread()

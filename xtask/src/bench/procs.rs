@@ -182,7 +182,7 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 
 /// The benches enroll thousands of simulated hosts from one address at once: far past
 /// the per-source Enroll limits a real deployment wants.
-const BENCH_ENROLL_LIMITS: &str = "enroll_source_burst = 1000000\nenroll_source_per_minute = 6000000\nenroll_global_burst = 1000000\nenroll_global_per_minute = 6000000";
+pub const BENCH_ENROLL_LIMITS: &str = "enroll_source_burst = 1000000\nenroll_source_per_minute = 6000000\nenroll_global_burst = 1000000\nenroll_global_per_minute = 6000000";
 
 /// A control plane on a temp dir, port 0 and a temp admin socket.
 /// Extra environment for the control plane the benches and the soak start.
