@@ -5,8 +5,10 @@
 //! `run` wires the parts: `identity` (enrollment, the only on-disk state), `sync` (the
 //! stream from the control plane), `cache` (credentials in memory), `attest` (who is
 //! calling), `procfs` (what `/proc` says about a process, for `attest` and `tasks`),
-//! `tasks` (credentials bound to a unit of work), `server` + `api` (the workload socket,
-//! and the one place errors become gRPC statuses). `agent` holds the shared state and
+//! `tasks` (credentials bound to a unit of work), `server` (the workload socket, which
+//! answers gRPC and plain HTTP/1.1 on the same path), `calls` (what both protocols
+//! answer), `api` (gRPC: the one place errors become gRPC statuses), `http` (HTTP/1.1
+//! with JSON, its documents in `documents`). `agent` holds the shared state and
 //! the one [`Clock`] every time-of-day decision reads. `sys` is the one module with
 //! `unsafe`. The binaries are `main.rs` (`leash-agentd`) and `bin/leash.rs` (`leash`).
 
@@ -14,6 +16,9 @@ pub mod agent;
 pub mod api;
 pub mod attest;
 pub mod cache;
+pub mod calls;
+pub mod documents;
+pub mod http;
 pub mod identity;
 pub mod procfs;
 pub mod secret;
@@ -220,14 +225,17 @@ pub async fn run_with_clock(
 
     let listener = server::bind(&config.socket)?;
     on_ready(&config.socket);
-    let svc = leash_proto::v1::agent_server::AgentServer::new(api::Api::new(agent.clone()))
+    let calls = Arc::new(calls::Calls::new(agent.clone()));
+    let svc = leash_proto::v1::agent_server::AgentServer::new(api::Api::new(calls.clone()))
         .max_decoding_message_size(leash_proto::MAX_WORKLOAD_REQUEST_BYTES)
         .max_encoding_message_size(leash_proto::MAX_MESSAGE_BYTES);
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(64)
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            server::incoming(listener, config.max_conns_per_uid),
+            server::incoming(listener, config.max_conns_per_uid, move |conn| {
+                tokio::spawn(http::serve(calls.clone(), conn));
+            }),
             shutdown,
         )
         .await;

@@ -6,6 +6,13 @@
 //! connection over the cap gets no service: it is kept open only briefly (and only a few
 //! such at a time), for every request on it to be answered with the limit that was hit
 //! (see [`Conn::over_cap`]), so the caller learns why instead of seeing a reset.
+//!
+//! The socket speaks two protocols. Every gRPC client opens with the HTTP/2 preface
+//! (`PRI * HTTP/2.0…`); the first bytes of each connection are read (and replayed to
+//! whoever serves it) to tell that from plain HTTP/1.1, which goes to the JSON API
+//! (`http.rs`, handed over by the caller of [`incoming`] so this file does not depend on
+//! it). Both kinds of connection are counted against the same per-uid cap, carry the
+//! same pinned peer and are attested the same way.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use leash_proto::clock::Clock;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tonic::transport::server::Connected;
@@ -190,6 +197,61 @@ pub struct AttestedStream {
     _guard: Option<ConnGuard>,
     /// Over the cap: the limit, the pool slot, and when reading ends.
     over_cap: Option<(OverCap, OverCapGuard, Pin<Box<tokio::time::Sleep>>)>,
+    /// The first bytes, read to tell the protocol, given back to the first reads.
+    replay: Vec<u8>,
+    /// How much of `replay` has been given back.
+    replayed: usize,
+}
+
+/// The HTTP/2 client preface: every gRPC connection opens with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a new connection may stay silent before it is closed unanswered (it holds
+/// one of its uid's connection slots meanwhile).
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which protocol a connection speaks, by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC (HTTP/2 with prior knowledge).
+    Grpc,
+    /// Anything else: plain HTTP/1.1 (malformed input is answered by the HTTP/1.1
+    /// parser with 400).
+    Http1,
+}
+
+/// The protocol `first` bytes of a connection show, or `None` while they are still a
+/// proper prefix of the HTTP/2 preface.
+pub fn protocol_of(first: &[u8]) -> Option<Protocol> {
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] != H2_PREFACE[..n] {
+        Some(Protocol::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Protocol::Grpc)
+    } else {
+        None
+    }
+}
+
+impl AttestedStream {
+    /// Read the first bytes (kept for replay) until they tell the protocol. `None` when
+    /// the peer closed, failed or stayed silent past [`FIRST_BYTES_TIMEOUT`] first.
+    pub async fn sniff(&mut self) -> Option<Protocol> {
+        let deadline = tokio::time::Instant::now() + FIRST_BYTES_TIMEOUT;
+        let mut buf = [0u8; H2_PREFACE.len()];
+        let mut n = 0;
+        loop {
+            if let Some(p) = protocol_of(&buf[..n]) {
+                self.replay = buf[..n].to_vec();
+                self.replayed = 0;
+                return Some(p);
+            }
+            match tokio::time::timeout_at(deadline, self.read(&mut buf[n..])).await {
+                Ok(Ok(k)) if k > 0 => n += k,
+                _ => return None,
+            }
+        }
+    }
 }
 
 impl Connected for AttestedStream {
@@ -208,6 +270,17 @@ impl AsyncRead for AttestedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.replayed < self.replay.len() {
+            let rest = &self.replay[self.replayed..];
+            let k = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..k]);
+            self.replayed += k;
+            if self.replayed == self.replay.len() {
+                self.replay = Vec::new();
+                self.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         if let Some((_, _, linger)) = self.over_cap.as_mut() {
             if linger.as_mut().poll(cx).is_ready() {
                 // End of input: the server closes the connection.
@@ -234,12 +307,17 @@ impl AsyncWrite for AttestedStream {
     }
 }
 
-/// Accept connections, pin their peers, enforce the per-uid connection cap.
+/// Accept connections, pin their peers, enforce the per-uid connection cap. gRPC
+/// connections come out of the returned stream (for tonic); HTTP/1.1 connections are
+/// handed to `http1`. Telling them apart happens on a task of each connection's own, so
+/// a silent client holds up no one else.
 pub fn incoming(
     listener: UnixListener,
     max_per_uid: usize,
+    http1: impl Fn(AttestedStream) + Send + Sync + 'static,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<AttestedStream, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
+    let http1 = Arc::new(http1);
     let counts = Arc::new(ConnCounts::default());
     let over_cap_open = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
@@ -279,6 +357,8 @@ pub fn incoming(
                         uid,
                     }),
                     over_cap: None,
+                    replay: Vec::new(),
+                    replayed: 0,
                 }
             } else {
                 let taken = over_cap_open.fetch_add(1, Ordering::AcqRel);
@@ -304,11 +384,24 @@ pub fn incoming(
                         slot,
                         Box::pin(tokio::time::sleep(OVER_CAP_LINGER)),
                     )),
+                    replay: Vec::new(),
+                    replayed: 0,
                 }
             };
-            if tx.send(Ok(s)).await.is_err() {
+            if tx.is_closed() {
                 return;
             }
+            let (tx, http1) = (tx.clone(), http1.clone());
+            tokio::spawn(async move {
+                let mut s = s;
+                match s.sniff().await {
+                    Some(Protocol::Grpc) => {
+                        let _ = tx.send(Ok(s)).await;
+                    }
+                    Some(Protocol::Http1) => http1(s),
+                    None => {} // closed, failed or silent: dropping it frees its slot
+                }
+            });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
@@ -378,6 +471,43 @@ mod tests {
         clock.advance_ms(1_000);
         let allowed = (0..100).filter(|_| r.allow(1)).count();
         assert!((10..=11).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn the_first_bytes_tell_grpc_from_http1() {
+        assert_eq!(protocol_of(b""), None);
+        assert_eq!(protocol_of(b"PRI * HT"), None, "still a prefix of the preface");
+        assert_eq!(protocol_of(H2_PREFACE), Some(Protocol::Grpc));
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(&[0, 0, 0, 4]);
+        assert_eq!(protocol_of(&more), Some(Protocol::Grpc));
+        assert_eq!(protocol_of(b"G"), Some(Protocol::Http1));
+        assert_eq!(protocol_of(b"POST /"), Some(Protocol::Http1));
+        assert_eq!(protocol_of(b"PRI * HTTP/1.1"), Some(Protocol::Http1));
+        assert_eq!(protocol_of(&[0xff, 0]), Some(Protocol::Http1));
+    }
+
+    #[tokio::test]
+    async fn sniffed_bytes_are_replayed_to_the_reader() {
+        let (a, mut b) = UnixStream::pair().expect("socketpair");
+        let peer = Peer::from_stream(a.as_fd()).expect("pin our own process");
+        let mut s = AttestedStream {
+            inner: a,
+            peer,
+            _guard: None,
+            over_cap: None,
+            replay: Vec::new(),
+            replayed: 0,
+        };
+        use tokio::io::AsyncWriteExt;
+        b.write_all(b"GET /v1/status HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        assert_eq!(s.sniff().await, Some(Protocol::Http1));
+        drop(b);
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.expect("read");
+        assert_eq!(all, b"GET /v1/status HTTP/1.1\r\n\r\n");
     }
 
     #[tokio::test]

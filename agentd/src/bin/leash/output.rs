@@ -33,13 +33,9 @@ pub(crate) fn fetched(r: &v1::FetchResponse, output: Output) {
 
 /// `leash whoami`.
 pub(crate) fn whoami(r: v1::WhoAmIResponse, output: Output) {
-    let a = r.attested.unwrap_or_default();
+    let a = r.attested.clone().unwrap_or_default();
     if output == Output::Json {
-        json(&serde_json::json!({
-            "pid": a.pid, "uid": a.uid, "gid": a.gid, "user": a.user,
-            "exe_path": a.exe_path, "exe_sha256": a.exe_sha256,
-            "selectors": a.selectors, "workloads": r.workloads, "host": r.host,
-        }));
+        json(&leash_agentd::documents::whoami(&r));
     } else {
         outln!("host:      {}", r.host);
         outln!("pid:       {}", a.pid);
@@ -70,28 +66,14 @@ pub(crate) fn whoami(r: v1::WhoAmIResponse, output: Output) {
 
 /// `leash status`, or only the agent's health when it could not attest the caller.
 pub(crate) fn status(r: &v1::StatusResponse, output: Output) {
-    if output == Output::Json && r.health_only {
-        json(&serde_json::json!({
-            "health_only": true, "state": r.state,
-            "synced": r.synced, "last_seq": r.last_seq,
-            "last_heartbeat": time(r.last_heartbeat_unix_ms / 1000),
-            "last_heartbeat_unix_ms": r.last_heartbeat_unix_ms,
-        }));
+    if output == Output::Json {
+        // The same document the agent's HTTP API answers.
+        json(&leash_agentd::documents::status(r));
     } else if r.health_only {
         outln!("state:          {}", r.state);
         outln!("synced:         {}", r.synced);
         outln!("last seq:       {}", r.last_seq);
         outln!("last heartbeat: {}", time(r.last_heartbeat_unix_ms / 1000));
-    } else if output == Output::Json {
-        json(&serde_json::json!({
-            "version": r.version, "host": r.host, "state": r.state,
-            "synced": r.synced, "last_seq": r.last_seq,
-            "last_heartbeat": time(r.last_heartbeat_unix_ms / 1000),
-            "last_heartbeat_unix_ms": r.last_heartbeat_unix_ms,
-            "cached_credentials": r.cached_credentials, "workloads": r.workloads,
-            "control_plane": r.control_plane, "max_offline_secs": r.max_offline_secs,
-            "reason": (!r.reason.is_empty()).then_some(&r.reason),
-        }));
     } else {
         outln!("agent:          leash-agentd {}", r.version);
         outln!("host:           {}", r.host);
