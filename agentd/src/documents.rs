@@ -88,7 +88,11 @@ pub fn field(r: &v1::FetchResponse, credential: &str, name: &str) -> Result<Valu
     if !is_secret(r) || r.format != "json" {
         // Kind and format come from the control plane, not the caller.
         let what = if is_secret(r) {
-            let format = if r.format.is_empty() { "text" } else { &r.format };
+            let format = if r.format.is_empty() {
+                "text"
+            } else {
+                &r.format
+            };
             format!("a {format}-format secret")
         } else {
             format!("a {}", if r.kind.is_empty() { "jwt" } else { &r.kind })
@@ -204,27 +208,49 @@ mod tests {
     #[test]
     fn a_secret_document_carries_the_value_version_and_format() {
         let d = fetched(&secret("text", "sk_live_1\n"));
-        let keys: Vec<&str> = d.as_object().expect("object").keys().map(String::as_str).collect();
+        let keys: Vec<&str> = d
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
         let mut want = vec![
-            "value", "version", "lease_id", "expires_at", "expires_at_unix", "workload",
-            "action", "cached", "kind", "format",
+            "value",
+            "version",
+            "lease_id",
+            "expires_at",
+            "expires_at_unix",
+            "workload",
+            "action",
+            "cached",
+            "kind",
+            "format",
         ];
         want.sort_unstable();
         let mut keys = keys;
         keys.sort_unstable();
         assert_eq!(keys, want);
         assert_eq!(d["value"], "sk_live_1\n", "exactly, trailing newline kept");
-        assert_eq!((d["version"].as_u64(), d["kind"].as_str()), (Some(3), Some("secret")));
+        assert_eq!(
+            (d["version"].as_u64(), d["kind"].as_str()),
+            (Some(3), Some("secret"))
+        );
         assert_eq!(d["format"], "text");
     }
 
     #[test]
     fn a_field_of_a_json_secret() {
         let s = secret("json", r#"{"user":"svc","password":"hunter2","port":5432}"#);
-        assert_eq!(field(&s, "db", "password"), Ok(Value::String("hunter2".into())));
+        assert_eq!(
+            field(&s, "db", "password"),
+            Ok(Value::String("hunter2".into()))
+        );
         assert_eq!(field(&s, "db", "port"), Ok(json!(5432)));
         let d = fetched_field(&s, "db", "user").expect("field");
-        assert_eq!((d["value"].as_str(), d["field"].as_str()), (Some("svc"), Some("user")));
+        assert_eq!(
+            (d["value"].as_str(), d["field"].as_str()),
+            (Some("svc"), Some("user"))
+        );
         assert_eq!(d["version"], 3);
 
         let e = field(&s, "db", "host").expect_err("no such field");
@@ -234,7 +260,10 @@ mod tests {
 
         let e = field(&secret("text", "hunter2"), "db", "password").expect_err("text");
         let m = e.to_string();
-        assert!(m.contains("text-format secret") && !m.contains("hunter2"), "{m}");
+        assert!(
+            m.contains("text-format secret") && !m.contains("hunter2"),
+            "{m}"
+        );
         let e = field(&jwt(), "api", "sub").expect_err("jwt");
         assert!(e.to_string().contains("a jwt"), "{e}");
         let e = field(&secret("json", "[\"hunter2\"]"), "db", "x").expect_err("array");
@@ -255,7 +284,10 @@ mod tests {
             host: "host-1".into(),
         };
         let d = whoami(&w);
-        assert_eq!((d["uid"].as_u64(), d["host"].as_str()), (Some(1000), Some("host-1")));
+        assert_eq!(
+            (d["uid"].as_u64(), d["host"].as_str()),
+            (Some(1000), Some("host-1"))
+        );
         assert_eq!(d["workloads"], json!(["ci/job"]));
         let s = v1::StatusResponse {
             state: "ready".into(),

@@ -45,8 +45,7 @@ pub const MAX_HEAD_BYTES: usize = leash_proto::MAX_WORKLOAD_REQUEST_BYTES;
 pub const MAX_TARGET_BYTES: usize = 8 * 1024;
 
 const CREDENTIALS: &str = "/v1/credentials/";
-const ENDPOINTS: &str =
-    "the API has GET /v1/credentials/NAME, GET /v1/whoami and GET /v1/status";
+const ENDPOINTS: &str = "the API has GET /v1/credentials/NAME, GET /v1/whoami and GET /v1/status";
 const QUERY_KEYS: &str = "action, audience, ttl, as, field and fresh";
 
 /// Serve one HTTP/1.1 connection until the peer closes it or it idles out.

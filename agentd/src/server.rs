@@ -476,7 +476,11 @@ mod tests {
     #[test]
     fn the_first_bytes_tell_grpc_from_http1() {
         assert_eq!(protocol_of(b""), None);
-        assert_eq!(protocol_of(b"PRI * HT"), None, "still a prefix of the preface");
+        assert_eq!(
+            protocol_of(b"PRI * HT"),
+            None,
+            "still a prefix of the preface"
+        );
         assert_eq!(protocol_of(H2_PREFACE), Some(Protocol::Grpc));
         let mut more = H2_PREFACE.to_vec();
         more.extend_from_slice(&[0, 0, 0, 4]);

@@ -22,6 +22,7 @@
 //! `cargo xtask test` includes them when it runs as root, as CI does.
 
 mod agent;
+mod agent_http;
 mod architecture;
 mod config;
 mod control_plane;

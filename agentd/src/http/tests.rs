@@ -26,15 +26,25 @@ fn paths_name_the_endpoints() {
         );
     }
     let f = bad(endpoint("/v1/credentials/"));
-    assert_eq!((f.status, f.reason), (StatusCode::BAD_REQUEST, Reason::Invalid));
+    assert_eq!(
+        (f.status, f.reason),
+        (StatusCode::BAD_REQUEST, Reason::Invalid)
+    );
     let f = bad(endpoint("/v1/credentials/%ff"));
     assert_eq!(f.status, StatusCode::BAD_REQUEST);
     assert!(f.message.contains("UTF-8"), "{}", f.message);
     let long = format!("/{}", "x".repeat(5000));
     for p in ["/", "/v1", "/v1/whoami/", "/v2/status", long.as_str()] {
         let f = bad(endpoint(p));
-        assert_eq!((f.status, f.reason), (StatusCode::NOT_FOUND, Reason::NotFound));
-        assert!(f.message.contains("GET /v1/credentials/NAME"), "{}", f.message);
+        assert_eq!(
+            (f.status, f.reason),
+            (StatusCode::NOT_FOUND, Reason::NotFound)
+        );
+        assert!(
+            f.message.contains("GET /v1/credentials/NAME"),
+            "{}",
+            f.message
+        );
         assert!(!f.message.contains("xxxxx"), "the path is not echoed");
     }
 }
@@ -56,7 +66,10 @@ fn the_query_takes_the_options_of_leash_get() {
             fresh: true,
         }
     );
-    assert_eq!(CredentialQuery::parse("").expect("ok"), CredentialQuery::default());
+    assert_eq!(
+        CredentialQuery::parse("").expect("ok"),
+        CredentialQuery::default()
+    );
     assert!(!CredentialQuery::parse("fresh=false").expect("ok").fresh);
     assert!(CredentialQuery::parse("fresh=1").expect("ok").fresh);
     // `+` is a space in a query (as form encoding writes it).
@@ -64,7 +77,9 @@ fn the_query_takes_the_options_of_leash_get() {
         CredentialQuery::parse("audience=a+b").expect("ok").audience,
         "a b"
     );
-    let r = CredentialQuery::parse("ttl=90").expect("ok").request("api".into());
+    let r = CredentialQuery::parse("ttl=90")
+        .expect("ok")
+        .request("api".into());
     assert_eq!((r.credential.as_str(), r.ttl_seconds), ("api", 90));
     assert!(r.task_handle.is_empty() && r.on_behalf_of.is_empty());
 }
@@ -73,7 +88,10 @@ fn the_query_takes_the_options_of_leash_get() {
 fn bad_queries_are_refused_without_echoing_them_whole() {
     let long = "y".repeat(10_000);
     for (q, says) in [
-        ("colour=blue".to_string(), "unknown query parameter \"colour\""),
+        (
+            "colour=blue".to_string(),
+            "unknown query parameter \"colour\"",
+        ),
         ("action=a&action=b".to_string(), "given twice"),
         ("ttl=soon".to_string(), "not a duration"),
         ("fresh=maybe".to_string(), "fresh=true"),
@@ -83,7 +101,11 @@ fn bad_queries_are_refused_without_echoing_them_whole() {
         (format!("ttl={long}"), "not a duration"),
     ] {
         let f = bad(CredentialQuery::parse(&q));
-        assert_eq!((f.status, f.reason), (StatusCode::BAD_REQUEST, Reason::Invalid), "{q}");
+        assert_eq!(
+            (f.status, f.reason),
+            (StatusCode::BAD_REQUEST, Reason::Invalid),
+            "{q}"
+        );
         assert!(f.message.contains(says), "{q}: {}", f.message);
         assert!(f.message.len() < 400, "{q}: {} bytes", f.message.len());
     }
@@ -132,12 +154,20 @@ fn a_field_error_is_bad_input() {
         credential: "\"db\"".into(),
         field: "\"password\"".into(),
     });
-    assert_eq!((f.status, f.reason), (StatusCode::BAD_REQUEST, Reason::Invalid));
+    assert_eq!(
+        (f.status, f.reason),
+        (StatusCode::BAD_REQUEST, Reason::Invalid)
+    );
 }
 
 #[test]
 fn any_request_body_counts_as_a_body() {
-    let req = || Request::builder().uri("/v1/status").body(()).expect("request");
+    let req = || {
+        Request::builder()
+            .uri("/v1/status")
+            .body(())
+            .expect("request")
+    };
     assert!(!has_body(&req()));
     for (k, v) in [
         (header::CONTENT_LENGTH, "5"),
