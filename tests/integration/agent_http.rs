@@ -576,3 +576,41 @@ fn http_callers_share_the_connection_cap_and_request_allowance() {
     c.advance_clock(Duration::from_millis(1100));
     c.leash(&["whoami"]).code(0);
 }
+
+#[test]
+#[ignore = "needs root: a second uid through setpriv"]
+fn an_http_caller_of_another_uid_is_attested_as_itself() {
+    leash_tests::require_root();
+    if !have("curl") {
+        eprintln!("skipped: curl is missing");
+        return;
+    }
+    let c = Cluster::start();
+    basic(&c);
+    let curl = which("curl");
+    let mut cmd = leash_tests::as_nobody(&curl);
+    cmd.args(["-sS", "--unix-socket"])
+        .arg(socket(&c))
+        .arg("http://leash/v1/credentials/api");
+    let out = c.run(cmd);
+    out.code(0);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(v["error"]["reason"], "DENIED", "{v}");
+    let m = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("no workload matches") && m.contains("unix:uid:65534"),
+        "{m}"
+    );
+    assert!(!out.stdout.contains("eyJ"), "no token for another uid");
+}
+
+/// Where `program` is on $PATH.
+fn which(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(program))
+                .find(|f| f.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}
