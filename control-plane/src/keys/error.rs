@@ -31,7 +31,7 @@ pub enum KeyError {
     },
     /// The master key comes from `$LEASH_MASTER_KEY`, so it is not the control plane's
     /// to replace.
-    #[error("the master key comes from ${0}, so the control plane cannot replace it: rotate it where that variable is set (re-wrapping needs both keys), or run the control plane with the key file in its data directory")]
+    #[error("the master key comes from ${0}, so the control plane cannot replace it. To rotate it: write the same key (64 hex digits) to master.key in the data directory (mode 0600), restart the control plane without ${0}, then run `leashctl key rotate-master`")]
     KeyFromEnvironment(&'static str),
     /// Certificate generation or parsing failed.
     #[error("certificate: {0}")]
