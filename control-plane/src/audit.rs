@@ -305,3 +305,11 @@ pub fn offboarded(owner: &str, workloads: &[String], actor: &str) -> Event {
 pub fn evicted(name: &str, actor: &str, why: &str) -> Event {
     Event::new("evicted").actor(actor).host(name).reason(why)
 }
+
+/// The master key was replaced and every sealed record re-wrapped under the new one
+/// (`master-key-rotated`); dated by the store, in the same write as the re-wrap.
+pub fn master_key_rotated(actor: &str, old_key_id: &str, new_key_id: &str) -> Event {
+    Event::new("master-key-rotated")
+        .actor(actor)
+        .detail(json!({ "old_key_id": old_key_id, "new_key_id": new_key_id }))
+}

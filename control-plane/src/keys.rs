@@ -4,13 +4,12 @@
 //! The CA key and the JWT signing keys are created on first start and stored in the
 //! database only encrypted (AES-256-GCM) under a master key that lives outside it: a
 //! 0600 key file in the data directory, or `$LEASH_MASTER_KEY` (64 hex digits). The
-//! serving key is made fresh at every start and never written anywhere.
+//! master key, its sealed format, its start-up check and its rotation are in
+//! `keys/master.rs`; key errors in `keys/error.rs`. The serving key is made fresh at
+//! every start and never written anywhere.
 //!
 //! One crypto provider everywhere: `ring` (rustls, rcgen, jsonwebtoken and the AEAD).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,7 +18,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -27,180 +25,15 @@ use zeroize::Zeroizing;
 
 use crate::store::Storage;
 
-/// Environment variable that may hold the master key.
-pub const MASTER_KEY_ENV: &str = "LEASH_MASTER_KEY";
-const MASTER_KEY_FILE: &str = "master.key";
+mod error;
+mod key_id;
+mod master;
 
-/// Key-handling failures.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyError {
-    /// The master key file or variable is unusable.
-    #[error("master key: {0}")]
-    MasterKey(String),
-    /// A stored key does not decrypt: wrong master key, or tampering.
-    #[error("cannot decrypt stored {0}: the master key does not match this data directory (or the data was altered)")]
-    Decrypt(String),
-    /// Certificate generation or parsing failed.
-    #[error("certificate: {0}")]
-    Cert(String),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    /// I/O on the key file.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// The master key file can be read by users other than its owner.
-    #[error("{} has mode {mode:04o}: the master key must not be readable by group or others; run `chmod 600 {}` (or set `accept_readable_master_key = true` in the config to start anyway)", path.display(), path.display())]
-    ReadableKeyFile {
-        /// The key file.
-        path: std::path::PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// A certificate lifetime that the certificate cannot express.
-    #[error("certificate lifetime of {0}s is out of range")]
-    Lifetime(u64),
-}
-
-impl From<rcgen::Error> for KeyError {
-    fn from(e: rcgen::Error) -> Self {
-        KeyError::Cert(e.to_string())
-    }
-}
-
-/// The master key. Its raw bytes are zeroized as soon as the AEAD key is built from
-/// them; the expanded key lives inside `ring`.
-pub struct MasterKey(LessSafeKey);
-
-impl std::fmt::Debug for MasterKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MasterKey(<redacted>)")
-    }
-}
-
-impl MasterKey {
-    /// Load from `$LEASH_MASTER_KEY`, else from `<data_dir>/master.key`, creating the file
-    /// (0600) on first start.
-    pub fn load_or_create(data_dir: &Path) -> Result<MasterKey, KeyError> {
-        let bytes: Zeroizing<Vec<u8>> = if let Ok(hexkey) = std::env::var(MASTER_KEY_ENV) {
-            Zeroizing::new(hex::decode(hexkey.trim()).map_err(|_| {
-                KeyError::MasterKey(format!("${MASTER_KEY_ENV} must be 64 hex digits"))
-            })?)
-        } else {
-            let path = data_dir.join(MASTER_KEY_FILE);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
-                    KeyError::MasterKey(format!("{} must hold 64 hex digits", path.display()))
-                })?),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let mut k = Zeroizing::new(vec![0u8; 32]);
-                    SystemRandom::new()
-                        .fill(&mut k)
-                        .map_err(|_| KeyError::MasterKey("no randomness".into()))?;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&path)?;
-                    f.write_all(Zeroizing::new(hex::encode(&*k)).as_bytes())?;
-                    f.sync_all()?;
-                    k
-                }
-                Err(e) => {
-                    return Err(KeyError::MasterKey(format!(
-                        "cannot read {}: {e}",
-                        path.display()
-                    )))
-                }
-            }
-        };
-        if bytes.len() != 32 {
-            return Err(KeyError::MasterKey(
-                "the key must be 32 bytes (64 hex digits)".into(),
-            ));
-        }
-        let key = UnboundKey::new(&AES_256_GCM, &bytes)
-            .map_err(|_| KeyError::MasterKey("bad key".into()))?;
-        Ok(MasterKey(LessSafeKey::new(key)))
-    }
-
-    /// Check the mode of `<data_dir>/master.key`, if the key comes from that file.
-    ///
-    /// A key file readable by group or others is refused, unless `accept_readable` (then
-    /// the returned text is the warning to log). Missing file: fine, it is created 0600.
-    pub fn check_file_mode(
-        data_dir: &Path,
-        accept_readable: bool,
-    ) -> Result<Option<String>, KeyError> {
-        use std::os::unix::fs::PermissionsExt;
-        if std::env::var_os(MASTER_KEY_ENV).is_some() {
-            return Ok(None);
-        }
-        let path = data_dir.join(MASTER_KEY_FILE);
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(KeyError::MasterKey(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
-            }
-        };
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 == 0 {
-            return Ok(None);
-        }
-        if accept_readable {
-            Ok(Some(format!(
-                "{} has mode {mode:04o}: the master key is readable by group or others; accepted only because accept_readable_master_key = true. Fix it with `chmod 600 {}`",
-                path.display(),
-                path.display()
-            )))
-        } else {
-            Err(KeyError::ReadableKeyFile { path, mode })
-        }
-    }
-
-    /// Encrypt `plain` with `name` as associated data (so a sealed record cannot be
-    /// passed off as another's).
-    pub fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let mut nonce = [0u8; 12];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| KeyError::MasterKey("no randomness".into()))?;
-        let mut buf = plain.to_vec();
-        self.0
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(name.as_bytes()),
-                &mut buf,
-            )
-            .map_err(|_| KeyError::MasterKey("encryption failed".into()))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&buf);
-        Ok(out)
-    }
-
-    /// Decrypt what [`MasterKey::seal`] sealed under the same `name`.
-    pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        if sealed.len() < 12 + 16 {
-            return Err(KeyError::Decrypt(name.into()));
-        }
-        let (nonce, ct) = sealed.split_at(12);
-        let nonce =
-            Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Decrypt(name.into()))?;
-        let mut buf = Zeroizing::new(ct.to_vec());
-        let plain_len = self
-            .0
-            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut buf)
-            .map_err(|_| KeyError::Decrypt(name.into()))?
-            .len();
-        buf.truncate(plain_len);
-        Ok(buf)
-    }
-}
+pub use error::KeyError;
+pub use key_id::KeyId;
+pub use master::{
+    sealed_key_id, MasterKey, Rotation, MASTER_KEY_ENV, MASTER_KEY_FILE, NEW_KEY_FILE,
+};
 
 /// Read an encrypted blob, or create it with `make` and store it encrypted.
 async fn sealed_blob(

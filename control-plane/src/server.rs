@@ -178,8 +178,11 @@ pub async fn run(
     }
     let clock = Clock::system();
     let store: Arc<dyn Storage> = SledStore::open(&config.data_dir, clock.clone())?;
-    // The master key unseals the keys now, and brokered secrets later.
-    let master = Arc::new(MasterKey::load_or_create(&config.data_dir)?);
+    // The master key unseals the keys and brokered secrets. Checked against the data
+    // before anything is opened: a key other than the one the data is sealed with stops
+    // the start here, naming both key ids (and a rotation cut short is settled here).
+    let master = Arc::new(MasterKey::load_checked(&config.data_dir, &*store).await?);
+    tracing::info!(master_key_id = %master.id(), "master key loaded");
     let keys = Arc::new(Keys::load_or_create(&*store, &master, &config.trust_domain).await?);
     let tls = crate::tls::server_config(&keys)?;
 

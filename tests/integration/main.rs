@@ -30,6 +30,7 @@ mod faults;
 mod host_trust;
 mod human;
 mod inputs;
+mod master_key;
 mod partitions;
 mod policy;
 mod revocation;

@@ -22,6 +22,7 @@ mod check;
 mod credentials;
 mod hosts;
 mod join_tokens;
+mod keys;
 mod leases;
 mod owners;
 mod policy;
@@ -348,6 +349,14 @@ impl Admin for AdminApi {
     async fn jwks(&self, req: Request<v1::Empty>) -> Result<Response<v1::JwksResponse>, Status> {
         self.admin(&req)?;
         reports::jwks(&self.s).await.map(Response::new)
+    }
+
+    async fn rotate_master_key(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::RotateMasterKeyResponse>, Status> {
+        let actor = self.admin(&req)?;
+        keys::rotate_master(&self.s, actor).await.map(Response::new)
     }
 
     type AuditTailStream = EventStream;

@@ -42,6 +42,15 @@ pub enum StoreError {
          if the store stays failed) and retry"
     )]
     NotDurable(String),
+    /// A sealed record could not be re-wrapped under a new master key; nothing was
+    /// replaced.
+    #[error("cannot re-wrap the sealed record {name:?}: {source}; nothing was changed")]
+    Rewrap {
+        /// The record's name.
+        name: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Result alias.

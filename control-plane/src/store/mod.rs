@@ -31,12 +31,14 @@ mod codec;
 mod error;
 mod flush;
 mod retention;
+mod sealed;
 mod sled_impl;
 mod sled_store;
 mod tx;
 
 pub use error::{Result, StoreError};
 pub use retention::{Cutoff, Pruned};
+pub use sealed::{HoldsSealed, Rewrap, RewrapFailure, SealedRecord};
 pub use sled_store::SledStore;
 
 /// Outcome of consuming a join token to enroll a host.
@@ -198,6 +200,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// older than `cut`, in one durable write. A lease whose kind has yet to undo its
     /// effect outside Leash is kept until it has.
     async fn prune(&self, cut: Cutoff, limit: usize) -> Result<Pruned>;
+
+    /// Every record sealed under the master key, from every tree that holds sealed bytes
+    /// (the list in `store/sealed.rs`).
+    fn sealed_records(&self) -> Result<Vec<SealedRecord>>;
+    /// Replace every sealed record by what `rewrap` makes of it (records it maps to
+    /// `None` stay), and record `event`, in one durable write that is atomic across
+    /// trees. Returns how many records were replaced. A failure of `rewrap` on any
+    /// record changes nothing.
+    async fn rewrap_sealed(&self, rewrap: Rewrap, event: Option<Event>) -> Result<usize>;
 }
 
 #[cfg(test)]

@@ -590,4 +590,13 @@ impl Storage for SledStore {
         self.write(move |tx| super::retention::prune(tx, cut, limit))
             .await
     }
+
+    fn sealed_records(&self) -> Result<Vec<super::SealedRecord>> {
+        super::sealed::records(&self.db, super::sealed::SEALED)
+    }
+
+    async fn rewrap_sealed(&self, rewrap: super::Rewrap, event: Option<Event>) -> Result<usize> {
+        self.write(move |tx| super::sealed::rewrap(tx, super::sealed::SEALED, rewrap, event))
+            .await
+    }
 }

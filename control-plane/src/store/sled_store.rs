@@ -49,6 +49,8 @@ pub(super) struct Trees {
 /// The state one batch of writes works on.
 pub(super) struct Tx<'a> {
     pub(super) t: &'a Trees,
+    /// The database, for the trees a write names rather than holds (see `sealed`).
+    pub(super) db: &'a sled::Db,
     pub(super) seq: u64,
     pub(super) event_id: u64,
     pub(super) changes: Vec<Change>,
@@ -283,6 +285,7 @@ fn writer(
         }
         let mut tx = Tx {
             t: &t,
+            db: &db,
             seq: next_seq,
             event_id,
             changes: Vec::new(),

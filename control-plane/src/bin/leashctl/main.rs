@@ -22,6 +22,7 @@ mod credential;
 mod host;
 mod input;
 mod join_token;
+mod key;
 mod lease;
 mod output;
 mod owner;
@@ -34,6 +35,7 @@ use audit::{AuditCmd, ReportCmd};
 use credential::CredentialCmd;
 use host::HostCmd;
 use join_token::JoinTokenCmd;
+use key::KeyCmd;
 use lease::{LeaseCmd, RevokeArgs};
 use owner::OwnerCmd;
 use policy::PolicyCmd;
@@ -87,6 +89,9 @@ enum Cmd {
     },
     /// Print the JSON Web Key Set verifiers use.
     Jwks,
+    /// The control plane's master key.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// The audit trail, as JSON lines.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -147,6 +152,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Report(cmd) => audit::report(c, cmd).await,
         Cmd::Introspect { token } => tokens::introspect(c, token).await,
         Cmd::Jwks => tokens::jwks(c).await,
+        Cmd::Key(cmd) => key::run(c, cmd).await,
         Cmd::Audit(cmd) => audit::audit(c, cmd).await,
     }
 }
