@@ -83,6 +83,7 @@ fn credential(name: &str, kind: &str) -> Credential {
         default_action: "read".into(),
         scopes: BTreeMap::new(),
         created_at: 0,
+        ..Default::default()
     }
 }
 
