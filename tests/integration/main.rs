@@ -32,6 +32,7 @@ mod inputs;
 mod partitions;
 mod policy;
 mod revocation;
+mod secrets;
 mod sockets;
 mod tasks;
 

@@ -26,6 +26,8 @@ mod lease;
 mod output;
 mod owner;
 mod policy;
+mod secret;
+mod secret_import;
 mod tokens;
 mod workload;
 
@@ -37,6 +39,7 @@ use join_token::JoinTokenCmd;
 use lease::{LeaseCmd, RevokeArgs};
 use owner::OwnerCmd;
 use policy::PolicyCmd;
+use secret::SecretCmd;
 use workload::WorkloadCmd;
 
 #[derive(Parser)]
@@ -90,6 +93,9 @@ enum Cmd {
     /// The audit trail, as JSON lines.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Brokered secrets: values stored sealed, released like any credential.
+    #[command(subcommand)]
+    Secret(SecretCmd),
 }
 
 /// `--admin-socket` / `$LEASH_ADMIN_SOCKET` if given, else the system control plane's
@@ -148,6 +154,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Introspect { token } => tokens::introspect(c, token).await,
         Cmd::Jwks => tokens::jwks(c).await,
         Cmd::Audit(cmd) => audit::audit(c, cmd).await,
+        Cmd::Secret(cmd) => secret::run(c, cmd).await,
     }
 }
 
