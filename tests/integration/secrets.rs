@@ -569,3 +569,58 @@ fn kill_9_during_rotations_leaves_the_old_or_the_new_version_whole() {
         assert_eq!(current[0]["fingerprint"], fingerprint(&got), "{vs:?}");
     }
 }
+
+#[test]
+fn approvals_and_tasks_apply_to_a_secret_unchanged() {
+    // No --allow: only policy grants it, and only after a human approves.
+    let c = cluster(&[]);
+    put(&c, "gated", VALUE, &[]);
+    crate::apply_policy(
+        &c,
+        "approval.cedar",
+        "@id(\"secrets-need-approval\")\n@approval(\"required\")\npermit(principal, action, resource is Leash::Credential) when { resource.kind == \"secret\" };\n",
+        &[],
+    );
+    let out = c.leash(&["get", "gated"]);
+    out.code(3).stderr_has(&["pending"]);
+    let at = out.stderr.find("ap-").expect("an approval id");
+    let id: String = out.stderr[at..]
+        .chars()
+        .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '-')
+        .collect();
+    c.leashctl(&["approval", "approve", &id, "--uses", "2"])
+        .code(0);
+    assert_eq!(value(&c, "gated", &[]), VALUE);
+    // Inside a task: injected by `leash exec`, bound to the task, completed when it ends.
+    let work = crate::tasks::workdir(&c, "task");
+    let out = crate::tasks::exec(
+        &c,
+        &work,
+        &[
+            "--env",
+            "SK=gated",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"$SK\" > value.out",
+        ],
+    );
+    out.code(0);
+    assert_eq!(crate::tasks::read(&work, "value.out"), VALUE);
+    let leases = c
+        .leashctl(&["lease", "list", "--workload", "ci/job", "--output", "json"])
+        .json();
+    let task_lease = leases
+        .as_array()
+        .expect("leases")
+        .iter()
+        .find(|l| l["task"].is_string())
+        .unwrap_or_else(|| panic!("no task lease in {leases}"))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    c.eventually("the task's lease is completed", || {
+        (c.lease(&task_lease)["state"] == "completed").then_some(())
+    });
+    assert_eq!(c.lease(&task_lease)["version"], 1);
+}
