@@ -75,6 +75,7 @@ fn main() {
         default_action: "read".into(),
         scopes: BTreeMap::new(),
         created_at: 0,
+        ..Default::default()
     };
     let host = Host {
         name: "runner-1".into(),

@@ -9,7 +9,10 @@ use std::net::IpAddr;
 use leash_proto::v1;
 use serde_json::{json, Value};
 
-use crate::model::{Approval, Credential, Event, JoinTokenRecord, Lease, LeaseState, Workload};
+use crate::model::{
+    Approval, Credential, Event, JoinTokenRecord, Lease, LeaseState, Revocation,
+    ScheduledRevocation, SecretVersion, Workload,
+};
 
 /// An event of `kind` at `at_ms`.
 fn at(at_ms: i64, kind: &str) -> Event {
@@ -30,6 +33,9 @@ pub fn issued(at_ms: i64, lease: &Lease, ttl: u32, pid: u32) -> Event {
             "action": lease.action, "audience": lease.audience, "ttl_seconds": ttl,
             "fingerprint": lease.fingerprint, "pid": pid,
         }));
+    if lease.version != 0 {
+        e.detail["version"] = lease.version.into();
+    }
     e.task = lease.task.clone();
     e.approval = lease.approval.clone();
     e
@@ -312,4 +318,81 @@ pub fn master_key_rotated(actor: &str, old_key_id: &str, new_key_id: &str) -> Ev
     Event::new("master-key-rotated")
         .actor(actor)
         .detail(json!({ "old_key_id": old_key_id, "new_key_id": new_key_id }))
+}
+
+/// Add a revocation's sequence number and lease count to an event's detail.
+pub fn with_revocation(e: &mut Event, rev: &Revocation) {
+    if !e.detail.is_object() {
+        e.detail = json!({});
+    }
+    e.detail["seq"] = rev.seq.into();
+    e.detail["leases"] = rev.lease_ids.len().into();
+}
+
+fn secret_version(kind: &str, at_ms: i64, actor: &str, name: &str, v: &SecretVersion) -> Event {
+    at(at_ms, kind)
+        .actor(actor)
+        .credential(name)
+        .detail(json!({ "version": v.version, "fingerprint": v.fingerprint, "size": v.size }))
+}
+
+/// An admin added version `v` of secret `name` (`secret-put`): its fingerprint and size,
+/// never the value.
+pub fn secret_put(at_ms: i64, actor: &str, name: &str, v: &SecretVersion) -> Event {
+    secret_version("secret-put", at_ms, actor, name, v)
+}
+
+/// An admin rotated secret `name` to version `v` (`secret-rotated`), revoking older
+/// versions' leases now (`grace_seconds` 0) or after a grace period.
+pub fn secret_rotated(
+    at_ms: i64,
+    actor: &str,
+    name: &str,
+    v: &SecretVersion,
+    grace_seconds: u32,
+    why: &str,
+) -> Event {
+    let mut e = secret_version("secret-rotated", at_ms, actor, name, v).reason(why);
+    e.detail["grace_seconds"] = grace_seconds.into();
+    e
+}
+
+/// Secret `name` was disabled or enabled again (`secret-disabled`, `secret-enabled`);
+/// dated by the store.
+pub fn secret_disabled(name: &str, disabled: bool, actor: &str, why: &str) -> Event {
+    Event::new(if disabled {
+        "secret-disabled"
+    } else {
+        "secret-enabled"
+    })
+    .actor(actor)
+    .credential(name)
+    .reason(why)
+}
+
+/// Secret `name` and its `versions` versions were removed (`secret-removed`); dated by
+/// the store.
+pub fn secret_removed(name: &str, actor: &str, versions: u32) -> Event {
+    Event::new("secret-removed")
+        .actor(actor)
+        .credential(name)
+        .detail(json!({ "versions": versions }))
+}
+
+/// The revocation a rotation with a grace period scheduled came due (`revocation`);
+/// dated by the store.
+pub fn scheduled_revocation(s: &ScheduledRevocation) -> Event {
+    Event::new("revocation")
+        .actor(s.actor.clone())
+        .credential(s.credential.clone())
+        .reason(s.reason.clone())
+        .detail(json!({ "scheduled": true, "version": s.version }))
+}
+
+/// A version of secret `name` could not be written, or the secret removed
+/// (`secret-write-failed`); the store's error becomes its reason when it is recorded.
+pub fn secret_write_failed(at_ms: i64, actor: &str, name: &str) -> Event {
+    at(at_ms, "secret-write-failed")
+        .actor(actor)
+        .credential(name)
 }

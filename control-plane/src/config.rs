@@ -87,6 +87,8 @@ pub struct FileConfig {
     pub lease_retention: Option<String>,
     /// How long an audit event is kept, e.g. "90d".
     pub event_retention: Option<String>,
+    /// Largest value of a brokered secret, in bytes.
+    pub max_secret_bytes: Option<u32>,
 }
 
 /// The resolved configuration the server runs with.
@@ -122,6 +124,25 @@ pub struct Config {
     pub accept_readable_master_key: bool,
     /// What is forgotten when (see `retention.rs`).
     pub retention: Retention,
+    /// Largest value of a brokered secret, in bytes.
+    pub max_secret_bytes: u32,
+}
+
+/// Default of `max_secret_bytes`: 64 KiB.
+pub const DEFAULT_MAX_SECRET_BYTES: u32 = 64 * 1024;
+/// Largest `max_secret_bytes` accepted: 1 MiB (a value travels in one message).
+pub const MAX_MAX_SECRET_BYTES: u32 = 1024 * 1024;
+
+/// `max_secret_bytes`: 1 to [`MAX_MAX_SECRET_BYTES`].
+fn resolve_max_secret_bytes(v: Option<u32>) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(DEFAULT_MAX_SECRET_BYTES),
+        Some(n) if (1..=MAX_MAX_SECRET_BYTES).contains(&n) => Ok(n),
+        Some(n) => Err(ConfigError::Value {
+            key: "max_secret_bytes",
+            message: format!("{n} is out of range; use 1 to {MAX_MAX_SECRET_BYTES}"),
+        }),
+    }
 }
 
 /// Flag values that override the file.
@@ -516,6 +537,7 @@ impl Config {
             .or(file.admin_socket.take())
             .unwrap_or_else(default_admin_socket);
         validate_admin_socket(&admin_socket)?;
+        let max_secret_bytes = resolve_max_secret_bytes(file.max_secret_bytes)?;
         Ok(Config {
             data_dir,
             listen,
@@ -532,6 +554,7 @@ impl Config {
             accept_readable_master_key: file.accept_readable_master_key.unwrap_or(false),
             enroll,
             retention: d.retention,
+            max_secret_bytes,
         })
     }
 }
@@ -821,5 +844,29 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(e.len() < 400, "{} bytes", e.len());
+    }
+
+    #[test]
+    fn max_secret_bytes_has_a_default_and_bounds() {
+        assert_eq!(
+            resolve_text("").expect("default").max_secret_bytes,
+            DEFAULT_MAX_SECRET_BYTES
+        );
+        assert_eq!(
+            resolve_text("max_secret_bytes = 1048576")
+                .expect("the largest")
+                .max_secret_bytes,
+            1 << 20
+        );
+        refused(
+            "max_secret_bytes = 0",
+            "max_secret_bytes",
+            &["1 to 1048576"],
+        );
+        refused(
+            "max_secret_bytes = 1048577",
+            "max_secret_bytes",
+            &["out of range"],
+        );
     }
 }

@@ -43,6 +43,7 @@ pub fn lease(id: &str, w: &str) -> Lease {
         reason: None,
         fingerprint: "f".into(),
         ends_outside: false,
+        version: 0,
     }
 }
 

@@ -27,6 +27,7 @@ pub mod model;
 pub mod policy;
 pub mod retention;
 pub mod revocation;
+pub mod scheduled;
 pub mod server;
 pub mod state;
 pub mod status;

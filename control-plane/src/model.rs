@@ -43,11 +43,11 @@ pub struct Workload {
 }
 
 /// What can be issued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Credential {
     /// Name, e.g. `deploy-api`.
     pub name: String,
-    /// `jwt`, the only kind so far.
+    /// Its kind: `jwt`, `secret`.
     pub kind: String,
     /// Allowed audiences; the first is the default.
     pub audiences: Vec<String>,
@@ -62,6 +62,85 @@ pub struct Credential {
     pub scopes: BTreeMap<String, Vec<String>>,
     /// Unix seconds.
     pub created_at: i64,
+    /// Accountable team or person (every secret has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// What it is for, shown to admins.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Labels; policy sees them as the credential's tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The actions it serves; empty for every configured action.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
+    /// A disabled credential is issued to nobody.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// How a secret's value is written: `text`, `json` or `env` (secrets only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub format: String,
+    /// The version new leases of a secret get (secrets only; 0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub current_version: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The associated data a secret's version is sealed under: its name and version, so a
+/// sealed value cannot be passed off as another secret's or another version's.
+pub fn secret_aad(name: &str, version: u32) -> String {
+    format!("secret/{name}/{version}")
+}
+
+/// One version of a brokered secret, as stored. The value is only ever here sealed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVersion {
+    /// 1, 2, …
+    pub version: u32,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Admin name.
+    pub created_by: String,
+    /// Bytes of the value.
+    pub size: u32,
+    /// First 12 hex of SHA-256 of the value: safe to show and log.
+    pub fingerprint: String,
+    /// The value sealed by the master key under [`secret_aad`].
+    pub sealed: Vec<u8>,
+}
+
+impl fmt::Debug for SecretVersion {
+    /// Never the sealed bytes (they are no use to a reader of a log, and long).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretVersion")
+            .field("version", &self.version)
+            .field("created_at", &self.created_at)
+            .field("created_by", &self.created_by)
+            .field("size", &self.size)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Leases to revoke later (`secret rotate --grace`), durably, so a restart keeps the
+/// promise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRevocation {
+    /// Unix seconds at which to revoke.
+    pub at: i64,
+    /// The secret that was rotated.
+    pub credential: String,
+    /// The version it was rotated to.
+    pub version: u32,
+    /// The leases of older versions that were active at the rotation.
+    pub lease_ids: Vec<String>,
+    /// Why (recorded with the revocation).
+    pub reason: String,
+    /// Who rotated.
+    pub actor: String,
 }
 
 /// An enrolled machine.
@@ -194,6 +273,9 @@ pub struct Lease {
     /// `kinds::CredentialKind::end`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ends_outside: bool,
+    /// The version of a brokered secret the lease holds (0 for other kinds).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u32,
 }
 
 /// The request an issuance (or an explanation) is decided on.

@@ -265,6 +265,10 @@ pub async fn run(
         shared.store.clone(),
         shared.clock.clone(),
     ));
+    let scheduled = tokio::spawn(crate::scheduled::run(
+        shared.store.clone(),
+        shared.clock.clone(),
+    ));
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
     let ends = tokio::spawn(crate::issuance::ends::run(shared.clone()));
     let retention = tokio::spawn(crate::retention::run(
@@ -327,6 +331,7 @@ pub async fn run(
         } => (Ok(()), Ok(())),
     };
     expiry.abort();
+    scheduled.abort();
     ends.abort();
     retention.abort();
     refused.abort();

@@ -9,7 +9,7 @@ use leash_proto::v1;
 use crate::hub::ConnInfo;
 use crate::model::{
     Approval, Credential, Event, Host, JoinTokenRecord, Lease, Revocation, RevocationTarget,
-    Workload,
+    SecretVersion, Workload,
 };
 use crate::policy::Problem;
 
@@ -47,6 +47,7 @@ pub fn lease_proto(l: &Lease) -> v1::Lease {
         reason: l.reason.clone().unwrap_or_default(),
         fingerprint: l.fingerprint.clone(),
         policy_version: l.policy_version,
+        version: l.version,
     }
 }
 
@@ -196,5 +197,39 @@ pub fn revocation_proto(
             String::new()
         },
         lease_ids,
+    }
+}
+
+/// A secret's definition as the admin API shows it, with its current version `current`
+/// (fingerprint and size; never the value).
+pub fn secret_info(c: &Credential, current: Option<&SecretVersion>) -> v1::SecretInfo {
+    v1::SecretInfo {
+        name: c.name.clone(),
+        owner: c.owner.clone().unwrap_or_default(),
+        format: c.format.clone(),
+        default_ttl_seconds: c.default_ttl,
+        max_ttl_seconds: c.max_ttl,
+        description: c.description.clone(),
+        labels: c.labels.clone().into_iter().collect(),
+        actions: c.actions.clone(),
+        default_action: c.default_action.clone(),
+        disabled: c.disabled,
+        current_version: c.current_version,
+        created_at_unix: c.created_at,
+        fingerprint: current.map(|v| v.fingerprint.clone()).unwrap_or_default(),
+        size: current.map_or(0, |v| v.size),
+        updated_at_unix: current.map_or(0, |v| v.created_at),
+    }
+}
+
+/// One version of a secret as the admin API lists it (never the value).
+pub fn secret_version_info(v: &SecretVersion, current: u32) -> v1::SecretVersionInfo {
+    v1::SecretVersionInfo {
+        version: v.version,
+        created_at_unix: v.created_at,
+        created_by: v.created_by.clone(),
+        size: v.size,
+        fingerprint: v.fingerprint.clone(),
+        current: v.version == current,
     }
 }

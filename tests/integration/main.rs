@@ -34,6 +34,7 @@ mod master_key;
 mod partitions;
 mod policy;
 mod revocation;
+mod secrets;
 mod sockets;
 mod tasks;
 

@@ -96,6 +96,7 @@ pub(super) async fn add(
         default_action,
         scopes,
         created_at: s.clock.now(),
+        ..Default::default()
     };
     let ev = audit::credential_added(s.clock.now_ms(), &actor, &rec);
     s.store

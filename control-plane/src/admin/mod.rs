@@ -27,6 +27,7 @@ mod leases;
 mod owners;
 mod policy;
 mod reports;
+mod secrets;
 mod workloads;
 
 use leases::ProgressStream;
@@ -367,6 +368,65 @@ impl Admin for AdminApi {
     ) -> Result<Response<EventStream>, Status> {
         self.admin(&req)?;
         reports::audit_tail(&self.s, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn put_secret(
+        &self,
+        req: Request<v1::PutSecretRequest>,
+    ) -> Result<Response<v1::SecretInfo>, Status> {
+        let actor = self.admin(&req)?;
+        secrets::put(&self.s, actor, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn rotate_secret(
+        &self,
+        req: Request<v1::RotateSecretRequest>,
+    ) -> Result<Response<v1::RotateSecretResponse>, Status> {
+        let actor = self.admin(&req)?;
+        secrets::rotate(&self.s, actor, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_secret_versions(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::SecretVersionsResponse>, Status> {
+        self.admin(&req)?;
+        secrets::versions(&self.s, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_secret(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::SecretDetail>, Status> {
+        self.admin(&req)?;
+        secrets::get(&self.s, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_secret_disabled(
+        &self,
+        req: Request<v1::SetDisabledRequest>,
+    ) -> Result<Response<v1::SecretInfo>, Status> {
+        let actor = self.admin(&req)?;
+        secrets::set_disabled(&self.s, actor, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_secret(
+        &self,
+        req: Request<v1::RemoveSecretRequest>,
+    ) -> Result<Response<v1::RemoveSecretResponse>, Status> {
+        let actor = self.admin(&req)?;
+        secrets::remove(&self.s, actor, req.into_inner())
             .await
             .map(Response::new)
     }

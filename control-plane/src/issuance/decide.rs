@@ -36,10 +36,21 @@ pub fn refusals(r: &Resolved, config: &Config) -> Vec<Refusal> {
     if !shared_agent && r.on_behalf_of.is_some() {
         out.push(Refusal::NotASharedAgent);
     }
+    if c.disabled {
+        out.push(Refusal::CredentialDisabled);
+    }
     if !config.actions.contains(&r.action) {
         out.push(Refusal::UnknownAction);
+    } else if !c.actions.is_empty() && !c.actions.contains(&r.action) {
+        out.push(Refusal::ActionNotServed);
     }
-    if !c.audiences.contains(&r.audience) {
+    // A credential without audiences (a secret) takes requests that name none.
+    let audience_ok = if c.audiences.is_empty() {
+        r.audience.is_empty()
+    } else {
+        c.audiences.contains(&r.audience)
+    };
+    if !audience_ok {
         out.push(Refusal::AudienceNotAllowed);
     }
     if r.ttl > c.max_ttl {

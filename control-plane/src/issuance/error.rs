@@ -109,6 +109,10 @@ pub enum Refusal {
     TtlAboveMax,
     /// The credential defines scopes, but none for this action.
     NoScopesForAction,
+    /// The credential is disabled.
+    CredentialDisabled,
+    /// The credential serves only some actions, and not this one.
+    ActionNotServed,
 }
 
 impl Refusal {
@@ -120,7 +124,9 @@ impl Refusal {
             | Refusal::WorkloadExpired
             | Refusal::WrongHost
             | Refusal::SelectorsNotMatched
-            | Refusal::NeedsOnBehalfOf => Reason::Denied,
+            | Refusal::NeedsOnBehalfOf
+            | Refusal::CredentialDisabled
+            | Refusal::ActionNotServed => Reason::Denied,
             Refusal::NotASharedAgent
             | Refusal::UnknownAction
             | Refusal::AudienceNotAllowed
@@ -158,11 +164,28 @@ impl Refusal {
                 excerpt(&r.action),
                 config.actions.join(", ")
             ),
+            Refusal::AudienceNotAllowed if c.audiences.is_empty() => format!(
+                "credential {:?} takes no audience (it is a {}); drop --audience {}",
+                c.name,
+                excerpt(&c.kind),
+                excerpt(&r.audience)
+            ),
             Refusal::AudienceNotAllowed => format!(
                 "audience {} is not allowed for credential {:?}; allowed: {}",
                 excerpt(&r.audience),
                 c.name,
                 c.audiences.join(", ")
+            ),
+            // Only secrets can be disabled (`leashctl secret disable`).
+            Refusal::CredentialDisabled => format!(
+                "credential {:?} is disabled; an admin enables it again with `leashctl secret enable {}`",
+                c.name, c.name
+            ),
+            Refusal::ActionNotServed => format!(
+                "credential {:?} serves only the actions {}; action {} is not one of them",
+                c.name,
+                c.actions.join(", "),
+                excerpt(&r.action)
             ),
             Refusal::TtlAboveMax => format!(
                 "requested TTL {}s is above the max_ttl of {:?} ({}s); ask for less",

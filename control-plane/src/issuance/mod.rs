@@ -33,6 +33,9 @@ use crate::model::{Host, Lease, LeaseState, Workload};
 use crate::state::Shared;
 use crate::store::StoreError;
 
+/// How many times a secret is minted when rotations keep overtaking the lease write.
+const MINT_ATTEMPTS: u32 = 3;
+
 /// Decide an `Issue` request from `host` and, when it is allowed, mint the credential and
 /// write its lease. Denials are audited as `denied`, a failed write as `issue-failed`.
 pub async fn issue(
@@ -74,66 +77,76 @@ pub async fn issue(
             kind: r.credential.kind.clone(),
             known: s.kinds.names().join(", "),
         })?;
-    let lease_id = crate::random_id("l", 10);
     let scope = r.scope();
-    let minted = kind
-        .mint(
-            s.env(),
-            MintRequest {
-                lease_id: &lease_id,
-                credential: &r.credential,
-                workload: &r.workload,
-                host: &r.host.name,
-                action: &r.action,
-                audience: &r.audience,
-                scope: scope.as_deref(),
-                ttl: r.ttl,
-                task: r.task.as_ref().map(|t| t.id.as_str()),
-                on_behalf_of: r.on_behalf_of.as_deref(),
-                now: r.now,
-            },
-        )
-        .await?;
-    let lease = Lease {
-        id: lease_id,
-        workload: r.workload.name.clone(),
-        credential: r.credential.name.clone(),
-        action: r.action.clone(),
-        audience: r.audience.clone(),
-        host: r.host.name.clone(),
-        task: r.task.as_ref().map(|t| t.id.clone()),
-        on_behalf_of: r.on_behalf_of.clone(),
-        approval: approval.clone(),
-        // Nothing after minting reads the facts: move them into the lease.
-        context: Some(std::mem::take(&mut r.facts)),
-        policy_version: decision.verdict.as_ref().map_or(0, |v| v.version),
-        issued_at: r.now,
-        expires_at: minted.expires_at,
-        seq: 0,
-        state: LeaseState::Active,
-        reason: None,
-        fingerprint: minted.fingerprint.clone(),
-        ends_outside: kind.ends_outside(),
-    };
-    let lease_id = lease.id.clone();
-    let event = audit::issued(s.clock.now_ms(), &lease, r.ttl, pid);
-    let written = match &approval {
-        Some(id) => s.store.issue_with_approval(id, r.now, lease, event).await,
-        None => s.store.issue_lease(lease, event).await,
-    };
-    let seq = match written {
-        Ok(seq) => seq,
-        // The approval was used up (or decided) between the gate and the write.
-        Err(StoreError::Refused(why)) => return Err(forbid(s, &r, why).await),
-        Err(e) => {
-            let failed = audit::issue_failed(
-                s.clock.now_ms(),
-                &r.host.name,
-                &r.workload.name,
-                &r.credential.name,
-            );
-            s.record_failure(&e, failed).await;
-            return Err(e.into());
+    // Nothing after minting reads the facts: they move into the lease.
+    let context = std::mem::take(&mut r.facts);
+    // A rotation between minting a secret and writing its lease makes the write stale:
+    // mint the new version and write again, so no lease holds a value the rotation's
+    // revocation already took back.
+    let mut attempts = 0;
+    let (minted, lease_id, seq) = loop {
+        attempts += 1;
+        let lease_id = crate::random_id("l", 10);
+        let minted = kind
+            .mint(
+                s.env(),
+                MintRequest {
+                    lease_id: &lease_id,
+                    credential: &r.credential,
+                    workload: &r.workload,
+                    host: &r.host.name,
+                    action: &r.action,
+                    audience: &r.audience,
+                    scope: scope.as_deref(),
+                    ttl: r.ttl,
+                    task: r.task.as_ref().map(|t| t.id.as_str()),
+                    on_behalf_of: r.on_behalf_of.as_deref(),
+                    now: r.now,
+                },
+            )
+            .await?;
+        let lease = Lease {
+            id: lease_id.clone(),
+            workload: r.workload.name.clone(),
+            credential: r.credential.name.clone(),
+            action: r.action.clone(),
+            audience: r.audience.clone(),
+            host: r.host.name.clone(),
+            task: r.task.as_ref().map(|t| t.id.clone()),
+            on_behalf_of: r.on_behalf_of.clone(),
+            approval: approval.clone(),
+            context: Some(context.clone()),
+            policy_version: decision.verdict.as_ref().map_or(0, |v| v.version),
+            issued_at: r.now,
+            expires_at: minted.expires_at,
+            seq: 0,
+            state: LeaseState::Active,
+            reason: None,
+            fingerprint: minted.fingerprint.clone(),
+            ends_outside: kind.ends_outside(),
+            version: minted.version,
+        };
+        let event = audit::issued(s.clock.now_ms(), &lease, r.ttl, pid);
+        let written = match &approval {
+            Some(id) => s.store.issue_with_approval(id, r.now, lease, event).await,
+            None => s.store.issue_lease(lease, event).await,
+        };
+        match written {
+            Ok(seq) => break (minted, lease_id, seq),
+            Err(StoreError::Stale(_)) if attempts < MINT_ATTEMPTS => continue,
+            // The approval was used up (or decided), or the credential disabled, between
+            // the decision and the write.
+            Err(StoreError::Refused(why)) => return Err(forbid(s, &r, why).await),
+            Err(e) => {
+                let failed = audit::issue_failed(
+                    s.clock.now_ms(),
+                    &r.host.name,
+                    &r.workload.name,
+                    &r.credential.name,
+                );
+                s.record_failure(&e, failed).await;
+                return Err(e.into());
+            }
         }
     };
     tracing::info!(host = %r.host.name, workload = %r.workload.name, credential = %r.credential.name,

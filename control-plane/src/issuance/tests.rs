@@ -83,6 +83,7 @@ fn credential(name: &str, kind: &str) -> Credential {
         default_action: "read".into(),
         scopes: BTreeMap::new(),
         created_at: 0,
+        ..Default::default()
     }
 }
 
@@ -517,4 +518,124 @@ async fn explain_and_issue_agree_on_a_table_of_cases() {
             Err(err) => assert_eq!(Some(err.reason()), want, "{what}: explain failed: {err}"),
         }
     }
+}
+
+/// Store `value` as version `version` of secret `name`, sealed under `sealed_as`'s
+/// associated data (its own, unless a test moves a value).
+async fn put_secret(f: &Fixture, name: &str, version: u32, sealed_as: &str, value: &str) {
+    use crate::model::{secret_aad, SecretVersion};
+    use crate::store::{Older, SecretWrite};
+    let def = Credential {
+        name: name.into(),
+        kind: "secret".into(),
+        audiences: Vec::new(),
+        actions: vec!["read".into()],
+        format: "text".into(),
+        current_version: version,
+        owner: Some("team-a".into()),
+        ..credential(name, "secret")
+    };
+    let sealed =
+        f.s.master
+            .seal(&secret_aad(sealed_as, version), value.as_bytes())
+            .expect("seal");
+    let v = SecretVersion {
+        version,
+        created_at: 0,
+        created_by: "root".into(),
+        size: value.len() as u32,
+        fingerprint: crate::issuer::fingerprint(value),
+        sealed,
+    };
+    f.s.store
+        .put_secret(SecretWrite {
+            def,
+            expected: version - 1,
+            version: v,
+            older: Older::Keep,
+            event: Event::new("secret-put"),
+        })
+        .await
+        .expect("put secret");
+}
+
+#[tokio::test]
+async fn a_secret_is_minted_from_its_current_version_and_a_moved_value_is_refused() {
+    let f = fixture().await;
+    f.s.store
+        .put_workload(
+            Workload {
+                allow: vec!["sk".into(), "moved".into()],
+                ..workload("w/secret", "team-a", &[])
+            },
+            Event::new("x"),
+        )
+        .await
+        .expect("workload");
+    f.s.relink();
+    put_secret(&f, "sk", 1, "sk", "value-one").await;
+    let r = f.issue("h1", ask("w/secret", "sk")).await.expect("issued");
+    assert_eq!(
+        (
+            r.token.as_str(),
+            r.kind.as_str(),
+            r.version,
+            r.format.as_str()
+        ),
+        ("value-one", "secret", 1, "text")
+    );
+    let lease = f.s.store.lease(&r.lease_id).expect("read").expect("lease");
+    assert_eq!(lease.version, 1);
+    assert_eq!(lease.fingerprint, crate::issuer::fingerprint("value-one"));
+    put_secret(&f, "sk", 2, "sk", "value-two").await;
+    let r = f.issue("h1", ask("w/secret", "sk")).await.expect("issued");
+    assert_eq!((r.token.as_str(), r.version), ("value-two", 2));
+    // A sealed value copied under another name does not open.
+    put_secret(&f, "moved", 1, "sk", "value-one").await;
+    let e = f
+        .issue("h1", ask("w/secret", "moved"))
+        .await
+        .expect_err("moved");
+    assert_eq!(e.reason(), Reason::Unavailable, "{e}");
+    assert!(!e.to_string().contains("value-one"), "{e}");
+    // An action the secret does not serve, an audience, and a disabled secret.
+    let e = f
+        .issue(
+            "h1",
+            v1::IssueRequest {
+                action: "deploy".into(),
+                ..ask("w/secret", "sk")
+            },
+        )
+        .await
+        .expect_err("action");
+    assert_eq!(e.reason(), Reason::Denied);
+    assert!(
+        e.to_string().contains("serves only the actions read"),
+        "{e}"
+    );
+    let e = f
+        .issue(
+            "h1",
+            v1::IssueRequest {
+                audience: "https://api.example".into(),
+                ..ask("w/secret", "sk")
+            },
+        )
+        .await
+        .expect_err("audience");
+    assert_eq!(e.reason(), Reason::Invalid, "{e}");
+    f.s.store
+        .set_secret_disabled("sk", true, "root".into(), "leaked".into())
+        .await
+        .expect("disable");
+    let e = f
+        .issue("h1", ask("w/secret", "sk"))
+        .await
+        .expect_err("disabled");
+    assert_eq!(e.reason(), Reason::Denied);
+    assert!(
+        e.to_string().contains("credential \"sk\" is disabled"),
+        "{e}"
+    );
 }

@@ -204,6 +204,10 @@ pub struct MasterKey {
     data_dir: Option<PathBuf>,
     /// One rotation at a time.
     rotating: tokio::sync::Mutex<()>,
+    /// Held (shared) by a caller from its `seal` until the store write of what it sealed
+    /// has committed, and (exclusive) by a rotation while it switches keys: so whatever
+    /// was sealed with the old key is in the store before the second re-wrap pass looks.
+    sealing: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -288,7 +292,15 @@ impl MasterKey {
             }),
             data_dir: data_dir.map(Path::to_path_buf),
             rotating: tokio::sync::Mutex::new(()),
+            sealing: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Hold this from before a `seal` until the store write of the sealed bytes has
+    /// committed (see the `sealing` field): a rotation then cannot switch keys in between
+    /// and leave that record under the old key.
+    pub async fn hold_for_sealed_write(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.sealing.read().await
     }
 
     fn ring(&self) -> Ring {
@@ -511,6 +523,8 @@ impl MasterKey {
             }
         };
         {
+            // Wait for writes that sealed with the old key to commit; new ones wait.
+            let _switch = self.sealing.write().await;
             let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
             ring.retired.push(old.clone());
             ring.current = new.clone();

@@ -30,6 +30,7 @@ use crate::keys::{Keys, MasterKey};
 use crate::model::{Credential, Lease, Workload};
 
 pub mod jwt;
+pub mod secret;
 #[cfg(test)]
 pub mod testing;
 
@@ -167,6 +168,7 @@ impl Registry {
     pub fn standard() -> Registry {
         let mut r = Registry::default();
         r.add(jwt::Jwt);
+        r.add(secret::Secret);
         r
     }
 

@@ -48,13 +48,15 @@ impl Engine {
         let host_uid = uid("Host", &host.name)?;
         let action_uid = uid("Action", action)?;
         // Entities change only when a workload, credential or host does, so they are
-        // built once per (workload, owner, kind, credential, kind, host + labels) and reused.
+        // built once per (workload, owner, kind, credential, kind + labels, host + labels)
+        // and reused.
         let ekey = (
             w.name.clone(),
             w.owner.clone(),
             w.kind,
             c.name.clone(),
-            c.kind.clone(),
+            // A credential's labels are its tags: they key the entities as its kind does.
+            format!("{}{:?}", c.kind, c.labels),
             // Host labels are fixed at enrollment, but keying on them costs little.
             format!("{}{:?}", host.name, host.labels),
         );
@@ -93,7 +95,7 @@ impl Engine {
                                 RestrictedExpression::new_string(c.kind.clone()),
                             )],
                             [],
-                            tags(&no_tags),
+                            tags(&c.labels),
                         )
                         .map_err(|x| e(&x))?,
                         Entity::new_with_tags(

@@ -47,6 +47,7 @@ fn c() -> Credential {
         default_action: "read".into(),
         scopes: BTreeMap::new(),
         created_at: 0,
+        ..Default::default()
     }
 }
 

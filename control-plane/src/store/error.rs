@@ -32,6 +32,10 @@ pub enum StoreError {
     /// The write was refused (e.g. a used join token, a disabled workload).
     #[error("{0}")]
     Refused(String),
+    /// What the write was based on changed meanwhile (another version of a secret was
+    /// added first): read again and make the write again.
+    #[error("{0}; try again")]
+    Stale(String),
     /// The batch holding the write could not be flushed (a full disk, an I/O error), so
     /// the write was not acknowledged. Its outcome is unknown to the caller: it was
     /// applied in memory and is persisted by the next successful flush, or lost by a

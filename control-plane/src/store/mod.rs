@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 
 use crate::model::{
     Approval, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, PolicyRecord,
-    Revocation, RevocationTarget, Workload,
+    Revocation, RevocationTarget, ScheduledRevocation, SecretVersion, Workload,
 };
 
 mod codec;
@@ -32,6 +32,7 @@ mod error;
 mod flush;
 mod retention;
 mod sealed;
+mod secrets;
 mod sled_impl;
 mod sled_store;
 mod tx;
@@ -39,6 +40,7 @@ mod tx;
 pub use error::{Result, StoreError};
 pub use retention::{Cutoff, Pruned};
 pub use sealed::{HoldsSealed, Rewrap, RewrapFailure, SealedRecord};
+pub use secrets::{Older, SecretWrite, SecretWritten, SECRET_KIND};
 pub use sled_store::SledStore;
 
 /// Outcome of consuming a join token to enroll a host.
@@ -209,7 +211,33 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// trees. Returns how many records were replaced. A failure of `rewrap` on any
     /// record changes nothing.
     async fn rewrap_sealed(&self, rewrap: Rewrap, event: Option<Event>) -> Result<usize>;
+    /// Every version of secret `name`, oldest first (sealed).
+    fn secret_versions(&self, name: &str) -> Result<Vec<SecretVersion>>;
+    /// Version `version` of secret `name` (sealed).
+    fn secret_version(&self, name: &str, version: u32) -> Result<Option<SecretVersion>>;
+    /// Add a version to a secret (creating it when new), make it current and deal with
+    /// older versions' leases, in one durable write. See [`SecretWrite`].
+    async fn put_secret(&self, w: SecretWrite) -> Result<SecretWritten>;
+    /// Disable a secret (revoking every lease of it, in the same write) or enable it.
+    async fn set_secret_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<(Credential, Option<Revocation>)>;
+    /// Remove a secret: revoke every lease of it, delete every version and its
+    /// definition, in one durable write. Returns the revocation and the number of
+    /// versions deleted.
+    async fn remove_secret(&self, name: &str, actor: String) -> Result<(Revocation, u32)>;
+    /// Scheduled revocations due at `now` (unix seconds), at most `limit`.
+    fn scheduled_due(&self, now: i64, limit: usize) -> Result<Vec<ScheduledRevocation>>;
+    /// Carry out a scheduled revocation and forget it, in one durable write; `None` when
+    /// none of its leases was still active.
+    async fn run_scheduled(&self, s: ScheduledRevocation) -> Result<Option<Revocation>>;
 }
 
+#[cfg(test)]
+mod secret_tests;
 #[cfg(test)]
 mod tests;

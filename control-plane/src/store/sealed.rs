@@ -76,7 +76,6 @@ impl Sealed {
     }
 
     /// A tree of `T` records, each with sealed bytes inside.
-    #[allow(dead_code)] // listed by the tree of secret versions
     pub(super) const fn inside<T: HoldsSealed>(
         tree: &'static str,
         name: fn(&[u8]) -> Option<String>,
@@ -123,8 +122,30 @@ fn key_blob(key: &[u8]) -> Option<String> {
     (name == "ca-key" || name.starts_with("jwt-key-")).then(|| name.to_string())
 }
 
-/// Every place in the store that holds bytes sealed under the master key.
-pub(super) const SEALED: &[Sealed] = &[Sealed::whole("blobs", key_blob)];
+/// A version of a brokered secret: the key is `name \0 version (BE u32)`, the value is
+/// sealed under `model::secret_aad(name, version)`.
+fn secret_version_name(key: &[u8]) -> Option<String> {
+    let at = key.iter().rposition(|b| *b == 0)?;
+    let name = std::str::from_utf8(&key[..at]).ok()?;
+    let version = u32::from_be_bytes(key.get(at + 1..)?.try_into().ok()?);
+    Some(crate::model::secret_aad(name, version))
+}
+
+impl HoldsSealed for crate::model::SecretVersion {
+    fn sealed(&self) -> &[u8] {
+        &self.sealed
+    }
+    fn sealed_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.sealed
+    }
+}
+
+/// Every place in the store that holds bytes sealed under the master key: the CA and JWT
+/// keys in `blobs`, and the values of brokered secrets.
+pub(super) const SEALED: &[Sealed] = &[
+    Sealed::whole("blobs", key_blob),
+    Sealed::inside::<crate::model::SecretVersion>("secret_versions", secret_version_name),
+];
 
 /// Every sealed record in `trees` of `db`.
 pub(super) fn records(db: &sled::Db, list: &[Sealed]) -> Result<Vec<SealedRecord>> {

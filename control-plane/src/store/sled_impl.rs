@@ -13,11 +13,11 @@ use super::codec::{
 use super::error::{Result, StoreError};
 use super::sled_store::{SledStore, LOG_RETAIN};
 use super::tx::issue_job;
-use super::{Cutoff, Enrollment, Pruned, Storage};
+use super::{Cutoff, Enrollment, Pruned, SecretWrite, SecretWritten, Storage};
 use crate::audit;
 use crate::model::{
     Approval, ApprovalState, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState,
-    PolicyRecord, Revocation, RevocationTarget, Workload,
+    PolicyRecord, Revocation, RevocationTarget, ScheduledRevocation, SecretVersion, Workload,
 };
 
 #[async_trait]
@@ -303,6 +303,16 @@ impl Storage for SledStore {
 
     async fn put_credential(&self, c: Credential, event: Event) -> Result<()> {
         self.write(move |tx| {
+            // One namespace for every kind: a definition never replaces one of another
+            // kind (a secret's versions would be orphaned, a JWT's leases re-kinded).
+            if let Some(old) = get::<Credential>(&tx.t.credentials, "credentials", c.name.as_bytes())? {
+                if old.kind != c.kind {
+                    return Err(StoreError::Conflict(format!(
+                        "a credential named {:?} (kind {}) exists; credentials and secrets share one namespace: choose another name",
+                        c.name, old.kind
+                    )));
+                }
+            }
             tx.t.credentials.insert(c.name.as_bytes(), enc(&c))?;
             tx.event(event)
         })
@@ -598,5 +608,42 @@ impl Storage for SledStore {
     async fn rewrap_sealed(&self, rewrap: super::Rewrap, event: Option<Event>) -> Result<usize> {
         self.write(move |tx| super::sealed::rewrap(tx, super::sealed::SEALED, rewrap, event))
             .await
+    }
+
+    fn secret_versions(&self, name: &str) -> Result<Vec<SecretVersion>> {
+        super::secrets::versions(&self.t, name)
+    }
+
+    fn secret_version(&self, name: &str, version: u32) -> Result<Option<SecretVersion>> {
+        super::secrets::version(&self.t, name, version)
+    }
+
+    async fn put_secret(&self, w: SecretWrite) -> Result<SecretWritten> {
+        self.write(move |tx| tx.put_secret(w)).await
+    }
+
+    async fn set_secret_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<(Credential, Option<Revocation>)> {
+        let name = name.to_string();
+        self.write(move |tx| tx.set_secret_disabled(&name, disabled, actor, reason))
+            .await
+    }
+
+    async fn remove_secret(&self, name: &str, actor: String) -> Result<(Revocation, u32)> {
+        let name = name.to_string();
+        self.write(move |tx| tx.remove_secret(&name, actor)).await
+    }
+
+    fn scheduled_due(&self, now: i64, limit: usize) -> Result<Vec<ScheduledRevocation>> {
+        super::secrets::scheduled_due(&self.t, now, limit)
+    }
+
+    async fn run_scheduled(&self, s: ScheduledRevocation) -> Result<Option<Revocation>> {
+        self.write(move |tx| tx.run_scheduled(s)).await
     }
 }

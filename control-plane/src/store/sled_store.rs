@@ -44,6 +44,11 @@ pub(super) struct Trees {
     /// Ended leases by when they stop being kept: (expires_at BE, lease id) -> ().
     /// See `retention`.
     pub(super) lease_ended: sled::Tree,
+    /// Versions of brokered secrets, sealed: (name \0 version BE) -> `SecretVersion`.
+    pub(super) secret_versions: sled::Tree,
+    /// Revocations promised for later (`secret rotate --grace`):
+    /// (at BE, name \0 version BE) -> `ScheduledRevocation`.
+    pub(super) scheduled: sled::Tree,
 }
 
 /// The state one batch of writes works on.
@@ -158,6 +163,8 @@ impl SledStore {
             approvals: db.open_tree("approvals")?,
             ended: db.open_tree("ended")?,
             lease_ended: db.open_tree("lease_ended")?,
+            secret_versions: db.open_tree("secret_versions")?,
+            scheduled: db.open_tree("scheduled")?,
         });
         // Databases from before the expiry index: build it once.
         if t.expiry.is_empty() && !t.active.is_empty() {

@@ -8,7 +8,7 @@ use super::error::{Result, StoreError};
 use super::sled_store::{Tx, LOG_RETAIN};
 use crate::audit;
 use crate::model::{
-    Change, Event, Host, Lease, LeaseState, Revocation, RevocationTarget, Workload,
+    Change, Credential, Event, Host, Lease, LeaseState, Revocation, RevocationTarget, Workload,
 };
 
 impl Tx<'_> {
@@ -140,8 +140,9 @@ impl Tx<'_> {
     }
 }
 
-/// The checks and writes of one issuance, to run on the writer: the workload must
-/// still be enabled and the host not evicted at the moment the lease is written.
+/// The checks and writes of one issuance, to run on the writer: the workload and the
+/// credential must still be enabled, the host not evicted and a secret's version still
+/// current at the moment the lease is written.
 pub(super) fn issue_job(
     mut lease: Lease,
     event: Event,
@@ -170,6 +171,33 @@ pub(super) fn issue_job(
                     lease.host
                 )))
             }
+        }
+        // A secret disabled, removed or rotated since it was decided and minted: the
+        // lease must not hold a value a revocation already took back.
+        match get::<Credential>(
+            &tx.t.credentials,
+            "credentials",
+            lease.credential.as_bytes(),
+        )? {
+            Some(c) if c.disabled => {
+                return Err(StoreError::Refused(format!(
+                    "credential {:?} is disabled",
+                    lease.credential
+                )))
+            }
+            Some(c) if lease.version != 0 && c.current_version != lease.version => {
+                return Err(StoreError::Stale(format!(
+                    "secret {:?} was rotated to version {} while version {} was issued",
+                    lease.credential, c.current_version, lease.version
+                )))
+            }
+            None if lease.version != 0 => {
+                return Err(StoreError::NotFound(format!(
+                    "no credential named {:?}",
+                    lease.credential
+                )))
+            }
+            _ => {}
         }
         let seq = tx.next_seq();
         lease.seq = seq;

@@ -125,17 +125,38 @@ pub(crate) async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Resul
         })
         .await?
         .into_inner();
-    eprintln!(
-        "revoked {} lease(s) at sequence {}; pushing to {} host(s)",
+    report(
+        c,
         r.leases_revoked,
         r.seq,
-        r.hosts.len()
+        &r.hosts,
+        a.wait.then_some(timeout),
+    )
+    .await
+}
+
+/// Say what a revocation took back and where it is pushed; then print its sequence
+/// number, or with `wait` (seconds) follow it until every host has wiped (see
+/// [`wait_for`]). What `revoke` prints, and every command that revokes as it does
+/// (`secret rotate`, `secret remove`).
+pub(crate) async fn report(
+    c: &mut AdminClient<Channel>,
+    leases: u32,
+    seq: u64,
+    hosts: &[String],
+    wait: Option<u32>,
+) -> Result<(), Fail> {
+    eprintln!(
+        "revoked {leases} lease(s) at sequence {seq}; pushing to {} host(s)",
+        hosts.len()
     );
-    if !a.wait {
-        outln!("{}", r.seq);
-        return Ok(());
+    match wait {
+        None => {
+            outln!("{seq}");
+            Ok(())
+        }
+        Some(timeout) => wait_for(c, seq, timeout).await,
     }
-    wait_for(c, r.seq, timeout).await
 }
 
 /// Follow a revocation until every host has wiped it, or `timeout` seconds pass (exit 6).

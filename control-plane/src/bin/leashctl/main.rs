@@ -27,6 +27,8 @@ mod lease;
 mod output;
 mod owner;
 mod policy;
+mod secret;
+mod secret_import;
 mod tokens;
 mod workload;
 
@@ -39,6 +41,7 @@ use key::KeyCmd;
 use lease::{LeaseCmd, RevokeArgs};
 use owner::OwnerCmd;
 use policy::PolicyCmd;
+use secret::SecretCmd;
 use workload::WorkloadCmd;
 
 #[derive(Parser)]
@@ -95,6 +98,9 @@ enum Cmd {
     /// The audit trail, as JSON lines.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Brokered secrets: values stored sealed, released like any credential.
+    #[command(subcommand)]
+    Secret(SecretCmd),
 }
 
 /// `--admin-socket` / `$LEASH_ADMIN_SOCKET` if given, else the system control plane's
@@ -154,6 +160,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Jwks => tokens::jwks(c).await,
         Cmd::Key(cmd) => key::run(c, cmd).await,
         Cmd::Audit(cmd) => audit::audit(c, cmd).await,
+        Cmd::Secret(cmd) => secret::run(c, cmd).await,
     }
 }
 

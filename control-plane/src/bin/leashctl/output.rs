@@ -41,6 +41,7 @@ fn lease_json(l: &v1::Lease) -> serde_json::Value {
         "seq": l.seq, "state": l.state,
         "reason": (!l.reason.is_empty()).then_some(&l.reason),
         "fingerprint": l.fingerprint, "policy_version": l.policy_version,
+        "version": (l.version != 0).then_some(l.version),
     })
 }
 
