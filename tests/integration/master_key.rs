@@ -392,3 +392,66 @@ fn the_data_directory_holds_no_plaintext_private_key() {
         }
     }
 }
+
+#[test]
+fn rotation_rewraps_secret_values_written_before_and_during_it() {
+    let mut c = Cluster::start();
+    c.my_workload("ci/job", "team-ci", &["kept", "busy"]);
+    let put = |name: &str, value: &str| {
+        c.leashctl_stdin(&["secret", "put", name, "--owner", "team-ci"], value)
+            .code(0);
+        c.remember_secret(value);
+    };
+    put("kept", "value-sealed-before-the-rotation");
+    put("busy", "busy-0");
+    let old_key = std::fs::read(c.data_dir.join("master.key")).expect("master.key");
+
+    // Versions added while the key is rotated: each one is sealed under the key in force
+    // and reaches the store before a rotation can leave it behind.
+    let stop = AtomicBool::new(false);
+    let written = Mutex::new(0u32);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 1;
+            while !stop.load(Ordering::Relaxed) {
+                let v = format!("busy-{i}");
+                let out = c.leashctl_stdin(&["secret", "put", "busy"], &v);
+                assert_eq!(out.code, 0, "{out}");
+                *written.lock().expect("lock") = i;
+                i += 1;
+            }
+        });
+        for _ in 0..3 {
+            rotate(&c);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let last = *written.lock().expect("lock");
+    assert!(last > 0, "no version was written during the rotations");
+
+    // After a restart (which checks every sealed record's key id), both secrets read.
+    c.restart_control_plane();
+    let get = |name: &str| {
+        c.eventually("the agent serves the secret", || {
+            let out = c.leash(&["get", name, "--fresh"]);
+            (out.code == 0).then(|| out.stdout.trim_end_matches('\n').to_string())
+        })
+    };
+    assert_eq!(get("kept"), "value-sealed-before-the-rotation");
+    assert_eq!(get("busy"), format!("busy-{last}"));
+    let versions = c
+        .leashctl(&["secret", "versions", "busy", "--output", "json"])
+        .json();
+    assert_eq!(
+        versions["versions"].as_array().map(Vec::len),
+        Some(last as usize + 1),
+        "{versions}"
+    );
+
+    // The key from before the rotations opens none of it: refused at start.
+    c.kill_control_plane();
+    std::fs::write(c.data_dir.join("master.key"), &old_key).expect("restore the old key");
+    let out = serve_refused(&c.data_dir);
+    out.code(1)
+        .stderr_has(&["the data is sealed with master key"]);
+}

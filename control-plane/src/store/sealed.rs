@@ -125,9 +125,13 @@ fn key_blob(key: &[u8]) -> Option<String> {
 /// A version of a brokered secret: the key is `name \0 version (BE u32)`, the value is
 /// sealed under `model::secret_aad(name, version)`.
 fn secret_version_name(key: &[u8]) -> Option<String> {
-    let at = key.iter().rposition(|b| *b == 0)?;
+    // The version's own bytes may be zero: split at the fixed width, not at a search.
+    let at = key.len().checked_sub(5)?;
+    if key[at] != 0 {
+        return None;
+    }
     let name = std::str::from_utf8(&key[..at]).ok()?;
-    let version = u32::from_be_bytes(key.get(at + 1..)?.try_into().ok()?);
+    let version = u32::from_be_bytes(key[at + 1..].try_into().ok()?);
     Some(crate::model::secret_aad(name, version))
 }
 
@@ -252,6 +256,26 @@ mod tests {
             }
         );
         assert!(s.get(b"not json").is_err());
+    }
+
+    #[test]
+    fn secret_versions_are_named_as_they_were_sealed() {
+        for (name, version) in [
+            ("kept", 1u32),
+            ("a/b", 256),
+            ("x", 0x0100_0000),
+            ("y", u32::MAX),
+        ] {
+            let mut key = name.as_bytes().to_vec();
+            key.push(0);
+            key.extend_from_slice(&version.to_be_bytes());
+            assert_eq!(
+                secret_version_name(&key),
+                Some(crate::model::secret_aad(name, version))
+            );
+        }
+        assert_eq!(secret_version_name(b"abc"), None);
+        assert_eq!(secret_version_name(b"name\x01\0\0\0\x01"), None);
     }
 
     #[test]
