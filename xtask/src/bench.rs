@@ -21,6 +21,7 @@ mod echo;
 mod enroll;
 mod exec;
 mod fetch;
+mod fetch_secret;
 mod issue;
 pub(crate) mod procs;
 mod revoke;

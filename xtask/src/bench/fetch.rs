@@ -49,6 +49,11 @@ pub struct Args {
     /// cold Fetch are measured in alternating rounds; nothing else is measured.
     #[arg(long, value_name = "DIR")]
     baseline: Option<PathBuf>,
+    /// `secret`: a brokered secret's cache-hit Fetch and `leash get` against the JWT's, in
+    /// the same run (alternating rounds); nothing else is measured. `jwt` (default): the
+    /// full bench.
+    #[arg(long, default_value = "jwt", value_parser = ["jwt", "secret"])]
+    kind: String,
 }
 
 async fn client(socket: &Path) -> anyhow::Result<AgentClient<Channel>> {
@@ -65,9 +70,11 @@ fn fetch_req() -> v1::FetchRequest {
 
 /// What a latency run calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
+pub(super) enum Call {
     /// Fetch of the bench credential (a cache hit once warm).
     Fetch,
+    /// Fetch of the named credential (a cache hit once warm).
+    FetchOf(&'static str),
     /// Status: the agent's server stack without attestation.
     Status,
     /// WhoAmI: attestation and workload matching, no cache.
@@ -75,18 +82,22 @@ enum Call {
 }
 
 /// Kept connections, warmed up, that make one kind of call.
-struct Load {
+pub(super) struct Load {
     conns: Vec<AgentClient<Channel>>,
     call: Call,
     /// Everything measured so far.
-    lat: Samples,
-    uncached: usize,
-    elapsed: Duration,
+    pub(super) lat: Samples,
+    pub(super) uncached: usize,
+    pub(super) elapsed: Duration,
 }
 
 impl Load {
     /// `clients` connections to `socket`, each warmed with 50 calls.
-    async fn prepare(socket: &Path, call: Call, clients: usize) -> anyhow::Result<Load> {
+    pub(super) async fn prepare(
+        socket: &Path,
+        call: Call,
+        clients: usize,
+    ) -> anyhow::Result<Load> {
         let mut conns = Vec::new();
         for _ in 0..clients {
             let mut c = client(socket).await?;
@@ -137,6 +148,15 @@ impl Load {
 async fn one(c: &mut AgentClient<Channel>, call: Call) -> anyhow::Result<bool> {
     Ok(match call {
         Call::Fetch => c.fetch(fetch_req()).await?.into_inner().cached,
+        Call::FetchOf(name) => {
+            c.fetch(v1::FetchRequest {
+                credential: name.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .cached
+        }
         Call::Status => {
             c.status(v1::StatusRequest {}).await?;
             true
@@ -151,7 +171,11 @@ async fn one(c: &mut AgentClient<Channel>, call: Call) -> anyhow::Result<bool> {
 /// Measure every load in turn, `rounds` times, `per_client` calls per connection in
 /// all: so drift on the shared machine (other tenants, frequency, the other phases'
 /// leftovers) falls on every load alike rather than on whichever ran first.
-async fn interleaved(loads: &mut [Load], rounds: usize, per_client: usize) -> anyhow::Result<()> {
+pub(super) async fn interleaved(
+    loads: &mut [Load],
+    rounds: usize,
+    per_client: usize,
+) -> anyhow::Result<()> {
     let rounds = rounds.clamp(1, per_client.max(1));
     for r in 0..rounds {
         // Spread the calls over the rounds; the first rounds take the remainder.
@@ -208,7 +232,7 @@ fn attest_micro(n: usize) -> anyhow::Result<Micro> {
 }
 
 /// Wall time of one process, from spawn to exit.
-fn wall(cmd: &mut Command) -> anyhow::Result<Duration> {
+pub(super) fn wall(cmd: &mut Command) -> anyhow::Result<Duration> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -249,6 +273,9 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     );
     if let Some(base) = &a.baseline {
         return compare(ctx, &a, base);
+    }
+    if a.kind == "secret" {
+        return super::fetch_secret::run(ctx, a.requests, a.clients, a.per_client, a.runs, a.rounds);
     }
     let dir = tempfile::Builder::new()
         .prefix("leash-bench-fetch-")
