@@ -30,9 +30,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Print a credential (only the secret goes to stdout).
+    /// Print a credential (only the secret goes to stdout): a JWT with a newline, a
+    /// secret's value exactly as stored.
     Get {
-        /// Credential name.
+        /// Credential name, or a reference: leash://NAME?action=A&audience=U&ttl=T&as=W#FIELD.
         name: String,
         /// Action class (default: the credential's).
         #[arg(long)]
@@ -58,6 +59,9 @@ enum Cmd {
         /// How long to wait for an approval.
         #[arg(long, default_value = "10m", requires = "wait")]
         timeout: String,
+        /// One field of a JSON-format secret (a string is printed as it is).
+        #[arg(long)]
+        field: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -153,8 +157,55 @@ fn trusted_socket(socket: &Path) -> Result<(), String> {
 mod exec;
 #[path = "leash/output.rs"]
 mod output;
+#[path = "leash/served.rs"]
+mod served;
 
 use output::Output;
+
+/// `leash get leash://NAME?…#field`: the reference's options fill in what the flags left
+/// empty; an option given both ways must agree. Returns the field to print, if any.
+fn reference_into(
+    req: &mut v1::FetchRequest,
+    field: Option<String>,
+) -> Result<Option<String>, Fail> {
+    use leash_proto::reference;
+    if !reference::is_reference(&req.credential) {
+        return Ok(field);
+    }
+    let r = reference::parse(&req.credential).map_err(|e| Fail(e.to_string(), 1))?;
+    let merge = |flag: &mut String, from_ref: &str, what: &str| {
+        if from_ref.is_empty() || flag == from_ref {
+        } else if flag.is_empty() {
+            *flag = from_ref.to_string();
+        } else {
+            return Err(Fail(
+                format!("--{what} and the reference's {what} differ; give one of them"),
+                1,
+            ));
+        }
+        Ok(())
+    };
+    merge(&mut req.action, &r.action, "action")?;
+    merge(&mut req.audience, &r.audience, "audience")?;
+    merge(&mut req.as_workload, &r.as_workload, "as")?;
+    if r.ttl_seconds != 0 {
+        if req.ttl_seconds != 0 && req.ttl_seconds != r.ttl_seconds {
+            return Err(Fail(
+                "--ttl and the reference's ttl differ; give one of them".into(),
+                1,
+            ));
+        }
+        req.ttl_seconds = r.ttl_seconds;
+    }
+    req.credential = r.name;
+    match (field, r.field) {
+        (Some(a), Some(b)) if a != b => Err(Fail(
+            "--field and the reference's #field differ; give one of them".into(),
+            1,
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
 
 async fn run(cli: Cli) -> Result<(), Fail> {
     let socket = socket_path(cli.socket);
@@ -177,16 +228,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             fresh,
             wait,
             timeout,
+            field,
             output,
         } => {
             let ttl_seconds = match ttl {
                 Some(t) => parse_secs(&t).map_err(|m| Fail(format!("--ttl: {m}"), 1))?,
                 None => 0,
             };
-            let timeout = std::time::Duration::from_secs(u64::from(
-                parse_secs(&timeout).map_err(|m| Fail(format!("--timeout: {m}"), 1))?,
-            ));
-            let req = v1::FetchRequest {
+            let mut req = v1::FetchRequest {
                 credential: name,
                 action: action.unwrap_or_default(),
                 audience: audience.unwrap_or_default(),
@@ -196,6 +245,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 fresh,
                 task_handle: std::env::var("LEASH_TASK").unwrap_or_default(),
             };
+            let field = reference_into(&mut req, field)?;
+            let timeout = std::time::Duration::from_secs(u64::from(
+                parse_secs(&timeout).map_err(|m| Fail(format!("--timeout: {m}"), 1))?,
+            ));
             let start = std::time::Instant::now();
             let mut told = false;
             let r = loop {
@@ -233,7 +286,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             if told {
                 eprintln!("approved after {}s", start.elapsed().as_secs());
             }
-            output::fetched(&r, output);
+            output::fetched(&r, &req.credential, field.as_deref(), output)
+                .map_err(|m| Fail(m, 1))?;
         }
         Cmd::Whoami { output } => {
             let r = c.who_am_i(v1::WhoAmIRequest {}).await?.into_inner();
