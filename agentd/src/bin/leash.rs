@@ -83,9 +83,24 @@ enum Cmd {
         /// Name of the task (shown in events and lease timelines).
         #[arg(long)]
         task_name: Option<String>,
-        /// VAR=CREDENTIAL[:ACTION]: put a credential in the command's environment (repeatable).
+        /// VAR=CREDENTIAL[:ACTION] or VAR=leash://…: put a credential in the command's
+        /// environment (repeatable).
         #[arg(long = "env", value_name = "VAR=CREDENTIAL[:ACTION]")]
         envs: Vec<String>,
+        /// A file of VAR=leash://… lines (credentials) and VAR=value lines (passed on as
+        /// they are); # comments, blank lines and `export ` are allowed (repeatable).
+        #[arg(long = "env-file", value_name = "FILE")]
+        env_files: Vec<PathBuf>,
+        /// Resolve variables of this environment whose value is a leash:// reference (the
+        /// default).
+        #[arg(long, overrides_with = "no_resolve_env")]
+        resolve_env: bool,
+        /// Pass leash:// values of this environment on as they are.
+        #[arg(long, overrides_with = "resolve_env")]
+        no_resolve_env: bool,
+        /// Do not mask injected credentials in the command's stdout and stderr.
+        #[arg(long)]
+        no_masking: bool,
         /// After the command exits, how long its leftover processes get between SIGTERM and SIGKILL.
         #[arg(long, default_value = "5s")]
         grace: String,
@@ -153,12 +168,18 @@ fn trusted_socket(socket: &Path) -> Result<(), String> {
     })
 }
 
+#[path = "leash/envfile.rs"]
+mod envfile;
 #[path = "leash/exec.rs"]
 mod exec;
+#[path = "leash/mask.rs"]
+mod mask;
 #[path = "leash/output.rs"]
 mod output;
 #[path = "leash/served.rs"]
 mod served;
+#[path = "leash/stdio.rs"]
+mod stdio;
 
 use output::Output;
 
@@ -370,6 +391,10 @@ fn main() -> ExitCode {
     if let Cmd::Exec {
         task_name,
         envs,
+        env_files,
+        resolve_env: _,
+        no_resolve_env,
+        no_masking,
         grace,
         command,
     } = cli.cmd
@@ -379,7 +404,16 @@ fn main() -> ExitCode {
             eprintln!("leash exec: {m}");
             return ExitCode::from(exec::LEASH_FAILED);
         }
-        return ExitCode::from(rt.block_on(exec::run(socket, task_name, envs, grace, command)));
+        let opts = exec::Options {
+            task_name,
+            envs,
+            env_files,
+            resolve_env: !no_resolve_env,
+            masking: !no_masking,
+            grace,
+            command,
+        };
+        return ExitCode::from(rt.block_on(exec::run(socket, opts)));
     }
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
