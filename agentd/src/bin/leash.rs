@@ -108,6 +108,18 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true, value_name = "-- CMD ARGS")]
         command: Vec<String>,
     },
+    /// Fill {{ leash://NAME }} placeholders of a config file (prefer `exec`: the result
+    /// is a copy on disk that Leash cannot wipe).
+    Render {
+        /// The template.
+        template: PathBuf,
+        /// Write here (mode 0600) instead of stdout.
+        #[arg(short = 'o', long = "out", value_name = "OUT")]
+        out: Option<PathBuf>,
+        /// Write into a directory others can read or write.
+        #[arg(long)]
+        force: bool,
+    },
     /// Tasks for runners that manage their jobs' processes themselves.
     #[command(subcommand)]
     Task(TaskCmd),
@@ -176,6 +188,8 @@ mod exec;
 mod mask;
 #[path = "leash/output.rs"]
 mod output;
+#[path = "leash/render.rs"]
+mod render;
 #[path = "leash/served.rs"]
 mod served;
 #[path = "leash/stdio.rs"]
@@ -322,6 +336,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             output::status(&r, output);
         }
         Cmd::Exec { .. } => unreachable!("handled in main"),
+        Cmd::Render {
+            template,
+            out,
+            force,
+        } => render::run(&mut c, template, out, force).await?,
         Cmd::Task(TaskCmd::Start {
             root_pid,
             name,
