@@ -29,12 +29,14 @@ pub enum FieldError {
         field: String,
     },
     /// The secret has no such field.
-    #[error("credential {credential} has no field {field}; ask its owner which fields it holds")]
+    #[error("credential {credential} has no field {field}; its fields are: {fields}")]
     Missing {
         /// The credential (quoted).
         credential: String,
         /// The field asked for (quoted).
         field: String,
+        /// The fields it has (quoted, sorted; names only, never values).
+        fields: String,
     },
     /// A json-format secret whose value is not a JSON object (stored before the check,
     /// or changed by hand).
@@ -56,7 +58,7 @@ pub fn fetched(r: &v1::FetchResponse) -> Value {
         json!({
             "value": r.token,
             "version": r.version,
-            "format": r.format,
+            "format": if r.format.is_empty() { "text" } else { &r.format },
             "kind": kind,
             "lease_id": r.lease_id,
             "expires_at": time(r.expires_at_unix),
@@ -106,9 +108,19 @@ pub fn field(r: &v1::FetchResponse, credential: &str, name: &str) -> Result<Valu
     let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&r.token) else {
         return Err(FieldError::NotAnObject { credential });
     };
+    let mut known: Vec<String> = fields
+        .keys()
+        .map(|k| names::excerpt(k).to_string())
+        .collect();
+    known.sort();
     fields.remove(name).ok_or(FieldError::Missing {
         credential,
         field: quoted_field,
+        fields: if known.is_empty() {
+            "(none)".into()
+        } else {
+            known.join(", ")
+        },
     })
 }
 

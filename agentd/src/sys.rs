@@ -7,6 +7,8 @@
 //!   [`pidfd_pid`] and [`pidfd_creds`], which let `attest` refer to a caller by a handle
 //!   the kernel never recycles, instead of a pid number that it does;
 //! - process hardening: [`set_not_dumpable`] and [`set_child_subreaper`];
+//! - terminals for `leash exec`'s masked child: [`window_size`], [`set_window_size`] and
+//!   [`controlling_terminal_on_exec`];
 //! - secret memory: [`SecretBuf`], a page-aligned allocation that is locked in RAM and kept
 //!   out of core dumps, and the range helpers it uses ([`lock_memory`], [`dont_dump`], …).
 //!
@@ -461,6 +463,60 @@ pub async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {
     let afd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(|e| e.into_parts().1)?;
     let _guard = afd.readable().await?;
     Ok(())
+}
+
+/// The window size of the terminal on `fd` (`TIOCGWINSZ`).
+pub fn window_size(fd: BorrowedFd<'_>) -> io::Result<libc::winsize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` through the pointer, which points to
+    // a live, properly aligned `libc::winsize` of ours; `fd` is open for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCGWINSZ,
+            &mut ws as *mut libc::winsize,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ws)
+}
+
+/// Set the window size of the terminal on `fd` (`TIOCSWINSZ`); the kernel sends SIGWINCH
+/// to its foreground process group.
+pub fn set_window_size(fd: BorrowedFd<'_>, ws: &libc::winsize) -> io::Result<()> {
+    // SAFETY: TIOCSWINSZ only reads one `struct winsize` through the pointer, which points
+    // to a live `libc::winsize`; `fd` is open for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Make `cmd`'s child the leader of a new session whose controlling terminal is its
+/// stdout (a pty slave), as a login shell's would be, so job control and `/dev/tty` work.
+pub fn controlling_terminal_on_exec(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the child between fork and exec, and calls only
+    // setsid(2) and ioctl(2), which are async-signal-safe; it allocates nothing and takes
+    // no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::ioctl(1, libc::TIOCSCTTY, 0 as libc::c_int) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 #[cfg(test)]

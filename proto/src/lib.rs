@@ -12,6 +12,8 @@
 //! - [`cli`]: what both CLIs share (tables, JSON, exit codes of failed calls).
 //! - [`startup`]: the start-up all four binaries share (arguments, logging, signals);
 //!   behind the default `startup` feature.
+//! - [`reference`]: `leash://NAME?action=…#field`, the references to credentials that
+//!   files and environment variables hold.
 //! - [`workload_kind`]: the kinds of workload, which both daemons decide by.
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,7 @@ pub mod clock;
 pub mod join_token;
 pub mod names;
 pub mod reason;
+pub mod reference;
 pub mod socket_trust;
 #[cfg(feature = "startup")]
 pub mod startup;

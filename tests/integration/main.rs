@@ -15,7 +15,9 @@
 //! - `sockets`, `inputs`, `host_trust`, `config`, `faults`, `partitions`: socket
 //!   paths the CLIs trust, names and sizes taken from callers, what the control plane
 //!   believes a host about, configuration bounds, and the fault campaign (kill -9 under
-//!   load, a full disk, an agent cut off).
+//!   load, a full disk, an agent cut off);
+//! - `secrets_client`: `leash://` references, `leash exec --env-file` / `--resolve-env`,
+//!   masking of injected values (pipes and a pty), `leash render`.
 //!
 //! Tests that need root (a second uid through `setpriv`, namespaces, tmpfs) are marked
 //! `#[ignore = "needs root: …"]`: the runner reports them as skipped when not root, and
@@ -35,6 +37,7 @@ mod partitions;
 mod policy;
 mod revocation;
 mod secrets;
+mod secrets_client;
 mod sockets;
 mod tasks;
 

@@ -8,6 +8,8 @@
 //!   agent, and agentd's RSS with 1,000 cached credentials.
 //! - `enroll-flood`: unauthenticated Enroll calls with never-minted join tokens; their
 //!   time, answers, and what they leave in the audit log and on disk.
+//! - `masking`: `leash exec -- cat FILE` (100 MB) with output masking, without, and
+//!   `cat` alone.
 //! - `revoke`: N simulated agents with real mTLS and Sync streams; time from Revoke to
 //!   the last wipe acknowledgment, and control-plane memory per agent.
 //!
@@ -23,6 +25,7 @@ mod exec;
 mod fetch;
 mod fetch_secret;
 mod issue;
+mod masking;
 pub(crate) mod procs;
 mod revoke;
 pub(crate) mod sim;
@@ -56,6 +59,8 @@ enum BenchCmd {
     Exec(exec::Args),
     /// Unauthenticated Enroll calls with bogus join tokens: time, answers, audit growth.
     EnrollFlood(enroll::Args),
+    /// The cost of `leash exec`'s output masking: `cat` of a 100 MB file, with and without.
+    Masking(masking::Args),
     /// Minimal client process: connect to a Unix socket, one Fetch, print the token.
     #[command(hide = true)]
     Client(echo::ClientArgs),
@@ -84,6 +89,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 BenchCmd::Revoke(a) => revoke::run(&ctx, a),
                 BenchCmd::Exec(a) => exec::run(&ctx, a),
                 BenchCmd::EnrollFlood(a) => enroll::run(&ctx, a),
+                BenchCmd::Masking(a) => masking::run(&ctx, a),
                 BenchCmd::Client(_) | BenchCmd::EchoServer(_) => unreachable!("handled above"),
             }
         }

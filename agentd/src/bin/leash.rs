@@ -30,9 +30,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Print a credential (only the secret goes to stdout).
+    /// Print a credential (only the secret goes to stdout): a JWT with a newline, a
+    /// secret's value exactly as stored.
     Get {
-        /// Credential name.
+        /// Credential name, or a reference: leash://NAME?action=A&audience=U&ttl=T&as=W#FIELD.
         name: String,
         /// Action class (default: the credential's).
         #[arg(long)]
@@ -58,6 +59,9 @@ enum Cmd {
         /// How long to wait for an approval.
         #[arg(long, default_value = "10m", requires = "wait")]
         timeout: String,
+        /// One field of a JSON-format secret (a string is printed as it is).
+        #[arg(long)]
+        field: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -79,15 +83,42 @@ enum Cmd {
         /// Name of the task (shown in events and lease timelines).
         #[arg(long)]
         task_name: Option<String>,
-        /// VAR=CREDENTIAL[:ACTION]: put a credential in the command's environment (repeatable).
+        /// VAR=CREDENTIAL[:ACTION] or VAR=leash://…: put a credential in the command's
+        /// environment (repeatable).
         #[arg(long = "env", value_name = "VAR=CREDENTIAL[:ACTION]")]
         envs: Vec<String>,
+        /// A file of VAR=leash://… lines (credentials) and VAR=value lines (passed on as
+        /// they are); # comments, blank lines and `export ` are allowed (repeatable).
+        #[arg(long = "env-file", value_name = "FILE")]
+        env_files: Vec<PathBuf>,
+        /// Resolve variables of this environment whose value is a leash:// reference (the
+        /// default).
+        #[arg(long, overrides_with = "no_resolve_env")]
+        resolve_env: bool,
+        /// Pass leash:// values of this environment on as they are.
+        #[arg(long, overrides_with = "resolve_env")]
+        no_resolve_env: bool,
+        /// Do not mask injected credentials in the command's stdout and stderr.
+        #[arg(long)]
+        no_masking: bool,
         /// After the command exits, how long its leftover processes get between SIGTERM and SIGKILL.
         #[arg(long, default_value = "5s")]
         grace: String,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, required = true, value_name = "-- CMD ARGS")]
         command: Vec<String>,
+    },
+    /// Fill {{ leash://NAME }} placeholders of a config file (prefer `exec`: the result
+    /// is a copy on disk that Leash cannot wipe).
+    Render {
+        /// The template.
+        template: PathBuf,
+        /// Write here (mode 0600) instead of stdout.
+        #[arg(short = 'o', long = "out", value_name = "OUT")]
+        out: Option<PathBuf>,
+        /// Write into a directory others can read or write.
+        #[arg(long)]
+        force: bool,
     },
     /// Tasks for runners that manage their jobs' processes themselves.
     #[command(subcommand)]
@@ -149,12 +180,67 @@ fn trusted_socket(socket: &Path) -> Result<(), String> {
     })
 }
 
+#[path = "leash/envfile.rs"]
+mod envfile;
 #[path = "leash/exec.rs"]
 mod exec;
+#[path = "leash/mask.rs"]
+mod mask;
 #[path = "leash/output.rs"]
 mod output;
+#[path = "leash/render.rs"]
+mod render;
+#[path = "leash/served.rs"]
+mod served;
+#[path = "leash/stdio.rs"]
+mod stdio;
 
 use output::Output;
+
+/// `leash get leash://NAME?…#field`: the reference's options fill in what the flags left
+/// empty; an option given both ways must agree. Returns the field to print, if any.
+fn reference_into(
+    req: &mut v1::FetchRequest,
+    field: Option<String>,
+) -> Result<Option<String>, Fail> {
+    use leash_proto::reference;
+    if !reference::is_reference(&req.credential) {
+        return Ok(field);
+    }
+    let r = reference::parse(&req.credential).map_err(|e| Fail(e.to_string(), 1))?;
+    let merge = |flag: &mut String, from_ref: &str, what: &str| {
+        if from_ref.is_empty() || flag == from_ref {
+        } else if flag.is_empty() {
+            *flag = from_ref.to_string();
+        } else {
+            return Err(Fail(
+                format!("--{what} and the reference's {what} differ; give one of them"),
+                1,
+            ));
+        }
+        Ok(())
+    };
+    merge(&mut req.action, &r.action, "action")?;
+    merge(&mut req.audience, &r.audience, "audience")?;
+    merge(&mut req.as_workload, &r.as_workload, "as")?;
+    if r.ttl_seconds != 0 {
+        if req.ttl_seconds != 0 && req.ttl_seconds != r.ttl_seconds {
+            return Err(Fail(
+                "--ttl and the reference's ttl differ; give one of them".into(),
+                1,
+            ));
+        }
+        req.ttl_seconds = r.ttl_seconds;
+    }
+    req.credential = r.name;
+    match (field, r.field) {
+        (Some(a), Some(b)) if a != b => Err(Fail(
+            "--field and the reference's #field differ; give one of them".into(),
+            1,
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
 
 async fn run(cli: Cli) -> Result<(), Fail> {
     let socket = socket_path(cli.socket);
@@ -177,16 +263,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             fresh,
             wait,
             timeout,
+            field,
             output,
         } => {
             let ttl_seconds = match ttl {
                 Some(t) => parse_secs(&t).map_err(|m| Fail(format!("--ttl: {m}"), 1))?,
                 None => 0,
             };
-            let timeout = std::time::Duration::from_secs(u64::from(
-                parse_secs(&timeout).map_err(|m| Fail(format!("--timeout: {m}"), 1))?,
-            ));
-            let req = v1::FetchRequest {
+            let mut req = v1::FetchRequest {
                 credential: name,
                 action: action.unwrap_or_default(),
                 audience: audience.unwrap_or_default(),
@@ -196,6 +280,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 fresh,
                 task_handle: std::env::var("LEASH_TASK").unwrap_or_default(),
             };
+            let field = reference_into(&mut req, field)?;
+            let timeout = std::time::Duration::from_secs(u64::from(
+                parse_secs(&timeout).map_err(|m| Fail(format!("--timeout: {m}"), 1))?,
+            ));
             let start = std::time::Instant::now();
             let mut told = false;
             let r = loop {
@@ -233,7 +321,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             if told {
                 eprintln!("approved after {}s", start.elapsed().as_secs());
             }
-            output::fetched(&r, output);
+            output::fetched(&r, &req.credential, field.as_deref(), output)
+                .map_err(|m| Fail(m, 1))?;
         }
         Cmd::Whoami { output } => {
             let r = c.who_am_i(v1::WhoAmIRequest {}).await?.into_inner();
@@ -247,6 +336,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             output::status(&r, output);
         }
         Cmd::Exec { .. } => unreachable!("handled in main"),
+        Cmd::Render {
+            template,
+            out,
+            force,
+        } => render::run(&mut c, template, out, force).await?,
         Cmd::Task(TaskCmd::Start {
             root_pid,
             name,
@@ -316,6 +410,10 @@ fn main() -> ExitCode {
     if let Cmd::Exec {
         task_name,
         envs,
+        env_files,
+        resolve_env: _,
+        no_resolve_env,
+        no_masking,
         grace,
         command,
     } = cli.cmd
@@ -325,7 +423,16 @@ fn main() -> ExitCode {
             eprintln!("leash exec: {m}");
             return ExitCode::from(exec::LEASH_FAILED);
         }
-        return ExitCode::from(rt.block_on(exec::run(socket, task_name, envs, grace, command)));
+        let opts = exec::Options {
+            task_name,
+            envs,
+            env_files,
+            resolve_env: !no_resolve_env,
+            masking: !no_masking,
+            grace,
+            command,
+        };
+        return ExitCode::from(rt.block_on(exec::run(socket, opts)));
     }
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -153,6 +153,7 @@ fn a_field_error_is_bad_input() {
     let f = Failure::from(FieldError::Missing {
         credential: "\"db\"".into(),
         field: "\"password\"".into(),
+        fields: "\"user\"".into(),
     });
     assert_eq!(
         (f.status, f.reason),

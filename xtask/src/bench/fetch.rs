@@ -93,11 +93,7 @@ pub(super) struct Load {
 
 impl Load {
     /// `clients` connections to `socket`, each warmed with 50 calls.
-    pub(super) async fn prepare(
-        socket: &Path,
-        call: Call,
-        clients: usize,
-    ) -> anyhow::Result<Load> {
+    pub(super) async fn prepare(socket: &Path, call: Call, clients: usize) -> anyhow::Result<Load> {
         let mut conns = Vec::new();
         for _ in 0..clients {
             let mut c = client(socket).await?;
@@ -275,7 +271,14 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         return compare(ctx, &a, base);
     }
     if a.kind == "secret" {
-        return super::fetch_secret::run(ctx, a.requests, a.clients, a.per_client, a.runs, a.rounds);
+        return super::fetch_secret::run(
+            ctx,
+            a.requests,
+            a.clients,
+            a.per_client,
+            a.runs,
+            a.rounds,
+        );
     }
     let dir = tempfile::Builder::new()
         .prefix("leash-bench-fetch-")

@@ -130,7 +130,15 @@ pub fn run(
         VALUE.len()
     );
     println!();
-    let mut t = Table::new(&["measurement", "kind", "calls", "p50", "p99", "throughput", "ratio"]);
+    let mut t = Table::new(&[
+        "measurement",
+        "kind",
+        "calls",
+        "p50",
+        "p99",
+        "throughput",
+        "ratio",
+    ]);
     for (what, loads) in [
         ("cache-hit Fetch, 1 client".to_string(), &one),
         (format!("cache-hit Fetch, {clients} clients"), &many),

@@ -8,20 +8,34 @@
 //! then get SIGTERM, and SIGKILL after `--grace`. If this process is killed instead, the
 //! agent sees the root's pidfd close and does the same.
 //!
+//! Credentials come from `--env VAR=NAME[:ACTION]` (or `VAR=leash://…`), from
+//! `--env-file` lines (`envfile.rs`), and from variables of our own environment whose
+//! value is a `leash://` reference (`--resolve-env`, on by default); a later source wins
+//! for the same variable (environment, then env files in order, then `--env`). Unless
+//! `--no-masking`, the child's output goes through the filter of `mask.rs`, wired by
+//! `stdio.rs` (pipes, or a pty when our stdout is a terminal).
+//!
 //! Exit status: the command's own; 128+N if it died of signal N; 125 when leash itself
 //! failed; 126 when the command cannot be run; 127 when it is not found.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use leash_proto::cli::{parse_secs, status_exit};
+use leash_proto::reference::{self, Reference};
 use leash_proto::v1;
 use leash_proto::v1::agent_client::AgentClient;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
+
+use crate::envfile;
+use crate::mask::{self, Patterns};
+use crate::served;
+use crate::stdio;
 
 pub(crate) const LEASH_FAILED: u8 = 125;
 
@@ -30,18 +44,19 @@ fn fail(m: impl std::fmt::Display) -> u8 {
     LEASH_FAILED
 }
 
-/// `VAR=CREDENTIAL[:ACTION]`.
-fn parse_env(spec: &str) -> Result<(String, String, String), String> {
+/// `VAR=CREDENTIAL[:ACTION]` or `VAR=leash://…`.
+fn parse_env(spec: &str) -> Result<(String, Reference), String> {
     let (var, rest) = spec
         .split_once('=')
         .ok_or_else(|| format!("--env {spec:?} must look like VAR=CREDENTIAL[:ACTION]"))?;
-    if var.is_empty()
-        || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        || var.starts_with(|c: char| c.is_ascii_digit())
-    {
+    if !envfile::valid_var(var) {
         return Err(format!(
             "--env {spec:?}: {var:?} is not a valid variable name"
         ));
+    }
+    if reference::is_reference(rest) {
+        let r = reference::parse(rest).map_err(|e| format!("--env {var}: {e}"))?;
+        return Ok((var.to_string(), r));
     }
     let (cred, action) = match rest.split_once(':') {
         Some((c, a)) => (c, a),
@@ -50,7 +65,70 @@ fn parse_env(spec: &str) -> Result<(String, String, String), String> {
     if cred.is_empty() {
         return Err(format!("--env {spec:?} names no credential"));
     }
-    Ok((var.to_string(), cred.to_string(), action.to_string()))
+    Ok((
+        var.to_string(),
+        Reference {
+            name: cred.to_string(),
+            action: action.to_string(),
+            ..Reference::default()
+        },
+    ))
+}
+
+/// What a variable of the child's environment is set to, and where that was said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Plain(String),
+    Credential(Reference, String),
+}
+
+/// Every variable `leash exec` sets, from the parent environment (`resolve_env`), the env
+/// files and the `--env` flags, a later one winning.
+fn sources(
+    parent: impl Iterator<Item = (String, String)>,
+    resolve_env: bool,
+    files: &[(String, String)],
+    envs: &[String],
+) -> Result<BTreeMap<String, Source>, String> {
+    let mut out = BTreeMap::new();
+    if resolve_env {
+        for (var, value) in parent {
+            if reference::is_reference(&value) {
+                let r = reference::parse(&value).map_err(|e| {
+                    format!("${var} of the environment: {e} (or run with --no-resolve-env to pass it on as it is)")
+                })?;
+                out.insert(var.clone(), Source::Credential(r, format!("${var}")));
+            }
+        }
+    }
+    for (path, text) in files {
+        for line in envfile::parse(path, text)? {
+            let v = match line.value {
+                envfile::Value::Plain(p) => Source::Plain(p),
+                envfile::Value::Reference(r) => {
+                    Source::Credential(r, format!("{path} line {}", line.number))
+                }
+            };
+            out.insert(line.var, v);
+        }
+    }
+    for spec in envs {
+        let (var, r) = parse_env(spec)?;
+        out.insert(var.clone(), Source::Credential(r, format!("--env {var}")));
+    }
+    Ok(out)
+}
+
+/// `leash exec`'s options.
+#[derive(Debug)]
+pub(crate) struct Options {
+    pub(crate) task_name: Option<String>,
+    pub(crate) envs: Vec<String>,
+    pub(crate) env_files: Vec<PathBuf>,
+    pub(crate) resolve_env: bool,
+    pub(crate) masking: bool,
+    pub(crate) grace: String,
+    pub(crate) command: Vec<String>,
 }
 
 /// Live (non-zombie) processes that descend from us.
@@ -132,22 +210,26 @@ async fn stop_leftovers(grace: Duration) {
 }
 
 /// Run `leash exec`; returns the exit status.
-pub async fn run(
-    socket: PathBuf,
-    task_name: Option<String>,
-    envs: Vec<String>,
-    grace: String,
-    command: Vec<String>,
-) -> u8 {
-    let grace = match parse_secs(&grace) {
+pub async fn run(socket: PathBuf, o: Options) -> u8 {
+    let grace = match parse_secs(&o.grace) {
         Ok(g) => Duration::from_secs(u64::from(g)),
         Err(m) => return fail(format!("--grace: {m}")),
     };
-    let specs: Vec<(String, String, String)> = match envs.iter().map(|e| parse_env(e)).collect() {
-        Ok(v) => v,
+    let mut files = Vec::new();
+    for f in &o.env_files {
+        match std::fs::read_to_string(f) {
+            Ok(t) => files.push((f.display().to_string(), t)),
+            Err(e) => return fail(format!("cannot read the env file {}: {e}", f.display())),
+        }
+    }
+    let parent = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let sources = match sources(parent, o.resolve_env, &files, &o.envs) {
+        Ok(s) => s,
         Err(m) => return fail(m),
     };
-    let Some((program, args)) = command.split_first() else {
+    drop(files);
+    let Some((program, args)) = o.command.split_first() else {
         return fail("no command given: leash exec [--env VAR=CRED] -- CMD ARGS");
     };
     if let Err(e) = leash_agentd::sys::set_child_subreaper() {
@@ -163,7 +245,9 @@ pub async fn run(
             root_pid: std::process::id(),
             // A command path may hold characters a task name may not: the default is
             // made to fit; a name given explicitly is checked by the agent as it is.
-            name: task_name.unwrap_or_else(|| leash_proto::names::sanitize(program)),
+            name: o
+                .task_name
+                .unwrap_or_else(|| leash_proto::names::sanitize(program)),
             grace_ms: grace.as_millis().min(u128::from(u32::MAX)) as u32,
         })
         .await
@@ -176,32 +260,73 @@ pub async fn run(
     cmd.args(args)
         .env("LEASH_TASK", &task.handle)
         .env("LEASH_AGENT_SOCKET", &socket);
-    for (var, cred, action) in &specs {
-        let r = agent
-            .fetch(v1::FetchRequest {
-                credential: cred.clone(),
-                action: action.clone(),
-                task_handle: task.handle.clone(),
-                ..Default::default()
-            })
-            .await;
-        match r {
-            Ok(r) => {
-                cmd.env(var, r.into_inner().token);
+    // (label, value) of everything injected, for the masking filter.
+    let mut injected: Vec<(String, String)> = Vec::new();
+    for (var, source) in &sources {
+        let (r, origin) = match source {
+            Source::Plain(v) => {
+                cmd.env(var, v);
+                continue;
             }
-            Err(s) => {
+            Source::Credential(r, origin) => (r, origin),
+        };
+        let fetched = agent
+            .fetch(served::request(r, &task.handle))
+            .await
+            .map_err(|s| {
+                format!(
+                    "cannot fetch {} for ${var} ({origin}): {}",
+                    r.name,
+                    status_exit(&s).0
+                )
+            })
+            .and_then(|resp| {
+                served::text(&resp.into_inner(), r).map_err(|m| format!("${var} ({origin}): {m}"))
+            });
+        match fetched {
+            Ok(text) => {
+                if o.masking && text.len() < mask::MIN_MASKED {
+                    eprintln!(
+                        "leash exec: ${var} is shorter than {} bytes and is not masked",
+                        mask::MIN_MASKED
+                    );
+                }
+                cmd.env(var, &text);
+                let label = match &r.field {
+                    Some(f) => format!("{}#{f}", r.name),
+                    None => r.name.clone(),
+                };
+                injected.push((label, text));
+            }
+            Err(m) => {
                 let _ = agent
                     .end_task(v1::EndTaskRequest {
                         handle: task.handle.clone(),
                     })
                     .await;
-                return fail(format!(
-                    "cannot fetch {cred} for ${var}: {}",
-                    status_exit(&s).0
-                ));
+                return fail(m);
             }
         }
     }
+    let patterns = if o.masking {
+        Patterns::new(&injected).map(Arc::new)
+    } else {
+        None
+    };
+    drop(injected);
+    let filtered = match patterns.map(|p| stdio::wire(&mut cmd, p)).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = agent
+                .end_task(v1::EndTaskRequest {
+                    handle: task.handle.clone(),
+                })
+                .await;
+            return fail(format!(
+                "cannot set up masking of the command's output: {e} (--no-masking runs it without)"
+            ));
+        }
+    };
 
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -224,7 +349,9 @@ pub async fn run(
     let pid = child.id().map(|p| Pid::from_raw(p as i32));
 
     let mut sigs = Vec::new();
+    let pty = filtered.as_ref().is_some_and(stdio::Filtered::has_pty);
     for kind in [
+        SignalKind::window_change(),
         SignalKind::interrupt(),
         SignalKind::terminate(),
         SignalKind::hangup(),
@@ -232,6 +359,10 @@ pub async fn run(
         SignalKind::user_defined1(),
         SignalKind::user_defined2(),
     ] {
+        if kind == SignalKind::window_change() && !pty {
+            // Without a pty of its own the child shares our terminal and hears it itself.
+            continue;
+        }
         match signal(kind) {
             Ok(s) => sigs.push((kind, s)),
             Err(e) => eprintln!(
@@ -251,7 +382,11 @@ pub async fn run(
         tokio::select! {
             st = child.wait() => break st,
             (k, _, _) = forwarded => {
-                if let (Some(pid), Ok(sig)) = (pid, Signal::try_from(k.as_raw_value())) {
+                if k == SignalKind::window_change() {
+                    if let Some(f) = &filtered {
+                        f.resized();
+                    }
+                } else if let (Some(pid), Ok(sig)) = (pid, Signal::try_from(k.as_raw_value())) {
                     let _ = kill(pid, sig);
                 }
             }
@@ -272,6 +407,11 @@ pub async fn run(
         ),
     }
     stop_leftovers(grace).await;
+    if let Some(f) = filtered {
+        // Whatever the task's processes wrote goes out before we exit; they are all gone
+        // now, so the filters see the end of their input at once.
+        f.finish(Duration::from_secs(5));
+    }
 
     match status {
         Ok(st) => {
@@ -294,17 +434,64 @@ mod tests {
 
     #[test]
     fn env_specs() {
+        let (v, r) = parse_env("DEPLOY_TOKEN=deploy-api:deploy").unwrap();
         assert_eq!(
-            parse_env("DEPLOY_TOKEN=deploy-api:deploy"),
-            Ok(("DEPLOY_TOKEN".into(), "deploy-api".into(), "deploy".into()))
+            (v.as_str(), r.name.as_str(), r.action.as_str()),
+            ("DEPLOY_TOKEN", "deploy-api", "deploy")
         );
+        let (v, r) = parse_env("T=api").unwrap();
         assert_eq!(
-            parse_env("T=api"),
-            Ok(("T".into(), "api".into(), String::new()))
+            (v.as_str(), r.name.as_str(), r.action.as_str()),
+            ("T", "api", "")
         );
+        let (_, r) = parse_env("T=leash://api?action=read&ttl=1m#f").unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.action.as_str(), r.ttl_seconds),
+            ("api", "read", 60)
+        );
+        assert_eq!(r.field.as_deref(), Some("f"));
         assert!(parse_env("=api").is_err());
         assert!(parse_env("1X=api").is_err());
         assert!(parse_env("X").is_err());
         assert!(parse_env("X=").is_err());
+        assert!(parse_env("X=leash://").is_err());
+    }
+
+    fn cred(name: &str, origin: &str) -> Source {
+        Source::Credential(
+            Reference {
+                name: name.into(),
+                ..Reference::default()
+            },
+            origin.into(),
+        )
+    }
+
+    #[test]
+    fn later_sources_win_and_resolve_env_can_be_turned_off() {
+        let parent = || {
+            vec![
+                ("A".to_string(), "leash://from-env".to_string()),
+                ("B".to_string(), "leash://b".to_string()),
+                ("HOME".to_string(), "/root".to_string()),
+            ]
+            .into_iter()
+        };
+        let files = vec![(".env".to_string(), "B=plain\nC=leash://c\n".to_string())];
+        let envs = vec!["C=flag".to_string()];
+        let got = sources(parent(), true, &files, &envs).unwrap();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got["A"], cred("from-env", "$A"));
+        assert_eq!(got["B"], Source::Plain("plain".into()));
+        assert_eq!(got["C"], cred("flag", "--env C"));
+        let got = sources(parent(), false, &files, &[]).unwrap();
+        assert!(!got.contains_key("A"));
+        assert_eq!(got["C"], cred("c", ".env line 2"));
+        let bad = vec![("X".to_string(), "leash://x?nope=1".to_string())];
+        let e = sources(bad.clone().into_iter(), true, &[], &[]).unwrap_err();
+        assert!(e.starts_with("$X of the environment: the reference"), "{e}");
+        assert!(sources(bad.into_iter(), false, &[], &[])
+            .unwrap()
+            .is_empty());
     }
 }

@@ -2,9 +2,11 @@
 //! Only `get`'s secret goes to stdout as bare text; notes go to stderr from the commands.
 
 use clap::ValueEnum;
-use leash_proto::cli::{print_json as json, time};
+use leash_proto::cli::{print_json as json, print_str, time};
 use leash_proto::outln;
 use leash_proto::v1;
+
+use crate::served;
 
 /// `--output`.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -13,21 +15,46 @@ pub(crate) enum Output {
     Json,
 }
 
-/// `leash get`: the bare token, or the token with its lease as JSON.
-pub(crate) fn fetched(r: &v1::FetchResponse, output: Output) {
+/// `leash get`: the bare token (with a newline), a secret's value exactly as stored (no
+/// newline added), or the credential with its lease as JSON. `field`: one field of a
+/// JSON secret instead of the whole value.
+pub(crate) fn fetched(
+    r: &v1::FetchResponse,
+    name: &str,
+    field: Option<&str>,
+    output: Output,
+) -> Result<(), String> {
     if output == Output::Json {
-        json(&serde_json::json!({
-            "token": r.token,
-            "expires_at": time(r.expires_at_unix),
-            "expires_at_unix": r.expires_at_unix,
-            "lease_id": r.lease_id,
-            "workload": r.workload,
-            "action": r.action,
-            "audience": r.audience,
-            "cached": r.cached,
-        }));
+        json(&get_json(r, name, field)?);
     } else {
-        outln!("{}", r.token);
+        print_str(&get_text(r, name, field)?);
+    }
+    Ok(())
+}
+
+/// What `leash get` prints as text.
+pub(crate) fn get_text(
+    r: &v1::FetchResponse,
+    name: &str,
+    field: Option<&str>,
+) -> Result<String, String> {
+    match field {
+        Some(f) => served::field(r, name, f),
+        None if served::is_secret(r) => Ok(r.token.clone()),
+        None => Ok(format!("{}\n", r.token)),
+    }
+}
+
+/// The `leash get --output json` document: the one the agent's HTTP API answers
+/// (`leash_agentd::documents`). With `field`, `value` is that field and `field` says which.
+pub(crate) fn get_json(
+    r: &v1::FetchResponse,
+    name: &str,
+    field: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    match field {
+        Some(f) => leash_agentd::documents::fetched_field(r, name, f).map_err(|e| e.to_string()),
+        None => Ok(leash_agentd::documents::fetched(r)),
     }
 }
 
@@ -93,5 +120,85 @@ pub(crate) fn status(r: &v1::StatusResponse, output: Output) {
         outln!("max offline:    {}s", r.max_offline_secs);
         outln!("workloads:      {}", r.workloads);
         outln!("cached:         {} credential(s)", r.cached_credentials);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(value: &str, format: &str) -> v1::FetchResponse {
+        v1::FetchResponse {
+            token: value.into(),
+            kind: "secret".into(),
+            version: 3,
+            format: format.into(),
+            lease_id: "l-1".into(),
+            expires_at_unix: 1_795_887_998,
+            workload: "ci/job".into(),
+            action: "read".into(),
+            cached: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_secret_is_printed_exactly() {
+        assert_eq!(
+            get_text(&secret("sk_live_1", "text"), "s", None).unwrap(),
+            "sk_live_1"
+        );
+        assert_eq!(
+            get_text(&secret("line\n", "text"), "s", None).unwrap(),
+            "line\n"
+        );
+        let jwt = v1::FetchResponse {
+            token: "eyJ.a.b".into(),
+            ..Default::default()
+        };
+        assert_eq!(get_text(&jwt, "api", None).unwrap(), "eyJ.a.b\n");
+        let r = secret(r#"{"password":"p4ss","n":1}"#, "json");
+        assert_eq!(get_text(&r, "db", Some("password")).unwrap(), "p4ss");
+        assert_eq!(get_text(&r, "db", Some("n")).unwrap(), "1");
+        assert!(get_text(&r, "db", Some("nope")).is_err());
+    }
+
+    #[test]
+    fn json_of_a_secret() {
+        let doc = get_json(&secret("sk_live_1", ""), "s", None).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "value": "sk_live_1", "version": 3, "lease_id": "l-1",
+                "expires_at": "2026-11-28T17:46:38Z", "expires_at_unix": 1_795_887_998,
+                "workload": "ci/job", "action": "read", "cached": true,
+                "kind": "secret", "format": "text",
+            })
+        );
+        let r = secret(r#"{"password":"p4ss","n":1}"#, "json");
+        let doc = get_json(&r, "db", Some("n")).unwrap();
+        assert_eq!(doc["value"], 1);
+        assert_eq!(doc["field"], "n");
+        assert_eq!(doc["format"], "json");
+        let e = get_json(&r, "db", Some("user")).unwrap_err();
+        assert!(
+            e.contains("no field \"user\"") && !e.contains("p4ss"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn json_of_a_jwt_gains_kind() {
+        let jwt = v1::FetchResponse {
+            token: "eyJ.a.b".into(),
+            audience: "https://api.example".into(),
+            lease_id: "l-2".into(),
+            ..Default::default()
+        };
+        let doc = get_json(&jwt, "api", None).unwrap();
+        assert_eq!(doc["kind"], "jwt");
+        assert_eq!(doc["token"], "eyJ.a.b");
+        assert_eq!(doc["audience"], "https://api.example");
+        assert!(doc.get("value").is_none() && doc.get("version").is_none());
     }
 }

@@ -1,0 +1,299 @@
+//! Masking for `leash exec`: the child's stdout and stderr pass through a filter that
+//! replaces every injected credential with `<leash:NAME>`.
+//!
+//! What is caught: each injected value as it is, with trailing whitespace trimmed, in
+//! standard and URL-safe base64 (padded or not, starting at the value's first byte), and
+//! percent-encoded (RFC 3986, `encodeURIComponent` and form encoding, upper-case hex).
+//! A value split across reads is still caught: the filter holds back the end of what it
+//! has read while that end could be the start of a value, and lets it go as soon as it
+//! cannot (or at end of output).
+//!
+//! What is not caught: anything else a program does to a value before printing it
+//! (hashing, hex, reversing, compressing, encrypting, base64 of a longer text the value
+//! sits inside at another alignment, lower-case percent-encoding, one character at a
+//! time with other output between). Values shorter than [`MIN_MASKED`] bytes are not
+//! masked, since they would replace ordinary text. Masking guards against accidents in
+//! logs, not against a program that wants to leak what it was given.
+//!
+//! Multi-pattern search is `aho-corasick` (leftmost-longest): one pass over the output,
+//! however many values are masked.
+
+use std::io::{self, Read, Write};
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Shorter values are not masked.
+pub(crate) const MIN_MASKED: usize = 4;
+
+/// Bytes read from the child at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// RFC 3986 unreserved characters stay as they are.
+const RFC3986: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// What JavaScript's `encodeURIComponent` leaves alone.
+const URI_COMPONENT: &AsciiSet = &RFC3986
+    .remove(b'!')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*');
+/// `application/x-www-form-urlencoded` (spaces become `+` afterwards).
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b' ');
+
+/// The values to mask, compiled once and shared by the stdout and stderr filters.
+#[derive(Debug)]
+pub(crate) struct Patterns {
+    ac: AhoCorasick,
+    patterns: Vec<Vec<u8>>,
+    replacement: Vec<Vec<u8>>,
+    /// Which bytes start some pattern (to find a held-back tail quickly).
+    first: [bool; 256],
+    max_len: usize,
+}
+
+/// The forms of `value` the filter looks for.
+fn forms(value: &str) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut out = Vec::new();
+    let mut bases = vec![value];
+    let trimmed = value.trim_end();
+    if trimmed != value {
+        bases.push(trimmed);
+    }
+    for v in bases {
+        if v.len() < MIN_MASKED {
+            continue;
+        }
+        out.push(v.as_bytes().to_vec());
+        for e in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            out.push(e.encode(v).into_bytes());
+        }
+        out.push(utf8_percent_encode(v, RFC3986).to_string().into_bytes());
+        out.push(
+            utf8_percent_encode(v, URI_COMPONENT)
+                .to_string()
+                .into_bytes(),
+        );
+        out.push(
+            utf8_percent_encode(v, FORM)
+                .to_string()
+                .replace(' ', "+")
+                .into_bytes(),
+        );
+    }
+    out
+}
+
+impl Patterns {
+    /// Patterns for `(name, value)` pairs; `None` when no value is long enough to mask.
+    pub(crate) fn new(values: &[(String, String)]) -> Option<Patterns> {
+        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        let mut replacement = Vec::new();
+        for (name, value) in values {
+            for f in forms(value) {
+                if !patterns.contains(&f) {
+                    patterns.push(f);
+                    replacement.push(format!("<leash:{name}>").into_bytes());
+                }
+            }
+        }
+        if patterns.is_empty() {
+            return None;
+        }
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .ok()?;
+        let mut first = [false; 256];
+        for p in &patterns {
+            first[usize::from(p[0])] = true;
+        }
+        let max_len = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        Some(Patterns {
+            ac,
+            patterns,
+            replacement,
+            first,
+            max_len,
+        })
+    }
+
+    /// Where the part of `buf` that could be the start of a pattern begins (`buf.len()`
+    /// when none could): that part is held back until more is read.
+    fn hold_from(&self, buf: &[u8]) -> usize {
+        let from = buf.len().saturating_sub(self.max_len - 1);
+        (from..buf.len())
+            .find(|&t| {
+                self.first[usize::from(buf[t])]
+                    && self
+                        .patterns
+                        .iter()
+                        .any(|p| p.len() > buf.len() - t && p.starts_with(&buf[t..]))
+            })
+            .unwrap_or(buf.len())
+    }
+
+    /// Filter `buf` into `out`; returns how many bytes of `buf` were dealt with (the rest
+    /// must be offered again with what is read next). At `eof` everything is.
+    pub(crate) fn filter(&self, buf: &[u8], eof: bool, out: &mut Vec<u8>) -> usize {
+        let hold = if eof { buf.len() } else { self.hold_from(buf) };
+        let mut pos = 0;
+        for m in self.ac.find_iter(buf) {
+            // A match that starts before `hold` lies wholly inside `buf`, and is the
+            // match the whole stream would have there (see `hold_from`).
+            if m.start() >= hold {
+                break;
+            }
+            out.extend_from_slice(&buf[pos..m.start()]);
+            out.extend_from_slice(&self.replacement[m.pattern().as_usize()]);
+            pos = m.end();
+        }
+        if pos < hold {
+            out.extend_from_slice(&buf[pos..hold]);
+            pos = hold;
+        }
+        pos
+    }
+}
+
+/// Copy `input` to `output` through the filter until `input` ends. A failed write ends
+/// the copy (and the caller drops `input`, so the child sees its reader gone, as it would
+/// without masking). EIO from a pty whose last slave closed counts as the end.
+pub(crate) fn pump(p: &Patterns, mut input: impl Read, mut output: impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; CHUNK + p.max_len];
+    let mut filled = 0;
+    let mut out = Vec::with_capacity(CHUNK + 1024);
+    loop {
+        let n = match input.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => 0,
+            Err(e) => return Err(e),
+        };
+        filled += n;
+        let eof = n == 0;
+        out.clear();
+        let done = p.filter(&buf[..filled], eof, &mut out);
+        if !out.is_empty() {
+            output.write_all(&out)?;
+            output.flush()?;
+        }
+        buf.copy_within(done..filled, 0);
+        filled -= done;
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWT: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+
+    fn patterns() -> Patterns {
+        Patterns::new(&[
+            ("api".into(), JWT.into()),
+            ("db".into(), "p@ss w/rd+&x".into()),
+            ("short".into(), "abc".into()),
+        ])
+        .expect("patterns")
+    }
+
+    /// Filter `input` delivered in the given pieces.
+    fn run(p: &Patterns, pieces: &[&[u8]]) -> String {
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            pending.extend_from_slice(piece);
+            let done = p.filter(&pending, false, &mut out);
+            pending.drain(..done);
+        }
+        let done = p.filter(&pending, true, &mut out);
+        assert_eq!(done, pending.len());
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn values_and_their_encodings_are_masked() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let p = patterns();
+        let b64 = STANDARD.encode(JWT);
+        let text = format!(
+            "token={JWT}\nb64={b64} url={} pw=p%40ss%20w%2Frd%2B%26x form=p%40ss+w%2Frd%2B%26x raw=p@ss w/rd+&x ok=abc\n",
+            URL_SAFE_NO_PAD.encode("p@ss w/rd+&x")
+        );
+        assert_eq!(
+            run(&p, &[text.as_bytes()]),
+            "token=<leash:api>\nb64=<leash:api> url=<leash:db> pw=<leash:db> form=<leash:db> raw=<leash:db> ok=abc\n"
+        );
+    }
+
+    #[test]
+    fn a_value_split_across_reads_is_masked_at_every_split() {
+        let p = patterns();
+        let text = format!("before {JWT} after");
+        let b = text.as_bytes();
+        for cut in 0..=b.len() {
+            assert_eq!(
+                run(&p, &[&b[..cut], &b[cut..]]),
+                "before <leash:api> after",
+                "split at {cut}"
+            );
+        }
+        // One byte at a time.
+        let bytes: Vec<&[u8]> = b.chunks(1).collect();
+        assert_eq!(run(&p, &bytes), "before <leash:api> after");
+    }
+
+    #[test]
+    fn nothing_is_held_back_that_cannot_start_a_value() {
+        let p = patterns();
+        let mut out = Vec::new();
+        // A prompt with no possible start of a value at its end goes out whole.
+        assert_eq!(p.filter(b"Password: ", false, &mut out), 10);
+        assert_eq!(out, b"Password: ");
+        // The start of a JWT is held until it is known not to be one.
+        out.clear();
+        assert_eq!(p.filter(b"x eyJhb", false, &mut out), 2);
+        assert_eq!(out, b"x ");
+        out.clear();
+        assert_eq!(p.filter(b"eyJhbX", false, &mut out), 6);
+        assert_eq!(out, b"eyJhbX");
+    }
+
+    #[test]
+    fn short_values_are_not_masked_and_no_values_means_no_filter() {
+        assert!(Patterns::new(&[("s".into(), "abc".into())]).is_none());
+        assert!(Patterns::new(&[]).is_none());
+        let p = Patterns::new(&[("s".into(), "abcd\n".into())]).expect("4 bytes");
+        assert_eq!(run(&p, &[b"abcd\nabcd!"]), "<leash:s><leash:s>!");
+    }
+
+    #[test]
+    fn pump_copies_everything_through_small_reads() {
+        let p = patterns();
+        let mut text = Vec::new();
+        for i in 0..20_000 {
+            text.extend_from_slice(format!("line {i} {JWT}\n").as_bytes());
+        }
+        let mut out = Vec::new();
+        pump(&p, io::Cursor::new(&text), &mut out).expect("pump");
+        let out = String::from_utf8(out).expect("utf-8");
+        assert!(!out.contains(JWT));
+        assert_eq!(out.matches("<leash:api>").count(), 20_000);
+        assert!(out.ends_with("line 19999 <leash:api>\n"));
+    }
+}
