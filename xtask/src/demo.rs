@@ -3,8 +3,10 @@
 //!
 //! It builds the binaries, starts a control plane and an agent in a temp dir, registers a
 //! workload that matches the current user, fetches a token with `leash get`, verifies it
-//! against the JWKS, revokes it, shows the wipe acknowledgment and the lease's timeline,
-//! then cleans up.
+//! against the JWKS, revokes it, shows the wipe acknowledgment and the lease's timeline.
+//! Then brokered secrets: a `.env` of API keys imported into Leash, the reference file
+//! used by `leash exec` (with the values masked in the command's output), a rotation whose
+//! wipe is acknowledged, and the new version served. Then it cleans up.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -297,6 +299,8 @@ pub fn run() -> anyhow::Result<()> {
     step("the revoked lease's timeline");
     eprint!("{}", ok(ctl(&["lease", "show", &lease])?)?);
 
+    secrets(d, &bin("leashctl"), &bin("leash"), &admin, &sock)?;
+
     step("done: stopping and cleaning up");
     Ok(())
 }
@@ -311,4 +315,125 @@ fn nix_uid() -> u32 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|u| u.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// Run `bin ARGS` with `input` on stdin; its stderr is shown.
+fn call_stdin(
+    bin: &Path,
+    args: &[&str],
+    envs: &[(&str, &Path)],
+    input: &str,
+) -> anyhow::Result<Output> {
+    use std::io::Write;
+    let mut c = Command::new(bin);
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    eprintln!(
+        "$ … | {} {}",
+        bin.file_name().unwrap_or_default().to_string_lossy(),
+        args.join(" ")
+    );
+    let mut child = c.spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(out)
+}
+
+/// The brokered-secrets part of the demo: from a `.env` of keys to references, `leash
+/// exec` with masking, and a rotation that is pushed and wiped.
+fn secrets(
+    d: &Path,
+    leashctl: &Path,
+    leash: &Path,
+    admin: &Path,
+    sock: &Path,
+) -> anyhow::Result<()> {
+    let env_admin = [("LEASH_ADMIN_SOCKET", admin)];
+    let env_agent = [("LEASH_AGENT_SOCKET", sock)];
+    let ctl = |args: &[&str]| call(leashctl, args, &env_admin);
+    let get = |args: &[&str]| call(leash, args, &env_agent);
+
+    step("secrets: a .env full of keys, imported into Leash (values never echoed)");
+    let dotenv = d.join(".env");
+    std::fs::write(
+        &dotenv,
+        "# the web app's keys\nSTRIPE_KEY=sk_live_demo_4eC39HqLyjWDarjtT1zdp7dc\nDB_URL=postgres://app:s3cr3t-demo@db.internal/app\nPORT=8080\n",
+    )?;
+    let refs = d.join(".env.leash");
+    let dotenv_s = dotenv.to_string_lossy().into_owned();
+    let refs_s = refs.to_string_lossy().into_owned();
+    ok(ctl(&[
+        "secret",
+        "import",
+        "--env-file",
+        &dotenv_s,
+        "--prefix",
+        "demo/",
+        "--owner",
+        "demo-team",
+        "--write-refs",
+        &refs_s,
+    ])?)?;
+    std::fs::remove_file(&dotenv)?;
+    eprintln!("the plaintext .env is deleted; the reference file can be committed:");
+    eprint!("{}", std::fs::read_to_string(&refs)?);
+
+    step("secrets: leash get prints the value exactly; leash exec injects and masks it");
+    let v1 = ok(get(&["get", "demo/stripe-key"])?)?;
+    eprintln!("{v1}");
+    let out = ok(call(
+        leash,
+        &[
+            "exec",
+            "--env-file",
+            &refs_s,
+            "--",
+            "sh",
+            "-c",
+            "echo \"the app sees STRIPE_KEY=$STRIPE_KEY (${#STRIPE_KEY} bytes), PORT=$PORT\"",
+        ],
+        &env_agent,
+    )?)?;
+    eprint!("{out}");
+    anyhow::ensure!(
+        out.contains("<leash:demo/stripe-key>") && !out.contains(v1.trim()),
+        "the value was not masked in the command's output"
+    );
+    let json = ok(get(&["get", "demo/stripe-key", "--output", "json"])?)?;
+    let first: serde_json::Value = serde_json::from_str(&json)?;
+    eprintln!(
+        "version {} lease {} cached={}",
+        first["version"], first["lease_id"], first["cached"]
+    );
+
+    step("secrets: rotate; the old version's leases are revoked, pushed and wiped");
+    let out = ok(call_stdin(
+        leashctl,
+        &["secret", "rotate", "demo/stripe-key", "--wait"],
+        &env_admin,
+        "sk_live_demo_rotated_9fQ2mZ71bXc0",
+    )?)?;
+    eprint!("{out}");
+    let json = ok(get(&["get", "demo/stripe-key", "--output", "json"])?)?;
+    let next: serde_json::Value = serde_json::from_str(&json)?;
+    eprintln!(
+        "version {} lease {} cached={} (the agent wiped version {})",
+        next["version"], next["lease_id"], next["cached"], first["version"]
+    );
+    anyhow::ensure!(
+        next["version"] == 2 && next["lease_id"] != first["lease_id"],
+        "the rotation did not reach the agent"
+    );
+    eprint!("{}", ok(ctl(&["secret", "versions", "demo/stripe-key"])?)?);
+    Ok(())
 }
