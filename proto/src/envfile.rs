@@ -75,8 +75,8 @@ pub enum EnvFileError {
         line: usize,
         /// The variable (a valid name).
         var: String,
-        /// What was wrong with the reference.
-        source: ReferenceError,
+        /// What was wrong with the reference (boxed: it is large, and rare).
+        source: Box<ReferenceError>,
     },
 }
 
@@ -121,7 +121,7 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Line>, EnvFileError> {
                     path: path.to_string(),
                     line: number,
                     var: var.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?,
             )
         } else {
