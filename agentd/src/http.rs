@@ -180,9 +180,12 @@ fn respond(
 
 /// Which endpoint a path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Endpoint {
+pub enum Endpoint {
+    /// `/v1/credentials/NAME`, the name percent-decoded.
     Credential(String),
+    /// `/v1/whoami`.
     WhoAmI,
+    /// `/v1/status`.
     Status,
 }
 
@@ -235,7 +238,8 @@ async fn route<B>(calls: &Calls, conn: &Conn, req: &Request<B>) -> Result<Value,
     }
 }
 
-fn endpoint(path: &str) -> Result<Endpoint, Failure> {
+/// The endpoint a request path names (the query apart).
+pub fn endpoint(path: &str) -> Result<Endpoint, Failure> {
     match path {
         "/v1/whoami" => Ok(Endpoint::WhoAmI),
         "/v1/status" => Ok(Endpoint::Status),
@@ -296,17 +300,25 @@ fn decode(s: &str, query: bool, what: &str) -> Result<String, Failure> {
 
 /// The query of `GET /v1/credentials/NAME`: the options of `leash get`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct CredentialQuery {
-    action: String,
-    audience: String,
-    ttl_seconds: u32,
-    as_workload: String,
-    field: Option<String>,
-    fresh: bool,
+pub struct CredentialQuery {
+    /// `action=`; empty for the credential's default.
+    pub action: String,
+    /// `audience=`; empty for the credential's first.
+    pub audience: String,
+    /// `ttl=` in seconds; 0 for the credential's default.
+    pub ttl_seconds: u32,
+    /// `as=`: the workload, when several match the caller.
+    pub as_workload: String,
+    /// `field=`: one field of a json-format secret.
+    pub field: Option<String>,
+    /// `fresh`: bypass the agent's cache.
+    pub fresh: bool,
 }
 
 impl CredentialQuery {
-    fn parse(query: &str) -> Result<CredentialQuery, Failure> {
+    /// Parse a query string (without the `?`): form encoding, strict (an unknown or
+    /// repeated parameter is refused, naming it through `names::excerpt`).
+    pub fn parse(query: &str) -> Result<CredentialQuery, Failure> {
         let mut q = CredentialQuery::default();
         let mut seen = BTreeSet::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -359,7 +371,8 @@ impl CredentialQuery {
         Ok(q)
     }
 
-    fn request(self, credential: String) -> v1::FetchRequest {
+    /// The Fetch this query asks for, of `credential`.
+    pub fn request(self, credential: String) -> v1::FetchRequest {
         v1::FetchRequest {
             credential,
             action: self.action,

@@ -15,10 +15,13 @@
 //! - [`reference`]: `leash://NAME?action=…#field`, the references to credentials that
 //!   files and environment variables hold.
 //! - [`workload_kind`]: the kinds of workload, which both daemons decide by.
+//! - [`envfile`]: the `.env`-style files of `leash exec --env-file` (`VAR=leash://…`
+//!   and plain lines).
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod clock;
+pub mod envfile;
 pub mod join_token;
 pub mod names;
 pub mod reason;

@@ -18,6 +18,9 @@
 //!   load, a full disk, an agent cut off);
 //! - `secrets_client`: `leash://` references, `leash exec --env-file` / `--resolve-env`,
 //!   masking of injected values (pipes and a pty), `leash render`.
+//! - `secrets_e2e`: real secrets through every surface of the host: `leash get` (exact
+//!   bytes, JSON, fields, exit codes), `leash exec` env files and environment, masking,
+//!   the HTTP API, rotation under a running task, `leash render`.
 //!
 //! Tests that need root (a second uid through `setpriv`, namespaces, tmpfs) are marked
 //! `#[ignore = "needs root: …"]`: the runner reports them as skipped when not root, and
@@ -38,6 +41,7 @@ mod policy;
 mod revocation;
 mod secrets;
 mod secrets_client;
+mod secrets_e2e;
 mod sockets;
 mod tasks;
 

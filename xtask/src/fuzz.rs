@@ -24,6 +24,9 @@ const TARGETS: &[&str] = &[
     "join_token",
     "agent_request",
     "cp_request",
+    "reference",
+    "envfile",
+    "http_query",
 ];
 
 const RUSTFLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -34,7 +37,8 @@ const RUSTFLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-
 /// `cargo xtask fuzz` arguments.
 #[derive(Debug, clap::Args)]
 pub struct FuzzArgs {
-    /// One target (policy, config, join_token, agent_request, cp_request); all by default.
+    /// One target (policy, config, join_token, agent_request, cp_request, reference,
+    /// envfile, http_query); all by default.
     target: Option<String>,
     /// Executions per target.
     #[arg(long, default_value_t = 1_000_000, conflicts_with = "seconds")]

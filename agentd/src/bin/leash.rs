@@ -180,8 +180,6 @@ fn trusted_socket(socket: &Path) -> Result<(), String> {
     })
 }
 
-#[path = "leash/envfile.rs"]
-mod envfile;
 #[path = "leash/exec.rs"]
 mod exec;
 #[path = "leash/mask.rs"]

@@ -13,7 +13,14 @@
 //! - `agent_request`: the requests of the agent's workload socket, decoded with prost and
 //!   fed to the first step that needs no live peer (the task-handle check);
 //! - `cp_request`: the requests of the control plane's agent API, decoded and fed to the
-//!   join-token parser, the label narrowing, the CSR signer and the token verifier.
+//!   join-token parser, the label narrowing, the CSR signer and the token verifier;
+//! - `reference`: `leash://NAME?…#field` references through [`reference::parse`]; what
+//!   parses is written back in canonical form and parses to the same reference;
+//! - `envfile`: the env files of `leash exec --env-file` through [`envfile::parse`];
+//!   errors name a line that exists and holds an assignment;
+//! - `http_query`: the request path and query of the agent's HTTP API through
+//!   [`http::endpoint`] and [`CredentialQuery::parse`]; what parses is form-encoded
+//!   again and parses to the same query.
 //!
 //! The first byte of a request input chooses the message type; the rest is its encoding.
 
@@ -22,11 +29,14 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use leash_agentd::attest::Attestation;
+use leash_agentd::http::{self, CredentialQuery};
 use leash_agentd::tasks::Tasks;
 use leash_control_plane::config::{Config, FileConfig, Overrides};
 use leash_control_plane::keys::{Keys, MasterKey};
 use leash_control_plane::policy::Engine;
+use leash_proto::envfile;
 use leash_proto::join_token::JoinToken;
+use leash_proto::reference;
 use leash_proto::v1;
 use prost::Message;
 
@@ -39,6 +49,9 @@ pub const TARGETS: &[&str] = &[
     "join_token",
     "agent_request",
     "cp_request",
+    "reference",
+    "envfile",
+    "http_query",
 ];
 
 /// Run target `name` on `data`. Unknown names panic (a bug in the caller).
@@ -49,6 +62,9 @@ pub fn run(name: &str, data: &[u8]) {
         "join_token" => join_token(data),
         "agent_request" => agent_request(data),
         "cp_request" => cp_request(data),
+        "reference" => reference(data),
+        "envfile" => env_file(data),
+        "http_query" => http_query(data),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -277,4 +293,159 @@ pub fn cp_request(data: &[u8]) {
 
 fn sign_csr(der: &[u8]) {
     let _ = keys().sign_host_cert(der, "host-1", std::time::Duration::from_secs(3600));
+}
+
+/// Longest error message a parser may give: they quote input only through
+/// `names::excerpt`, never whole.
+const MAX_MESSAGE: usize = 2048;
+
+/// `%XX` for every byte but the unreserved ones (RFC 3986), so the text survives as one
+/// query value or fragment.
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A `leash://` reference (as a file, the environment or an argument holds it).
+pub fn reference(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match reference::parse(text) {
+        Ok(r) => {
+            assert!(reference::is_reference(text));
+            assert!(!r.name.is_empty());
+            assert!(r.field.as_ref().is_none_or(|f| !f.is_empty()));
+            // The canonical form parses to the same reference.
+            let mut opts = Vec::new();
+            for (k, v) in [
+                ("action", &r.action),
+                ("audience", &r.audience),
+                ("as", &r.as_workload),
+            ] {
+                if !v.is_empty() {
+                    opts.push(format!("{k}={}", percent(v)));
+                }
+            }
+            if r.ttl_seconds > 0 {
+                opts.push(format!("ttl={}", r.ttl_seconds));
+            }
+            let mut again = format!("{}{}", reference::SCHEME, r.name);
+            if !opts.is_empty() {
+                again.push('?');
+                again.push_str(&opts.join("&"));
+            }
+            if let Some(f) = &r.field {
+                again.push('#');
+                again.push_str(&percent(f));
+            }
+            assert_eq!(reference::parse(&again).as_ref(), Ok(&r), "{again}");
+        }
+        Err(e) => {
+            let m = e.to_string();
+            assert!(m.len() <= MAX_MESSAGE, "{} bytes", m.len());
+        }
+    }
+}
+
+/// An env file of `leash exec --env-file`.
+pub fn env_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    match envfile::parse("fuzz.env", text) {
+        Ok(parsed) => {
+            let mut last = 0;
+            for l in &parsed {
+                assert!(l.number > last && l.number <= lines.len());
+                last = l.number;
+                assert!(envfile::valid_var(&l.var), "{:?}", l.var);
+                if let envfile::Value::Plain(p) = &l.value {
+                    assert!(!reference::is_reference(p));
+                }
+            }
+        }
+        Err(e) => {
+            let m = e.to_string();
+            let n: usize = m
+                .strip_prefix("fuzz.env line ")
+                .and_then(|r| r.split(':').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("the error names no line: {m}"));
+            let line = lines
+                .get(n.wrapping_sub(1))
+                .unwrap_or_else(|| panic!("line {n} of {} does not exist", lines.len()));
+            let t = line.trim();
+            assert!(!t.is_empty() && !t.starts_with('#'), "line {n} is {t:?}");
+            assert!(m.len() <= MAX_MESSAGE, "{} bytes", m.len());
+            // A line that is not `VAR=…` is never shown: the message is only the
+            // location and the rule.
+            if matches!(
+                e,
+                envfile::EnvFileError::NotAnAssignment { .. }
+                    | envfile::EnvFileError::BadVariable { .. }
+            ) {
+                assert!(m.len() < 300, "{m}");
+            }
+        }
+    }
+}
+
+/// A request target of the agent's HTTP API (`/v1/credentials/NAME?QUERY`), split at
+/// the first `?` into its path and its query, as the URI parser splits it.
+pub fn http_query(data: &[u8]) {
+    let Ok(target) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    match http::endpoint(path) {
+        Ok(http::Endpoint::Credential(name)) => assert!(!name.is_empty()),
+        Ok(_) => {}
+        Err(f) => {
+            let _ = f.document();
+            assert!(f.message.len() <= MAX_MESSAGE, "{} bytes", f.message.len());
+        }
+    }
+    match CredentialQuery::parse(query) {
+        Ok(q) => {
+            let mut pairs = Vec::new();
+            for (k, v) in [
+                ("action", &q.action),
+                ("audience", &q.audience),
+                ("as", &q.as_workload),
+            ] {
+                if !v.is_empty() {
+                    pairs.push(format!("{k}={}", percent(v)));
+                }
+            }
+            if q.ttl_seconds > 0 {
+                pairs.push(format!("ttl={}", q.ttl_seconds));
+            }
+            if let Some(f) = &q.field {
+                assert!(!f.is_empty());
+                pairs.push(format!("field={}", percent(f)));
+            }
+            if q.fresh {
+                pairs.push("fresh=true".into());
+            }
+            let again = pairs.join("&");
+            assert_eq!(CredentialQuery::parse(&again).as_ref(), Ok(&q), "{again}");
+            let r = q.clone().request("c".into());
+            assert_eq!((r.ttl_seconds, r.fresh), (q.ttl_seconds, q.fresh));
+            assert!(r.on_behalf_of.is_empty() && r.task_handle.is_empty());
+        }
+        Err(f) => {
+            let doc = f.document();
+            assert_eq!(doc["error"]["exit_code"], 1, "{doc}");
+            assert!(f.message.len() <= MAX_MESSAGE, "{} bytes", f.message.len());
+        }
+    }
 }

@@ -163,6 +163,43 @@ pub fn generated(target: &str) -> Vec<Vec<u8>> {
                 ),
             ]
         }
+        "reference" => [
+            "leash://stripe-key",
+            "leash://team-web/db?action=deploy&audience=https://api.example&ttl=5m&as=ci/job#password",
+            "leash://db?audience=https%3A%2F%2Fa.example%2F%3Fx%3D1%26y%3D2&ttl=90#pass%23word",
+            "leash://api?ttl=&action=read&action=write",
+            "leash://#",
+            "leash://a?colour=red",
+            "leash://a?ttl=99999999999999d",
+            "leash://a#%E9%ff",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
+        "envfile" => [
+            "# migrated\n\nexport OPENAI_API_KEY=leash://team-web/openai-key\nDB=leash://db?action=read#password\n  PORT = 8080\nNAME=\"two words\"\nEMPTY=\nQ='leash://quoted'\r\n",
+            "A=1\nsk_live_NOT_A_LINE\n",
+            "1X=v\n=v\nK=\"open\nK='x\"\n",
+            "postgres://svc:pw@db/app?sslmode=require\nc2VjcmV0+/w==\n",
+            "K=leash://x?bogus=1\nL=leash://\nM=leash://y#\n",
+            "export\nexport \nexport X\n\u{feff}A=1\n",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
+        "http_query" => [
+            "/v1/credentials/stripe-key",
+            "/v1/credentials/team-web%2Fdb?action=deploy&audience=https%3A%2F%2Fapi.example&ttl=5m&as=ci%2Fjob&field=password&fresh",
+            "/v1/credentials/x?fresh=false&field=a+b&ttl=90",
+            "/v1/credentials/?ttl=soon&ttl=1m",
+            "/v1/whoami?x",
+            "/v1/status",
+            "/v1/credentials/%ff?%e9=1&action=%zz",
+            "/v2/nope?colour=red&field=",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
         _ => Vec::new(),
     }
 }

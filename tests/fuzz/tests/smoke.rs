@@ -43,6 +43,21 @@ fn cp_request() {
 }
 
 #[test]
+fn reference() {
+    smoke("reference", 20_000);
+}
+
+#[test]
+fn envfile() {
+    smoke("envfile", 20_000);
+}
+
+#[test]
+fn http_query() {
+    smoke("http_query", 20_000);
+}
+
+#[test]
 fn every_target_has_a_smoke_test_and_a_corpus() {
     for t in leash_fuzz::TARGETS {
         assert!(

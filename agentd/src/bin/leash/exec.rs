@@ -9,7 +9,7 @@
 //! agent sees the root's pidfd close and does the same.
 //!
 //! Credentials come from `--env VAR=NAME[:ACTION]` (or `VAR=leash://…`), from
-//! `--env-file` lines (`envfile.rs`), and from variables of our own environment whose
+//! `--env-file` lines (`leash_proto::envfile`), and from variables of our own environment whose
 //! value is a `leash://` reference (`--resolve-env`, on by default); a later source wins
 //! for the same variable (environment, then env files in order, then `--env`). Unless
 //! `--no-masking`, the child's output goes through the filter of `mask.rs`, wired by
@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leash_proto::cli::{parse_secs, status_exit};
+use leash_proto::envfile;
 use leash_proto::reference::{self, Reference};
 use leash_proto::v1;
 use leash_proto::v1::agent_client::AgentClient;
@@ -32,7 +33,6 @@ use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::envfile;
 use crate::mask::{self, Patterns};
 use crate::served;
 use crate::stdio;
@@ -102,7 +102,7 @@ fn sources(
         }
     }
     for (path, text) in files {
-        for line in envfile::parse(path, text)? {
+        for line in envfile::parse(path, text).map_err(|e| e.to_string())? {
             let v = match line.value {
                 envfile::Value::Plain(p) => Source::Plain(p),
                 envfile::Value::Reference(r) => {
