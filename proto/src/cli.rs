@@ -7,9 +7,11 @@ use crate::reason::Reason;
 
 /// Parse a duration such as `30s`, `10m`, `1h`, `7d` into whole seconds.
 pub fn parse_secs(s: &str) -> Result<u32, String> {
+    // The input is quoted bounded and escaped: it may be anything a caller sent.
+    let q = || crate::names::excerpt(s);
     let d = humantime_like(s)
-        .ok_or_else(|| format!("{s:?} is not a duration; write e.g. 30s, 10m, 2h"))?;
-    u32::try_from(d).map_err(|_| format!("{s:?} is too long"))
+        .ok_or_else(|| format!("{} is not a duration; write e.g. 30s, 10m, 2h", q()))?;
+    u32::try_from(d).map_err(|_| format!("{} is too long", q()))
 }
 
 fn humantime_like(s: &str) -> Option<u64> {
