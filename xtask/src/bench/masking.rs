@@ -22,6 +22,11 @@ pub struct Args {
     /// Runs of each command.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
+    /// A directory holding a `leash` from another build (for example the commit before
+    /// a change to the filter, built with `cargo build --release`): its masked run is
+    /// measured too, in the same interleaved rounds, against the same agent.
+    #[arg(long, value_name = "DIR")]
+    baseline: Option<std::path::PathBuf>,
 }
 
 /// Run `cmd`, read its stdout to the end; the wall time and the bytes read.
@@ -84,14 +89,18 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     cp.add_workload("bench/mask", nix::unistd::getuid().as_raw(), "bench-jwt")?;
     let agent = Agent::start(ctx, &cp, dir.path(), "bench-mask-host")?;
     let leash = ctx.bin("leash");
+    let base_leash = match &a.baseline {
+        Some(d) => Some(ctx.baseline(d, &["leash"])?.bin("leash")),
+        None => None,
+    };
     let cat = super::procs::which("cat").unwrap_or_else(|| "/bin/cat".into());
     let plain = || {
         let mut c = Command::new(&cat);
         c.arg(&file);
         c
     };
-    let exec = |masking: bool| {
-        let mut c = Command::new(&leash);
+    let exec_with = |leash: &std::path::Path, masking: bool| {
+        let mut c = Command::new(leash);
         c.arg("--socket").arg(&agent.socket).arg("exec");
         if !masking {
             c.arg("--no-masking");
@@ -103,21 +112,27 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             .arg(&file);
         c
     };
+    let exec = |masking: bool| exec_with(&leash, masking);
     // Warm the page cache and the agent.
     time(plain())?;
     time(exec(true))?;
-    let (mut alone, mut unmasked, mut masked) = (
+    let (mut alone, mut unmasked, mut masked, mut base_masked) = (
+        Samples::with_capacity(a.rounds),
         Samples::with_capacity(a.rounds),
         Samples::with_capacity(a.rounds),
         Samples::with_capacity(a.rounds),
     );
-    // Interleaved, so drift in machine load hits all three alike.
+    // Interleaved, so drift in machine load hits all of them alike.
     for _ in 0..a.rounds {
-        for (s, cmd) in [
+        let mut cmds = vec![
             (&mut alone, plain()),
             (&mut unmasked, exec(false)),
             (&mut masked, exec(true)),
-        ] {
+        ];
+        if let Some(b) = &base_leash {
+            cmds.push((&mut base_masked, exec_with(b, true)));
+        }
+        for (s, cmd) in cmds {
             let (d, n) = time(cmd)?;
             anyhow::ensure!(n == size, "read {n} bytes of {size}: output was lost");
             s.push(d);
@@ -127,8 +142,13 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         "bench masking: `leash exec -- cat FILE` against `cat FILE`",
         &ctx.command,
         &format!(
-            "--mb {} --rounds {} (stdout a pipe read to the end by the bench)",
-            a.mb, a.rounds
+            "--mb {} --rounds {}{} (stdout a pipe read to the end by the bench)",
+            a.mb,
+            a.rounds,
+            match &a.baseline {
+                Some(d) => format!(" --baseline {}", d.display()),
+                None => String::new(),
+            }
         ),
     );
     let mut t = Table::new(&[
@@ -149,7 +169,12 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             "`leash exec --env TOKEN=bench-jwt -- cat FILE` (masked)",
             &masked,
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(base_leash.is_some().then_some((
+        "baseline `leash exec --env TOKEN=bench-jwt -- cat FILE` (masked, the --baseline build)",
+        &base_masked,
+    ))) {
         let secs = s.p50().as_secs_f64();
         t.row(vec![
             name.to_string(),

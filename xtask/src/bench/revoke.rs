@@ -6,6 +6,13 @@
 //! a revocation and acknowledged it: that instant, on one clock, is what is measured.
 //! A second phase also follows each revocation with `WaitRevocation`, as
 //! `leashctl revoke --wait` does, and reports when the control plane saw the last ack.
+//!
+//! With `--secret` the credential is a brokered secret (`leashctl secret put`). Before
+//! every round each simulated agent is issued a lease of its current version, over its
+//! own connection; the round is then either a rotation (`RotateSecret`, which revokes
+//! every lease of the older version, as `leashctl secret rotate --wait` does) or, as the
+//! same-run comparison, `Revoke {all}` of the same leases. The two alternate, so drift on
+//! the machine falls on both alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +31,8 @@ use super::{sim, Ctx};
 
 const WORKLOAD: &str = "bench/revoke";
 const CREDENTIAL: &str = "bench-jwt";
+/// The brokered secret of `--secret`.
+const SECRET: &str = "bench-secret";
 /// The uid the simulated callers are attested as.
 const UID: u32 = 4242;
 /// Revocations made before measuring.
@@ -56,6 +65,29 @@ pub struct Args {
     /// Do not pin the generator and the control plane to separate CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// The credential is a brokered secret: before every round each agent is issued one
+    /// lease of it (whatever --leases says), and rotations (`RotateSecret`) alternate with
+    /// revocations of the same leases; both are measured, --rounds and --wait-rounds each.
+    #[arg(long)]
+    secret: bool,
+}
+
+/// What a round does to the outstanding leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// `Revoke {all: true}` on the admin socket.
+    Revoke,
+    /// `RotateSecret` of the bench secret: a new version, older versions' leases revoked.
+    Rotate,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Revoke => "revoke",
+            Op::Rotate => "rotate",
+        }
+    }
 }
 
 /// What simulated agents tell the coordinator.
@@ -202,6 +234,7 @@ async fn agent(
 }
 
 struct Round {
+    op: Op,
     /// Leases the revocation covered.
     covered: u32,
     /// Control-plane CPU from the revoke until this round's wipe events were recorded.
@@ -248,6 +281,7 @@ async fn acks(
 /// Issue `per_agent` leases to every agent, each over the agent's own connection.
 async fn issue_leases(
     clients: &[ControlPlaneClient<Channel>],
+    credential: &'static str,
     per_agent: usize,
     parallel: usize,
 ) -> anyhow::Result<()> {
@@ -261,7 +295,7 @@ async fn issue_leases(
                 let _p = gate.acquire().await?;
                 c.issue(v1::IssueRequest {
                     workload: WORKLOAD.into(),
-                    credential: CREDENTIAL.into(),
+                    credential: credential.into(),
                     attested: Some(v1::Attested {
                         uid: UID,
                         gid: UID,
@@ -298,6 +332,48 @@ async fn revoke_all(admin: &mut AdminClient<Channel>, round: usize) -> anyhow::R
     Ok((r.seq, r.leases_revoked))
 }
 
+/// Rotate the bench secret to a new value; returns the revocation of the older
+/// version's leases (its sequence number) and how many leases it covered.
+async fn rotate(admin: &mut AdminClient<Channel>, n: usize) -> anyhow::Result<(u64, u32)> {
+    let r = admin
+        .rotate_secret(v1::RotateSecretRequest {
+            name: SECRET.into(),
+            value: format!("sk_bench_{n:08}_0000000000000000000000").into_bytes(),
+            grace_seconds: 0,
+            reason: format!("bench rotation {n}"),
+        })
+        .await
+        .context("RotateSecret")?
+        .into_inner();
+    anyhow::ensure!(
+        r.seq != 0,
+        "rotation {n} revoked no lease (were the leases issued?)"
+    );
+    Ok((r.seq, r.leases_revoked))
+}
+
+/// Store the bench secret (value from a file, as `leashctl secret put` takes it).
+fn put_secret(cp: &ControlPlane, dir: &std::path::Path) -> anyhow::Result<()> {
+    let file = dir.join("secret-value");
+    std::fs::write(&file, "sk_bench_00000000_0000000000000000000000")?;
+    let file_arg = file.display().to_string();
+    cp.leashctl(&[
+        "secret",
+        "put",
+        SECRET,
+        "--owner",
+        "bench",
+        "--ttl",
+        "1h",
+        "--max-ttl",
+        "24h",
+        "--from-file",
+        &file_arg,
+    ])?;
+    std::fs::remove_file(&file)?;
+    Ok(())
+}
+
 pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.agents > 0 && a.rounds > 0 && a.parallel > 0,
@@ -310,8 +386,14 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         .prefix("leash-bench-revoke-")
         .tempdir()?;
     let mut cp = ControlPlane::start_with(ctx, dir.path(), pinning.control_plane, &a.heartbeat)?;
-    cp.add_credential(CREDENTIAL)?;
-    cp.add_workload(WORKLOAD, UID, CREDENTIAL)?;
+    let (credential, ops, leases): (&'static str, &[Op], usize) = if a.secret {
+        put_secret(&cp, dir.path())?;
+        (SECRET, &[Op::Rotate, Op::Revoke], a.leases.max(1))
+    } else {
+        cp.add_credential(CREDENTIAL)?;
+        (CREDENTIAL, &[Op::Revoke], a.leases)
+    };
+    cp.add_workload(WORKLOAD, UID, credential)?;
     let n = a.agents;
 
     let workers = std::thread::available_parallelism()
@@ -419,6 +501,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
 
         let mut admin = admin;
         let mut early = HashMap::new();
+        let mut rotations = 0;
         let mut push = Vec::new();
         let mut with_wait = Vec::new();
         for waiting in [false, true] {
@@ -432,21 +515,33 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
                 continue;
             }
             eprintln!(
-                "revoking everything: {warmup} + {rounds} times{}",
+                "{}: {warmup} + {rounds} times{}",
+                if a.secret {
+                    "rotating the secret and revoking its leases, alternately"
+                } else {
+                    "revoking everything"
+                },
                 if waiting {
                     ", each followed by WaitRevocation"
                 } else {
                     ""
                 }
             );
-            for round in 0..warmup + rounds {
-                if a.leases > 0 {
-                    issue_leases(&clients, a.leases, a.parallel).await?;
+            for (round, &op) in (0..warmup + rounds).flat_map(|r| ops.iter().map(move |op| (r, op)))
+            {
+                if leases > 0 {
+                    issue_leases(&clients, credential, leases, a.parallel).await?;
                 }
                 let cpu0 = cpu_time(cp.proc.pid())?;
                 let gen0 = cpu_time(std::process::id())?;
                 let t0 = Instant::now();
-                let (seq, covered) = revoke_all(&mut admin, round).await?;
+                let (seq, covered) = match op {
+                    Op::Revoke => revoke_all(&mut admin, round).await?,
+                    Op::Rotate => {
+                        rotations += 1;
+                        rotate(&mut admin, rotations).await?
+                    }
+                };
                 let rpc = t0.elapsed();
                 let waiter = waiting.then(|| {
                     let mut admin = admin.clone();
@@ -485,6 +580,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
                     None => (None, None),
                 };
                 let mut r = Round {
+                    op,
                     covered,
                     cpu: Duration::ZERO,
                     gen_cpu: Duration::ZERO,
@@ -536,36 +632,54 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     };
     header(
         &format!(
-            "bench revoke: revocation fan-out to {} simulated agents",
+            "bench revoke{}: {} fan-out to {} simulated agents",
+            if a.secret { " --secret" } else { "" },
+            if a.secret {
+                "secret rotation (and revocation)"
+            } else {
+                "revocation"
+            },
             thousands(n as u64)
         ),
         &ctx.command,
         &format!(
-            "--agents {} --rounds {} --wait-rounds {} --leases {} --heartbeat {} --parallel {}{}",
+            "--agents {} --rounds {} --wait-rounds {} --leases {} --heartbeat {} --parallel {}{}{}",
             a.agents,
             a.rounds,
             a.wait_rounds,
-            a.leases,
+            leases,
             a.heartbeat,
             a.parallel,
-            if a.no_pin { " --no-pin" } else { "" }
+            if a.no_pin { " --no-pin" } else { "" },
+            if a.secret { " --secret" } else { "" }
         ),
     );
+    let what = if a.secret {
+        format!(
+            "Each round first issues every agent one lease of the brokered secret `{SECRET}` (Issue over its own \
+             connection), then either rotates the secret (`RotateSecret` on the admin socket: a new version, \
+             every lease of the older one revoked) or revokes everything (`Revoke {{all: true}}`) as the \
+             same-run comparison; the two alternate, {} measured rounds each per phase. Median leases covered: {}",
+            a.rounds,
+            thousands(u64::from(median_covered))
+        )
+    } else if leases > 0 {
+        format!(
+            "Each round revokes everything (`Revoke {{all: true}}` on the admin socket); before each one, every \
+             agent is issued {leases} lease(s) over its own connection, so each revocation covers {} leases \
+             (median measured: {})",
+            thousands((leases * n) as u64),
+            thousands(u64::from(median_covered))
+        )
+    } else {
+        "Each round revokes everything (`Revoke {all: true}` on the admin socket), with no leases outstanding \
+         (pure push; `--leases K` issues K per agent before each one)"
+            .into()
+    };
     println!(
         "Each simulated agent holds its own mTLS connection (own host certificate) and Sync stream, acknowledges \
-         heartbeats, and answers every Revocation with WipeAck{{seq, wiped: 0}}. Each round revokes everything \
-         (`Revoke {{all: true}}` on the admin socket){}. Pinning: {}. RLIMIT_NOFILE {nofile}.",
-        if a.leases > 0 {
-            format!(
-                "; before each one, every agent is issued {} lease(s) over its own connection, so each \
-                 revocation covers {} leases (median measured: {})",
-                a.leases,
-                thousands((a.leases * n) as u64),
-                thousands(u64::from(median_covered))
-            )
-        } else {
-            ", with no leases outstanding (pure push; `--leases K` issues K per agent before each one)".into()
-        },
+         heartbeats, and answers every Revocation with WipeAck{{seq, wiped: 0}}. {what}. Pinning: {}. \
+         RLIMIT_NOFILE {nofile}.",
         pinning.note
     );
     println!();
@@ -588,17 +702,33 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     t.print();
     println!();
 
-    let col = |rs: &[Round], f: &dyn Fn(&Round) -> Option<Duration>| {
+    let col = |rs: &[Round], op: Op, f: &dyn Fn(&Round) -> Option<Duration>| {
         let mut s = Samples::default();
-        for r in rs {
+        for r in rs.iter().filter(|r| r.op == op) {
             if let Some(d) = f(r) {
                 s.push(d);
             }
         }
         s
     };
+    // Without --secret the rows read as before: "push only: Revoke call returned …".
+    let label = |op: Op| {
+        if a.secret {
+            format!(", {}", op.name())
+        } else {
+            String::new()
+        }
+    };
+    let call = |op: Op| match op {
+        Op::Revoke => "Revoke call returned (recorded durably)",
+        Op::Rotate => "RotateSecret call returned (new version and revocation recorded durably)",
+    };
     let mut t = Table::new(&[
-        "revoke everything (per revocation)",
+        if a.secret {
+            "per rotation / revocation"
+        } else {
+            "revoke everything (per revocation)"
+        },
         "rounds",
         "p50",
         "p99",
@@ -613,32 +743,41 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             dur(s.max()),
         ]);
     };
-    row(
-        "push only: Revoke call returned (recorded durably)".into(),
-        col(&push, &|r| Some(r.rpc)),
-    );
-    row(
-        "push only: revoke sent → first agent acked".into(),
-        col(&push, &|r| Some(r.first)),
-    );
-    let last_push = col(&push, &|r| Some(r.last));
-    row(
-        format!("push only: revoke sent → last of {n} agents acked"),
-        last_push.clone(),
-    );
+    for &op in ops {
+        let l = label(op);
+        let verb = op.name();
+        row(
+            format!("push only{l}: {}", call(op)),
+            col(&push, op, &|r| Some(r.rpc)),
+        );
+        row(
+            format!("push only{l}: {verb} sent → first agent acked"),
+            col(&push, op, &|r| Some(r.first)),
+        );
+        row(
+            format!("push only{l}: {verb} sent → last of {n} agents acked"),
+            col(&push, op, &|r| Some(r.last)),
+        );
+    }
     if !with_wait.is_empty() {
-        row(
-            "with WaitRevocation: revoke sent → last agent acked".into(),
-            col(&with_wait, &|r| Some(r.last)),
-        );
-        row(
-            "with WaitRevocation: revoke sent → control plane reports done".into(),
-            col(&with_wait, &|r| r.waited),
-        );
-        row(
-            "with WaitRevocation: propagation the control plane reports (elapsed_ms)".into(),
-            col(&with_wait, &|r| r.cp_elapsed),
-        );
+        for &op in ops {
+            let l = label(op);
+            let verb = op.name();
+            row(
+                format!("with WaitRevocation{l}: {verb} sent → last agent acked"),
+                col(&with_wait, op, &|r| Some(r.last)),
+            );
+            row(
+                format!("with WaitRevocation{l}: {verb} sent → control plane reports done"),
+                col(&with_wait, op, &|r| r.waited),
+            );
+            row(
+                format!(
+                    "with WaitRevocation{l}: propagation the control plane reports (elapsed_ms)"
+                ),
+                col(&with_wait, op, &|r| r.cp_elapsed),
+            );
+        }
     }
     t.print();
     println!();
@@ -661,35 +800,67 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         "VmHWM at the end".into(),
         format!("{:.1} MB", mem_after.hwm_kib as f64 * 1.024 / 1000.0),
     ]);
-    t.row(vec![
-        "CPU per revocation (median), push only: Revoke, fan-out, acks, wipe events".into(),
-        dur(col(&push, &|r| Some(r.cpu)).p50()),
-    ]);
-    t.row(vec![
-        "generator CPU per revocation (median), push only: all simulated agents".into(),
-        dur(col(&push, &|r| Some(r.gen_cpu)).p50()),
-    ]);
-    if !with_wait.is_empty() {
+    for &op in ops {
+        let l = label(op);
+        let what = match op {
+            Op::Revoke => "Revoke, fan-out, acks, wipe events",
+            Op::Rotate => "RotateSecret, fan-out, acks, wipe events",
+        };
         t.row(vec![
-            "CPU per revocation (median), with WaitRevocation".into(),
-            dur(col(&with_wait, &|r| Some(r.cpu)).p50()),
+            format!("CPU per revocation (median), push only{l}: {what}"),
+            dur(col(&push, op, &|r| Some(r.cpu)).p50()),
         ]);
+        t.row(vec![
+            format!("generator CPU per revocation (median), push only{l}: all simulated agents"),
+            dur(col(&push, op, &|r| Some(r.gen_cpu)).p50()),
+        ]);
+        if !with_wait.is_empty() {
+            t.row(vec![
+                format!("CPU per revocation (median), with WaitRevocation{l}"),
+                dur(col(&with_wait, op, &|r| Some(r.cpu)).p50()),
+            ]);
+        }
     }
     t.print();
     println!();
 
     let mut t = Table::new(&["check", "measured", "target", "met"]);
-    let p99 = last_push.p99();
-    t.row(vec![
-        format!("p99 revoke sent → last ack, {} agents", thousands(n as u64)),
-        dur(p99),
-        "≤ 100 ms at 1,000 agents".into(),
+    let at_1000 = |ok: bool| {
         if n == 1000 {
-            met(p99 <= Duration::from_millis(100))
+            met(ok)
         } else {
             "(target is for 1,000)".into()
-        },
-    ]);
+        }
+    };
+    if a.secret {
+        let p99 = col(&push, Op::Rotate, &|r| Some(r.last)).p99();
+        t.row(vec![
+            format!("p99 rotate sent → last ack, {} agents", thousands(n as u64)),
+            dur(p99),
+            "≤ 150 ms at 1,000 agents".into(),
+            at_1000(p99 <= Duration::from_millis(150)),
+        ]);
+        if !with_wait.is_empty() {
+            let p99 = col(&with_wait, Op::Rotate, &|r| r.waited).p99();
+            t.row(vec![
+                format!(
+                    "p99 rotate sent → control plane reports every wipe (as `secret rotate --wait`), {} agents",
+                    thousands(n as u64)
+                ),
+                dur(p99),
+                "≤ 150 ms at 1,000 agents".into(),
+                at_1000(p99 <= Duration::from_millis(150)),
+            ]);
+        }
+    } else {
+        let p99 = col(&push, Op::Revoke, &|r| Some(r.last)).p99();
+        t.row(vec![
+            format!("p99 revoke sent → last ack, {} agents", thousands(n as u64)),
+            dur(p99),
+            "≤ 100 ms at 1,000 agents".into(),
+            at_1000(p99 <= Duration::from_millis(100)),
+        ]);
+    }
     t.print();
     Ok(())
 }

@@ -16,19 +16,23 @@
 //! logs, not against a program that wants to leak what it was given.
 //!
 //! Multi-pattern search is `aho-corasick` (leftmost-longest): one pass over the output,
-//! however many values are masked.
+//! however many values are masked. Its SIMD searcher for a few patterns (Teddy, up to
+//! 128) is used directly: the automaton's own choice for a handful of JWTs is a scan for
+//! their first bytes (`e` of `eyJ…`, `Z` of its base64), which ordinary text is full of,
+//! and it ran at a third of the speed of copying the output.
 
 use std::io::{self, Read, Write};
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{packed, AhoCorasick, Input, Match, MatchKind, Span};
 use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Shorter values are not masked.
 pub(crate) const MIN_MASKED: usize = 4;
 
-/// Bytes read from the child at a time.
-const CHUNK: usize = 64 * 1024;
+/// Bytes read from the child at a time: as much as a pipe enlarged by
+/// [`crate::stdio`] holds, so one read drains it.
+pub(crate) const CHUNK: usize = 1024 * 1024;
 
 /// RFC 3986 unreserved characters stay as they are.
 const RFC3986: &AsciiSet = &NON_ALPHANUMERIC
@@ -54,12 +58,48 @@ const FORM: &AsciiSet = &NON_ALPHANUMERIC
 /// The values to mask, compiled once and shared by the stdout and stderr filters.
 #[derive(Debug)]
 pub(crate) struct Patterns {
-    ac: AhoCorasick,
+    search: Search,
     patterns: Vec<Vec<u8>>,
     replacement: Vec<Vec<u8>>,
     /// Which bytes start some pattern (to find a held-back tail quickly).
     first: [bool; 256],
     max_len: usize,
+}
+
+/// How the patterns are searched for (both leftmost-longest, so they find the same).
+#[derive(Debug)]
+enum Search {
+    /// Teddy (SIMD), for up to 128 patterns.
+    Packed(packed::Searcher),
+    /// The automaton, for more.
+    Automaton(AhoCorasick),
+}
+
+impl Search {
+    fn new(patterns: &[Vec<u8>]) -> Option<Search> {
+        if let Some(s) = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostLongest)
+            .builder()
+            .extend(patterns)
+            .build()
+        {
+            return Some(Search::Packed(s));
+        }
+        AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(patterns)
+            .ok()
+            .map(Search::Automaton)
+    }
+
+    /// The leftmost-longest match in `buf[from..]`.
+    fn find_from(&self, buf: &[u8], from: usize) -> Option<Match> {
+        let span = Span::from(from..buf.len());
+        match self {
+            Search::Packed(s) => s.find_in(buf, span),
+            Search::Automaton(ac) => ac.find(Input::new(buf).span(span)),
+        }
+    }
 }
 
 /// The forms of `value` the filter looks for.
@@ -111,17 +151,14 @@ impl Patterns {
         if patterns.is_empty() {
             return None;
         }
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&patterns)
-            .ok()?;
+        let search = Search::new(&patterns)?;
         let mut first = [false; 256];
         for p in &patterns {
             first[usize::from(p[0])] = true;
         }
         let max_len = patterns.iter().map(Vec::len).max().unwrap_or(0);
         Some(Patterns {
-            ac,
+            search,
             patterns,
             replacement,
             first,
@@ -146,10 +183,27 @@ impl Patterns {
 
     /// Filter `buf` into `out`; returns how many bytes of `buf` were dealt with (the rest
     /// must be offered again with what is read next). At `eof` everything is.
+    #[cfg(test)]
     pub(crate) fn filter(&self, buf: &[u8], eof: bool, out: &mut Vec<u8>) -> usize {
+        let (done, masked) = self.scan(buf, eof, out);
+        if !masked {
+            out.extend_from_slice(&buf[..done]);
+        }
+        done
+    }
+
+    /// As `filter`, without copying what needs no mask: returns how many bytes of `buf`
+    /// were dealt with and whether any was masked. When none was, `out` is untouched and
+    /// those bytes go out as they are (the common case: most output holds no value).
+    fn scan(&self, buf: &[u8], eof: bool, out: &mut Vec<u8>) -> (usize, bool) {
         let hold = if eof { buf.len() } else { self.hold_from(buf) };
+        // One search finds whether anything before `hold` is masked at all.
+        let mut next = match self.search.find_from(buf, 0) {
+            Some(m) if m.start() < hold => Some(m),
+            _ => return (hold, false),
+        };
         let mut pos = 0;
-        for m in self.ac.find_iter(buf) {
+        while let Some(m) = next {
             // A match that starts before `hold` lies wholly inside `buf`, and is the
             // match the whole stream would have there (see `hold_from`).
             if m.start() >= hold {
@@ -158,12 +212,13 @@ impl Patterns {
             out.extend_from_slice(&buf[pos..m.start()]);
             out.extend_from_slice(&self.replacement[m.pattern().as_usize()]);
             pos = m.end();
+            next = self.search.find_from(buf, pos);
         }
         if pos < hold {
             out.extend_from_slice(&buf[pos..hold]);
             pos = hold;
         }
-        pos
+        (pos, true)
     }
 }
 
@@ -173,7 +228,7 @@ impl Patterns {
 pub(crate) fn pump(p: &Patterns, mut input: impl Read, mut output: impl Write) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK + p.max_len];
     let mut filled = 0;
-    let mut out = Vec::with_capacity(CHUNK + 1024);
+    let mut out = Vec::new();
     loop {
         let n = match input.read(&mut buf[filled..]) {
             Ok(n) => n,
@@ -184,9 +239,10 @@ pub(crate) fn pump(p: &Patterns, mut input: impl Read, mut output: impl Write) -
         filled += n;
         let eof = n == 0;
         out.clear();
-        let done = p.filter(&buf[..filled], eof, &mut out);
-        if !out.is_empty() {
-            output.write_all(&out)?;
+        let (done, masked) = p.scan(&buf[..filled], eof, &mut out);
+        let ready = if masked { &out[..] } else { &buf[..done] };
+        if !ready.is_empty() {
+            output.write_all(ready)?;
             output.flush()?;
         }
         buf.copy_within(done..filled, 0);
@@ -280,6 +336,35 @@ mod tests {
         assert!(Patterns::new(&[]).is_none());
         let p = Patterns::new(&[("s".into(), "abcd\n".into())]).expect("4 bytes");
         assert_eq!(run(&p, &[b"abcd\nabcd!"]), "<leash:s><leash:s>!");
+    }
+
+    #[test]
+    fn many_values_past_the_simd_limit_are_masked_too() {
+        // 40 values of 8 forms each: more patterns than the SIMD searcher takes.
+        let values: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("k{i}"), format!("value-{i:03} w/ space")))
+            .collect();
+        let p = Patterns::new(&values).expect("patterns");
+        assert!(matches!(p.search, Search::Automaton(_)));
+        assert!(matches!(patterns().search, Search::Packed(_)));
+        assert_eq!(
+            run(&p, &[b"a value-007 w/ space b value-039%20w%2F%20space c"]),
+            "a <leash:k7> b <leash:k39> c"
+        );
+    }
+
+    #[test]
+    fn pump_passes_unmasked_output_through_unchanged() {
+        let p = patterns();
+        // No value at all, and a value's first bytes at many read boundaries.
+        let mut text = Vec::new();
+        for i in 0..200_000 {
+            text.extend_from_slice(format!("line {i} eyJhbGci status=200 p@ss\n").as_bytes());
+        }
+        let mut out = Vec::new();
+        pump(&p, io::Cursor::new(&text), &mut out).expect("pump");
+        assert_eq!(out.len(), text.len());
+        assert!(out == text, "output differs from input");
     }
 
     #[test]

@@ -83,6 +83,13 @@ fn ours(fd: impl AsFd) -> io::Result<File> {
 /// our `out`.
 fn piped(p: &Arc<Patterns>, out: File) -> io::Result<(Stdio, JoinHandle<()>)> {
     let (r, w) = io::pipe()?;
+    // A pipe of a read's size (the default is 64 KiB) lets the child write on while the
+    // filter works, and the filter take what is there in one read: fewer wake-ups on both
+    // sides. Not fatal: the kernel may cap it (fs.pipe-max-size), and 64 KiB still works.
+    let _ = nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&r),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(mask::CHUNK as libc::c_int),
+    );
     let t = filter_thread(p.clone(), r, out)?;
     Ok((Stdio::from(w), t))
 }
