@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::tests::reopen;
 use super::*;
 use crate::clock::Clock;
 use crate::fixtures::{lease, token, workload};
@@ -316,18 +317,4 @@ async fn disable_and_remove_revoke_and_the_lease_write_refuses_a_disabled_secret
         ]),
         "{kinds:?}"
     );
-}
-
-/// Reopen a store whose previous handle was just dropped (sled's threads may hold the
-/// lock a moment longer).
-fn reopen(dir: &std::path::Path, clock: &Clock) -> Arc<SledStore> {
-    let mut r = SledStore::open(dir, clock.clone());
-    for _ in 0..100 {
-        if r.is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        r = SledStore::open(dir, clock.clone());
-    }
-    r.expect("reopen")
 }

@@ -421,7 +421,7 @@ async fn records_stored_with_text_kinds_and_states_read_and_write_unchanged() {
 }
 
 /// Reopen a store whose previous handle was just dropped (see the first test).
-fn reopen(dir: &std::path::Path, clock: &Clock) -> Arc<SledStore> {
+pub(super) fn reopen(dir: &std::path::Path, clock: &Clock) -> Arc<SledStore> {
     let mut r = SledStore::open(dir, clock.clone());
     for _ in 0..100 {
         if r.is_ok() {

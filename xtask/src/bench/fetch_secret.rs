@@ -49,21 +49,7 @@ pub fn run(
     ])?;
     std::fs::remove_file(&value_file)?;
     let uid = nix::unistd::getuid().as_raw();
-    cp.leashctl(&[
-        "workload",
-        "add",
-        WORKLOAD,
-        "--owner",
-        "bench",
-        "--kind",
-        "service",
-        "--selector",
-        &format!("unix:uid:{uid}"),
-        "--allow",
-        JWT,
-        "--allow",
-        SECRET,
-    ])?;
+    cp.add_workload_allowing(WORKLOAD, uid, &[JWT, SECRET])?;
     let agent = Agent::start(ctx, &cp, dir.path(), "bench-fetch-secret-host")?;
     let rounds = rounds.max(1);
 

@@ -345,7 +345,18 @@ impl ControlPlane {
 
     /// A workload with one uid selector, allowed `credential`.
     pub fn add_workload(&self, name: &str, uid: u32, credential: &str) -> anyhow::Result<()> {
-        self.leashctl(&[
+        self.add_workload_allowing(name, uid, &[credential])
+    }
+
+    /// A workload with one uid selector, allowed every one of `credentials`.
+    pub fn add_workload_allowing(
+        &self,
+        name: &str,
+        uid: u32,
+        credentials: &[&str],
+    ) -> anyhow::Result<()> {
+        let selector = format!("unix:uid:{uid}");
+        let mut args = vec![
             "workload",
             "add",
             name,
@@ -354,11 +365,12 @@ impl ControlPlane {
             "--kind",
             "service",
             "--selector",
-            &format!("unix:uid:{uid}"),
-            "--allow",
-            credential,
-        ])
-        .map(drop)
+            &selector,
+        ];
+        for c in credentials {
+            args.extend(["--allow", c]);
+        }
+        self.leashctl(&args).map(drop)
     }
 }
 

@@ -127,20 +127,7 @@ pub(crate) fn status(r: &v1::StatusResponse, output: Output) {
 mod tests {
     use super::*;
 
-    fn secret(value: &str, format: &str) -> v1::FetchResponse {
-        v1::FetchResponse {
-            token: value.into(),
-            kind: "secret".into(),
-            version: 3,
-            format: format.into(),
-            lease_id: "l-1".into(),
-            expires_at_unix: 1_795_887_998,
-            workload: "ci/job".into(),
-            action: "read".into(),
-            cached: true,
-            ..Default::default()
-        }
-    }
+    use crate::served::tests::secret;
 
     #[test]
     fn a_secret_is_printed_exactly() {
@@ -171,7 +158,7 @@ mod tests {
             serde_json::json!({
                 "value": "sk_live_1", "version": 3, "lease_id": "l-1",
                 "expires_at": "2026-11-28T17:46:38Z", "expires_at_unix": 1_795_887_998,
-                "workload": "ci/job", "action": "read", "cached": true,
+                "workload": "ci/job", "action": "read", "cached": false,
                 "kind": "secret", "format": "text",
             })
         );

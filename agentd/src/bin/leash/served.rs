@@ -63,7 +63,7 @@ pub(crate) fn request(reference: &Reference, task_handle: &str) -> v1::FetchRequ
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn secret(value: &str, format: &str) -> v1::FetchResponse {
