@@ -32,22 +32,7 @@ pub fn run(
         .tempdir()?;
     let cp = ControlPlane::start(ctx, dir.path(), None)?;
     cp.add_credential(JWT)?;
-    let value_file = dir.path().join("value");
-    std::fs::write(&value_file, VALUE)?;
-    cp.leashctl(&[
-        "secret",
-        "put",
-        SECRET,
-        "--owner",
-        "bench",
-        "--ttl",
-        "1h",
-        "--max-ttl",
-        "24h",
-        "--from-file",
-        &value_file.display().to_string(),
-    ])?;
-    std::fs::remove_file(&value_file)?;
+    cp.put_secret(dir.path(), SECRET, VALUE)?;
     let uid = nix::unistd::getuid().as_raw();
     cp.add_workload_allowing(WORKLOAD, uid, &[JWT, SECRET])?;
     let agent = Agent::start(ctx, &cp, dir.path(), "bench-fetch-secret-host")?;

@@ -343,6 +343,30 @@ impl ControlPlane {
         .map(drop)
     }
 
+    /// A brokered secret `name` holding `value`, with TTLs long enough that nothing cached
+    /// goes stale during a bench. The value goes through a file under `dir` (as
+    /// `leashctl secret put --from-file` takes it), removed afterwards.
+    pub fn put_secret(&self, dir: &Path, name: &str, value: &str) -> anyhow::Result<()> {
+        let file = dir.join("secret-value");
+        std::fs::write(&file, value)?;
+        let file_arg = file.display().to_string();
+        let put = self.leashctl(&[
+            "secret",
+            "put",
+            name,
+            "--owner",
+            "bench",
+            "--ttl",
+            "1h",
+            "--max-ttl",
+            "24h",
+            "--from-file",
+            &file_arg,
+        ]);
+        std::fs::remove_file(&file)?;
+        put.map(drop)
+    }
+
     /// A workload with one uid selector, allowed `credential`.
     pub fn add_workload(&self, name: &str, uid: u32, credential: &str) -> anyhow::Result<()> {
         self.add_workload_allowing(name, uid, &[credential])

@@ -352,28 +352,6 @@ async fn rotate(admin: &mut AdminClient<Channel>, n: usize) -> anyhow::Result<(u
     Ok((r.seq, r.leases_revoked))
 }
 
-/// Store the bench secret (value from a file, as `leashctl secret put` takes it).
-fn put_secret(cp: &ControlPlane, dir: &std::path::Path) -> anyhow::Result<()> {
-    let file = dir.join("secret-value");
-    std::fs::write(&file, "sk_bench_00000000_0000000000000000000000")?;
-    let file_arg = file.display().to_string();
-    cp.leashctl(&[
-        "secret",
-        "put",
-        SECRET,
-        "--owner",
-        "bench",
-        "--ttl",
-        "1h",
-        "--max-ttl",
-        "24h",
-        "--from-file",
-        &file_arg,
-    ])?;
-    std::fs::remove_file(&file)?;
-    Ok(())
-}
-
 pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.agents > 0 && a.rounds > 0 && a.parallel > 0,
@@ -387,7 +365,11 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         .tempdir()?;
     let mut cp = ControlPlane::start_with(ctx, dir.path(), pinning.control_plane, &a.heartbeat)?;
     let (credential, ops, leases): (&'static str, &[Op], usize) = if a.secret {
-        put_secret(&cp, dir.path())?;
+        cp.put_secret(
+            dir.path(),
+            SECRET,
+            "sk_bench_00000000_0000000000000000000000",
+        )?;
         (SECRET, &[Op::Rotate, Op::Revoke], a.leases.max(1))
     } else {
         cp.add_credential(CREDENTIAL)?;
