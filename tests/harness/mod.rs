@@ -14,6 +14,7 @@
 //! dropped, also when a test panics. Daemon logs are kept (across restarts) for failure
 //! messages and for the check that no secret ever reaches a log.
 
+pub mod pg;
 pub mod process;
 pub mod proxy;
 

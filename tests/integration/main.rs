@@ -21,6 +21,8 @@
 //! - `secrets_e2e`: real secrets through every surface of the host: `leash get` (exact
 //!   bytes, JSON, fields, exit codes), `leash exec` env files and environment, masking,
 //!   the HTTP API, rotation under a running task, `leash render`.
+//! - `databases`: PostgreSQL roles per lease against a throwaway server the harness
+//!   starts (`leash_tests::pg`).
 //!
 //! Tests that need root (a second uid through `setpriv`, namespaces, tmpfs) are marked
 //! `#[ignore = "needs root: …"]`: the runner reports them as skipped when not root, and
@@ -31,6 +33,7 @@ mod agent_http;
 mod architecture;
 mod config;
 mod control_plane;
+mod databases;
 mod faults;
 mod host_trust;
 mod human;

@@ -96,6 +96,11 @@ fn main() -> ExitCode {
         Cmd::Test { args } => (|| {
             // The integration tests start the real binaries, so build them first, with
             // the clock the tests can move (a debug-only feature; see proto/src/clock.rs).
+            // As root the PostgreSQL tests run too (they start throwaway servers as the
+            // `postgres` user): say at once, not a test at a time, when it is missing.
+            if nix::unistd::geteuid().is_root() {
+                leash_tests::pg::bin_dir().map_err(anyhow::Error::msg)?;
+            }
             run(cargo().args(TEST_BINS_BUILD))?;
             // The same feature set as the binaries, so the test build reuses what that
             // build compiled instead of compiling the workspace a second time.
