@@ -69,7 +69,7 @@ pub async fn process(s: &Shared, retries: &mut Retries) -> usize {
             continue;
         };
         match kind.end(env, &l).await {
-            Ok(()) => {
+            Ok(_events) => {
                 retries.0.remove(&l.id);
                 done.push(l.id);
             }

@@ -52,6 +52,7 @@ impl CredentialKind for Jwt {
             material: Material::Token(token),
             version: 0,
             format: String::new(),
+            events: Vec::new(),
         })
     }
 }

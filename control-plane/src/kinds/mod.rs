@@ -113,6 +113,20 @@ impl fmt::Debug for Material {
     }
 }
 
+/// Something a kind did outside Leash, for the lease's timeline in the audit log
+/// (`role-created`, `role-dropped`, …). Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindEvent {
+    /// The event's type.
+    pub kind: &'static str,
+    /// What is worth recording about it (the event's `detail`).
+    pub detail: serde_json::Value,
+}
+
+/// What [`CredentialKind::reconcile`] undid: per lease id (empty when the thing it undid
+/// named none), the event to record.
+pub type Reconciled = Vec<(String, KindEvent)>;
+
 /// A credential, minted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Minted {
@@ -128,6 +142,8 @@ pub struct Minted {
     /// How the value is written (a brokered secret: `text`, `json`, `env`); empty
     /// otherwise.
     pub format: String,
+    /// What minting did outside Leash, recorded with the lease in the same durable write.
+    pub events: Vec<KindEvent>,
 }
 
 /// One kind of credential. See the module documentation.
@@ -151,9 +167,34 @@ pub trait CredentialKind: Send + Sync + fmt::Debug {
 
     /// Undo, outside Leash, what [`CredentialKind::mint`] set up. Called once per ended
     /// lease after the ending is durable, and again after a failure or a restart until it
-    /// succeeds, so it must be idempotent.
-    async fn end(&self, _env: Env<'_>, _lease: &Lease) -> Result<(), KindError> {
-        Ok(())
+    /// succeeds, so it must be idempotent. Also called, best effort, for a lease that was
+    /// minted but never written. Returns the events to record on the lease's timeline.
+    async fn end(&self, _env: Env<'_>, _lease: &Lease) -> Result<Vec<KindEvent>, KindError> {
+        Ok(Vec::new())
+    }
+
+    /// The event recorded on the lease's timeline each time [`CredentialKind::end`] fails.
+    fn end_failed_event(&self) -> &'static str {
+        "end-failed"
+    }
+
+    /// How admins are told about the pending end step (`lease show`, `revoke --wait`,
+    /// `credential show`): one noun, e.g. `drop` for a database role.
+    fn end_step(&self) -> &'static str {
+        "end"
+    }
+
+    /// Look outside Leash for what this kind set up for `credential` and whose lease is
+    /// no longer active (a crash between mint and the lease write, a restore from backup,
+    /// something re-created by hand), and undo it. Runs at start and every few minutes.
+    /// Must never touch what it did not set up, nor what belongs to a lease being issued
+    /// right now.
+    async fn reconcile(
+        &self,
+        _env: Env<'_>,
+        _credential: &Credential,
+    ) -> Result<Reconciled, KindError> {
+        Ok(Vec::new())
     }
 }
 

@@ -68,6 +68,7 @@ impl CredentialKind for Secret {
             fingerprint: v.fingerprint,
             version: current,
             format: req.credential.format.clone(),
+            events: Vec::new(),
         })
     }
 }

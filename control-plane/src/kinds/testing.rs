@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use leash_proto::v1;
 
-use super::{CredentialKind, Env, KindError, Material, MintRequest, Minted};
+use super::{CredentialKind, Env, KindError, KindEvent, Material, MintRequest, Minted};
 use crate::model::Lease;
 
 /// The test kind `recorder`.
@@ -48,6 +48,7 @@ impl CredentialKind for Recorder {
             fingerprint: "recorder".into(),
             version: 0,
             format: String::new(),
+            events: Vec::new(),
         })
     }
 
@@ -55,7 +56,7 @@ impl CredentialKind for Recorder {
         true
     }
 
-    async fn end(&self, _env: Env<'_>, lease: &Lease) -> Result<(), KindError> {
+    async fn end(&self, _env: Env<'_>, lease: &Lease) -> Result<Vec<KindEvent>, KindError> {
         let failing = self
             .failures
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -69,6 +70,6 @@ impl CredentialKind for Recorder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(lease.id.clone());
-        Ok(())
+        Ok(Vec::new())
     }
 }
