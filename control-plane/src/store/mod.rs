@@ -262,6 +262,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 }
 
 #[cfg(test)]
+mod queue_tests;
+#[cfg(test)]
 mod secret_tests;
 #[cfg(test)]
 mod tests;

@@ -370,8 +370,17 @@ fn writer(
         }
         let err = flushed.err();
         if err.is_none() {
-            // Before answering: a caller reads `current_seq` as soon as it is answered.
+            // Before answering: a caller reads `current_seq` as soon as it is answered,
+            // and the end queue's worker may start on a revoked lease before `revoke`
+            // returns.
             seq.store(new_seq, Ordering::Release);
+            let (queued, changed) = std::mem::take(&mut unpublished_ended);
+            if changed {
+                publish.ended.send_modify(|n| {
+                    n.queued = n.queued.wrapping_add(u64::from(queued));
+                    n.changed = n.changed.wrapping_add(1);
+                });
+            }
         }
         for r in replies {
             r(err.as_ref());
@@ -382,13 +391,6 @@ fn writer(
             }
             for e in unpublished_events.drain(..) {
                 let _ = publish.events.send(e);
-            }
-            let (queued, changed) = std::mem::take(&mut unpublished_ended);
-            if changed {
-                publish.ended.send_modify(|n| {
-                    n.queued = n.queued.wrapping_add(u64::from(queued));
-                    n.changed = n.changed.wrapping_add(1);
-                });
             }
         }
         if stop {
