@@ -244,3 +244,28 @@ fn ends_pending(p: &v1::RevocationProgress) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_end_steps_are_counted_with_their_errors_escaped() {
+        let p = v1::RevocationProgress {
+            ends_total: 3,
+            ends_pending: 2,
+            end_step: "drop".into(),
+            end_errors: vec!["l-1: connection refused".into(), "l-2: a\nb".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            ends_pending(&p),
+            "2 drop(s) pending (l-1: connection refused, l-2: a\\nb)"
+        );
+        let quiet = v1::RevocationProgress {
+            ends_pending: 1,
+            ..Default::default()
+        };
+        assert_eq!(ends_pending(&quiet), "1 end(s) pending");
+    }
+}

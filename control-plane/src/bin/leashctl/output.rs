@@ -631,6 +631,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lease_show_says_how_the_end_step_stands() {
+        let pending = v1::Lease {
+            id: "l-1".into(),
+            state: "revoked".into(),
+            end_step: "drop".into(),
+            end_pending: true,
+            end_pending_since_unix: 1_700_000_000,
+            end_last_error: "connection refused\nstate: active".into(),
+            end_attempts: 3,
+            ..Default::default()
+        };
+        let t = lease_text(&pending, &[]);
+        assert!(
+            t.contains(
+                "end step:   drop pending since 2023-11-14T22:13:20Z, last error connection refused\\nstate: active (3 attempts)\n"
+            ),
+            "{t}"
+        );
+        let j = lease_json(&pending);
+        assert_eq!(j["end_pending"], true);
+        assert_eq!(j["end_attempts"], 3);
+        assert_eq!(j["end_step"], "drop");
+        assert_eq!(j["end_pending_since_unix"], 1_700_000_000_i64);
+
+        let dropped = v1::Lease {
+            end_pending: false,
+            end_attempts: 0,
+            ..pending.clone()
+        };
+        assert!(lease_text(&dropped, &[]).contains("end step:   dropped\n"));
+        assert_eq!(lease_json(&dropped)["end_pending"], false);
+        // An active lease has nothing to say yet, nor a lease of a kind with no end step.
+        let active = v1::Lease {
+            state: "active".into(),
+            ..dropped.clone()
+        };
+        assert!(!lease_text(&active, &[]).contains("end step"));
+        let jwt = v1::Lease {
+            state: "revoked".into(),
+            ..Default::default()
+        };
+        assert!(!lease_text(&jwt, &[]).contains("end step"));
+        assert!(lease_json(&jwt).get("end_pending").is_none());
+    }
+
+    #[test]
     fn lease_show_escapes_what_was_stored() {
         let l = v1::Lease {
             id: "l-1".into(),
