@@ -789,7 +789,11 @@ mod tests {
         assert_eq!(c.reconcile_interval, Duration::from_secs(300));
         let c = resolve_text("reconcile_interval = \"30s\"").expect("30s");
         assert_eq!(c.reconcile_interval, Duration::from_secs(30));
-        refused("reconcile_interval = \"0s\"", "reconcile_interval", &["1s", "1d"]);
+        refused(
+            "reconcile_interval = \"0s\"",
+            "reconcile_interval",
+            &["1s", "1d"],
+        );
         refused("reconcile_interval = \"2d\"", "reconcile_interval", &["1d"]);
         refused(
             "reconcile_interval = \"often\"",

@@ -133,7 +133,11 @@ pub async fn run(s: Arc<Shared>) {
 /// Start end steps for queued leases that are neither running nor waiting out a pause,
 /// up to [`CONCURRENCY`] running at once. Returns whether some were left for lack of a
 /// free slot.
-fn start<'a>(s: &'a Shared, retries: &mut Retries, running: &mut FuturesUnordered<Step<'a>>) -> bool {
+fn start<'a>(
+    s: &'a Shared,
+    retries: &mut Retries,
+    running: &mut FuturesUnordered<Step<'a>>,
+) -> bool {
     let free = CONCURRENCY.saturating_sub(running.len());
     if free == 0 {
         return true;

@@ -319,7 +319,10 @@ async fn a_failed_end_step_is_kept_and_done_after_a_restart() {
     let mut retries = Retries::default();
     assert_eq!(process(&f.s, &mut retries).await, 0, "the end step failed");
     assert!(f.recorder.ended().is_empty());
-    assert_eq!(retries.pause_of(&id), Some(std::time::Duration::from_secs(1)));
+    assert_eq!(
+        retries.pause_of(&id),
+        Some(std::time::Duration::from_secs(1))
+    );
     // Not tried again before its pause is over.
     assert_eq!(process(&f.s, &mut retries).await, 0);
     // The attempt, its error and the kind's failed-end event are durable; `lease show`
@@ -336,14 +339,13 @@ async fn a_failed_end_step_is_kept_and_done_after_a_restart() {
     assert_eq!(shown.end_step, "undo");
     assert_eq!(shown.end_last_error, "the outside system did not answer");
     assert_eq!(shown.end_pending_since_unix, p.since_ms / 1000);
-    let failed: Vec<Event> = f
-        .s
-        .store
-        .lease_events(&id)
-        .expect("events")
-        .into_iter()
-        .filter(|e| e.kind == "recorder-end-failed")
-        .collect();
+    let failed: Vec<Event> =
+        f.s.store
+            .lease_events(&id)
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.kind == "recorder-end-failed")
+            .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(
         failed[0].detail,
@@ -372,7 +374,7 @@ async fn a_failed_end_step_is_kept_and_done_after_a_restart() {
         "and so does the attempt count"
     );
     assert_eq!(process(&s, &mut Retries::default()).await, 1);
-    assert_eq!(recorder.ended(), [id.clone()]);
+    assert_eq!(recorder.ended(), std::slice::from_ref(&id));
     assert_eq!(s.store.pending_end(&id).expect("read"), None);
     // The kind's events are on the lease's timeline, written with taking it off.
     let events = s.store.lease_events(&id).expect("events");
@@ -395,20 +397,24 @@ async fn the_events_of_minting_are_written_with_the_lease() {
     let e = &events[1];
     assert_eq!(e.id, events[0].id + 1, "in the same write as the lease");
     assert_eq!(
-        (e.lease.as_deref(), e.workload.as_deref(), e.credential.as_deref(), e.host.as_deref()),
+        (
+            e.lease.as_deref(),
+            e.workload.as_deref(),
+            e.credential.as_deref(),
+            e.host.as_deref()
+        ),
         (Some(id.as_str()), Some("w/revoke"), Some("rec"), Some("h1"))
     );
     assert_eq!(e.detail, serde_json::json!({"lease": id}));
     // A kind with nothing outside Leash has no such event.
     let jwt = f.lease("h1", "w/revoke", "api").await;
-    let kinds: Vec<String> = f
-        .s
-        .store
-        .lease_events(&jwt)
-        .expect("events")
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds: Vec<String> =
+        f.s.store
+            .lease_events(&jwt)
+            .expect("events")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
     assert_eq!(kinds, ["issued"]);
 }
 
@@ -436,10 +442,14 @@ async fn a_queued_lease_is_ended_at_once_not_on_a_poll() {
     let worker = tokio::spawn(super::ends::run(s.clone()));
     let mut took = Vec::new();
     for _ in 0..5 {
-        let id = issue(&s, s.store.host("h1").expect("read").expect("h1"), ask("w/revoke", "rec"))
-            .await
-            .expect("issued")
-            .lease_id;
+        let id = issue(
+            &s,
+            s.store.host("h1").expect("read").expect("h1"),
+            ask("w/revoke", "rec"),
+        )
+        .await
+        .expect("issued")
+        .lease_id;
         s.store
             .revoke(
                 RevocationTarget::Lease(id.clone()),
@@ -507,17 +517,16 @@ async fn revoke_wait_is_done_only_once_the_end_steps_are() {
     use std::time::Duration;
     let f = fixture().await;
     let id = f.lease("h1", "w/revoke", "rec").await;
-    let rev = f
-        .s
-        .store
-        .revoke(
-            RevocationTarget::Workload("w/revoke".into()),
-            "test".into(),
-            "root".into(),
-            Vec::new(),
-        )
-        .await
-        .expect("revoke");
+    let rev =
+        f.s.store
+            .revoke(
+                RevocationTarget::Workload("w/revoke".into()),
+                "test".into(),
+                "root".into(),
+                Vec::new(),
+            )
+            .await
+            .expect("revoke");
     // h1 is not connected: past max_offline it has wiped by failing closed, so only the
     // end step is left to wait for.
     f.clock.advance_ms(600_000);
@@ -580,8 +589,10 @@ async fn the_reconciler_asks_each_ends_outside_credential_and_records_what_it_un
         kind: "recorder-undone",
         detail: serde_json::json!({"n": n, "reconciled": true}),
     };
-    *f.recorder.reconcile.lock().expect("lock") =
-        Some(Ok(vec![(id.clone(), undone(1)), (String::new(), undone(2))]));
+    *f.recorder.reconcile.lock().expect("lock") = Some(Ok(vec![
+        (id.clone(), undone(1)),
+        (String::new(), undone(2)),
+    ]));
     let r = crate::reconcile::round(&f.s).await;
     assert_eq!(
         r,

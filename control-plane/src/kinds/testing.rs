@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use leash_proto::v1;
 
-use super::{
-    CredentialKind, Env, KindError, KindEvent, Material, MintRequest, Minted, Reconciled,
-};
+use super::{CredentialKind, Env, KindError, KindEvent, Material, MintRequest, Minted, Reconciled};
 use crate::model::{Credential, Lease};
 
 /// The test kind `recorder`.

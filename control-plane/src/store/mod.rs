@@ -109,13 +109,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn ended_changes(&self) -> tokio::sync::watch::Receiver<EndQueueWrites>;
     /// Up to `limit` queued leases whose id `skip` does not pick, in id order (the
     /// worker skips what it is ending now or waits to retry without reading it).
-    fn next_ended(&self, limit: usize, skip: &(dyn Fn(&str) -> bool + Sync))
-        -> Result<Vec<Lease>>;
+    fn next_ended(&self, limit: usize, skip: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<Lease>>;
     /// Record that the end step of `lease` failed at `at_ms` with `error` (one more
     /// attempt), and `event` (the kind's failed-end event; its detail gains `error` and
     /// `attempt`), in one durable write.
-    async fn end_failed(&self, lease: &str, error: String, at_ms: i64, event: Event)
-        -> Result<()>;
+    async fn end_failed(&self, lease: &str, error: String, at_ms: i64, event: Event) -> Result<()>;
     /// Take leases off that queue once their kind's end step succeeded, each with the
     /// events the step returned, in one durable write.
     async fn forget_ended(&self, done: Vec<(String, Vec<Event>)>) -> Result<()>;

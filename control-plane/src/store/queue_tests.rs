@@ -79,7 +79,10 @@ async fn a_queued_end_keeps_its_attempts_and_last_error_across_a_reopen() {
         revoke(&s, RevocationTarget::All).await;
         let p = s.pending_end("out").expect("read").expect("queued");
         assert_eq!((p.lease.as_str(), p.credential.as_str()), ("out", "db"));
-        assert!(p.since_ms >= before && p.since_ms <= clock.now_ms(), "{p:?}");
+        assert!(
+            p.since_ms >= before && p.since_ms <= clock.now_ms(),
+            "{p:?}"
+        );
         assert_eq!((p.attempts, p.last_error.as_str()), (0, ""));
         assert_eq!(s.pending_end("jwt").expect("read"), None, "not its kind's");
 
@@ -111,7 +114,10 @@ async fn a_queued_end_keeps_its_attempts_and_last_error_across_a_reopen() {
     let s = open(dir.path(), &clock).await;
     let all = s.pending_ends(None).expect("queue");
     assert_eq!(all.len(), 1);
-    assert_eq!((all[0].attempts, all[0].last_error.as_str()), (2, "timed out"));
+    assert_eq!(
+        (all[0].attempts, all[0].last_error.as_str()),
+        (2, "timed out")
+    );
     assert_eq!(s.pending_ends(Some("db")).expect("queue"), all);
     assert_eq!(s.pending_ends(Some("other")).expect("queue"), []);
 
@@ -135,7 +141,10 @@ async fn a_long_error_is_cut_and_an_entry_from_before_states_reads_as_the_defaul
         .await
         .expect("failed");
     let p = s.pending_end("out").expect("read").expect("queued");
-    assert_eq!(p.last_error.chars().count(), super::queue::MAX_ERROR_CHARS + 1);
+    assert_eq!(
+        p.last_error.chars().count(),
+        super::queue::MAX_ERROR_CHARS + 1
+    );
     // As queued before entries had a state: an empty value.
     s.t.ended.insert("out", &[]).expect("raw");
     let p = s.pending_end("out").expect("read").expect("queued");

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
-use super::codec::{
-    all, be, dec, enc, get, policy_key, POLICY_CURRENT_KEY, POLICY_VERSION_PREFIX,
-};
+use super::codec::{all, be, dec, enc, get, policy_key, POLICY_CURRENT_KEY, POLICY_VERSION_PREFIX};
 use super::error::{Result, StoreError};
 use super::sled_store::{SledStore, LOG_RETAIN};
 use super::tx::issue_job;
@@ -17,7 +15,8 @@ use super::{Cutoff, Enrollment, Pruned, SecretWrite, SecretWritten, Storage};
 use crate::audit;
 use crate::model::{
     Approval, ApprovalState, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState,
-    PendingEnd, PolicyRecord, Revocation, RevocationTarget, ScheduledRevocation, SecretVersion, Workload,
+    PendingEnd, PolicyRecord, Revocation, RevocationTarget, ScheduledRevocation, SecretVersion,
+    Workload,
 };
 
 #[async_trait]
@@ -140,11 +139,7 @@ impl Storage for SledStore {
         self.ended_tx.subscribe()
     }
 
-    fn next_ended(
-        &self,
-        limit: usize,
-        skip: &(dyn Fn(&str) -> bool + Sync),
-    ) -> Result<Vec<Lease>> {
+    fn next_ended(&self, limit: usize, skip: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<Lease>> {
         super::queue::next_ended(&self.t, limit, skip)
     }
 
