@@ -44,16 +44,40 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// End steps run at once.
 pub const CONCURRENCY: usize = 16;
+/// Longest an end step may take before it counts as failed (and its slot is freed): an
+/// outside system that never answers must not hold the queue.
+pub const END_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the worker keeps in memory: failed end steps (when each may be tried again, and
 /// the pause after the next failure) and the steps running now.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Retries {
     due: HashMap<String, (Instant, Duration)>,
     running: HashSet<String>,
+    /// [`END_TIMEOUT`], shorter in tests.
+    timeout: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Retries {
+        Retries {
+            due: HashMap::new(),
+            running: HashSet::new(),
+            timeout: END_TIMEOUT,
+        }
+    }
 }
 
 impl Retries {
+    /// With end steps timing out after `timeout` (tests).
+    #[cfg(test)]
+    pub fn with_timeout(timeout: Duration) -> Retries {
+        Retries {
+            timeout,
+            ..Retries::default()
+        }
+    }
+
     /// Whether `id` is running now or waiting out its pause at `now`.
     fn skip(&self, id: &str, now: Instant) -> bool {
         self.running.contains(id) || self.due.get(id).is_some_and(|(at, _)| *at > now)
@@ -154,7 +178,7 @@ fn start<'a>(
     let more = leases.len() > free;
     for l in leases.into_iter().take(free) {
         retries.running.insert(l.id.clone());
-        running.push(Box::pin(end_queued(s, l)));
+        running.push(Box::pin(end_queued(s, l, retries.timeout)));
     }
     more
 }
@@ -204,7 +228,7 @@ fn kind_of(s: &Shared, l: &Lease) -> Result<Option<Arc<dyn CredentialKind>>, Str
 
 /// The end step of one queued lease, and the write that records how it went. Returns
 /// the lease id and whether it was taken off the queue.
-async fn end_queued(s: &Shared, l: Lease) -> (String, bool) {
+async fn end_queued(s: &Shared, l: Lease, timeout: Duration) -> (String, bool) {
     let id = l.id.clone();
     let kind = match kind_of(s, &l) {
         Ok(Some(k)) => k,
@@ -219,13 +243,16 @@ async fn end_queued(s: &Shared, l: Lease) -> (String, bool) {
             return (id, false);
         }
     };
-    match kind.end(s.env(), &l).await {
+    let result = match tokio::time::timeout(timeout, kind.end(s.env(), &l)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {}", crate::config::show(timeout))),
+    };
+    match result {
         Ok(events) => {
             let events = events.into_iter().map(|e| lease_event(&l, e)).collect();
             (id.clone(), forget(s, id, events).await)
         }
-        Err(e) => {
-            let error = e.to_string();
+        Err(error) => {
             tracing::warn!(lease = %id, kind = kind.name(), error = %error,
                 "the end of a lease could not be carried out outside Leash; it stays queued and is tried again");
             let event = lease_event(

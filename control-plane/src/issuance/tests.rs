@@ -388,6 +388,31 @@ async fn a_failed_end_step_is_kept_and_done_after_a_restart() {
 }
 
 #[tokio::test]
+async fn an_end_step_that_never_answers_times_out_and_frees_its_slot() {
+    let f = fixture().await;
+    let id = f.lease("h1", "w/revoke", "rec").await;
+    f.s.store
+        .revoke(
+            RevocationTarget::Lease(id.clone()),
+            "test".into(),
+            "root".into(),
+            Vec::new(),
+        )
+        .await
+        .expect("revoke");
+    f.recorder.end_ms.store(60_000, Ordering::SeqCst);
+    let start = std::time::Instant::now();
+    let mut retries = Retries::with_timeout(std::time::Duration::from_millis(200));
+    assert_eq!(process(&f.s, &mut retries).await, 0);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    let p = f.s.store.pending_end(&id).expect("read").expect("queued");
+    assert_eq!(
+        (p.attempts, p.last_error.as_str()),
+        (1, "no answer within 200ms")
+    );
+}
+
+#[tokio::test]
 async fn the_events_of_minting_are_written_with_the_lease() {
     let f = fixture().await;
     let id = f.lease("h1", "w/revoke", "rec").await;
