@@ -216,36 +216,41 @@ pub fn lease_event(l: &Lease, e: KindEvent) -> Event {
     ev
 }
 
-/// The kind of a lease's credential; `Ok(None)` when the credential is gone or of a kind
-/// this build does not have.
-fn kind_of(s: &Shared, l: &Lease) -> Result<Option<Arc<dyn CredentialKind>>, String> {
+/// The kind of a lease's credential, or why there is none to ask: the credential is gone
+/// or of a kind this build does not have (the entry stays queued, and is ended once the
+/// credential is back), or the store could not be read.
+fn kind_of(s: &Shared, l: &Lease) -> Result<Arc<dyn CredentialKind>, String> {
     match s.store.credential(&l.credential) {
-        Ok(Some(c)) => Ok(s.kinds.get(&c.kind).cloned()),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Ok(Some(c)) => s.kinds.get(&c.kind).cloned().ok_or_else(|| {
+            format!(
+                "credential {} is of kind {}, which this control plane does not have ({})",
+                l.credential,
+                c.kind,
+                s.kinds.names().join(", ")
+            )
+        }),
+        Ok(None) => Err(format!(
+            "credential {} is gone: what this lease set up outside Leash stays until the \
+             credential is added again (or is undone by hand)",
+            l.credential
+        )),
+        Err(e) => Err(format!("cannot read credential {}: {e}", l.credential)),
     }
 }
 
 /// The end step of one queued lease, and the write that records how it went. Returns
-/// the lease id and whether it was taken off the queue.
+/// the lease id and whether it was taken off the queue. It is never given up: a step
+/// that cannot be carried out stays queued, with its attempts and last error for
+/// `lease show`.
 async fn end_queued(s: &Shared, l: Lease, timeout: Duration) -> (String, bool) {
     let id = l.id.clone();
-    let kind = match kind_of(s, &l) {
-        Ok(Some(k)) => k,
-        Ok(None) => {
-            // Nothing here can undo it. Say so, and take it off the queue.
-            tracing::error!(lease = %id, credential = %l.credential,
-                "an ended lease's credential is gone or of an unknown kind; what it set up outside Leash was not undone");
-            return (id.clone(), forget(s, id, Vec::new()).await);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, lease = %id, "cannot read the credential of an ended lease");
-            return (id, false);
-        }
-    };
-    let result = match tokio::time::timeout(timeout, kind.end(s.env(), &l)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {}", crate::config::show(timeout))),
+    let kind = kind_of(s, &l);
+    let result = match &kind {
+        Ok(kind) => match tokio::time::timeout(timeout, kind.end(s.env(), &l)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {}", crate::config::show(timeout))),
+        },
+        Err(why) => Err(why.clone()),
     };
     match result {
         Ok(events) => {
@@ -253,12 +258,16 @@ async fn end_queued(s: &Shared, l: Lease, timeout: Duration) -> (String, bool) {
             (id.clone(), forget(s, id, events).await)
         }
         Err(error) => {
-            tracing::warn!(lease = %id, kind = kind.name(), error = %error,
+            let (name, failed) = match &kind {
+                Ok(k) => (k.name(), k.end_failed_event()),
+                Err(_) => ("?", "end-failed"),
+            };
+            tracing::warn!(lease = %id, kind = name, error = %error,
                 "the end of a lease could not be carried out outside Leash; it stays queued and is tried again");
             let event = lease_event(
                 &l,
                 KindEvent {
-                    kind: kind.end_failed_event(),
+                    kind: failed,
                     detail: serde_json::json!({}),
                 },
             );

@@ -413,6 +413,49 @@ async fn an_end_step_that_never_answers_times_out_and_frees_its_slot() {
 }
 
 #[tokio::test]
+async fn a_lease_whose_kind_is_missing_stays_queued_and_says_why() {
+    let f = fixture().await;
+    let id = f.lease("h1", "w/revoke", "rec").await;
+    f.s.store
+        .revoke(
+            RevocationTarget::Lease(id.clone()),
+            "test".into(),
+            "root".into(),
+            Vec::new(),
+        )
+        .await
+        .expect("revoke");
+    // A control plane without the credential's kind (a downgrade).
+    let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+    let without = Shared::new(
+        f.s.config.clone(),
+        f.s.store.clone(),
+        f.s.keys.clone(),
+        f.s.master.clone(),
+        f.clock.clone(),
+        Engine::new(&f.s.config.actions).expect("engine"),
+        tx,
+    );
+    assert_eq!(process(&without, &mut Retries::default()).await, 0);
+    let p =
+        f.s.store
+            .pending_end(&id)
+            .expect("read")
+            .expect("still queued");
+    assert_eq!(p.attempts, 1);
+    assert!(
+        p.last_error
+            .contains("credential rec is of kind recorder, which this control plane does not have"),
+        "{p:?}"
+    );
+    let failed = f.s.store.lease_events(&id).expect("events");
+    assert_eq!(failed.last().map(|e| e.kind.as_str()), Some("end-failed"));
+    // With the kind back: ended at the next attempt.
+    assert_eq!(process(&f.s, &mut Retries::default()).await, 1);
+    assert_eq!(f.recorder.ended(), std::slice::from_ref(&id));
+}
+
+#[tokio::test]
 async fn the_events_of_minting_are_written_with_the_lease() {
     let f = fixture().await;
     let id = f.lease("h1", "w/revoke", "rec").await;
