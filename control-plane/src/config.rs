@@ -89,6 +89,9 @@ pub struct FileConfig {
     pub event_retention: Option<String>,
     /// Largest value of a brokered secret, in bytes.
     pub max_secret_bytes: Option<u32>,
+    /// How often what credential kinds set up outside Leash (database roles) is
+    /// reconciled with the active leases, e.g. "5m".
+    pub reconcile_interval: Option<String>,
 }
 
 /// The resolved configuration the server runs with.
@@ -126,6 +129,8 @@ pub struct Config {
     pub retention: Retention,
     /// Largest value of a brokered secret, in bytes.
     pub max_secret_bytes: u32,
+    /// How often the reconciler runs (see `reconcile.rs`); it also runs at start.
+    pub reconcile_interval: Duration,
 }
 
 /// Default of `max_secret_bytes`: 64 KiB.
@@ -228,7 +233,15 @@ pub const DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
         Duration::from_secs(60),
         Duration::from_secs(3650 * DAY),
     ),
+    (
+        "reconcile_interval",
+        Duration::from_secs(1),
+        Duration::from_secs(DAY),
+    ),
 ];
+
+/// Default of `reconcile_interval`.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
 
 const DAY: u64 = 24 * 3600;
 
@@ -538,6 +551,11 @@ impl Config {
             .unwrap_or_else(default_admin_socket);
         validate_admin_socket(&admin_socket)?;
         let max_secret_bytes = resolve_max_secret_bytes(file.max_secret_bytes)?;
+        let reconcile_interval = duration(
+            "reconcile_interval",
+            file.reconcile_interval.as_deref(),
+            DEFAULT_RECONCILE_INTERVAL,
+        )?;
         Ok(Config {
             data_dir,
             listen,
@@ -555,6 +573,7 @@ impl Config {
             enroll,
             retention: d.retention,
             max_secret_bytes,
+            reconcile_interval,
         })
     }
 }
@@ -762,6 +781,25 @@ mod tests {
         for w in words {
             assert!(e.contains(w), "{text:?}: {e} lacks {w:?}");
         }
+    }
+
+    #[test]
+    fn reconcile_interval_defaults_to_five_minutes_and_is_bounded() {
+        let c = resolve_text("").expect("defaults");
+        assert_eq!(c.reconcile_interval, Duration::from_secs(300));
+        let c = resolve_text("reconcile_interval = \"30s\"").expect("30s");
+        assert_eq!(c.reconcile_interval, Duration::from_secs(30));
+        refused(
+            "reconcile_interval = \"0s\"",
+            "reconcile_interval",
+            &["1s", "1d"],
+        );
+        refused("reconcile_interval = \"2d\"", "reconcile_interval", &["1d"]);
+        refused(
+            "reconcile_interval = \"often\"",
+            "reconcile_interval",
+            &["not a duration"],
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ mod tests {
             expires_at: now + 60,
             ..fixtures::lease("l1", "w")
         };
-        s.issue_lease(lease, Event::new("issued").lease("l1"))
+        s.issue_lease(lease, Event::new("issued").lease("l1"), Vec::new())
             .await
             .expect("lease");
         s

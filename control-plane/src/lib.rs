@@ -25,6 +25,7 @@ pub mod keys;
 pub mod kinds;
 pub mod model;
 pub mod policy;
+pub mod reconcile;
 pub mod retention;
 pub mod revocation;
 pub mod scheduled;

@@ -278,6 +278,31 @@ pub struct Lease {
     pub version: u32,
 }
 
+/// An ended lease whose kind has yet to undo what it set up outside Leash (the `ended`
+/// queue's value; see `issuance::ends`). What an admin sees of it: `lease show`, `revoke
+/// --wait`, `credential show`. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PendingEnd {
+    /// The lease (the queue's key; filled on read).
+    #[serde(skip)]
+    pub lease: String,
+    /// The lease's credential.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential: String,
+    /// Unix ms at which the lease was queued (0 for a queue entry older than this field).
+    #[serde(default)]
+    pub since_ms: i64,
+    /// End steps that failed so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// What the last failed one said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    /// Unix ms of the last failed attempt (0: none yet).
+    #[serde(default)]
+    pub last_attempt_ms: i64,
+}
+
 /// The request an issuance (or an explanation) is decided on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Facts {

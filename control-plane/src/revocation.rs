@@ -1,5 +1,6 @@
-//! Taking credentials back: waiting for every host's wipe acknowledgment, and
-//! introspection (the answer verifiers get for a presented token).
+//! Taking credentials back: waiting for every host's wipe acknowledgment and for every
+//! end step outside Leash (a database role dropped), and introspection (the answer
+//! verifiers get for a presented token).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -40,7 +41,80 @@ pub fn hosts_to_wait_for(s: &Shared, r: &Revocation) -> Vec<String> {
     out.into_iter().collect()
 }
 
-/// Progress of a wait, streamed to `leashctl revoke --wait`.
+/// The noun for a credential's end step (`drop` for a database role), `end` when the
+/// credential or its kind is gone.
+pub fn end_step(s: &Shared, credential: &str) -> &'static str {
+    s.store
+        .credential(credential)
+        .ok()
+        .flatten()
+        .and_then(|c| s.kinds.get(&c.kind).map(|k| k.end_step()))
+        .unwrap_or("end")
+}
+
+/// Most `end_errors` a progress report carries.
+const MAX_END_ERRORS: usize = 5;
+
+/// The revoked leases whose kind undoes something outside Leash, still queued.
+struct Ends {
+    /// How many the revocation covered.
+    total: usize,
+    /// The noun for their end step (`end` when they differ).
+    step: &'static str,
+    /// Those still queued at the last look.
+    pending: Vec<String>,
+    /// "LEASE: last error" of pending ones, at most [`MAX_END_ERRORS`].
+    errors: Vec<String>,
+}
+
+impl Ends {
+    /// The revocation's leases that were queued when they ended.
+    fn of(s: &Shared, rev: &Revocation) -> Ends {
+        let mut pending = Vec::new();
+        let mut steps = BTreeSet::new();
+        for id in &rev.lease_ids {
+            if let Ok(Some(l)) = s.store.lease(id) {
+                if l.ends_outside {
+                    steps.insert(end_step(s, &l.credential));
+                    pending.push(l.id);
+                }
+            }
+        }
+        let step = match (steps.len(), steps.first()) {
+            (1, Some(one)) => one,
+            _ => "end",
+        };
+        let mut ends = Ends {
+            total: pending.len(),
+            step,
+            pending,
+            errors: Vec::new(),
+        };
+        ends.look(s);
+        ends
+    }
+
+    /// Look again at which are still queued, and at their last errors. One that is off
+    /// the queue never returns to it (a lease ends once).
+    fn look(&mut self, s: &Shared) {
+        let mut errors = Vec::new();
+        self.pending.retain(|id| match s.store.pending_end(id) {
+            Ok(Some(p)) => {
+                if !p.last_error.is_empty() && errors.len() < MAX_END_ERRORS {
+                    errors.push(format!("{id}: {}", p.last_error));
+                }
+                true
+            }
+            Ok(None) => false,
+            // Cannot tell: still pending.
+            Err(_) => true,
+        });
+        self.errors = errors;
+    }
+}
+
+/// Progress of a wait, streamed to `leashctl revoke --wait`: done when every host has
+/// wiped AND every end step outside Leash (a database role dropped) is done.
 pub async fn wait(
     s: &Shared,
     seq: u64,
@@ -65,8 +139,12 @@ pub async fn wait(
     let mut pending: BTreeSet<String> = hosts.into_iter().collect();
     let mut failed_closed = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_sent: Option<(usize, usize, Instant)> = None;
+    let mut last_sent: Option<(usize, usize, usize, Instant)> = None;
     let mut rescan = true;
+    // Subscribed before the first look, so an end step done in between still wakes us.
+    let mut queue = s.store.ended_changes();
+    let mut ends = Ends::of(s, &rev);
+    let mut watching = ends.total > 0;
     loop {
         if rescan {
             rescan = false;
@@ -97,14 +175,18 @@ pub async fn wait(
             });
         }
         let acked = total - pending.len() - failed_closed.len();
-        let finished = pending.is_empty();
+        let ends_pending = ends.pending.len();
+        let finished = pending.is_empty() && ends_pending == 0;
         let timed_out = !finished && start.elapsed() >= timeout;
+        let changed = |a: usize, f: usize, e: usize| {
+            a != acked || f != failed_closed.len() || e != ends_pending
+        };
         // Report when something changed (at most every 100 ms while acks stream in),
         // and otherwise once a second, so a fast wipe prints one line and a slow one
         // shows who is holding it up.
-        let due = last_sent.is_none_or(|(a, f, at)| {
+        let due = last_sent.is_none_or(|(a, f, e, at)| {
             let since = at.elapsed();
-            ((a != acked || f != failed_closed.len()) && since >= Duration::from_millis(100))
+            (changed(a, f, e) && since >= Duration::from_millis(100))
                 || since >= Duration::from_secs(1)
         });
         let first_quiet = last_sent.is_none() && start.elapsed() < Duration::from_millis(300);
@@ -118,18 +200,26 @@ pub async fn wait(
                 // Propagation time: from the moment the revocation was recorded.
                 elapsed_ms: (s.clock.now_ms() - rev.at_ms).max(0) as u64,
                 timed_out,
+                ends_total: ends.total as u32,
+                ends_pending: ends_pending as u32,
+                end_step: if ends.total > 0 {
+                    ends.step.to_string()
+                } else {
+                    String::new()
+                },
+                end_errors: ends.errors.clone(),
             };
             if tx.send(Ok(p)).await.is_err() || finished || timed_out {
                 return;
             }
-            last_sent = Some((acked, failed_closed.len(), Instant::now()));
+            last_sent = Some((acked, failed_closed.len(), ends_pending, Instant::now()));
         }
         let remaining = timeout.saturating_sub(start.elapsed());
         // Wake for a report that is due later even when no ack comes (a report was
         // just sent, or is not due, when the loop gets here; so this never spins).
         let report_in = match last_sent {
             None => Some(Duration::from_millis(300).saturating_sub(start.elapsed())),
-            Some((a, f, at)) if a != acked || f != failed_closed.len() => {
+            Some((a, f, e, at)) if changed(a, f, e) => {
                 Some(Duration::from_millis(100).saturating_sub(at.elapsed()))
             }
             Some(_) => None,
@@ -155,7 +245,21 @@ pub async fn wait(
                     next = acks.try_recv();
                 }
             }
-            _ = tick.tick() => rescan = true,
+            r = queue.changed(), if watching && !ends.pending.is_empty() => {
+                match r {
+                    Ok(()) => {
+                        queue.borrow_and_update();
+                        ends.look(s);
+                    }
+                    Err(_) => watching = false,
+                }
+            }
+            _ = tick.tick() => {
+                rescan = true;
+                if !ends.pending.is_empty() {
+                    ends.look(s);
+                }
+            }
             _ = tokio::time::sleep(remaining) => {}
             _ = tokio::time::sleep(report_in.unwrap_or_default()), if report_in.is_some() => {}
         }

@@ -271,6 +271,7 @@ pub async fn run(
     ));
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
     let ends = tokio::spawn(crate::issuance::ends::run(shared.clone()));
+    let reconcile = tokio::spawn(crate::reconcile::run(shared.clone()));
     let retention = tokio::spawn(crate::retention::run(
         shared.store.clone(),
         shared.clock.clone(),
@@ -333,6 +334,7 @@ pub async fn run(
     expiry.abort();
     scheduled.abort();
     ends.abort();
+    reconcile.abort();
     retention.abort();
     refused.abort();
     recovery.abort();

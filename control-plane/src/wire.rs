@@ -8,8 +8,8 @@ use leash_proto::v1;
 
 use crate::hub::ConnInfo;
 use crate::model::{
-    Approval, Credential, Event, Host, JoinTokenRecord, Lease, Revocation, RevocationTarget,
-    SecretVersion, Workload,
+    Approval, Credential, Event, Host, JoinTokenRecord, Lease, PendingEnd, Revocation,
+    RevocationTarget, SecretVersion, Workload,
 };
 use crate::policy::Problem;
 
@@ -48,7 +48,29 @@ pub fn lease_proto(l: &Lease) -> v1::Lease {
         fingerprint: l.fingerprint.clone(),
         policy_version: l.policy_version,
         version: l.version,
+        end_pending: false,
+        end_pending_since_unix: 0,
+        end_last_error: String::new(),
+        end_attempts: 0,
+        end_step: String::new(),
     }
+}
+
+/// A lease with the state of its end step: `end_step` (the kind's noun for it) for a
+/// lease whose kind undoes something outside Leash, and while that is still queued,
+/// since when, how many attempts failed and the last error.
+pub fn lease_with_end(l: &Lease, pending: Option<&PendingEnd>, end_step: &str) -> v1::Lease {
+    let mut p = lease_proto(l);
+    if l.ends_outside {
+        p.end_step = end_step.to_string();
+    }
+    if let Some(e) = pending {
+        p.end_pending = true;
+        p.end_pending_since_unix = e.since_ms.div_euclid(1000);
+        p.end_last_error = e.last_error.clone();
+        p.end_attempts = e.attempts;
+    }
+    p
 }
 
 pub fn credential_proto(c: &Credential) -> v1::Credential {

@@ -1,4 +1,5 @@
-//! `lease list|get`, `revoke` (with `--wait` progress) and introspection by an admin.
+//! `lease list|get` (with a pending end step), `revoke` (with `--wait` progress) and
+//! introspection by an admin.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use crate::audit;
 use crate::model::RevocationTarget;
 use crate::state::Shared;
 use crate::status::write_failed;
-use crate::wire::{event_proto, lease_proto};
+use crate::wire::{event_proto, lease_proto, lease_with_end};
 
 /// Progress of a revocation, streamed to `revoke --wait`.
 pub type ProgressStream =
@@ -68,8 +69,15 @@ pub(super) async fn get(s: &Shared, req: v1::NameRequest) -> Result<v1::LeaseDet
     }
     events.sort_by_key(|e| e.id);
     let timeline = events.iter().map(event_proto).collect();
+    // Whether its kind has yet to undo something outside Leash (a role to drop).
+    let pending = if lease.ends_outside {
+        s.store.pending_end(&id).map_err(Status::from)?
+    } else {
+        None
+    };
+    let end_step = crate::revocation::end_step(s, &lease.credential);
     Ok(v1::LeaseDetail {
-        lease: Some(lease_proto(&lease)),
+        lease: Some(lease_with_end(&lease, pending.as_ref(), end_step)),
         timeline,
     })
 }

@@ -7,7 +7,9 @@
 //!    all call it, so explain cannot disagree with Issue.
 //! 3. The approval gate, when policy asks for one (`approval`).
 //! 4. Minting, by the credential's kind (`kinds`).
-//! 5. The lease and its `issued` event, written durably together (`store`).
+//! 5. The lease, its `issued` event and the events of minting (`role-created`), written
+//!    durably together (`store`). A lease minted but not written is ended at once
+//!    ([`ends::end_unwritten`]).
 //!
 //! Ending a lease, by any path, reaches the kind through [`ends`]. The handlers decode,
 //! authorise, call these functions and map [`IssueError`] to a status (`status`).
@@ -127,10 +129,27 @@ pub async fn issue(
             version: minted.version,
         };
         let event = audit::issued(s.clock.now_ms(), &lease, r.ttl, pid);
+        // What minting did outside Leash goes on the lease's timeline, in the same write.
+        let extra = minted
+            .events
+            .iter()
+            .map(|e| ends::lease_event(&lease, e.clone()))
+            .collect();
+        // Kept to undo the minting if the lease is not written.
+        let unwritten = lease.ends_outside.then(|| lease.clone());
         let written = match &approval {
-            Some(id) => s.store.issue_with_approval(id, r.now, lease, event).await,
-            None => s.store.issue_lease(lease, event).await,
+            Some(id) => {
+                s.store
+                    .issue_with_approval(id, r.now, lease, event, extra)
+                    .await
+            }
+            None => s.store.issue_lease(lease, event, extra).await,
         };
+        if written.is_err() {
+            if let Some(l) = &unwritten {
+                ends::end_unwritten(s, kind.as_ref(), l).await;
+            }
+        }
         match written {
             Ok(seq) => break (minted, lease_id, seq),
             Err(StoreError::Stale(_)) if attempts < MINT_ATTEMPTS => continue,

@@ -319,8 +319,39 @@ async fn a_failed_end_step_is_kept_and_done_after_a_restart() {
     let mut retries = Retries::default();
     assert_eq!(process(&f.s, &mut retries).await, 0, "the end step failed");
     assert!(f.recorder.ended().is_empty());
+    assert_eq!(
+        retries.pause_of(&id),
+        Some(std::time::Duration::from_secs(1))
+    );
     // Not tried again before its pause is over.
     assert_eq!(process(&f.s, &mut retries).await, 0);
+    // The attempt, its error and the kind's failed-end event are durable; `lease show`
+    // sees them.
+    let p = f.s.store.pending_end(&id).expect("read").expect("queued");
+    assert_eq!(
+        (p.attempts, p.last_error.as_str()),
+        (1, "the outside system did not answer")
+    );
+    let lease = f.s.store.lease(&id).expect("read").expect("lease");
+    let shown = crate::wire::lease_with_end(&lease, Some(&p), "undo");
+    assert!(shown.end_pending);
+    assert_eq!(shown.end_attempts, 1);
+    assert_eq!(shown.end_step, "undo");
+    assert_eq!(shown.end_last_error, "the outside system did not answer");
+    assert_eq!(shown.end_pending_since_unix, p.since_ms / 1000);
+    let failed: Vec<Event> =
+        f.s.store
+            .lease_events(&id)
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.kind == "recorder-end-failed")
+            .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].detail,
+        serde_json::json!({"error": "the outside system did not answer", "attempt": 1})
+    );
+    assert_eq!(failed[0].workload.as_deref(), Some("w/revoke"));
     let Fixture {
         dir,
         s,
@@ -337,8 +368,332 @@ async fn a_failed_end_step_is_kept_and_done_after_a_restart() {
         [&id],
         "the queue survives a restart"
     );
+    assert_eq!(
+        s.store.pending_end(&id).expect("read").map(|p| p.attempts),
+        Some(1),
+        "and so does the attempt count"
+    );
     assert_eq!(process(&s, &mut Retries::default()).await, 1);
-    assert_eq!(recorder.ended(), [id]);
+    assert_eq!(recorder.ended(), std::slice::from_ref(&id));
+    assert_eq!(s.store.pending_end(&id).expect("read"), None);
+    // The kind's events are on the lease's timeline, written with taking it off.
+    let events = s.store.lease_events(&id).expect("events");
+    let last = events.last().expect("events");
+    assert_eq!(last.kind, "recorder-undone");
+    assert_eq!(last.detail, serde_json::json!({"lease": id}));
+    let lease = s.store.lease(&id).expect("read").expect("lease");
+    let shown = crate::wire::lease_with_end(&lease, None, "undo");
+    assert!(!shown.end_pending);
+    assert_eq!(shown.end_step, "undo");
+}
+
+#[tokio::test]
+async fn an_end_step_that_never_answers_times_out_and_frees_its_slot() {
+    let f = fixture().await;
+    let id = f.lease("h1", "w/revoke", "rec").await;
+    f.s.store
+        .revoke(
+            RevocationTarget::Lease(id.clone()),
+            "test".into(),
+            "root".into(),
+            Vec::new(),
+        )
+        .await
+        .expect("revoke");
+    f.recorder.end_ms.store(60_000, Ordering::SeqCst);
+    let start = std::time::Instant::now();
+    let mut retries = Retries::with_timeout(std::time::Duration::from_millis(200));
+    assert_eq!(process(&f.s, &mut retries).await, 0);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    let p = f.s.store.pending_end(&id).expect("read").expect("queued");
+    assert_eq!(
+        (p.attempts, p.last_error.as_str()),
+        (1, "no answer within 200ms")
+    );
+}
+
+#[tokio::test]
+async fn a_lease_whose_kind_is_missing_stays_queued_and_says_why() {
+    let f = fixture().await;
+    let id = f.lease("h1", "w/revoke", "rec").await;
+    f.s.store
+        .revoke(
+            RevocationTarget::Lease(id.clone()),
+            "test".into(),
+            "root".into(),
+            Vec::new(),
+        )
+        .await
+        .expect("revoke");
+    // A control plane without the credential's kind (a downgrade).
+    let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+    let without = Shared::new(
+        f.s.config.clone(),
+        f.s.store.clone(),
+        f.s.keys.clone(),
+        f.s.master.clone(),
+        f.clock.clone(),
+        Engine::new(&f.s.config.actions).expect("engine"),
+        tx,
+    );
+    assert_eq!(process(&without, &mut Retries::default()).await, 0);
+    let p =
+        f.s.store
+            .pending_end(&id)
+            .expect("read")
+            .expect("still queued");
+    assert_eq!(p.attempts, 1);
+    assert!(
+        p.last_error
+            .contains("credential rec is of kind recorder, which this control plane does not have"),
+        "{p:?}"
+    );
+    let failed = f.s.store.lease_events(&id).expect("events");
+    assert_eq!(failed.last().map(|e| e.kind.as_str()), Some("end-failed"));
+    // With the kind back: ended at the next attempt.
+    assert_eq!(process(&f.s, &mut Retries::default()).await, 1);
+    assert_eq!(f.recorder.ended(), std::slice::from_ref(&id));
+}
+
+#[tokio::test]
+async fn the_events_of_minting_are_written_with_the_lease() {
+    let f = fixture().await;
+    let id = f.lease("h1", "w/revoke", "rec").await;
+    let events = f.s.store.lease_events(&id).expect("events");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["issued", "recorder-set-up"]);
+    let e = &events[1];
+    assert_eq!(e.id, events[0].id + 1, "in the same write as the lease");
+    assert_eq!(
+        (
+            e.lease.as_deref(),
+            e.workload.as_deref(),
+            e.credential.as_deref(),
+            e.host.as_deref()
+        ),
+        (Some(id.as_str()), Some("w/revoke"), Some("rec"), Some("h1"))
+    );
+    assert_eq!(e.detail, serde_json::json!({"lease": id}));
+    // A kind with nothing outside Leash has no such event.
+    let jwt = f.lease("h1", "w/revoke", "api").await;
+    let kinds: Vec<String> =
+        f.s.store
+            .lease_events(&jwt)
+            .expect("events")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+    assert_eq!(kinds, ["issued"]);
+}
+
+#[tokio::test]
+async fn a_lease_minted_but_not_written_is_ended_at_once() {
+    let f = fixture().await;
+    f.fail.store(1, Ordering::SeqCst);
+    let err = f
+        .issue("h1", ask("w/revoke", "rec"))
+        .await
+        .expect_err("the lease was not made durable");
+    assert_eq!(err.reason(), Reason::Unavailable, "{err:?}");
+    let ended = f.recorder.ended();
+    assert_eq!(ended.len(), 1, "what minting set up was undone: {ended:?}");
+    assert!(ended[0].starts_with("l-"), "{ended:?}");
+    // A lease that was written is not ended.
+    let _ = f.lease("h1", "w/revoke", "rec").await;
+    assert_eq!(f.recorder.ended().len(), 1, "a written lease is not ended");
+}
+
+#[tokio::test]
+async fn a_queued_lease_is_ended_at_once_not_on_a_poll() {
+    let f = fixture().await;
+    let s = Arc::new(f.s);
+    let worker = tokio::spawn(super::ends::run(s.clone()));
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let id = issue(
+            &s,
+            s.store.host("h1").expect("read").expect("h1"),
+            ask("w/revoke", "rec"),
+        )
+        .await
+        .expect("issued")
+        .lease_id;
+        s.store
+            .revoke(
+                RevocationTarget::Lease(id.clone()),
+                "test".into(),
+                "root".into(),
+                Vec::new(),
+            )
+            .await
+            .expect("revoke");
+        let start = std::time::Instant::now();
+        while !f.recorder.ended().contains(&id) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(3),
+                "not ended within 3 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        took.push(start.elapsed());
+    }
+    worker.abort();
+    took.sort();
+    // The worker's poll is 5 s: only the wake-up makes this fast.
+    assert!(
+        took[2] < std::time::Duration::from_millis(100),
+        "median {:?} ({took:?})",
+        took[2]
+    );
+}
+
+#[tokio::test]
+async fn leases_ended_together_are_ended_sixteen_at_a_time() {
+    let f = fixture().await;
+    f.recorder.end_ms.store(100, Ordering::SeqCst);
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(f.lease("h1", "w/revoke", "rec").await);
+    }
+    f.s.store
+        .revoke(
+            RevocationTarget::Workload("w/revoke".into()),
+            "test".into(),
+            "root".into(),
+            Vec::new(),
+        )
+        .await
+        .expect("revoke");
+    let start = std::time::Instant::now();
+    assert_eq!(process(&f.s, &mut Retries::default()).await, 40);
+    let took = start.elapsed();
+    assert_eq!(
+        f.recorder.most_running.load(Ordering::SeqCst),
+        super::ends::CONCURRENCY,
+        "bounded, and not one after the other"
+    );
+    // One after the other would take 4 s; 16 at a time, three rounds of 100 ms.
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    let mut got = f.recorder.ended();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+}
+
+#[tokio::test]
+async fn revoke_wait_is_done_only_once_the_end_steps_are() {
+    use std::time::Duration;
+    let f = fixture().await;
+    let id = f.lease("h1", "w/revoke", "rec").await;
+    let rev =
+        f.s.store
+            .revoke(
+                RevocationTarget::Workload("w/revoke".into()),
+                "test".into(),
+                "root".into(),
+                Vec::new(),
+            )
+            .await
+            .expect("revoke");
+    // h1 is not connected: past max_offline it has wiped by failing closed, so only the
+    // end step is left to wait for.
+    f.clock.advance_ms(600_000);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    crate::revocation::wait(&f.s, rev.seq, Duration::from_millis(400), tx).await;
+    let mut last = None;
+    while let Ok(p) = rx.try_recv() {
+        last = Some(p.expect("progress"));
+    }
+    let last = last.expect("a report");
+    assert!(last.timed_out && !last.done, "{last:?}");
+    assert_eq!(last.pending_hosts, Vec::<String>::new());
+    assert_eq!((last.ends_total, last.ends_pending), (1, 1));
+    assert_eq!(last.end_step, "undo");
+
+    f.recorder.failures.store(1, Ordering::SeqCst);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<v1::RevocationProgress, Status>>(64);
+    let drive = async {
+        assert_eq!(process(&f.s, &mut Retries::default()).await, 0);
+        let p = loop {
+            let p = rx.recv().await.expect("open").expect("progress");
+            if !p.end_errors.is_empty() {
+                break p;
+            }
+        };
+        assert!(!p.done, "{p:?}");
+        assert_eq!((p.ends_total, p.ends_pending), (1, 1));
+        assert_eq!(
+            p.end_errors,
+            [format!("{id}: the outside system did not answer")]
+        );
+        let start = std::time::Instant::now();
+        assert_eq!(process(&f.s, &mut Retries::default()).await, 1);
+        let p = loop {
+            let p = rx.recv().await.expect("open").expect("progress");
+            if p.done {
+                break p;
+            }
+        };
+        assert!(
+            start.elapsed() < Duration::from_millis(200),
+            "woken by the queue, not the tick: {:?}",
+            start.elapsed()
+        );
+        assert_eq!((p.ends_total, p.ends_pending), (1, 0));
+        assert!(p.end_errors.is_empty(), "{p:?}");
+    };
+    tokio::join!(
+        crate::revocation::wait(&f.s, rev.seq, Duration::from_secs(10), tx),
+        drive
+    );
+}
+
+#[tokio::test]
+async fn the_reconciler_asks_each_ends_outside_credential_and_records_what_it_undid() {
+    use crate::kinds::KindEvent;
+    let f = fixture().await;
+    let id = f.lease("h1", "w/revoke", "rec").await;
+    let undone = |n: u64| KindEvent {
+        kind: "recorder-undone",
+        detail: serde_json::json!({"n": n, "reconciled": true}),
+    };
+    *f.recorder.reconcile.lock().expect("lock") = Some(Ok(vec![
+        (id.clone(), undone(1)),
+        (String::new(), undone(2)),
+    ]));
+    let r = crate::reconcile::round(&f.s).await;
+    assert_eq!(
+        r,
+        crate::reconcile::Round {
+            credentials: 1,
+            undone: 2,
+            failed: 0
+        }
+    );
+    assert_eq!(
+        *f.recorder.reconciled.lock().expect("lock"),
+        ["rec"],
+        "only the kinds that end outside Leash are asked"
+    );
+    let on_lease = f.s.store.lease_events(&id).expect("events");
+    let last = on_lease.last().expect("event");
+    assert_eq!(last.kind, "recorder-undone");
+    assert_eq!(last.actor.as_deref(), Some("reconciler"));
+    assert_eq!(last.workload.as_deref(), Some("w/revoke"));
+    let all = f.s.store.events(0, 1000).expect("events");
+    assert!(
+        all.iter().any(|e| e.kind == "recorder-undone"
+            && e.lease.is_none()
+            && e.credential.as_deref() == Some("rec")
+            && e.detail["n"] == 2),
+        "{all:?}"
+    );
+    // A failure is counted (and logged) and the next round asks again.
+    *f.recorder.reconcile.lock().expect("lock") = Some(Err("database down".into()));
+    let r = crate::reconcile::round(&f.s).await;
+    assert_eq!((r.credentials, r.undone, r.failed), (1, 0, 1));
+    let r = crate::reconcile::round(&f.s).await;
+    assert_eq!((r.credentials, r.failed), (1, 0));
 }
 
 #[tokio::test]

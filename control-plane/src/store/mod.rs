@@ -14,7 +14,8 @@
 //! The module is split by concern: this file holds the trait and its errors; the sled
 //! implementation lives in `error` (what callers see fail), `sled_store` (the writer thread and group commit), `tx` (the
 //! writes one batch makes), `sled_impl` (the trait methods), `codec` (record encoding)
-//! `flush` (the seam through which unit tests make a flush fail) and `retention` (what is
+//! `flush` (the seam through which unit tests make a flush fail), `queue` (ended leases
+//! whose kind has yet to undo something outside Leash) and `retention` (what is
 //! forgotten once it is older than the configured retention).
 
 use std::sync::Arc;
@@ -23,13 +24,14 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::model::{
-    Approval, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, PolicyRecord,
-    Revocation, RevocationTarget, ScheduledRevocation, SecretVersion, Workload,
+    Approval, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, PendingEnd,
+    PolicyRecord, Revocation, RevocationTarget, ScheduledRevocation, SecretVersion, Workload,
 };
 
 mod codec;
 mod error;
 mod flush;
+mod queue;
 mod retention;
 mod sealed;
 mod secrets;
@@ -41,7 +43,7 @@ pub use error::{Result, StoreError};
 pub use retention::{Cutoff, Pruned};
 pub use sealed::{HoldsSealed, Rewrap, RewrapFailure, SealedRecord};
 pub use secrets::{Older, SecretWrite, SecretWritten, SECRET_KIND};
-pub use sled_store::SledStore;
+pub use sled_store::{EndQueueWrites, SledStore};
 
 /// Outcome of consuming a join token to enroll a host.
 #[derive(Debug, Clone)]
@@ -96,8 +98,25 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Up to `limit` ended leases whose credential kind has yet to undo what it set up
     /// outside Leash (queued when they ended; see `issuance::ends`).
     fn ended_leases(&self, limit: usize) -> Result<Vec<Lease>>;
-    /// Take leases off that queue once their kind's end step succeeded.
-    async fn forget_ended(&self, ids: Vec<String>) -> Result<()>;
+    /// The queued entries with their state (since when, attempts, last error), of one
+    /// credential or of all.
+    fn pending_ends(&self, credential: Option<&str>) -> Result<Vec<PendingEnd>>;
+    /// The queued entry of one lease, if its end step is still pending.
+    fn pending_end(&self, lease: &str) -> Result<Option<PendingEnd>>;
+    /// A receiver whose value changes after every durable write that changed that queue
+    /// (see [`EndQueueWrites`]), so its worker and `revoke --wait` wake at once instead
+    /// of polling.
+    fn ended_changes(&self) -> tokio::sync::watch::Receiver<EndQueueWrites>;
+    /// Up to `limit` queued leases whose id `skip` does not pick, in id order (the
+    /// worker skips what it is ending now or waits to retry without reading it).
+    fn next_ended(&self, limit: usize, skip: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<Lease>>;
+    /// Record that the end step of `lease` failed at `at_ms` with `error` (one more
+    /// attempt), and `event` (the kind's failed-end event; its detail gains `error` and
+    /// `attempt`), in one durable write.
+    async fn end_failed(&self, lease: &str, error: String, at_ms: i64, event: Event) -> Result<()>;
+    /// Take leases off that queue once their kind's end step succeeded, each with the
+    /// events the step returned, in one durable write.
+    async fn forget_ended(&self, done: Vec<(String, Vec<Event>)>) -> Result<()>;
     /// Revocations with `seq` above the given one.
     fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>>;
     /// Audit events from `since_ms`, at most `limit` of the newest.
@@ -114,14 +133,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn approvals(&self) -> Result<Vec<Approval>>;
     /// Record an approval (new or decided).
     async fn put_approval(&self, a: Approval, event: Event) -> Result<()>;
-    /// Atomically use an approved approval once for an issuance, then write the lease.
-    /// Refused if the approval is no longer usable.
+    /// Atomically use an approved approval once for an issuance, then write the lease
+    /// (with `extra` events, as [`Storage::issue_lease`]). Refused if the approval is no
+    /// longer usable.
     async fn issue_with_approval(
         &self,
         approval: &str,
         now: i64,
         lease: Lease,
         event: Event,
+        extra: Vec<Event>,
     ) -> Result<u64>;
     /// An opaque blob (encrypted keys).
     fn blob(&self, name: &str) -> Result<Option<Vec<u8>>>;
@@ -157,9 +178,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Enrollment>;
     /// Point a host at a renewed certificate.
     async fn renew_host(&self, name: &str, serial: &str, not_after: i64) -> Result<()>;
-    /// Write a lease, refusing it if the workload was disabled or removed meanwhile.
-    /// Returns the sequence number the lease was issued at.
-    async fn issue_lease(&self, lease: Lease, event: Event) -> Result<u64>;
+    /// Write a lease, refusing it if the workload was disabled or removed meanwhile, with
+    /// its `issued` event and `extra` events (what minting did outside Leash) in the same
+    /// durable write. Returns the sequence number the lease was issued at.
+    async fn issue_lease(&self, lease: Lease, event: Event, extra: Vec<Event>) -> Result<u64>;
     /// Record a revocation durably; moves the leases it covers to `revoked`.
     async fn revoke(
         &self,
@@ -237,6 +259,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn run_scheduled(&self, s: ScheduledRevocation) -> Result<Option<Revocation>>;
 }
 
+#[cfg(test)]
+mod queue_tests;
 #[cfg(test)]
 mod secret_tests;
 #[cfg(test)]

@@ -81,7 +81,8 @@ async fn issue(s: &SledStore, id: &str, version: u32, expires_at: i64) -> Result
         expires_at,
         ..lease(id, "w")
     };
-    s.issue_lease(l, Event::new("issued").lease(id)).await
+    s.issue_lease(l, Event::new("issued").lease(id), Vec::new())
+        .await
 }
 
 fn state(s: &SledStore, id: &str) -> LeaseState {

@@ -5,11 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
-use super::codec::{
-    all, be, dec, enc, ended_key, get, policy_key, POLICY_CURRENT_KEY, POLICY_VERSION_PREFIX,
-};
+use super::codec::{all, be, dec, enc, get, policy_key, POLICY_CURRENT_KEY, POLICY_VERSION_PREFIX};
 use super::error::{Result, StoreError};
 use super::sled_store::{SledStore, LOG_RETAIN};
 use super::tx::issue_job;
@@ -17,7 +15,8 @@ use super::{Cutoff, Enrollment, Pruned, SecretWrite, SecretWritten, Storage};
 use crate::audit;
 use crate::model::{
     Approval, ApprovalState, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState,
-    PolicyRecord, Revocation, RevocationTarget, ScheduledRevocation, SecretVersion, Workload,
+    PendingEnd, PolicyRecord, Revocation, RevocationTarget, ScheduledRevocation, SecretVersion,
+    Workload,
 };
 
 #[async_trait]
@@ -125,27 +124,33 @@ impl Storage for SledStore {
     }
 
     fn ended_leases(&self, limit: usize) -> Result<Vec<Lease>> {
-        let mut out = Vec::new();
-        for id in self.t.ended.iter().keys().take(limit) {
-            if let Some(l) = get::<Lease>(&self.t.leases, "leases", &id?)? {
-                out.push(l);
-            }
-        }
-        Ok(out)
+        super::queue::ended_leases(&self.t, limit)
     }
 
-    async fn forget_ended(&self, ids: Vec<String>) -> Result<()> {
-        self.write(move |tx| {
-            for id in ids {
-                tx.t.ended.remove(id.as_bytes())?;
-                // Back under retention, if pruning passed it by while its end was pending.
-                if let Some(l) = get::<Lease>(&tx.t.leases, "leases", id.as_bytes())? {
-                    tx.t.lease_ended.insert(ended_key(&l), &[])?;
-                }
-            }
-            Ok(())
-        })
-        .await
+    fn pending_ends(&self, credential: Option<&str>) -> Result<Vec<PendingEnd>> {
+        super::queue::pending_ends(&self.t, credential)
+    }
+
+    fn pending_end(&self, lease: &str) -> Result<Option<PendingEnd>> {
+        super::queue::pending_end(&self.t, lease)
+    }
+
+    fn ended_changes(&self) -> watch::Receiver<super::EndQueueWrites> {
+        self.ended_tx.subscribe()
+    }
+
+    fn next_ended(&self, limit: usize, skip: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<Lease>> {
+        super::queue::next_ended(&self.t, limit, skip)
+    }
+
+    async fn end_failed(&self, lease: &str, error: String, at_ms: i64, event: Event) -> Result<()> {
+        let lease = lease.to_string();
+        self.write(move |tx| super::queue::failed(tx, &lease, error, at_ms, event))
+            .await
+    }
+
+    async fn forget_ended(&self, done: Vec<(String, Vec<Event>)>) -> Result<()> {
+        self.write(move |tx| super::queue::forget(tx, done)).await
     }
 
     fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>> {
@@ -249,9 +254,10 @@ impl Storage for SledStore {
         now: i64,
         lease: Lease,
         event: Event,
+        extra: Vec<Event>,
     ) -> Result<u64> {
         let approval = approval.to_string();
-        let issue = issue_job(lease, event);
+        let issue = issue_job(lease, event, extra);
         self.write(move |tx| {
             let mut a: Approval = get(&tx.t.approvals, "approvals", approval.as_bytes())?
                 .ok_or_else(|| StoreError::Refused(format!("approval {approval} is gone")))?;
@@ -404,8 +410,8 @@ impl Storage for SledStore {
         .await
     }
 
-    async fn issue_lease(&self, lease: Lease, event: Event) -> Result<u64> {
-        self.write(issue_job(lease, event)).await
+    async fn issue_lease(&self, lease: Lease, event: Event, extra: Vec<Event>) -> Result<u64> {
+        self.write(issue_job(lease, event, extra)).await
     }
 
     async fn revoke(

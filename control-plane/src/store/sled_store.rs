@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::codec::{be, dec, ended_key, get, meta_u64};
 use super::error::{Result, StoreError};
@@ -18,6 +18,17 @@ use crate::model::{Change, Event, Lease, LeaseState};
 pub(super) const LOG_RETAIN: u64 = 100_000;
 /// Largest number of queued writes applied under one flush.
 const MAX_BATCH: usize = 1024;
+
+/// What `Storage::ended_changes` counts: durable writes that queued an ended lease,
+/// and those that changed the queue in any way (queued one, recorded a failed attempt,
+/// took one off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndQueueWrites {
+    /// Writes that queued at least one lease.
+    pub queued: u64,
+    /// Writes that changed the queue.
+    pub changed: u64,
+}
 
 pub(super) struct Trees {
     pub(super) meta: sled::Tree,
@@ -39,7 +50,8 @@ pub(super) struct Trees {
     pub(super) approval_events: sled::Tree,
     pub(super) approvals: sled::Tree,
     /// Ended leases whose credential kind still has to undo something outside Leash:
-    /// lease id -> (). See `issuance::ends`.
+    /// lease id -> `PendingEnd` (an empty value, from before it had one, reads as the
+    /// default). See `issuance::ends`.
     pub(super) ended: sled::Tree,
     /// Ended leases by when they stop being kept: (expires_at BE, lease id) -> ().
     /// See `retention`.
@@ -65,6 +77,10 @@ pub(super) struct Tx<'a> {
     /// Unix ms by the store's clock when the batch began: the time of its audit events,
     /// revocations and offboardings.
     pub(super) now_ms: i64,
+    /// The batch queued an ended lease (see `Storage::ended_changes`).
+    pub(super) ended_queued: bool,
+    /// The batch changed the queue of ended leases.
+    pub(super) ended_changed: bool,
 }
 
 pub(super) type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -81,6 +97,9 @@ pub struct SledStore {
     pub(super) writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set by the writer when a flush fails; see [`Storage::failed`].
     pub(super) failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Counts the durable batches that changed the queue of ended leases, so the queue
+    /// (and `revoke --wait`) wake at once rather than on a poll.
+    pub(super) ended_tx: watch::Sender<EndQueueWrites>,
 }
 
 impl Drop for SledStore {
@@ -188,6 +207,7 @@ impl SledStore {
         let (events, _) = broadcast::channel(4096);
         let (jobs, rx) = mpsc::channel::<Job>(8192);
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ended_tx, _) = watch::channel(EndQueueWrites::default());
         let writer_handle = {
             let db = db.clone();
             let t = t.clone();
@@ -195,12 +215,16 @@ impl SledStore {
             let changes = changes.clone();
             let events = events.clone();
             let failed = failed.clone();
+            let ended_tx = ended_tx.clone();
             std::thread::Builder::new()
                 .name("leash-store-writer".into())
                 .spawn(move || {
-                    writer(
-                        db, t, rx, seq, event_id, changes, events, flush, &failed, &clock,
-                    )
+                    let publish = Publish {
+                        changes,
+                        events,
+                        ended: ended_tx,
+                    };
+                    writer(db, t, rx, seq, event_id, publish, flush, &failed, &clock)
                 })
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
         };
@@ -213,6 +237,7 @@ impl SledStore {
             events,
             writer: std::sync::Mutex::new(Some(writer_handle)),
             failed,
+            ended_tx,
         }))
     }
 
@@ -256,6 +281,13 @@ impl SledStore {
     }
 }
 
+/// Where the writer publishes what a durable batch did.
+struct Publish {
+    changes: broadcast::Sender<Arc<Change>>,
+    events: broadcast::Sender<Event>,
+    ended: watch::Sender<EndQueueWrites>,
+}
+
 /// The writer loop: batch, apply, flush once, then answer and publish.
 ///
 /// When a flush fails, every caller of the batch gets [`StoreError::NotDurable`] and
@@ -271,8 +303,7 @@ fn writer(
     mut rx: mpsc::Receiver<Job>,
     seq: Arc<AtomicU64>,
     mut event_id: u64,
-    changes: broadcast::Sender<Arc<Change>>,
-    events: broadcast::Sender<Event>,
+    publish: Publish,
     mut flush: impl Flush,
     failed: &std::sync::atomic::AtomicBool,
     clock: &Clock,
@@ -282,6 +313,8 @@ fn writer(
     let mut next_seq = seq.load(Ordering::Acquire);
     let mut unpublished_changes: Vec<Change> = Vec::new();
     let mut unpublished_events: Vec<Event> = Vec::new();
+    // (queued, changed) of batches not yet published.
+    let mut unpublished_ended = (false, false);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -299,6 +332,8 @@ fn writer(
             events: Vec::new(),
             stop: false,
             now_ms: clock.now_ms(),
+            ended_queued: false,
+            ended_changed: false,
         };
         let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
         let Tx {
@@ -307,8 +342,12 @@ fn writer(
             changes: new_changes,
             events: new_events,
             stop,
+            ended_queued,
+            ended_changed,
             ..
         } = tx;
+        unpublished_ended.0 |= ended_queued;
+        unpublished_ended.1 |= ended_changed || ended_queued;
         next_seq = new_seq;
         event_id = new_event_id;
         unpublished_changes.extend(new_changes);
@@ -331,18 +370,27 @@ fn writer(
         }
         let err = flushed.err();
         if err.is_none() {
-            // Before answering: a caller reads `current_seq` as soon as it is answered.
+            // Before answering: a caller reads `current_seq` as soon as it is answered,
+            // and the end queue's worker may start on a revoked lease before `revoke`
+            // returns.
             seq.store(new_seq, Ordering::Release);
+            let (queued, changed) = std::mem::take(&mut unpublished_ended);
+            if changed {
+                publish.ended.send_modify(|n| {
+                    n.queued = n.queued.wrapping_add(u64::from(queued));
+                    n.changed = n.changed.wrapping_add(1);
+                });
+            }
         }
         for r in replies {
             r(err.as_ref());
         }
         if err.is_none() {
             for c in unpublished_changes.drain(..) {
-                let _ = changes.send(Arc::new(c));
+                let _ = publish.changes.send(Arc::new(c));
             }
             for e in unpublished_events.drain(..) {
-                let _ = events.send(e);
+                let _ = publish.events.send(e);
             }
         }
         if stop {

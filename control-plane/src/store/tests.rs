@@ -66,6 +66,7 @@ async fn group_commit_serves_concurrent_writers() {
             s.issue_lease(
                 lease(&format!("l{i}"), "w"),
                 Event::new("issued").lease(format!("l{i}")),
+                Vec::new(),
             )
             .await
         }));
@@ -105,12 +106,20 @@ async fn revocation_covers_and_disabled_workload_refuses() {
             .is_err(),
         "reuse"
     );
-    s.issue_lease(lease("l1", "w"), Event::new("issued").lease("l1"))
-        .await
-        .expect("l1");
-    s.issue_lease(lease("l2", "v"), Event::new("issued").lease("l2"))
-        .await
-        .expect("l2");
+    s.issue_lease(
+        lease("l1", "w"),
+        Event::new("issued").lease("l1"),
+        Vec::new(),
+    )
+    .await
+    .expect("l1");
+    s.issue_lease(
+        lease("l2", "v"),
+        Event::new("issued").lease("l2"),
+        Vec::new(),
+    )
+    .await
+    .expect("l2");
     let (_, rev) = s
         .set_workload_disabled("w", true, "root".into(), "test".into())
         .await
@@ -126,7 +135,7 @@ async fn revocation_covers_and_disabled_workload_refuses() {
         LeaseState::Active
     );
     assert!(s
-        .issue_lease(lease("l3", "w"), Event::new("issued"))
+        .issue_lease(lease("l3", "w"), Event::new("issued"), Vec::new())
         .await
         .is_err());
     let timeline: Vec<String> = s
@@ -153,7 +162,9 @@ async fn revocation_covers_and_disabled_workload_refuses() {
     for (id, h) in [("m1", "h1"), ("m2", "h2"), ("m3", "h1")] {
         let mut l = lease(id, "v");
         l.host = h.into();
-        s.issue_lease(l, Event::new("issued")).await.expect("lease");
+        s.issue_lease(l, Event::new("issued"), Vec::new())
+            .await
+            .expect("lease");
     }
     let rev = s
         .revoke(
@@ -213,15 +224,23 @@ async fn a_failed_flush_is_unavailable_not_refused_and_publishes_nothing_until_d
     s.enroll("t", "x", host(), 0, Event::new("enrolled"))
         .await
         .expect("enroll");
-    s.issue_lease(lease("l1", "w"), Event::new("issued").lease("l1"))
-        .await
-        .expect("l1");
+    s.issue_lease(
+        lease("l1", "w"),
+        Event::new("issued").lease("l1"),
+        Vec::new(),
+    )
+    .await
+    .expect("l1");
     let before = s.current_seq();
     let mut changes = s.subscribe_changes();
 
     fail.store(true, Ordering::SeqCst);
     let issued = s
-        .issue_lease(lease("l2", "w"), Event::new("issued").lease("l2"))
+        .issue_lease(
+            lease("l2", "w"),
+            Event::new("issued").lease("l2"),
+            Vec::new(),
+        )
         .await;
     assert!(
         matches!(issued, Err(StoreError::NotDurable(_))),
@@ -248,7 +267,11 @@ async fn a_failed_flush_is_unavailable_not_refused_and_publishes_nothing_until_d
     // and what waited is published in order, before the new write.
     fail.store(false, Ordering::SeqCst);
     let l3 = s
-        .issue_lease(lease("l3", "w"), Event::new("issued").lease("l3"))
+        .issue_lease(
+            lease("l3", "w"),
+            Event::new("issued").lease("l3"),
+            Vec::new(),
+        )
         .await
         .expect("l3 after recovery");
     assert!(
@@ -469,7 +492,7 @@ async fn retention_forgets_only_what_is_older_than_its_period() {
         },
     ] {
         let id = l.id.clone();
-        s.issue_lease(l, Event::new("issued").lease(&id))
+        s.issue_lease(l, Event::new("issued").lease(&id), Vec::new())
             .await
             .expect("lease");
     }
@@ -534,7 +557,7 @@ async fn retention_forgets_only_what_is_older_than_its_period() {
     );
 
     // Once its end step is done, the pending lease goes at the next pass.
-    s.forget_ended(vec!["end-pending".into()])
+    s.forget_ended(vec![("end-pending".into(), Vec::new())])
         .await
         .expect("forget");
     assert_eq!(pass(s.clone()).await.leases, 1);

@@ -8,7 +8,8 @@ use super::error::{Result, StoreError};
 use super::sled_store::{Tx, LOG_RETAIN};
 use crate::audit;
 use crate::model::{
-    Change, Credential, Event, Host, Lease, LeaseState, Revocation, RevocationTarget, Workload,
+    Change, Credential, Event, Host, Lease, LeaseState, PendingEnd, Revocation, RevocationTarget,
+    Workload,
 };
 
 impl Tx<'_> {
@@ -64,9 +65,16 @@ impl Tx<'_> {
             self.t.expiry.remove(ek)?;
             self.t.lease_ended.insert(ended_key(l), &[])?;
             // Every ending (revocation, expiry, task completion, re-evaluation,
-            // offboarding, eviction) passes here: queue what the kind must undo.
-            if l.ends_outside {
-                self.t.ended.insert(l.id.as_bytes(), &[])?;
+            // offboarding, eviction) passes here: queue what the kind must undo. Once:
+            // a lease already queued keeps when it was queued and its failed attempts.
+            if l.ends_outside && !self.t.ended.contains_key(l.id.as_bytes())? {
+                let pending = PendingEnd {
+                    credential: l.credential.clone(),
+                    since_ms: self.now_ms,
+                    ..PendingEnd::default()
+                };
+                self.t.ended.insert(l.id.as_bytes(), enc(&pending))?;
+                self.ended_queued = true;
             }
         }
         Ok(())
@@ -142,10 +150,12 @@ impl Tx<'_> {
 
 /// The checks and writes of one issuance, to run on the writer: the workload and the
 /// credential must still be enabled, the host not evicted and a secret's version still
-/// current at the moment the lease is written.
+/// current at the moment the lease is written. `extra` (what minting did outside Leash)
+/// is recorded after the `issued` event, in the same write.
 pub(super) fn issue_job(
     mut lease: Lease,
     event: Event,
+    extra: Vec<Event>,
 ) -> impl FnOnce(&mut Tx<'_>) -> Result<u64> + Send + 'static {
     move |tx| {
         match get::<Workload>(&tx.t.workloads, "workloads", lease.workload.as_bytes())? {
@@ -203,6 +213,9 @@ pub(super) fn issue_job(
         lease.seq = seq;
         tx.put_lease(&lease)?;
         tx.event(event)?;
+        for e in extra {
+            tx.event(e)?;
+        }
         Ok(seq)
     }
 }

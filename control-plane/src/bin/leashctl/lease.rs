@@ -4,6 +4,7 @@
 
 use clap::{ArgGroup, Subcommand};
 use leash_proto::cli::{parse_secs, Fail};
+use leash_proto::names::escape as esc;
 use leash_proto::outln;
 use leash_proto::v1;
 use leash_proto::v1::admin_client::AdminClient;
@@ -159,7 +160,8 @@ pub(crate) async fn report(
     }
 }
 
-/// Follow a revocation until every host has wiped it, or `timeout` seconds pass (exit 6).
+/// Follow a revocation until every host has wiped it and every end step outside Leash
+/// (a database role dropped) is done, or `timeout` seconds pass (exit 6).
 pub(crate) async fn wait_for(
     c: &mut AdminClient<Channel>,
     seq: u64,
@@ -184,25 +186,86 @@ pub(crate) async fn wait_for(
                 p.failed_closed_hosts.join(", ")
             ));
         }
+        if p.ends_pending > 0 {
+            line.push_str(&format!("; {}", ends_pending(&p)));
+        }
         eprintln!("{line}");
         last = p;
     }
     if last.done {
+        let ends = if last.ends_total > 0 {
+            format!(
+                "; {}/{} {}(s) done",
+                last.ends_total,
+                last.ends_total,
+                esc(&last.end_step)
+            )
+        } else {
+            String::new()
+        };
         outln!(
-            "wiped on {}/{} hosts in {} ms",
+            "wiped on {}/{} hosts in {} ms{ends}",
             last.acked,
             last.total,
             last.elapsed_ms
         );
         Ok(())
     } else {
-        Err(Fail(
-            format!(
-                "timed out after {}s: {} did not acknowledge the wipe",
-                timeout,
+        let mut why = Vec::new();
+        if !last.pending_hosts.is_empty() {
+            why.push(format!(
+                "{} did not acknowledge the wipe",
                 last.pending_hosts.join(", ")
-            ),
+            ));
+        }
+        if last.ends_pending > 0 {
+            why.push(ends_pending(&last));
+        }
+        Err(Fail(
+            format!("timed out after {}s: {}", timeout, why.join("; ")),
             6,
         ))
+    }
+}
+
+/// "2 drop(s) pending (l-1: connection refused, …)": the end steps outside Leash a
+/// revocation still waits for, with their last errors. What the control plane stored
+/// is shown escaped (an error message cannot forge a line).
+fn ends_pending(p: &v1::RevocationProgress) -> String {
+    let step = if p.end_step.is_empty() {
+        "end"
+    } else {
+        p.end_step.as_str()
+    };
+    let mut s = format!("{} {}(s) pending", p.ends_pending, esc(step));
+    if !p.end_errors.is_empty() {
+        let errors: Vec<String> = p.end_errors.iter().map(|e| esc(e).into_owned()).collect();
+        s.push_str(&format!(" ({})", errors.join(", ")));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_end_steps_are_counted_with_their_errors_escaped() {
+        let p = v1::RevocationProgress {
+            ends_total: 3,
+            ends_pending: 2,
+            end_step: "drop".into(),
+            end_errors: vec!["l-1: connection refused".into(), "l-2: a\nb".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            ends_pending(&p),
+            "2 drop(s) pending (l-1: connection refused, l-2: a\\nb)"
+        );
+        let quiet = v1::RevocationProgress {
+            ends_pending: 1,
+            ..Default::default()
+        };
+        assert_eq!(ends_pending(&quiet), "1 end(s) pending");
     }
 }

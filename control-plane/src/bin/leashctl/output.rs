@@ -32,7 +32,7 @@ fn workload_json(w: &v1::Workload) -> serde_json::Value {
 }
 
 fn lease_json(l: &v1::Lease) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "id": l.id, "workload": l.workload, "credential": l.credential, "action": l.action,
         "audience": l.audience, "host": l.host,
         "task": (!l.task.is_empty()).then_some(&l.task),
@@ -42,7 +42,19 @@ fn lease_json(l: &v1::Lease) -> serde_json::Value {
         "reason": (!l.reason.is_empty()).then_some(&l.reason),
         "fingerprint": l.fingerprint, "policy_version": l.policy_version,
         "version": (l.version != 0).then_some(l.version),
-    })
+    });
+    // A lease whose kind undoes something outside Leash (a database role to drop).
+    if !l.end_step.is_empty() || l.end_pending {
+        v["end_step"] = l.end_step.clone().into();
+        v["end_pending"] = l.end_pending.into();
+        if l.end_pending {
+            v["end_pending_since"] = time(l.end_pending_since_unix).into();
+            v["end_pending_since_unix"] = l.end_pending_since_unix.into();
+            v["end_attempts"] = l.end_attempts.into();
+            v["end_last_error"] = l.end_last_error.clone().into();
+        }
+    }
+    v
 }
 
 /// One workload (`workload show`, `workload add --output json`).
@@ -523,6 +535,38 @@ pub(crate) fn lease(l: &v1::Lease, timeline: Vec<serde_json::Value>, output: Out
     }
 }
 
+/// What `lease show` says of the end step of a lease whose kind undoes something
+/// outside Leash: `drop pending since <time>, last error <msg> (N attempts)` while it is
+/// queued, `dropped` once done; nothing for an active lease or another kind.
+fn end_line(l: &v1::Lease) -> Option<String> {
+    let step = if l.end_step.is_empty() {
+        "end"
+    } else {
+        l.end_step.as_str()
+    };
+    if l.end_pending {
+        let mut s = format!("{} pending", esc(step));
+        if l.end_pending_since_unix > 0 {
+            s.push_str(&format!(" since {}", time(l.end_pending_since_unix)));
+        }
+        if !l.end_last_error.is_empty() {
+            s.push_str(&format!(", last error {}", esc(&l.end_last_error)));
+        }
+        if l.end_attempts > 0 {
+            s.push_str(&format!(" ({} attempts)", l.end_attempts));
+        }
+        return Some(s);
+    }
+    if l.end_step.is_empty() || l.state == "active" {
+        return None;
+    }
+    Some(match step {
+        "drop" => "dropped".to_string(),
+        "end" => "ended".to_string(),
+        other => format!("{} done", esc(other)),
+    })
+}
+
 /// `lease show` as text. Every stored value is shown escaped (`leash_proto::names`):
 /// whatever a lease's on-behalf-of, task name, reason or timeline holds, it cannot forge
 /// a line (a `state:`) or send an escape sequence to the terminal.
@@ -555,6 +599,9 @@ fn lease_text(l: &v1::Lease, timeline: &[serde_json::Value]) -> String {
             format!(" ({})", esc(&l.reason))
         }
     );
+    if let Some(end) = end_line(l) {
+        let _ = writeln!(o, "end step:   {end}");
+    }
     let _ = writeln!(o, "issued:     {}  (seq {})", time(l.issued_at_unix), l.seq);
     let _ = writeln!(o, "expires:    {}", time(l.expires_at_unix));
     let _ = writeln!(o, "fingerprint {}", esc(&l.fingerprint));
@@ -582,6 +629,52 @@ fn lease_text(l: &v1::Lease, timeline: &[serde_json::Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_show_says_how_the_end_step_stands() {
+        let pending = v1::Lease {
+            id: "l-1".into(),
+            state: "revoked".into(),
+            end_step: "drop".into(),
+            end_pending: true,
+            end_pending_since_unix: 1_700_000_000,
+            end_last_error: "connection refused\nstate: active".into(),
+            end_attempts: 3,
+            ..Default::default()
+        };
+        let t = lease_text(&pending, &[]);
+        assert!(
+            t.contains(
+                "end step:   drop pending since 2023-11-14T22:13:20Z, last error connection refused\\nstate: active (3 attempts)\n"
+            ),
+            "{t}"
+        );
+        let j = lease_json(&pending);
+        assert_eq!(j["end_pending"], true);
+        assert_eq!(j["end_attempts"], 3);
+        assert_eq!(j["end_step"], "drop");
+        assert_eq!(j["end_pending_since_unix"], 1_700_000_000_i64);
+
+        let dropped = v1::Lease {
+            end_pending: false,
+            end_attempts: 0,
+            ..pending.clone()
+        };
+        assert!(lease_text(&dropped, &[]).contains("end step:   dropped\n"));
+        assert_eq!(lease_json(&dropped)["end_pending"], false);
+        // An active lease has nothing to say yet, nor a lease of a kind with no end step.
+        let active = v1::Lease {
+            state: "active".into(),
+            ..dropped.clone()
+        };
+        assert!(!lease_text(&active, &[]).contains("end step"));
+        let jwt = v1::Lease {
+            state: "revoked".into(),
+            ..Default::default()
+        };
+        assert!(!lease_text(&jwt, &[]).contains("end step"));
+        assert!(lease_json(&jwt).get("end_pending").is_none());
+    }
 
     #[test]
     fn lease_show_escapes_what_was_stored() {
