@@ -232,7 +232,7 @@ async fn route<B>(calls: &Calls, conn: &Conn, req: &Request<B>) -> Result<Value,
             let r = calls.fetch(Some(conn), q.request(name.clone())).await?;
             match field {
                 Some(f) => Ok(documents::fetched_field(&r, &name, &f)?),
-                None => Ok(documents::fetched(&r)),
+                None => Ok(documents::fetched(&r, &name)?),
             }
         }
     }
@@ -309,7 +309,7 @@ pub struct CredentialQuery {
     pub ttl_seconds: u32,
     /// `as=`: the workload, when several match the caller.
     pub as_workload: String,
-    /// `field=`: one field of a json-format secret.
+    /// `field=`: one field of a json-format secret or of a postgres credential.
     pub field: Option<String>,
     /// `fresh`: bypass the agent's cache.
     pub fresh: bool,

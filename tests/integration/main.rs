@@ -34,6 +34,7 @@ mod architecture;
 mod config;
 mod control_plane;
 mod databases;
+mod databases_client;
 mod faults;
 mod host_trust;
 mod human;

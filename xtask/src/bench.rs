@@ -12,6 +12,8 @@
 //!   `cat` alone.
 //! - `revoke`: N simulated agents with real mTLS and Sync streams; time from Revoke to
 //!   the last wipe acknowledgment, and control-plane memory per agent.
+//! - `postgres`: dynamic PostgreSQL credentials against a local server: issuances/s at
+//!   concurrency 1 and 16, revoke → role dropped → session cut, and where the time goes.
 //!
 //! Every bench first builds the product binaries in release mode, and then re-runs
 //! itself from a release build of xtask: the load generator shares the machine with what
@@ -26,6 +28,7 @@ mod fetch;
 mod fetch_secret;
 mod issue;
 mod masking;
+mod postgres;
 pub(crate) mod procs;
 mod revoke;
 pub(crate) mod sim;
@@ -61,6 +64,8 @@ enum BenchCmd {
     EnrollFlood(enroll::Args),
     /// The cost of `leash exec`'s output masking: `cat` of a 100 MB file, with and without.
     Masking(masking::Args),
+    /// Dynamic PostgreSQL credentials: Issue rate, revoke → role dropped → session cut.
+    Postgres(postgres::Args),
     /// Minimal client process: connect to a Unix socket, one Fetch, print the token.
     #[command(hide = true)]
     Client(echo::ClientArgs),
@@ -90,6 +95,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 BenchCmd::Exec(a) => exec::run(&ctx, a),
                 BenchCmd::EnrollFlood(a) => enroll::run(&ctx, a),
                 BenchCmd::Masking(a) => masking::run(&ctx, a),
+                BenchCmd::Postgres(a) => postgres::run(&ctx, a),
                 BenchCmd::Client(_) | BenchCmd::EchoServer(_) => unreachable!("handled above"),
             }
         }

@@ -6,7 +6,10 @@
 //! against the JWKS, revokes it, shows the wipe acknowledgment and the lease's timeline.
 //! Then brokered secrets: a `.env` of API keys imported into Leash, the reference file
 //! used by `leash exec` (with the values masked in the command's output), a rotation whose
-//! wipe is acknowledged, and the new version served. Then it cleans up.
+//! wipe is acknowledged, and the new version served. With `--postgres`, then a
+//! PostgreSQL role per lease (`demo/postgres.rs`). Then it cleans up.
+
+mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -101,8 +104,21 @@ fn verify(token: &str, jwks: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask demo`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Also show a PostgreSQL role per lease, against a throwaway PostgreSQL server
+    /// (needs the server binaries: `initdb`, `pg_ctl`, `postgres`, `psql`).
+    #[arg(long)]
+    postgres: bool,
+}
+
 /// Run the demo.
-pub fn run() -> anyhow::Result<()> {
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.postgres {
+        // Say at once, not after the rest of the demo, when the server is missing.
+        leash_tests::pg::bin_dir().map_err(anyhow::Error::msg)?;
+    }
     step("build");
     crate::run(crate::cargo().args([
         "build",
@@ -300,6 +316,9 @@ pub fn run() -> anyhow::Result<()> {
     eprint!("{}", ok(ctl(&["lease", "show", &lease])?)?);
 
     secrets(d, &bin("leashctl"), &bin("leash"), &admin, &sock)?;
+    if args.postgres {
+        postgres::run(d, &bin("leashctl"), &bin("leash"), &admin, &sock)?;
+    }
 
     step("done: stopping and cleaning up");
     Ok(())

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Start a local control plane and agent, fetch, revoke and watch the wipe.
-    Demo,
+    Demo(demo::Args),
     /// Benchmarks against the real release binaries (issue, fetch, revoke).
     Bench(bench::BenchArgs),
     /// Coverage-guided fuzzing of every input parser with libFuzzer (not run in CI).
@@ -88,7 +88,7 @@ fn test_args(mut args: Vec<String>, root: bool) -> Vec<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Demo => demo::run(),
+        Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Fuzz(a) => fuzz::run_fuzz(a),
         Cmd::Chaos(a) => chaos::run(a),

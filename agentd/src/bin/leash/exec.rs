@@ -260,7 +260,8 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
     cmd.args(args)
         .env("LEASH_TASK", &task.handle)
         .env("LEASH_AGENT_SOCKET", &socket);
-    // (label, value) of everything injected, for the masking filter.
+    // (label, value) of everything to mask: what was injected, and for a postgres
+    // credential its URL and password.
     let mut injected: Vec<(String, String)> = Vec::new();
     for (var, source) in &sources {
         let (r, origin) = match source {
@@ -281,22 +282,22 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
                 )
             })
             .and_then(|resp| {
-                served::text(&resp.into_inner(), r).map_err(|m| format!("${var} ({origin}): {m}"))
+                let resp = resp.into_inner();
+                let text = served::text(&resp, r).map_err(|m| format!("${var} ({origin}): {m}"))?;
+                // What to mask: the text, or for a postgres credential its URL and password
+                // whatever field was injected.
+                Ok((served::masked(&resp, r, &text), text))
             });
         match fetched {
-            Ok(text) => {
-                if o.masking && text.len() < mask::MIN_MASKED {
+            Ok((masked, text)) => {
+                if o.masking && masked.iter().any(|(_, v)| v.len() < mask::MIN_MASKED) {
                     eprintln!(
                         "leash exec: ${var} is shorter than {} bytes and is not masked",
                         mask::MIN_MASKED
                     );
                 }
                 cmd.env(var, &text);
-                let label = match &r.field {
-                    Some(f) => format!("{}#{f}", r.name),
-                    None => r.name.clone(),
-                };
-                injected.push((label, text));
+                injected.extend(masked);
             }
             Err(m) => {
                 let _ = agent

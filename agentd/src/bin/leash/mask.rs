@@ -1,5 +1,7 @@
 //! Masking for `leash exec`: the child's stdout and stderr pass through a filter that
-//! replaces every injected credential with `<leash:NAME>`.
+//! replaces every injected credential with `<leash:NAME>` (a field with
+//! `<leash:NAME#FIELD>`). For a postgres credential that is its connection URL and its
+//! password, whichever field was injected (`served::masked`).
 //!
 //! What is caught: each injected value as it is, with trailing whitespace trimmed, in
 //! standard and URL-safe base64 (padded or not, starting at the value's first byte), and
@@ -380,5 +382,36 @@ mod tests {
         assert!(!out.contains(JWT));
         assert_eq!(out.matches("<leash:api>").count(), 20_000);
         assert!(out.ends_with("line 19999 <leash:api>\n"));
+    }
+
+    #[test]
+    fn a_postgres_url_and_its_password_alone_are_both_masked() {
+        let pw = "c3VwZXJzZWNyZXRwYXNzd29yZGZvcmFsZWFzZTAwMDA";
+        let url = format!("postgresql://leash_ci_job_l1:{pw}@127.0.0.1:5432/app?sslmode=disable");
+        let p = Patterns::new(&[
+            ("app-db".into(), url.clone()),
+            ("app-db#password".into(), pw.into()),
+        ])
+        .expect("patterns");
+        let text = format!(
+            "connecting to {url}\npassword is {pw}\nPGPASSWORD={pw} role leash_ci_job_l1\n"
+        );
+        let out = run(&p, &[text.as_bytes()]);
+        assert_eq!(
+            out,
+            "connecting to <leash:app-db>\npassword is <leash:app-db#password>\nPGPASSWORD=<leash:app-db#password> role leash_ci_job_l1\n"
+        );
+        // The URL percent-encoded (as a program passing it on in a query string would).
+        let enc = utf8_percent_encode(&url, RFC3986).to_string();
+        assert_eq!(run(&p, &[enc.as_bytes()]), "<leash:app-db>");
+        // Split anywhere, the password alone is still caught.
+        let b = format!("pw={pw};").into_bytes();
+        for cut in 0..=b.len() {
+            assert_eq!(
+                run(&p, &[&b[..cut], &b[cut..]]),
+                "pw=<leash:app-db#password>;",
+                "split at {cut}"
+            );
+        }
     }
 }

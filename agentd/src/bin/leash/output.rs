@@ -16,8 +16,9 @@ pub(crate) enum Output {
 }
 
 /// `leash get`: the bare token (with a newline), a secret's value exactly as stored (no
-/// newline added), or the credential with its lease as JSON. `field`: one field of a
-/// JSON secret instead of the whole value.
+/// newline added), a postgres credential's connection URL (with a newline), or the
+/// credential with its lease as JSON. `field`: one field of a JSON secret (as stored) or
+/// of a postgres credential (with a newline) instead of the whole value.
 pub(crate) fn fetched(
     r: &v1::FetchResponse,
     name: &str,
@@ -39,9 +40,14 @@ pub(crate) fn get_text(
     field: Option<&str>,
 ) -> Result<String, String> {
     match field {
+        // A postgres credential's fields are made by the control plane, not stored text:
+        // printed as a line, like its URL.
+        Some(f) if served::is_postgres(r) => Ok(format!("{}\n", served::field(r, name, f)?)),
         Some(f) => served::field(r, name, f),
         None if served::is_secret(r) => Ok(r.token.clone()),
-        None => Ok(format!("{}\n", r.token)),
+        None => leash_agentd::documents::text(r, name)
+            .map(|t| format!("{t}\n"))
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -54,7 +60,7 @@ pub(crate) fn get_json(
 ) -> Result<serde_json::Value, String> {
     match field {
         Some(f) => leash_agentd::documents::fetched_field(r, name, f).map_err(|e| e.to_string()),
-        None => Ok(leash_agentd::documents::fetched(r)),
+        None => leash_agentd::documents::fetched(r, name).map_err(|e| e.to_string()),
     }
 }
 
@@ -127,7 +133,7 @@ pub(crate) fn status(r: &v1::StatusResponse, output: Output) {
 mod tests {
     use super::*;
 
-    use crate::served::tests::secret;
+    use crate::served::tests::{pg_url, postgres, secret, PG_PASSWORD};
 
     #[test]
     fn a_secret_is_printed_exactly() {
@@ -187,5 +193,60 @@ mod tests {
         assert_eq!(doc["token"], "eyJ.a.b");
         assert_eq!(doc["audience"], "https://api.example");
         assert!(doc.get("value").is_none() && doc.get("version").is_none());
+    }
+
+    #[test]
+    fn get_of_a_postgres_credential_prints_the_url_or_a_field() {
+        let r = postgres();
+        assert_eq!(
+            get_text(&r, "app-db", None).unwrap(),
+            format!("{}\n", pg_url())
+        );
+        assert_eq!(
+            get_text(&r, "app-db", Some("password")).unwrap(),
+            format!("{PG_PASSWORD}\n")
+        );
+        assert_eq!(get_text(&r, "app-db", Some("port")).unwrap(), "5432\n");
+        assert_eq!(
+            get_text(&r, "app-db", Some("user")).unwrap(),
+            "leash_ci_job_l1\n"
+        );
+        assert_eq!(
+            get_text(&r, "app-db", Some("host")).unwrap(),
+            "/run/postgresql\n"
+        );
+        assert_eq!(get_text(&r, "app-db", Some("dbname")).unwrap(), "app\n");
+        assert_eq!(
+            get_text(&r, "app-db", Some("url")).unwrap(),
+            format!("{}\n", pg_url())
+        );
+        let e = get_text(&r, "app-db", Some("token")).unwrap_err();
+        assert!(
+            e.contains("no field \"token\"") && !e.contains(PG_PASSWORD),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn json_of_a_postgres_credential_is_its_document() {
+        let r = postgres();
+        let doc = get_json(&r, "app-db", None).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "kind": "postgres", "user": "leash_ci_job_l1", "password": PG_PASSWORD,
+                "host": "/run/postgresql", "port": 5432, "dbname": "app", "url": pg_url(),
+                "lease_id": "l-9", "expires_at": "2026-11-28T17:46:38Z",
+                "expires_at_unix": 1_795_887_998, "workload": "ci/job", "action": "write",
+                "cached": false,
+            })
+        );
+        assert!(doc.get("token").is_none() && doc.get("value").is_none());
+        let doc = get_json(&r, "app-db", Some("port")).unwrap();
+        assert_eq!(
+            (doc["value"].as_u64(), doc["field"].as_str()),
+            (Some(5432), Some("port"))
+        );
+        assert!(doc.get("password").is_none());
     }
 }
