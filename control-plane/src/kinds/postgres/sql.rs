@@ -186,9 +186,16 @@ fn pieces<'a>(sql: &'a str, flag: &str) -> Result<Vec<Piece<'a>>, SqlError> {
         })?;
         let name = after[..close].trim();
         if !SQL_PLACEHOLDERS.contains(&name) {
+            // Shown as written when it is a plain word, else quoted and cut short.
+            let shown = if name.len() <= 40
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                name.to_string()
+            } else {
+                leash_proto::names::excerpt(name)
+            };
             return Err(SqlError(format!(
-                "unknown placeholder {{{{{}}}}} in {flag}; the placeholders are {}",
-                leash_proto::names::excerpt(name),
+                "unknown placeholder {{{{{shown}}}}} in {flag}; the placeholders are {}",
                 sql_placeholders()
             )));
         }
