@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use leash_tests::pg::Pg;
 use leash_tests::process::Daemon;
-use leash_tests::{files_under, Cluster};
+use leash_tests::{files_under, wait_until, Cluster};
 
 /// The admin role's password (also the needle for leaks).
 const ADMIN_PW: &str = "adm1n-Secret-pw-4c1e";
@@ -236,15 +236,6 @@ fn the_lease_timeline_names_the_role_created_and_dropped() {
 fn expiry_and_the_end_of_a_task_drop_the_role() {
     let (pg, c, admin) = setup();
     add_app_db(&c, &admin);
-    let (m, lease) = issue(&c, &[]);
-    let role = m["user"].as_str().unwrap_or_default().to_string();
-    assert!(role_exists(&pg, &role));
-    c.advance_clock(Duration::from_secs(16 * 60));
-    c.eventually("the lease expired", || {
-        (c.lease(&lease)["state"] == "expired").then_some(())
-    });
-    wait_role_gone(&c, &pg, &role);
-
     // A task: the role lives while the command runs and is dropped when it exits. A
     // hostile task name is only a name.
     let work = c.dir().join("task");
@@ -255,7 +246,7 @@ fn expiry_and_the_end_of_a_task_drop_the_role() {
         .args([
             "exec",
             "--task-name",
-            "x'; DROP TABLE app.items; --",
+            "Robert = DROP TABLE app.items --",
             "--env",
             "DATABASE_URL=app-db",
             "--",
@@ -264,9 +255,13 @@ fn expiry_and_the_end_of_a_task_drop_the_role() {
             r#"printf %s "$DATABASE_URL" > url.tmp && mv url.tmp url; while [ ! -e go ]; do sleep 0.05; done"#,
         ]);
     let mut job = Daemon::spawn("leash exec", cmd);
-    let text = c.eventually("the task wrote its DATABASE_URL", || {
-        std::fs::read_to_string(work.join("url")).ok()
-    });
+    let log = job.log();
+    let text = wait_until(
+        "the task wrote its DATABASE_URL",
+        Duration::from_secs(20),
+        || format!("leash exec:\n{}\n{}", log.text(), c.logs_dump()),
+        || std::fs::read_to_string(work.join("url")).ok(),
+    );
     // The URL (or, from an older client, the whole document).
     let user = if text.starts_with('{') {
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
@@ -284,6 +279,17 @@ fn expiry_and_the_end_of_a_task_drop_the_role() {
     assert_eq!(job.wait_exit(Duration::from_secs(20)), 0);
     wait_role_gone(&c, &pg, &user);
     assert_eq!(pg.sql("app", "SELECT count(*) FROM app.items"), "1", "the table is intact");
+
+    // Expiry (after the task: moving the clock makes the agent re-sync first).
+    let (m, lease) = issue(&c, &[]);
+    let role = m["user"].as_str().unwrap_or_default().to_string();
+    assert!(role_exists(&pg, &role));
+    c.advance_clock(Duration::from_secs(16 * 60));
+    c.eventually("the lease expired", || {
+        (c.lease(&lease)["state"] == "expired").then_some(())
+    });
+    wait_role_gone(&c, &pg, &role);
+
     c.assert_no_secret_leaked();
 }
 
