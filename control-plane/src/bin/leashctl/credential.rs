@@ -20,6 +20,8 @@ use crate::output::{self, Out, Output};
 /// The longest connection string read.
 const MAX_CONNECTION_BYTES: u64 = 64 * 1024;
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum CredentialCmd {
     /// Define a credential (kinds: jwt, postgres).
