@@ -665,3 +665,222 @@ fn a_grant_that_fails_at_issue_leaves_no_role_and_no_lease() {
     let leases = c.leashctl(&["lease", "list", "--output", "json"]).json();
     assert_eq!(leases.as_array().map(Vec::len), Some(0), "{leases}");
 }
+
+/// The reconciler's decisions, with the real kind, store and master key in this process
+/// (the task that runs it at start and every few minutes belongs to the end queue):
+/// a marked role whose lease was never written is dropped once it is two minutes old,
+/// a role of an active lease is kept until the lease ends, and a role without the
+/// marker, or with another credential's, is never touched.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
+    use leash_control_plane::clock::Clock;
+    use leash_control_plane::config::{Config, FileConfig, Overrides};
+    use leash_control_plane::keys::{Keys, MasterKey};
+    use leash_control_plane::kinds::postgres::{self, Postgres};
+    use leash_control_plane::kinds::{CredentialKind, Env, MintRequest};
+    use leash_control_plane::model::{
+        secret_aad, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, RevocationTarget,
+        SecretVersion, Workload,
+    };
+    use leash_control_plane::store::{Older, SecretWrite, SledStore, Storage};
+    use leash_proto::v1;
+
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let admin = pg.app_database(ADMIN_PW);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Clock::default();
+        let store = SledStore::open(dir.path(), clock.clone()).expect("store");
+        let master = MasterKey::load_or_create(dir.path()).expect("master key");
+        let keys = Keys::load_or_create(&*store, &master, "leash.test")
+            .await
+            .expect("keys");
+        let config = Config::resolve(FileConfig::default(), Overrides::default()).expect("config");
+        let env = Env {
+            keys: &keys,
+            master: &master,
+            store: &*store,
+            config: &config,
+        };
+        let mut grants = std::collections::HashMap::new();
+        grants.insert("read".to_string(), GRANT_READ["read=".len()..].to_string());
+        let def = postgres::check(
+            &admin,
+            &v1::Credential {
+                name: "app-db".into(),
+                kind: "postgres".into(),
+                grants,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the definition checks");
+        let cred = Credential {
+            name: "app-db".into(),
+            kind: "postgres".into(),
+            default_ttl: 900,
+            max_ttl: 3600,
+            default_action: "read".into(),
+            current_version: 1,
+            postgres: Some(def),
+            ..Default::default()
+        };
+        store
+            .put_secret(SecretWrite {
+                def: cred.clone(),
+                expected: 0,
+                version: SecretVersion {
+                    version: 1,
+                    created_at: clock.now(),
+                    created_by: "test".into(),
+                    size: admin.len() as u32,
+                    fingerprint: String::new(),
+                    sealed: master
+                        .seal(&secret_aad("app-db", 1), admin.as_bytes())
+                        .expect("seal"),
+                },
+                older: Older::Keep,
+                event: Event::new("credential-added"),
+            })
+            .await
+            .expect("stored");
+        let workload = Workload {
+            name: "ci/job".into(),
+            owner: "team-ci".into(),
+            kind: leash_proto::workload_kind::WorkloadKind::Job,
+            selectors: vec!["unix:uid:0".into()],
+            hosts: Default::default(),
+            allow: vec![],
+            expires_at: 0,
+            disabled: false,
+            created_at: 0,
+        };
+        let token = JoinTokenRecord {
+            id: "jt-h1".into(),
+            secret_sha256: "x".into(),
+            name: None,
+            labels: Default::default(),
+            created_at: 0,
+            expires_at: i64::MAX,
+            used_by: None,
+            revoked: false,
+        };
+        store
+            .put_join_token(token, Event::new("join-token"))
+            .await
+            .expect("token");
+        let host = Host {
+            name: "h1".into(),
+            labels: Default::default(),
+            enrolled_at: 0,
+            last_seen: 0,
+            evicted: false,
+            cert_serial: "serial-h1".into(),
+            cert_not_after: i64::MAX,
+        };
+        store
+            .enroll("jt-h1", "x", host, 0, Event::new("enrolled"))
+            .await
+            .expect("enroll");
+        store
+            .put_workload(workload.clone(), Event::new("workload-added"))
+            .await
+            .expect("workload");
+        let kind = Postgres::new(clock.clone());
+        let now = clock.now();
+        let mint = |id: &'static str| {
+            let (kind, cred, workload) = (&kind, &cred, &workload);
+            async move {
+                let m = kind
+                    .mint(
+                        env,
+                        MintRequest {
+                            lease_id: id,
+                            credential: cred,
+                            workload,
+                            host: "h1",
+                            action: "read",
+                            audience: "",
+                            scope: None,
+                            ttl: 900,
+                            task: None,
+                            on_behalf_of: None,
+                            now,
+                        },
+                    )
+                    .await
+                    .expect("minted");
+                let doc: serde_json::Value =
+                    serde_json::from_str(&m.material.into_token()).expect("json");
+                doc["user"].as_str().expect("user").to_string()
+            }
+        };
+        // One lease never written (a crash between the role and the lease write), one
+        // active lease, a role made by hand, a role of another credential.
+        let orphan = mint("l-00000000000000000001").await;
+        let active = mint("l-00000000000000000002").await;
+        let lease = Lease {
+            id: "l-00000000000000000002".into(),
+            workload: "ci/job".into(),
+            credential: "app-db".into(),
+            action: "read".into(),
+            audience: String::new(),
+            host: "h1".into(),
+            task: None,
+            on_behalf_of: None,
+            approval: None,
+            context: None,
+            policy_version: 0,
+            issued_at: clock.now(),
+            expires_at: clock.now() + 3600,
+            seq: 0,
+            state: LeaseState::Active,
+            reason: None,
+            fingerprint: String::new(),
+            ends_outside: true,
+            version: 0,
+        };
+        store
+            .issue_lease(lease, Event::new("issued"))
+            .await
+            .expect("lease");
+        pg.sql("app", "CREATE ROLE leash_ci_job_l_by_hand LOGIN");
+        pg.sql(
+            "app",
+            "CREATE ROLE leash_other LOGIN; COMMENT ON ROLE leash_other IS 'leash-managed lease=l-00000000000000000009 credential=other-db created=0'",
+        );
+        // Too young to judge: the orphan may be a lease being written right now.
+        assert_eq!(kind.reconcile(env, &cred).await.expect("reconcile"), vec![]);
+        assert!(role_exists(&pg, &orphan));
+        clock.advance_ms(3 * 60 * 1000);
+        let undone = kind.reconcile(env, &cred).await.expect("reconcile");
+        assert_eq!(undone.len(), 1, "{undone:?}");
+        assert_eq!(undone[0].0, "l-00000000000000000001");
+        assert_eq!(undone[0].1.kind, "role-dropped");
+        assert_eq!(
+            undone[0].1.detail,
+            serde_json::json!({"role": orphan, "sessions_terminated": 0, "reconciled": true})
+        );
+        assert!(!role_exists(&pg, &orphan));
+        for kept in [&active, "leash_ci_job_l_by_hand", "leash_other"] {
+            assert!(role_exists(&pg, kept), "{kept} was dropped");
+        }
+        // Once the lease ends, its role goes too.
+        store
+            .revoke(
+                RevocationTarget::Leases(vec!["l-00000000000000000002".into()]),
+                "test".into(),
+                "test".into(),
+                vec![],
+            )
+            .await
+            .expect("revoke");
+        let undone = kind.reconcile(env, &cred).await.expect("reconcile");
+        assert_eq!(undone.len(), 1, "{undone:?}");
+        assert!(!role_exists(&pg, &active));
+        assert!(role_exists(&pg, "leash_ci_job_l_by_hand") && role_exists(&pg, "leash_other"));
+    });
+}
