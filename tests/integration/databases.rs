@@ -884,3 +884,37 @@ fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
         assert!(role_exists(&pg, "leash_ci_job_l_by_hand") && role_exists(&pg, "leash_other"));
     });
 }
+
+/// The grant that scales: membership in a group role that holds the rights (one new row
+/// per role, where a GRANT on a table rewrites that table's ACL, which concurrent Issues
+/// then wait on).
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn a_grant_of_a_group_role_gives_its_rights() {
+    let (pg, c, admin) = setup();
+    pg.sql(
+        "app",
+        "CREATE ROLE app_read NOLOGIN; GRANT USAGE ON SCHEMA app TO app_read; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA app TO app_read; \
+         GRANT app_read TO leash_admin WITH ADMIN OPTION",
+    );
+    add(
+        &c,
+        "app-db",
+        &admin,
+        &["--grant", "read=GRANT app_read TO {{name}}"],
+    )
+    .code(0);
+    let (m, lease) = issue(&c, &[]);
+    let sel = as_role(&pg, &m, "SELECT name FROM app.items");
+    assert!(
+        sel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sel.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&sel.stdout).trim(), "one");
+    assert!(!as_role(&pg, &m, "DELETE FROM app.items").status.success());
+    c.leashctl(&["revoke", "--lease", &lease]).code(0);
+    wait_role_gone(&c, &pg, m["user"].as_str().unwrap_or_default());
+    assert_eq!(pg.sql("app", "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE r.rolname = 'app_read'"), "1", "only leash_admin is left a member");
+}
