@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use leash_proto::v1;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::json;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -25,6 +25,14 @@ use self::sql::{RoleFields, SqlError, Values};
 use super::{CredentialKind, Env, KindError, KindEvent, Material, MintRequest, Minted, Reconciled};
 use crate::clock::Clock;
 use crate::model::{secret_aad, Credential, Lease, LeaseState, PostgresDef};
+
+/// What is percent-encoded in a URL's host (a socket directory) and database: all but
+/// the characters RFC 3986 leaves unreserved.
+const URL_PART: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The kind's name.
 pub const POSTGRES_KIND: &str = "postgres";
@@ -218,11 +226,11 @@ fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
 /// What a client is given: the JSON document of the design (`user`, `password`, `host`,
 /// `port`, `dbname`, `url`).
 pub fn material(def: &PostgresDef, user: &str, password: &str) -> String {
-    let db = utf8_percent_encode(&def.dbname, NON_ALPHANUMERIC);
+    let db = utf8_percent_encode(&def.dbname, URL_PART);
     let url = if def.socket {
         format!(
             "postgresql://{user}:{password}@{}:{}/{db}",
-            utf8_percent_encode(&def.host, NON_ALPHANUMERIC),
+            utf8_percent_encode(&def.host, URL_PART),
             def.port
         )
     } else {
