@@ -250,7 +250,10 @@ fn a_lease_gets_a_role_with_its_grants_and_revoke_drops_it_and_cuts_its_sessions
     // The revoke statement ran once, for the dropped role; the table is otherwise as
     // the roles left it.
     assert_eq!(
-        pg.sql("app", "SELECT count(*) FROM app.items WHERE name LIKE 'dropped until %'"),
+        pg.sql(
+            "app",
+            "SELECT count(*) FROM app.items WHERE name LIKE 'dropped until %'"
+        ),
         "1"
     );
     assert_eq!(pg.sql("app", "SELECT count(*) FROM app.items"), "3");
@@ -936,4 +939,109 @@ fn a_grant_of_a_group_role_gives_its_rights() {
     c.leashctl(&["revoke", "--lease", &lease]).code(0);
     wait_role_gone(&c, &pg, m["user"].as_str().unwrap_or_default());
     assert_eq!(pg.sql("app", "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE r.rolname = 'app_read'"), "1", "only leash_admin is left a member");
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 in `dir`, readable by
+/// the server: (CA file, certificate file, key file).
+fn server_tls(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    p.subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = p
+        .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
+        .expect("server certificate");
+    let path = |n: &str| dir.join(n).display().to_string();
+    std::fs::write(path("ca.pem"), ca_cert.pem()).expect("write");
+    std::fs::write(path("server.crt"), cert.pem()).expect("write");
+    std::fs::write(path("server.key"), key.serialize_pem()).expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(path("server.key"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    let st = std::process::Command::new("chown")
+        .args([
+            "postgres:postgres",
+            &path("server.key"),
+            &path("server.crt"),
+        ])
+        .status()
+        .expect("chown");
+    assert!(st.success());
+    (path("ca.pem"), path("server.crt"), path("server.key"))
+}
+
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn the_admin_connection_uses_verified_tls_when_the_url_asks_for_it() {
+    leash_tests::require_root();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = server_tls(certs.path());
+    let pg = Pg::start_with(&[
+        "ssl = on",
+        &format!("ssl_cert_file = '{cert}'"),
+        &format!("ssl_key_file = '{key}'"),
+    ]);
+    pg.app_database(ADMIN_PW);
+    let c = Cluster::start();
+    c.remember_secret(ADMIN_PW);
+    c.my_workload("ci/job", "team-ci", &["app-db"]);
+    let url = |host: &str, tail: &str| {
+        format!(
+            "postgresql://leash_admin:{ADMIN_PW}@{host}:{}/app?sslmode=verify-full{tail}",
+            pg.port()
+        )
+    };
+    // A CA that did not sign the server's certificate: refused, saying why.
+    let other = tempfile::tempdir().expect("tempdir");
+    let (other_ca, _, _) = server_tls(other.path());
+    let out = add(
+        &c,
+        "app-db",
+        &url("localhost", &format!("&sslrootcert={other_ca}")),
+        &["--grant", GRANT_READ],
+    );
+    out.code(5).stderr_has(&["localhost", "certificate"]);
+    // The right CA: added, and the admin's sessions are encrypted.
+    add(
+        &c,
+        "app-db",
+        &url("localhost", &format!("&sslrootcert={ca}")),
+        &["--grant", GRANT_READ],
+    )
+    .code(0);
+    let j = c
+        .leashctl(&["credential", "show", "app-db", "--output", "json"])
+        .json();
+    assert_eq!(
+        j["connection_summary"],
+        format!(
+            "leash_admin@localhost:{}/app sslmode=verify-full",
+            pg.port()
+        )
+        .as_str()
+    );
+    let (m, _) = issue(&c, &[]);
+    assert_eq!(
+        m["url"]
+            .as_str()
+            .map(|u| u.ends_with("/app?sslmode=verify-full")),
+        Some(true),
+        "{}",
+        m["url"]
+    );
+    assert_eq!(
+        pg.sql(
+            "app",
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid WHERE a.usename = 'leash_admin'"
+        ),
+        "t",
+        "the admin connection is not TLS"
+    );
+    c.assert_no_secret_leaked();
 }
