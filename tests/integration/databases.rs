@@ -222,6 +222,11 @@ fn a_lease_gets_a_role_with_its_grants_and_revoke_drops_it_and_cuts_its_sessions
         "{}",
         String::from_utf8_lossy(&ins.stderr)
     );
+    // An action with no grant is refused before policy (denied, as for a secret), creating
+    // nothing.
+    let out = c.leash(&["get", "app-db", "--action", "admin"]);
+    out.code(2)
+        .stderr_has(&["serves only the actions read, write"]);
     // An open session of the read role is cut when its lease is revoked.
     let mut cmd = pg.server_command("psql");
     cmd.args(["-X", "-A", "-t"])
