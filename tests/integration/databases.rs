@@ -1050,3 +1050,37 @@ fn the_admin_connection_uses_verified_tls_when_the_url_asks_for_it() {
     );
     c.assert_no_secret_leaked();
 }
+
+/// Concurrent Issues whose grants touch the same schema and tables collide in
+/// PostgreSQL's catalog; each collision is run again, so every one gets its role.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn concurrent_issues_with_grants_on_the_same_tables_all_succeed() {
+    let (pg, c, admin) = setup();
+    add_app_db(&c, &admin);
+    let users: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..3)
+                        .map(|_| {
+                            let (m, _) = issue(&c, &["--fresh"]);
+                            m["user"].as_str().unwrap_or_default().to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("an issuing thread failed"))
+            .collect()
+    });
+    assert_eq!(users.len(), 48);
+    let marked = pg.sql(
+        "app",
+        "SELECT count(*) FROM pg_shdescription WHERE description LIKE 'leash-managed %'",
+    );
+    assert_eq!(marked, "48");
+    c.assert_no_secret_leaked();
+}

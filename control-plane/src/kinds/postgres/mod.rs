@@ -26,6 +26,27 @@ use super::{CredentialKind, Env, KindError, KindEvent, Material, MintRequest, Mi
 use crate::clock::Clock;
 use crate::model::{secret_aad, Credential, Lease, LeaseState, PostgresDef};
 
+/// How many times a mint that collided with a concurrent catalog update is run again.
+const MAX_COLLISIONS: u32 = 6;
+
+/// Whether a server error is a collision with a concurrent transaction, gone when the
+/// transaction is run again: a serialization failure, a deadlock, a lock not available,
+/// or two grants updating one object's privileges at once.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        matches!(d.code().code(), "40001" | "40P01" | "55P03")
+            || (d.code().code() == "XX000" && d.message().contains("concurrently updated"))
+    })
+}
+
+/// Whether a server error is a limit of the server rather than a wrong statement:
+/// insufficient resources (class 53) or a program limit (class 54, e.g. an object's
+/// privilege list that has grown past a row's size).
+fn capacity(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| matches!(&d.code().code()[..2], "53" | "54"))
+}
+
 /// What is percent-encoded in a URL's host (a socket directory) and database: all but
 /// the characters RFC 3986 leaves unreserved.
 const URL_PART: &AsciiSet = &NON_ALPHANUMERIC
@@ -195,13 +216,20 @@ async fn drop_with(
         Err(e) if gone(&e) => return Ok(None),
         Err(e) => return Err(fail(e)),
     }
-    let out = match client
-        .simple_query(&sql::drop_role(role, revoke.as_deref()))
-        .await
-    {
-        Ok(out) => out,
-        Err(e) if gone(&e) => return Ok(None),
-        Err(e) => return Err(fail(e)),
+    // Revoking what the role was granted collides with concurrent grants on the same
+    // objects like a mint does (see `retryable`); such a drop is run again at once.
+    let text = sql::drop_role(role, revoke.as_deref());
+    let mut collided = 0;
+    let out = loop {
+        match client.simple_query(&text).await {
+            Ok(out) => break out,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) if retryable(&e) && collided < MAX_COLLISIONS => {
+                collided += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(2 << collided)).await;
+            }
+            Err(e) => return Err(fail(e)),
+        }
     };
     let cut = rows(out)
         .first()
@@ -446,26 +474,40 @@ impl CredentialKind for Postgres {
         let pool = self.pool(env, c)?;
         // A pooled connection may have died with a server restart; a query that fails
         // on one before reaching the server is tried once more on a new connection.
-        let mut tries = 0;
+        // Concurrent grants on one object collide in PostgreSQL's catalog ("tuple
+        // concurrently updated"): the transaction rolled back and is simply run again.
+        let (mut closed, mut collided) = (0, 0);
         loop {
-            tries += 1;
             let client = pool.get().await.map_err(unavailable)?;
             match client.simple_query(&text).await {
                 Ok(_) => {
                     pool.put(client);
                     break;
                 }
+                Err(e) if retryable(&e) && collided < MAX_COLLISIONS => {
+                    pool.put(client);
+                    collided += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(2 << collided)).await;
+                }
                 Err(e) if e.as_db_error().is_some() => {
                     // The implicit transaction rolled back: no role is left, and the
                     // connection is clean.
                     let m = pool.spec().message(&e);
                     pool.put(client);
-                    return Err(KindError::Invalid(format!(
-                        "PostgreSQL refused to create the role for action {} of {}: {m}; no role was left behind; fix the credential's --grant {} (leashctl credential add)",
-                        req.action, c.name, req.action
-                    )));
+                    return Err(if capacity(&e) || retryable(&e) {
+                        KindError::Unavailable(format!(
+                            "PostgreSQL could not create the role for action {} of {} now: {m}; no role was left behind; try again (a grant of a group role, GRANT app_read TO {{{{name}}}}, scales where a grant on a table does not; see docs/DATABASES.md)",
+                            req.action, c.name
+                        ))
+                    } else {
+                        KindError::Invalid(format!(
+                            "PostgreSQL refused to create the role for action {} of {}: {m}; no role was left behind; fix the credential's --grant {} (leashctl credential add)",
+                            req.action, c.name, req.action
+                        ))
+                    });
                 }
-                Err(e) if client.is_closed() && tries < 2 => {
+                Err(e) if client.is_closed() && closed < 1 => {
+                    closed += 1;
                     tracing::debug!(error = %pool.spec().message(&e), "a pooled PostgreSQL connection was closed; trying a new one");
                 }
                 Err(e) => {
