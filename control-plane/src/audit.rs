@@ -396,3 +396,17 @@ pub fn secret_write_failed(at_ms: i64, actor: &str, name: &str) -> Event {
         .actor(actor)
         .credential(name)
 }
+
+/// A credential was removed with its sealed versions (`credential-removed`); dated by
+/// the store.
+pub fn credential_removed(c: &Credential, actor: &str, why: &str, versions: u32) -> Event {
+    let e = Event::new("credential-removed")
+        .actor(actor)
+        .credential(c.name.clone())
+        .detail(json!({ "kind": c.kind, "versions": versions }));
+    if why.is_empty() {
+        e
+    } else {
+        e.reason(why)
+    }
+}

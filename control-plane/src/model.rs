@@ -83,6 +83,38 @@ pub struct Credential {
     /// The version new leases of a secret get (secrets only; 0 otherwise).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub current_version: u32,
+    /// The non-secret parts of a `postgres` credential (its admin connection string is a
+    /// sealed version, `current_version`, like a secret's value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresDef>,
+}
+
+/// A `postgres` credential's definition, without the admin connection string's secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PostgresDef {
+    /// Role name template, e.g. `leash_{workload}_{lease}`.
+    pub role_template: String,
+    /// action -> SQL run when a role is created for it.
+    pub grants: BTreeMap<String, String>,
+    /// SQL run before a role is dropped (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revoke_sql: String,
+    /// Each role's `CONNECTION LIMIT`.
+    pub connection_limit: u32,
+    /// The admin role's name.
+    pub user: String,
+    /// Host name or address; for a Unix socket, its directory.
+    pub host: String,
+    /// TCP port (also names a Unix socket's file).
+    pub port: u16,
+    /// Whether `host` is a Unix socket directory.
+    #[serde(default)]
+    pub socket: bool,
+    /// Database name.
+    pub dbname: String,
+    /// The `sslmode` the connection string asked for (empty for a Unix socket).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sslmode: String,
 }
 
 fn is_zero(n: &u32) -> bool {

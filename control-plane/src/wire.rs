@@ -87,6 +87,39 @@ pub fn credential_proto(c: &Credential) -> v1::Credential {
             .map(|(k, v)| (k.clone(), v.join(" ")))
             .collect(),
         created_at_unix: c.created_at,
+        owner: c.owner.clone().unwrap_or_default(),
+        description: c.description.clone(),
+        labels: c.labels.clone().into_iter().collect(),
+        actions: c.actions.clone(),
+        disabled: c.disabled,
+        // Input only: the admin connection string is never returned.
+        connection: Vec::new(),
+        grants: c
+            .postgres
+            .as_ref()
+            .map(|p| p.grants.clone().into_iter().collect())
+            .unwrap_or_default(),
+        revoke_sql: c
+            .postgres
+            .as_ref()
+            .map(|p| p.revoke_sql.clone())
+            .unwrap_or_default(),
+        role_template: c
+            .postgres
+            .as_ref()
+            .map(|p| p.role_template.clone())
+            .unwrap_or_default(),
+        connection_limit: c.postgres.as_ref().map_or(0, |p| p.connection_limit),
+        connection_summary: c
+            .postgres
+            .as_ref()
+            .map(crate::kinds::postgres::conn::summary)
+            .unwrap_or_default(),
+        connection_version: if c.postgres.is_some() {
+            c.current_version
+        } else {
+            0
+        },
     }
 }
 

@@ -179,6 +179,26 @@ impl Admin for AdminApi {
         credentials::list(&self.s).await.map(Response::new)
     }
 
+    async fn get_credential(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::CredentialDetail>, Status> {
+        self.admin(&req)?;
+        credentials::get(&self.s, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_credential(
+        &self,
+        req: Request<v1::RemoveCredentialRequest>,
+    ) -> Result<Response<v1::RemoveCredentialResponse>, Status> {
+        let actor = self.admin(&req)?;
+        credentials::remove(&self.s, actor, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_hosts(
         &self,
         req: Request<v1::Empty>,

@@ -126,6 +126,9 @@ async fn add_version(
     for _ in 0..ATTEMPTS {
         let existing = s.store.credential(name).map_err(Status::from)?;
         if let Some(c) = &existing {
+            if c.kind == crate::kinds::postgres::POSTGRES_KIND {
+                return Err(not_a_secret(name));
+            }
             if c.kind != SECRET_KIND {
                 return Err(invalid(format!(
                     "a credential named {name:?} (kind {}) exists; credentials and secrets share one namespace: choose another name",
@@ -350,6 +353,7 @@ pub(crate) fn check_format(text: &str, format: &str) -> Result<(), String> {
 fn secret_or_404(s: &Shared, name: &str) -> Result<Credential, Status> {
     match s.store.credential(name).map_err(Status::from)? {
         Some(c) if c.kind == SECRET_KIND => Ok(c),
+        Some(c) if c.kind == crate::kinds::postgres::POSTGRES_KIND => Err(not_a_secret(name)),
         Some(c) => Err(invalid(format!(
             "{name:?} is a credential of kind {}, not a secret",
             c.kind
@@ -359,6 +363,13 @@ fn secret_or_404(s: &Shared, name: &str) -> Result<Credential, Status> {
             leash_proto::names::excerpt(name)
         ))),
     }
+}
+
+/// Why `secret …` refuses a credential of another kind.
+fn not_a_secret(name: &str) -> Status {
+    invalid(format!(
+        "{name} is a postgres credential; use `leashctl credential show|add|remove {name}`"
+    ))
 }
 
 /// The definition with its current version's metadata.

@@ -30,6 +30,7 @@ use crate::keys::{Keys, MasterKey};
 use crate::model::{Credential, Lease, Workload};
 
 pub mod jwt;
+pub mod postgres;
 pub mod secret;
 #[cfg(test)]
 pub mod testing;
@@ -210,6 +211,7 @@ impl Registry {
         let mut r = Registry::default();
         r.add(jwt::Jwt);
         r.add(secret::Secret);
+        r.add(postgres::Postgres::new(crate::clock::Clock::system()));
         r
     }
 

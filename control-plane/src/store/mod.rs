@@ -257,6 +257,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Carry out a scheduled revocation and forget it, in one durable write; `None` when
     /// none of its leases was still active.
     async fn run_scheduled(&self, s: ScheduledRevocation) -> Result<Option<Revocation>>;
+    /// Remove a credential of any kind, its sealed versions and scheduled revocations
+    /// (revoking its leases in the same write when `revoke`; see `remove_credential` in
+    /// `secrets`). Returns the revocation and how many sealed versions were deleted.
+    async fn remove_credential(
+        &self,
+        name: &str,
+        actor: String,
+        reason: String,
+        revoke: bool,
+    ) -> Result<(Option<Revocation>, u32)>;
 }
 
 #[cfg(test)]

@@ -319,3 +319,81 @@ async fn disable_and_remove_revoke_and_the_lease_write_refuses_a_disabled_secret
         "{kinds:?}"
     );
 }
+
+/// A `postgres` credential's connection string is a sealed version too; removing a
+/// credential whose leases end outside Leash is refused while one is active or its end
+/// is pending, and otherwise takes the definition and every version in one write.
+#[tokio::test]
+async fn remove_credential_keeps_a_definition_whose_ends_are_pending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::default();
+    let s = store(dir.path(), &clock).await;
+    let pg = |expected: u32, kind: &str| SecretWrite {
+        def: Credential {
+            kind: kind.into(),
+            ..secret("pg", expected + 1)
+        },
+        ..write("pg", expected, Older::Keep)
+    };
+    let e = s.put_secret(pg(0, "jwt")).await.expect_err("not sealed");
+    assert!(matches!(e, StoreError::Refused(_)), "{e}");
+    s.put_secret(pg(0, "postgres")).await.expect("version 1");
+    s.put_secret(pg(1, "postgres")).await.expect("version 2");
+    let e = s
+        .put_secret(write("pg", 2, Older::Keep))
+        .await
+        .expect_err("kind");
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    let far = clock.now() + 3600;
+    let l = Lease {
+        credential: "pg".into(),
+        ends_outside: true,
+        expires_at: far,
+        ..lease("p1", "w")
+    };
+    s.issue_lease(l, Event::new("issued").lease("p1"))
+        .await
+        .expect("lease");
+    let refused = |r: Result<(Option<Revocation>, u32)>, what: &str| {
+        let e = r.expect_err(what);
+        assert!(
+            matches!(&e, StoreError::Conflict(m) if m.contains(what)),
+            "{e}"
+        );
+    };
+    let rm = |revoke: bool| s.remove_credential("pg", "root".into(), "gone".into(), revoke);
+    refused(rm(false).await, "1 active leases");
+    s.revoke(
+        RevocationTarget::Leases(vec!["p1".into()]),
+        "revoked".into(),
+        "root".into(),
+        vec![],
+    )
+    .await
+    .expect("revoke");
+    refused(rm(false).await, "1 pending ends");
+    assert_eq!(s.secret_versions("pg").expect("versions").len(), 2);
+    assert!(s.credential("pg").expect("read").is_some());
+    // With the revocation in the same write (a kind with nothing to end outside).
+    issue(&s, "a", 1, far).await.expect("lease of s");
+    let (rev, versions) = s
+        .remove_credential("s", "root".into(), "".into(), true)
+        .await
+        .expect("remove s");
+    assert_eq!(rev.expect("revocation").lease_ids, ["a"]);
+    assert_eq!(versions, 1);
+    assert!(s.credential("s").expect("read").is_none());
+    assert!(s.secret_versions("s").expect("versions").is_empty());
+    let e = s
+        .remove_credential("s", "root".into(), "".into(), true)
+        .await
+        .expect_err("gone");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e}");
+    let removed = s
+        .events(0, 1000)
+        .expect("events")
+        .into_iter()
+        .find(|e| e.kind == "credential-removed")
+        .expect("credential-removed");
+    assert_eq!(removed.credential.as_deref(), Some("s"));
+}

@@ -18,6 +18,9 @@ use crate::model::{
 
 /// The kind name of a brokered secret.
 pub const SECRET_KIND: &str = "secret";
+/// The kinds whose definition holds sealed versions: a brokered secret's values, a
+/// `postgres` credential's admin connection strings.
+const SEALED_KINDS: [&str; 2] = [SECRET_KIND, "postgres"];
 
 /// What happens to the active leases of older versions when a version is added.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,8 +154,14 @@ impl Tx<'_> {
     pub(super) fn put_secret(&mut self, w: SecretWrite) -> Result<SecretWritten> {
         let name = w.def.name.clone();
         let existing = get::<Credential>(&self.t.credentials, "credentials", name.as_bytes())?;
+        if !SEALED_KINDS.contains(&w.def.kind.as_str()) {
+            return Err(StoreError::Refused(format!(
+                "a credential of kind {} holds no sealed versions",
+                w.def.kind
+            )));
+        }
         match &existing {
-            Some(c) if c.kind != SECRET_KIND => {
+            Some(c) if c.kind != w.def.kind => {
                 return Err(StoreError::Conflict(format!(
                     "a credential named {name:?} (kind {}) exists; secrets share the credential namespace: choose another name",
                     c.kind
@@ -284,6 +293,77 @@ impl Tx<'_> {
         self.t.credentials.remove(name.as_bytes())?;
         let mut e = audit::secret_removed(name, &actor, removed);
         audit::with_revocation(&mut e, &rev);
+        self.event(e)?;
+        Ok((rev, removed))
+    }
+
+    /// Remove a credential of any kind: its sealed versions, scheduled revocations and
+    /// definition, with a `credential-removed` event. With `revoke`, its active leases
+    /// are revoked in the same write. Without, the caller revoked them before and waited
+    /// for their ends outside Leash (a role's drop needs the definition): the write is
+    /// refused if any lease of it is active again or still waits for its end.
+    pub(super) fn remove_credential(
+        &mut self,
+        name: &str,
+        actor: String,
+        reason: String,
+        revoke: bool,
+    ) -> Result<(Option<Revocation>, u32)> {
+        let Some(c) = get::<Credential>(&self.t.credentials, "credentials", name.as_bytes())?
+        else {
+            return Err(StoreError::NotFound(format!(
+                "no credential named {name:?}; `leashctl credential list` shows them"
+            )));
+        };
+        if !revoke {
+            let active = older_active(self, name, u32::MAX)?.len();
+            let mut pending = 0;
+            for id in self.t.ended.iter().keys() {
+                if let Some(l) = get::<Lease>(&self.t.leases, "leases", &id?)? {
+                    pending += usize::from(l.credential == name);
+                }
+            }
+            if active + pending > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "credential {name:?} has {active} active leases and {pending} pending ends; it is kept until they are done: run the remove again"
+                )));
+            }
+        }
+        let rev = if revoke {
+            Some(self.revoke(
+                RevocationTarget::Credential(name.to_string()),
+                reason.clone(),
+                actor.clone(),
+                &[],
+            )?)
+        } else {
+            None
+        };
+        let keys: Vec<sled::IVec> = self
+            .t
+            .secret_versions
+            .scan_prefix(versions_prefix(name))
+            .keys()
+            .collect::<std::result::Result<_, _>>()?;
+        let removed = keys.len() as u32;
+        for k in keys {
+            self.t.secret_versions.remove(k)?;
+        }
+        let mut gone = Vec::new();
+        for kv in self.t.scheduled.iter() {
+            let (k, v) = kv?;
+            if dec::<ScheduledRevocation>("scheduled", &v)?.credential == name {
+                gone.push(k);
+            }
+        }
+        for k in gone {
+            self.t.scheduled.remove(k)?;
+        }
+        self.t.credentials.remove(name.as_bytes())?;
+        let mut e = audit::credential_removed(&c, &actor, &reason, removed);
+        if let Some(rev) = &rev {
+            audit::with_revocation(&mut e, rev);
+        }
         self.event(e)?;
         Ok((rev, removed))
     }

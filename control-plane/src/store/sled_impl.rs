@@ -652,4 +652,16 @@ impl Storage for SledStore {
     async fn run_scheduled(&self, s: ScheduledRevocation) -> Result<Option<Revocation>> {
         self.write(move |tx| tx.run_scheduled(s)).await
     }
+
+    async fn remove_credential(
+        &self,
+        name: &str,
+        actor: String,
+        reason: String,
+        revoke: bool,
+    ) -> Result<(Option<Revocation>, u32)> {
+        let name = name.to_string();
+        self.write(move |tx| tx.remove_credential(&name, actor, reason, revoke))
+            .await
+    }
 }

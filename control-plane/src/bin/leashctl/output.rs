@@ -116,12 +116,25 @@ pub(crate) fn print_credential(c: &v1::Credential, out: Output) {
     );
 }
 
-fn credential_json(c: &v1::Credential) -> serde_json::Value {
-    serde_json::json!({
+pub(crate) fn credential_json(c: &v1::Credential) -> serde_json::Value {
+    let mut v = serde_json::json!({
         "name": c.name, "kind": c.kind, "audiences": c.audiences,
         "default_ttl_seconds": c.default_ttl_seconds, "max_ttl_seconds": c.max_ttl_seconds,
         "default_action": c.default_action, "scopes": c.scopes,
-    })
+    });
+    if !c.connection_summary.is_empty() {
+        v["owner"] = c.owner.clone().into();
+        v["description"] = c.description.clone().into();
+        v["labels"] = serde_json::json!(c.labels);
+        v["actions"] = serde_json::json!(c.actions);
+        v["connection_summary"] = c.connection_summary.clone().into();
+        v["connection_version"] = c.connection_version.into();
+        v["grants"] = serde_json::json!(c.grants);
+        v["revoke_sql"] = c.revoke_sql.clone().into();
+        v["role_template"] = c.role_template.clone().into();
+        v["connection_limit"] = c.connection_limit.into();
+    }
+    v
 }
 
 fn credential_row(c: &v1::Credential) -> Vec<String> {
