@@ -871,7 +871,7 @@ fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
             version: 0,
         };
         store
-            .issue_lease(lease, Event::new("issued"))
+            .issue_lease(lease, Event::new("issued"), Vec::new())
             .await
             .expect("lease");
         pg.sql("app", "CREATE ROLE leash_ci_job_l_by_hand LOGIN");

@@ -224,7 +224,7 @@ printf %s "$PW" > pw_field
 echo "url=$DATABASE_URL"
 echo "password=$pw"
 echo "field=$PW"
-{psql} -X -A -t "$DATABASE_URL" -c "INSERT INTO app.items VALUES (2, 'two') RETURNING name" > inserted 2>&1"#,
+{psql} -X -q -A -t "$DATABASE_URL" -c "INSERT INTO app.items VALUES (2, 'two') RETURNING name" > inserted 2>&1"#,
         psql = psql_bin.display()
     );
     let out = exec(

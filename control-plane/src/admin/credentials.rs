@@ -266,11 +266,9 @@ fn active_leases(s: &Shared, name: &str) -> Result<Vec<String>, Status> {
 /// Leases of `name` whose end outside Leash (a role's drop) has not happened yet.
 fn pending_ends(s: &Shared, name: &str) -> Result<u32, Status> {
     Ok(s.store
-        .ended_leases(usize::MAX)
+        .pending_ends(Some(name))
         .map_err(Status::from)?
-        .iter()
-        .filter(|l| l.credential == name)
-        .count() as u32)
+        .len() as u32)
 }
 
 /// `credential show`: the definition (never the connection string), active leases and
