@@ -229,7 +229,10 @@ impl Calls {
             attested: Some(attested(a)),
         };
         let r = client.issue(req).await.map_err(|s| {
-            if Reason::of(&s) == Reason::Unavailable {
+            // A control plane that answered says why itself (e.g. a database it needs is
+            // down); only a call that never got an answer means it is unreachable.
+            let answered = s.metadata().get(leash_proto::reason::REASON_KEY).is_some();
+            if Reason::of(&s) == Reason::Unavailable && !answered {
                 CallError::new(
                     Reason::Unavailable,
                     format!(

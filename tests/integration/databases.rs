@@ -489,6 +489,12 @@ fn the_database_down_at_issue_is_exit_5_and_no_lease() {
     let out = c.leash(&["get", "app-db", "--action", "write"]);
     out.code(5);
     assert!(!out.stderr.contains(ADMIN_PW), "{out}");
+    // The control plane answered: the message says the database is the problem, not it.
+    assert!(out.stderr.contains("PostgreSQL"), "{out}");
+    assert!(
+        !out.stderr.contains("control plane is unreachable"),
+        "{out}"
+    );
     let leases = c.leashctl(&["lease", "list", "--output", "json"]).json();
     let n = leases
         .as_array()
