@@ -252,7 +252,10 @@ impl Pg {
     /// `app` and table `app.items (id int, name text)` holding one row, and the login role
     /// `leash_admin` (password `admin_password`) with `CREATEROLE`, `pg_signal_backend`
     /// (to cut a dropped role's sessions) and every right on the schema's tables WITH
-    /// GRANT OPTION (to pass them on), and nothing else. Returns its URL over the socket.
+    /// GRANT OPTION (to pass them on), and nothing else; and the group roles `app_read`
+    /// (USAGE and SELECT on the schema) and `app_write` (and INSERT, UPDATE, DELETE), which
+    /// `leash_admin` may grant (WITH ADMIN OPTION): the set-up docs/DATABASES.md
+    /// recommends. Returns the admin's URL over the socket.
     pub fn app_database(&self, admin_password: &str) -> String {
         self.sql("postgres", "CREATE DATABASE app");
         let setup = format!(
@@ -263,7 +266,14 @@ impl Pg {
              INSERT INTO app.items VALUES (1, 'one');\n\
              GRANT USAGE ON SCHEMA app TO leash_admin WITH GRANT OPTION;\n\
              GRANT ALL ON ALL TABLES IN SCHEMA app TO leash_admin WITH GRANT OPTION;\n\
-             GRANT CONNECT ON DATABASE app TO leash_admin WITH GRANT OPTION;"
+             GRANT CONNECT ON DATABASE app TO leash_admin WITH GRANT OPTION;\n\
+             CREATE ROLE app_read NOLOGIN;\n\
+             GRANT USAGE ON SCHEMA app TO app_read;\n\
+             GRANT SELECT ON ALL TABLES IN SCHEMA app TO app_read;\n\
+             CREATE ROLE app_write NOLOGIN;\n\
+             GRANT USAGE ON SCHEMA app TO app_write;\n\
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO app_write;\n\
+             GRANT app_read, app_write TO leash_admin WITH ADMIN OPTION;"
         );
         let out = self
             .psql_command("app")

@@ -44,11 +44,9 @@ pub(super) fn run(
     step("postgres: a throwaway PostgreSQL server, database app, a least-privilege admin role");
     let pg = Pg::start();
     let admin_url = pg.app_database(ADMIN_PASSWORD);
-    // Every role may see the schema; what it may do with the tables comes from its grant.
-    pg.sql("app", "GRANT USAGE ON SCHEMA app TO PUBLIC");
     eprintln!(
         "PostgreSQL on {} (socket) and 127.0.0.1:{}; admin role leash_admin: LOGIN CREATEROLE, pg_signal_backend, \
-         the app schema's tables WITH GRANT OPTION, nothing else",
+         membership WITH ADMIN OPTION in the group roles app_read and app_write, nothing else",
         pg.socket_dir().display(),
         pg.port()
     );
@@ -75,9 +73,9 @@ pub(super) fn run(
         "--connection-file",
         &dsn_s,
         "--grant",
-        "read=GRANT SELECT ON ALL TABLES IN SCHEMA app TO {{name}}",
+        "read=GRANT app_read TO {{name}}",
         "--grant",
-        "write=GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {{name}}",
+        "write=GRANT app_write TO {{name}}",
         "--ttl",
         "15m",
         "--max-ttl",
@@ -95,6 +93,10 @@ pub(super) fn run(
         doc["kind"] == "postgres" && password.len() >= 32,
         "leash get app-db --output json did not give a postgres document"
     );
+    let mut shown = doc.clone();
+    shown["password"] = "<password>".into();
+    shown["url"] = masked(doc["url"].as_str().unwrap_or_default(), &password).into();
+    eprintln!("{}", serde_json::to_string_pretty(&shown)?);
     let url = ok(get(&["get", "app-db"])?)?;
     eprint!("{}", masked(&url, &password));
     anyhow::ensure!(
@@ -103,10 +105,6 @@ pub(super) fn run(
     );
     let user = ok(get(&["get", "app-db", "--field", "user"])?)?;
     eprint!("{user}");
-    let mut shown = doc.clone();
-    shown["password"] = "<password>".into();
-    shown["url"] = masked(doc["url"].as_str().unwrap_or_default(), &password).into();
-    eprintln!("{}", serde_json::to_string_pretty(&shown)?);
     let role = user.trim().to_string();
     let lease = doc["lease_id"].as_str().unwrap_or_default().to_string();
     let exists = format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}'");
@@ -116,6 +114,7 @@ pub(super) fn run(
             && pg.sql("app", &exists) == "1",
         "role {role:?} is not in the database"
     );
+    eprintln!("in PostgreSQL (role | can log in | valid until | connection limit | comment):");
     eprintln!("{}", pg.sql("app", &format!(
         "SELECT rolname, rolcanlogin, rolvaliduntil, rolconnlimit, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '{role}'"
     )));

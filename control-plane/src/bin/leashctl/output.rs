@@ -588,12 +588,17 @@ fn lease_text(l: &v1::Lease, timeline: &[serde_json::Value]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "lease:      {}", esc(&l.id));
     let _ = writeln!(o, "workload:   {}", esc(&l.workload));
+    // Only JWTs have an audience.
+    let audience = if l.audience.is_empty() {
+        String::new()
+    } else {
+        format!(", audience {}", esc(&l.audience))
+    };
     let _ = writeln!(
         o,
-        "credential: {} (action {}, audience {})",
+        "credential: {} (action {}{audience})",
         esc(&l.credential),
         esc(&l.action),
-        esc(&l.audience)
     );
     let _ = writeln!(o, "host:       {}", esc(&l.host));
     if !l.task.is_empty() {
@@ -623,7 +628,7 @@ fn lease_text(l: &v1::Lease, timeline: &[serde_json::Value]) -> String {
         let at = e["at_ms"].as_i64().unwrap_or(0);
         let t = time(at / 1000);
         let mut line = format!(
-            "  {}.{:03}Z  {:<10}",
+            "  {}.{:03}Z  {:<12}",
             t.trim_end_matches('Z'),
             at % 1000,
             esc(e["type"].as_str().unwrap_or("?"))
@@ -633,6 +638,14 @@ fn lease_text(l: &v1::Lease, timeline: &[serde_json::Value]) -> String {
         }
         if let Some(r) = e["reason"].as_str() {
             line.push_str(&format!(" ({})", esc(r)));
+        }
+        // What an end step outside Leash did, or why it failed (never a secret).
+        let d = &e["detail"];
+        if let Some(n) = d["sessions_terminated"].as_u64() {
+            line.push_str(&format!(" ({n} session(s) cut)"));
+        }
+        if let Some(err) = d["error"].as_str() {
+            line.push_str(&format!(" ({})", esc(err)));
         }
         let _ = writeln!(o, "{line}");
     }
