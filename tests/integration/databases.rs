@@ -72,7 +72,12 @@ pub(crate) fn setup() -> (Pg, Cluster, String) {
 
 /// `leashctl credential add NAME --kind postgres --connection-file - ARGS` with `dsn`
 /// on stdin.
-pub(crate) fn add(c: &Cluster, name: &str, dsn: &str, args: &[&str]) -> leash_tests::process::Output {
+pub(crate) fn add(
+    c: &Cluster,
+    name: &str,
+    dsn: &str,
+    args: &[&str],
+) -> leash_tests::process::Output {
     let mut a = vec![
         "credential",
         "add",

@@ -74,7 +74,10 @@ fn assert_dropped_and_cut(c: &Cluster, pg: &Pg, m: &serde_json::Value, mut sessi
     let role = user(m);
     wait_role_gone(c, pg, &role);
     let code = session.wait_exit(Duration::from_secs(10));
-    assert_ne!(code, 0, "{role}'s session ran on after its role was dropped");
+    assert_ne!(
+        code, 0,
+        "{role}'s session ran on after its role was dropped"
+    );
     let log = session.log().text();
     assert!(
         log.contains("terminat") || log.contains("connection"),
@@ -146,9 +149,7 @@ fn the_database_down_at_revoke_leaves_the_drop_pending_and_it_is_done_when_it_is
     pg.stop();
 
     // Revoked while the database is down: the wipe is done, the drop is not.
-    let out = c.leashctl(&[
-        "revoke", "--lease", &lease_a, "--wait", "--timeout", "3s",
-    ]);
+    let out = c.leashctl(&["revoke", "--lease", &lease_a, "--wait", "--timeout", "3s"]);
     show("revoke --wait, database down", &out);
     out.code(6).stderr_has(&[
         "timed out after 3s",
@@ -232,11 +233,8 @@ fn the_database_down_at_revoke_leaves_the_drop_pending_and_it_is_done_when_it_is
     // back and reports the drop done only once the role is gone.
     let started = Instant::now();
     let out = std::thread::scope(|s| {
-        let waiter = s.spawn(|| {
-            c.leashctl(&[
-                "revoke", "--lease", &lease_b, "--wait", "--timeout", "30s",
-            ])
-        });
+        let waiter =
+            s.spawn(|| c.leashctl(&["revoke", "--lease", &lease_b, "--wait", "--timeout", "30s"]));
         std::thread::sleep(Duration::from_secs(2));
         pg.restart();
         waiter.join().expect("revoke --wait thread")
@@ -271,7 +269,10 @@ fn the_database_down_at_revoke_leaves_the_drop_pending_and_it_is_done_when_it_is
 
     // The first lease's drop comes round on its own, however long the backoff.
     let l = wait_drop_done(&c, &lease_a);
-    assert!(l.get("end_attempts").is_none() || l["end_attempts"] == 0, "{l}");
+    assert!(
+        l.get("end_attempts").is_none() || l["end_attempts"] == 0,
+        "{l}"
+    );
     assert!(!role_exists(&pg, &user(&a)));
     assert!(lease_events(&c, &lease_a)
         .iter()
@@ -281,7 +282,10 @@ fn the_database_down_at_revoke_leaves_the_drop_pending_and_it_is_done_when_it_is
         .json();
     assert_eq!(cred["pending_ends"], 0, "{cred}");
     let audit = serde_json::to_string(&c.audit()).unwrap_or_default();
-    assert!(!audit.contains(ADMIN_PW), "the admin password is in an event");
+    assert!(
+        !audit.contains(ADMIN_PW),
+        "the admin password is in an event"
+    );
     c.assert_no_secret_leaked();
 }
 
@@ -370,9 +374,22 @@ fn every_other_ending_path_drops_the_role_and_cuts_its_session() {
 
     // Offboarding the owner.
     let s = open_session(&c, &pg, &off);
-    c.leashctl(&["owner", "offboard", "team-off", "--wait", "--timeout", "20s"])
-        .code(0)
-        .stderr_has(&["1 lease(s) revoked"]);
+    let out = c.leashctl(&[
+        "owner",
+        "offboard",
+        "team-off",
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
+    show("owner offboard --wait", &out);
+    out.code(0).stderr_has(&["1 lease(s) revoked"]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("wiped on 1/1 hosts in ") && l.ends_with("; 1/1 drop(s) done")),
+        "{out}"
+    );
     assert_dropped_and_cut(&c, &pg, &off, s);
     still_there(1);
 
@@ -392,7 +409,15 @@ fn every_other_ending_path_drops_the_role_and_cuts_its_session() {
          @id(\"not-pol\")\nforbid(principal == Leash::Workload::\"pol/job\", action, resource);\n",
         &["--wait", "--timeout", "20s"],
     );
+    show("policy apply --wait", &out);
     out.stderr_has(&["1 active lease(s) no longer permitted were revoked"]);
+    assert!(
+        out.stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.ends_with("; 1/1 drop(s) done")),
+        "{out}"
+    );
     assert_dropped_and_cut(&c, &pg, &pol, s);
     assert!(
         c.lease(&pol_lease)["reason"]
@@ -411,11 +436,14 @@ fn every_other_ending_path_drops_the_role_and_cuts_its_session() {
 
     // Removing the credential.
     let s = open_session(&c, &pg, &rm);
-    c.leashctl(&["credential", "remove", "gone-db", "--yes"])
-        .code(0)
-        .stderr_has(&["1 lease(s) revoked"]);
+    let out = c.leashctl(&["credential", "remove", "gone-db", "--yes"]);
+    show("credential remove --yes", &out);
+    out.code(0).stderr_has(&["1 lease(s) revoked"]);
     // `remove` answers once the drops are done.
-    assert!(!role_exists(&pg, &user(&rm)), "remove returned before the drop");
+    assert!(
+        !role_exists(&pg, &user(&rm)),
+        "remove returned before the drop"
+    );
     assert_dropped_and_cut(&c, &pg, &rm, s);
 
     // Each ended lease has its `role-dropped` with the session it cut.
@@ -481,8 +509,8 @@ fn removing_a_credential_while_the_database_is_down_keeps_it_until_the_drops_are
     show("credential remove, database down", &out);
     out.code(5).stderr_has(&[
         "the leases of app-db are revoked",
-        "still pending",
-        "leashctl lease show",
+        "1 drop(s) still pending",
+        &format!("`leashctl lease show {lease}` shows why"),
         "run `leashctl credential remove app-db` again later",
     ]);
     assert_no_dsn(&out);
@@ -491,7 +519,11 @@ fn removing_a_credential_while_the_database_is_down_keeps_it_until_the_drops_are
     let j = c
         .leashctl(&["credential", "show", "app-db", "--output", "json"])
         .json();
-    assert_eq!((j["active_leases"].as_u64(), j["pending_ends"].as_u64()), (Some(0), Some(1)), "{j}");
+    assert_eq!(
+        (j["active_leases"].as_u64(), j["pending_ends"].as_u64()),
+        (Some(0), Some(1)),
+        "{j}"
+    );
     pg.restart();
     wait_drop_done(&c, &lease);
     assert!(!role_exists(&pg, &user(&m)));
