@@ -12,10 +12,10 @@ use leash_tests::process::Daemon;
 use leash_tests::{files_under, wait_until, Cluster};
 
 /// The admin role's password (also the needle for leaks).
-const ADMIN_PW: &str = "adm1n-Secret-pw-4c1e";
-const GRANT_READ: &str =
+pub(crate) const ADMIN_PW: &str = "adm1n-Secret-pw-4c1e";
+pub(crate) const GRANT_READ: &str =
     "read=GRANT USAGE ON SCHEMA app TO {{name}}; GRANT SELECT ON ALL TABLES IN SCHEMA app TO {{name}}";
-const GRANT_WRITE: &str = "write=GRANT USAGE ON SCHEMA app TO {{name}}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {{name}}";
+pub(crate) const GRANT_WRITE: &str = "write=GRANT USAGE ON SCHEMA app TO {{name}}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {{name}}";
 
 /// The harness's server takes the docs' least-privilege admin, refuses a wrong password
 /// over TCP, and is gone when dropped.
@@ -60,7 +60,7 @@ fn the_throwaway_server_authenticates_like_a_real_one() {
 
 /// A server with database `app`, and a cluster whose workload `ci/job` may get `app-db`.
 /// Returns the admin URL over the socket.
-fn setup() -> (Pg, Cluster, String) {
+pub(crate) fn setup() -> (Pg, Cluster, String) {
     leash_tests::require_root();
     let pg = Pg::start();
     let admin = pg.app_database(ADMIN_PW);
@@ -72,7 +72,12 @@ fn setup() -> (Pg, Cluster, String) {
 
 /// `leashctl credential add NAME --kind postgres --connection-file - ARGS` with `dsn`
 /// on stdin.
-fn add(c: &Cluster, name: &str, dsn: &str, args: &[&str]) -> leash_tests::process::Output {
+pub(crate) fn add(
+    c: &Cluster,
+    name: &str,
+    dsn: &str,
+    args: &[&str],
+) -> leash_tests::process::Output {
     let mut a = vec![
         "credential",
         "add",
@@ -89,7 +94,7 @@ fn add(c: &Cluster, name: &str, dsn: &str, args: &[&str]) -> leash_tests::proces
 }
 
 /// `app-db` with the read and write grants; must succeed.
-fn add_app_db(c: &Cluster, dsn: &str) {
+pub(crate) fn add_app_db(c: &Cluster, dsn: &str) {
     add(
         c,
         "app-db",
@@ -101,7 +106,7 @@ fn add_app_db(c: &Cluster, dsn: &str) {
 
 /// What a client gets for a postgres lease: the material document and the lease id.
 /// (The material is the document itself, or its text in `token`.)
-fn issue(c: &Cluster, extra: &[&str]) -> (serde_json::Value, String) {
+pub(crate) fn issue(c: &Cluster, extra: &[&str]) -> (serde_json::Value, String) {
     let mut args = vec!["get", "app-db", "--output", "json"];
     args.extend_from_slice(extra);
     let j = c.leash(&args).json();
@@ -119,7 +124,7 @@ fn issue(c: &Cluster, extra: &[&str]) -> (serde_json::Value, String) {
 }
 
 /// Run `sql` as the lease's role through a real client (`psql` with the lease's URL).
-fn as_role(pg: &Pg, m: &serde_json::Value, sql: &str) -> std::process::Output {
+pub(crate) fn as_role(pg: &Pg, m: &serde_json::Value, sql: &str) -> std::process::Output {
     pg.server_command("psql")
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .arg(m["url"].as_str().expect("url"))
@@ -128,7 +133,7 @@ fn as_role(pg: &Pg, m: &serde_json::Value, sql: &str) -> std::process::Output {
         .expect("run psql")
 }
 
-fn role_exists(pg: &Pg, role: &str) -> bool {
+pub(crate) fn role_exists(pg: &Pg, role: &str) -> bool {
     pg.sql(
         "app",
         &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}'"),
@@ -144,7 +149,7 @@ fn role_comment(pg: &Pg, role: &str) -> String {
     )
 }
 
-fn wait_role_gone(c: &Cluster, pg: &Pg, role: &str) {
+pub(crate) fn wait_role_gone(c: &Cluster, pg: &Pg, role: &str) {
     c.eventually(&format!("role {role} is dropped"), || {
         (!role_exists(pg, role)).then_some(())
     });

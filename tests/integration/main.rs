@@ -23,6 +23,9 @@
 //!   the HTTP API, rotation under a running task, `leash render`.
 //! - `databases`: PostgreSQL roles per lease against a throwaway server the harness
 //!   starts (`leash_tests::pg`).
+//! - `databases_ends`: every ending path of a PostgreSQL lease and its faults: the
+//!   database down at revoke, `kill -9` with a drop queued, offboarding, eviction,
+//!   disabling, a policy change, `credential remove`, `revoke --wait` counting drops.
 //!
 //! Tests that need root (a second uid through `setpriv`, namespaces, tmpfs) are marked
 //! `#[ignore = "needs root: …"]`: the runner reports them as skipped when not root, and
@@ -35,6 +38,7 @@ mod config;
 mod control_plane;
 mod databases;
 mod databases_client;
+mod databases_ends;
 mod faults;
 mod host_trust;
 mod human;

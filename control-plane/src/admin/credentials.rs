@@ -352,8 +352,16 @@ pub(super) async fn remove(
         }
         if tokio::time::Instant::now() >= deadline {
             let step = s.kinds.get(&c.kind).map_or("end", |k| k.end_step());
+            // Name a lease to look at: "lease show ID" alone leaves the admin to find one.
+            let first = s
+                .store
+                .pending_ends(Some(&c.name))
+                .map_err(Status::from)?
+                .into_iter()
+                .next()
+                .map_or_else(|| "ID".to_string(), |p| p.lease);
             return Err(Reason::Unavailable.status(format!(
-                "the leases of {} are revoked, but {pending} {step}s are still pending (`leashctl lease show ID` shows why); the credential and its connection string are kept so they can finish: run `leashctl credential remove {}` again later",
+                "the leases of {} are revoked, but {pending} {step}(s) still pending (`leashctl lease show {first}` shows why); the credential and its connection string are kept so they can finish: run `leashctl credential remove {}` again later",
                 c.name, c.name
             )));
         }

@@ -351,7 +351,7 @@ async fn remove_credential_keeps_a_definition_whose_ends_are_pending() {
         expires_at: far,
         ..lease("p1", "w")
     };
-    s.issue_lease(l, Event::new("issued").lease("p1"))
+    s.issue_lease(l, Event::new("issued").lease("p1"), Vec::new())
         .await
         .expect("lease");
     let refused = |r: Result<(Option<Revocation>, u32)>, what: &str| {

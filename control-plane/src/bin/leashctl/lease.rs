@@ -175,6 +175,9 @@ pub(crate) async fn wait_for(
         .await?
         .into_inner();
     let mut last = v1::RevocationProgress::default();
+    // The server reports every change (a drop attempt that failed again is one); a line
+    // that says nothing new is not printed again.
+    let mut printed = String::new();
     while let Some(p) = stream.message().await? {
         let mut line = format!("wiped on {}/{} hosts", p.acked, p.total);
         if !p.pending_hosts.is_empty() {
@@ -189,7 +192,10 @@ pub(crate) async fn wait_for(
         if p.ends_pending > 0 {
             line.push_str(&format!("; {}", ends_pending(&p)));
         }
-        eprintln!("{line}");
+        if line != printed {
+            eprintln!("{line}");
+            printed = line;
+        }
         last = p;
     }
     if last.done {

@@ -588,7 +588,7 @@ fn lease_text(l: &v1::Lease, timeline: &[serde_json::Value]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "lease:      {}", esc(&l.id));
     let _ = writeln!(o, "workload:   {}", esc(&l.workload));
-    // Only JWTs have an audience.
+    // A kind without an audience (a secret, a database role) has none to show.
     let audience = if l.audience.is_empty() {
         String::new()
     } else {
@@ -736,5 +736,18 @@ mod tests {
             t.contains(" by h\\x1b]0;pwned\\x07 (a\\nb\\u{202e})\n"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn lease_show_names_an_audience_only_when_there_is_one() {
+        let mut l = v1::Lease {
+            credential: "app-db".into(),
+            action: "read".into(),
+            ..Default::default()
+        };
+        assert!(lease_text(&l, &[]).contains("credential: app-db (action read)\n"));
+        l.audience = "https://api".into();
+        assert!(lease_text(&l, &[])
+            .contains("credential: app-db (action read, audience https://api)\n"));
     }
 }
