@@ -410,3 +410,12 @@ pub fn credential_removed(c: &Credential, actor: &str, why: &str, versions: u32)
         e.reason(why)
     }
 }
+
+/// Credential `name` was disabled while it is being removed (`credential-disabled`), so no
+/// lease of it is issued while its leases' end steps finish; dated by the store.
+pub fn credential_disabled(name: &str, actor: &str, why: &str) -> Event {
+    Event::new("credential-disabled")
+        .actor(actor)
+        .credential(name)
+        .reason(why)
+}

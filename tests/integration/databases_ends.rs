@@ -524,6 +524,11 @@ fn removing_a_credential_while_the_database_is_down_keeps_it_until_the_drops_are
         (Some(0), Some(1)),
         "{j}"
     );
+    // Disabled while it waits: no new lease (and role) can slip in before the removal.
+    assert_eq!(j["disabled"], true, "{j}");
+    c.leash(&["get", "app-db"])
+        .code(2)
+        .stderr_has(&["credential \"app-db\" is disabled"]);
     pg.restart();
     wait_drop_done(&c, &lease);
     assert!(!role_exists(&pg, &user(&m)));

@@ -328,6 +328,16 @@ pub(super) async fn remove(
             leases: rev.map_or(0, |r| r.lease_ids.len() as u32),
         });
     }
+    // Disabled first, durably: no lease can be issued (the lease write re-checks) while
+    // the drops of the revoked ones finish, and it stays so if they cannot finish now.
+    if !c.disabled {
+        let mut d = c.clone();
+        d.disabled = true;
+        let ev = audit::credential_disabled(&c.name, &actor, &reason);
+        if let Err(e) = s.store.put_credential(d, ev).await {
+            return Err(write_failed(s, e, failed).await);
+        }
+    }
     let mut seq = 0;
     let mut leases = 0;
     if active > 0 {
@@ -361,7 +371,7 @@ pub(super) async fn remove(
                 .next()
                 .map_or_else(|| "ID".to_string(), |p| p.lease);
             return Err(Reason::Unavailable.status(format!(
-                "the leases of {} are revoked, but {pending} {step}(s) still pending (`leashctl lease show {first}` shows why); the credential and its connection string are kept so they can finish: run `leashctl credential remove {}` again later",
+                "the leases of {} are revoked, but {pending} {step}(s) still pending (`leashctl lease show {first}` shows why); the credential (disabled) and its connection string are kept so they can finish: run `leashctl credential remove {}` again later",
                 c.name, c.name
             )));
         }

@@ -276,6 +276,9 @@ fn show(r: &v1::CredentialDetail, out: Output) {
     if !c.description.is_empty() {
         lines.push(format!("description: {}", esc(&c.description)));
     }
+    if c.disabled {
+        lines.push("state: disabled (nothing is issued)".into());
+    }
     if !c.connection_summary.is_empty() {
         lines.push(format!(
             "connection: {} (version {})",

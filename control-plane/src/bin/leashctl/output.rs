@@ -133,6 +133,7 @@ pub(crate) fn credential_json(c: &v1::Credential) -> serde_json::Value {
         v["revoke_sql"] = c.revoke_sql.clone().into();
         v["role_template"] = c.role_template.clone().into();
         v["connection_limit"] = c.connection_limit.into();
+        v["disabled"] = c.disabled.into();
     }
     v
 }
