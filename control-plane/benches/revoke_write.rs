@@ -4,7 +4,7 @@
 //! issues one lease per host, as the `bench revoke --secret` rounds do. Reports p50/p99
 //! per write.
 //!
-//! Run: `cargo bench -p leash-control-plane --bench revoke_write [-- LEASES ROUNDS]`
+//! Run: `cargo bench -p leash-control-plane --bench revoke_write [-- LEASES ROUNDS [rotate-only]]`
 
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,8 @@ fn main() {
         .collect();
     let hosts = args.first().copied().unwrap_or(1000);
     let rounds = args.get(1).copied().unwrap_or(30);
+    // `rotate-only`: every round is a rotation (no revocation of everything between).
+    let rotate_only = std::env::args().any(|a| a == "rotate-only");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -174,7 +176,7 @@ fn main() {
         for round in 0..(rounds * 2 + 6) {
             issue_all(&s, hosts, current).await;
             let t = Instant::now();
-            let n = if round % 2 == 0 {
+            let n = if rotate_only || round % 2 == 0 {
                 let w = s
                     .put_secret(SecretWrite {
                         def: secret_def(current + 1),
@@ -210,6 +212,9 @@ fn main() {
             ("rotate (put_secret, Older::Revoke)", &mut rotate),
             ("revoke all", &mut revoke),
         ] {
+            if v.is_empty() {
+                continue;
+            }
             let p50 = pct(v, 50.0);
             let p99 = pct(v, 99.0);
             println!(
