@@ -2,7 +2,7 @@
 //! end step outside Leash (a database role dropped), and introspection (the answer
 //! verifiers get for a presented token).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use leash_proto::v1;
@@ -28,12 +28,14 @@ pub fn introspect(s: &Shared, token: &str) -> v1::IntrospectResponse {
 /// lease (every non-evicted host for `--all`).
 pub fn hosts_to_wait_for(s: &Shared, r: &Revocation) -> Vec<String> {
     let hosts = s.store.hosts().unwrap_or_default();
+    // A set, not `r.hosts.contains`: N hosts against N names would be N × N comparisons.
+    let named: HashSet<&str> = r.hosts.iter().map(String::as_str).collect();
     let mut out = BTreeSet::new();
     for h in hosts {
         if h.evicted && !matches!(&r.target, RevocationTarget::Host(n) if n == &h.name) {
             continue;
         }
-        let wanted = matches!(r.target, RevocationTarget::All) || r.hosts.contains(&h.name);
+        let wanted = matches!(r.target, RevocationTarget::All) || named.contains(h.name.as_str());
         if wanted {
             out.insert(h.name);
         }

@@ -46,6 +46,7 @@ mod inputs;
 mod master_key;
 mod partitions;
 mod policy;
+mod pty;
 mod revocation;
 mod secrets;
 mod secrets_client;

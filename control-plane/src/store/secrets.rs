@@ -11,6 +11,7 @@
 use super::codec::{be, dec, enc, get};
 use super::error::{Result, StoreError};
 use super::sled_store::{Trees, Tx};
+use super::tx::Revoking;
 use crate::audit;
 use crate::model::{
     Credential, Event, Lease, Revocation, RevocationTarget, ScheduledRevocation, SecretVersion,
@@ -135,18 +136,24 @@ fn existing_secret(tx: &Tx<'_>, name: &str) -> Result<Credential> {
     }
 }
 
-/// The active leases of `name` that hold a version below `version`.
-fn older_active(tx: &Tx<'_>, name: &str, version: u32) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for id in tx.t.active.iter().keys() {
-        let id = id?;
+/// Hand `each` the active leases of `name` that hold a version below `version`, one at
+/// a time, in the order of the `active` index (its ids are read first, so `each` may
+/// write the lease back).
+fn older_active(
+    tx: &mut Tx<'_>,
+    name: &str,
+    version: u32,
+    mut each: impl FnMut(&mut Tx<'_>, Lease) -> Result<()>,
+) -> Result<()> {
+    let ids: Vec<sled::IVec> = tx.t.active.iter().keys().collect::<Result<_, _>>()?;
+    for id in ids {
         if let Some(l) = get::<Lease>(&tx.t.leases, "leases", &id)? {
             if l.credential == name && l.version < version {
-                out.push(l.id);
+                each(tx, l)?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 impl Tx<'_> {
@@ -195,16 +202,32 @@ impl Tx<'_> {
             .secret_versions
             .insert(version_key(&name, w.version.version), enc(&w.version))?;
         self.t.credentials.insert(name.as_bytes(), enc(&w.def))?;
-        let older_leases = older_active(self, &name, w.version.version)?;
+        let version = w.version.version;
+        let mut older_leases: Vec<String> = Vec::new();
         let revocation = match w.older {
-            Older::Keep => None,
-            Older::Revoke { reason, actor } => Some(self.revoke(
-                RevocationTarget::Leases(older_leases.clone()),
-                reason,
-                actor,
-                &[],
-            )?),
+            Older::Keep => {
+                older_active(self, &name, version, |_, l| {
+                    older_leases.push(l.id);
+                    Ok(())
+                })?;
+                None
+            }
+            // Revoked as they are read: `Leases(older_leases)` covers exactly these (they
+            // are active, in this same write), in the same order, and a second pass to
+            // find them again would read every active lease twice.
+            Older::Revoke { reason, actor } => {
+                let mut r = Revoking::start(self, reason, actor, &[]);
+                older_active(self, &name, version, |tx, l| {
+                    older_leases.push(l.id.clone());
+                    r.add(tx, l)
+                })?;
+                Some(r.finish(self, RevocationTarget::Leases(older_leases.clone()))?)
+            }
             Older::RevokeAt { at, reason, actor } => {
+                older_active(self, &name, version, |_, l| {
+                    older_leases.push(l.id);
+                    Ok(())
+                })?;
                 if !older_leases.is_empty() {
                     let s = ScheduledRevocation {
                         at,

@@ -572,3 +572,100 @@ async fn retention_forgets_only_what_is_older_than_its_period() {
     assert!(s.lease("active").expect("get").is_some());
     assert_eq!(pass(s.clone()).await, Pruned::default());
 }
+
+/// A target that names its leases (one lease, a list) is looked up by id rather than
+/// by scanning every active lease: it must revoke what a scan would, in the same order
+/// (the `active` index's, by id), each lease once, and never one that is not active.
+#[tokio::test]
+async fn named_targets_revoke_what_a_scan_would_in_the_same_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SledStore::open(dir.path(), Clock::default()).expect("open");
+    s.put_workload(workload("w"), Event::new("x"))
+        .await
+        .expect("put");
+    s.put_join_token(token("t"), Event::new("x"))
+        .await
+        .expect("token");
+    s.enroll("t", "x", host(), 0, Event::new("e"))
+        .await
+        .expect("enroll");
+    for id in ["l5", "l1", "l9", "l3", "l7"] {
+        s.issue_lease(lease(id, "w"), Event::new("issued").lease(id))
+            .await
+            .expect("issue");
+    }
+    let one = s
+        .revoke(
+            RevocationTarget::Lease("l3".into()),
+            "one".into(),
+            "root".into(),
+            vec![],
+        )
+        .await
+        .expect("revoke l3");
+    assert_eq!(one.lease_ids, vec!["l3".to_string()]);
+    assert_eq!(one.hosts, vec!["h".to_string()]);
+    let again = s
+        .revoke(
+            RevocationTarget::Lease("l3".into()),
+            "again".into(),
+            "root".into(),
+            vec![],
+        )
+        .await
+        .expect("revoke l3 again");
+    assert!(again.lease_ids.is_empty(), "{again:?}");
+    assert!(again.hosts.is_empty(), "{again:?}");
+    let before = s.events(0, 1000).expect("events").len();
+    let listed = s
+        .revoke(
+            RevocationTarget::Leases(
+                ["l9", "l1", "nope", "l9", "l3", "l5"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            "listed".into(),
+            "root".into(),
+            vec![],
+        )
+        .await
+        .expect("revoke listed");
+    assert_eq!(
+        listed.lease_ids,
+        ["l1", "l5", "l9"].map(String::from).to_vec()
+    );
+    assert_eq!(listed.lease_hosts, vec![0, 0, 0]);
+    let revoked: Vec<(String, Option<String>, Option<String>)> = s
+        .events(0, 1000)
+        .expect("events")
+        .into_iter()
+        .skip(before)
+        .map(|e| (e.kind, e.lease, e.reason))
+        .collect();
+    assert_eq!(
+        revoked,
+        ["l1", "l5", "l9"]
+            .map(|l| (
+                "revoked".to_string(),
+                Some(l.to_string()),
+                Some("listed".to_string())
+            ))
+            .to_vec()
+    );
+    for id in ["l1", "l3", "l5", "l9"] {
+        let l = s.lease(id).expect("get").expect("some");
+        assert_eq!(l.state, LeaseState::Revoked, "{id}");
+    }
+    // A scan (the workload's) now finds only the one left.
+    let rest = s
+        .revoke(
+            RevocationTarget::Workload("w".into()),
+            "rest".into(),
+            "root".into(),
+            vec![],
+        )
+        .await
+        .expect("revoke rest");
+    assert_eq!(rest.lease_ids, vec!["l7".to_string()]);
+    assert!(s.leases(None, true).expect("active").is_empty());
+}

@@ -87,37 +87,120 @@ impl Tx<'_> {
         actor: String,
         extra_hosts: &[String],
     ) -> Result<Revocation> {
-        let seq = self.next_seq();
-        let mut owners: BTreeMap<String, Option<String>> = BTreeMap::new();
-        let mut lease_ids = Vec::new();
-        let mut lease_host_names = Vec::new();
-        let mut hosts: BTreeSet<String> = extra_hosts.iter().cloned().collect();
-        let ids: Vec<sled::IVec> = self.t.active.iter().keys().collect::<Result<_, _>>()?;
-        for id in ids {
-            let Some(mut lease) = get::<Lease>(&self.t.leases, "leases", &id)? else {
-                continue;
-            };
-            let owner = match owners.get(&lease.workload) {
-                Some(o) => o.clone(),
-                None => {
-                    let o =
-                        get::<Workload>(&self.t.workloads, "workloads", lease.workload.as_bytes())?
-                            .map(|w| w.owner);
-                    owners.insert(lease.workload.clone(), o.clone());
-                    o
-                }
-            };
-            if !target.covers(&lease, owner.as_deref()) {
-                continue;
+        // The leases to look at, in the order of the `active` index (by id), so leases
+        // and events are written in the same order whichever way they are found: a
+        // target that names its leases is looked up by id (sorted; a repeated id once);
+        // any other reads every active lease and keeps those it covers. Only ids are
+        // held here: each lease is read, and written back revoked, one at a time.
+        let named: Option<Vec<Vec<u8>>> = match &target {
+            RevocationTarget::Lease(id) => Some(vec![id.as_bytes().to_vec()]),
+            RevocationTarget::Leases(ids) => {
+                let mut ids: Vec<Vec<u8>> = ids.iter().map(|i| i.as_bytes().to_vec()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                Some(ids)
             }
-            lease.state = LeaseState::Revoked;
-            lease.reason = Some(reason.clone());
-            self.put_lease(&lease)?;
-            hosts.insert(lease.host.clone());
-            self.event(audit::lease_revoked(&lease, &actor, &reason, seq))?;
-            lease_ids.push(lease.id);
-            lease_host_names.push(lease.host);
+            _ => None,
+        };
+        let mut r = Revoking::start(self, reason, actor, extra_hosts);
+        match named {
+            Some(ids) => {
+                for id in ids {
+                    if !self.t.active.contains_key(&id)? {
+                        continue;
+                    }
+                    if let Some(lease) = get::<Lease>(&self.t.leases, "leases", &id)? {
+                        r.add(self, lease)?;
+                    }
+                }
+            }
+            None => {
+                let mut owners: BTreeMap<String, Option<String>> = BTreeMap::new();
+                let ids: Vec<sled::IVec> = self.t.active.iter().keys().collect::<Result<_, _>>()?;
+                for id in ids {
+                    let Some(lease) = get::<Lease>(&self.t.leases, "leases", &id)? else {
+                        continue;
+                    };
+                    let owner = match owners.get(&lease.workload) {
+                        Some(o) => o.clone(),
+                        None => {
+                            let o = get::<Workload>(
+                                &self.t.workloads,
+                                "workloads",
+                                lease.workload.as_bytes(),
+                            )?
+                            .map(|w| w.owner);
+                            owners.insert(lease.workload.clone(), o.clone());
+                            o
+                        }
+                    };
+                    if target.covers(&lease, owner.as_deref()) {
+                        r.add(self, lease)?;
+                    }
+                }
+            }
         }
+        r.finish(self, target)
+    }
+}
+
+/// One revocation being written: its sequence number first, then each covered lease
+/// (stored revoked, with its `revoked` event), then the revocation and its change.
+pub(super) struct Revoking {
+    seq: u64,
+    reason: String,
+    actor: String,
+    lease_ids: Vec<String>,
+    lease_host_names: Vec<String>,
+    hosts: BTreeSet<String>,
+}
+
+impl Revoking {
+    pub(super) fn start(
+        tx: &mut Tx<'_>,
+        reason: String,
+        actor: String,
+        extra_hosts: &[String],
+    ) -> Revoking {
+        Revoking {
+            seq: tx.next_seq(),
+            reason,
+            actor,
+            lease_ids: Vec::new(),
+            lease_host_names: Vec::new(),
+            hosts: extra_hosts.iter().cloned().collect(),
+        }
+    }
+
+    /// Revoke `lease`, an active lease the revocation covers.
+    pub(super) fn add(&mut self, tx: &mut Tx<'_>, mut lease: Lease) -> Result<()> {
+        lease.state = LeaseState::Revoked;
+        lease.reason = Some(self.reason.clone());
+        tx.put_lease(&lease)?;
+        if !self.hosts.contains(&lease.host) {
+            self.hosts.insert(lease.host.clone());
+        }
+        tx.event(audit::lease_revoked(
+            &lease,
+            &self.actor,
+            &self.reason,
+            self.seq,
+        ))?;
+        self.lease_ids.push(lease.id);
+        self.lease_host_names.push(lease.host);
+        Ok(())
+    }
+
+    /// Record the revocation of what was added, as covering `target`.
+    pub(super) fn finish(self, tx: &mut Tx<'_>, target: RevocationTarget) -> Result<Revocation> {
+        let Revoking {
+            seq,
+            reason,
+            actor,
+            lease_ids,
+            lease_host_names,
+            mut hosts,
+        } = self;
         if let RevocationTarget::Host(h) = &target {
             hosts.insert(h.clone());
         }
@@ -135,13 +218,13 @@ impl Tx<'_> {
             target,
             reason,
             actor,
-            at_ms: self.now_ms,
+            at_ms: tx.now_ms,
             lease_ids,
             hosts,
             lease_hosts,
         };
-        self.t.revocations.insert(be(seq), enc(&rev))?;
-        self.change(Change::Revoked {
+        tx.t.revocations.insert(be(seq), enc(&rev))?;
+        tx.change(Change::Revoked {
             revocation: rev.clone(),
         })?;
         Ok(rev)

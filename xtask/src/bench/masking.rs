@@ -1,9 +1,16 @@
 //! `cargo xtask bench masking`: what `leash exec`'s output masking costs a child that
 //! writes a lot. `cat FILE` (100 MB of log-like text by default) runs alone, under
 //! `leash exec --no-masking`, and under `leash exec --env TOKEN=bench-jwt` (masking on,
-//! one JWT and its encodings to look for); each run's stdout is a pipe this process reads
-//! to the end, as a log collector would. Wall time medians over the rounds, MB/s and the
-//! ratio against `cat` alone; the target is at most 1.10×.
+//! one JWT and its encodings to look for).
+//!
+//! The three are measured the same way, so that the ratio compares the commands and not
+//! how each one's output was collected: each run's stdout is a pipe this process makes,
+//! enlarged to the size `leash exec` gives its own pipes (1 MiB, `F_SETPIPE_SZ`), and read
+//! to the end 1 MiB at a time, as a log collector would. The variants are interleaved
+//! round by round, each round starting with the next one, so drift in machine load and
+//! whatever the first run of a round pays fall on all of them alike. Per variant: median
+//! and minimum wall time, MB/s, and the ratio of medians against `cat` alone; the target
+//! is at most 1.10× for the masked run.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -29,16 +36,29 @@ pub struct Args {
     baseline: Option<std::path::PathBuf>,
 }
 
-/// Run `cmd`, read its stdout to the end; the wall time and the bytes read.
-fn time(mut cmd: Command) -> anyhow::Result<(Duration, u64)> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+/// The size of the pipe every measured command writes into, and of each read from it:
+/// what `leash exec` uses for the pipes between its child and itself.
+const PIPE_BYTES: usize = 1024 * 1024;
+
+/// Run `cmd` with its stdout a fresh pipe of [`PIPE_BYTES`] (when the kernel allows)
+/// and read that pipe to the end; the wall time, the bytes read and the pipe's size.
+fn time(mut cmd: Command) -> anyhow::Result<(Duration, u64, usize)> {
+    use std::os::fd::AsRawFd;
+    let (mut out, w) = std::io::pipe()?;
+    let _ = nix::fcntl::fcntl(
+        out.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as nix::libc::c_int),
+    );
+    let pipe = nix::fcntl::fcntl(out.as_raw_fd(), nix::fcntl::FcntlArg::F_GETPIPE_SZ)
+        .map(|n| n as usize)
+        .unwrap_or(0);
+    cmd.stdout(Stdio::from(w)).stderr(Stdio::null());
+    let mut buf = vec![0u8; PIPE_BYTES];
     let t = Instant::now();
     let mut child = cmd.spawn()?;
-    let mut out = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut buf = vec![0u8; 64 * 1024];
+    // The command holds the pipe's write end: closed here, so only the child's is open
+    // and the read below ends when the child's output does.
+    drop(cmd);
     let mut n = 0u64;
     loop {
         let r = out.read(&mut buf)?;
@@ -50,7 +70,7 @@ fn time(mut cmd: Command) -> anyhow::Result<(Duration, u64)> {
     let st = child.wait()?;
     let elapsed = t.elapsed();
     anyhow::ensure!(st.success(), "a measured command failed: {st}");
-    Ok((elapsed, n))
+    Ok((elapsed, n, pipe))
 }
 
 /// Log-like lines, `mb` MB of them.
@@ -115,15 +135,16 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     let exec = |masking: bool| exec_with(&leash, masking);
     // Warm the page cache and the agent.
     time(plain())?;
-    time(exec(true))?;
+    let (_, _, pipe) = time(exec(true))?;
     let (mut alone, mut unmasked, mut masked, mut base_masked) = (
         Samples::with_capacity(a.rounds),
         Samples::with_capacity(a.rounds),
         Samples::with_capacity(a.rounds),
         Samples::with_capacity(a.rounds),
     );
-    // Interleaved, so drift in machine load hits all of them alike.
-    for _ in 0..a.rounds {
+    // Interleaved, so drift in machine load hits all of them alike; each round starts
+    // with the next variant, so none is always the one that runs first.
+    for round in 0..a.rounds {
         let mut cmds = vec![
             (&mut alone, plain()),
             (&mut unmasked, exec(false)),
@@ -132,8 +153,10 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         if let Some(b) = &base_leash {
             cmds.push((&mut base_masked, exec_with(b, true)));
         }
+        let k = cmds.len();
+        cmds.rotate_left(round % k);
         for (s, cmd) in cmds {
-            let (d, n) = time(cmd)?;
+            let (d, n, _) = time(cmd)?;
             anyhow::ensure!(n == size, "read {n} bytes of {size}: output was lost");
             s.push(d);
         }
@@ -142,23 +165,28 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         "bench masking: `leash exec -- cat FILE` against `cat FILE`",
         &ctx.command,
         &format!(
-            "--mb {} --rounds {}{} (stdout a pipe read to the end by the bench)",
+            "--mb {} --rounds {}{} (each command's stdout a pipe of {} KiB, read to the end {} KiB at a time; variants interleaved, each round starting with the next)",
             a.mb,
             a.rounds,
             match &a.baseline {
                 Some(d) => format!(" --baseline {}", d.display()),
                 None => String::new(),
-            }
+            },
+            pipe / 1024,
+            PIPE_BYTES / 1024,
         ),
     );
     let mut t = Table::new(&[
         "command",
         "rounds",
         "median wall time",
-        "MB/s",
-        "ratio vs `cat`",
+        "min wall time",
+        "MB/s (median)",
+        "ratio of medians vs `cat`",
+        "ratio of minimums vs `cat`",
     ]);
     let base = alone.p50().as_secs_f64();
+    let base_min = alone.min().as_secs_f64();
     for (name, s) in [
         ("`cat FILE`", &alone),
         (
@@ -180,13 +208,21 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             name.to_string(),
             s.len().to_string(),
             dur(s.p50()),
+            dur(s.min()),
             format!("{:.0}", size as f64 / 1e6 / secs.max(1e-9)),
             ratio(secs, base),
+            ratio(s.min().as_secs_f64(), base_min),
         ]);
     }
     t.print();
     let r = masked.p50().as_secs_f64() / base.max(1e-9);
+    let plain_exec = unmasked.p50().as_secs_f64() / base.max(1e-9);
     println!();
+    println!(
+        "`leash exec` itself (--no-masking) / `cat` alone: {plain_exec:.2}× (median {} more); masking on top of it: {:.2}×",
+        dur(unmasked.p50().saturating_sub(alone.p50())),
+        masked.p50().as_secs_f64() / unmasked.p50().as_secs_f64().max(1e-9),
+    );
     println!(
         "Target: masked ≤ 1.10× `cat` alone ({:.2}×): {}",
         r,

@@ -45,6 +45,10 @@ impl Samples {
     pub fn max(&self) -> Duration {
         self.0.iter().copied().max().unwrap_or_default()
     }
+
+    pub fn min(&self) -> Duration {
+        self.0.iter().copied().min().unwrap_or_default()
+    }
 }
 
 /// `123 µs`, `4.56 ms`, `1.23 s`.
