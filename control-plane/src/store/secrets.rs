@@ -339,7 +339,11 @@ impl Tx<'_> {
             )));
         };
         if !revoke {
-            let active = older_active(self, name, u32::MAX)?.len();
+            let mut active = 0;
+            older_active(self, name, u32::MAX, |_, _| {
+                active += 1;
+                Ok(())
+            })?;
             let mut pending = 0;
             for id in self.t.ended.iter().keys() {
                 if let Some(l) = get::<Lease>(&self.t.leases, "leases", &id?)? {

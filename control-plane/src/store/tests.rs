@@ -590,7 +590,7 @@ async fn named_targets_revoke_what_a_scan_would_in_the_same_order() {
         .await
         .expect("enroll");
     for id in ["l5", "l1", "l9", "l3", "l7"] {
-        s.issue_lease(lease(id, "w"), Event::new("issued").lease(id))
+        s.issue_lease(lease(id, "w"), Event::new("issued").lease(id), Vec::new())
             .await
             .expect("issue");
     }
