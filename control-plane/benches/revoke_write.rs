@@ -89,7 +89,7 @@ async fn issue_all(s: &std::sync::Arc<SledStore>, hosts: usize, version: u32) {
         let l = lease(h, version);
         let e = Event::new("issued").lease(l.id.clone());
         let s = s.clone();
-        set.spawn(async move { s.issue_lease(l, e).await.expect("issue") });
+        set.spawn(async move { s.issue_lease(l, e, Vec::new()).await.expect("issue") });
     }
     while set.join_next().await.is_some() {}
 }

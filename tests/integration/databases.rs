@@ -929,13 +929,9 @@ fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
 #[test]
 #[ignore = "needs root: runs PostgreSQL as the postgres user"]
 fn a_grant_of_a_group_role_gives_its_rights() {
+    // The harness's database has the group roles app_read and app_write, which
+    // leash_admin may grant (Pg::app_database).
     let (pg, c, admin) = setup();
-    pg.sql(
-        "app",
-        "CREATE ROLE app_read NOLOGIN; GRANT USAGE ON SCHEMA app TO app_read; \
-         GRANT SELECT ON ALL TABLES IN SCHEMA app TO app_read; \
-         GRANT app_read TO leash_admin WITH ADMIN OPTION",
-    );
     add(
         &c,
         "app-db",

@@ -157,6 +157,33 @@ fn older_active(
 }
 
 impl Tx<'_> {
+    /// Delete `name`'s definition, its sealed versions and its scheduled revocations.
+    /// Returns how many versions were deleted.
+    fn delete_definition(&mut self, name: &str) -> Result<u32> {
+        let keys: Vec<sled::IVec> = self
+            .t
+            .secret_versions
+            .scan_prefix(versions_prefix(name))
+            .keys()
+            .collect::<std::result::Result<_, _>>()?;
+        let removed = keys.len() as u32;
+        for k in keys {
+            self.t.secret_versions.remove(k)?;
+        }
+        let mut gone = Vec::new();
+        for kv in self.t.scheduled.iter() {
+            let (k, v) = kv?;
+            if dec::<ScheduledRevocation>("scheduled", &v)?.credential == name {
+                gone.push(k);
+            }
+        }
+        for k in gone {
+            self.t.scheduled.remove(k)?;
+        }
+        self.t.credentials.remove(name.as_bytes())?;
+        Ok(removed)
+    }
+
     /// Add a version (see [`SecretWrite`]).
     pub(super) fn put_secret(&mut self, w: SecretWrite) -> Result<SecretWritten> {
         let name = w.def.name.clone();
@@ -293,27 +320,7 @@ impl Tx<'_> {
             actor.clone(),
             &[],
         )?;
-        let keys: Vec<sled::IVec> = self
-            .t
-            .secret_versions
-            .scan_prefix(versions_prefix(name))
-            .keys()
-            .collect::<std::result::Result<_, _>>()?;
-        let removed = keys.len() as u32;
-        for k in keys {
-            self.t.secret_versions.remove(k)?;
-        }
-        let mut gone = Vec::new();
-        for kv in self.t.scheduled.iter() {
-            let (k, v) = kv?;
-            if dec::<ScheduledRevocation>("scheduled", &v)?.credential == name {
-                gone.push(k);
-            }
-        }
-        for k in gone {
-            self.t.scheduled.remove(k)?;
-        }
-        self.t.credentials.remove(name.as_bytes())?;
+        let removed = self.delete_definition(name)?;
         let mut e = audit::secret_removed(name, &actor, removed);
         audit::with_revocation(&mut e, &rev);
         self.event(e)?;
@@ -366,27 +373,7 @@ impl Tx<'_> {
         } else {
             None
         };
-        let keys: Vec<sled::IVec> = self
-            .t
-            .secret_versions
-            .scan_prefix(versions_prefix(name))
-            .keys()
-            .collect::<std::result::Result<_, _>>()?;
-        let removed = keys.len() as u32;
-        for k in keys {
-            self.t.secret_versions.remove(k)?;
-        }
-        let mut gone = Vec::new();
-        for kv in self.t.scheduled.iter() {
-            let (k, v) = kv?;
-            if dec::<ScheduledRevocation>("scheduled", &v)?.credential == name {
-                gone.push(k);
-            }
-        }
-        for k in gone {
-            self.t.scheduled.remove(k)?;
-        }
-        self.t.credentials.remove(name.as_bytes())?;
+        let removed = self.delete_definition(name)?;
         let mut e = audit::credential_removed(&c, &actor, &reason, removed);
         if let Some(rev) = &rev {
             audit::with_revocation(&mut e, rev);

@@ -485,15 +485,7 @@ fn request() -> v1::IssueRequest {
     v1::IssueRequest {
         workload: WORKLOAD.into(),
         credential: CREDENTIAL.into(),
-        attested: Some(v1::Attested {
-            pid: std::process::id(),
-            uid: UID,
-            gid: UID,
-            user: "bench".into(),
-            exe_path: "/usr/bin/bench-caller".into(),
-            selectors: vec![format!("unix:uid:{UID}"), format!("unix:gid:{UID}")],
-            ..Default::default()
-        }),
+        attested: Some(super::sim::attested(UID)),
         ..Default::default()
     }
 }

@@ -275,15 +275,7 @@ fn request(credential: &str) -> v1::IssueRequest {
         } else {
             String::new()
         },
-        attested: Some(v1::Attested {
-            pid: std::process::id(),
-            uid: UID,
-            gid: UID,
-            user: "bench".into(),
-            exe_path: "/usr/bin/bench-caller".into(),
-            selectors: vec![format!("unix:uid:{UID}"), format!("unix:gid:{UID}")],
-            ..Default::default()
-        }),
+        attested: Some(super::sim::attested(UID)),
         ..Default::default()
     }
 }

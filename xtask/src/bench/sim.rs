@@ -112,3 +112,17 @@ pub async fn drain(mut s: SyncStream) {
         }
     }
 }
+
+/// What an Issue from a simulated host says it attested: a caller with uid and gid `uid`
+/// (the benches' workloads select `unix:uid:UID`).
+pub fn attested(uid: u32) -> v1::Attested {
+    v1::Attested {
+        pid: std::process::id(),
+        uid,
+        gid: uid,
+        user: "bench".into(),
+        exe_path: "/usr/bin/bench-caller".into(),
+        selectors: vec![format!("unix:uid:{uid}"), format!("unix:gid:{uid}")],
+        ..Default::default()
+    }
+}
