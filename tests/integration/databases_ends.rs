@@ -4,7 +4,8 @@
 //! say so, and the drop is done when the database is back), a `kill -9` of the control
 //! plane with a drop queued, the other ending paths (offboarding, eviction, disabling,
 //! a policy change, `credential remove`) each dropping the role and cutting its open
-//! session, and `revoke --wait` counting the drops of several leases.
+//! session, `revoke --wait` counting the drops of several leases, and the reconciler of
+//! the real control plane at start and on its interval.
 
 use std::time::{Duration, Instant};
 
@@ -536,4 +537,77 @@ fn removing_a_credential_while_the_database_is_down_keeps_it_until_the_drops_are
     show("credential remove again, database back", &out);
     out.code(0);
     c.leashctl(&["credential", "show", "app-db"]).code(4);
+}
+
+/// The reconciler of the real control plane, at start and on `reconcile_interval`: it drops
+/// a marked role whose lease has ended (re-created by hand, as a restore from an old backup
+/// would) and one whose lease was never written (a crash between the role and the lease),
+/// and leaves alone an active lease's role, a role without the marker, another
+/// credential's role and a fresh role whose lease may still be being written.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn the_control_plane_reconciles_at_start_and_on_its_interval() {
+    let (pg, mut c, admin) = setup();
+    add_app_db(&c, &admin);
+    let (m, _lease) = issue(&c, &[]);
+    let active = m["user"].as_str().expect("user").to_string();
+    let (m2, ended) = issue(&c, &["--action", "write"]);
+    let recreated = m2["user"].as_str().expect("user").to_string();
+    c.leashctl(&["revoke", "--lease", &ended, "--wait"]).code(0);
+    wait_role_gone(&c, &pg, &recreated);
+    let marked = |role: &str, lease: &str, credential: &str, created: i64| {
+        pg.sql(
+            "app",
+            &format!(
+                "CREATE ROLE {role} LOGIN; COMMENT ON ROLE {role} IS \
+                 'leash-managed lease={lease} credential={credential} created={created}'"
+            ),
+        );
+    };
+    marked(&recreated, &ended, "app-db", 0);
+    marked("leash_crashed", "l-00000000000000000000", "app-db", 0);
+    marked("leash_other", "l-11111111111111111111", "other-db", 0);
+    // Created "now or later" by the marker: its lease may be being written right now.
+    marked(
+        "leash_fresh",
+        "l-22222222222222222222",
+        "app-db",
+        9_999_999_999,
+    );
+    pg.sql("app", "CREATE ROLE app_human LOGIN");
+
+    c.restart_control_plane();
+    c.eventually("the reconciler at start drops the two orphans", || {
+        (!role_exists(&pg, &recreated) && !role_exists(&pg, "leash_crashed")).then_some(())
+    });
+    for keep in [active.as_str(), "leash_other", "leash_fresh", "app_human"] {
+        assert!(role_exists(&pg, keep), "the reconciler dropped {keep}");
+    }
+    let reconciled: Vec<serde_json::Value> = c
+        .audit()
+        .into_iter()
+        .filter(|e| e["type"] == "role-dropped" && e["detail"]["reconciled"] == true)
+        .collect();
+    assert!(
+        reconciled
+            .iter()
+            .any(|e| e["lease"] == ended.as_str() && e["detail"]["role"] == recreated.as_str()),
+        "no reconciled role-dropped event for {ended}: {reconciled:?}"
+    );
+
+    // Between rounds nothing happens; once the clock passes reconcile_interval (5m) the
+    // next round drops what appeared since.
+    marked("leash_crashed_later", "l-33333333333333333333", "app-db", 0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        role_exists(&pg, "leash_crashed_later"),
+        "dropped before reconcile_interval passed"
+    );
+    c.advance_clock(Duration::from_secs(301));
+    c.eventually("the next round drops the new orphan", || {
+        (!role_exists(&pg, "leash_crashed_later")).then_some(())
+    });
+    for keep in [active.as_str(), "leash_other", "leash_fresh", "app_human"] {
+        assert!(role_exists(&pg, keep), "the reconciler dropped {keep}");
+    }
 }
