@@ -42,7 +42,7 @@ for _ in range(count):
 "#;
 
 /// Whether `program --version` runs.
-fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
         .output()
@@ -50,7 +50,7 @@ fn have(program: &str) -> bool {
 }
 
 /// `curl --unix-socket SOCK http://leash/TARGET`: the HTTP status and the JSON body.
-fn curl(c: &Cluster, target: &str) -> (u16, Value) {
+pub(crate) fn curl(c: &Cluster, target: &str) -> (u16, Value) {
     let sock = c.agent(0).socket.clone();
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--unix-socket"])

@@ -9,12 +9,11 @@
 //! password.
 
 use std::path::Path;
-use std::process::Command;
 
 use leash_tests::pg::Pg;
 use leash_tests::Cluster;
-use serde_json::Value;
 
+use crate::agent_http::{curl, have};
 use crate::tasks::{exec, read, workdir};
 
 const ADMIN_PASSWORD: &str = "client-admin-pw";
@@ -62,31 +61,6 @@ fn psql(pg: &Pg, url: &str, sql: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
         String::from_utf8_lossy(&out.stderr).trim().to_string(),
     )
-}
-
-/// `curl --unix-socket SOCK http://leash/TARGET`: the HTTP status and the JSON body.
-fn curl(c: &Cluster, target: &str) -> (u16, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--unix-socket"])
-        .arg(&c.agent(0).socket)
-        .args(["-w", "\n%{http_code}"])
-        .arg(format!("http://leash{target}"));
-    let out = c.run(cmd);
-    out.code(0);
-    let (body, code) = out
-        .stdout
-        .rsplit_once('\n')
-        .unwrap_or_else(|| panic!("no status line\n{out}"));
-    let code: u16 = code.trim().parse().unwrap_or_else(|_| panic!("{out}"));
-    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON: {e}\n{out}"));
-    (code, body)
-}
-
-fn have(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
