@@ -227,6 +227,7 @@ impl Calls {
             on_behalf_of: key.obo.clone().unwrap_or_default(),
             task_name: task_name.to_string(),
             attested: Some(attested(a)),
+            ..Default::default()
         };
         let r = client.issue(req).await.map_err(|s| {
             // A control plane that answered says why itself (e.g. a database it needs is

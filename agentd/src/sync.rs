@@ -221,6 +221,8 @@ async fn apply(
                 return Some(End::Retry("stream closed".into()));
             }
         }
+        // The trust bundle: kept by the SPIFFE Workload API (not yet served).
+        Msg::Bundle(_) => {}
         Msg::Evicted(e) => {
             agent.evicted(&e.reason);
             return Some(End::Stop);

@@ -17,6 +17,7 @@
 pub mod pg;
 pub mod process;
 pub mod proxy;
+pub mod python;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

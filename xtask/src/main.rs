@@ -101,6 +101,9 @@ fn main() -> ExitCode {
             if nix::unistd::geteuid().is_root() {
                 leash_tests::pg::bin_dir().map_err(anyhow::Error::msg)?;
             }
+            // The third-party clients some tests use (tests/python/requirements.txt), made
+            // once from the package registry, not a test at a time.
+            leash_tests::python::ensure().map_err(anyhow::Error::msg)?;
             run(cargo().args(TEST_BINS_BUILD))?;
             // The same feature set as the binaries, so the test build reuses what that
             // build compiled instead of compiling the workspace a second time.

@@ -78,7 +78,8 @@ fn message_seq(m: &v1::ControlMessage) -> (u64, bool) {
         Some(Msg::CaughtUp(x)) => (x.seq, false),
         Some(Msg::Heartbeat(x)) => (x.seq, false),
         Some(Msg::Evicted(x)) => (x.seq, false),
-        None => (0, false),
+        // Not sequenced: the latest generation wins.
+        Some(Msg::Bundle(_)) | None => (0, false),
     }
 }
 

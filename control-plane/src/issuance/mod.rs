@@ -181,6 +181,7 @@ pub async fn issue(
         kind: r.credential.kind.clone(),
         version: minted.version,
         format: minted.format,
+        ..Default::default()
     })
 }
 
