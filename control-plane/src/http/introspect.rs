@@ -90,23 +90,63 @@ fn basic(headers: &HeaderMap) -> Result<Option<(String, String)>, ()> {
     )))
 }
 
+/// Why a caller of `/introspect` is not served. The messages say nothing of the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials at all.
+    #[error(
+        "authenticate with an introspection client id and secret (HTTP Basic, or client_id \
+         and client_secret in the form) or with a host certificate"
+    )]
+    Missing,
+    /// An `Authorization` header that is not Basic with `base64(id:secret)`.
+    #[error("malformed Authorization header: use Basic with base64(client_id:client_secret)")]
+    MalformedBasic,
+    /// Half of `client_secret_post`.
+    #[error("client_secret_post needs both client_id and client_secret")]
+    IncompletePost,
+    /// Basic and form credentials together (RFC 6749 section 2.3).
+    #[error(
+        "use one client authentication method: HTTP Basic or client_id and client_secret \
+         in the form, not both"
+    )]
+    TwoMethods,
+    /// An unknown client id or a wrong secret (which of the two is not said).
+    #[error("unknown client or wrong client secret")]
+    WrongSecret,
+    /// A client certificate of no enrolled host, or of an evicted one.
+    #[error("this certificate belongs to no enrolled host (or its host was evicted)")]
+    UnknownHost,
+    /// The store could not be read.
+    #[error("the control plane's store failed; try again")]
+    Store,
+}
+
+impl AuthError {
+    /// The HTTP answer: 401 with a challenge, 400 for two methods, 503 for the store.
+    pub fn response(&self) -> Response<Body> {
+        match self {
+            AuthError::TwoMethods => bad_request(&self.to_string()),
+            AuthError::Store => reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                &self.to_string(),
+            ),
+            _ => unauthorized(&self.to_string()),
+        }
+    }
+}
+
 /// Stands in for an unknown client's hash, so an unknown id costs the same as a wrong
 /// secret.
 const NO_CLIENT_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn check_secret(s: &Shared, id: &str, secret: &str) -> Result<Caller, Response<Body>> {
+fn check_secret(s: &Shared, id: &str, secret: &str) -> Result<Caller, AuthError> {
     let stored = if clients::valid_client_id(id) {
-        match s.store.introspection_client(id) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read introspection clients");
-                return Err(reply::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the control plane's store failed; try again",
-                ));
-            }
-        }
+        s.store.introspection_client(id).map_err(|e| {
+            tracing::error!(error = %e, "cannot read introspection clients");
+            AuthError::Store
+        })?
     } else {
         None
     };
@@ -118,7 +158,7 @@ fn check_secret(s: &Shared, id: &str, secret: &str) -> Result<Caller, Response<B
         Some(c) if ok => Ok(Caller::Client(c.id)),
         _ => {
             tracing::info!(client_id = ?id, "introspection refused: unknown client or wrong secret");
-            Err(unauthorized("unknown client or wrong client secret"))
+            Err(AuthError::WrongSecret)
         }
     }
 }
@@ -129,45 +169,25 @@ pub fn authenticate(
     headers: &HeaderMap,
     form: &[(String, String)],
     peer_serial: Option<&str>,
-) -> Result<Caller, Response<Body>> {
-    let basic = basic(headers).map_err(|()| {
-        unauthorized(
-            "malformed Authorization header: use Basic with base64(client_id:client_secret)",
-        )
-    })?;
+) -> Result<Caller, AuthError> {
+    let basic = basic(headers).map_err(|()| AuthError::MalformedBasic)?;
     let post = match (field(form, "client_id"), field(form, "client_secret")) {
         (Some(id), Some(secret)) => Some((id, secret)),
         (None, None) => None,
-        _ => {
-            return Err(unauthorized(
-                "client_secret_post needs both client_id and client_secret",
-            ))
-        }
+        _ => return Err(AuthError::IncompletePost),
     };
     match (basic, post) {
-        (Some(_), Some(_)) => Err(bad_request(
-            "use one client authentication method: HTTP Basic or client_id and client_secret in the form, not both",
-        )),
+        (Some(_), Some(_)) => Err(AuthError::TwoMethods),
         (Some((id, secret)), None) => check_secret(s, &id, &secret),
         (None, Some((id, secret))) => check_secret(s, id, secret),
         (None, None) => {
-            let Some(serial) = peer_serial else {
-                return Err(unauthorized(
-                    "authenticate with an introspection client id and secret (HTTP Basic, or client_id and client_secret in the form) or with a host certificate",
-                ));
-            };
+            let serial = peer_serial.ok_or(AuthError::Missing)?;
             match s.store.host_by_serial(serial) {
                 Ok(Some(h)) if !h.evicted => Ok(Caller::Host(h.name)),
-                Ok(_) => Err(unauthorized(
-                    "this certificate belongs to no enrolled host (or its host was evicted)",
-                )),
+                Ok(_) => Err(AuthError::UnknownHost),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read hosts");
-                    Err(reply::error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "temporarily_unavailable",
-                        "the control plane's store failed; try again",
-                    ))
+                    Err(AuthError::Store)
                 }
             }
         }
@@ -206,7 +226,7 @@ pub fn serve(
     };
     let caller = match authenticate(s, headers, &form, peer_serial) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.response(),
     };
     let Some(token) = field(&form, "token").filter(|t| !t.trim().is_empty()) else {
         return bad_request("the form needs token=<the token to introspect>");

@@ -80,3 +80,72 @@ impl SledStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Storage;
+
+    fn client(id: &str) -> IntrospectionClient {
+        IntrospectionClient {
+            id: id.into(),
+            description: "d".into(),
+            secret_sha256: "ab".repeat(32),
+            created_at: 1,
+            created_by: "root".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn clients_are_kept_listed_unique_and_removed_with_their_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), Default::default()).expect("store");
+        let ev = |k: &str| Event::new(k);
+        store
+            .put_introspection_client(client("b"), ev("introspection-client-created"))
+            .await
+            .expect("put b");
+        store
+            .put_introspection_client(client("a"), ev("introspection-client-created"))
+            .await
+            .expect("put a");
+        let taken = store
+            .put_introspection_client(client("a"), ev("introspection-client-created"))
+            .await;
+        assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+        let ids: Vec<String> = store
+            .introspection_clients()
+            .expect("list")
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(
+            store.introspection_client("a").expect("get"),
+            Some(client("a"))
+        );
+        store
+            .remove_introspection_client("a", ev("introspection-client-removed"))
+            .await
+            .expect("remove");
+        assert_eq!(store.introspection_client("a").expect("get"), None);
+        let again = store
+            .remove_introspection_client("a", ev("introspection-client-removed"))
+            .await;
+        assert!(matches!(again, Err(StoreError::NotFound(_))), "{again:?}");
+        let kinds: Vec<String> = store
+            .events(0, 100)
+            .expect("events")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "introspection-client-created",
+                "introspection-client-created",
+                "introspection-client-removed"
+            ]
+        );
+    }
+}
