@@ -513,3 +513,40 @@ fn operator_certificate_files_are_served_and_bad_ones_stop_the_start() {
         }
     }
 }
+
+/// Sends a request head promising a body it never sends; prints the status line the
+/// listener answers with and how long it took.
+const SLOW_BODY: &str = r#"
+import os, socket, ssl, sys, time
+ctx = ssl.create_default_context(cafile=os.environ["LEASH_CA"])
+port = int(os.environ["PORT"])
+with socket.create_connection(("127.0.0.1", port)) as raw:
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        start = time.monotonic()
+        s.sendall(b"POST /introspect HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\ntoken=")
+        s.settimeout(30)
+        data = s.recv(4096)
+        print(data.split(b"\r\n")[0].decode(), round(time.monotonic() - start))
+"#;
+
+#[test]
+fn a_body_that_never_arrives_is_cut_off() {
+    let c = with_http("", "listen = \"127.0.0.1:0\"");
+    let ca = ca_file(&c);
+    let port = http_addr(&c).port().to_string();
+    let out = python::run_script(
+        SLOW_BODY,
+        &[],
+        &[("LEASH_CA", ca.to_str().expect("utf-8")), ("PORT", &port)],
+        Duration::from_secs(60),
+    );
+    out.code(0);
+    let line = out.stdout.trim();
+    assert!(line.starts_with("HTTP/1.1 408"), "{out}");
+    let secs: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(99);
+    assert!((9..=15).contains(&secs), "cut off after {secs}s\n{out}");
+}

@@ -10,8 +10,8 @@
 //!
 //! When the issuer URL has a path (`https://host/leash`), the routes are served under
 //! it as well, so a verifier can follow the discovery document's URLs to this listener.
-//! HTTP/1.1 only; request heads must arrive within [`HEADER_TIMEOUT`], bodies are at
-//! most [`MAX_BODY_BYTES`]. Tokens and secrets are never logged.
+//! HTTP/1.1 only; request heads, and then bodies, must each arrive within
+//! [`HEADER_TIMEOUT`]; bodies are at most [`MAX_BODY_BYTES`]. Tokens and secrets are never logged.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -217,10 +217,22 @@ async fn read_body(
         return Err(too_large());
     }
     let (parts, body) = req.into_parts();
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(b) => Ok((parts, b.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(reply::error(
+    // A body trickled in slowly would hold a connection slot: it has as long as a head.
+    let read = tokio::time::timeout(HEADER_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect());
+    match read.await {
+        Err(_) => {
+            let mut r = reply::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "the request body did not arrive in time",
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+        Ok(Ok(b)) => Ok((parts, b.to_bytes())),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(reply::error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the request body could not be read",
