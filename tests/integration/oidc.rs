@@ -550,3 +550,29 @@ fn a_body_that_never_arrives_is_cut_off() {
         .unwrap_or(99);
     assert!((9..=15).contains(&secs), "cut off after {secs}s\n{out}");
 }
+
+#[test]
+fn an_issuer_with_a_path_is_served_under_it() {
+    let port = free_port();
+    let issuer = format!("https://localhost:{port}/leash/");
+    let c = with_http(
+        &format!("issuer = {issuer:?}"),
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let ca = ca_file(&c);
+    let d = curl(
+        &c,
+        &ca,
+        "/leash/.well-known/openid-configuration",
+        &[],
+        None,
+    );
+    assert_eq!(d.status, 200, "{d:?}");
+    let jwks_uri = d.json()["jwks_uri"].as_str().expect("jwks_uri").to_string();
+    assert_eq!(jwks_uri, format!("https://localhost:{port}/leash/keys"));
+    let k = curl(&c, &ca, "/leash/keys", &[], None);
+    assert_eq!(k.json(), c.leashctl(&["jwks"]).json());
+    // The root still answers; other prefixes do not.
+    assert_eq!(curl(&c, &ca, "/keys", &[], None).status, 200);
+    assert_eq!(curl(&c, &ca, "/other/keys", &[], None).status, 404);
+}
