@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 use crate::store::Storage;
 
 mod error;
+mod http_cert;
 mod key_id;
 mod master;
 

@@ -44,6 +44,7 @@ mod host_trust;
 mod human;
 mod inputs;
 mod master_key;
+mod oidc;
 mod partitions;
 mod policy;
 mod pty;
