@@ -795,6 +795,7 @@ fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
             expires_at: 0,
             disabled: false,
             created_at: 0,
+            x509_svid_ttl: 0,
         };
         let token = JoinTokenRecord {
             id: "jt-h1".into(),

@@ -1,12 +1,13 @@
 //! The Sync stream: what each host is told (the workloads it may run, revocations,
-//! eviction, heartbeats) and what it reports back (acks, wipe acks, usage).
+//! eviction, heartbeats, the trust bundle) and what it reports back (acks, wipe acks,
+//! usage).
 
 use std::collections::HashMap;
 
 use leash_proto::v1;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tonic::{Status, Streaming};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
 
 use crate::audit;
 use crate::model::{hosts_match, Change, Host, Workload};
@@ -83,6 +84,18 @@ fn message_seq(m: &v1::ControlMessage) -> (u64, bool) {
     }
 }
 
+/// The trust bundle of generation `generation`: every JWT key and CA a verifier must
+/// trust now.
+fn bundle(s: &Shared, generation: u64) -> v1::ControlMessage {
+    v1::ControlMessage {
+        msg: Some(v1::control_message::Msg::Bundle(v1::TrustBundle {
+            generation,
+            jwks_json: s.keys.jwks().to_string(),
+            ca_certificates_der: s.keys.bundle_ders(),
+        })),
+    }
+}
+
 /// Why a Sync stream ended (logged, never sent: the stream is gone).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -119,7 +132,7 @@ pub(super) async fn run_sync(
     host: &Host,
     conn: u64,
     last_seq: u64,
-    inbound: &mut Streaming<v1::AgentMessage>,
+    inbound: &mut (impl Stream<Item = Result<v1::AgentMessage, Status>> + Unpin),
     tx: &mpsc::Sender<Result<v1::ControlMessage, Status>>,
 ) -> Result<(), SyncEnd> {
     use tokio::sync::broadcast::error::RecvError;
@@ -133,6 +146,8 @@ pub(super) async fn run_sync(
     };
     // Subscribe before reading the log, so nothing committed in between is missed.
     let mut changes = s.store.subscribe_changes();
+    // Likewise for the keys: a change after this is sent again.
+    let mut keys = s.keys_generation();
     // The workloads this host may run. Read before the backlog: a change committed in
     // between is then in the backlog too, and is told against this picture.
     let matching = || -> Result<Vec<Workload>, SyncEnd> {
@@ -220,6 +235,8 @@ pub(super) async fn run_sync(
             return Err(SyncEnd::Evicted);
         }
     }
+    let generation = *keys.borrow_and_update();
+    send(bundle(s, generation)).await?;
 
     let mut heartbeat = tokio::time::interval(s.config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -247,6 +264,10 @@ pub(super) async fn run_sync(
                 }
                 Err(RecvError::Closed) => return Err(SyncEnd::ShuttingDown),
             },
+            Ok(()) = keys.changed() => {
+                let generation = *keys.borrow_and_update();
+                send(bundle(s, generation)).await?;
+            }
             _ = heartbeat.tick() => {
                 send(v1::ControlMessage { msg: Some(Msg::Heartbeat(v1::Heartbeat {
                     seq: sent,

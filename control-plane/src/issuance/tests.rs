@@ -70,6 +70,7 @@ fn workload(name: &str, owner: &str, hosts: &[(&str, &str)]) -> Workload {
         expires_at: 0,
         disabled: false,
         created_at: 0,
+        x509_svid_ttl: 0,
     }
 }
 
