@@ -308,18 +308,16 @@ impl Keys {
         let (_, csr) =
             x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
                 .map_err(|e| KeyError::Cert(format!("the CSR is not a PKCS#10 request: {e}")))?;
-        let spki = rcgen::SubjectPublicKeyInfo::from_der(
-            csr.certification_request_info.subject_pki.raw,
-        )
-        .map_err(|e| KeyError::Cert(format!("the CSR's public key is not usable: {e}")))?;
+        let spki =
+            rcgen::SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
+                .map_err(|e| KeyError::Cert(format!("the CSR's public key is not usable: {e}")))?;
         if rcgen::PublicKeyData::algorithm(&spki) != &rcgen::PKCS_ECDSA_P256_SHA256 {
             return Err(KeyError::Cert(
                 "the CSR's key is not a P-256 ECDSA key; make a P-256 key".into(),
             ));
         }
-        csr.verify_signature().map_err(|e| {
-            KeyError::Cert(format!("the CSR's signature does not verify: {e}"))
-        })?;
+        csr.verify_signature()
+            .map_err(|e| KeyError::Cert(format!("the CSR's signature does not verify: {e}")))?;
         let time = |t: i64| {
             time::OffsetDateTime::from_unix_timestamp(t)
                 .ok()

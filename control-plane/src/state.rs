@@ -88,8 +88,7 @@ impl Shared {
     /// sends a new trust bundle.
     pub fn keys_changed(&self) {
         let now = u64::try_from(self.clock.now_ms()).unwrap_or(0);
-        self.keys_generation
-            .send_modify(|g| *g = (*g + 1).max(now));
+        self.keys_generation.send_modify(|g| *g = (*g + 1).max(now));
     }
 
     /// The trust bundle's generation, to be told when [`Shared::keys_changed`] bumps it.

@@ -346,3 +346,98 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::{Config, FileConfig, Overrides};
+    use crate::keys::{Keys, MasterKey};
+    use crate::policy::Engine;
+    use crate::store::SledStore;
+
+    async fn shared(dir: &std::path::Path) -> Shared {
+        let clock = Clock::default();
+        let store = SledStore::open(dir, clock.clone()).expect("store");
+        let master = Arc::new(MasterKey::load_or_create(dir).expect("master key"));
+        let keys = Arc::new(
+            Keys::load_or_create(&*store, &master, "leash.test")
+                .await
+                .expect("keys"),
+        );
+        let text = format!("data_dir = {:?}\n", dir.display().to_string());
+        let file = FileConfig::parse(&text, &dir.join("cp.toml")).expect("config");
+        let config = Config::resolve(file, Overrides::default()).expect("config");
+        let policy = Engine::new(&config.actions).expect("engine");
+        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+        Shared::new(config, store, keys, master, clock, policy, tx)
+    }
+
+    /// The next trust bundle on the stream (other messages, such as heartbeats, skipped).
+    async fn next_bundle(
+        rx: &mut mpsc::Receiver<Result<v1::ControlMessage, Status>>,
+    ) -> v1::TrustBundle {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a message within 10s")
+                .expect("stream open")
+                .expect("not an error");
+            if let Some(v1::control_message::Msg::Bundle(b)) = m.msg {
+                return b;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bundle_follows_caught_up_and_is_sent_again_when_the_keys_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(shared(dir.path()).await);
+        let host = crate::fixtures::host("h1", "01");
+        let conn = s.hub.connect(&host.name, s.clock.now_ms(), 0);
+        let (tx, mut rx) = mpsc::channel(64);
+        // The agent's side stays open and says nothing.
+        let (_agent, agent_rx) = mpsc::channel::<Result<v1::AgentMessage, Status>>(1);
+        let stream = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut inbound = tokio_stream::wrappers::ReceiverStream::new(agent_rx);
+                run_sync(&s, &host, conn, 0, &mut inbound, &tx).await
+            })
+        };
+        // Snapshot, CaughtUp, then the bundle.
+        let mut kinds = Vec::new();
+        let mut first = None;
+        for _ in 0..3 {
+            let m = rx.recv().await.expect("open").expect("ok");
+            kinds.push(match m.msg {
+                Some(v1::control_message::Msg::Snapshot(_)) => "snapshot",
+                Some(v1::control_message::Msg::CaughtUp(_)) => "caught-up",
+                Some(v1::control_message::Msg::Bundle(b)) => {
+                    first = Some(b);
+                    "bundle"
+                }
+                _ => "other",
+            });
+        }
+        assert_eq!(kinds, ["snapshot", "caught-up", "bundle"]);
+        let first = first.expect("bundle");
+        s.keys_changed();
+        let second = next_bundle(&mut rx).await;
+        assert!(second.generation > first.generation, "{second:?} {first:?}");
+        assert_eq!(
+            second.ca_certificates_der,
+            vec![s.keys.ca_der.to_vec()],
+            "the CA"
+        );
+        let jwks: serde_json::Value = serde_json::from_str(&second.jwks_json).expect("json");
+        assert_eq!(jwks, s.keys.jwks());
+        s.keys_changed();
+        let third = next_bundle(&mut rx).await;
+        assert!(third.generation > second.generation, "{third:?} {second:?}");
+        stream.abort();
+    }
+}

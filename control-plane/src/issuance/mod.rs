@@ -53,8 +53,7 @@ pub async fn issue(
         s.clock.now(),
     )?;
     if r.audiences.len() > 1
-        && s
-            .kinds
+        && s.kinds
             .get(&r.credential.kind)
             .is_some_and(|k| !k.takes_audiences())
     {

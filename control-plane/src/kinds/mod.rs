@@ -32,9 +32,9 @@ use crate::model::{Credential, Lease, Workload};
 pub mod jwt;
 pub mod postgres;
 pub mod secret;
-pub mod x509;
 #[cfg(test)]
 pub mod testing;
+pub mod x509;
 
 /// What a kind could not do.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,9 @@ impl fmt::Debug for Material {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Material::Token(t) => write!(f, "Token(<{} bytes>)", t.len()),
-            Material::CertificateChain(c) => write!(f, "CertificateChain(<{} certificates>)", c.len()),
+            Material::CertificateChain(c) => {
+                write!(f, "CertificateChain(<{} certificates>)", c.len())
+            }
         }
     }
 }

@@ -86,7 +86,169 @@ fn fingerprint(der: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use rcgen::{CertificateParams, KeyPair};
+    use x509_parser::extensions::GeneralName;
+
     use super::*;
+    use crate::config::{Config, FileConfig, Overrides};
+    use crate::keys::{Keys, MasterKey};
+    use crate::store::SledStore;
+
+    struct Parts {
+        _dir: tempfile::TempDir,
+        store: Arc<SledStore>,
+        master: MasterKey,
+        keys: Keys,
+        config: Config,
+    }
+
+    async fn parts() -> Parts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), Default::default()).expect("store");
+        let master = MasterKey::load_or_create(dir.path()).expect("master");
+        let keys = Keys::load_or_create(&*store, &master, "leash.test")
+            .await
+            .expect("keys");
+        let text = format!("data_dir = {:?}\n", dir.path().display().to_string());
+        let file = FileConfig::parse(&text, &dir.path().join("cp.toml")).expect("config");
+        let config = Config::resolve(file, Overrides::default()).expect("config");
+        Parts {
+            _dir: dir,
+            store,
+            master,
+            keys,
+            config,
+        }
+    }
+
+    async fn mint(p: &Parts, csr: &[u8], ttl: u32) -> Result<Minted, KindError> {
+        let credential = crate::model::Credential {
+            name: "spiffe-x509".into(),
+            kind: X509_KIND.into(),
+            ..Default::default()
+        };
+        let workload = crate::fixtures::workload("ci/deploy");
+        let env = Env {
+            keys: &p.keys,
+            master: &p.master,
+            store: &*p.store,
+            config: &p.config,
+        };
+        X509.mint(
+            env,
+            MintRequest {
+                lease_id: "l-1",
+                credential: &credential,
+                workload: &workload,
+                host: "h",
+                action: "read",
+                audience: "",
+                audiences: &[],
+                csr_der: csr,
+                scope: None,
+                ttl,
+                task: None,
+                on_behalf_of: None,
+                now: 1_900_000_000,
+            },
+        )
+        .await
+    }
+
+    fn csr(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = KeyPair::generate_for(alg).expect("key");
+        // Names in the CSR are ignored: the leaf carries ours.
+        CertificateParams::new(vec!["evil.example".to_string()])
+            .expect("params")
+            .serialize_request(&key)
+            .expect("csr")
+            .der()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_p256_csr_gets_a_leaf_with_the_spiffe_id_alone_signed_by_the_ca() {
+        let p = parts().await;
+        let m = mint(&p, &csr(&rcgen::PKCS_ECDSA_P256_SHA256), 1800)
+            .await
+            .expect("minted");
+        assert_eq!(m.expires_at, 1_900_000_000 + 1800);
+        let Material::CertificateChain(chain) = &m.material else {
+            panic!("not a chain: {:?}", m.material);
+        };
+        assert_eq!(chain.len(), 1, "the leaf alone; the CA is in the bundle");
+        assert_eq!(m.fingerprint, fingerprint(&chain[0]));
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).expect("parse");
+        let (_, ca) = x509_parser::parse_x509_certificate(&p.keys.ca_der).expect("ca");
+        leaf.verify_signature(Some(ca.public_key()))
+            .expect("signed by the CA");
+        assert_eq!(leaf.validity().not_before.timestamp(), 1_900_000_000);
+        assert_eq!(leaf.validity().not_after.timestamp(), 1_900_001_800);
+        let san = leaf
+            .subject_alternative_name()
+            .expect("ext")
+            .expect("present");
+        let id = format!("spiffe://{}/ci/deploy", p.config.trust_domain);
+        assert_eq!(san.value.general_names, vec![GeneralName::URI(&id)]);
+        assert!(!leaf.is_ca());
+        let ku = leaf.key_usage().expect("ext").expect("present").value;
+        assert!(ku.digital_signature() && ku.key_encipherment() && ku.key_agreement());
+        assert!(!ku.key_cert_sign());
+        let eku = leaf
+            .extended_key_usage()
+            .expect("ext")
+            .expect("present")
+            .value;
+        assert!(eku.server_auth && eku.client_auth);
+        // Two leaves for the same key differ in their serial.
+        let again = mint(&p, &csr(&rcgen::PKCS_ECDSA_P256_SHA256), 60)
+            .await
+            .expect("minted");
+        let Material::CertificateChain(other) = &again.material else {
+            panic!("not a chain");
+        };
+        let (_, other) = x509_parser::parse_x509_certificate(&other[0]).expect("parse");
+        assert_ne!(other.raw_serial(), leaf.raw_serial());
+    }
+
+    #[tokio::test]
+    async fn a_missing_csr_another_curve_or_a_bad_signature_is_invalid() {
+        let p = parts().await;
+        let e = mint(&p, &[], 60).await.expect_err("no csr");
+        assert!(
+            matches!(&e, KindError::Invalid(m) if m.contains("certificate signing request")),
+            "{e}"
+        );
+        let e = mint(&p, &csr(&rcgen::PKCS_ECDSA_P384_SHA384), 60)
+            .await
+            .expect_err("p-384");
+        assert!(
+            matches!(&e, KindError::Invalid(m) if m.contains("P-256")),
+            "{e}"
+        );
+        let e = mint(&p, &csr(&rcgen::PKCS_ED25519), 60)
+            .await
+            .expect_err("ed25519");
+        assert!(
+            matches!(&e, KindError::Invalid(m) if m.contains("P-256")),
+            "{e}"
+        );
+        let mut bad = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        let e = mint(&p, &bad, 60).await.expect_err("bad signature");
+        assert!(
+            matches!(&e, KindError::Invalid(m) if m.contains("signature")),
+            "{e}"
+        );
+        let e = mint(&p, b"not a csr", 60).await.expect_err("garbage");
+        assert!(
+            matches!(&e, KindError::Invalid(m) if m.contains("PKCS#10")),
+            "{e}"
+        );
+    }
 
     #[test]
     fn other_kinds_flags_are_refused_by_name() {

@@ -94,8 +94,9 @@ pub(crate) async fn run(c: &mut AdminClient<Channel>, cmd: WorkloadCmd) -> Resul
         } => {
             let x509_svid_ttl_seconds = match x509_svid_ttl {
                 None => 0,
-                Some(t) => parse_secs(&t)
-                    .map_err(|e| Fail::usage(format!("--x509-svid-ttl: {e}")))?,
+                Some(t) => {
+                    parse_secs(&t).map_err(|e| Fail::usage(format!("--x509-svid-ttl: {e}")))?
+                }
             };
             let owner = owner.ok_or_else(|| {
                 Fail::usage("every workload needs an owner: add --owner TEAM-OR-PERSON")
