@@ -843,6 +843,8 @@ fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
                             host: "h1",
                             action: "read",
                             audience: "",
+                            audiences: &[],
+                            csr_der: &[],
                             scope: None,
                             ttl: 900,
                             task: None,
@@ -881,6 +883,7 @@ fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
             fingerprint: String::new(),
             ends_outside: true,
             version: 0,
+            audiences: Vec::new(),
         };
         store
             .issue_lease(lease, Event::new("issued"), Vec::new())
