@@ -52,8 +52,8 @@ mod secrets;
 mod secrets_client;
 mod secrets_e2e;
 mod sockets;
-mod tasks;
 mod svid_cp;
+mod tasks;
 
 use std::path::Path;
 

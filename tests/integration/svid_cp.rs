@@ -24,11 +24,7 @@ use crate::{apply_policy, claims, cp_client, host_credentials, rt};
 const UID: u32 = 4242;
 
 /// Enroll a raw host named `name`; a control-plane client with its certificate.
-fn raw_host(
-    c: &Cluster,
-    rt: &tokio::runtime::Runtime,
-    name: &str,
-) -> ControlPlaneClient<Channel> {
+fn raw_host(c: &Cluster, rt: &tokio::runtime::Runtime, name: &str) -> ControlPlaneClient<Channel> {
     let token = c.join_token(&["--name", name]);
     let state = c.dir().join(format!("raw-{name}"));
     identity::prepare_state_dir(&state).expect("state dir");
@@ -103,15 +99,16 @@ fn add_workload(c: &Cluster, name: &str, extra: &[&str]) {
 fn check_leaf(leaf: &[u8], cas: &[Vec<u8>], at: i64) -> (Vec<String>, usize, i64, i64) {
     let ee_der = CertificateDer::from(leaf.to_vec());
     let ee = webpki::EndEntityCert::try_from(&ee_der).expect("the leaf parses");
-    let ca_ders: Vec<CertificateDer<'static>> =
-        cas.iter().map(|d| CertificateDer::from(d.clone())).collect();
+    let ca_ders: Vec<CertificateDer<'static>> = cas
+        .iter()
+        .map(|d| CertificateDer::from(d.clone()))
+        .collect();
     let anchors: Vec<_> = ca_ders
         .iter()
         .map(|d| webpki::anchor_from_trusted_cert(d).expect("anchor"))
         .collect();
-    let time = UnixTime::since_unix_epoch(Duration::from_secs(
-        u64::try_from(at).expect("positive"),
-    ));
+    let time =
+        UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(at).expect("positive")));
     for usage in [
         webpki::KeyUsage::server_auth(),
         webpki::KeyUsage::client_auth(),
@@ -200,7 +197,10 @@ fn x509_svids_are_signed_from_a_csr_for_the_workloads_spiffe_id() {
     let table = c.leashctl(&["workload", "show", "svc/b"]).ok();
     assert!(table.contains("x509 svid ttl: 1800s"), "{table}");
     let table = c.leashctl(&["workload", "show", "svc/a"]).ok();
-    assert!(table.contains("x509 svid ttl: (the credential's default)"), "{table}");
+    assert!(
+        table.contains("x509 svid ttl: (the credential's default)"),
+        "{table}"
+    );
 
     let rt = rt();
     let mut cp = raw_host(&c, &rt, "svid-host");
@@ -232,8 +232,7 @@ fn x509_svids_are_signed_from_a_csr_for_the_workloads_spiffe_id() {
     assert_eq!(jwks, published, "the bundle's JWKS is the published one");
 
     // An SVID for svc/a: the leaf alone, for its SPIFFE ID alone, for the default hour.
-    let r = issue_svid(&rt, &mut cp, "svc/a", csr(&rcgen::PKCS_ECDSA_P256_SHA256))
-        .expect("issued");
+    let r = issue_svid(&rt, &mut cp, "svc/a", csr(&rcgen::PKCS_ECDSA_P256_SHA256)).expect("issued");
     assert!(r.token.is_empty(), "no token for an X.509-SVID");
     assert_eq!(r.kind, "x509");
     assert_eq!(r.certificate_chain_der.len(), 1);
@@ -267,8 +266,8 @@ fn x509_svids_are_signed_from_a_csr_for_the_workloads_spiffe_id() {
     let e = issue_svid(&rt, &mut cp, "svc/a", Vec::new()).expect_err("no CSR");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("certificate signing request"), "{e:?}");
-    let e = issue_svid(&rt, &mut cp, "svc/a", csr(&rcgen::PKCS_ECDSA_P384_SHA384))
-        .expect_err("P-384");
+    let e =
+        issue_svid(&rt, &mut cp, "svc/a", csr(&rcgen::PKCS_ECDSA_P384_SHA384)).expect_err("P-384");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("P-256"), "{e:?}");
     let mut bad = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
@@ -369,7 +368,10 @@ fn one_jwt_for_several_audiences_carries_them_as_an_array() {
     );
     assert_eq!(cl["sub"], format!("spiffe://{TRUST_DOMAIN}/svc/multi"));
     let lease = c.lease(&r.lease_id);
-    assert_eq!(lease["audience"], "https://a.example https://b.example", "{lease}");
+    assert_eq!(
+        lease["audience"], "https://a.example https://b.example",
+        "{lease}"
+    );
     c.remember_secret(&r.token);
 
     // One audience asked this way is a plain string.
@@ -378,8 +380,7 @@ fn one_jwt_for_several_audiences_carries_them_as_an_array() {
     c.remember_secret(&one.token);
 
     // An audience the credential does not list is refused, naming it.
-    let e = ask("multi", &["https://a.example", "https://evil.example"])
-        .expect_err("not listed");
+    let e = ask("multi", &["https://a.example", "https://evil.example"]).expect_err("not listed");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("https://evil.example"), "{e:?}");
     // Policy decides each audience.

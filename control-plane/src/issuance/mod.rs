@@ -219,7 +219,6 @@ pub async fn issue(
         kind: r.credential.kind.clone(),
         version: minted.version,
         format: minted.format,
-        ..Default::default()
     })
 }
 
