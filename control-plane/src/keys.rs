@@ -338,6 +338,9 @@ impl Keys {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        // Names the CA key, so a verifier holding two CAs of the same name (during a CA
+        // rotation) picks the one that signed.
+        p.use_authority_key_identifier_extension = true;
         p.not_before = time(not_before)?;
         p.not_after = time(not_after)?;
         p.serial_number = Some(random_serial()?);

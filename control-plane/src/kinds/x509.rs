@@ -193,6 +193,28 @@ mod tests {
         let id = format!("spiffe://{}/ci/deploy", p.config.trust_domain);
         assert_eq!(san.value.general_names, vec![GeneralName::URI(&id)]);
         assert!(!leaf.is_ca());
+        let aki = leaf
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("an authority key identifier");
+        let ski = ca
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                    Some(k.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("the CA has a subject key identifier");
+        assert_eq!(aki, ski, "the leaf names the CA key that signed it");
+        assert!(leaf.subject().iter().next().is_none(), "an empty subject");
         let ku = leaf.key_usage().expect("ext").expect("present").value;
         assert!(ku.digital_signature() && ku.key_encipherment() && ku.key_agreement());
         assert!(!ku.key_cert_sign());
