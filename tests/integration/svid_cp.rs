@@ -195,10 +195,10 @@ fn x509_svids_are_signed_from_a_csr_for_the_workloads_spiffe_id() {
         .json();
     assert_eq!(shown["x509_svid_ttl_seconds"], 1800, "{shown}");
     let table = c.leashctl(&["workload", "show", "svc/b"]).ok();
-    assert!(table.contains("x509 svid ttl: 1800s"), "{table}");
+    assert!(table.contains("x509 ttl:   1800s"), "{table}");
     let table = c.leashctl(&["workload", "show", "svc/a"]).ok();
     assert!(
-        table.contains("x509 svid ttl: (the credential's default)"),
+        table.contains("x509 ttl:   - (the x509 credential's ttl)"),
         "{table}"
     );
 

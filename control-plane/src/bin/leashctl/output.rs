@@ -93,9 +93,9 @@ pub(crate) fn print_workload(w: &v1::Workload, out: Output) {
     );
     outln!("expires at: {}", time(w.expires_at_unix));
     outln!(
-        "x509 svid ttl: {}",
+        "x509 ttl:   {}",
         if w.x509_svid_ttl_seconds == 0 {
-            "(the credential's default)".to_string()
+            "- (the x509 credential's ttl)".to_string()
         } else {
             format!("{}s", w.x509_svid_ttl_seconds)
         }
