@@ -36,6 +36,9 @@ pub fn issued(at_ms: i64, lease: &Lease, ttl: u32, pid: u32) -> Event {
     if lease.version != 0 {
         e.detail["version"] = lease.version.into();
     }
+    if !lease.audiences.is_empty() {
+        e.detail["audiences"] = lease.audiences.clone().into();
+    }
     e.task = lease.task.clone();
     e.approval = lease.approval.clone();
     e

@@ -53,6 +53,7 @@ mod secrets;
 mod secrets_client;
 mod secrets_e2e;
 mod sockets;
+mod svid_cp;
 mod tasks;
 
 use std::path::Path;
