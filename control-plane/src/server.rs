@@ -180,7 +180,7 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
     let clock = Clock::system();
-    let store: Arc<dyn Storage> = SledStore::open(&config.data_dir, clock.clone())?;
+    let store = open_store(&config, &clock).await?;
     // The master key unseals the keys and brokered secrets. Checked against the data
     // before anything is opened: a key other than the one the data is sealed with stops
     // the start here, naming both key ids (and a rotation cut short is settled here).
@@ -422,4 +422,21 @@ async fn stop_when_the_store_can_be_reopened(
             return;
         }
     }
+}
+
+/// The store `[store]` names: sled in the data directory, or PostgreSQL (opened off the
+/// runtime: it blocks until the database answered and the schema is migrated).
+async fn open_store(config: &Config, clock: &Clock) -> Result<Arc<dyn Storage>, ServerError> {
+    let Some(url) = config.store.url().map_err(|e| {
+        ServerError::Store(StoreError::Database(e.to_string()))
+    })?
+    else {
+        return Ok(SledStore::open(&config.data_dir, clock.clone())?);
+    };
+    let clock = clock.clone();
+    let store = tokio::task::spawn_blocking(move || SledStore::open_postgres(&url, clock))
+        .await
+        .map_err(|e| StoreError::Database(format!("opening the store stopped: {e}")))??;
+    tracing::info!(store = "postgres", "store opened");
+    Ok(store)
 }
