@@ -238,7 +238,8 @@ impl Cluster {
             opts.heartbeat,
             opts.max_offline,
         );
-        let text = format!("{text}{}", opts.extra_config);
+        let mut text = format!("{text}{}", opts.extra_config);
+        store_table(&mut text, dir.path());
         std::fs::write(&config, text).expect("write config");
         let mut c = Cluster {
             dir,
@@ -950,4 +951,32 @@ impl Cluster {
             (s["synced"] == true && self.clock_now_ms() - last < 1_000).then_some(())
         });
     }
+}
+
+/// With `LEASH_TEST_STORE=postgres`, a `[store]` table that keeps the control plane's
+/// state in a fresh database of the test process's PostgreSQL server (see
+/// `pg::shared`), unless the test chose its own store.
+fn store_table(text: &mut String, dir: &Path) {
+    if !pg::store_is_postgres() || text.contains("[store]") {
+        return;
+    }
+    let url_file = dir.join("pg.url");
+    std::fs::write(&url_file, pg::fresh_store_database()).expect("write the store URL");
+    std::fs::set_permissions(&url_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the store URL");
+    text.push_str(&format!(
+        "\n[store]\nkind = \"postgres\"\nurl_file = {:?}\n",
+        url_file.display().to_string()
+    ));
+}
+
+/// Whether this test must be skipped because it is about the sled store itself (it
+/// breaks or reads the sled directory) and the run keeps state in PostgreSQL
+/// (`LEASH_TEST_STORE=postgres`). Prints why when it is.
+pub fn sled_only(why: &str) -> bool {
+    let skip = pg::store_is_postgres();
+    if skip {
+        eprintln!("skipped on the postgres store: {why}");
+    }
+    skip
 }

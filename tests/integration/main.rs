@@ -55,6 +55,7 @@ mod secrets_e2e;
 mod sockets;
 mod svid_cp;
 mod tasks;
+mod pg_store;
 
 use std::path::Path;
 
