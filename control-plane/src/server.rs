@@ -427,9 +427,10 @@ async fn stop_when_the_store_can_be_reopened(
 /// The store `[store]` names: sled in the data directory, or PostgreSQL (opened off the
 /// runtime: it blocks until the database answered and the schema is migrated).
 async fn open_store(config: &Config, clock: &Clock) -> Result<Arc<dyn Storage>, ServerError> {
-    let Some(url) = config.store.url().map_err(|e| {
-        ServerError::Store(StoreError::Database(e.to_string()))
-    })?
+    let Some(url) = config
+        .store
+        .url()
+        .map_err(|e| ServerError::Store(StoreError::Database(e.to_string())))?
     else {
         return Ok(SledStore::open(&config.data_dir, clock.clone())?);
     };

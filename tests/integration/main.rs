@@ -46,6 +46,7 @@ mod inputs;
 mod master_key;
 mod oidc;
 mod partitions;
+mod pg_store;
 mod policy;
 mod pty;
 mod revocation;
@@ -55,7 +56,6 @@ mod secrets_e2e;
 mod sockets;
 mod svid_cp;
 mod tasks;
-mod pg_store;
 
 use std::path::Path;
 

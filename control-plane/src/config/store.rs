@@ -51,7 +51,9 @@ pub fn resolve(file: StoreFileConfig) -> Result<StoreConfig, StoreValueError> {
         "sled" => match file.url_file {
             Some(_) => Err(StoreValueError {
                 key: "store.url_file",
-                message: "only a postgres store has a URL; remove url_file or set kind = \"postgres\"".into(),
+                message:
+                    "only a postgres store has a URL; remove url_file or set kind = \"postgres\""
+                        .into(),
             }),
             None => Ok(StoreConfig::Sled),
         },
@@ -132,7 +134,11 @@ mod tests {
         );
         let e = resolve(kind("mysql")).unwrap_err();
         assert_eq!(e.key, "store.kind");
-        assert!(e.message.contains("\"sled\" or \"postgres\""), "{}", e.message);
+        assert!(
+            e.message.contains("\"sled\" or \"postgres\""),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -153,7 +159,10 @@ mod tests {
         let c = StoreConfig::Postgres {
             url_file: Some(p.clone()),
         };
-        assert_eq!(c.url().expect("url").as_deref(), Some("postgresql://u:pw@h/db"));
+        assert_eq!(
+            c.url().expect("url").as_deref(),
+            Some("postgresql://u:pw@h/db")
+        );
         let missing = StoreConfig::Postgres {
             url_file: Some(dir.path().join("nope")),
         };

@@ -215,10 +215,7 @@ impl PgIter {
             if self.done || self.failed {
                 return None;
             }
-            match self
-                .via
-                .page(self.name, &self.lo, &self.hi, self.rev, PAGE)
-            {
+            match self.via.page(self.name, &self.lo, &self.hi, self.rev, PAGE) {
                 Ok(p) => {
                     self.buf.extend(p.rows);
                     match p.upto {

@@ -332,7 +332,10 @@ impl ConnSpec {
 
     fn connect_error(&self, e: &tokio_postgres::Error) -> ConnError {
         let where_ = if self.def.socket {
-            format!("the Unix socket in {} (port {})", self.def.host, self.def.port)
+            format!(
+                "the Unix socket in {} (port {})",
+                self.def.host, self.def.port
+            )
         } else {
             format!("{}:{}", self.def.host, self.def.port)
         };

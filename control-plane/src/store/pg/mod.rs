@@ -39,7 +39,7 @@ pub fn latest_version() -> i32 {
 }
 
 /// The advisory lock migrations hold, so replicas starting together migrate once.
-const MIGRATION_LOCK: i64 = 0x6c65_6173_6d;
+const MIGRATION_LOCK: i64 = 0x006c_6561_736d;
 /// Reader connections per replica (sync reads block on one of them).
 const READERS: usize = 4;
 
@@ -72,7 +72,10 @@ fn migrate(s: &mut Session) -> Result<i32> {
         let found: i32 = s.run(|c| {
             Box::pin(async move {
                 let r = c
-                    .query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[])
+                    .query_one(
+                        "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                        &[],
+                    )
                     .await?;
                 Ok(r.get(0))
             })
@@ -111,9 +114,10 @@ impl SledStore {
     /// readers and listener. Blocks the calling thread until the database answered:
     /// call it off the async runtime (e.g. from `spawn_blocking`).
     pub fn open_postgres(url: &str, clock: Clock) -> Result<Arc<SledStore>> {
-        let spec = Arc::new(conn::parse(url).map_err(|e| {
-            StoreError::Database(format!("the [store] URL is not usable: {e}"))
-        })?);
+        let spec =
+            Arc::new(conn::parse(url).map_err(|e| {
+                StoreError::Database(format!("the [store] URL is not usable: {e}"))
+            })?);
         let readers = Readers::start(spec.clone(), READERS)?;
         let reader_trees = Arc::new(Trees::build(|name| {
             Ok(Tree::Pg {

@@ -13,9 +13,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::super::error::{Result, StoreError};
-use super::super::kv::{Backend, Page};
 use crate::kinds::postgres::conn::ConnSpec;
+use crate::store::error::{Result, StoreError};
+use crate::store::kv::{Backend, Page};
 
 /// A [`StoreError::Database`] with the message of `e`, not wrapped twice.
 pub(super) fn database(e: &StoreError) -> StoreError {
@@ -52,7 +52,10 @@ impl Session {
     /// is dropped, so the next call opens a fresh one.
     pub(super) fn run<T, F>(&mut self, f: F) -> Result<T>
     where
-        F: for<'c> FnOnce(&'c Client) -> futures::future::BoxFuture<'c, Result<T, tokio_postgres::Error>>,
+        F: for<'c> FnOnce(
+            &'c Client,
+        )
+            -> futures::future::BoxFuture<'c, Result<T, tokio_postgres::Error>>,
     {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             let spec = self.spec.clone();

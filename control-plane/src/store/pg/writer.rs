@@ -21,15 +21,15 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::types::ToSql;
 
-use super::super::codec::{be, dec, meta_u64};
-use super::super::error::{Result, StoreError};
-use super::super::sled_store::{EndQueueWrites, Job, Reply, Trees, Tx};
 use super::session::{database, Overlay, Session, TxBackend};
 use crate::clock::Clock;
 use crate::model::{Change, Event};
+use crate::store::codec::{be, dec, meta_u64};
+use crate::store::error::{Result, StoreError};
+use crate::store::sled_store::{EndQueueWrites, Job, Reply, Trees, Tx};
 
 /// The advisory lock every batch of every replica takes (an arbitrary constant: "leash").
-pub(super) const BATCH_LOCK: i64 = 0x6c65_6173_68;
+pub(super) const BATCH_LOCK: i64 = 0x006c_6561_7368;
 /// The channel replicas notify each other on.
 pub(super) const CHANNEL: &str = "leash_changes";
 /// Largest number of queued writes applied in one transaction.
@@ -230,7 +230,8 @@ pub(super) fn writer(
                     .insert(ENDED_QUEUED, &be(queued + u64::from(tx.ended_queued)))?;
                 t.meta.insert(ENDED_CHANGED, &be(changed + 1))?;
             }
-            let overlay = std::mem::take(&mut *be_.overlay.lock().unwrap_or_else(|p| p.into_inner()));
+            let overlay =
+                std::mem::take(&mut *be_.overlay.lock().unwrap_or_else(|p| p.into_inner()));
             commit(&be_, began_on, overlay)
         });
         // Whatever happened, the next batch starts from nothing buffered.
