@@ -278,6 +278,10 @@ pub async fn run(
     ));
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
     let ends = tokio::spawn(crate::issuance::ends::run(shared.clone()));
+    // Replicas of a shared store follow what the others commit.
+    if shared.config.store != crate::config::StoreConfig::Sled {
+        tokio::spawn(crate::replicas::follow(shared.clone()));
+    }
     let reconcile = tokio::spawn(crate::reconcile::run(shared.clone()));
     let retention = tokio::spawn(crate::retention::run(
         shared.store.clone(),

@@ -281,3 +281,37 @@ fn two_replicas_share_changes_issuances_and_revocations() {
     assert!(out.ok().contains("revoked"), "{out}");
     b.kill9();
 }
+
+/// `revoke --wait` on one replica completes when an agent connected to the other
+/// replica wipes: its wipe ack, recorded there, is seen here.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn revoke_wait_on_one_replica_counts_the_wipe_of_an_agent_on_the_other() {
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let mut c = Cluster::with(Options::default().no_agent().config(&store_config(&url)));
+    let (mut b, b_url, _) = start_replica(&c, &url, tmp.path());
+    let token = c.join_token(&[]);
+    let on_b = c.add_agent_at("host-b", &token, &b_url);
+    c.credential("api", &["--audience", API_AUD]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let held = c.get_at(on_b, "api", &["--as", "w1"]);
+    let out = c.leashctl(&[
+        "revoke",
+        "--lease",
+        &held.lease_id,
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
+    out.code(0);
+    assert!(out.stdout.contains("wiped on 1/1 hosts"), "{out}");
+    let again = c.get_at(on_b, "api", &["--as", "w1"]);
+    assert_ne!(
+        again.lease_id, held.lease_id,
+        "the revoked lease is not served"
+    );
+    b.kill9();
+}
