@@ -315,3 +315,146 @@ fn revoke_wait_on_one_replica_counts_the_wipe_of_an_agent_on_the_other() {
     );
     b.kill9();
 }
+
+/// The database down: a write is answered unavailable (exit 5), never as done, and is
+/// not recorded; once it is back, the same control plane writes again without a restart.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn a_database_outage_is_unavailable_and_the_store_reconnects() {
+    leash_tests::require_root();
+    let mut pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let c = Cluster::with(Options::default().config(&store_config(&url)));
+    c.credential("api", &["--audience", API_AUD]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let before = c.get("api", &["--as", "w1"]);
+    pg.stop();
+    let uid = format!("unix:uid:{}", leash_tests::my_uid());
+    let add = |name: &str| {
+        c.leashctl(&[
+            "workload",
+            "add",
+            name,
+            "--owner",
+            "team-b",
+            "--kind",
+            "job",
+            "--selector",
+            &uid,
+        ])
+    };
+    let out = add("w-during");
+    out.code(5);
+    assert!(out.stderr.contains("PostgreSQL"), "{out}");
+    pg.restart();
+    leash_tests::wait_until(
+        "the control plane writes again after the database restarted",
+        Duration::from_secs(20),
+        || c.logs_dump(),
+        || (add("w-after").code == 0).then_some(()),
+    );
+    let list = c.leashctl(&["workload", "list"]);
+    assert!(list.ok().contains("w-after"), "{list}");
+    assert!(
+        !list.stdout.contains("w-during"),
+        "an unacknowledged write was recorded: {list}"
+    );
+    // Issuance and the agent's stream carry on.
+    c.wait_visible(0, "w-after");
+    let lease = c.lease(&before.lease_id);
+    assert_eq!(lease["state"], "active", "{lease}");
+}
+
+/// Two replicas writing at once: every change committed on either reaches the agents of
+/// both, each under its own sequence number, in the order they were committed (the
+/// batch lock makes sequence order commit order), so no agent skips one.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn concurrent_writers_on_two_replicas_are_sequenced_in_commit_order() {
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let mut c = Cluster::with(Options::default().config(&store_config(&url)));
+    let (mut b, b_url, b_admin) = start_replica(&c, &url, tmp.path());
+    let token = c.join_token(&[]);
+    let on_b = c.add_agent_at("host-b", &token, &b_url);
+    let uid = format!("unix:uid:{}", leash_tests::my_uid());
+    const EACH: usize = 15;
+    std::thread::scope(|scope| {
+        for (side, admin) in [("a", None), ("b", Some(&b_admin))] {
+            for t in 0..3 {
+                let (c, uid) = (&c, &uid);
+                scope.spawn(move || {
+                    for i in (t..EACH).step_by(3) {
+                        let name = format!("w-{side}-{i}");
+                        let mut cmd = c.leashctl_command();
+                        if let Some(a) = admin {
+                            cmd.env("LEASH_ADMIN_SOCKET", a);
+                        }
+                        cmd.args([
+                            "workload",
+                            "add",
+                            &name,
+                            "--owner",
+                            "team",
+                            "--kind",
+                            "job",
+                            "--selector",
+                            uid,
+                        ]);
+                        c.run(cmd).code(0);
+                    }
+                });
+            }
+        }
+    });
+    for side in ["a", "b"] {
+        for i in 0..EACH {
+            let name = format!("w-{side}-{i}");
+            c.wait_visible(0, &name);
+            c.wait_visible(on_b, &name);
+        }
+    }
+    // Each change under its own number, the last one the counter.
+    let (count, distinct, max): (String, String, String) = {
+        let r = pg.sql(
+            "leash",
+            "SELECT count(*) || ',' || count(DISTINCT key) || ',' || \
+             coalesce(max(('x' || encode(key, 'hex'))::bit(64)::bigint), 0) \
+             FROM kv WHERE tree = 'log'",
+        );
+        let v: Vec<&str> = r.split(',').collect();
+        (v[0].into(), v[1].into(), v[2].into())
+    };
+    assert_eq!(count, distinct);
+    assert!(
+        count.parse::<usize>().expect("count") >= 2 * EACH,
+        "{count}"
+    );
+    let seq = pg.sql(
+        "leash",
+        "SELECT ('x' || encode(value, 'hex'))::bit(64)::bigint FROM kv WHERE tree = 'meta' AND key = convert_to('seq', 'UTF8')",
+    );
+    assert_eq!(seq, max, "the sequence counter is the newest change");
+    // The agent of replica B, stopped while B commits one more change, resumes from its
+    // sequence on replica A and gets it.
+    c.stop_agent_at(on_b);
+    let mut cmd = c.leashctl_command();
+    cmd.env("LEASH_ADMIN_SOCKET", &b_admin).args([
+        "workload",
+        "add",
+        "w-late",
+        "--owner",
+        "team",
+        "--kind",
+        "job",
+        "--selector",
+        &uid,
+    ]);
+    c.run(cmd).code(0);
+    b.kill9();
+    c.start_agent_at(on_b);
+    c.wait_visible(on_b, "w-late");
+}
