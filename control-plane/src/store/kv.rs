@@ -306,7 +306,107 @@ impl Iterator for Values {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// An engine in memory, answering pages as PostgreSQL does (bytewise key order,
+    /// at most `limit` rows).
+    #[derive(Default)]
+    struct Mem(Mutex<BTreeMap<(&'static str, Vec<u8>), Vec<u8>>>);
+
+    impl Backend for Mem {
+        fn get(&self, tree: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            Ok(self.0.lock().unwrap().get(&(tree, key.to_vec())).cloned())
+        }
+        fn page(
+            &self,
+            tree: &'static str,
+            lo: &Bound<Vec<u8>>,
+            hi: &Bound<Vec<u8>>,
+            rev: bool,
+            limit: usize,
+        ) -> Result<Page> {
+            let m = self.0.lock().unwrap();
+            let mut rows: Vec<(Vec<u8>, Vec<u8>)> = m
+                .iter()
+                .filter(|((t, k), _)| *t == tree && (lo.clone(), hi.clone()).contains(k))
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect();
+            if rev {
+                rows.reverse();
+            }
+            rows.truncate(limit);
+            let upto = (rows.len() == limit).then(|| rows[limit - 1].0.clone());
+            Ok(Page { rows, upto })
+        }
+        fn put(&self, tree: &'static str, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
+            let mut m = self.0.lock().unwrap();
+            match value {
+                Some(v) => m.insert((tree, key.to_vec()), v),
+                None => m.remove(&(tree, key.to_vec())),
+            };
+            Ok(())
+        }
+    }
+
+    fn tree() -> Tree {
+        Tree::Pg {
+            name: "t",
+            via: Arc::new(Mem::default()),
+        }
+    }
+
+    fn strings(i: impl Iterator<Item = Result<IVec>>) -> Vec<String> {
+        i.map(|k| String::from_utf8_lossy(&k.expect("read")).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_postgres_tree_reads_like_a_sled_tree_across_pages() {
+        let t = tree();
+        let s = Tree::Sled(
+            sled::Config::new()
+                .temporary(true)
+                .open()
+                .expect("sled")
+                .open_tree("t")
+                .expect("tree"),
+        );
+        // More than two pages, keys that sort differently as text and as numbers.
+        for i in 0..(2 * PAGE + 17) {
+            let k = format!("k{i}");
+            t.insert(&k, k.as_bytes()).expect("insert");
+            s.insert(&k, k.as_bytes()).expect("insert");
+        }
+        t.insert(b"other", &[1]).expect("insert");
+        s.insert(b"other", &[1]).expect("insert");
+        let both = |f: &dyn Fn(&Tree) -> Vec<String>| (f(&t), f(&s));
+        let cases: [&dyn Fn(&Tree) -> Vec<String>; 6] = [
+            &|x| strings(x.iter().keys()),
+            &|x| strings(x.iter().values().rev()),
+            &|x| strings(x.scan_prefix("k1").keys()),
+            &|x| strings(x.range("k2".."k3").keys()),
+            &|x| strings(x.range::<&[u8], _>(..=&b"k100"[..]).keys()),
+            &|x| strings(x.range("k5"..).values().rev().take(3)),
+        ];
+        for (i, f) in cases.iter().enumerate() {
+            let (pg, sled) = both(*f);
+            assert!(!pg.is_empty(), "case {i}");
+            assert_eq!(pg, sled, "case {i}");
+        }
+        assert_eq!(
+            t.first().expect("first").map(|(k, _)| k.to_vec()),
+            Some(b"k0".to_vec())
+        );
+        assert_eq!(t.remove("k0").expect("remove").as_deref(), Some(&b"k0"[..]));
+        assert_eq!(t.remove("k0").expect("remove"), None);
+        assert!(!t.contains_key("k0").expect("contains"));
+        assert!(!t.is_empty().expect("empty"));
+        t.clear().expect("clear");
+        assert!(t.is_empty().expect("empty"));
+    }
 
     #[test]
     fn a_prefix_ends_at_its_successor() {

@@ -274,6 +274,42 @@ impl TxBackend {
     }
 }
 
+/// A page of the database's rows with the batch's own writes (`buffered`) laid over
+/// it: every buffered key the page covers (within the bounds, up to `upto`) is set or
+/// deleted.
+fn over(
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    upto: Option<Vec<u8>>,
+    buffered: Option<&BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    lo: &Bound<Vec<u8>>,
+    hi: &Bound<Vec<u8>>,
+    rev: bool,
+) -> Page {
+    let Some(buffered) = buffered else {
+        return Page { rows, upto };
+    };
+    let (lo2, hi2) = match (&upto, rev) {
+        (None, _) => (lo.clone(), hi.clone()),
+        (Some(u), false) => (lo.clone(), Bound::Included(u.clone())),
+        (Some(u), true) => (Bound::Included(u.clone()), hi.clone()),
+    };
+    let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
+    for (k, v) in buffered {
+        if within(k, &lo2, &hi2) {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+    }
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = if rev {
+        merged.into_iter().rev().collect()
+    } else {
+        merged.into_iter().collect()
+    };
+    Page { rows, upto }
+}
+
 impl Backend for TxBackend {
     fn get(&self, tree: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.overlay().get(tree).and_then(|t| t.get(key)) {
@@ -293,30 +329,7 @@ impl Backend for TxBackend {
         let rows = self.session().rows(tree, lo, hi, rev, limit)?;
         let upto = page_upto(&rows, limit);
         let overlay = self.overlay();
-        let Some(buffered) = overlay.get(tree) else {
-            return Ok(Page { rows, upto });
-        };
-        // The database's rows up to `upto`, with the batch's own writes over them.
-        let (lo2, hi2) = match (&upto, rev) {
-            (None, _) => (lo.clone(), hi.clone()),
-            (Some(u), false) => (lo.clone(), Bound::Included(u.clone())),
-            (Some(u), true) => (Bound::Included(u.clone()), hi.clone()),
-        };
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
-        for (k, v) in buffered {
-            if within(k, &lo2, &hi2) {
-                match v {
-                    Some(v) => merged.insert(k.clone(), v.clone()),
-                    None => merged.remove(k),
-                };
-            }
-        }
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = if rev {
-            merged.into_iter().rev().collect()
-        } else {
-            merged.into_iter().collect()
-        };
-        Ok(Page { rows, upto })
+        Ok(over(rows, upto, overlay.get(tree), lo, hi, rev))
     }
 
     fn put(&self, tree: &'static str, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
@@ -325,5 +338,86 @@ impl Backend for TxBackend {
             .or_default()
             .insert(key.to_vec(), value);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: &str) -> (Vec<u8>, Vec<u8>) {
+        (k.as_bytes().to_vec(), v.as_bytes().to_vec())
+    }
+
+    fn keys(p: &Page) -> Vec<String> {
+        p.rows
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn buffered_writes_are_laid_over_only_the_part_a_page_covers() {
+        let mut buf = BTreeMap::new();
+        buf.insert(b"b".to_vec(), None); // deleted
+        buf.insert(b"c".to_vec(), Some(b"new".to_vec())); // replaced
+        buf.insert(b"bb".to_vec(), Some(b"1".to_vec())); // added inside the page
+        buf.insert(b"z".to_vec(), Some(b"2".to_vec())); // beyond the page: the next one
+        let rows = vec![kv("a", "0"), kv("b", "0"), kv("c", "0")];
+        let p = over(
+            rows,
+            Some(b"c".to_vec()),
+            Some(&buf),
+            &Bound::Unbounded,
+            &Bound::Unbounded,
+            false,
+        );
+        assert_eq!(keys(&p), ["a=0", "bb=1", "c=new"]);
+        assert_eq!(p.upto.as_deref(), Some(&b"c"[..]));
+        // The last page (no `upto`) takes everything buffered within the bounds.
+        let p = over(
+            vec![],
+            None,
+            Some(&buf),
+            &Bound::Excluded(b"c".to_vec()),
+            &Bound::Unbounded,
+            false,
+        );
+        assert_eq!(keys(&p), ["z=2"]);
+        // Descending, the page covers from `upto` up.
+        let rows = vec![kv("c", "0"), kv("b", "0")];
+        let p = over(
+            rows,
+            Some(b"b".to_vec()),
+            Some(&buf),
+            &Bound::Unbounded,
+            &Bound::Excluded(b"d".to_vec()),
+            true,
+        );
+        assert_eq!(keys(&p), ["c=new", "bb=1"]);
+    }
+
+    #[test]
+    fn bounds_are_inclusive_or_exclusive_as_asked() {
+        let (a, b) = (b"a".to_vec(), b"b".to_vec());
+        assert!(within(b"a", &Bound::Included(a.clone()), &Bound::Unbounded));
+        assert!(!within(
+            b"a",
+            &Bound::Excluded(a.clone()),
+            &Bound::Unbounded
+        ));
+        assert!(within(b"b", &Bound::Unbounded, &Bound::Included(b.clone())));
+        assert!(!within(
+            b"b",
+            &Bound::Unbounded,
+            &Bound::Excluded(b.clone())
+        ));
+        assert!(within(b"ab", &Bound::Excluded(a), &Bound::Excluded(b)));
     }
 }
