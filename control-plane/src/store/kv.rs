@@ -311,10 +311,12 @@ mod tests {
 
     use super::*;
 
+    type Rows = BTreeMap<(&'static str, Vec<u8>), Vec<u8>>;
+
     /// An engine in memory, answering pages as PostgreSQL does (bytewise key order,
     /// at most `limit` rows).
     #[derive(Default)]
-    struct Mem(Mutex<BTreeMap<(&'static str, Vec<u8>), Vec<u8>>>);
+    struct Mem(Mutex<Rows>);
 
     impl Backend for Mem {
         fn get(&self, tree: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -382,8 +384,9 @@ mod tests {
         }
         t.insert(b"other", &[1]).expect("insert");
         s.insert(b"other", &[1]).expect("insert");
-        let both = |f: &dyn Fn(&Tree) -> Vec<String>| (f(&t), f(&s));
-        let cases: [&dyn Fn(&Tree) -> Vec<String>; 6] = [
+        let both = |f: Read<'_>| (f(&t), f(&s));
+        type Read<'a> = &'a dyn Fn(&Tree) -> Vec<String>;
+        let cases: [Read<'_>; 6] = [
             &|x| strings(x.iter().keys()),
             &|x| strings(x.iter().values().rev()),
             &|x| strings(x.scan_prefix("k1").keys()),
