@@ -164,4 +164,8 @@ impl Shared {
             tracing::error!(error = %e, "could not rebuild the --allow policy links");
         }
     }
+
+    /// The keys in force changed (a rotation, a key state change): agents are to get the
+    /// new trust bundle. The Sync streams' side of it is added with the bundle itself.
+    pub fn keys_changed(&self) {}
 }

@@ -450,4 +450,22 @@ impl Admin for AdminApi {
             .await
             .map(Response::new)
     }
+
+    async fn rotate_key(
+        &self,
+        req: Request<v1::RotateKeyRequest>,
+    ) -> Result<Response<v1::KeyInfo>, Status> {
+        let actor = self.admin(&req)?;
+        keys::rotate_key(&self.s, actor, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_keys(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListKeysResponse>, Status> {
+        self.admin(&req)?;
+        keys::list_keys(&self.s).await.map(Response::new)
+    }
 }

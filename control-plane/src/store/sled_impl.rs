@@ -664,4 +664,25 @@ impl Storage for SledStore {
         self.write(move |tx| tx.remove_credential(&name, actor, reason, revoke))
             .await
     }
+
+    async fn put_key_blobs(
+        &self,
+        puts: Vec<(String, Vec<u8>)>,
+        removes: Vec<String>,
+        events: Vec<Event>,
+    ) -> Result<()> {
+        self.write(move |tx| {
+            for (name, value) in puts {
+                tx.t.blobs.insert(name.as_bytes(), value)?;
+            }
+            for name in removes {
+                tx.t.blobs.remove(name.as_bytes())?;
+            }
+            for e in events {
+                tx.event(e)?;
+            }
+            Ok(())
+        })
+        .await
+    }
 }
