@@ -126,7 +126,14 @@ impl KeySet {
             .chain(self.ca.iter().map(|l| l.rec.clone()))
             .chain(self.retired.iter().cloned())
             .collect();
-        out.sort_by(|a, b| (a.kind, a.created, &a.id).cmp(&(b.kind, b.created, &b.id)));
+        out.sort_by(|a, b| {
+            (a.kind, a.created, a.activates_at, &a.id).cmp(&(
+                b.kind,
+                b.created,
+                b.activates_at,
+                &b.id,
+            ))
+        });
         out
     }
 }
