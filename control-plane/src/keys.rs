@@ -185,7 +185,7 @@ async fn first_records(
     let ca = match store.blob(FIRST_CA_BLOB)? {
         Some(sealed) => {
             let pkcs8 = master.open(FIRST_CA_BLOB, &sealed)?;
-            let id = short_id(&KeyPair::try_from(pkcs8.as_slice())?.public_key_raw());
+            let id = short_id(KeyPair::try_from(pkcs8.as_slice())?.public_key_raw());
             let der = store.blob(FIRST_CA_CERT_BLOB)?.ok_or_else(|| {
                 KeyError::Records(format!(
                     "{FIRST_CA_BLOB} is stored without {FIRST_CA_CERT_BLOB}"
@@ -196,7 +196,8 @@ async fn first_records(
             r
         }
         None => {
-            let (pkcs8, der, id, _) = CaKey::generate(|_| first_ca_cn(trust_domain))?;
+            let material::NewCa { pkcs8, der, id, .. } =
+                CaKey::generate(|_| first_ca_cn(trust_domain))?;
             puts.push((
                 FIRST_CA_BLOB.to_string(),
                 master.seal(FIRST_CA_BLOB, &pkcs8)?,

@@ -207,7 +207,8 @@ impl Keys {
             }
             KeyKind::Ca => {
                 let td = &self.trust_domain;
-                let (pkcs8, der, id, cn) = CaKey::generate(|id| format!("Leash CA {td} {id}"))?;
+                let super::material::NewCa { pkcs8, der, id, cn } =
+                    CaKey::generate(|id| format!("Leash CA {td} {id}"))?;
                 let key = CaKey::load(&id, &pkcs8, der.clone(), &cn, Signed::default())?;
                 rec.id = id;
                 rec.blob = blob_name(kind, &rec.id);

@@ -134,6 +134,26 @@ impl JwtKey {
     }
 }
 
+/// A CA just made.
+pub struct NewCa {
+    /// Its key, PKCS#8.
+    pub pkcs8: Zeroizing<Vec<u8>>,
+    /// Its certificate, DER.
+    pub der: Vec<u8>,
+    /// Its id.
+    pub id: String,
+    /// Its common name.
+    pub cn: String,
+}
+
+impl std::fmt::Debug for NewCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCa")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A CA: its key, its certificate, and what it signed.
 pub struct CaKey {
     /// Short hash of its public key.
@@ -222,11 +242,9 @@ impl CaKey {
     /// A new CA, named by `cn_of` from its id, valid for ten years: its PKCS#8 key, its
     /// certificate (DER), its id and its common name. Certificate times are the system
     /// time's, as verifiers read them.
-    pub fn generate(
-        cn_of: impl FnOnce(&str) -> String,
-    ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>, String, String), KeyError> {
+    pub fn generate(cn_of: impl FnOnce(&str) -> String) -> Result<NewCa, KeyError> {
         let key = KeyPair::generate()?;
-        let id = short_id(&key.public_key_raw());
+        let id = short_id(key.public_key_raw());
         let cn = cn_of(&id);
         let mut p = ca_params(&cn);
         let now = time::OffsetDateTime::now_utc();
@@ -234,12 +252,12 @@ impl CaKey {
         p.not_after = now + time::Duration::days(3650);
         p.serial_number = Some(random_serial()?);
         let cert = p.self_signed(&key)?;
-        Ok((
-            Zeroizing::new(key.serialize_der()),
-            cert.der().to_vec(),
+        Ok(NewCa {
+            pkcs8: Zeroizing::new(key.serialize_der()),
+            der: cert.der().to_vec(),
             id,
             cn,
-        ))
+        })
     }
 
     /// What signs with this CA.

@@ -322,7 +322,8 @@ async fn keys_from_before_rotation_become_records_with_their_blobs() {
     let store = SledStore::open(dir.path(), crate::clock::Clock::default()).expect("store");
     let master = MasterKey::load_or_create(dir.path()).expect("master");
     // What an older control plane stored: the CA key and certificate, one JWT key.
-    let (pkcs8, der, _, _) = CaKey::generate(|_| material::first_ca_cn("td")).expect("ca");
+    let material::NewCa { pkcs8, der, .. } =
+        CaKey::generate(|_| material::first_ca_cn("td")).expect("ca");
     store
         .put_blob("ca-key", master.seal("ca-key", &pkcs8).expect("seal"))
         .await
