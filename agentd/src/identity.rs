@@ -200,10 +200,13 @@ fn split_ders(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> 
 }
 
 fn save(dir: &Path, id: &Identity) -> Result<(), IdentityError> {
-    write_private(dir, "host.key", &id.key_pkcs8)?;
-    write_private(dir, "host.crt", &id.cert)?;
+    // The CAs first: trusting one more CA before the new certificate is in place is
+    // harmless, while a new certificate without its CA could leave the host unable to
+    // reach a control plane serving under that CA.
     let cas: Vec<u8> = id.cas.iter().flat_map(|c| c.iter().copied()).collect();
     write_private(dir, "ca.crt", &cas)?;
+    write_private(dir, "host.key", &id.key_pkcs8)?;
+    write_private(dir, "host.crt", &id.cert)?;
     let desc = serde_json::to_vec_pretty(&id.desc).map_err(|e| state_err(dir, e))?;
     // Written last: its presence means the other three are complete.
     write_private(dir, "identity.json", &desc)
@@ -357,3 +360,34 @@ pub async fn renew_with_clock(
 /// Retry delay for renewal failures: the renewal point leaves 30% of the lifetime, so
 /// retry often enough to get many tries in, but not in a tight loop.
 pub const RENEW_RETRY: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(cn: &str) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).expect("cert").der().clone()
+    }
+
+    #[test]
+    fn every_trusted_ca_is_saved_and_loaded_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut id = Identity::for_tests("h");
+        id.cas = vec![ca("old"), ca("new")];
+        save(dir.path(), &id).expect("save");
+        let back = load(dir.path()).expect("load").expect("saved");
+        assert_eq!(back.cas, id.cas);
+        // One CA, as enrollment saves it (and as agents saved it before CA rotation).
+        id.cas.truncate(1);
+        save(dir.path(), &id).expect("save");
+        assert_eq!(load(dir.path()).expect("load").expect("saved").cas, id.cas);
+        std::fs::write(dir.path().join("ca.crt"), b"junk").expect("write");
+        let e = load(dir.path()).err().expect("junk is refused").to_string();
+        assert!(e.contains("ca.crt"), "{e}");
+        assert!(split_ders(b"").is_err(), "no CA at all is refused");
+    }
+}

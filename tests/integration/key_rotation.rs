@@ -215,7 +215,15 @@ fn a_jwt_key_is_published_first_signs_after_publish_ahead_and_retires_after_its_
 
 #[test]
 fn kill_9_right_after_a_rotation_and_between_states_leaves_a_consistent_state() {
-    let mut c = Cluster::control_plane_only();
+    let mut c = Cluster::with(Options::default().max_offline(MAX_OFFLINE));
+    basic(&c);
+    let before = c.get("api", &["--fresh"]).token;
+    let fetch = |c: &Cluster| {
+        c.eventually("the agent reconnects and fetches", || {
+            let out = c.leash(&["get", "api", "--fresh"]);
+            (out.code == 0).then(|| out.stdout.trim().to_string())
+        })
+    };
     let jwt = rotate(&c, "jwt");
     let ca = rotate(&c, "ca");
     c.kill_control_plane();
@@ -233,8 +241,20 @@ fn kill_9_right_after_a_rotation_and_between_states_leaves_a_consistent_state() 
     wait_state(&c, "jwt", &jwt, "active");
     wait_state(&c, "ca", &ca, "active");
     assert_consistent(&c);
+    let after = fetch(&c);
+    assert_eq!(verifies(&c, &after), (jwt.clone(), true));
+    assert!(
+        verifies(&c, &before).1,
+        "the token from before still verifies"
+    );
 
-    c.advance_clock(PAST_EVERYTHING);
+    // Past 70% of the host certificate's day: the agent renews under the new CA.
+    c.advance_clock(Duration::from_secs(17 * 3600));
+    let state = c.agent(0).state_dir.clone();
+    c.eventually("the agent's certificate is signed by the new CA", || {
+        signed_by(&state.join("host.crt"), &ca).then_some(())
+    });
+    c.advance_clock(PAST_EVERYTHING - Duration::from_secs(17 * 3600));
     std::thread::sleep(Duration::from_millis(150));
     c.kill_control_plane();
     c.restart_control_plane();
@@ -244,8 +264,13 @@ fn kill_9_right_after_a_rotation_and_between_states_leaves_a_consistent_state() 
         (l.iter().filter(|k| k["state"] == "retired").count() == 2).then_some(())
     });
     assert_consistent(&c);
-    assert_eq!(jwks_kids(&c), vec![jwt]);
-    assert_ne!(c.ca_pin, "", "the control plane logged its CA pin");
+    assert_eq!(jwks_kids(&c), vec![jwt.clone()]);
+    assert!(!verifies(&c, &before).1, "the retired key is unpublished");
+    assert_eq!(verifies(&c, &after), (jwt, true));
+    // The agent renewed under the new CA before the old one retired: it reconnects to
+    // the control plane now serving under the new CA.
+    c.restart_control_plane();
+    fetch(&c);
 }
 
 /// Whether the certificate in `path` (DER) names `ca_id` (in its issuer: a host
@@ -306,15 +331,22 @@ fn a_running_agent_moves_to_a_new_ca_at_its_next_renewal_without_restart_or_enro
     c.advance_clock(PAST_EVERYTHING);
     wait_state(&c, "ca", &old, "retired");
     assert_eq!(audit_kinds(&c, &old), ["key-retiring", "key-retired"]);
-    // The control plane now serves under the new CA, which the agent learned at renewal.
-    c.restart_control_plane();
-    assert_ne!(c.ca_pin, old_pin, "join tokens now carry the new CA's pin");
-    assert_consistent(&c);
-    c.eventually("the agent reconnects and fetches", || {
-        let out = c.leash(&["get", "api", "--fresh"]);
-        (out.code == 0).then_some(())
-    });
-    // A new host enrolls against the new CA.
+    // Without a restart, new connections are served under the new CA: a join token made
+    // now pins it, and a new host enrolls with it.
     c.add_agent("host-2", &[]);
     assert!(signed_by(&c.agent(1).state_dir.join("host.crt"), &new));
+    assert_eq!(count_certs(&c.agent(1).state_dir.join("ca.crt")), 1);
+    // After a restart the first agent reconnects: it learned the new CA at renewal.
+    c.restart_control_plane();
+    assert_ne!(
+        c.ca_pin, old_pin,
+        "the control plane serves under the new CA"
+    );
+    assert_consistent(&c);
+    for i in 0..2 {
+        c.eventually("each agent reconnects and fetches", || {
+            let out = c.leash_at(i, &["get", "api", "--fresh"]);
+            (out.code == 0).then_some(())
+        });
+    }
 }
