@@ -386,7 +386,7 @@ mod tests {
         save(dir.path(), &id).expect("save");
         assert_eq!(load(dir.path()).expect("load").expect("saved").cas, id.cas);
         std::fs::write(dir.path().join("ca.crt"), b"junk").expect("write");
-        let e = load(dir.path()).err().expect("junk is refused").to_string();
+        let e = load(dir.path()).expect_err("junk is refused").to_string();
         assert!(e.contains("ca.crt"), "{e}");
         assert!(split_ders(b"").is_err(), "no CA at all is refused");
     }
