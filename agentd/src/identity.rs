@@ -291,7 +291,16 @@ pub async fn enroll_with_clock(
             issued_at: clock.now(),
         },
         cert: CertificateDer::from(r.certificate_der),
-        cas: vec![CertificateDer::from(r.ca_certificate_der)],
+        // The pinned CA first, then the others to trust (during a CA rotation the new
+        // CA signed our certificate), learned over the connection the pin authenticated.
+        cas: std::iter::once(r.ca_certificate_der.clone())
+            .chain(
+                r.ca_certificates_der
+                    .into_iter()
+                    .filter(|c| *c != r.ca_certificate_der),
+            )
+            .map(CertificateDer::from)
+            .collect(),
         key_pkcs8: key,
     };
     if tls::spki_pin(&id.cas[0]).as_deref() != Some(token.ca_pin.as_str()) {

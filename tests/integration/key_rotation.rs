@@ -315,6 +315,12 @@ fn a_running_agent_moves_to_a_new_ca_at_its_next_renewal_without_restart_or_enro
     let new = rotate(&c, "ca");
     c.advance_clock(PAST_PUBLISH_AHEAD);
     wait_state(&c, "ca", &new, "active");
+    // A host enrolling during the overlap pins the old CA (the one served), gets its
+    // certificate from the new one, and trusts both.
+    c.add_agent("host-2", &[]);
+    let state2 = c.agent(1).state_dir.clone();
+    assert!(signed_by(&state2.join("host.crt"), &new));
+    assert_eq!(count_certs(&state2.join("ca.crt")), 2);
     // Past 70% of the host certificate's hour: the agent renews, under the new CA.
     c.advance_clock(Duration::from_secs(45 * 60));
     c.eventually("the agent's certificate is signed by the new CA", || {
@@ -333,9 +339,9 @@ fn a_running_agent_moves_to_a_new_ca_at_its_next_renewal_without_restart_or_enro
     assert_eq!(audit_kinds(&c, &old), ["key-retiring", "key-retired"]);
     // Without a restart, new connections are served under the new CA: a join token made
     // now pins it, and a new host enrolls with it.
-    c.add_agent("host-2", &[]);
-    assert!(signed_by(&c.agent(1).state_dir.join("host.crt"), &new));
-    assert_eq!(count_certs(&c.agent(1).state_dir.join("ca.crt")), 1);
+    c.add_agent("host-3", &[]);
+    assert!(signed_by(&c.agent(2).state_dir.join("host.crt"), &new));
+    assert_eq!(count_certs(&c.agent(2).state_dir.join("ca.crt")), 1);
     // After a restart the first agent reconnects: it learned the new CA at renewal.
     c.restart_control_plane();
     assert_ne!(
@@ -343,7 +349,7 @@ fn a_running_agent_moves_to_a_new_ca_at_its_next_renewal_without_restart_or_enro
         "the control plane serves under the new CA"
     );
     assert_consistent(&c);
-    for i in 0..2 {
+    for i in 0..3 {
         c.eventually("each agent reconnects and fetches", || {
             let out = c.leash_at(i, &["get", "api", "--fresh"]);
             (out.code == 0).then_some(())

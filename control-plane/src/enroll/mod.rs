@@ -293,6 +293,7 @@ pub async fn enroll(
         labels: labels.into_iter().collect(),
         certificate_der: cert.to_vec(),
         ca_certificate_der: s.keys.ca_der().to_vec(),
+        ca_certificates_der: s.keys.bundle_ders(),
         trust_domain: s.config.trust_domain.clone(),
         not_after_unix: not_after,
     })
