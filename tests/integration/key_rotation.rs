@@ -62,7 +62,12 @@ fn rotate(c: &Cluster, kind: &str) -> String {
 /// The list is consistent: one active key per kind, at most one next, and the JWKS is
 /// exactly the published JWT keys.
 fn assert_consistent(c: &Cluster) {
-    let list = keys(c);
+    // The list and the JWKS of one moment: read again while a key changed state between.
+    let (list, mut kids) = c.eventually("a key list and a JWKS of the same moment", || {
+        let before = keys(c);
+        let kids = jwks_kids(c);
+        (keys(c) == before).then_some((before, kids))
+    });
     for kind in ["jwt", "ca"] {
         let count = |state: &str| {
             list.iter()
@@ -77,7 +82,6 @@ fn assert_consistent(c: &Cluster) {
         .filter(|k| k["kind"] == "jwt" && k["state"] != "retired")
         .map(|k| k["id"].as_str().expect("id").to_string())
         .collect();
-    let mut kids = jwks_kids(c);
     published.sort();
     kids.sort();
     assert_eq!(kids, published, "{list:?}");
