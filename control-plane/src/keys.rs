@@ -224,7 +224,7 @@ async fn first_records(
     };
     let kid = JwtKey::from_pkcs8(&jwt_pkcs8, Signed::default())?.kid;
     let records = vec![first_record(KeyKind::Jwt, kid, FIRST_JWT_BLOB, now), ca];
-    puts.push((RECORDS_BLOB.to_string(), record::encode(&records)));
+    puts.push((RECORDS_BLOB.to_string(), record::encode(&records)?));
     store.put_key_blobs(puts, Vec::new(), Vec::new()).await?;
     Ok(records)
 }

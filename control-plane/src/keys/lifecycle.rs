@@ -228,7 +228,7 @@ impl Keys {
             .put_key_blobs(
                 vec![
                     (rec.blob.clone(), sealed),
-                    (RECORDS_BLOB.to_string(), record::encode(&next.records())),
+                    (RECORDS_BLOB.to_string(), record::encode(&next.records())?),
                 ],
                 Vec::new(),
                 vec![event],
@@ -266,7 +266,7 @@ impl Keys {
         }
         store
             .put_key_blobs(
-                vec![(RECORDS_BLOB.to_string(), record::encode(&records))],
+                vec![(RECORDS_BLOB.to_string(), record::encode(&records)?)],
                 erase,
                 events.clone(),
             )

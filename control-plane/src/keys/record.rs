@@ -134,12 +134,12 @@ struct Stored {
 }
 
 /// Encode every record for [`RECORDS_BLOB`].
-pub fn encode(records: &[KeyRecord]) -> Vec<u8> {
+pub fn encode(records: &[KeyRecord]) -> Result<Vec<u8>, KeyError> {
     serde_json::to_vec(&Stored {
         version: 1,
         keys: records.to_vec(),
     })
-    .unwrap_or_default()
+    .map_err(|e| KeyError::Records(format!("cannot encode the key records: {e}")))
 }
 
 /// Decode [`RECORDS_BLOB`].
@@ -182,10 +182,10 @@ mod tests {
             subject_cn: "Leash CA td ab".into(),
         };
         r.set_cert_der(&[1, 2, 3]);
-        let back = decode(&encode(std::slice::from_ref(&r))).expect("decode");
+        let back = decode(&encode(std::slice::from_ref(&r)).expect("encode")).expect("decode");
         assert_eq!(back, vec![r.clone()]);
         assert_eq!(back[0].cert_der().expect("der"), vec![1, 2, 3]);
-        let text = String::from_utf8(encode(&[r])).expect("utf8");
+        let text = String::from_utf8(encode(&[r]).expect("encode")).expect("utf8");
         assert!(text.contains("\"state\":\"retiring\""), "{text}");
         let newer = text.replace("\"version\":1", "\"version\":2");
         let e = decode(newer.as_bytes()).expect_err("newer").to_string();
