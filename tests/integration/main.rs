@@ -43,6 +43,7 @@ mod faults;
 mod host_trust;
 mod human;
 mod inputs;
+mod key_rotation;
 mod master_key;
 mod oidc;
 mod partitions;

@@ -53,9 +53,11 @@ pub fn server_config(cert: &HttpCert, keys: &Keys) -> Result<Arc<ServerConfig>, 
     };
     let provider = crate::tls::provider();
     let mut roots = RootCertStore::empty();
-    roots
-        .add(keys.ca_der.clone())
-        .map_err(|e| HttpError::Tls(e.to_string()))?;
+    for der in keys.bundle_ders() {
+        roots
+            .add(der.into())
+            .map_err(|e| HttpError::Tls(e.to_string()))?;
+    }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()

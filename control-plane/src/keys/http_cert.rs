@@ -8,7 +8,8 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::{random_serial, time_now, KeyError, Keys};
+use super::material::random_serial;
+use super::{KeyError, Keys};
 
 impl Keys {
     /// A serving certificate for `names` (DNS names, or IP addresses), valid for a year,
@@ -34,12 +35,15 @@ impl Keys {
             .collect::<Result<_, KeyError>>()?;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let now = time_now();
+        let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::minutes(5);
         p.not_after = now + time::Duration::days(365);
         p.serial_number = Some(random_serial()?);
-        let cert = p.signed_by(&key, &self.issuer())?;
+        // The CA agents enroll against; this certificate is not one of the things that
+        // keep a retiring CA published (it is made again at every start).
+        let ca = self.serving_ca();
+        let cert = p.signed_by(&key, ca.issuer())?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok((vec![cert.der().clone(), self.ca_der.clone()], key_der))
+        Ok((vec![cert.der().clone(), ca.der.clone()], key_der))
     }
 }
