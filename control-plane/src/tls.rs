@@ -144,16 +144,42 @@ impl ClientCertVerifier for BundleVerifier {
     }
 }
 
+/// Makes a certificate and key under a CA (the agent-facing serving certificate, or the
+/// HTTPS listener's default one).
+pub type MakeCert = Box<
+    dyn Fn(
+            &Keys,
+            &crate::keys::CaKey,
+        ) -> Result<
+            (
+                Vec<CertificateDer<'static>>,
+                rustls::pki_types::PrivateKeyDer<'static>,
+            ),
+            KeyError,
+        > + Send
+        + Sync,
+>;
+
 /// A serving certificate for the serving CA, made when that CA changes.
-#[derive(Debug)]
 struct ServingCert {
     keys: Arc<Keys>,
+    make: MakeCert,
     /// The serving CA's id and the certificate made under it.
     current: RwLock<(String, Arc<CertifiedKey>)>,
 }
 
-fn certified(keys: &Keys, ca: &crate::keys::CaKey) -> Result<Arc<CertifiedKey>, KeyError> {
-    let (chain, key) = keys.serving_cert_for(ca)?;
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert").finish_non_exhaustive()
+    }
+}
+
+fn certified(
+    make: &MakeCert,
+    keys: &Keys,
+    ca: &crate::keys::CaKey,
+) -> Result<Arc<CertifiedKey>, KeyError> {
+    let (chain, key) = make(keys, ca)?;
     let signer = provider()
         .key_provider
         .load_private_key(key)
@@ -162,11 +188,12 @@ fn certified(keys: &Keys, ca: &crate::keys::CaKey) -> Result<Arc<CertifiedKey>, 
 }
 
 impl ServingCert {
-    fn new(keys: Arc<Keys>) -> Result<ServingCert, KeyError> {
+    fn new(keys: Arc<Keys>, make: MakeCert) -> Result<ServingCert, KeyError> {
         let ca = keys.serving_ca();
-        let ck = certified(&keys, &ca)?;
+        let ck = certified(&make, &keys, &ca)?;
         Ok(ServingCert {
             keys,
+            make,
             current: RwLock::new((ca.id.clone(), ck)),
         })
     }
@@ -181,7 +208,7 @@ impl ResolvesServerCert for ServingCert {
                 return Some(cur.1.clone());
             }
         }
-        match certified(&self.keys, &ca) {
+        match certified(&self.make, &self.keys, &ca) {
             Ok(ck) => {
                 tracing::info!(ca = %ca.id, "serving under a new CA");
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) =
@@ -205,8 +232,8 @@ impl ResolvesServerCert for ServingCert {
 /// Server configuration: TLS 1.3 only, a serving certificate under the serving CA,
 /// optional client certs verified against the CA bundle, ALPN h2. Follows key rotation.
 pub fn server_config(keys: Arc<Keys>) -> Result<Arc<ServerConfig>, KeyError> {
-    let verifier = Arc::new(BundleVerifier::new(keys.clone())?);
-    let resolver = Arc::new(ServingCert::new(keys)?);
+    let verifier = bundle_client_verifier(keys.clone())?;
+    let resolver = serving_resolver(keys, Box::new(|k, ca| k.serving_cert_for(ca)))?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(cert_err)?
@@ -214,6 +241,21 @@ pub fn server_config(keys: Arc<Keys>) -> Result<Arc<ServerConfig>, KeyError> {
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// A client-certificate verifier (optional certificates) that follows the CA bundle in
+/// force: certificates from every CA that is next, active or retiring.
+pub fn bundle_client_verifier(keys: Arc<Keys>) -> Result<Arc<dyn ClientCertVerifier>, KeyError> {
+    Ok(Arc::new(BundleVerifier::new(keys)?))
+}
+
+/// A certificate resolver that serves what `make` makes under the serving CA, made again
+/// when the serving CA changes (with no restart).
+pub fn serving_resolver(
+    keys: Arc<Keys>,
+    make: MakeCert,
+) -> Result<Arc<dyn ResolvesServerCert>, KeyError> {
+    Ok(Arc::new(ServingCert::new(keys, make)?))
 }
 
 /// Accept TCP connections and finish their handshakes concurrently, so one slow or

@@ -360,3 +360,70 @@ fn a_running_agent_moves_to_a_new_ca_at_its_next_renewal_without_restart_or_enro
         });
     }
 }
+
+/// The DER certificates that follow each other in `bytes` (an agent's `ca.crt`), as one
+/// PEM file at `path`.
+fn pem_bundle(bytes: &[u8], path: &std::path::Path) {
+    let mut at = 0;
+    let mut pem = String::new();
+    while at < bytes.len() {
+        let len_bytes = usize::from(bytes[at + 1] & 0x7f);
+        let len = bytes[at + 2..at + 2 + len_bytes]
+            .iter()
+            .fold(0usize, |acc, b| acc << 8 | usize::from(*b));
+        let end = at + 2 + len_bytes + len;
+        pem.push_str(&crate::oidc::pem("CERTIFICATE", &bytes[at..end]));
+        at = end;
+    }
+    std::fs::write(path, pem).expect("write the CA bundle");
+}
+
+#[test]
+fn the_https_listener_follows_a_ca_rotation_without_restart() {
+    let mut c = Cluster::with(
+        Options::default()
+            .max_offline(MAX_OFFLINE)
+            .config("host_cert_ttl = \"1h\"\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    );
+    basic(&c);
+    let state = c.agent(0).state_dir.clone();
+    let old = states(&c, "ca")[0].0.clone();
+    let new = rotate(&c, "ca");
+    c.advance_clock(PAST_PUBLISH_AHEAD);
+    wait_state(&c, "ca", &new, "active");
+    c.advance_clock(Duration::from_secs(45 * 60));
+    c.eventually("the agent's certificate is signed by the new CA", || {
+        signed_by(&state.join("host.crt"), &new).then_some(())
+    });
+    let both = c.dir().join("both-cas.pem");
+    pem_bundle(&std::fs::read(state.join("ca.crt")).expect("ca.crt"), &both);
+
+    // A host certificate from the new CA authenticates /introspect, with no restart.
+    let token = c.get("api", &["--fresh"]).token;
+    let (cert, key) = crate::oidc::host_cert_files(&c);
+    let form = format!("token={token}");
+    let args = [
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ];
+    let got = crate::oidc::curl(&c, &both, "/introspect", &args, Some(&form));
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.json()["active"], true, "{got:?}");
+
+    // Once the old CA retires, the listener's default certificate is made under the new
+    // one: a client that trusts only the new CA connects.
+    c.advance_clock(PAST_EVERYTHING);
+    wait_state(&c, "ca", &old, "retired");
+    c.add_agent("host-2", &[]);
+    let only_new = c.dir().join("new-ca.pem");
+    pem_bundle(
+        &std::fs::read(c.agent(1).state_dir.join("ca.crt")).expect("ca.crt"),
+        &only_new,
+    );
+    assert_eq!(count_certs(&c.agent(1).state_dir.join("ca.crt")), 1);
+    let health = crate::oidc::curl(&c, &only_new, "/healthz", &[], None);
+    assert_eq!(health.status, 200, "{health:?}");
+    assert!(c.control_plane_log().contains("serving under a new CA"));
+}

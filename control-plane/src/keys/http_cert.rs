@@ -16,6 +16,7 @@ impl Keys {
     /// with its chain (leaf, then the CA) and its key.
     pub fn http_server_cert(
         &self,
+        ca: &super::CaKey,
         names: &[String],
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), KeyError> {
         let key = KeyPair::generate()?;
@@ -39,9 +40,8 @@ impl Keys {
         p.not_before = now - time::Duration::minutes(5);
         p.not_after = now + time::Duration::days(365);
         p.serial_number = Some(random_serial()?);
-        // The CA agents enroll against; this certificate is not one of the things that
-        // keep a retiring CA published (it is made again at every start).
-        let ca = self.serving_ca();
+        // Not one of the things that keep a retiring CA published: the listener makes a
+        // new one under the next serving CA when this one retires.
         let cert = p.signed_by(&key, ca.issuer())?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((vec![cert.der().clone(), ca.der.clone()], key_der))
