@@ -102,6 +102,16 @@ pub struct FileConfig {
     pub http: Option<HttpFileConfig>,
     /// `[store]`: sled (default) or PostgreSQL.
     pub store: Option<StoreFileConfig>,
+    /// `[keys]`: key rotation.
+    pub keys: Option<KeysSection>,
+}
+
+/// `[keys]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// How long a new key is published before it signs (e.g. "10m").
+    pub publish_ahead: Option<String>,
 }
 
 /// The resolved configuration the server runs with.
@@ -145,7 +155,13 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// Where durable state lives.
     pub store: StoreConfig,
+    /// `[keys] publish_ahead`: how long a rotated key is published before it signs.
+    pub keys_publish_ahead: Duration,
 }
+
+/// Default of `[keys] publish_ahead`: verifiers that cache the JWKS for up to ten
+/// minutes see a new key before anything is signed with it.
+pub const DEFAULT_PUBLISH_AHEAD: Duration = Duration::from_secs(600);
 
 /// Default of `max_secret_bytes`: 64 KiB.
 pub const DEFAULT_MAX_SECRET_BYTES: u32 = 64 * 1024;
@@ -251,6 +267,11 @@ pub const DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
         "reconcile_interval",
         Duration::from_secs(1),
         Duration::from_secs(DAY),
+    ),
+    (
+        "keys.publish_ahead",
+        Duration::from_secs(1),
+        Duration::from_secs(30 * DAY),
     ),
 ];
 
@@ -585,6 +606,11 @@ impl Config {
                 message: e.message,
             }
         })?;
+        let keys_publish_ahead = duration(
+            "keys.publish_ahead",
+            file.keys.as_ref().and_then(|k| k.publish_ahead.as_deref()),
+            DEFAULT_PUBLISH_AHEAD,
+        )?;
         Ok(Config {
             data_dir,
             listen,
@@ -605,6 +631,7 @@ impl Config {
             reconcile_interval,
             http,
             store,
+            keys_publish_ahead,
         })
     }
 }
@@ -863,6 +890,30 @@ mod tests {
         assert_eq!(c.host_cert_ttl, Duration::from_secs(365 * DAY));
         resolve_text("host_cert_ttl = \"1h\"\nmax_offline = \"1s\"\nheartbeat = \"100ms\"")
             .expect("lower bounds are valid");
+    }
+
+    #[test]
+    fn keys_publish_ahead_defaults_to_ten_minutes_and_is_bounded() {
+        let c = resolve_text("").expect("defaults");
+        assert_eq!(c.keys_publish_ahead, Duration::from_secs(600));
+        let c = resolve_text("[keys]\npublish_ahead = \"30s\"").expect("30s");
+        assert_eq!(c.keys_publish_ahead, Duration::from_secs(30));
+        refused(
+            "[keys]\npublish_ahead = \"0s\"",
+            "keys.publish_ahead",
+            &["1s", "30d"],
+        );
+        refused(
+            "[keys]\npublish_ahead = \"31d\"",
+            "keys.publish_ahead",
+            &["30d"],
+        );
+        refused(
+            "[keys]\npublish_ahead = \"soon\"",
+            "keys.publish_ahead",
+            &["duration"],
+        );
+        refused("[keys]\nahead = \"1m\"", "ahead", &[]);
     }
 
     #[test]
