@@ -54,6 +54,13 @@ pub enum ServerError {
         "cannot open the store: {0} (is another control plane running on this data directory?)"
     )]
     Store(#[from] StoreError),
+    /// The PostgreSQL store could not be opened (unreachable, refused, a schema newer
+    /// than this build knows).
+    #[error("cannot open the PostgreSQL store: {0}")]
+    PostgresStore(String),
+    /// The PostgreSQL store's URL could not be read.
+    #[error(transparent)]
+    StoreUrl(#[from] crate::config::StoreUrlError),
     /// Keys could not be loaded or created.
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
@@ -442,17 +449,17 @@ async fn stop_when_the_store_can_be_reopened(
 /// The store `[store]` names: sled in the data directory, or PostgreSQL (opened off the
 /// runtime: it blocks until the database answered and the schema is migrated).
 async fn open_store(config: &Config, clock: &Clock) -> Result<Arc<dyn Storage>, ServerError> {
-    let Some(url) = config
-        .store
-        .url()
-        .map_err(|e| ServerError::Store(StoreError::Database(e.to_string())))?
-    else {
+    let Some(url) = config.store.url()? else {
         return Ok(SledStore::open(&config.data_dir, clock.clone())?);
     };
     let clock = clock.clone();
-    let store = tokio::task::spawn_blocking(move || SledStore::open_postgres(&url, clock))
+    let opened = tokio::task::spawn_blocking(move || SledStore::open_postgres(&url, clock))
         .await
-        .map_err(|e| StoreError::Database(format!("opening the store stopped: {e}")))??;
+        .map_err(|e| ServerError::PostgresStore(format!("opening stopped: {e}")))?;
+    let store = opened.map_err(|e| match e {
+        StoreError::Database(m) => ServerError::PostgresStore(m),
+        e => ServerError::PostgresStore(e.to_string()),
+    })?;
     tracing::info!(store = "postgres", "store opened");
     Ok(store)
 }

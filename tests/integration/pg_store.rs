@@ -458,3 +458,47 @@ fn concurrent_writers_on_two_replicas_are_sequenced_in_commit_order() {
     c.start_agent_at(on_b);
     c.wait_visible(on_b, "w-late");
 }
+
+/// `--check-config` of a postgres store checks that its URL can be read (without
+/// contacting the database) and names what to do when it cannot.
+#[test]
+fn check_config_needs_a_readable_store_url() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("cp.toml");
+    let check = |text: &str, url_env: Option<&str>| {
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\nadmin_socket = {:?}\n{text}",
+                tmp.path().join("data").display().to_string(),
+                tmp.path().join("admin.sock").display().to_string(),
+            ),
+        )
+        .expect("write config");
+        let mut cmd = Command::new(bin("leash-control-plane"));
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .arg("--check-config")
+            .env_remove("LEASH_STORE_URL");
+        if let Some(u) = url_env {
+            cmd.env("LEASH_STORE_URL", u);
+        }
+        leash_tests::process::run(cmd, None, Duration::from_secs(20))
+    };
+    let out = check("[store]\nkind = \"postgres\"\n", None);
+    out.code(1);
+    out.stderr_has(&["LEASH_STORE_URL", "url_file"]);
+    let missing = tmp.path().join("nope.url");
+    let out = check(&store_config(&missing), None);
+    out.code(1);
+    out.stderr_has(&[&missing.display().to_string()]);
+    let out = check(
+        "[store]\nkind = \"postgres\"\n",
+        Some("postgresql://u:pw-not-shown@127.0.0.1:1/db"),
+    );
+    out.code(0);
+    assert!(!out.stderr.contains("pw-not-shown"), "{out}");
+    let out = check("[store]\nkind = \"mysql\"\n", None);
+    out.code(1);
+    out.stderr_has(&["store.kind", "\"sled\" or \"postgres\""]);
+}
