@@ -502,3 +502,67 @@ fn check_config_needs_a_readable_store_url() {
     out.code(1);
     out.stderr_has(&["store.kind", "\"sled\" or \"postgres\""]);
 }
+
+/// An Issue through replica B racing the disabling of its workload on replica A, many
+/// times: every Issue either is refused or gets a lease that the revocation covers
+/// (revoked in the store, and never served by the agent afterwards).
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn an_issue_on_one_replica_racing_a_revocation_on_the_other_never_escapes_it() {
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let mut c = Cluster::with(Options::default().no_agent().config(&store_config(&url)));
+    let (mut b, b_url, _) = start_replica(&c, &url, tmp.path());
+    let token = c.join_token(&[]);
+    let on_b = c.add_agent_at("host-b", &token, &b_url);
+    c.credential("api", &["--audience", API_AUD]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let (mut issued, mut refused) = (0, 0);
+    for round in 0..20 {
+        let (got, _) = std::thread::scope(|scope| {
+            let get =
+                scope.spawn(|| c.leash_at(on_b, &["get", "api", "--as", "w1", "--output", "json"]));
+            let disable = scope.spawn(|| {
+                // A different head start each round, so the two meet in every order.
+                std::thread::sleep(Duration::from_millis((round % 5) * 3));
+                c.leashctl(&["workload", "disable", "w1", "--reason", "race"])
+            });
+            (
+                get.join().expect("get"),
+                disable.join().expect("disable").code(0).clone(),
+            )
+        });
+        if got.code == 0 {
+            issued += 1;
+            let lease = got.json()["lease_id"]
+                .as_str()
+                .expect("lease id")
+                .to_string();
+            let state = c.lease(&lease)["state"].clone();
+            assert_eq!(
+                state, "revoked",
+                "round {round}: lease {lease} escaped the revocation"
+            );
+        } else {
+            refused += 1;
+            assert_ne!(got.code, 0);
+        }
+        // Disabled: once the revocation is pushed, the agent serves nothing of w1,
+        // whatever it held.
+        leash_tests::wait_until(
+            &format!("round {round}: the agent on replica B stops serving w1"),
+            Duration::from_secs(10),
+            || c.logs_dump(),
+            || {
+                let after = c.leash_at(on_b, &["get", "api", "--as", "w1", "--output", "json"]);
+                (after.code != 0).then_some(())
+            },
+        );
+        c.leashctl(&["workload", "enable", "w1"]).code(0);
+        c.wait_visible(on_b, "w1");
+    }
+    eprintln!("issued then revoked: {issued}, refused: {refused}");
+    b.kill9();
+}
