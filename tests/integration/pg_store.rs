@@ -566,3 +566,52 @@ fn an_issue_on_one_replica_racing_a_revocation_on_the_other_never_escapes_it() {
     eprintln!("issued then revoked: {issued}, refused: {refused}");
     b.kill9();
 }
+
+/// An agent given both replicas' addresses: when the replica it talks to is killed
+/// (`kill -9`), it reconnects to the other, resumes, and a revocation made there wipes
+/// what it held; it is served again from the survivor.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn an_agent_fails_over_to_the_other_replica_and_gets_its_revocations() {
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let mut c = Cluster::with(
+        Options::default()
+            .no_agent()
+            .heartbeat("200ms")
+            .config(&store_config(&url)),
+    );
+    let (mut b, b_url, b_admin) = start_replica(&c, &url, tmp.path());
+    let token = c.join_token(&[]);
+    let both = format!("{},{b_url}", c.agent_url());
+    let agent = c.add_agent_at("host-ha", &token, &both);
+    c.credential("api", &["--audience", API_AUD]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let held = c.get_at(agent, "api", &["--as", "w1"]);
+    let killed = std::time::Instant::now();
+    c.kill_control_plane();
+    let mut cmd = c.leashctl_command();
+    cmd.env("LEASH_ADMIN_SOCKET", &b_admin).args([
+        "revoke",
+        "--lease",
+        &held.lease_id,
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    let out = c.run(cmd);
+    out.code(0);
+    assert!(out.stdout.contains("wiped on 1/1 hosts"), "{out}");
+    let fresh = c.get_at(agent, "api", &["--as", "w1"]);
+    assert_ne!(
+        fresh.lease_id, held.lease_id,
+        "the revoked lease is not served"
+    );
+    eprintln!(
+        "kill -9 of replica A to a fresh lease through replica B: {} ms",
+        killed.elapsed().as_millis()
+    );
+    b.kill9();
+}
