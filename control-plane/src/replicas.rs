@@ -1,7 +1,10 @@
 //! Keeping a replica's in-memory state in step with what the other replicas of a shared
 //! store commit: the policy engine's `--allow` links after any workload changed, and the
-//! policy version in force after another replica applied one. On sled there is one
-//! control plane, which updates them itself as it writes, and this does not run.
+//! policy version in force after another replica applied one. And the other way: the
+//! hosts connected to this replica are marked seen in the store every
+//! [`presence_interval`], so the other replicas know they are live (`host list`,
+//! `revoke --wait`). On sled there is one control plane, which knows all this itself,
+//! and none of it runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,36 @@ use crate::state::Shared;
 
 /// How often the policy version in force is compared with the stored one.
 const POLICY_POLL: Duration = Duration::from_secs(1);
+
+/// How often a replica marks its connected hosts seen: often enough that a live host
+/// is never taken for one that failed closed (a quarter of `max_offline`), at most
+/// every 5 s.
+pub fn presence_interval(max_offline: Duration) -> Duration {
+    (max_offline / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+}
+
+/// Whether a host this replica does not hold is connected to another replica: it was
+/// marked seen within two [`presence_interval`]s (it may have left since, by as much).
+pub fn live_elsewhere(s: &Shared, last_seen_unix: i64) -> bool {
+    let window = presence_interval(s.config.max_offline) * 2;
+    s.config.store != crate::config::StoreConfig::Sled
+        && s.clock.now_ms() - last_seen_unix * 1000 <= window.as_millis() as i64 + 1000
+}
+
+/// Mark the hosts connected here seen, every [`presence_interval`], until the store
+/// closes.
+pub async fn mark_present(s: Arc<Shared>) {
+    let mut tick = tokio::time::interval(presence_interval(s.config.max_offline));
+    loop {
+        tick.tick().await;
+        let now = s.clock.now();
+        for h in s.hub.connected_hosts() {
+            if let Err(e) = s.store.touch_host(&h, now).await {
+                tracing::warn!(error = %e, host = %h, "could not record host last-seen");
+            }
+        }
+    }
+}
 
 /// Follow the store until it closes.
 pub async fn follow(s: Arc<Shared>) {

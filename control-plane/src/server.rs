@@ -288,6 +288,7 @@ pub async fn run(
     // Replicas of a shared store follow what the others commit.
     if shared.config.store != crate::config::StoreConfig::Sled {
         tokio::spawn(crate::replicas::follow(shared.clone()));
+        tokio::spawn(crate::replicas::mark_present(shared.clone()));
     }
     let reconcile = tokio::spawn(crate::reconcile::run(shared.clone()));
     let key_rotation = {

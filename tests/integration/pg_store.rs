@@ -196,7 +196,7 @@ fn start_replica(c: &Cluster, url_file: &Path, dir: &Path) -> (Daemon, String, s
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\ntrust_domain = \"{}\"\nheartbeat = \"1s\"\n{}",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\ntrust_domain = \"{}\"\nheartbeat = \"1s\"\nmax_offline = \"8s\"\n{}",
             data.display().to_string(),
             admin.display().to_string(),
             leash_tests::TRUST_DOMAIN,
@@ -613,5 +613,56 @@ fn an_agent_fails_over_to_the_other_replica_and_gets_its_revocations() {
         "kill -9 of replica A to a fresh lease through replica B: {} ms",
         killed.elapsed().as_millis()
     );
+    b.kill9();
+}
+
+/// `host list` on either replica shows the hosts connected to the other as connected
+/// (each replica marks its hosts seen in the store), and no longer once they left.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn host_list_on_one_replica_shows_the_hosts_connected_to_the_other() {
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let mut c = Cluster::with(
+        Options::default()
+            .max_offline("8s")
+            .config(&store_config(&url)),
+    );
+    let (mut b, b_url, b_admin) = start_replica(&c, &url, tmp.path());
+    let token = c.join_token(&[]);
+    let on_b = c.add_agent_at("host-b", &token, &b_url);
+    fn connected(c: &Cluster, admin: Option<&Path>, host: &str) -> bool {
+        let mut cmd = c.leashctl_command();
+        if let Some(a) = admin {
+            cmd.env("LEASH_ADMIN_SOCKET", a);
+        }
+        cmd.args(["host", "list", "--output", "json"]);
+        let v = c.run(cmd).json();
+        v.as_array()
+            .or_else(|| v["hosts"].as_array())
+            .expect("a list")
+            .iter()
+            .find(|h| h["name"] == host)
+            .map(|h| h["connected"] == true)
+            .unwrap_or_else(|| panic!("{host} not listed: {v}"))
+    }
+    // Connected to B, listed as connected on A, and the other way round.
+    assert!(connected(&c, None, "host-1"));
+    assert!(connected(&c, None, "host-b"));
+    assert!(connected(&c, Some(&b_admin), "host-1"));
+    // Still so after several marking intervals (2 s here).
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(connected(&c, None, "host-b"));
+    // Gone: no longer connected, on either, within two intervals.
+    c.stop_agent_at(on_b);
+    leash_tests::wait_until(
+        "host-b, stopped, is not listed as connected on replica A",
+        Duration::from_secs(15),
+        || c.logs_dump(),
+        || (!connected(&c, None, "host-b")).then_some(()),
+    );
+    assert!(!connected(&c, Some(&b_admin), "host-b"));
     b.kill9();
 }
