@@ -39,8 +39,12 @@ pub async fn mark_present(s: Arc<Shared>) {
     loop {
         tick.tick().await;
         let now = s.clock.now();
-        for h in s.hub.connected_hosts() {
-            if let Err(e) = s.store.touch_host(&h, now).await {
+        // All at once, so group commit writes them in one batch rather than one
+        // transaction each.
+        let hosts = s.hub.connected_hosts();
+        let marks = hosts.iter().map(|h| s.store.touch_host(h, now));
+        for (h, r) in hosts.iter().zip(futures::future::join_all(marks).await) {
+            if let Err(e) = r {
                 tracing::warn!(error = %e, host = %h, "could not record host last-seen");
             }
         }
