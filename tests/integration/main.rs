@@ -53,6 +53,7 @@ mod secrets_client;
 mod secrets_e2e;
 mod sockets;
 mod tasks;
+mod authority;
 
 use std::path::Path;
 
