@@ -34,6 +34,7 @@
 mod agent;
 mod agent_http;
 mod architecture;
+mod authority;
 mod config;
 mod control_plane;
 mod databases;
@@ -53,7 +54,6 @@ mod secrets_client;
 mod secrets_e2e;
 mod sockets;
 mod tasks;
-mod authority;
 
 use std::path::Path;
 
