@@ -334,6 +334,8 @@ impl AttestedStream {
                 if r.taken == r.ready.len() {
                     r.ready.clear();
                     r.taken = 0;
+                    // A large header block grew it: give the memory back.
+                    r.ready.shrink_to(2 * REPAIR_READ);
                 }
                 return Poll::Ready(Ok(()));
             }
