@@ -339,8 +339,9 @@ impl AttestedStream {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut raw = [0u8; REPAIR_READ];
-            let mut rb = ReadBuf::new(&mut raw);
+            // Not zeroed first: ReadBuf tracks what was written.
+            let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); REPAIR_READ];
+            let mut rb = ReadBuf::uninit(&mut raw);
             std::task::ready!(self.poll_raw(cx, &mut rb))?;
             if rb.filled().is_empty() {
                 return Poll::Ready(Ok(())); // end of input

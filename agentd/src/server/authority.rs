@@ -13,16 +13,19 @@
 //!
 //! How: the byte stream is cut into HTTP/2 frames. Every frame but HEADERS and
 //! CONTINUATION is passed through byte for byte, as it arrives (DATA is never buffered).
-//! A header block (a HEADERS frame and its CONTINUATIONs) is collected whole, decoded
-//! with an HPACK decoder that follows the client's encoder for the connection's life, and
+//! A header block (a HEADERS frame and its CONTINUATIONs) is collected whole and decoded
+//! with an HPACK decoder that follows the client's encoder for the connection's life.
+//! Until a block needs a repair, blocks are passed on as they came (the server's HPACK
+//! state is then the client's): a client that sends a valid authority costs one decode
+//! per request. From the first repaired block on, every block of the connection is
 //! re-encoded as plain literals that never enter the server's dynamic table, so the
-//! server's HPACK state cannot drift from the client's whatever the client indexes. The
-//! new block goes out as a HEADERS frame (same stream, END_STREAM and priority kept,
-//! padding dropped) and as many CONTINUATIONs as the least frame size every server
-//! accepts requires.
+//! server's table stays as it was and can never be referred to wrongly, whatever the
+//! client indexes. A re-encoded block goes out as a HEADERS frame (same stream,
+//! END_STREAM and priority kept, padding dropped) and as many CONTINUATIONs as the least
+//! frame size every server accepts requires.
 //!
-//! Memory is bounded (a header block and a decoded header list are at most 64 KiB; the
-//! server itself refuses header lists over 16 KiB). Input that breaks the framing rules
+//! Memory is bounded (a header block, with its frame headers, and a decoded header list
+//! are at most 64 KiB; the server itself refuses header lists over 16 KiB). Input that breaks the framing rules
 //! the server would also enforce (a header block interleaved with another frame, bad
 //! padding, PUSH_PROMISE from a client, bad HPACK) is an error: the connection is closed,
 //! as the server would have closed it.
@@ -39,7 +42,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// agent's server (tonic over hyper) keeps. A client's HPACK table never exceeds it.
 pub const SERVER_HEADER_TABLE_SIZE: usize = 4096;
 
-/// The largest header block (compressed, over all its frames) accepted.
+/// The largest header block accepted: its frames as received, headers included.
 pub const MAX_BLOCK: usize = 64 * 1024;
 
 /// The largest decoded header list accepted (as HPACK weighs it). The server answers
@@ -137,6 +140,10 @@ pub struct AuthorityFix {
     frame: (u8, u8, u32),
     payload: Vec<u8>,
     block: Option<Block>,
+    /// The frames of the block being collected, as received.
+    raw: Vec<u8>,
+    /// Set from the first repaired block on: every later block is re-encoded too.
+    rewriting: bool,
     decoder: Decoder,
     replaced: u64,
 }
@@ -157,6 +164,8 @@ impl AuthorityFix {
             frame: (0, 0, 0),
             payload: Vec::new(),
             block: None,
+            raw: Vec::new(),
+            rewriting: false,
             decoder: Decoder::new(SERVER_HEADER_TABLE_SIZE, MAX_LIST),
             replaced: 0,
         }
@@ -239,10 +248,11 @@ impl AuthorityFix {
         }
         match kind {
             HEADERS | CONTINUATION => {
-                let had = self.block.as_ref().map_or(0, |b| b.fragment.len());
-                if had + len > MAX_BLOCK {
+                // Counting what is kept, frame headers too (empty CONTINUATIONs add up).
+                if self.raw.len() + h.len() + len > MAX_BLOCK {
                     return Err(AuthorityError::BlockTooLarge(stream));
                 }
+                self.raw.extend_from_slice(&h);
                 self.frame = (kind, flags, stream);
                 self.payload.clear();
                 if len == 0 {
@@ -269,6 +279,7 @@ impl AuthorityFix {
         self.state = State::Head;
         let (kind, flags, stream) = self.frame;
         let p = std::mem::take(&mut self.payload);
+        self.raw.extend_from_slice(&p);
         if kind == HEADERS {
             if stream == 0 {
                 return Err(AuthorityError::StreamZero);
@@ -329,6 +340,17 @@ impl AuthorityFix {
             .decoder
             .decode(&block.fragment)
             .map_err(|source| AuthorityError::Hpack { stream, source })?;
+        let repair = fields
+            .iter()
+            .any(|f| f.name == b":authority" && !acceptable(&f.value));
+        if !self.rewriting && !repair {
+            // Nothing repaired yet on this connection: the frames as they came.
+            out.extend_from_slice(&self.raw);
+            self.raw.clear();
+            return Ok(());
+        }
+        self.rewriting = true;
+        self.raw.clear();
         let mut encoded = Vec::with_capacity(block.fragment.len() * 2);
         for f in &mut fields {
             if f.name == b":authority" && !acceptable(&f.value) {
