@@ -350,7 +350,8 @@ impl AttestedStream {
                 tracing::info!(
                     uid = self.peer.uid(),
                     error = %e,
-                    "closed a gRPC connection whose HTTP/2 input is malformed"
+                    "closed a gRPC connection whose HTTP/2 input is malformed; \
+                     the client must speak HTTP/2 (RFC 9113, HPACK RFC 7541)"
                 );
                 r.failed = Some(e);
             }
@@ -600,6 +601,45 @@ mod tests {
         let mut all = Vec::new();
         s.read_to_end(&mut all).await.expect("read");
         assert_eq!(all, b"GET /v1/status HTTP/1.1\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn grpc_connections_are_read_through_the_authority_repair() {
+        let (a, mut b) = UnixStream::pair().expect("socketpair");
+        let peer = Peer::from_stream(a.as_fd()).expect("pin our own process");
+        let mut s = AttestedStream {
+            inner: a,
+            peer,
+            _guard: None,
+            over_cap: None,
+            replay: Vec::new(),
+            replayed: 0,
+            repair: None,
+        };
+        // The preface, then HEADERS (stream 1, END_HEADERS) with one literal field:
+        // `:authority: tmp%2Fa.sock`, as grpc-core sends it.
+        let mut block = vec![0x00, 10];
+        block.extend_from_slice(b":authority");
+        block.push(12);
+        block.extend_from_slice(b"tmp%2Fa.sock");
+        let mut input = H2_PREFACE.to_vec();
+        input.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x4, 0, 0, 0, 1]);
+        input.extend_from_slice(&block);
+        use tokio::io::AsyncWriteExt;
+        b.write_all(&input).await.expect("write");
+        assert_eq!(s.sniff().await, Some(Protocol::Grpc));
+        drop(b);
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.expect("read");
+        assert!(
+            all.starts_with(H2_PREFACE),
+            "the replayed preface goes through"
+        );
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.contains("localhost") && !text.contains("%2F"),
+            "{text:?}"
+        );
     }
 
     #[tokio::test]
