@@ -11,8 +11,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod http;
+mod store;
 
 pub use http::{HttpCert, HttpConfig, HttpFileConfig, HttpValueError};
+pub use store::{StoreConfig, StoreFileConfig, StoreUrlError, STORE_URL_ENV};
 
 /// Errors reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,8 @@ pub struct FileConfig {
     pub reconcile_interval: Option<String>,
     /// `[http]`: the HTTPS listener for OIDC discovery, the JWKS and introspection.
     pub http: Option<HttpFileConfig>,
+    /// `[store]`: sled (default) or PostgreSQL.
+    pub store: Option<StoreFileConfig>,
     /// `[keys]`: key rotation.
     pub keys: Option<KeysSection>,
 }
@@ -149,6 +153,8 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// The HTTPS listener, when `[http]` is configured.
     pub http: Option<HttpConfig>,
+    /// Where durable state lives.
+    pub store: StoreConfig,
     /// `[keys] publish_ahead`: how long a rotated key is published before it signs.
     pub keys_publish_ahead: Duration,
 }
@@ -594,6 +600,12 @@ impl Config {
                 key: e.key,
                 message: e.message,
             })?;
+        let store = store::resolve(file.store.take().unwrap_or_default()).map_err(|e| {
+            ConfigError::Value {
+                key: e.key,
+                message: e.message,
+            }
+        })?;
         let keys_publish_ahead = duration(
             "keys.publish_ahead",
             file.keys.as_ref().and_then(|k| k.publish_ahead.as_deref()),
@@ -618,6 +630,7 @@ impl Config {
             max_secret_bytes,
             reconcile_interval,
             http,
+            store,
             keys_publish_ahead,
         })
     }

@@ -195,6 +195,11 @@ impl Hub {
     pub fn connected(&self) -> usize {
         self.lock().len()
     }
+
+    /// The hosts connected to this process.
+    pub fn connected_hosts(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod kinds;
 pub mod model;
 pub mod policy;
 pub mod reconcile;
+pub mod replicas;
 pub mod retention;
 pub mod revocation;
 pub mod scheduled;

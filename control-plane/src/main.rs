@@ -91,6 +91,10 @@ fn main() -> ExitCode {
                 return fail(e, 1);
             }
         }
+        // The store's URL must be readable (the database itself is not contacted).
+        if let Err(e) = cfg.store.url() {
+            return fail(e, 1);
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }

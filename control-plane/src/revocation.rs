@@ -125,6 +125,12 @@ pub async fn wait(
 ) {
     let start = Instant::now();
     let mut acks = s.hub.subscribe_acks();
+    // Wipe acks received by other replicas of a shared store reach this one as the
+    // `wiped` events they recorded (see `remote_wipe`).
+    let mut recorded = s.store.subscribe_events();
+    let mut recording = true;
+    // Whether to look for wipes recorded before the subscription (or missed by it).
+    let mut look_recorded = true;
     let Some(rev) = s.revocation(seq) else {
         let _ = tx
             .send(Err(leash_proto::reason::Reason::NotFound
@@ -151,8 +157,11 @@ pub async fn wait(
         if rescan {
             rescan = false;
             let now = s.clock.now_ms();
+            let look_recorded = std::mem::take(&mut look_recorded);
             pending.retain(|h| match s.hub.info(h) {
                 Some(c) => c.wipe_acked_seq < seq && c.acked_seq < seq,
+                // Wiped through another replica before this wait subscribed to events.
+                None if look_recorded && recorded_wipe(s, seq, h) => false,
                 None => {
                     // Not connected: if it has been away longer than max_offline it has
                     // already wiped itself by failing closed. The recorded last-seen is
@@ -247,6 +256,20 @@ pub async fn wait(
                     next = acks.try_recv();
                 }
             }
+            e = recorded.recv(), if recording => {
+                match e {
+                    Ok(e) => {
+                        if let Some(h) = remote_wipe(&e, seq) {
+                            pending.remove(h);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        look_recorded = true;
+                        rescan = true;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => recording = false,
+                }
+            }
             r = queue.changed(), if watching && !ends.pending.is_empty() => {
                 match r {
                     Ok(()) => {
@@ -266,4 +289,30 @@ pub async fn wait(
             _ = tokio::time::sleep(report_in.unwrap_or_default()), if report_in.is_some() => {}
         }
     }
+}
+
+/// The host whose recorded `wiped` event acknowledges revocation `seq` (or a later
+/// one). The event is recorded by the replica the host is connected to, only after it
+/// checked that the revocation was sent on that connection (`agent_api::sync`), so a
+/// replica waiting on a host connected elsewhere can count it.
+fn remote_wipe(e: &crate::model::Event, seq: u64) -> Option<&str> {
+    let acked = e.detail.get("seq").and_then(|v| v.as_u64())?;
+    (e.kind == "wiped" && acked >= seq)
+        .then_some(e.host.as_deref())
+        .flatten()
+}
+
+/// Whether `host` has a recorded `wiped` event for one of its leases that revocation
+/// `seq` covered (written by whichever replica it is connected to).
+fn recorded_wipe(s: &Shared, seq: u64, host: &str) -> bool {
+    let by_host = s.revoked_leases_by_host(seq);
+    by_host.get(host).is_some_and(|leases| {
+        leases.iter().any(|l| {
+            s.store
+                .lease_events(l)
+                .unwrap_or_default()
+                .iter()
+                .any(|e| remote_wipe(e, seq) == Some(host))
+        })
+    })
 }

@@ -54,6 +54,13 @@ pub enum ServerError {
         "cannot open the store: {0} (is another control plane running on this data directory?)"
     )]
     Store(#[from] StoreError),
+    /// The PostgreSQL store could not be opened (unreachable, refused, a schema newer
+    /// than this build knows).
+    #[error("cannot open the PostgreSQL store: {0}")]
+    PostgresStore(String),
+    /// The PostgreSQL store's URL could not be read.
+    #[error(transparent)]
+    StoreUrl(#[from] crate::config::StoreUrlError),
     /// Keys could not be loaded or created.
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
@@ -180,7 +187,7 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
     let clock = Clock::system();
-    let store: Arc<dyn Storage> = SledStore::open(&config.data_dir, clock.clone())?;
+    let store = open_store(&config, &clock).await?;
     // The master key unseals the keys and brokered secrets. Checked against the data
     // before anything is opened: a key other than the one the data is sealed with stops
     // the start here, naming both key ids (and a rotation cut short is settled here).
@@ -278,6 +285,11 @@ pub async fn run(
     ));
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
     let ends = tokio::spawn(crate::issuance::ends::run(shared.clone()));
+    // Replicas of a shared store follow what the others commit.
+    if shared.config.store != crate::config::StoreConfig::Sled {
+        tokio::spawn(crate::replicas::follow(shared.clone()));
+        tokio::spawn(crate::replicas::mark_present(shared.clone()));
+    }
     let reconcile = tokio::spawn(crate::reconcile::run(shared.clone()));
     let key_rotation = {
         let s = shared.clone();
@@ -433,4 +445,22 @@ async fn stop_when_the_store_can_be_reopened(
             return;
         }
     }
+}
+
+/// The store `[store]` names: sled in the data directory, or PostgreSQL (opened off the
+/// runtime: it blocks until the database answered and the schema is migrated).
+async fn open_store(config: &Config, clock: &Clock) -> Result<Arc<dyn Storage>, ServerError> {
+    let Some(url) = config.store.url()? else {
+        return Ok(SledStore::open(&config.data_dir, clock.clone())?);
+    };
+    let clock = clock.clone();
+    let opened = tokio::task::spawn_blocking(move || SledStore::open_postgres(&url, clock))
+        .await
+        .map_err(|e| ServerError::PostgresStore(format!("opening stopped: {e}")))?;
+    let store = opened.map_err(|e| match e {
+        StoreError::Database(m) => ServerError::PostgresStore(m),
+        e => ServerError::PostgresStore(e.to_string()),
+    })?;
+    tracing::info!(store = "postgres", "store opened");
+    Ok(store)
 }

@@ -118,7 +118,10 @@ impl Shared {
     /// event, never as a denial. The store usually cannot take that event either (the
     /// disk is still full): the error log line is then the only record.
     pub async fn record_failure(&self, e: &StoreError, failed: Event) {
-        if matches!(e, StoreError::NotDurable(_) | StoreError::Sled(_)) {
+        if matches!(
+            e,
+            StoreError::NotDurable(_) | StoreError::Sled(_) | StoreError::Database(_)
+        ) {
             let kind = failed.kind.clone();
             if let Err(err) = self
                 .store

@@ -238,7 +238,8 @@ impl Cluster {
             opts.heartbeat,
             opts.max_offline,
         );
-        let text = format!("{text}{}", opts.extra_config);
+        let mut text = format!("{text}{}", opts.extra_config);
+        store_table(&mut text, dir.path());
         std::fs::write(&config, text).expect("write config");
         let mut c = Cluster {
             dir,
@@ -373,10 +374,21 @@ impl Cluster {
         args: &[String],
         token: Option<&str>,
     ) -> Command {
+        self.agent_command_to(&self.agent_url(), state_dir, socket, args, token)
+    }
+
+    fn agent_command_to(
+        &self,
+        url: &str,
+        state_dir: &Path,
+        socket: &Path,
+        args: &[String],
+        token: Option<&str>,
+    ) -> Command {
         let mut cmd = Command::new(bin("leash-agentd"));
         cmd.arg("run")
             .arg("--control-plane")
-            .arg(self.agent_url())
+            .arg(url)
             .arg("--state-dir")
             .arg(state_dir)
             .arg("--socket")
@@ -949,5 +961,81 @@ impl Cluster {
             let last = s["last_heartbeat_unix_ms"].as_i64()?;
             (s["synced"] == true && self.clock_now_ms() - last < 1_000).then_some(())
         });
+    }
+}
+
+/// With `LEASH_TEST_STORE=postgres`, a `[store]` table that keeps the control plane's
+/// state in a fresh database of the test process's PostgreSQL server (see
+/// `pg::shared`), unless the test chose its own store.
+fn store_table(text: &mut String, dir: &Path) {
+    if !pg::store_is_postgres() || text.contains("[store]") {
+        return;
+    }
+    let url_file = dir.join("pg.url");
+    std::fs::write(&url_file, pg::fresh_store_database()).expect("write the store URL");
+    std::fs::set_permissions(&url_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the store URL");
+    text.push_str(&format!(
+        "\n[store]\nkind = \"postgres\"\nurl_file = {:?}\n",
+        url_file.display().to_string()
+    ));
+}
+
+/// Whether this test must be skipped because it is about the sled store itself (it
+/// breaks or reads the sled directory) and the run keeps state in PostgreSQL
+/// (`LEASH_TEST_STORE=postgres`). Prints why when it is.
+pub fn sled_only(why: &str) -> bool {
+    let skip = pg::store_is_postgres();
+    if skip {
+        eprintln!("skipped on the postgres store: {why}");
+    }
+    skip
+}
+
+/// The `[store]` table of the cluster whose data directory is `data_dir` (empty on
+/// sled), for a test that starts a control plane on that cluster's state with its own
+/// configuration.
+pub fn store_table_of(data_dir: &Path) -> String {
+    let url_file = data_dir.parent().map(|d| d.join("pg.url"));
+    match url_file {
+        Some(f) if pg::store_is_postgres() && f.exists() => format!(
+            "\n[store]\nkind = \"postgres\"\nurl_file = {:?}\n",
+            f.display().to_string()
+        ),
+        _ => String::new(),
+    }
+}
+
+impl Cluster {
+    /// Start another agent named `name` that enrolls with `token` and talks only to the
+    /// control plane at `url` (e.g. a second replica); returns its index once it is
+    /// ready.
+    pub fn add_agent_at(&mut self, name: &str, token: &str, url: &str) -> usize {
+        let state_dir = self.dir.path().join(format!("state-{name}"));
+        let socket = self
+            .dir
+            .path()
+            .join(format!("sock-{name}"))
+            .join("agent.sock");
+        let mut agent_args = self.opts.agent_args.clone();
+        agent_args.extend(["--name".to_string(), name.to_string()]);
+        let cmd = self.agent_command_to(url, &state_dir, &socket, &agent_args, Some(token));
+        let what = format!("agent {name}");
+        let mut d = Daemon::spawn(&what, cmd);
+        self.track_log(&what, d.log());
+        d.wait_for_line("ready on", WAIT);
+        self.agents.push(AgentProc {
+            name: name.to_string(),
+            state_dir,
+            socket,
+            args: agent_args,
+            daemon: Some(d),
+        });
+        self.agents.len() - 1
+    }
+
+    /// The configuration file of the control plane.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 }

@@ -395,3 +395,67 @@ pub fn percent_path(p: &Path) -> String {
     }
     out
 }
+
+/// The environment variable that runs every [`crate::Cluster`] on PostgreSQL:
+/// `LEASH_TEST_STORE=postgres` (anything else, or unset: sled).
+pub const TEST_STORE_ENV: &str = "LEASH_TEST_STORE";
+
+/// The login role of the shared server's store databases, and its password.
+const STORE_ROLE: &str = "leash_store";
+const STORE_ROLE_PW: &str = "leash-store-test-pw";
+
+/// Whether this test run keeps the control planes' state in PostgreSQL.
+pub fn store_is_postgres() -> bool {
+    std::env::var(TEST_STORE_ENV).is_ok_and(|v| v == "postgres")
+}
+
+/// The one server of this test process for control-plane stores, started on first use
+/// and stopped (its directory removed) by a watcher once the process has exited: a
+/// `static` is never dropped.
+pub fn shared() -> &'static Pg {
+    static SHARED: std::sync::OnceLock<Pg> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let mut pg = Pg::start();
+        pg.sql(
+            "postgres",
+            &format!("CREATE ROLE {STORE_ROLE} LOGIN PASSWORD '{STORE_ROLE_PW}'"),
+        );
+        let stop = pg
+            .server_command("pg_ctl")
+            .args(["-D", &pg.data().display().to_string()])
+            .args(["-m", "immediate", "-w", "stop"])
+            .get_args()
+            .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let program = pg.server_command("pg_ctl").get_program().to_string_lossy().into_owned();
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{program}' {stop} >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = pg.dir().display(),
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        // The watcher stops it; dropping it here would too early.
+        pg.running = false;
+        pg
+    })
+}
+
+/// A fresh, empty database on the [`shared`] server for one control plane's store; the
+/// URL (over the socket, with the store role's password) to put in its `url_file`.
+pub fn fresh_store_database() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let pg = shared();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let db = format!("leash_{n}");
+    pg.sql(
+        "postgres",
+        &format!("CREATE DATABASE {db} OWNER {STORE_ROLE}"),
+    );
+    pg.socket_url(STORE_ROLE, STORE_ROLE_PW, &db)
+}

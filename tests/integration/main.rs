@@ -48,6 +48,7 @@ mod key_rotation;
 mod master_key;
 mod oidc;
 mod partitions;
+mod pg_store;
 mod policy;
 mod pty;
 mod revocation;

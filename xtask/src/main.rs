@@ -107,6 +107,8 @@ fn main() -> ExitCode {
             run(cargo().args(TEST_BINS_BUILD))?;
             // The same feature set as the binaries, so the test build reuses what that
             // build compiled instead of compiling the workspace a second time.
+            let root = nix::unistd::geteuid().is_root();
+            let started = std::time::Instant::now();
             run(cargo()
                 .args([
                     "test",
@@ -114,7 +116,30 @@ fn main() -> ExitCode {
                     "--features",
                     "leash-proto/test-clock",
                 ])
-                .args(test_args(args, nix::unistd::geteuid().is_root())))
+                .args(test_args(args.clone(), root)))?;
+            eprintln!("tests on sled took {:.0?}", started.elapsed());
+            // As root (CI), the integration suite again with every control plane on
+            // PostgreSQL (see tests/harness/pg.rs `shared`).
+            if root {
+                let started = std::time::Instant::now();
+                run(cargo()
+                    .args([
+                        "test",
+                        "-p",
+                        "leash-tests",
+                        "--test",
+                        "integration",
+                        "--features",
+                        "leash-proto/test-clock",
+                    ])
+                    .env(leash_tests::pg::TEST_STORE_ENV, "postgres")
+                    .args(test_args(args, root)))?;
+                eprintln!(
+                    "integration tests on postgres took {:.0?}",
+                    started.elapsed()
+                );
+            }
+            Ok(())
         })(),
     };
     match r {

@@ -14,7 +14,11 @@ pub(super) async fn list(s: &Shared) -> Result<v1::ListHostsResponse, Status> {
         .into_iter()
         .map(|h| {
             let conn = s.hub.info(&h.name);
-            wire::host_info(h, conn)
+            let elsewhere = conn.is_none() && crate::replicas::live_elsewhere(s, h.last_seen);
+            let mut info = wire::host_info(h, conn);
+            // Connected to another replica of the shared store.
+            info.connected |= elsewhere;
+            info
         })
         .collect();
     Ok(v1::ListHostsResponse { hosts })

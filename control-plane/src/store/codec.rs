@@ -4,6 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{Result, StoreError};
+use super::kv::Tree;
 
 pub(super) fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
@@ -28,7 +29,7 @@ pub(super) fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T
 }
 
 pub(super) fn get<T: DeserializeOwned>(
-    t: &sled::Tree,
+    t: &Tree,
     name: &'static str,
     key: &[u8],
 ) -> Result<Option<T>> {
@@ -38,7 +39,7 @@ pub(super) fn get<T: DeserializeOwned>(
     }
 }
 
-pub(super) fn all<T: DeserializeOwned>(t: &sled::Tree, name: &'static str) -> Result<Vec<T>> {
+pub(super) fn all<T: DeserializeOwned>(t: &Tree, name: &'static str) -> Result<Vec<T>> {
     t.iter().values().map(|v| dec(name, &v?)).collect()
 }
 
@@ -52,7 +53,7 @@ pub(super) fn policy_key(version: u64) -> String {
     format!("{POLICY_VERSION_PREFIX}{version}")
 }
 
-pub(super) fn meta_u64(t: &sled::Tree, key: &str) -> Result<u64> {
+pub(super) fn meta_u64(t: &Tree, key: &str) -> Result<u64> {
     Ok(t.get(key)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
         .map(u64::from_be_bytes)

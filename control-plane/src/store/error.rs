@@ -46,6 +46,26 @@ pub enum StoreError {
          if the store stays failed) and retry"
     )]
     NotDurable(String),
+    /// PostgreSQL could not be reached, or failed a statement or a commit: the write (if
+    /// any) was not acknowledged. The message never holds the database URL or password.
+    #[error(
+        "the PostgreSQL store is unavailable: {0}; the write, if any, was not acknowledged: \
+         check that the database is up and reachable, then retry"
+    )]
+    Database(String),
+    /// The database's schema is newer than this control plane knows: another replica
+    /// was upgraded first.
+    #[error(
+        "the PostgreSQL store's schema is at version {found}, newer than this control plane \
+         knows (version {known}): upgrade leash-control-plane on this machine to the version \
+         the other replicas run"
+    )]
+    SchemaTooNew {
+        /// The version the database is at.
+        found: i32,
+        /// The newest version this build knows.
+        known: i32,
+    },
     /// A sealed record could not be re-wrapped under a new master key; nothing was
     /// replaced.
     #[error("cannot re-wrap the sealed record {name:?}: {source}; nothing was changed")]

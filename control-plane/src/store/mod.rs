@@ -32,6 +32,8 @@ mod codec;
 mod error;
 mod flush;
 mod introspection_clients;
+mod kv;
+mod pg;
 mod queue;
 mod retention;
 mod sealed;
@@ -42,6 +44,7 @@ mod tx;
 
 pub use error::{Result, StoreError};
 pub use introspection_clients::IntrospectionClient;
+pub use pg::{latest_version as latest_schema_version, MIGRATIONS};
 pub use retention::{Cutoff, Pruned};
 pub use sealed::{is_key_blob, HoldsSealed, Rewrap, RewrapFailure, SealedRecord};
 pub use secrets::{Older, SecretWrite, SecretWritten, SECRET_KIND};

@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use super::codec::{dec, enc};
 use super::error::{Result, StoreError};
-use super::sled_store::Tx;
+use super::kv::Tree;
+use super::sled_store::{Trees, Tx};
 use crate::model::Event;
 
 /// One sealed value, as the master key sees it.
@@ -157,12 +158,11 @@ pub(super) const SEALED: &[Sealed] = &[
     Sealed::inside::<crate::model::SecretVersion>("secret_versions", secret_version_name),
 ];
 
-/// Every sealed record in `trees` of `db`.
-pub(super) fn records(db: &sled::Db, list: &[Sealed]) -> Result<Vec<SealedRecord>> {
+/// Every sealed record in the listed trees of `t`.
+pub(super) fn records(t: &Trees, list: &[Sealed]) -> Result<Vec<SealedRecord>> {
     let mut out = Vec::new();
     for s in list {
-        let tree = db.open_tree(s.tree)?;
-        for kv in tree.iter() {
+        for kv in tree(t, s.tree)?.iter() {
             let (k, v) = kv?;
             if let Some(name) = (s.name)(&k) {
                 out.push(SealedRecord {
@@ -175,9 +175,17 @@ pub(super) fn records(db: &sled::Db, list: &[Sealed]) -> Result<Vec<SealedRecord
     Ok(out)
 }
 
+fn tree<'t>(t: &'t Trees, name: &'static str) -> Result<&'t Tree> {
+    t.by_name(name).ok_or(StoreError::Corrupt {
+        tree: name,
+        message: "no such tree in the store".into(),
+    })
+}
+
 /// Replace every sealed record of `list` by what `rewrap` makes of it, and record
-/// `event`, all in one atomic write (a sled transaction over every listed tree): after a
-/// crash, either every record is re-wrapped or none is. Returns how many were replaced.
+/// `event`, all in one atomic write (on sled a transaction over every listed tree; on
+/// PostgreSQL the batch is one transaction anyway): after a crash, either every record
+/// is re-wrapped or none is. Returns how many were replaced.
 pub(super) fn rewrap(
     tx: &mut Tx<'_>,
     list: &[Sealed],
@@ -188,9 +196,9 @@ pub(super) fn rewrap(
     let mut trees = Vec::with_capacity(list.len());
     let mut writes: Vec<(usize, sled::IVec, Vec<u8>)> = Vec::new();
     for (i, s) in list.iter().enumerate() {
-        let tree = tx.db.open_tree(s.tree)?;
+        let tree = tree(tx.t, s.tree)?;
         // Only the writer writes, and this runs on it: what is read here stays as read
-        // until the transaction below commits.
+        // until the writes below are made.
         for kv in tree.iter() {
             let (k, v) = kv?;
             let Some(name) = (s.name)(&k) else { continue };
@@ -206,19 +214,33 @@ pub(super) fn rewrap(
         trees.push(tree);
     }
     let n = writes.len();
+    let sled_trees: Option<Vec<&sled::Tree>> = trees
+        .iter()
+        .map(|t| match t {
+            Tree::Sled(t) => Some(t),
+            Tree::Pg { .. } => None,
+        })
+        .collect();
     if n > 0 {
-        let refs: Vec<&sled::Tree> = trees.iter().collect();
-        refs.as_slice()
-            .transaction(|t| {
-                for (i, k, v) in &writes {
-                    t[*i].insert(k, v.as_slice())?;
+        match sled_trees {
+            Some(refs) => refs
+                .as_slice()
+                .transaction(|t| {
+                    for (i, k, v) in &writes {
+                        t[*i].insert(k, v.as_slice())?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                    sled::transaction::TransactionError::Abort(()) => StoreError::Closed,
+                })?,
+            None => {
+                for (i, k, v) in writes {
+                    trees[i].insert(k, v)?;
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-                sled::transaction::TransactionError::Abort(()) => StoreError::Closed,
-            })?;
+            }
+        }
     }
     if let Some(e) = event {
         tx.event(e)?;

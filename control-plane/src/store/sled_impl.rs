@@ -608,7 +608,7 @@ impl Storage for SledStore {
     }
 
     fn sealed_records(&self) -> Result<Vec<super::SealedRecord>> {
-        super::sealed::records(&self.db, super::sealed::SEALED)
+        super::sealed::records(&self.t, super::sealed::SEALED)
     }
 
     async fn rewrap_sealed(&self, rewrap: super::Rewrap, event: Option<Event>) -> Result<usize> {

@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use super::codec::{be, dec, ended_key, get, meta_u64};
 use super::error::{Result, StoreError};
 use super::flush::{Flush, SledFlush};
+use super::kv::Tree;
 use crate::clock::Clock;
 use crate::model::{Change, Event, Lease, LeaseState};
 
@@ -31,43 +32,109 @@ pub struct EndQueueWrites {
 }
 
 pub(super) struct Trees {
-    pub(super) meta: sled::Tree,
-    pub(super) blobs: sled::Tree,
-    pub(super) workloads: sled::Tree,
-    pub(super) credentials: sled::Tree,
-    pub(super) hosts: sled::Tree,
-    pub(super) serials: sled::Tree,
-    pub(super) join_tokens: sled::Tree,
-    pub(super) leases: sled::Tree,
-    pub(super) active: sled::Tree,
+    pub(super) meta: Tree,
+    pub(super) blobs: Tree,
+    pub(super) workloads: Tree,
+    pub(super) credentials: Tree,
+    pub(super) hosts: Tree,
+    pub(super) serials: Tree,
+    pub(super) join_tokens: Tree,
+    pub(super) leases: Tree,
+    pub(super) active: Tree,
     /// Active leases by expiry: (expires_at BE, lease id) -> ().
-    pub(super) expiry: sled::Tree,
-    pub(super) log: sled::Tree,
-    pub(super) revocations: sled::Tree,
-    pub(super) events: sled::Tree,
-    pub(super) lease_events: sled::Tree,
-    pub(super) task_events: sled::Tree,
-    pub(super) approval_events: sled::Tree,
-    pub(super) approvals: sled::Tree,
+    pub(super) expiry: Tree,
+    pub(super) log: Tree,
+    pub(super) revocations: Tree,
+    pub(super) events: Tree,
+    pub(super) lease_events: Tree,
+    pub(super) task_events: Tree,
+    pub(super) approval_events: Tree,
+    pub(super) approvals: Tree,
     /// Ended leases whose credential kind still has to undo something outside Leash:
     /// lease id -> `PendingEnd` (an empty value, from before it had one, reads as the
     /// default). See `issuance::ends`.
-    pub(super) ended: sled::Tree,
+    pub(super) ended: Tree,
     /// Ended leases by when they stop being kept: (expires_at BE, lease id) -> ().
     /// See `retention`.
-    pub(super) lease_ended: sled::Tree,
+    pub(super) lease_ended: Tree,
     /// Versions of brokered secrets, sealed: (name \0 version BE) -> `SecretVersion`.
-    pub(super) secret_versions: sled::Tree,
+    pub(super) secret_versions: Tree,
     /// Revocations promised for later (`secret rotate --grace`):
     /// (at BE, name \0 version BE) -> `ScheduledRevocation`.
-    pub(super) scheduled: sled::Tree,
+    pub(super) scheduled: Tree,
+}
+
+/// The name of every tree, as sled names it (and the `tree` column of PostgreSQL).
+pub(super) const TREE_NAMES: [&str; 21] = [
+    "meta",
+    "blobs",
+    "workloads",
+    "credentials",
+    "hosts",
+    "serials",
+    "join_tokens",
+    "leases",
+    "active_leases",
+    "lease_expiry",
+    "log",
+    "revocations",
+    "events",
+    "lease_events",
+    "task_events",
+    "approval_events",
+    "approvals",
+    "ended",
+    "lease_ended",
+    "secret_versions",
+    "scheduled",
+];
+
+impl Trees {
+    /// Every tree, each made by `open` from its name (see [`TREE_NAMES`]).
+    pub(super) fn build(mut open: impl FnMut(&'static str) -> Result<Tree>) -> Result<Trees> {
+        let [meta, blobs, workloads, credentials, hosts, serials, join_tokens, leases, active, expiry, log, revocations, events, lease_events, task_events, approval_events, approvals, ended, lease_ended, secret_versions, scheduled] =
+            TREE_NAMES;
+        Ok(Trees {
+            meta: open(meta)?,
+            blobs: open(blobs)?,
+            workloads: open(workloads)?,
+            credentials: open(credentials)?,
+            hosts: open(hosts)?,
+            serials: open(serials)?,
+            join_tokens: open(join_tokens)?,
+            leases: open(leases)?,
+            active: open(active)?,
+            expiry: open(expiry)?,
+            log: open(log)?,
+            revocations: open(revocations)?,
+            events: open(events)?,
+            lease_events: open(lease_events)?,
+            task_events: open(task_events)?,
+            approval_events: open(approval_events)?,
+            approvals: open(approvals)?,
+            ended: open(ended)?,
+            lease_ended: open(lease_ended)?,
+            secret_versions: open(secret_versions)?,
+            scheduled: open(scheduled)?,
+        })
+    }
+
+    /// The tree named `name` (see `sealed`, which lists trees by name).
+    pub(super) fn by_name(&self, name: &str) -> Option<&Tree> {
+        Some(match name {
+            "meta" => &self.meta,
+            "blobs" => &self.blobs,
+            "credentials" => &self.credentials,
+            "secret_versions" => &self.secret_versions,
+            "scheduled" => &self.scheduled,
+            _ => return None,
+        })
+    }
 }
 
 /// The state one batch of writes works on.
 pub(super) struct Tx<'a> {
     pub(super) t: &'a Trees,
-    /// The database, for the trees a write names rather than holds (see `sealed`).
-    pub(super) db: &'a sled::Db,
     pub(super) seq: u64,
     pub(super) event_id: u64,
     pub(super) changes: Vec<Change>,
@@ -88,7 +155,11 @@ pub(super) type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Reply + Send>;
 
 /// The embedded default: sled with a single writer thread.
 pub struct SledStore {
-    pub(super) db: sled::Db,
+    /// The sled database (`None` on PostgreSQL).
+    pub(super) db: Option<sled::Db>,
+    /// What a PostgreSQL store keeps running beside the writer (its readers and the
+    /// listener), dropped with the store.
+    pub(super) _engine: Option<Box<dyn std::any::Any + Send + Sync>>,
     pub(super) t: Arc<Trees>,
     pub(super) jobs: mpsc::Sender<Job>,
     pub(super) seq: Arc<AtomicU64>,
@@ -162,31 +233,9 @@ impl SledStore {
             // We flush explicitly per batch; sled's own periodic flush would only add I/O.
             .flush_every_ms(None)
             .open()?;
-        let t = Arc::new(Trees {
-            meta: db.open_tree("meta")?,
-            blobs: db.open_tree("blobs")?,
-            workloads: db.open_tree("workloads")?,
-            credentials: db.open_tree("credentials")?,
-            hosts: db.open_tree("hosts")?,
-            serials: db.open_tree("serials")?,
-            join_tokens: db.open_tree("join_tokens")?,
-            leases: db.open_tree("leases")?,
-            active: db.open_tree("active_leases")?,
-            expiry: db.open_tree("lease_expiry")?,
-            log: db.open_tree("log")?,
-            revocations: db.open_tree("revocations")?,
-            events: db.open_tree("events")?,
-            lease_events: db.open_tree("lease_events")?,
-            task_events: db.open_tree("task_events")?,
-            approval_events: db.open_tree("approval_events")?,
-            approvals: db.open_tree("approvals")?,
-            ended: db.open_tree("ended")?,
-            lease_ended: db.open_tree("lease_ended")?,
-            secret_versions: db.open_tree("secret_versions")?,
-            scheduled: db.open_tree("scheduled")?,
-        });
+        let t = Arc::new(Trees::build(|name| Ok(Tree::Sled(db.open_tree(name)?)))?);
         // Databases from before the expiry index: build it once.
-        if t.expiry.is_empty() && !t.active.is_empty() {
+        if t.expiry.is_empty()? && !t.active.is_empty()? {
             for id in t.active.iter().keys() {
                 let id = id?;
                 if let Some(l) = get::<Lease>(&t.leases, "leases", &id)? {
@@ -229,7 +278,8 @@ impl SledStore {
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
         };
         Ok(Arc::new(SledStore {
-            db,
+            db: Some(db),
+            _engine: None,
             t,
             jobs,
             seq,
@@ -252,6 +302,8 @@ impl SledStore {
             let r = f(t);
             Box::new(move |flush_err: Option<&StoreError>| {
                 let r = match (r, flush_err) {
+                    // PostgreSQL rolled the batch back (or could not confirm its commit).
+                    (Ok(_), Some(StoreError::Database(m))) => Err(StoreError::Database(m.clone())),
                     (Ok(_), Some(e)) => Err(StoreError::NotDurable(e.to_string())),
                     (r, _) => r,
                 };
@@ -262,7 +314,7 @@ impl SledStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub(super) fn indexed_events(&self, index: &sled::Tree, key: &str) -> Result<Vec<Event>> {
+    pub(super) fn indexed_events(&self, index: &Tree, key: &str) -> Result<Vec<Event>> {
         let mut prefix = key.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
@@ -277,7 +329,10 @@ impl SledStore {
 
     /// Size of the database on disk, in bytes.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db
+            .as_ref()
+            .and_then(|db| db.size_on_disk().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -325,7 +380,6 @@ fn writer(
         }
         let mut tx = Tx {
             t: &t,
-            db: &db,
             seq: next_seq,
             event_id,
             changes: Vec::new(),

@@ -524,7 +524,7 @@ async fn retention_forgets_only_what_is_older_than_its_period() {
     // A database from before the ended-lease index: it is built at open.
     s.t.lease_ended.clear().expect("clear");
     s.t.meta.remove("lease_ended_index").expect("meta");
-    s.db.flush().expect("flush");
+    s.db.as_ref().expect("sled").flush().expect("flush");
     drop(s);
     let s = reopen(dir.path(), &clock);
 

@@ -308,23 +308,47 @@ impl ConnSpec {
                 c
             }),
         };
-        r.map_err(|e| {
-            let where_ = if self.def.socket {
-                format!("the Unix socket in {} (port {})", self.def.host, self.def.port)
-            } else {
-                format!("{}:{}", self.def.host, self.def.port)
-            };
-            let why = self.message(&e);
-            match e.as_db_error() {
-                Some(_) => ConnError::Server(format!(
-                    "PostgreSQL at {where_} refused the admin role {}: {why}",
-                    self.def.user
-                )),
-                None => ConnError::Unreachable(format!(
-                    "cannot reach PostgreSQL at {where_}: {why}; check that it is up and the connection string's host and port"
-                )),
-            }
-        })
+        r.map_err(|e| self.connect_error(&e))
+    }
+
+    /// [`ConnSpec::connect`], sending the payload of every notification the connection
+    /// receives (after `LISTEN`) to `notes`.
+    pub async fn connect_listening(
+        &self,
+        notes: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<Client, ConnError> {
+        let r = match &self.tls {
+            None => self.config.connect(NoTls).await.map(|(c, conn)| {
+                tokio::spawn(forward_notes(conn, notes));
+                c
+            }),
+            Some(tls) => self.config.connect(tls.clone()).await.map(|(c, conn)| {
+                tokio::spawn(forward_notes(conn, notes));
+                c
+            }),
+        };
+        r.map_err(|e| self.connect_error(&e))
+    }
+
+    fn connect_error(&self, e: &tokio_postgres::Error) -> ConnError {
+        let where_ = if self.def.socket {
+            format!(
+                "the Unix socket in {} (port {})",
+                self.def.host, self.def.port
+            )
+        } else {
+            format!("{}:{}", self.def.host, self.def.port)
+        };
+        let why = self.message(e);
+        match e.as_db_error() {
+            Some(_) => ConnError::Server(format!(
+                "PostgreSQL at {where_} refused the role {}: {why}",
+                self.def.user
+            )),
+            None => ConnError::Unreachable(format!(
+                "cannot reach PostgreSQL at {where_}: {why}; check that it is up and the connection string's host and port"
+            )),
+        }
     }
 
     /// The driver's message for `e`, with PostgreSQL's own text for a server error, and
@@ -400,6 +424,25 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < POOL_SIZE {
             idle.push(c);
+        }
+    }
+}
+
+/// Drive a connection, forwarding its notifications until it closes.
+async fn forward_notes<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    notes: tokio::sync::mpsc::UnboundedSender<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+        match m {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                let _ = notes.send(n.payload().to_string());
+            }
+            Ok(_) => {}
+            Err(_) => break,
         }
     }
 }

@@ -1,0 +1,298 @@
+//! The PostgreSQL store's writer and what it publishes.
+//!
+//! Group commit as on sled: the writer drains the queued jobs and applies them as one
+//! batch, and the batch is ONE PostgreSQL transaction. It first takes a global
+//! transaction-scoped advisory lock, so the batches of every replica are serialised:
+//! the sequence and event counters are read under the lock (never trusted from memory),
+//! so sequence order is commit order across replicas, and every read-check-write of a
+//! job keeps the single-writer meaning it has on sled. The batch's writes are buffered
+//! (its reads see them) and sent at commit in a few multi-row statements, with
+//! `NOTIFY leash_changes` in the same transaction.
+//!
+//! What is published (changes, events, the end queue's counters) is read back from the
+//! database by [`Tail`], in sequence order from the last position published: after each
+//! own commit, on a notification from another replica, and every second (a lost
+//! notification only delays).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_postgres::types::ToSql;
+
+use super::session::{database, Overlay, Session, TxBackend};
+use crate::clock::Clock;
+use crate::model::{Change, Event};
+use crate::store::codec::{be, dec, meta_u64};
+use crate::store::error::{Result, StoreError};
+use crate::store::sled_store::{EndQueueWrites, Job, Reply, Trees, Tx};
+
+/// The advisory lock every batch of every replica takes (an arbitrary constant: "leash").
+pub(super) const BATCH_LOCK: i64 = 0x006c_6561_7368;
+/// The channel replicas notify each other on.
+pub(super) const CHANNEL: &str = "leash_changes";
+/// Largest number of queued writes applied in one transaction.
+const MAX_BATCH: usize = 1024;
+/// How often a replica reads the log even without a notification.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Meta keys of the end queue's counters (see `Storage::ended_changes`), kept in the
+/// database so every replica's waiters wake on every replica's writes.
+const ENDED_QUEUED: &str = "ended_queued";
+const ENDED_CHANGED: &str = "ended_changed";
+
+/// Reads what was committed (by any replica) and publishes it locally, in order.
+pub(super) struct Tail {
+    /// Trees read through the reader threads.
+    pub(super) t: Arc<Trees>,
+    /// What has been published: (seq, event id, ended queued, ended changed).
+    pub(super) at: Mutex<(u64, u64, u64, u64)>,
+    pub(super) seq: Arc<AtomicU64>,
+    pub(super) changes: broadcast::Sender<Arc<Change>>,
+    pub(super) events: broadcast::Sender<Event>,
+    pub(super) ended: watch::Sender<EndQueueWrites>,
+}
+
+impl Tail {
+    /// The counters as committed now: (seq, event id, ended queued, ended changed).
+    pub(super) fn counters(t: &Trees) -> Result<(u64, u64, u64, u64)> {
+        Ok((
+            meta_u64(&t.meta, "seq")?,
+            meta_u64(&t.meta, "event_id")?,
+            meta_u64(&t.meta, ENDED_QUEUED)?,
+            meta_u64(&t.meta, ENDED_CHANGED)?,
+        ))
+    }
+
+    /// Publish everything committed since the last call.
+    pub(super) fn catch_up(&self) -> Result<()> {
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        // The counters first: every log entry and event at or below them is committed.
+        let (seq, event_id, queued, changed) = Self::counters(&self.t)?;
+        let mut changes = Vec::new();
+        if seq > at.0 {
+            for v in self.t.log.range(be(at.0 + 1)..=be(seq)).values() {
+                changes.push(dec::<Change>("log", &v?)?);
+            }
+        }
+        let mut events = Vec::new();
+        if event_id > at.1 {
+            for v in self.t.events.range(be(at.1 + 1)..=be(event_id)).values() {
+                events.push(dec::<Event>("events", &v?)?);
+            }
+        }
+        if seq > at.0 {
+            self.seq.store(seq, Ordering::Release);
+        }
+        if changed > at.3 {
+            let (dq, dc) = (queued.saturating_sub(at.2), changed - at.3);
+            self.ended.send_modify(|n| {
+                n.queued = n.queued.wrapping_add(dq);
+                n.changed = n.changed.wrapping_add(dc);
+            });
+        }
+        *at = (
+            seq.max(at.0),
+            event_id.max(at.1),
+            queued.max(at.2),
+            changed.max(at.3),
+        );
+        for c in changes {
+            let _ = self.changes.send(Arc::new(c));
+        }
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        Ok(())
+    }
+}
+
+/// Begin a batch: a transaction holding the global batch lock. Returns the connection
+/// it runs on.
+fn begin(be_: &TxBackend) -> Result<u64> {
+    let mut s = be_.session.lock().unwrap_or_else(|p| p.into_inner());
+    s.run(|c| {
+        Box::pin(async move {
+            c.batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({BATCH_LOCK})"
+            ))
+            .await
+        })
+    })?;
+    Ok(s.generation())
+}
+
+/// Send the buffered writes and commit, notifying the other replicas. Refused when the
+/// connection the transaction began on was lost meanwhile (a new one is outside it).
+fn commit(be_: &TxBackend, began_on: u64, overlay: Overlay) -> Result<()> {
+    let mut upsert: (Vec<&'static str>, Vec<Vec<u8>>, Vec<Vec<u8>>) = Default::default();
+    let mut delete: (Vec<&'static str>, Vec<Vec<u8>>) = Default::default();
+    for (tree, writes) in overlay {
+        for (k, v) in writes {
+            match v {
+                Some(v) => {
+                    upsert.0.push(tree);
+                    upsert.1.push(k);
+                    upsert.2.push(v);
+                }
+                None => {
+                    delete.0.push(tree);
+                    delete.1.push(k);
+                }
+            }
+        }
+    }
+    let mut s = be_.session.lock().unwrap_or_else(|p| p.into_inner());
+    if s.generation() != began_on {
+        return Err(StoreError::Database(
+            "the connection was lost during the batch; it was rolled back".into(),
+        ));
+    }
+    s.run(move |c| {
+        Box::pin(async move {
+            if !delete.0.is_empty() {
+                let p: [&(dyn ToSql + Sync); 2] = [&delete.0, &delete.1];
+                c.execute(
+                    "DELETE FROM kv WHERE (tree, key) IN \
+                     (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+                    &p,
+                )
+                .await?;
+            }
+            if !upsert.0.is_empty() {
+                let p: [&(dyn ToSql + Sync); 3] = [&upsert.0, &upsert.1, &upsert.2];
+                c.execute(
+                    "INSERT INTO kv (tree, key, value) \
+                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+                     ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                    &p,
+                )
+                .await?;
+            }
+            c.batch_execute(&format!("NOTIFY {CHANNEL}; COMMIT")).await
+        })
+    })
+}
+
+/// Give up the transaction (after a failure; the connection may be gone, which ends
+/// it too).
+fn rollback(be_: &TxBackend) {
+    let mut s = be_.session.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = s.run(|c| Box::pin(async move { c.batch_execute("ROLLBACK").await }));
+}
+
+/// The writer loop: batch, apply in one transaction under the batch lock, commit, then
+/// publish (through `tail`) and answer. A batch whose commit is not confirmed is
+/// answered unavailable, and nothing of it is published.
+pub(super) fn writer(
+    be_: Arc<TxBackend>,
+    t: Arc<Trees>,
+    mut rx: mpsc::Receiver<Job>,
+    tail: Arc<Tail>,
+    failed: Arc<AtomicBool>,
+    clock: Clock,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let begun = begin(&be_);
+        let counters = match &begun {
+            Ok(_) => Tail::counters(&t),
+            Err(e) => Err(database(e)),
+        };
+        let began_on = begun.unwrap_or(u64::MAX);
+        let (seq, event_id, queued, changed) = counters.as_ref().copied().unwrap_or_default();
+        let mut tx = Tx {
+            t: &t,
+            seq,
+            event_id,
+            changes: Vec::new(),
+            events: Vec::new(),
+            stop: false,
+            now_ms: clock.now_ms(),
+            ended_queued: false,
+            ended_changed: false,
+        };
+        let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
+        let stop = tx.stop;
+        let result = counters.and_then(|_| {
+            t.meta.insert("seq", &be(tx.seq))?;
+            t.meta.insert("event_id", &be(tx.event_id))?;
+            if tx.ended_changed || tx.ended_queued {
+                t.meta
+                    .insert(ENDED_QUEUED, &be(queued + u64::from(tx.ended_queued)))?;
+                t.meta.insert(ENDED_CHANGED, &be(changed + 1))?;
+            }
+            let overlay =
+                std::mem::take(&mut *be_.overlay.lock().unwrap_or_else(|p| p.into_inner()));
+            commit(&be_, began_on, overlay)
+        });
+        // Whatever happened, the next batch starts from nothing buffered.
+        be_.overlay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let err = match result {
+            Ok(()) => {
+                failed.store(false, Ordering::Release);
+                // Published before answering: a caller reads `current_seq` as soon as
+                // it is answered. A failed read here only delays (the poll retries).
+                if let Err(e) = tail.catch_up() {
+                    tracing::warn!(error = %e, "could not read back the committed batch; the next poll will");
+                }
+                None
+            }
+            Err(e) => {
+                rollback(&be_);
+                tracing::error!(
+                    error = %e,
+                    unacknowledged = replies.len(),
+                    "STORE COMMIT FAILED: the batch was not acknowledged (answered UNAVAILABLE)"
+                );
+                Some(database(&e))
+            }
+        };
+        for r in replies {
+            r(err.as_ref());
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// The listener: wakes on `NOTIFY leash_changes` from any replica, and at least every
+/// [`POLL`], and publishes what was committed. Ends once `stop` is set.
+pub(super) fn listen(session: Session, tail: Arc<Tail>, stop: Arc<AtomicBool>) {
+    let (notes_tx, mut notes) = mpsc::unbounded_channel::<String>();
+    let mut listening: Option<tokio_postgres::Client> = None;
+    while !stop.load(Ordering::Acquire) {
+        if listening.as_ref().is_none_or(|c| c.is_closed()) {
+            let spec = session.spec().clone();
+            let notes_tx = notes_tx.clone();
+            listening = session.block_on(async move {
+                let c = spec.connect_listening(notes_tx).await.ok()?;
+                c.batch_execute(&format!("LISTEN {CHANNEL}")).await.ok()?;
+                Some(c)
+            });
+        }
+        session.block_on(async {
+            let _ = tokio::time::timeout(POLL, notes.recv()).await;
+            // Several notifications at once need one read.
+            while notes.try_recv().is_ok() {}
+        });
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = tail.catch_up() {
+            tracing::warn!(error = %e, "cannot read the store's change log; retrying");
+        }
+    }
+}
