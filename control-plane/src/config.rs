@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod audit;
 mod http;
 
+pub use audit::{AuditConfig, AuditFileConfig, AuditValueError};
 pub use http::{HttpCert, HttpConfig, HttpFileConfig, HttpValueError};
 
 /// Errors reading or validating the configuration.
@@ -100,6 +102,8 @@ pub struct FileConfig {
     pub http: Option<HttpFileConfig>,
     /// `[keys]`: key rotation.
     pub keys: Option<KeysSection>,
+    /// `[audit]`: audit checkpoints.
+    pub audit: Option<AuditFileConfig>,
 }
 
 /// `[keys]` as written.
@@ -151,6 +155,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// `[keys] publish_ahead`: how long a rotated key is published before it signs.
     pub keys_publish_ahead: Duration,
+    /// `[audit]`: how often audit checkpoints are signed.
+    pub audit: AuditConfig,
 }
 
 /// Default of `[keys] publish_ahead`: verifiers that cache the JWKS for up to ten
@@ -594,6 +600,10 @@ impl Config {
                 key: e.key,
                 message: e.message,
             })?;
+        let audit = audit::resolve(file.audit.as_ref()).map_err(|e| ConfigError::Value {
+            key: e.key,
+            message: e.message,
+        })?;
         let keys_publish_ahead = duration(
             "keys.publish_ahead",
             file.keys.as_ref().and_then(|k| k.publish_ahead.as_deref()),
@@ -619,6 +629,7 @@ impl Config {
             reconcile_interval,
             http,
             keys_publish_ahead,
+            audit,
         })
     }
 }

@@ -695,6 +695,14 @@ pub struct Event {
     /// Anything else worth recording (never a secret).
     #[serde(skip_serializing_if = "serde_json::Value::is_null", default)]
     pub detail: serde_json::Value,
+    /// The `hash` of the event before it in the audit chain (set by the store; absent on
+    /// events written before the chain began). See `audit_chain.rs`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prev_hash: Option<String>,
+    /// SHA-256 (hex) of this event's canonical encoding, `prev_hash` included (set by the
+    /// store). See `audit_chain.rs`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hash: Option<String>,
 }
 
 impl Event {
@@ -714,6 +722,8 @@ impl Event {
             approval: None,
             reason: None,
             detail: serde_json::Value::Null,
+            prev_hash: None,
+            hash: None,
         }
     }
 

@@ -125,7 +125,7 @@ fn key_blob(key: &[u8]) -> Option<String> {
 /// Whether the blob `name` is a sealed private key: `ca-key` and `jwt-key-1` (the first
 /// ones), `ca-key-<id>` and `jwt-key-<id>` (made by rotation, keys/lifecycle.rs).
 pub fn is_key_blob(name: &str) -> bool {
-    name == "ca-key" || name.starts_with("ca-key-") || name.starts_with("jwt-key-")
+    name == "ca-key" || name == "audit-key" || name.starts_with("ca-key-") || name.starts_with("jwt-key-")
 }
 
 /// A version of a brokered secret: the key is `name \0 version (BE u32)`, the value is

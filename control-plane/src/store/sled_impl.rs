@@ -173,6 +173,22 @@ impl Storage for SledStore {
         out.reverse();
         Ok(out)
     }
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.events_after_id(after, limit)
+    }
+
+    fn audit_chain(&self) -> Result<crate::audit_chain::ChainState> {
+        self.chain_state()
+    }
+
+    fn checkpoints(&self, from: u64) -> Result<Vec<crate::audit_chain::Checkpoint>> {
+        self.checkpoints_from(from)
+    }
+
+    async fn put_checkpoint(&self, cp: crate::audit_chain::Checkpoint) -> Result<()> {
+        self.store_checkpoint(cp).await
+    }
+
     fn lease_events(&self, lease: &str) -> Result<Vec<Event>> {
         self.indexed_events(&self.t.lease_events, lease)
     }

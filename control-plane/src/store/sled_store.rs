@@ -11,6 +11,7 @@ use super::codec::{be, dec, ended_key, get, meta_u64};
 use super::error::{Result, StoreError};
 use super::flush::{Flush, SledFlush};
 use crate::clock::Clock;
+use crate::audit_chain::Link;
 use crate::model::{Change, Event, Lease, LeaseState};
 
 /// How many change-log entries are kept for agents to resume from; an agent further
@@ -61,6 +62,8 @@ pub(super) struct Trees {
     /// Revocations promised for later (`secret rotate --grace`):
     /// (at BE, name \0 version BE) -> `ScheduledRevocation`.
     pub(super) scheduled: sled::Tree,
+    /// Signed audit checkpoints (see `chain`).
+    pub(super) checkpoints: sled::Tree,
 }
 
 /// The state one batch of writes works on.
@@ -70,6 +73,8 @@ pub(super) struct Tx<'a> {
     pub(super) db: &'a sled::Db,
     pub(super) seq: u64,
     pub(super) event_id: u64,
+    /// The last event of the audit chain (see `chain`).
+    pub(super) head: Link,
     pub(super) changes: Vec<Change>,
     pub(super) events: Vec<Event>,
     /// Set by the shutdown job: finish this batch, then exit.
@@ -184,6 +189,7 @@ impl SledStore {
             lease_ended: db.open_tree("lease_ended")?,
             secret_versions: db.open_tree("secret_versions")?,
             scheduled: db.open_tree("scheduled")?,
+            checkpoints: db.open_tree("audit_checkpoints")?,
         });
         // Databases from before the expiry index: build it once.
         if t.expiry.is_empty() && !t.active.is_empty() {
@@ -203,6 +209,10 @@ impl SledStore {
         }
         let seq = Arc::new(AtomicU64::new(meta_u64(&t.meta, "seq")?));
         let event_id = meta_u64(&t.meta, "event_id")?;
+        let (head, started) = super::chain::open_head(&t, event_id)?;
+        if started {
+            db.flush()?;
+        }
         let (changes, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel(4096);
         let (jobs, rx) = mpsc::channel::<Job>(8192);
@@ -224,7 +234,17 @@ impl SledStore {
                         events,
                         ended: ended_tx,
                     };
-                    writer(db, t, rx, seq, event_id, publish, flush, &failed, &clock)
+                    writer(
+                        db,
+                        t,
+                        rx,
+                        seq,
+                        (event_id, head),
+                        publish,
+                        flush,
+                        &failed,
+                        &clock,
+                    )
                 })
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
         };
@@ -302,7 +322,7 @@ fn writer(
     t: Arc<Trees>,
     mut rx: mpsc::Receiver<Job>,
     seq: Arc<AtomicU64>,
-    mut event_id: u64,
+    (mut event_id, mut head): (u64, Link),
     publish: Publish,
     mut flush: impl Flush,
     failed: &std::sync::atomic::AtomicBool,
@@ -328,6 +348,7 @@ fn writer(
             db: &db,
             seq: next_seq,
             event_id,
+            head: head.clone(),
             changes: Vec::new(),
             events: Vec::new(),
             stop: false,
@@ -339,6 +360,7 @@ fn writer(
         let Tx {
             seq: new_seq,
             event_id: new_event_id,
+            head: new_head,
             changes: new_changes,
             events: new_events,
             stop,
@@ -350,11 +372,16 @@ fn writer(
         unpublished_ended.1 |= ended_changed || ended_queued;
         next_seq = new_seq;
         event_id = new_event_id;
+        let head_changed = new_head != head;
+        head = new_head;
         unpublished_changes.extend(new_changes);
         unpublished_events.extend(new_events);
         let flushed = (|| -> Result<()> {
             t.meta.insert("seq", &be(new_seq))?;
             t.meta.insert("event_id", &be(new_event_id))?;
+            if head_changed {
+                t.meta.insert(super::chain::HEAD_KEY, super::codec::enc(&head))?;
+            }
             flush.flush(&db)?;
             Ok(())
         })();
