@@ -153,7 +153,13 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// What the signature covers: the canonical form of the checkpoint without
     /// `signature` (and without the export line's `type`).
-    pub fn signed_bytes(id: u64, hash: &str, at_ms: i64, kind: CheckpointKind, key_id: &str) -> Vec<u8> {
+    pub fn signed_bytes(
+        id: u64,
+        hash: &str,
+        at_ms: i64,
+        kind: CheckpointKind,
+        key_id: &str,
+    ) -> Vec<u8> {
         let v = serde_json::json!({
             "id": id, "hash": hash, "at_ms": at_ms, "kind": kind, "key_id": key_id,
         });
@@ -221,7 +227,10 @@ mod tests {
     fn canonical_sorts_keys_at_every_depth_without_whitespace() {
         let v: Value = serde_json::from_str(r#"{"b":1,"a":{"z":[1,{"y":2,"x":"é\n"}],"c":null}}"#)
             .expect("json");
-        assert_eq!(canonical(&v), r#"{"a":{"c":null,"z":[1,{"x":"é\n","y":2}]},"b":1}"#);
+        assert_eq!(
+            canonical(&v),
+            r#"{"a":{"c":null,"z":[1,{"x":"é\n","y":2}]},"b":1}"#
+        );
     }
 
     #[test]

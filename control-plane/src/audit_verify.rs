@@ -229,13 +229,24 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Verified, 
             return Err(bad(
                 Some(cp.id),
                 *line,
-                format!("checkpoint signed by key {:?}, which the export does not carry", cp.key_id),
+                format!(
+                    "checkpoint signed by key {:?}, which the export does not carry",
+                    cp.key_id
+                ),
             ));
         };
         if !cp.verify(key) {
-            return Err(bad(Some(cp.id), *line, "the checkpoint's signature does not verify"));
+            return Err(bad(
+                Some(cp.id),
+                *line,
+                "the checkpoint's signature does not verify",
+            ));
         }
-        if last.is_some_and(|l| cp.id > l) || (last.is_none() && cp.kind == CheckpointKind::Periodic && chain.as_ref().is_some_and(|c| cp.id > c.after_id)) {
+        if last.is_some_and(|l| cp.id > l)
+            || (last.is_none()
+                && cp.kind == CheckpointKind::Periodic
+                && chain.as_ref().is_some_and(|c| cp.id > c.after_id))
+        {
             return Err(bad(
                 Some(cp.id),
                 *line,
@@ -283,7 +294,9 @@ fn start(chain: Option<&Chain>, id: u64, prev_hash: &str, line: usize) -> Result
     if let Some((aid, ahash)) = &c.anchor {
         if id == aid + 1 {
             return if prev_hash == ahash {
-                Ok(format!("anchor {aid} (events up to it were forgotten by retention)"))
+                Ok(format!(
+                    "anchor {aid} (events up to it were forgotten by retention)"
+                ))
             } else {
                 Err(bad(
                     Some(id),

@@ -7,7 +7,12 @@ use super::*;
 use crate::audit_chain::{chain_line, event_hash, key_id, key_line, ChainState, Link};
 use crate::model::Event;
 
-fn signed(kp: &ring::signature::Ed25519KeyPair, id: u64, hash: &str, kind: CheckpointKind) -> Checkpoint {
+fn signed(
+    kp: &ring::signature::Ed25519KeyPair,
+    id: u64,
+    hash: &str,
+    kind: CheckpointKind,
+) -> Checkpoint {
     let kid = key_id(kp.public_key().as_ref());
     let msg = Checkpoint::signed_bytes(id, hash, 5, kind, &kid);
     Checkpoint {
@@ -49,7 +54,12 @@ fn export(n: u64) -> Vec<String> {
     for e in &events {
         lines.push(serde_json::to_string(e).expect("json"));
         if e.id == n - 1 {
-            let cp = signed(&kp, e.id, e.hash.as_deref().unwrap_or_default(), CheckpointKind::Periodic);
+            let cp = signed(
+                &kp,
+                e.id,
+                e.hash.as_deref().unwrap_or_default(),
+                CheckpointKind::Periodic,
+            );
             lines.push(cp.line().to_string());
         }
     }
@@ -119,7 +129,10 @@ fn a_truncated_tail_is_found() {
     // Without the chain line, the checkpoint at 4 still catches losing 4 and 5.
     let mut l = export(5);
     l.remove(1);
-    let cp = l.iter().position(|x| x.contains(CHECKPOINT_LINE)).expect("checkpoint");
+    let cp = l
+        .iter()
+        .position(|x| x.contains(CHECKPOINT_LINE))
+        .expect("checkpoint");
     let cp_line = l.remove(cp);
     l.truncate(l.len() - 2);
     l.push(cp_line);
@@ -131,7 +144,10 @@ fn a_truncated_tail_is_found() {
 #[test]
 fn a_forged_checkpoint_signature_is_found() {
     let mut l = export(5);
-    let cp = l.iter().position(|x| x.contains(CHECKPOINT_LINE)).expect("checkpoint");
+    let cp = l
+        .iter()
+        .position(|x| x.contains(CHECKPOINT_LINE))
+        .expect("checkpoint");
     let mut v: Value = serde_json::from_str(&l[cp]).expect("json");
     v["at_ms"] = 6.into();
     l[cp] = v.to_string();

@@ -294,9 +294,7 @@ pub async fn run(
     };
     let checkpoints = tokio::spawn(crate::checkpoints::run(
         shared.store.clone(),
-        Arc::new(
-            crate::checkpoints::Signer::load_or_create(&*shared.store, &shared.master).await?,
-        ),
+        Arc::new(crate::checkpoints::Signer::load_or_create(&*shared.store, &shared.master).await?),
         shared.clock.clone(),
         config.audit,
     ));

@@ -30,7 +30,9 @@ const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
 type Lines = Pin<Box<dyn Stream<Item = Result<v1::AuditEvent, Status>> + Send>>;
 
 fn line(v: &Value) -> Result<v1::AuditEvent, Status> {
-    Ok(v1::AuditEvent { json: v.to_string() })
+    Ok(v1::AuditEvent {
+        json: v.to_string(),
+    })
 }
 
 /// Where the export has got to.
@@ -41,12 +43,22 @@ struct Cursor {
     checkpoint: Option<(u64, bool)>,
 }
 
-pub(super) fn export(s: &Shared, after_id: u64, follow: bool) -> Result<Lines, Status> {
+pub(super) fn export(
+    s: &Shared,
+    after_id: u64,
+    since_ms: i64,
+    follow: bool,
+) -> Result<Lines, Status> {
     let store = s.store.clone();
     // In this order: a checkpoint read before the events can only sign an event that
     // the event reads then reach.
     let mut live = store.subscribe_events();
     let chain = store.audit_chain().map_err(Status::from)?;
+    let after_id = if after_id == 0 && since_ms > 0 {
+        after_time(&*store, since_ms, chain.head.id).map_err(Status::from)?
+    } else {
+        after_id
+    };
     let public = store.blob(PUBLIC_BLOB).map_err(Status::from)?;
     let from = match &chain.anchor {
         Some(a) => after_id.min(a.id),
@@ -70,7 +82,13 @@ pub(super) fn export(s: &Shared, after_id: u64, follow: bool) -> Result<Lines, S
             checkpoint: None,
         };
         let mut pending = first_checkpoints;
-        if send_events(&*store, &tx, &mut cur, &mut pending, u64::MAX).await.is_err() {
+        // Without `follow` every checkpoint read is sent, also one that signs an event
+        // past the last one there is: `verify` reports that tail as truncated.
+        let upto = if follow { u64::MAX - 1 } else { u64::MAX };
+        if send_events(&*store, &tx, &mut cur, &mut pending, upto)
+            .await
+            .is_err()
+        {
             return;
         }
         if !follow {
@@ -100,7 +118,10 @@ pub(super) fn export(s: &Shared, after_id: u64, follow: bool) -> Result<Lines, S
                     return;
                 }
             };
-            if send_events(&*store, &tx, &mut cur, &mut pending, upto).await.is_err() {
+            if send_events(&*store, &tx, &mut cur, &mut pending, upto)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -108,9 +129,25 @@ pub(super) fn export(s: &Shared, after_id: u64, follow: bool) -> Result<Lines, S
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
+/// The id after which events are recorded at or after `since_ms`: a binary search over
+/// ids (events are numbered in the order they are dated), a few reads.
+fn after_time(store: &dyn Storage, since_ms: i64, head: u64) -> Result<u64, StoreError> {
+    let (mut lo, mut hi) = (0u64, head);
+    // Invariant: every event with an id <= lo is older; some event with id <= hi + 1 is
+    // not (or none is).
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        match store.events_after(mid - 1, 1)?.first() {
+            Some(e) if e.at_ms < since_ms => lo = e.id.max(mid),
+            _ => hi = mid - 1,
+        }
+    }
+    Ok(lo)
+}
+
 /// Send the events after `cur.event` up to `upto`, each followed by the checkpoints of
 /// `pending` at or before it, then the checkpoints of `pending` up to the last event
-/// sent. `Err` when the reader has gone (or the store failed, which it is told).
+/// sent (all of them when `upto` is `u64::MAX`). `Err` when the reader has gone (or the store failed, which it is told).
 async fn send_events(
     store: &dyn Storage,
     tx: &mpsc::Sender<Result<v1::AuditEvent, Status>>,
@@ -156,17 +193,19 @@ async fn send_events(
         }
     }
     let mut rest = Vec::new();
-    send_cps_upto(cur.event, &mut rest, cur);
+    // `upto` u64::MAX: the end of a one-off export; all that is left goes out.
+    send_cps_upto(
+        if upto == u64::MAX { upto } else { cur.event },
+        &mut rest,
+        cur,
+    );
     for v in &rest {
         tx.send(line(v)).await.map_err(|_| ())?;
     }
     Ok(())
 }
 
-async fn fail(
-    tx: &mpsc::Sender<Result<v1::AuditEvent, Status>>,
-    e: StoreError,
-) -> Result<(), ()> {
+async fn fail(tx: &mpsc::Sender<Result<v1::AuditEvent, Status>>, e: StoreError) -> Result<(), ()> {
     let _ = tx.send(Err(Status::from(e))).await;
     Err(())
 }

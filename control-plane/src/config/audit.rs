@@ -90,16 +90,25 @@ mod tests {
             checkpoint_interval: Some("10s".into()),
         };
         let c = resolve(Some(&f)).expect("valid");
-        assert_eq!((c.checkpoint_every, c.checkpoint_interval), (5, Duration::from_secs(10)));
+        assert_eq!(
+            (c.checkpoint_every, c.checkpoint_interval),
+            (5, Duration::from_secs(10))
+        );
         let f = AuditFileConfig {
             checkpoint_every: Some(0),
             checkpoint_interval: None,
         };
-        assert_eq!(resolve(Some(&f)).expect_err("0").key, "audit.checkpoint_every");
+        assert_eq!(
+            resolve(Some(&f)).expect_err("0").key,
+            "audit.checkpoint_every"
+        );
         let f = AuditFileConfig {
             checkpoint_every: None,
             checkpoint_interval: Some("100ms".into()),
         };
-        assert_eq!(resolve(Some(&f)).expect_err("too short").key, "audit.checkpoint_interval");
+        assert_eq!(
+            resolve(Some(&f)).expect_err("too short").key,
+            "audit.checkpoint_interval"
+        );
     }
 }

@@ -301,6 +301,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 }
 
 #[cfg(test)]
+mod chain_tests;
+#[cfg(test)]
 mod queue_tests;
 #[cfg(test)]
 mod secret_tests;

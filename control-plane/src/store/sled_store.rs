@@ -10,8 +10,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use super::codec::{be, dec, ended_key, get, meta_u64};
 use super::error::{Result, StoreError};
 use super::flush::{Flush, SledFlush};
-use crate::clock::Clock;
 use crate::audit_chain::Link;
+use crate::clock::Clock;
 use crate::model::{Change, Event, Lease, LeaseState};
 
 /// How many change-log entries are kept for agents to resume from; an agent further
@@ -380,7 +380,8 @@ fn writer(
             t.meta.insert("seq", &be(new_seq))?;
             t.meta.insert("event_id", &be(new_event_id))?;
             if head_changed {
-                t.meta.insert(super::chain::HEAD_KEY, super::codec::enc(&head))?;
+                t.meta
+                    .insert(super::chain::HEAD_KEY, super::codec::enc(&head))?;
             }
             flush.flush(&db)?;
             Ok(())
