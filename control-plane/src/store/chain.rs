@@ -6,7 +6,6 @@
 
 use super::codec::{be, dec, enc, meta_u64};
 use super::error::Result;
-use super::sled_store::{SledStore, Trees};
 use crate::audit_chain::{ChainState, Checkpoint, CheckpointKind, Link, ZERO_HASH};
 use crate::model::Event;
 
@@ -17,16 +16,16 @@ pub(super) const ANCHOR_KEY: &str = "audit_anchor";
 /// The chain's head at open. A store from before the chain (or a new one) starts it at
 /// the next event: `audit_genesis` records that id, so `verify` tells the events before
 /// it (no hash) from tampering. Returns whether it wrote anything (to flush).
-pub(super) fn open_head(t: &Trees, event_id: u64) -> Result<(Link, bool)> {
-    if let Some(v) = t.meta.get(HEAD_KEY)? {
+pub(super) fn open_head(meta: &sled::Tree, event_id: u64) -> Result<(Link, bool)> {
+    if let Some(v) = meta.get(HEAD_KEY)? {
         return Ok((dec("meta", &v)?, false));
     }
     let head = Link {
         id: event_id,
         hash: ZERO_HASH.to_string(),
     };
-    t.meta.insert(GENESIS_KEY, &be(event_id + 1))?;
-    t.meta.insert(HEAD_KEY, enc(&head))?;
+    meta.insert(GENESIS_KEY, &be(event_id + 1))?;
+    meta.insert(HEAD_KEY, enc(&head))?;
     Ok((head, true))
 }
 
@@ -41,7 +40,7 @@ fn checkpoint_key(id: u64, kind: CheckpointKind) -> Vec<u8> {
 
 /// Retention forgot `last` (the newest event it removed): make it the anchor, and
 /// forget the checkpoints before it (they sign events no longer kept).
-pub(super) fn pruned_to(t: &Trees, last: &Event) -> Result<()> {
+pub(super) fn pruned_to(meta: &sled::Tree, checkpoints: &sled::Tree, last: &Event) -> Result<()> {
     let Some(hash) = &last.hash else {
         // Still in the part written before the chain: nothing to anchor.
         return Ok(());
@@ -50,64 +49,58 @@ pub(super) fn pruned_to(t: &Trees, last: &Event) -> Result<()> {
         id: last.id,
         hash: hash.clone(),
     };
-    t.meta.insert(ANCHOR_KEY, enc(&anchor))?;
-    let old: Vec<sled::IVec> = t
-        .checkpoints
+    meta.insert(ANCHOR_KEY, enc(&anchor))?;
+    let old: Vec<sled::IVec> = checkpoints
         .range(..be(last.id).to_vec())
         .keys()
         .collect::<std::result::Result<_, _>>()?;
     for k in old {
-        t.checkpoints.remove(k)?;
+        checkpoints.remove(k)?;
     }
     Ok(())
 }
 
-impl SledStore {
-    pub(super) fn chain_state(&self) -> Result<ChainState> {
-        let t = &self.t;
-        let head = match t.meta.get(HEAD_KEY)? {
-            Some(v) => dec("meta", &v)?,
-            None => Link {
-                id: 0,
-                hash: ZERO_HASH.into(),
-            },
-        };
-        let anchor = match t.meta.get(ANCHOR_KEY)? {
-            Some(v) => Some(dec("meta", &v)?),
-            None => None,
-        };
-        Ok(ChainState {
-            genesis: meta_u64(&t.meta, GENESIS_KEY)?.max(1),
-            head,
-            anchor,
-        })
-    }
+/// Where the chain stands (see the module doc).
+pub(super) fn state(meta: &sled::Tree) -> Result<ChainState> {
+    let head = match meta.get(HEAD_KEY)? {
+        Some(v) => dec("meta", &v)?,
+        None => Link {
+            id: 0,
+            hash: ZERO_HASH.into(),
+        },
+    };
+    let anchor = match meta.get(ANCHOR_KEY)? {
+        Some(v) => Some(dec("meta", &v)?),
+        None => None,
+    };
+    Ok(ChainState {
+        genesis: meta_u64(meta, GENESIS_KEY)?.max(1),
+        head,
+        anchor,
+    })
+}
 
-    pub(super) fn events_after_id(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        self.t
-            .events
-            .range(be(after.saturating_add(1)).to_vec()..)
-            .values()
-            .take(limit)
-            .map(|v| dec("events", &v?))
-            .collect()
-    }
+/// Up to `limit` events with ids above `after`, in id order.
+pub(super) fn events_after(events: &sled::Tree, after: u64, limit: usize) -> Result<Vec<Event>> {
+    events
+        .range(be(after.saturating_add(1)).to_vec()..)
+        .values()
+        .take(limit)
+        .map(|v| dec("events", &v?))
+        .collect()
+}
 
-    pub(super) fn checkpoints_from(&self, from: u64) -> Result<Vec<Checkpoint>> {
-        self.t
-            .checkpoints
-            .range(be(from).to_vec()..)
-            .values()
-            .map(|v| dec("audit_checkpoints", &v?))
-            .collect()
-    }
+/// The checkpoints of events `from` and later.
+pub(super) fn checkpoints_from(checkpoints: &sled::Tree, from: u64) -> Result<Vec<Checkpoint>> {
+    checkpoints
+        .range(be(from).to_vec()..)
+        .values()
+        .map(|v| dec("audit_checkpoints", &v?))
+        .collect()
+}
 
-    pub(super) async fn store_checkpoint(&self, cp: Checkpoint) -> Result<()> {
-        self.write(move |tx| {
-            tx.t.checkpoints
-                .insert(checkpoint_key(cp.id, cp.kind), enc(&cp))?;
-            Ok(())
-        })
-        .await
-    }
+/// Record `cp` (on the writer).
+pub(super) fn put(checkpoints: &sled::Tree, cp: &Checkpoint) -> Result<()> {
+    checkpoints.insert(checkpoint_key(cp.id, cp.kind), enc(cp))?;
+    Ok(())
 }

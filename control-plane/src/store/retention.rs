@@ -111,7 +111,7 @@ pub(super) fn prune(tx: &mut Tx<'_>, cut: Cutoff, limit: usize) -> Result<Pruned
         doomed.push((k, e));
     }
     if let Some((_, last)) = doomed.last() {
-        super::chain::pruned_to(t, last)?;
+        super::chain::pruned_to(&t.meta, &t.checkpoints, last)?;
     }
     for (k, e) in doomed {
         for (tree, key) in [

@@ -174,19 +174,20 @@ impl Storage for SledStore {
         Ok(out)
     }
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        self.events_after_id(after, limit)
+        super::chain::events_after(&self.t.events, after, limit)
     }
 
     fn audit_chain(&self) -> Result<crate::audit_chain::ChainState> {
-        self.chain_state()
+        super::chain::state(&self.t.meta)
     }
 
     fn checkpoints(&self, from: u64) -> Result<Vec<crate::audit_chain::Checkpoint>> {
-        self.checkpoints_from(from)
+        super::chain::checkpoints_from(&self.t.checkpoints, from)
     }
 
     async fn put_checkpoint(&self, cp: crate::audit_chain::Checkpoint) -> Result<()> {
-        self.store_checkpoint(cp).await
+        self.write(move |tx| super::chain::put(&tx.t.checkpoints, &cp))
+            .await
     }
 
     fn lease_events(&self, lease: &str) -> Result<Vec<Event>> {

@@ -209,7 +209,7 @@ impl SledStore {
         }
         let seq = Arc::new(AtomicU64::new(meta_u64(&t.meta, "seq")?));
         let event_id = meta_u64(&t.meta, "event_id")?;
-        let (head, started) = super::chain::open_head(&t, event_id)?;
+        let (head, started) = super::chain::open_head(&t.meta, event_id)?;
         if started {
             db.flush()?;
         }
