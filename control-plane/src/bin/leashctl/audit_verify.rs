@@ -65,6 +65,8 @@ fn report(r: Result<Verified, audit_verify::Tampered>) -> Result<(), Fail> {
         ),
         None => String::new(),
     };
-    print_line(format_args!("{range}, {} checkpoints{last}", v.checkpoints));
+    let n = v.checkpoints;
+    let plural = if n == 1 { "" } else { "s" };
+    print_line(format_args!("{range}, {n} checkpoint{plural}{last}"));
     Ok(())
 }
