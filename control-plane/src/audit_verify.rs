@@ -3,7 +3,8 @@
 //! links between them, and every checkpoint's signature, event and hash. The first
 //! break found is named by event id and line number.
 //!
-//! Hashes are kept per event id for the checkpoint checks (32 bytes each).
+//! Lines are read one at a time (an export of millions of events is never held whole);
+//! 32 bytes per event are kept, its hash, for the checkpoint checks.
 
 use std::collections::BTreeMap;
 
@@ -67,12 +68,12 @@ fn bad(event: Option<u64>, line: usize, what: impl Into<String>) -> Tampered {
 }
 
 /// Verify `lines` (the export, in order). `Ok` says what was verified.
-pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Verified, Tampered> {
+pub fn verify<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> Result<Verified, Tampered> {
     let mut keys: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut chain: Option<Chain> = None;
     let mut checkpoints: Vec<(usize, Checkpoint)> = Vec::new();
     // Hashes of chained events by id, from `first`.
-    let mut hashes: Vec<String> = Vec::new();
+    let mut hashes: Vec<[u8; 32]> = Vec::new();
     let mut first: Option<u64> = None;
     let mut prev: Option<(u64, String)> = None;
     let mut unchained: Option<(u64, u64)> = None;
@@ -82,6 +83,7 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Verified, 
     for (i, text) in lines.into_iter().enumerate() {
         let line = i + 1;
         last_line = line;
+        let text = text.as_ref();
         if text.trim().is_empty() {
             continue;
         }
@@ -176,7 +178,7 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Verified, 
         if first.is_none() {
             first = Some(id);
         }
-        hashes.push(hash.to_string());
+        hashes.push(raw(hash));
         prev = Some((id, hash.to_string()));
     }
     let end = last_line + 1;
@@ -262,7 +264,7 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Verified, 
             // Before what this export holds (a partial export, or an anchor).
             continue;
         }
-        if hashes[(cp.id - f) as usize] != cp.hash {
+        if hashes[(cp.id - f) as usize] != raw(&cp.hash) {
             return Err(bad(
                 Some(cp.id),
                 *line,
@@ -277,6 +279,16 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Verified, 
     out.range = first.zip(last);
     out.unchained = unchained;
     Ok(out)
+}
+
+/// The 32 bytes of a hex hash (zeros for anything else: it then matches no real hash,
+/// and an event's own hash was already checked against its content).
+fn raw(hex_hash: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if hex::decode_to_slice(hex_hash, &mut out).is_err() {
+        out = [0xff; 32];
+    }
+    out
 }
 
 /// Check where the chain's first event in the export links to, and say it.

@@ -67,7 +67,7 @@ fn export(n: u64) -> Vec<String> {
 }
 
 fn run(lines: &[String]) -> Result<Verified, Tampered> {
-    verify(lines.iter().map(String::as_str))
+    verify(lines)
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! the check does not depend on the control plane telling the truth about itself
 //! beyond the checkpoint key it publishes.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use leash_control_plane::audit_verify::{self, Verified};
@@ -29,22 +30,44 @@ pub(crate) async fn verify(
         ..Default::default()
     };
     let mut stream = c.audit_tail(req).await?.into_inner();
-    let mut lines = Vec::new();
+    // Verified as it arrives, on a thread of its own: the trail is never held whole.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(4096);
+    let worker = std::thread::spawn(move || audit_verify::verify(rx));
     while let Some(e) = stream.message().await? {
-        lines.push(e.json);
+        if tx.send(e.json).is_err() {
+            // The verifier stopped at a break; what it found is reported below.
+            break;
+        }
     }
-    report(verify_lines(&lines))
+    drop(tx);
+    report(join(worker)?)
 }
 
-/// Verify an export file (no control plane needed).
+/// Verify an export file (no control plane needed), a line at a time.
 pub(crate) fn from_file(path: &Path) -> Result<(), Fail> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Fail::usage(format!("cannot read {}: {e}", path.display())))?;
-    report(verify_lines(&text.lines().collect::<Vec<_>>()))
+    let cannot = |e: std::io::Error| Fail::usage(format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut failed = None;
+    let lines = BufReader::new(file).lines().map_while(|l| match l {
+        Ok(l) => Some(l),
+        Err(e) => {
+            failed = Some(e);
+            None
+        }
+    });
+    let r = audit_verify::verify(lines);
+    if let Some(e) = failed {
+        return Err(cannot(e));
+    }
+    report(r)
 }
 
-fn verify_lines<S: AsRef<str>>(lines: &[S]) -> Result<Verified, audit_verify::Tampered> {
-    audit_verify::verify(lines.iter().map(AsRef::as_ref))
+type Outcome = Result<Verified, audit_verify::Tampered>;
+
+fn join(worker: std::thread::JoinHandle<Outcome>) -> Result<Outcome, Fail> {
+    worker
+        .join()
+        .map_err(|_| Fail("the verifier stopped unexpectedly".into(), TAMPERED))
 }
 
 fn report(r: Result<Verified, audit_verify::Tampered>) -> Result<(), Fail> {
