@@ -197,3 +197,72 @@ pub async fn run(store: Arc<dyn Storage>, signer: Arc<Signer>, clock: Clock, cfg
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Event;
+    use crate::store::SledStore;
+
+    fn signer() -> Signer {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("key");
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+        Signer {
+            key_id: key_id(key.public_key().as_ref()),
+            key,
+        }
+    }
+
+    async fn append(s: &SledStore, n: usize) {
+        let evs = (0..n).map(|_| Event::new("x")).collect();
+        s.append_events(evs).await.expect("append");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_every_n_events_and_at_least_every_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStore::open(dir.path(), Clock::default()).expect("open");
+        let sig = signer();
+        let cfg = AuditConfig {
+            checkpoint_every: 3,
+            checkpoint_interval: Duration::from_secs(3600),
+        };
+        let mut p = Progress::default();
+        let ids = |v: Vec<Checkpoint>| v.iter().map(|c| c.id).collect::<Vec<_>>();
+        let t0 = 1_000_000;
+        // Nothing written yet: nothing to sign.
+        assert!(ids(step(&*s, &sig, t0, cfg, &mut p).await.expect("step")).is_empty());
+        append(&s, 2).await;
+        assert_eq!(
+            ids(step(&*s, &sig, t0, cfg, &mut p).await.expect("step")),
+            [2]
+        );
+        append(&s, 2).await;
+        assert!(ids(step(&*s, &sig, t0, cfg, &mut p).await.expect("step")).is_empty());
+        append(&s, 1).await;
+        assert_eq!(
+            ids(step(&*s, &sig, t0, cfg, &mut p).await.expect("step")),
+            [5]
+        );
+        append(&s, 1).await;
+        assert!(ids(step(&*s, &sig, t0 + 1000, cfg, &mut p).await.expect("step")).is_empty());
+        assert_eq!(
+            ids(step(&*s, &sig, t0 + 3_600_000, cfg, &mut p)
+                .await
+                .expect("step")),
+            [6],
+            "the interval signs what the count has not"
+        );
+        // No new event: no new checkpoint, however long.
+        assert!(ids(step(&*s, &sig, t0 + 9_000_000, cfg, &mut p)
+            .await
+            .expect("step"))
+        .is_empty());
+        let stored = s.checkpoints(0).expect("checkpoints");
+        assert_eq!(ids(stored.clone()), [2, 5, 6]);
+        assert!(stored.iter().all(|c| c.verify(sig.public_key())));
+        let reloaded = Progress::load(&*s).expect("load");
+        assert_eq!(reloaded.last, Some((6, t0 + 3_600_000)));
+    }
+}
