@@ -12,7 +12,8 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::audit_chain::{
-    value_hash, Checkpoint, CheckpointKind, CHAIN_LINE, CHECKPOINT_LINE, KEY_LINE, ZERO_HASH,
+    key_id, value_hash, Checkpoint, CheckpointKind, CHAIN_LINE, CHECKPOINT_LINE, KEY_LINE,
+    ZERO_HASH,
 };
 
 /// What was verified.
@@ -29,6 +30,8 @@ pub struct Verified {
     /// Where the verified chain starts from: `genesis`, `anchor N` (retention forgot
     /// what came before; signed) or `event N (not in this export)`.
     pub start: String,
+    /// The ids of the keys that signed the verified checkpoints.
+    pub keys: Vec<String>,
 }
 
 /// A break in the trail: where, and what.
@@ -92,10 +95,19 @@ pub fn verify<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> Result<Verif
         let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
         match kind {
             KEY_LINE => {
-                let id = v["key_id"].as_str().unwrap_or_default().to_string();
                 let key = base64::engine::general_purpose::STANDARD
                     .decode(v["public_key"].as_str().unwrap_or_default())
                     .map_err(|_| bad(None, line, "the checkpoint key is not base64"))?;
+                // The id is the key's own hash, never what the line claims: a pinned id
+                // then pins the key.
+                let id = key_id(&key);
+                if v["key_id"].as_str() != Some(id.as_str()) {
+                    return Err(bad(
+                        None,
+                        line,
+                        "the checkpoint key's key_id is not its hash",
+                    ));
+                }
                 keys.insert(id, key);
                 continue;
             }
@@ -272,6 +284,9 @@ pub fn verify<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> Result<Verif
             ));
         }
         out.checkpoints += 1;
+        if !out.keys.contains(&cp.key_id) {
+            out.keys.push(cp.key_id.clone());
+        }
         if out.last_checkpoint.is_none_or(|(id, _)| cp.id >= id) {
             out.last_checkpoint = Some((cp.id, cp.at_ms));
         }

@@ -77,6 +77,17 @@ fn an_untouched_export_verifies() {
     assert_eq!(v.checkpoints, 1);
     assert_eq!(v.last_checkpoint, Some((4, 5)));
     assert_eq!(v.start, "genesis");
+    assert_eq!(v.keys.len(), 1);
+}
+
+#[test]
+fn a_key_line_whose_id_is_not_its_hash_is_refused() {
+    let mut l = export(5);
+    let mut v: Value = serde_json::from_str(&l[0]).expect("json");
+    v["key_id"] = "0123456789abcdef".into();
+    l[0] = v.to_string();
+    let t = run(&l).expect_err("refused");
+    assert_eq!(t.line, 1, "{t}");
 }
 
 #[test]

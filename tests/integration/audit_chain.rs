@@ -292,6 +292,16 @@ fn verify_finds_each_tampering_of_an_export_and_names_its_line() {
     let out = verify_file(&c, &lines);
     out.code(0);
     assert!(out.stdout.contains("verified events 1.."), "{out}");
+    // Pinned to the key the control plane signs with, and to another one.
+    let key: Value = serde_json::from_str(&lines[0]).expect("the key line");
+    let key_id = key["key_id"].as_str().expect("key_id").to_string();
+    c.leashctl(&["audit", "verify", "--key", &key_id]).code(0);
+    let out = c.leashctl(&["audit", "verify", "--key", "0123456789abcdef"]);
+    out.code(1);
+    assert!(
+        out.stderr.contains(&format!("signed by key {key_id}")),
+        "{out}"
+    );
     // Line numbers (1-based) of the events, by id.
     let at = |id: u64| {
         1 + lines

@@ -41,6 +41,10 @@ pub(crate) enum AuditCmd {
         /// Verify this export (`audit export` output) instead of the control plane's trail.
         #[arg(long, value_name = "FILE")]
         from_export: Option<std::path::PathBuf>,
+        /// The checkpoint key id to expect (the `key_id` of the export's `audit.key` line,
+        /// written down at install): checkpoints signed by any other key do not verify.
+        #[arg(long, value_name = "KEY_ID")]
+        key: Option<String>,
     },
 }
 
@@ -84,8 +88,8 @@ pub(crate) async fn audit(c: &mut AdminClient<Channel>, cmd: AuditCmd) -> Result
                 after_id,
             }
         }
-        AuditCmd::Verify { from_export } => {
-            return crate::audit_verify::verify(c, from_export).await
+        AuditCmd::Verify { from_export, key } => {
+            return crate::audit_verify::verify(c, from_export, key.as_deref()).await
         }
     };
     let mut stream = c.audit_tail(req).await?.into_inner();

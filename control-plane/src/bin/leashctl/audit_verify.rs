@@ -20,9 +20,10 @@ const TAMPERED: i32 = 1;
 pub(crate) async fn verify(
     c: &mut AdminClient<Channel>,
     from_export: Option<PathBuf>,
+    key: Option<&str>,
 ) -> Result<(), Fail> {
     if let Some(p) = from_export {
-        return from_file(&p);
+        return from_file(&p, key);
     }
     let req = v1::AuditTailRequest {
         chain: true,
@@ -40,11 +41,11 @@ pub(crate) async fn verify(
         }
     }
     drop(tx);
-    report(join(worker)?)
+    report(join(worker)?, key)
 }
 
 /// Verify an export file (no control plane needed), a line at a time.
-pub(crate) fn from_file(path: &Path) -> Result<(), Fail> {
+pub(crate) fn from_file(path: &Path, key: Option<&str>) -> Result<(), Fail> {
     let cannot = |e: std::io::Error| Fail::usage(format!("cannot read {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(cannot)?;
     let mut failed = None;
@@ -59,7 +60,7 @@ pub(crate) fn from_file(path: &Path) -> Result<(), Fail> {
     if let Some(e) = failed {
         return Err(cannot(e));
     }
-    report(r)
+    report(r, key)
 }
 
 type Outcome = Result<Verified, audit_verify::Tampered>;
@@ -70,8 +71,24 @@ fn join(worker: std::thread::JoinHandle<Outcome>) -> Result<Outcome, Fail> {
         .map_err(|_| Fail("the verifier stopped unexpectedly".into(), TAMPERED))
 }
 
-fn report(r: Result<Verified, audit_verify::Tampered>) -> Result<(), Fail> {
+fn report(r: Outcome, pinned: Option<&str>) -> Result<(), Fail> {
     let v = r.map_err(|t| Fail(format!("the audit trail does not verify: {t}"), TAMPERED))?;
+    if let Some(k) = pinned {
+        if let Some(other) = v.keys.iter().find(|id| id.as_str() != k) {
+            return Err(Fail(
+                format!("the audit trail does not verify: its checkpoints are signed by key {other}, not by the expected key {k}"),
+                TAMPERED,
+            ));
+        }
+        if v.keys.is_empty() && v.range.is_some() {
+            return Err(Fail(
+                format!(
+                    "the audit trail does not verify: no checkpoint signed by the expected key {k}"
+                ),
+                TAMPERED,
+            ));
+        }
+    }
     if let Some((a, b)) = v.unchained {
         print_line(format_args!(
             "events {a}..{b} were written before the chain began: not verifiable"

@@ -154,9 +154,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     // An export is verified without a control plane.
     if let Cmd::Audit(AuditCmd::Verify {
         from_export: Some(path),
+        key,
     }) = &cli.cmd
     {
-        return audit_verify::from_file(path);
+        return audit_verify::from_file(path, key.as_deref());
     }
     let socket = socket_path(cli.admin_socket);
     trusted_socket(&socket)?;
