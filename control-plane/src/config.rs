@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod audit;
 mod http;
 mod store;
 
+pub use audit::{AuditConfig, AuditFileConfig, AuditValueError};
 pub use http::{HttpCert, HttpConfig, HttpFileConfig, HttpValueError};
 pub use store::{StoreConfig, StoreFileConfig, StoreUrlError, STORE_URL_ENV};
 
@@ -104,6 +106,8 @@ pub struct FileConfig {
     pub store: Option<StoreFileConfig>,
     /// `[keys]`: key rotation.
     pub keys: Option<KeysSection>,
+    /// `[audit]`: audit checkpoints.
+    pub audit: Option<AuditFileConfig>,
 }
 
 /// `[keys]` as written.
@@ -157,6 +161,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[keys] publish_ahead`: how long a rotated key is published before it signs.
     pub keys_publish_ahead: Duration,
+    /// `[audit]`: how often audit checkpoints are signed.
+    pub audit: AuditConfig,
 }
 
 /// Default of `[keys] publish_ahead`: verifiers that cache the JWKS for up to ten
@@ -606,6 +612,10 @@ impl Config {
                 message: e.message,
             }
         })?;
+        let audit = audit::resolve(file.audit.as_ref()).map_err(|e| ConfigError::Value {
+            key: e.key,
+            message: e.message,
+        })?;
         let keys_publish_ahead = duration(
             "keys.publish_ahead",
             file.keys.as_ref().and_then(|k| k.publish_ahead.as_deref()),
@@ -632,6 +642,7 @@ impl Config {
             http,
             store,
             keys_publish_ahead,
+            audit,
         })
     }
 }

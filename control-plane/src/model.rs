@@ -8,11 +8,11 @@ use std::str::FromStr;
 use leash_proto::workload_kind::WorkloadKind;
 use serde::{Deserialize, Serialize};
 
+mod names;
+pub use names::{hosts_match, selector_kind, valid_name, SELECTOR_KINDS};
+
 /// Selector kinds that carry the security boundary; every workload needs one of them.
 pub const ID_SELECTOR_KINDS: &[&str] = &["uid", "user", "gid", "group"];
-
-/// Selector kinds the agent can observe.
-pub const SELECTOR_KINDS: &[&str] = &["uid", "user", "gid", "group", "path", "sha256"];
 
 /// A non-human identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -695,6 +695,14 @@ pub struct Event {
     /// Anything else worth recording (never a secret).
     #[serde(skip_serializing_if = "serde_json::Value::is_null", default)]
     pub detail: serde_json::Value,
+    /// The `hash` of the event before it in the audit chain (set by the store; absent on
+    /// events written before the chain began). See `audit_chain.rs`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prev_hash: Option<String>,
+    /// SHA-256 (hex) of this event's canonical encoding, `prev_hash` included (set by the
+    /// store). See `audit_chain.rs`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hash: Option<String>,
 }
 
 impl Event {
@@ -714,6 +722,8 @@ impl Event {
             approval: None,
             reason: None,
             detail: serde_json::Value::Null,
+            prev_hash: None,
+            hash: None,
         }
     }
 
@@ -762,39 +772,6 @@ impl Event {
         self.detail = v;
         self
     }
-}
-
-/// Validate a workload or credential name: path-like, `[a-z0-9._-]` segments joined by `/`.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        })
-}
-
-/// Validate a selector such as `unix:uid:1001`; returns its kind.
-pub fn selector_kind(s: &str) -> Option<&'static str> {
-    let rest = s.strip_prefix("unix:")?;
-    let (kind, value) = rest.split_once(':')?;
-    let kind = SELECTOR_KINDS.iter().find(|k| **k == kind)?;
-    let ok = match *kind {
-        "uid" | "gid" => value.parse::<u32>().is_ok(),
-        "sha256" => value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()),
-        "path" => value.starts_with('/'),
-        _ => !value.is_empty(),
-    };
-    ok.then_some(*kind)
-}
-
-/// Whether a host's labels satisfy a workload's `hosts` selector.
-pub fn hosts_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 #[cfg(test)]

@@ -64,6 +64,9 @@ pub enum ServerError {
     /// Keys could not be loaded or created.
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
+    /// The audit checkpoint key could not be loaded or created.
+    #[error(transparent)]
+    Checkpoints(#[from] crate::checkpoints::CheckpointError),
     /// The listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -301,6 +304,12 @@ pub async fn run(
             move || s.keys_changed(),
         ))
     };
+    let checkpoints = tokio::spawn(crate::checkpoints::run(
+        shared.store.clone(),
+        Arc::new(crate::checkpoints::Signer::load_or_create(&*shared.store, &shared.master).await?),
+        shared.clock.clone(),
+        config.audit,
+    ));
     let retention = tokio::spawn(crate::retention::run(
         shared.store.clone(),
         shared.clock.clone(),
@@ -378,6 +387,7 @@ pub async fn run(
     ends.abort();
     reconcile.abort();
     retention.abort();
+    checkpoints.abort();
     key_rotation.abort();
     refused.abort();
     recovery.abort();

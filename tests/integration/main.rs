@@ -34,6 +34,7 @@
 mod agent;
 mod agent_http;
 mod architecture;
+mod audit_chain;
 mod authority;
 mod config;
 mod control_plane;

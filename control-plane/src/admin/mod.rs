@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::state::Shared;
 
 mod approvals;
+mod audit_export;
 mod check;
 mod credentials;
 mod hosts;

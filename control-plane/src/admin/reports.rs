@@ -55,6 +55,9 @@ pub(super) async fn jwks(s: &Shared) -> Result<v1::JwksResponse, Status> {
 }
 
 pub(super) async fn audit_tail(s: &Shared, r: v1::AuditTailRequest) -> Result<EventStream, Status> {
+    if r.chain {
+        return super::audit_export::export(s, r.after_id, r.since_unix_ms, r.follow);
+    }
     let limit = if r.limit == 0 {
         usize::MAX
     } else {

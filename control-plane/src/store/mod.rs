@@ -23,11 +23,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use crate::audit_chain::{ChainState, Checkpoint};
 use crate::model::{
     Approval, Change, Credential, Event, Host, JoinTokenRecord, Lease, LeaseState, PendingEnd,
     PolicyRecord, Revocation, RevocationTarget, ScheduledRevocation, SecretVersion, Workload,
 };
 
+mod chain;
 mod codec;
 mod error;
 mod flush;
@@ -126,6 +128,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>>;
     /// Audit events from `since_ms`, at most `limit` of the newest.
     fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>>;
+    /// Up to `limit` audit events with ids above `after`, in id order.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+    /// Where the audit chain stands: its genesis, head and retention anchor.
+    fn audit_chain(&self) -> Result<ChainState>;
+    /// The signed audit checkpoints kept of events `from` and later, by event id.
+    fn checkpoints(&self, from: u64) -> Result<Vec<Checkpoint>>;
+    /// Record a signed audit checkpoint durably.
+    async fn put_checkpoint(&self, cp: Checkpoint) -> Result<()>;
     /// Events that mention a lease, in order.
     fn lease_events(&self, lease: &str) -> Result<Vec<Event>>;
     /// Events that mention a task, in order.
@@ -293,6 +303,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<()>;
 }
 
+#[cfg(test)]
+mod chain_tests;
 #[cfg(test)]
 mod queue_tests;
 #[cfg(test)]

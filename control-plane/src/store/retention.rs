@@ -110,6 +110,9 @@ pub(super) fn prune(tx: &mut Tx<'_>, cut: Cutoff, limit: usize) -> Result<Pruned
         }
         doomed.push((k, e));
     }
+    if let Some((_, last)) = doomed.last() {
+        super::chain::pruned_to(&t.meta, &t.checkpoints, last)?;
+    }
     for (k, e) in doomed {
         for (tree, key) in [
             (&t.lease_events, &e.lease),

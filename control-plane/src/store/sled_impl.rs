@@ -173,6 +173,23 @@ impl Storage for SledStore {
         out.reverse();
         Ok(out)
     }
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        super::chain::events_after(&self.t.events, after, limit)
+    }
+
+    fn audit_chain(&self) -> Result<crate::audit_chain::ChainState> {
+        super::chain::state(&self.t.meta)
+    }
+
+    fn checkpoints(&self, from: u64) -> Result<Vec<crate::audit_chain::Checkpoint>> {
+        super::chain::checkpoints_from(&self.t.checkpoints, from)
+    }
+
+    async fn put_checkpoint(&self, cp: crate::audit_chain::Checkpoint) -> Result<()> {
+        self.write(move |tx| super::chain::put(&tx.t.checkpoints, &cp))
+            .await
+    }
+
     fn lease_events(&self, lease: &str) -> Result<Vec<Event>> {
         self.indexed_events(&self.t.lease_events, lease)
     }

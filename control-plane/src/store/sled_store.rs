@@ -11,6 +11,7 @@ use super::codec::{be, dec, ended_key, get, meta_u64};
 use super::error::{Result, StoreError};
 use super::flush::{Flush, SledFlush};
 use super::kv::Tree;
+use crate::audit_chain::Link;
 use crate::clock::Clock;
 use crate::model::{Change, Event, Lease, LeaseState};
 
@@ -62,10 +63,12 @@ pub(super) struct Trees {
     /// Revocations promised for later (`secret rotate --grace`):
     /// (at BE, name \0 version BE) -> `ScheduledRevocation`.
     pub(super) scheduled: Tree,
+    /// Signed audit checkpoints (see `chain`).
+    pub(super) checkpoints: Tree,
 }
 
 /// The name of every tree, as sled names it (and the `tree` column of PostgreSQL).
-pub(super) const TREE_NAMES: [&str; 21] = [
+pub(super) const TREE_NAMES: [&str; 22] = [
     "meta",
     "blobs",
     "workloads",
@@ -87,12 +90,13 @@ pub(super) const TREE_NAMES: [&str; 21] = [
     "lease_ended",
     "secret_versions",
     "scheduled",
+    "audit_checkpoints",
 ];
 
 impl Trees {
     /// Every tree, each made by `open` from its name (see [`TREE_NAMES`]).
     pub(super) fn build(mut open: impl FnMut(&'static str) -> Result<Tree>) -> Result<Trees> {
-        let [meta, blobs, workloads, credentials, hosts, serials, join_tokens, leases, active, expiry, log, revocations, events, lease_events, task_events, approval_events, approvals, ended, lease_ended, secret_versions, scheduled] =
+        let [meta, blobs, workloads, credentials, hosts, serials, join_tokens, leases, active, expiry, log, revocations, events, lease_events, task_events, approval_events, approvals, ended, lease_ended, secret_versions, scheduled, checkpoints] =
             TREE_NAMES;
         Ok(Trees {
             meta: open(meta)?,
@@ -116,6 +120,7 @@ impl Trees {
             lease_ended: open(lease_ended)?,
             secret_versions: open(secret_versions)?,
             scheduled: open(scheduled)?,
+            checkpoints: open(checkpoints)?,
         })
     }
 
@@ -137,6 +142,8 @@ pub(super) struct Tx<'a> {
     pub(super) t: &'a Trees,
     pub(super) seq: u64,
     pub(super) event_id: u64,
+    /// The last event of the audit chain (see `chain`).
+    pub(super) head: Link,
     pub(super) changes: Vec<Change>,
     pub(super) events: Vec<Event>,
     /// Set by the shutdown job: finish this batch, then exit.
@@ -252,6 +259,10 @@ impl SledStore {
         }
         let seq = Arc::new(AtomicU64::new(meta_u64(&t.meta, "seq")?));
         let event_id = meta_u64(&t.meta, "event_id")?;
+        let (head, started) = super::chain::open_head(&t.meta, event_id)?;
+        if started {
+            db.flush()?;
+        }
         let (changes, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel(4096);
         let (jobs, rx) = mpsc::channel::<Job>(8192);
@@ -273,7 +284,17 @@ impl SledStore {
                         events,
                         ended: ended_tx,
                     };
-                    writer(db, t, rx, seq, event_id, publish, flush, &failed, &clock)
+                    writer(
+                        db,
+                        t,
+                        rx,
+                        seq,
+                        (event_id, head),
+                        publish,
+                        flush,
+                        &failed,
+                        &clock,
+                    )
                 })
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
         };
@@ -357,7 +378,7 @@ fn writer(
     t: Arc<Trees>,
     mut rx: mpsc::Receiver<Job>,
     seq: Arc<AtomicU64>,
-    mut event_id: u64,
+    (mut event_id, mut head): (u64, Link),
     publish: Publish,
     mut flush: impl Flush,
     failed: &std::sync::atomic::AtomicBool,
@@ -382,6 +403,7 @@ fn writer(
             t: &t,
             seq: next_seq,
             event_id,
+            head: head.clone(),
             changes: Vec::new(),
             events: Vec::new(),
             stop: false,
@@ -393,6 +415,7 @@ fn writer(
         let Tx {
             seq: new_seq,
             event_id: new_event_id,
+            head: new_head,
             changes: new_changes,
             events: new_events,
             stop,
@@ -404,11 +427,17 @@ fn writer(
         unpublished_ended.1 |= ended_changed || ended_queued;
         next_seq = new_seq;
         event_id = new_event_id;
+        let head_changed = new_head != head;
+        head = new_head;
         unpublished_changes.extend(new_changes);
         unpublished_events.extend(new_events);
         let flushed = (|| -> Result<()> {
             t.meta.insert("seq", &be(new_seq))?;
             t.meta.insert("event_id", &be(new_event_id))?;
+            if head_changed {
+                t.meta
+                    .insert(super::chain::HEAD_KEY, super::codec::enc(&head))?;
+            }
             flush.flush(&db)?;
             Ok(())
         })();

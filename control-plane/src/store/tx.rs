@@ -7,6 +7,7 @@ use super::codec::{be, enc, ended_key, get};
 use super::error::{Result, StoreError};
 use super::sled_store::{Tx, LOG_RETAIN};
 use crate::audit;
+use crate::audit_chain::{self, Link};
 use crate::model::{
     Change, Credential, Event, Host, Lease, LeaseState, PendingEnd, Revocation, RevocationTarget,
     Workload,
@@ -26,6 +27,13 @@ impl Tx<'_> {
         if e.at_ms == 0 {
             e.at_ms = self.now_ms;
         }
+        // The chain: link to the previous event and hash this one (see `audit_chain`).
+        // The new head is written with `event_id` in this batch's flush.
+        e.prev_hash = Some(std::mem::take(&mut self.head.hash));
+        e.hash = None;
+        let hash = audit_chain::event_hash(&e);
+        e.hash = Some(hash.clone());
+        self.head = Link { id: e.id, hash };
         self.t.events.insert(be(e.id), enc(&e))?;
         for (tree, key) in [
             (&self.t.lease_events, &e.lease),

@@ -23,11 +23,28 @@ pub(crate) enum AuditCmd {
         #[arg(long, default_value_t = 50)]
         lines: u32,
     },
-    /// Every event since a time ago (e.g. 1h).
+    /// The chained trail as JSON lines (events with prev_hash and hash, the checkpoint
+    /// key, checkpoints), from a time ago (e.g. 1h) or from an event id (e.g. 1 for all);
+    /// --follow keeps streaming.
     Export {
-        /// How far back.
+        /// A time ago (30m, 2h, 7d) or an event id (digits only: from that event on).
         #[arg(long, default_value = "1h")]
         since: String,
+        /// Keep streaming new events and checkpoints.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Check the chain and the signed checkpoints of the whole kept trail (or of an
+    /// export); exit 1 naming the first event found edited, deleted, inserted,
+    /// reordered or truncated.
+    Verify {
+        /// Verify this export (`audit export` output) instead of the control plane's trail.
+        #[arg(long, value_name = "FILE")]
+        from_export: Option<std::path::PathBuf>,
+        /// The checkpoint key id to expect (the `key_id` of the export's `audit.key` line,
+        /// written down at install): checkpoints signed by any other key do not verify.
+        #[arg(long, value_name = "KEY_ID")]
+        key: Option<String>,
     },
 }
 
@@ -51,13 +68,29 @@ pub(crate) async fn audit(c: &mut AdminClient<Channel>, cmd: AuditCmd) -> Result
             follow,
             since_unix_ms: 0,
             limit: lines,
+            ..Default::default()
         },
-        AuditCmd::Export { since } => v1::AuditTailRequest {
-            follow: false,
-            since_unix_ms: system_now_ms()
-                - i64::from(parse_secs(&since).map_err(Fail::usage)?) * 1000,
-            limit: 0,
-        },
+        AuditCmd::Export { since, follow } => {
+            let (after_id, since_unix_ms) = if since.bytes().all(|b| b.is_ascii_digit()) {
+                let id: u64 = since
+                    .parse()
+                    .map_err(|_| Fail::usage(format!("--since {since}: not an event id")))?;
+                (id.saturating_sub(1), 0)
+            } else {
+                let secs = parse_secs(&since).map_err(Fail::usage)?;
+                (0, system_now_ms() - i64::from(secs) * 1000)
+            };
+            v1::AuditTailRequest {
+                follow,
+                since_unix_ms,
+                limit: 0,
+                chain: true,
+                after_id,
+            }
+        }
+        AuditCmd::Verify { from_export, key } => {
+            return crate::audit_verify::verify(c, from_export, key.as_deref()).await
+        }
     };
     let mut stream = c.audit_tail(req).await?.into_inner();
     let stdout = std::io::stdout();

@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 
 mod approval;
 mod audit;
+mod audit_verify;
 mod credential;
 mod host;
 mod input;
@@ -111,6 +112,17 @@ enum Cmd {
     Oidc(OidcCmd),
 }
 
+impl Cmd {
+    /// Whether the command streams until it is stopped (`audit tail|export --follow`).
+    fn follows(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Audit(AuditCmd::Tail { follow: true, .. })
+                | Cmd::Audit(AuditCmd::Export { follow: true, .. })
+        )
+    }
+}
+
 /// `--admin-socket` / `$LEASH_ADMIN_SOCKET` if given, else the system control plane's
 /// socket, else one under `$XDG_RUNTIME_DIR` (never a guessable path in `/tmp`).
 fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
@@ -139,6 +151,14 @@ fn trusted_socket(socket: &Path) -> Result<(), Fail> {
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
+    // An export is verified without a control plane.
+    if let Cmd::Audit(AuditCmd::Verify {
+        from_export: Some(path),
+        key,
+    }) = &cli.cmd
+    {
+        return audit_verify::from_file(path, key.as_deref());
+    }
     let socket = socket_path(cli.admin_socket);
     trusted_socket(&socket)?;
     let channel: Channel = leash_proto::uds::connect(&socket).await.map_err(|e| {
@@ -183,7 +203,12 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let timeout_guard = Duration::from_secs(3600);
+    // A follower streams until it is stopped.
+    let timeout_guard = if cli.cmd.follows() {
+        Duration::MAX
+    } else {
+        Duration::from_secs(3600)
+    };
     match rt.block_on(async { tokio::time::timeout(timeout_guard, run(cli)).await }) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(f)) => f.exit(),

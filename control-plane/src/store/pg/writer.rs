@@ -208,11 +208,26 @@ pub(super) fn writer(
             Err(e) => Err(database(e)),
         };
         let began_on = begun.unwrap_or(u64::MAX);
-        let (seq, event_id, queued, changed) = counters.as_ref().copied().unwrap_or_default();
+        // The audit chain's head, like the counters, is read under the batch lock: another
+        // replica may have appended events since this one's last batch. A new store
+        // starts its chain here (written with this batch).
+        let counters = counters
+            .and_then(|c| super::super::chain::open_head(&t.meta, c.1).map(|(head, _)| (c, head)));
+        let ((seq, event_id, queued, changed), head) =
+            counters.as_ref().cloned().unwrap_or_else(|_| {
+                (
+                    (0, 0, 0, 0),
+                    crate::audit_chain::Link {
+                        id: 0,
+                        hash: crate::audit_chain::ZERO_HASH.to_string(),
+                    },
+                )
+            });
         let mut tx = Tx {
             t: &t,
             seq,
             event_id,
+            head: head.clone(),
             changes: Vec::new(),
             events: Vec::new(),
             stop: false,
@@ -225,6 +240,12 @@ pub(super) fn writer(
         let result = counters.and_then(|_| {
             t.meta.insert("seq", &be(tx.seq))?;
             t.meta.insert("event_id", &be(tx.event_id))?;
+            if tx.head != head {
+                t.meta.insert(
+                    super::super::chain::HEAD_KEY,
+                    super::super::codec::enc(&tx.head),
+                )?;
+            }
             if tx.ended_changed || tx.ended_queued {
                 t.meta
                     .insert(ENDED_QUEUED, &be(queued + u64::from(tx.ended_queued)))?;
