@@ -1,7 +1,7 @@
 //! The Sync stream: the agent's one long-lived connection to the control plane.
 //!
-//! Down the stream come the workloads that may run here, heartbeats, revocations and
-//! eviction; up go acknowledgments (with how many credentials each revocation wiped)
+//! Down the stream come the workloads that may run here, heartbeats, revocations, the
+//! trust bundle and eviction; up go acknowledgments (with how many credentials each revocation wiped)
 //! and batched usage reports. On reconnect the agent resumes from its last sequence
 //! number, so every revocation it missed is applied before it serves again.
 
@@ -99,13 +99,15 @@ async fn session(agent: &Arc<Agent>, ready: &tokio::sync::watch::Sender<bool>) -
             return End::Retry(s.message().to_string());
         }
     };
+    // Whether this session has sent a trust bundle yet (its first one always counts).
+    let mut bundle_seen = false;
     let mut usage_tick = tokio::time::interval(USAGE_INTERVAL);
     usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => {
-                    if let Some(end) = apply(agent, m, &tx, ready).await {
+                    if let Some(end) = apply(agent, m, &tx, ready, &mut bundle_seen).await {
                         return end;
                     }
                 }
@@ -146,6 +148,7 @@ async fn apply(
     m: v1::ControlMessage,
     tx: &mpsc::Sender<v1::AgentMessage>,
     ready: &tokio::sync::watch::Sender<bool>,
+    bundle_seen: &mut bool,
 ) -> Option<End> {
     use v1::agent_message::Msg as Up;
     use v1::control_message::Msg;
@@ -221,8 +224,14 @@ async fn apply(
                 return Some(End::Retry("stream closed".into()));
             }
         }
-        // The trust bundle: kept by the SPIFFE Workload API (not yet served).
-        Msg::Bundle(_) => {}
+        // The trust bundle, which the SPIFFE Workload API serves. Not sequenced.
+        Msg::Bundle(b) => {
+            let generation = b.generation;
+            if agent.set_bundle(b, !*bundle_seen) {
+                tracing::info!(generation, "trust bundle updated");
+            }
+            *bundle_seen = true;
+        }
         Msg::Evicted(e) => {
             agent.evicted(&e.reason);
             return Some(End::Stop);
@@ -283,6 +292,8 @@ mod tests {
             cli_paths: vec![],
             max_conns_per_uid: 8,
             requests_per_uid: 0,
+            spiffe_jwt_credential: "spiffe-jwt".into(),
+            spiffe_x509_credential: "spiffe-x509".into(),
         };
         let attestor = Attestor::new(AttestorConfig::default()).expect("attestor");
         Agent::new(
@@ -319,6 +330,7 @@ mod tests {
                 action: "read".into(),
                 audience: "a".into(),
                 served: Default::default(),
+                chain_der: Vec::new(),
             },
         ));
     }
