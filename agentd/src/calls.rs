@@ -262,7 +262,12 @@ impl Calls {
             workload: w.name.clone(),
             credential: key.credential.clone(),
             action: key.action.clone(),
-            audience: key.audience.clone(),
+            // Several audiences travel as a list; the key's audience is then only a key.
+            audience: if how.audiences.is_empty() {
+                key.audience.clone()
+            } else {
+                String::new()
+            },
             ttl_seconds: key.ttl,
             task: key.task.clone().unwrap_or_default(),
             on_behalf_of: key.obo.clone().unwrap_or_default(),
