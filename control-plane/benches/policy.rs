@@ -24,6 +24,7 @@ fn workload(i: usize) -> Workload {
         expires_at: 0,
         disabled: false,
         created_at: 0,
+        x509_svid_ttl: 0,
     }
 }
 

@@ -80,6 +80,7 @@ fn lease(host: usize, version: u32) -> Lease {
         fingerprint: "0123456789ab".into(),
         ends_outside: false,
         version,
+        audiences: Vec::new(),
     }
 }
 
@@ -122,6 +123,7 @@ fn main() {
                 expires_at: 0,
                 disabled: false,
                 created_at: 0,
+                x509_svid_ttl: 0,
             },
             Event::new("x"),
         )

@@ -36,6 +36,9 @@ pub fn issued(at_ms: i64, lease: &Lease, ttl: u32, pid: u32) -> Event {
     if lease.version != 0 {
         e.detail["version"] = lease.version.into();
     }
+    if !lease.audiences.is_empty() {
+        e.detail["audiences"] = lease.audiences.clone().into();
+    }
     e.task = lease.task.clone();
     e.approval = lease.approval.clone();
     e
@@ -418,4 +421,19 @@ pub fn credential_disabled(name: &str, actor: &str, why: &str) -> Event {
         .actor(actor)
         .credential(name)
         .reason(why)
+}
+
+/// An admin created a client of the HTTPS `/introspect` endpoint
+/// (`introspection-client-created`); its secret is never recorded.
+pub fn introspection_client_created(at_ms: i64, actor: &str, id: &str, description: &str) -> Event {
+    at(at_ms, "introspection-client-created")
+        .actor(actor)
+        .detail(json!({ "client_id": id, "description": description }))
+}
+
+/// An admin removed an introspection client (`introspection-client-removed`).
+pub fn introspection_client_removed(at_ms: i64, actor: &str, id: &str) -> Event {
+    at(at_ms, "introspection-client-removed")
+        .actor(actor)
+        .detail(json!({ "client_id": id }))
 }

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod http;
+
+pub use http::{HttpCert, HttpConfig, HttpFileConfig, HttpValueError};
+
 /// Errors reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -92,6 +96,8 @@ pub struct FileConfig {
     /// How often what credential kinds set up outside Leash (database roles) is
     /// reconciled with the active leases, e.g. "5m".
     pub reconcile_interval: Option<String>,
+    /// `[http]`: the HTTPS listener for OIDC discovery, the JWKS and introspection.
+    pub http: Option<HttpFileConfig>,
 }
 
 /// The resolved configuration the server runs with.
@@ -131,6 +137,8 @@ pub struct Config {
     pub max_secret_bytes: u32,
     /// How often the reconciler runs (see `reconcile.rs`); it also runs at start.
     pub reconcile_interval: Duration,
+    /// The HTTPS listener, when `[http]` is configured.
+    pub http: Option<HttpConfig>,
 }
 
 /// Default of `max_secret_bytes`: 64 KiB.
@@ -556,6 +564,15 @@ impl Config {
             file.reconcile_interval.as_deref(),
             DEFAULT_RECONCILE_INTERVAL,
         )?;
+        let http = file
+            .http
+            .take()
+            .map(http::resolve)
+            .transpose()
+            .map_err(|e| ConfigError::Value {
+                key: e.key,
+                message: e.message,
+            })?;
         Ok(Config {
             data_dir,
             listen,
@@ -574,6 +591,7 @@ impl Config {
             retention: d.retention,
             max_secret_bytes,
             reconcile_interval,
+            http,
         })
     }
 }

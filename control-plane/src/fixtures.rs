@@ -19,6 +19,7 @@ pub fn workload(name: &str) -> Workload {
         expires_at: 0,
         disabled: false,
         created_at: 0,
+        x509_svid_ttl: 0,
     }
 }
 
@@ -44,6 +45,7 @@ pub fn lease(id: &str, w: &str) -> Lease {
         fingerprint: "f".into(),
         ends_outside: false,
         version: 0,
+        audiences: Vec::new(),
     }
 }
 

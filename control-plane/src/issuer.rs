@@ -20,6 +20,16 @@ pub struct LeashClaim {
     pub task: Option<String>,
 }
 
+/// A token's `aud`: a string for one audience, an array for several (RFC 7519 4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// One audience.
+    One(String),
+    /// Several audiences.
+    Several(Vec<String>),
+}
+
 /// Token claims.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -28,7 +38,7 @@ pub struct Claims {
     /// Workload SPIFFE ID.
     pub sub: String,
     /// Audience.
-    pub aud: String,
+    pub aud: Audience,
     /// Expiry (unix s).
     pub exp: i64,
     /// Issued at.
@@ -173,7 +183,7 @@ mod tests {
         let claims = Claims {
             iss: "spiffe://td".into(),
             sub: "spiffe://td/ci/deploy".into(),
-            aud: "https://a.example".into(),
+            aud: Audience::One("https://a.example".into()),
             exp: 2_000_000_000,
             iat: 1_000_000_000,
             nbf: 1_000_000_000,

@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 use crate::store::Storage;
 
 mod error;
+mod http_cert;
 mod key_id;
 mod master;
 
@@ -291,6 +292,67 @@ impl Keys {
         let cert = p.signed_by(&key, &self.issuer())?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((vec![cert.der().clone(), self.ca_der.clone()], key_der))
+    }
+
+    /// Sign an X.509-SVID for the key in `csr_der`: the CSR must be a P-256 ECDSA key
+    /// with a valid self-signature; only its public key is used. The leaf has the URI SAN
+    /// `spiffe_id` and nothing else, is not a CA, and is valid from `not_before` to
+    /// `not_after` (unix seconds). Returns the leaf, DER.
+    pub fn sign_svid(
+        &self,
+        csr_der: &[u8],
+        spiffe_id: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<Vec<u8>, KeyError> {
+        use x509_parser::prelude::FromDer;
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+                .map_err(|e| KeyError::Cert(format!("the CSR is not a PKCS#10 request: {e}")))?;
+        let spki =
+            rcgen::SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
+                .map_err(|e| KeyError::Cert(format!("the CSR's public key is not usable: {e}")))?;
+        if rcgen::PublicKeyData::algorithm(&spki) != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(KeyError::Cert(
+                "the CSR's key is not a P-256 ECDSA key; make a P-256 key".into(),
+            ));
+        }
+        csr.verify_signature()
+            .map_err(|e| KeyError::Cert(format!("the CSR's signature does not verify: {e}")))?;
+        let time = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .ok()
+                .filter(|t| t.year() <= 9999)
+                .ok_or(KeyError::Lifetime(u64::try_from(t).unwrap_or(0)))
+        };
+        let mut p = CertificateParams::default();
+        // The SPIFFE X.509-SVID spec: the identity is the URI SAN alone; no subject.
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+            KeyUsagePurpose::KeyAgreement,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        // Names the CA key, so a verifier holding two CAs of the same name (during a CA
+        // rotation) picks the one that signed.
+        p.use_authority_key_identifier_extension = true;
+        p.not_before = time(not_before)?;
+        p.not_after = time(not_after)?;
+        p.serial_number = Some(random_serial()?);
+        let cert = p.signed_by(&spki, &self.issuer())?;
+        Ok(cert.der().to_vec())
+    }
+
+    /// Every CA certificate a verifier must trust now, DER (the trust bundle's X.509
+    /// part).
+    pub fn bundle_ders(&self) -> Vec<Vec<u8>> {
+        vec![self.ca_der.to_vec()]
     }
 }
 

@@ -18,6 +18,7 @@ pub mod enroll;
 pub mod expiry;
 #[cfg(test)]
 mod fixtures;
+pub mod http;
 pub mod hub;
 pub mod issuance;
 pub mod issuer;

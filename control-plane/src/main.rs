@@ -86,6 +86,11 @@ fn main() -> ExitCode {
             Ok(None) => {}
             Err(e) => return fail(e, 1),
         }
+        if let Some(h) = &cfg.http {
+            if let Err(e) = leash_control_plane::http::check_files(h) {
+                return fail(e, 1);
+            }
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }

@@ -40,6 +40,10 @@ pub struct Workload {
     pub disabled: bool,
     /// Unix seconds.
     pub created_at: i64,
+    /// Seconds an X.509-SVID of this workload lives (`--x509-svid-ttl`), within the
+    /// credential's max_ttl; 0 for the credential's default ttl.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub x509_svid_ttl: u32,
 }
 
 /// What can be issued.
@@ -308,6 +312,10 @@ pub struct Lease {
     /// The version of a brokered secret the lease holds (0 for other kinds).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub version: u32,
+    /// Every audience, when several were asked for one token (`audience` is then the
+    /// first); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
 }
 
 /// An ended lease whose kind has yet to undo what it set up outside Leash (the `ended`

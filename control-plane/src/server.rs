@@ -115,6 +115,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The HTTPS listener (`[http]`) could not start.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// Create `dir` (0700) if missing.
@@ -185,6 +188,10 @@ pub async fn run(
     tracing::info!(master_key_id = %master.id(), "master key loaded");
     let keys = Arc::new(Keys::load_or_create(&*store, &master, &config.trust_domain).await?);
     let tls = crate::tls::server_config(&keys)?;
+    let http = match &config.http {
+        Some(h) => Some(crate::http::Listener::bind(h, &keys).await?),
+        None => None,
+    };
 
     let tcp = TcpListener::bind(config.listen)
         .await
@@ -308,6 +315,19 @@ pub async fn run(
         });
 
     on_bound(&bound);
+    // After the gRPC address is logged: tests and scripts read that from the first line
+    // saying "listening on".
+    let http = http.map(|l| {
+        tracing::info!("http listening on {}", l.local_addr());
+        if !config.issuer.starts_with("https://") {
+            tracing::warn!(
+                issuer = %config.issuer,
+                "the issuer is not an https:// URL: relying parties that federate by OIDC \
+                 discovery (clouds, CI systems) need issuer = \"https://...\" naming this listener"
+            );
+        }
+        tokio::spawn(l.serve(shared.clone()))
+    });
     let on_stop = shared.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -338,6 +358,9 @@ pub async fn run(
     retention.abort();
     refused.abort();
     recovery.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     shared
         .enroll_guard
         .flush(shared.store.as_ref(), shared.clock.now_ms())

@@ -45,6 +45,9 @@ pub struct Shared {
     pub enroll_guard: Guard,
     /// The credential kinds this control plane issues.
     pub kinds: Registry,
+    /// The trust bundle's generation: bumped by [`Shared::keys_changed`], watched by every
+    /// Sync stream.
+    keys_generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -60,6 +63,10 @@ impl Shared {
         event_sink: tokio::sync::mpsc::UnboundedSender<Event>,
     ) -> Shared {
         let enroll_guard = Guard::new(config.enroll);
+        // Starts at the time in milliseconds, so a restarted control plane's bundle is
+        // newer than the one an agent kept from before (the highest generation wins).
+        let keys_generation =
+            tokio::sync::watch::Sender::new(u64::try_from(clock.now_ms()).unwrap_or(0));
         Shared {
             config,
             store,
@@ -73,7 +80,20 @@ impl Shared {
             revoked_by_host: Default::default(),
             enroll_guard,
             kinds: Registry::standard(),
+            keys_generation,
         }
+    }
+
+    /// The keys changed (a key was published, activated or retired): every Sync stream
+    /// sends a new trust bundle.
+    pub fn keys_changed(&self) {
+        let now = u64::try_from(self.clock.now_ms()).unwrap_or(0);
+        self.keys_generation.send_modify(|g| *g = (*g + 1).max(now));
+    }
+
+    /// The trust bundle's generation, to be told when [`Shared::keys_changed`] bumps it.
+    pub fn keys_generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.keys_generation.subscribe()
     }
 
     /// What the credential kinds may use.

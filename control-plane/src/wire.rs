@@ -26,6 +26,7 @@ pub fn workload_proto(w: &Workload) -> v1::Workload {
         expires_at_unix: w.expires_at,
         disabled: w.disabled,
         created_at_unix: w.created_at,
+        x509_svid_ttl_seconds: w.x509_svid_ttl,
     }
 }
 
@@ -36,7 +37,12 @@ pub fn lease_proto(l: &Lease) -> v1::Lease {
         workload: l.workload.clone(),
         credential: l.credential.clone(),
         action: l.action.clone(),
-        audience: l.audience.clone(),
+        // Several audiences are shown joined by spaces, as approvals show them.
+        audience: if l.audiences.is_empty() {
+            l.audience.clone()
+        } else {
+            l.audiences.join(" ")
+        },
         host: l.host.clone(),
         task: l.task.clone().unwrap_or_default(),
         on_behalf_of: l.on_behalf_of.clone().unwrap_or_default(),

@@ -530,7 +530,7 @@ pub(crate) async fn open_sync(
     (tx, inbound)
 }
 
-/// The next message that is not a heartbeat.
+/// The next message that is not a heartbeat or a trust bundle (neither is sequenced).
 pub(crate) async fn next_msg(inbound: &mut tonic::Streaming<v1::ControlMessage>) -> Msg {
     loop {
         let m = tokio::time::timeout(WAIT, inbound.message())
@@ -539,7 +539,7 @@ pub(crate) async fn next_msg(inbound: &mut tonic::Streaming<v1::ControlMessage>)
             .expect("the Sync stream is healthy")
             .expect("the Sync stream is open");
         match m.msg.expect("message has a body") {
-            Msg::Heartbeat(_) => continue,
+            Msg::Heartbeat(_) | Msg::Bundle(_) => continue,
             other => return other,
         }
     }

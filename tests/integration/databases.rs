@@ -795,6 +795,7 @@ fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
             expires_at: 0,
             disabled: false,
             created_at: 0,
+            x509_svid_ttl: 0,
         };
         let token = JoinTokenRecord {
             id: "jt-h1".into(),
@@ -842,6 +843,8 @@ fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
                             host: "h1",
                             action: "read",
                             audience: "",
+                            audiences: &[],
+                            csr_der: &[],
                             scope: None,
                             ttl: 900,
                             task: None,
@@ -880,6 +883,7 @@ fn the_reconciler_drops_only_its_own_roles_whose_lease_is_not_active() {
             fingerprint: String::new(),
             ends_outside: true,
             version: 0,
+            audiences: Vec::new(),
         };
         store
             .issue_lease(lease, Event::new("issued"), Vec::new())

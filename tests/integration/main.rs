@@ -47,6 +47,7 @@ mod host_trust;
 mod human;
 mod inputs;
 mod master_key;
+mod oidc;
 mod partitions;
 mod policy;
 mod pty;
@@ -55,6 +56,7 @@ mod secrets;
 mod secrets_client;
 mod secrets_e2e;
 mod sockets;
+mod svid_cp;
 mod spiffe;
 mod tasks;
 

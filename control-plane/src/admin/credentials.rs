@@ -21,7 +21,7 @@ use crate::store::{Older, SecretWrite};
 use crate::wire::credential_proto;
 
 /// Kinds docs/CLI.md names as coming, told apart from typing mistakes.
-const RESERVED_KINDS: [&str; 2] = ["static", "x509"];
+const RESERVED_KINDS: [&str; 1] = ["static"];
 /// How long `credential remove` waits for the ends of the leases it revoked (a role's
 /// drop) before it answers that they are still pending.
 const REMOVE_WAIT: Duration = Duration::from_secs(15);

@@ -24,6 +24,7 @@ mod hosts;
 mod join_tokens;
 mod keys;
 mod leases;
+mod oidc;
 mod owners;
 mod policy;
 mod reports;
@@ -449,5 +450,41 @@ impl Admin for AdminApi {
         secrets::remove(&self.s, actor, req.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn create_introspection_client(
+        &self,
+        req: Request<v1::CreateIntrospectionClientRequest>,
+    ) -> Result<Response<v1::CreateIntrospectionClientResponse>, Status> {
+        let actor = self.admin(&req)?;
+        oidc::create(&self.s, actor, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_introspection_clients(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListIntrospectionClientsResponse>, Status> {
+        self.admin(&req)?;
+        oidc::list(&self.s).await.map(Response::new)
+    }
+
+    async fn remove_introspection_client(
+        &self,
+        req: Request<v1::NameRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let actor = self.admin(&req)?;
+        oidc::remove(&self.s, actor, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn oidc_documents(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::OidcDocumentsResponse>, Status> {
+        self.admin(&req)?;
+        oidc::documents(&self.s).await.map(Response::new)
     }
 }

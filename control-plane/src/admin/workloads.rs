@@ -73,6 +73,7 @@ pub(super) async fn add(
         expires_at: w.expires_at_unix,
         disabled: false,
         created_at: s.clock.now(),
+        x509_svid_ttl: w.x509_svid_ttl_seconds,
     };
     let ev = audit::workload_added(s.clock.now_ms(), &actor, &rec);
     save_workload(s, rec, ev).await

@@ -1,12 +1,13 @@
 //! The Sync stream: what each host is told (the workloads it may run, revocations,
-//! eviction, heartbeats) and what it reports back (acks, wipe acks, usage).
+//! eviction, heartbeats, the trust bundle) and what it reports back (acks, wipe acks,
+//! usage).
 
 use std::collections::HashMap;
 
 use leash_proto::v1;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tonic::{Status, Streaming};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
 
 use crate::audit;
 use crate::model::{hosts_match, Change, Host, Workload};
@@ -83,6 +84,18 @@ fn message_seq(m: &v1::ControlMessage) -> (u64, bool) {
     }
 }
 
+/// The trust bundle of generation `generation`: every JWT key and CA a verifier must
+/// trust now.
+fn bundle(s: &Shared, generation: u64) -> v1::ControlMessage {
+    v1::ControlMessage {
+        msg: Some(v1::control_message::Msg::Bundle(v1::TrustBundle {
+            generation,
+            jwks_json: s.keys.jwks().to_string(),
+            ca_certificates_der: s.keys.bundle_ders(),
+        })),
+    }
+}
+
 /// Why a Sync stream ended (logged, never sent: the stream is gone).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -119,7 +132,7 @@ pub(super) async fn run_sync(
     host: &Host,
     conn: u64,
     last_seq: u64,
-    inbound: &mut Streaming<v1::AgentMessage>,
+    inbound: &mut (impl Stream<Item = Result<v1::AgentMessage, Status>> + Unpin),
     tx: &mpsc::Sender<Result<v1::ControlMessage, Status>>,
 ) -> Result<(), SyncEnd> {
     use tokio::sync::broadcast::error::RecvError;
@@ -133,6 +146,8 @@ pub(super) async fn run_sync(
     };
     // Subscribe before reading the log, so nothing committed in between is missed.
     let mut changes = s.store.subscribe_changes();
+    // Likewise for the keys: a change after this is sent again.
+    let mut keys = s.keys_generation();
     // The workloads this host may run. Read before the backlog: a change committed in
     // between is then in the backlog too, and is told against this picture.
     let matching = || -> Result<Vec<Workload>, SyncEnd> {
@@ -220,6 +235,8 @@ pub(super) async fn run_sync(
             return Err(SyncEnd::Evicted);
         }
     }
+    let generation = *keys.borrow_and_update();
+    send(bundle(s, generation)).await?;
 
     let mut heartbeat = tokio::time::interval(s.config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -247,6 +264,10 @@ pub(super) async fn run_sync(
                 }
                 Err(RecvError::Closed) => return Err(SyncEnd::ShuttingDown),
             },
+            Ok(()) = keys.changed() => {
+                let generation = *keys.borrow_and_update();
+                send(bundle(s, generation)).await?;
+            }
             _ = heartbeat.tick() => {
                 send(v1::ControlMessage { msg: Some(Msg::Heartbeat(v1::Heartbeat {
                     seq: sent,
@@ -323,5 +344,100 @@ async fn handle_agent_message(s: &Shared, host: &Host, conn: u64, m: v1::AgentMe
         Some(Msg::Hello(_)) | None => {
             s.hub.seen(&host.name, conn, now, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::{Config, FileConfig, Overrides};
+    use crate::keys::{Keys, MasterKey};
+    use crate::policy::Engine;
+    use crate::store::SledStore;
+
+    async fn shared(dir: &std::path::Path) -> Shared {
+        let clock = Clock::default();
+        let store = SledStore::open(dir, clock.clone()).expect("store");
+        let master = Arc::new(MasterKey::load_or_create(dir).expect("master key"));
+        let keys = Arc::new(
+            Keys::load_or_create(&*store, &master, "leash.test")
+                .await
+                .expect("keys"),
+        );
+        let text = format!("data_dir = {:?}\n", dir.display().to_string());
+        let file = FileConfig::parse(&text, &dir.join("cp.toml")).expect("config");
+        let config = Config::resolve(file, Overrides::default()).expect("config");
+        let policy = Engine::new(&config.actions).expect("engine");
+        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+        Shared::new(config, store, keys, master, clock, policy, tx)
+    }
+
+    /// The next trust bundle on the stream (other messages, such as heartbeats, skipped).
+    async fn next_bundle(
+        rx: &mut mpsc::Receiver<Result<v1::ControlMessage, Status>>,
+    ) -> v1::TrustBundle {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a message within 10s")
+                .expect("stream open")
+                .expect("not an error");
+            if let Some(v1::control_message::Msg::Bundle(b)) = m.msg {
+                return b;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bundle_follows_caught_up_and_is_sent_again_when_the_keys_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(shared(dir.path()).await);
+        let host = crate::fixtures::host("h1", "01");
+        let conn = s.hub.connect(&host.name, s.clock.now_ms(), 0);
+        let (tx, mut rx) = mpsc::channel(64);
+        // The agent's side stays open and says nothing.
+        let (_agent, agent_rx) = mpsc::channel::<Result<v1::AgentMessage, Status>>(1);
+        let stream = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut inbound = tokio_stream::wrappers::ReceiverStream::new(agent_rx);
+                run_sync(&s, &host, conn, 0, &mut inbound, &tx).await
+            })
+        };
+        // Snapshot, CaughtUp, then the bundle.
+        let mut kinds = Vec::new();
+        let mut first = None;
+        for _ in 0..3 {
+            let m = rx.recv().await.expect("open").expect("ok");
+            kinds.push(match m.msg {
+                Some(v1::control_message::Msg::Snapshot(_)) => "snapshot",
+                Some(v1::control_message::Msg::CaughtUp(_)) => "caught-up",
+                Some(v1::control_message::Msg::Bundle(b)) => {
+                    first = Some(b);
+                    "bundle"
+                }
+                _ => "other",
+            });
+        }
+        assert_eq!(kinds, ["snapshot", "caught-up", "bundle"]);
+        let first = first.expect("bundle");
+        s.keys_changed();
+        let second = next_bundle(&mut rx).await;
+        assert!(second.generation > first.generation, "{second:?} {first:?}");
+        assert_eq!(
+            second.ca_certificates_der,
+            vec![s.keys.ca_der.to_vec()],
+            "the CA"
+        );
+        let jwks: serde_json::Value = serde_json::from_str(&second.jwks_json).expect("json");
+        assert_eq!(jwks, s.keys.jwks());
+        s.keys_changed();
+        let third = next_bundle(&mut rx).await;
+        assert!(third.generation > second.generation, "{third:?} {second:?}");
+        stream.abort();
     }
 }

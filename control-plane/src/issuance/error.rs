@@ -19,6 +19,10 @@ pub enum IssueError {
     /// A name that does not exist (exit 4).
     #[error("{0}")]
     NotFound(String),
+    /// A request no caller could make succeed, e.g. an audience and several audiences
+    /// at once (exit 1).
+    #[error("{0}")]
+    Invalid(String),
     /// Refused before policy; [`Refusal::reason`] says whether denied or invalid.
     #[error("{message}")]
     Refused {
@@ -59,6 +63,7 @@ impl IssueError {
     pub fn reason(&self) -> Reason {
         match self {
             IssueError::NotFound(_) => Reason::NotFound,
+            IssueError::Invalid(_) => Reason::Invalid,
             IssueError::Refused { refusal, .. } => refusal.reason(),
             IssueError::Forbidden(_) => Reason::Denied,
             IssueError::Approval(ApprovalError::Pending { .. }) => Reason::Pending,
@@ -80,6 +85,7 @@ impl From<ResolveError> for IssueError {
     fn from(e: ResolveError) -> IssueError {
         match e {
             ResolveError::NotFound(m) => IssueError::NotFound(m),
+            ResolveError::Invalid(m) => IssueError::Invalid(m),
             ResolveError::Store(e) => IssueError::Store(e),
         }
     }

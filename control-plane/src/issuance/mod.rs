@@ -52,17 +52,40 @@ pub async fn issue(
         Place::Host(host),
         s.clock.now(),
     )?;
+    if r.audiences.len() > 1
+        && s.kinds
+            .get(&r.credential.kind)
+            .is_some_and(|k| !k.takes_audiences())
+    {
+        return Err(IssueError::Invalid(format!(
+            "credential {:?} is of kind {} and takes one audience at most; ask for one",
+            r.credential.name, r.credential.kind
+        )));
+    }
     let decision = decide(&s.policy, &s.config, &r)?;
-    let approval = match decision.outcome(&r) {
-        Outcome::Allowed => None,
-        Outcome::Refused(refusal) => {
-            let message = refusal.message(&r, &s.config);
-            if refusal.reason() == Reason::Denied {
-                record_denial(s, &r, &message).await;
-            }
-            return Err(IssueError::Refused { refusal, message });
+    let mut outcome = decision.outcome(&r);
+    // Several audiences: policy decides each one; all must be allowed, and approval is
+    // needed when any one needs it. The first refusal names its audience.
+    for a in r.audiences.iter().skip(1) {
+        if !matches!(outcome, Outcome::Allowed | Outcome::NeedsApproval(_)) {
+            break;
         }
-        Outcome::Forbidden(why) => return Err(forbid(s, &r, why).await),
+        let one = r.for_audience(a);
+        match decide(&s.policy, &s.config, &one)?.outcome(&one) {
+            Outcome::Allowed => {}
+            Outcome::NeedsApproval(mut more) => {
+                if let Outcome::NeedsApproval(p) = &mut outcome {
+                    more.retain(|m| !p.contains(m));
+                    p.append(&mut more);
+                } else {
+                    outcome = Outcome::NeedsApproval(more);
+                }
+            }
+            other => return Err(refuse(s, &one, other).await),
+        }
+    }
+    let approval = match outcome {
+        Outcome::Allowed => None,
         Outcome::NeedsApproval(policies) => {
             match crate::approval::gate(s, r.approval_request(policies)).await {
                 Ok(id) => Some(id),
@@ -70,6 +93,7 @@ pub async fn issue(
                 Err(e) => return Err(e.into()),
             }
         }
+        other => return Err(refuse(s, &r, other).await),
     };
     let kind = s
         .kinds
@@ -99,6 +123,12 @@ pub async fn issue(
                     host: &r.host.name,
                     action: &r.action,
                     audience: &r.audience,
+                    audiences: if r.audiences.len() > 1 {
+                        &r.audiences
+                    } else {
+                        &[]
+                    },
+                    csr_der: &r.csr_der,
                     scope: scope.as_deref(),
                     ttl: r.ttl,
                     task: r.task.as_ref().map(|t| t.id.as_str()),
@@ -127,6 +157,11 @@ pub async fn issue(
             fingerprint: minted.fingerprint.clone(),
             ends_outside: kind.ends_outside(),
             version: minted.version,
+            audiences: if r.audiences.len() > 1 {
+                r.audiences.clone()
+            } else {
+                Vec::new()
+            },
         };
         let event = audit::issued(s.clock.now_ms(), &lease, r.ttl, pid);
         // What minting did outside Leash goes on the lease's timeline, in the same write.
@@ -170,8 +205,11 @@ pub async fn issue(
     };
     tracing::info!(host = %r.host.name, workload = %r.workload.name, credential = %r.credential.name,
         lease = %lease_id, fingerprint = %minted.fingerprint, "issued");
+    let (token, certificate_chain_der) = minted.material.into_parts();
     Ok(v1::IssueResponse {
-        token: minted.material.into_token(),
+        token,
+        certificate_chain_der,
+        audiences: r.audiences,
         expires_at_unix: minted.expires_at,
         lease_id,
         seq,
@@ -181,8 +219,26 @@ pub async fn issue(
         kind: r.credential.kind.clone(),
         version: minted.version,
         format: minted.format,
-        ..Default::default()
     })
+}
+
+/// The error for an outcome that is neither allowed nor waiting for approval, recorded
+/// as `denied` when it is a decision about this caller.
+async fn refuse(s: &Shared, r: &request::Resolved, outcome: Outcome) -> IssueError {
+    match outcome {
+        Outcome::Refused(refusal) => {
+            let message = refusal.message(r, &s.config);
+            if refusal.reason() == Reason::Denied {
+                record_denial(s, r, &message).await;
+            }
+            IssueError::Refused { refusal, message }
+        }
+        Outcome::Forbidden(why) => forbid(s, r, why).await,
+        // Not reached: the callers handle these two.
+        Outcome::Allowed | Outcome::NeedsApproval(_) => {
+            IssueError::Forbidden("the request was not decided".into())
+        }
+    }
 }
 
 /// Record a `denied` event and answer with `why`.
@@ -278,11 +334,18 @@ pub fn no_longer_permitted(s: &Shared, workloads: &[Workload]) -> Result<Vec<Str
             continue;
         };
         let facts = l.context.clone().unwrap_or_default();
+        let several = !l.audiences.is_empty();
         let ask = Ask {
             workload: l.workload.clone(),
             credential: l.credential.clone(),
             action: l.action.clone(),
-            audience: l.audience.clone(),
+            audience: if several {
+                String::new()
+            } else {
+                l.audience.clone()
+            },
+            audiences: l.audiences.clone(),
+            csr_der: Vec::new(),
             ttl_seconds: u32::try_from(facts.ttl_seconds).unwrap_or(0),
             task: l.task.clone().map(|id| TaskRef {
                 name: facts.task.clone().unwrap_or_else(|| id.clone()),
@@ -297,7 +360,12 @@ pub fn no_longer_permitted(s: &Shared, workloads: &[Workload]) -> Result<Vec<Str
             Err(e) => return Err(e.into()),
         };
         // A policy that cannot be evaluated permits nothing.
-        let keeps = decide(&s.policy, &s.config, &r).is_ok_and(|d| d.keeps(&l));
+        // Several audiences: each must still be permitted.
+        let keeps = decide(&s.policy, &s.config, &r).is_ok_and(|d| d.keeps(&l))
+            && r.audiences.iter().skip(1).all(|a| {
+                let one = r.for_audience(a);
+                decide(&s.policy, &s.config, &one).is_ok_and(|d| d.keeps(&l))
+            });
         if !keeps {
             revoke.push(l.id);
         }

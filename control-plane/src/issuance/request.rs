@@ -14,6 +14,9 @@ pub enum ResolveError {
     /// No such workload or credential (exit 4).
     #[error("{0}")]
     NotFound(String),
+    /// A request no caller could make succeed (exit 1).
+    #[error("{0}")]
+    Invalid(String),
     /// The store could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -52,6 +55,10 @@ pub struct Ask {
     pub action: String,
     /// Audience; empty for the credential's first.
     pub audience: String,
+    /// Several audiences for one credential (then `audience` is empty).
+    pub audiences: Vec<String>,
+    /// The certificate signing request (PKCS#10, DER), for an X.509-SVID.
+    pub csr_der: Vec<u8>,
     /// Seconds; 0 for the credential's default.
     pub ttl_seconds: u32,
     /// The task, inside one.
@@ -78,6 +85,8 @@ impl Ask {
             credential: r.credential,
             action: r.action,
             audience: r.audience,
+            audiences: r.audiences,
+            csr_der: r.csr_der,
             ttl_seconds: r.ttl_seconds,
             task,
             on_behalf_of: r.on_behalf_of,
@@ -92,6 +101,8 @@ impl Ask {
             credential: r.credential.clone(),
             action: r.action.clone(),
             audience: r.audience.clone(),
+            audiences: Vec::new(),
+            csr_der: Vec::new(),
             ttl_seconds: r.ttl_seconds,
             task: (!r.task.is_empty()).then(|| TaskRef {
                 id: r.task.clone(),
@@ -126,8 +137,13 @@ pub struct Resolved {
     pub credential: Credential,
     /// The action class.
     pub action: String,
-    /// The audience.
+    /// The audience (the first, when several were asked).
     pub audience: String,
+    /// Every audience, in the order asked without repeats, when the request named them
+    /// with `audiences` (empty otherwise).
+    pub audiences: Vec<String>,
+    /// The certificate signing request, for an X.509-SVID (empty otherwise).
+    pub csr_der: Vec<u8>,
     /// Seconds.
     pub ttl: u32,
     /// The task, inside one.
@@ -166,15 +182,33 @@ pub fn resolve(
     } else {
         ask.action
     };
-    let audience = if ask.audience.is_empty() {
-        credential.audiences.first().cloned().unwrap_or_default()
-    } else {
-        ask.audience
+    if !ask.audience.is_empty() && !ask.audiences.is_empty() {
+        return Err(ResolveError::Invalid(format!(
+            "the request names audience {} and also audiences: name one audience, or all of them as audiences",
+            excerpt(&ask.audience)
+        )));
+    }
+    let mut audiences: Vec<String> = Vec::with_capacity(ask.audiences.len());
+    for a in ask.audiences {
+        if !audiences.contains(&a) {
+            audiences.push(a);
+        }
+    }
+    let audience = match audiences.first() {
+        Some(a) => a.clone(),
+        None if ask.audience.is_empty() => {
+            credential.audiences.first().cloned().unwrap_or_default()
+        }
+        None => ask.audience,
     };
-    let ttl = if ask.ttl_seconds == 0 {
-        credential.default_ttl
-    } else {
+    let ttl = if ask.ttl_seconds != 0 {
         ask.ttl_seconds
+    } else if credential.kind == crate::kinds::x509::X509_KIND && workload.x509_svid_ttl != 0 {
+        // The workload's own X.509-SVID lifetime (`workload add --x509-svid-ttl`), within
+        // what the credential allows.
+        workload.x509_svid_ttl.min(credential.max_ttl)
+    } else {
+        credential.default_ttl
     };
     let task_name = ask.task.as_ref().map(|t| t.name.clone());
     let facts = match &ask.caller {
@@ -207,6 +241,8 @@ pub fn resolve(
         credential,
         action,
         audience,
+        audiences,
+        csr_der: ask.csr_der,
         ttl,
         task: ask.task,
         on_behalf_of: (!ask.on_behalf_of.is_empty()).then_some(ask.on_behalf_of),
@@ -229,6 +265,24 @@ fn nameless_host() -> Host {
 }
 
 impl Resolved {
+    /// The same request for audience `a` alone (what policy decides for each of several
+    /// audiences).
+    pub fn for_audience(&self, a: &str) -> Resolved {
+        let mut one = self.clone();
+        one.audience = a.to_string();
+        one.facts.audience = a.to_string();
+        one
+    }
+
+    /// The audience as an approval and an admin see it: the several joined by spaces.
+    pub fn audience_text(&self) -> String {
+        if self.audiences.len() > 1 {
+            self.audiences.join(" ")
+        } else {
+            self.audience.clone()
+        }
+    }
+
     /// The scopes of the action, space-separated, when the credential defines scopes.
     /// `None` also when it defines none for this action (a refusal: see `decide`).
     pub fn scope(&self) -> Option<String> {
@@ -248,7 +302,7 @@ impl Resolved {
             host: self.host.name.clone(),
             on_behalf_of: self.on_behalf_of.clone().unwrap_or_default(),
             ttl: self.ttl,
-            audience: self.audience.clone(),
+            audience: self.audience_text(),
             policies,
             requested_at: self.now,
             state: ApprovalState::Pending,

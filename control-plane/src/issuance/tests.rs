@@ -70,6 +70,7 @@ fn workload(name: &str, owner: &str, hosts: &[(&str, &str)]) -> Workload {
         expires_at: 0,
         disabled: false,
         created_at: 0,
+        x509_svid_ttl: 0,
     }
 }
 
@@ -993,4 +994,217 @@ async fn a_secret_is_minted_from_its_current_version_and_a_moved_value_is_refuse
         e.to_string().contains("credential \"sk\" is disabled"),
         "{e}"
     );
+}
+
+/// A jwt credential `multi` for three audiences.
+async fn with_multi(f: &Fixture) {
+    f.s.store
+        .put_credential(
+            Credential {
+                audiences: vec!["https://a".into(), "https://b".into(), "https://c".into()],
+                ..credential("multi", "jwt")
+            },
+            Event::new("x"),
+        )
+        .await
+        .expect("multi");
+    f.s.store
+        .put_workload(
+            Workload {
+                allow: vec!["multi".into()],
+                ..workload("w/multi", "team-a", &[])
+            },
+            Event::new("x"),
+        )
+        .await
+        .expect("workload");
+    f.s.relink();
+}
+
+fn several(audiences: &[&str]) -> v1::IssueRequest {
+    v1::IssueRequest {
+        audiences: audiences.iter().map(|a| a.to_string()).collect(),
+        ..ask("w/multi", "multi")
+    }
+}
+
+#[tokio::test]
+async fn several_audiences_make_one_token_with_an_aud_array_recorded_on_the_lease() {
+    let f = fixture().await;
+    with_multi(&f).await;
+    let r = f
+        .issue("h1", several(&["https://b", "https://a", "https://b"]))
+        .await
+        .expect("issued");
+    assert_eq!(
+        r.audiences,
+        ["https://b", "https://a"],
+        "in order, no repeats"
+    );
+    let claims = crate::issuer::verify(&f.s.keys, &r.token).expect("verifies");
+    assert_eq!(
+        serde_json::to_value(&claims.aud).expect("json"),
+        serde_json::json!(["https://b", "https://a"])
+    );
+    let lease = f.s.store.lease(&r.lease_id).expect("read").expect("lease");
+    assert_eq!(lease.audiences, ["https://b", "https://a"]);
+    assert_eq!(lease.audience, "https://b");
+    assert_eq!(
+        crate::wire::lease_proto(&lease).audience,
+        "https://b https://a"
+    );
+    // One audience asked as `audiences` is a plain `aud` string.
+    let one = f
+        .issue("h1", several(&["https://c"]))
+        .await
+        .expect("issued");
+    let claims = crate::issuer::verify(&f.s.keys, &one.token).expect("verifies");
+    assert_eq!(
+        serde_json::to_value(&claims.aud).expect("json"),
+        serde_json::json!("https://c")
+    );
+}
+
+#[tokio::test]
+async fn several_audiences_are_refused_by_name_by_kind_and_with_audience() {
+    let f = fixture().await;
+    with_multi(&f).await;
+    let e = f
+        .issue("h1", several(&["https://a", "https://evil"]))
+        .await
+        .expect_err("not listed");
+    assert_eq!(e.reason(), Reason::Invalid);
+    assert!(e.to_string().contains("https://evil"), "{e}");
+    let e = f
+        .issue(
+            "h1",
+            v1::IssueRequest {
+                audience: "https://a".into(),
+                ..several(&["https://b"])
+            },
+        )
+        .await
+        .expect_err("both");
+    assert_eq!(e.reason(), Reason::Invalid);
+    // The recorder kind takes one audience at most.
+    let e = f
+        .issue(
+            "h1",
+            v1::IssueRequest {
+                audiences: vec!["https://api.example".into(), "https://b".into()],
+                ..ask("w/revoke", "rec")
+            },
+        )
+        .await
+        .expect_err("kind");
+    assert_eq!(e.reason(), Reason::Invalid);
+    assert!(e.to_string().contains("one audience"), "{e}");
+}
+
+#[tokio::test]
+async fn policy_decides_each_audience_when_issued_and_after_policy_apply() {
+    let f = fixture().await;
+    with_multi(&f).await;
+    let kept = f
+        .issue("h1", several(&["https://a", "https://c"]))
+        .await
+        .expect("issued")
+        .lease_id;
+    let workloads = f.s.store.workloads().expect("workloads");
+    f.s.policy
+        .install(
+            1,
+            "@id(\"not-b\")\nforbid(principal, action, resource) when { context.audience == \"https://b\" };\n",
+            &workloads,
+        )
+        .expect("install");
+    let e = f
+        .issue("h1", several(&["https://a", "https://b"]))
+        .await
+        .expect_err("b is forbidden");
+    assert_eq!(e.reason(), Reason::Denied);
+    assert!(e.to_string().contains("not-b"), "{e}");
+    // A lease for a and b issued before the policy is no longer permitted; one for a
+    // and c is.
+    f.s.policy.install(2, "", &workloads).expect("no policy");
+    let both = f
+        .issue("h1", several(&["https://a", "https://b"]))
+        .await
+        .expect("issued")
+        .lease_id;
+    f.s.policy
+        .install(
+            3,
+            "@id(\"not-b\")\nforbid(principal, action, resource) when { context.audience == \"https://b\" };\n",
+            &workloads,
+        )
+        .expect("install");
+    let gone = no_longer_permitted(&f.s, &workloads).expect("re-evaluate");
+    assert!(gone.contains(&both), "{gone:?}");
+    assert!(!gone.contains(&kept), "{gone:?}");
+}
+
+#[tokio::test]
+async fn an_x509_svid_lives_as_long_as_its_workload_says_within_max_ttl() {
+    let f = fixture().await;
+    f.s.store
+        .put_credential(
+            Credential {
+                audiences: Vec::new(),
+                ..credential("svid", "x509")
+            },
+            Event::new("x"),
+        )
+        .await
+        .expect("svid");
+    for (w, svid_ttl) in [
+        ("w/svid-default", 0),
+        ("w/svid-30m", 1800),
+        ("w/svid-long", 100_000),
+    ] {
+        f.s.store
+            .put_workload(
+                Workload {
+                    allow: vec!["svid".into()],
+                    x509_svid_ttl: svid_ttl,
+                    ..workload(w, "team-a", &[])
+                },
+                Event::new("x"),
+            )
+            .await
+            .expect("workload");
+    }
+    f.s.relink();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .der()
+        .to_vec();
+    // credential(): default ttl 3600, max 7200.
+    for (w, want) in [
+        ("w/svid-default", 3600),
+        ("w/svid-30m", 1800),
+        ("w/svid-long", 7200),
+    ] {
+        let r = f
+            .issue(
+                "h1",
+                v1::IssueRequest {
+                    csr_der: csr.clone(),
+                    ..ask(w, "svid")
+                },
+            )
+            .await
+            .expect("issued");
+        assert!(r.token.is_empty());
+        assert_eq!(r.certificate_chain_der.len(), 1);
+        assert_eq!(r.expires_at_unix - r.issued_at_unix, want, "{w}");
+    }
+    let e = f
+        .issue("h1", ask("w/svid-30m", "svid"))
+        .await
+        .expect_err("no csr");
+    assert_eq!(e.reason(), Reason::Invalid);
 }

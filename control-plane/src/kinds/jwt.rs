@@ -5,7 +5,7 @@
 use leash_proto::v1;
 
 use super::{CredentialKind, Env, KindError, Material, MintRequest, Minted};
-use crate::issuer::{self, Claims, LeashClaim};
+use crate::issuer::{self, Audience, Claims, LeashClaim};
 
 /// The `jwt` credential kind.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,11 +26,19 @@ impl CredentialKind for Jwt {
         Ok(())
     }
 
+    fn takes_audiences(&self) -> bool {
+        true
+    }
+
     async fn mint(&self, env: Env<'_>, req: MintRequest<'_>) -> Result<Minted, KindError> {
         let claims = Claims {
             iss: env.config.issuer.clone(),
             sub: format!("spiffe://{}/{}", env.config.trust_domain, req.workload.name),
-            aud: req.audience.to_string(),
+            aud: if req.audiences.len() > 1 {
+                Audience::Several(req.audiences.to_vec())
+            } else {
+                Audience::One(req.audience.to_string())
+            },
             exp: req.now + i64::from(req.ttl),
             iat: req.now,
             nbf: req.now,

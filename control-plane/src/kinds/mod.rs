@@ -34,6 +34,7 @@ pub mod postgres;
 pub mod secret;
 #[cfg(test)]
 pub mod testing;
+pub mod x509;
 
 /// What a kind could not do.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +75,12 @@ pub struct MintRequest<'a> {
     pub host: &'a str,
     /// The action class.
     pub action: &'a str,
-    /// The audience.
+    /// The audience (the first, when several were asked).
     pub audience: &'a str,
+    /// Every audience, when several were asked (empty otherwise).
+    pub audiences: &'a [String],
+    /// The certificate signing request (PKCS#10, DER) the agent sent (kind `x509`).
+    pub csr_der: &'a [u8],
     /// Space-separated scopes for the action, when the credential defines them.
     pub scope: Option<&'a str>,
     /// Seconds it is valid for.
@@ -94,13 +99,25 @@ pub struct MintRequest<'a> {
 pub enum Material {
     /// One opaque text (a JWT), served as `token`.
     Token(String),
+    /// A certificate chain, leaf first, DER (an X.509-SVID), served as
+    /// `certificate_chain_der` with an empty `token`.
+    CertificateChain(Vec<Vec<u8>>),
 }
 
 impl Material {
-    /// The text the agent serves as the credential.
+    /// The text the agent serves as the credential (empty for a certificate chain).
     pub fn into_token(self) -> String {
         match self {
             Material::Token(t) => t,
+            Material::CertificateChain(_) => String::new(),
+        }
+    }
+
+    /// `(token, certificate_chain_der)` as `IssueResponse` carries them.
+    pub fn into_parts(self) -> (String, Vec<Vec<u8>>) {
+        match self {
+            Material::Token(t) => (t, Vec::new()),
+            Material::CertificateChain(c) => (String::new(), c),
         }
     }
 }
@@ -110,6 +127,9 @@ impl fmt::Debug for Material {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Material::Token(t) => write!(f, "Token(<{} bytes>)", t.len()),
+            Material::CertificateChain(c) => {
+                write!(f, "CertificateChain(<{} certificates>)", c.len())
+            }
         }
     }
 }
@@ -159,6 +179,12 @@ pub trait CredentialKind: Send + Sync + fmt::Debug {
 
     /// Mint the credential for a decided request.
     async fn mint(&self, env: Env<'_>, req: MintRequest<'_>) -> Result<Minted, KindError>;
+
+    /// Whether one credential of this kind can name several audiences (a JWT's `aud`
+    /// array). Requests for several are refused for the others.
+    fn takes_audiences(&self) -> bool {
+        false
+    }
 
     /// Whether a lease of this kind leaves something outside Leash to undo when it ends.
     /// Only then is the lease queued for [`CredentialKind::end`].
@@ -211,6 +237,7 @@ impl Registry {
         let mut r = Registry::default();
         r.add(jwt::Jwt);
         r.add(secret::Secret);
+        r.add(x509::X509);
         r.add(postgres::Postgres::new(crate::clock::Clock::system()));
         r
     }

@@ -34,6 +34,7 @@ fn w(allow: &[&str]) -> Workload {
         expires_at: 0,
         disabled: false,
         created_at: 0,
+        x509_svid_ttl: 0,
     }
 }
 

@@ -31,6 +31,7 @@ use crate::model::{
 mod codec;
 mod error;
 mod flush;
+mod introspection_clients;
 mod queue;
 mod retention;
 mod sealed;
@@ -40,6 +41,7 @@ mod sled_store;
 mod tx;
 
 pub use error::{Result, StoreError};
+pub use introspection_clients::IntrospectionClient;
 pub use retention::{Cutoff, Pruned};
 pub use sealed::{HoldsSealed, Rewrap, RewrapFailure, SealedRecord};
 pub use secrets::{Older, SecretWrite, SecretWritten, SECRET_KIND};
@@ -267,6 +269,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         reason: String,
         revoke: bool,
     ) -> Result<(Option<Revocation>, u32)>;
+
+    /// A client of the HTTPS `/introspect` endpoint.
+    fn introspection_client(&self, id: &str) -> Result<Option<IntrospectionClient>>;
+    /// Every introspection client, by id.
+    fn introspection_clients(&self) -> Result<Vec<IntrospectionClient>>;
+    /// Record a new introspection client with its event; `Conflict` if the id is taken.
+    async fn put_introspection_client(&self, c: IntrospectionClient, event: Event) -> Result<()>;
+    /// Forget an introspection client with its event; `NotFound` if there is none.
+    async fn remove_introspection_client(&self, id: &str, event: Event) -> Result<()>;
 }
 
 #[cfg(test)]

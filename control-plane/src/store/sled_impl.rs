@@ -664,4 +664,24 @@ impl Storage for SledStore {
         self.write(move |tx| tx.remove_credential(&name, actor, reason, revoke))
             .await
     }
+
+    fn introspection_client(&self, id: &str) -> Result<Option<super::IntrospectionClient>> {
+        self.read_introspection_client(id)
+    }
+
+    fn introspection_clients(&self) -> Result<Vec<super::IntrospectionClient>> {
+        self.read_introspection_clients()
+    }
+
+    async fn put_introspection_client(
+        &self,
+        c: super::IntrospectionClient,
+        event: Event,
+    ) -> Result<()> {
+        self.write_introspection_client(c, event).await
+    }
+
+    async fn remove_introspection_client(&self, id: &str, event: Event) -> Result<()> {
+        self.delete_introspection_client(id, event).await
+    }
 }

@@ -24,19 +24,19 @@ const MAX_CONNECTION_BYTES: u64 = 64 * 1024;
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum CredentialCmd {
-    /// Define a credential (kinds: jwt, postgres).
+    /// Define a credential (kinds: jwt, postgres, x509).
     Add {
         /// Name, e.g. deploy-api.
         name: String,
-        /// Kind: jwt or postgres.
+        /// Kind: jwt, postgres or x509 (an X.509-SVID).
         #[arg(long, default_value = "jwt")]
         kind: String,
         /// Allowed audience (repeatable); the first is the default.
         #[arg(long = "audience")]
         audiences: Vec<String>,
-        /// Default TTL.
-        #[arg(long, default_value = "5m")]
-        ttl: String,
+        /// Default TTL (default: 5m; 1h for x509).
+        #[arg(long)]
+        ttl: Option<String>,
         /// Largest TTL a caller may ask for (default: the larger of 1h and --ttl).
         #[arg(long)]
         max_ttl: Option<String>,
@@ -178,6 +178,29 @@ pub(crate) async fn run(c: &mut AdminClient<Channel>, cmd: CredentialCmd) -> Res
                 }
             }
             let postgres = kind == "postgres";
+            if kind == "x509" {
+                let mut wrong = Vec::new();
+                for (given, flag) in [
+                    (!audiences.is_empty(), "--audience"),
+                    (!scopes.is_empty(), "--scope"),
+                    (!grants.is_empty(), "--grant"),
+                    (connection_file.is_some(), "--connection-file"),
+                    (revoke_sql.is_some(), "--revoke-sql"),
+                    (role_template.is_some(), "--role-template"),
+                    (connection_limit.is_some(), "--connection-limit"),
+                ] {
+                    if given {
+                        wrong.push(flag);
+                    }
+                }
+                if !wrong.is_empty() {
+                    return Err(Fail::usage(format!(
+                        "--kind x509 takes no {}: an X.509-SVID names only the workload's SPIFFE ID; leave them out",
+                        wrong.join(", ")
+                    )));
+                }
+            }
+            let ttl = ttl.unwrap_or_else(|| if kind == "x509" { "1h" } else { "5m" }.to_string());
             if !postgres
                 && (connection_file.is_some()
                     || !grants.is_empty()

@@ -24,6 +24,7 @@ mod input;
 mod join_token;
 mod key;
 mod lease;
+mod oidc;
 mod output;
 mod owner;
 mod policy;
@@ -39,6 +40,7 @@ use host::HostCmd;
 use join_token::JoinTokenCmd;
 use key::KeyCmd;
 use lease::{LeaseCmd, RevokeArgs};
+use oidc::{IntrospectionClientCmd, OidcCmd};
 use owner::OwnerCmd;
 use policy::PolicyCmd;
 use secret::SecretCmd;
@@ -101,6 +103,12 @@ enum Cmd {
     /// Brokered secrets: values stored sealed, released like any credential.
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Clients of the HTTPS /introspect endpoint (client id and secret).
+    #[command(subcommand)]
+    IntrospectionClient(IntrospectionClientCmd),
+    /// The OIDC issuer's documents: discovery and JWKS.
+    #[command(subcommand)]
+    Oidc(OidcCmd),
 }
 
 /// `--admin-socket` / `$LEASH_ADMIN_SOCKET` if given, else the system control plane's
@@ -161,6 +169,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Key(cmd) => key::run(c, cmd).await,
         Cmd::Audit(cmd) => audit::audit(c, cmd).await,
         Cmd::Secret(cmd) => secret::run(c, cmd).await,
+        Cmd::IntrospectionClient(cmd) => oidc::clients(c, cmd).await,
+        Cmd::Oidc(cmd) => oidc::oidc(c, cmd).await,
     }
 }
 

@@ -28,6 +28,7 @@ fn workload_json(w: &v1::Workload) -> serde_json::Value {
         "selectors": w.selectors, "hosts": w.hosts, "allow": w.allow,
         "expires_at": (w.expires_at_unix > 0).then(|| time(w.expires_at_unix)),
         "disabled": w.disabled, "created_at": time(w.created_at_unix),
+        "x509_svid_ttl_seconds": (w.x509_svid_ttl_seconds > 0).then_some(w.x509_svid_ttl_seconds),
     })
 }
 
@@ -91,6 +92,14 @@ pub(crate) fn print_workload(w: &v1::Workload, out: Output) {
         }
     );
     outln!("expires at: {}", time(w.expires_at_unix));
+    outln!(
+        "x509 ttl:   {}",
+        if w.x509_svid_ttl_seconds == 0 {
+            "- (the x509 credential's ttl)".to_string()
+        } else {
+            format!("{}s", w.x509_svid_ttl_seconds)
+        }
+    );
     outln!(
         "state:      {}",
         if w.disabled { "disabled" } else { "enabled" }

@@ -1,7 +1,7 @@
 //! `leashctl workload`: registering and managing non-human identities.
 
 use clap::Subcommand;
-use leash_proto::cli::Fail;
+use leash_proto::cli::{parse_secs, Fail};
 use leash_proto::v1;
 use leash_proto::v1::admin_client::AdminClient;
 use leash_proto::workload_kind::WorkloadKind;
@@ -34,6 +34,10 @@ pub(crate) enum WorkloadCmd {
         /// When it stops getting credentials (RFC 3339).
         #[arg(long)]
         expires_at: Option<String>,
+        /// How long its X.509-SVIDs live, e.g. 30m (default: the x509 credential's
+        /// --ttl; never above its --max-ttl).
+        #[arg(long)]
+        x509_svid_ttl: Option<String>,
         #[command(flatten)]
         out: Out,
     },
@@ -85,8 +89,15 @@ pub(crate) async fn run(c: &mut AdminClient<Channel>, cmd: WorkloadCmd) -> Resul
             hosts,
             allow,
             expires_at,
+            x509_svid_ttl,
             out,
         } => {
+            let x509_svid_ttl_seconds = match x509_svid_ttl {
+                None => 0,
+                Some(t) => {
+                    parse_secs(&t).map_err(|e| Fail::usage(format!("--x509-svid-ttl: {e}")))?
+                }
+            };
             let owner = owner.ok_or_else(|| {
                 Fail::usage("every workload needs an owner: add --owner TEAM-OR-PERSON")
             })?;
@@ -112,6 +123,7 @@ pub(crate) async fn run(c: &mut AdminClient<Channel>, cmd: WorkloadCmd) -> Resul
                         hosts: kv(&hosts, "--hosts")?,
                         allow,
                         expires_at_unix,
+                        x509_svid_ttl_seconds,
                         ..Default::default()
                     }),
                 })
