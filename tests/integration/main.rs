@@ -56,8 +56,8 @@ mod secrets;
 mod secrets_client;
 mod secrets_e2e;
 mod sockets;
-mod svid_cp;
 mod spiffe;
+mod svid_cp;
 mod tasks;
 
 use std::path::Path;
