@@ -11,6 +11,7 @@
 //! Text a caller chooses is checked against `leash_proto::names` before anything else
 //! looks at it, and is quoted back only through `names::excerpt`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use leash_proto::names::{self, NameError};
@@ -137,13 +138,21 @@ impl std::fmt::Debug for Obtain<'_> {
 pub struct Calls {
     agent: Arc<Agent>,
     limit: RateLimit,
+    /// One Issue at a time per cache key: when many callers miss at once (every open
+    /// SPIFFE stream of a workload after a revocation), the first issues and the others
+    /// are served its answer from the cache.
+    issuing: std::sync::Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Calls {
     /// Wrap the agent.
     pub fn new(agent: Arc<Agent>) -> Calls {
         let limit = RateLimit::new(agent.config.requests_per_uid, agent.clock.clone());
-        Calls { agent, limit }
+        Calls {
+            agent,
+            limit,
+            issuing: Default::default(),
+        }
     }
 
     /// The agent.
@@ -415,6 +424,41 @@ impl Calls {
                 return Ok((e.clone(), true));
             }
         }
+        if how.fresh {
+            return self.issue_and_cache(a, w, key, how, cached).await;
+        }
+        let gate = self
+            .issuing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = gate.lock().await;
+            // Another caller may have issued while this one waited.
+            let now = self.agent.clock.now();
+            match self.agent.cache.get(key, now) {
+                Some(e) if !e.stale(now) => Ok((e, true)),
+                cached => self.issue_and_cache(a, w, key, how, cached).await,
+            }
+        };
+        let mut issuing = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
+        // Only this caller and the map hold it: nobody else waits on it.
+        if Arc::strong_count(&gate) <= 2 {
+            issuing.remove(key);
+        }
+        result
+    }
+
+    async fn issue_and_cache(
+        &self,
+        a: &Attestation,
+        w: &v1::Workload,
+        key: &Key,
+        how: &Obtain<'_>,
+        cached: Option<Arc<Entry>>,
+    ) -> Result<(Arc<Entry>, bool), CallError> {
         // Miss, forced, or past half its life: issue. A retry covers the rare case of a
         // revocation arriving while this Issue was in flight.
         for _ in 0..2 {
