@@ -616,7 +616,7 @@ fn svids_fetched_inside_a_task_are_bound_to_it_and_end_with_it() {
     let mut cmd = crate::tasks::exec_command(
         &c,
         &work,
-        &["--name", "spiffe-job", "--", &py, "-c", PY_TASK, AUD_A],
+        &["--task-name", "spiffe-job", "--", &py, "-c", PY_TASK, AUD_A],
     );
     cmd.env("SPIFFE_ENDPOINT_SOCKET", &ep);
     let out = c.run(cmd);
