@@ -284,7 +284,6 @@ impl Calls {
             attested: Some(attested(a)),
             audiences: how.audiences.to_vec(),
             csr_der,
-            ..Default::default()
         };
         let r = client.issue(req).await.map_err(|s| {
             // A control plane that answered says why itself (e.g. a database it needs is
