@@ -125,6 +125,14 @@ fn main() -> ExitCode {
             Err(e) => return fail(format!("--max-offline: {e}"), 1),
         },
     };
+    for (flag, name) in [
+        ("--spiffe-jwt-credential", &a.spiffe_jwt_credential),
+        ("--spiffe-x509-credential", &a.spiffe_x509_credential),
+    ] {
+        if let Err(e) = leash_proto::names::check_name("a SPIFFE credential name", name) {
+            return fail(format!("{flag}: {e}"), 1);
+        }
+    }
     let config = AgentConfig {
         control_planes,
         state_dir: a.state_dir,

@@ -262,6 +262,11 @@ fn x509_svids_from_the_rust_spiffe_crate_and_a_revocation_on_the_open_stream() {
     assert_eq!(svid.spiffe_id().to_string(), id("svc"));
     let leaf = svid.leaf().as_bytes().to_vec();
     assert_eq!(uri_san(&leaf), vec![id("svc")], "URI SAN = the SPIFFE ID");
+    // The SVID's private key is served only through the SPIFFE Workload API: Leash's
+    // own Fetch of the x509 credential is refused and prints nothing.
+    let out = c.leash(&["get", X509_CRED]);
+    out.code(1).stderr_has(&["SPIFFE"]);
+    assert!(out.stdout.trim().is_empty(), "{out}");
     let td = spiffe::TrustDomain::new(TRUST_DOMAIN).expect("td");
     let bundle = source
         .bundle_set()
