@@ -323,6 +323,47 @@ fn x509_svids_from_the_rust_spiffe_crate_and_a_revocation_on_the_open_stream() {
     });
 }
 
+#[test]
+fn an_x509_svid_is_renewed_at_half_life_and_pushed_on_the_open_stream() {
+    use futures::StreamExt;
+    let c = Cluster::start();
+    c.leashctl(&[
+        "credential",
+        "add",
+        X509_CRED,
+        "--kind",
+        "x509",
+        "--owner",
+        "team-s",
+        "--ttl",
+        "2m",
+    ])
+    .ok();
+    c.my_workload("svc", "team-s", &[X509_CRED]);
+    let rt = rt();
+    rt.block_on(async {
+        let client = WorkloadApiClient::connect_to(endpoint(&c))
+            .await
+            .expect("connect");
+        let mut stream = client.stream_x509_svids().await.expect("stream");
+        let first = stream.next().await.expect("a message").expect("an svid");
+        let leaf = first.leaf().as_bytes().to_vec();
+        // Before half its life: nothing new.
+        c.advance_clock(Duration::from_secs(50));
+        let early = tokio::time::timeout(Duration::from_millis(1500), stream.next()).await;
+        assert!(early.is_err(), "a message before half life");
+        // Past half its life: a new SVID arrives on the same stream.
+        c.advance_clock(Duration::from_secs(15));
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a renewed SVID within 10s")
+            .expect("a message")
+            .expect("an svid");
+        assert_ne!(next.leaf().as_bytes(), leaf.as_slice(), "a new certificate");
+        assert_eq!(next.spiffe_id().to_string(), id("svc"));
+    });
+}
+
 /// A rustls verifier for X.509-SVIDs: the chain must lead to the bundle, and the peer's
 /// URI SAN must be the expected SPIFFE ID (there is no DNS name to check).
 mod svid_tls {
