@@ -359,6 +359,50 @@ mod tests {
         assert_eq!(a.state(), State::Ready, "expiry alone does not fail closed");
     }
 
+    fn bundle(generation: u64, kid: &str) -> v1::TrustBundle {
+        v1::TrustBundle {
+            generation,
+            jwks_json: format!(r#"{{"keys":[{{"kty":"EC","use":"sig","kid":"{kid}"}}]}}"#),
+            ca_certificates_der: vec![vec![1, 2, 3]],
+        }
+    }
+
+    #[test]
+    fn a_newer_trust_bundle_wins_and_bundle_streams_follow_it() {
+        let clock = Clock::system();
+        let a = Arc::new(agent(&clock));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(4);
+            tokio::spawn(crate::spiffe::bundle::jwt_stream(a.clone(), tx));
+            // Nothing is sent before the first bundle.
+            let none = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
+            assert!(none.is_err(), "a JWT bundle before any was received");
+            assert!(a.set_bundle(bundle(2, "k2"), true));
+            let first = rx.recv().await.expect("message").expect("ok");
+            let jwks = String::from_utf8(first.bundles["spiffe://test"].clone()).expect("utf8");
+            assert!(jwks.contains("k2") && jwks.contains("jwt-svid"), "{jwks}");
+            // An older generation on the same session is ignored; the same one again
+            // wakes no one.
+            assert!(!a.set_bundle(bundle(1, "k1"), false));
+            assert!(!a.set_bundle(bundle(2, "k2"), false));
+            // A newer one is sent on the open stream.
+            assert!(a.set_bundle(bundle(3, "k3"), false));
+            let next = rx.recv().await.expect("message").expect("ok");
+            let jwks = String::from_utf8(next.bundles["spiffe://test"].clone()).expect("utf8");
+            assert!(jwks.contains("k3"), "{jwks}");
+            // A restarted control plane may count from 1 again: the first bundle of a
+            // new session counts.
+            assert!(a.set_bundle(bundle(1, "k4"), true));
+            let again = rx.recv().await.expect("message").expect("ok");
+            let jwks = String::from_utf8(again.bundles["spiffe://test"].clone()).expect("utf8");
+            assert!(jwks.contains("k4"), "{jwks}");
+        });
+    }
+
     #[test]
     fn max_offline_fails_closed_by_the_clock() {
         let clock = Clock::system();
