@@ -256,6 +256,9 @@ impl Calls {
         how: &Obtain<'_>,
     ) -> Result<Entry, CallError> {
         let task_name = how.task_name;
+        let mut client = self.agent.client().ok_or_else(|| {
+            CallError::new(Reason::Unavailable, "the control plane is unreachable and no usable credential is cached; check `leash status` and try again")
+        })?;
         // An X.509-SVID's key pair is made here for each Issue; only its CSR leaves.
         let (csr_der, x509_key) = match how.x509 {
             Some(make) => {
@@ -264,9 +267,6 @@ impl Calls {
             }
             None => (Vec::new(), None),
         };
-        let mut client = self.agent.client().ok_or_else(|| {
-            CallError::new(Reason::Unavailable, "the control plane is unreachable and no usable credential is cached; check `leash status` and try again")
-        })?;
         let req = v1::IssueRequest {
             workload: w.name.clone(),
             credential: key.credential.clone(),
