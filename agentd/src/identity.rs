@@ -1,9 +1,13 @@
 //! The host's identity: enrollment with a join token, the host key and certificate in
 //! the state directory, and renewal at ~70% of the certificate's lifetime.
 //!
-//! The state directory holds only this identity (key, certificate, CA certificate and a
-//! small JSON description). It is the only thing the agent ever writes to disk;
-//! credentials never go there.
+//! The state directory holds only this identity (key, certificate, the CA certificates to
+//! trust and a small JSON description). It is the only thing the agent ever writes to
+//! disk; credentials never go there.
+//!
+//! `ca.crt` holds every CA the agent trusts, DER certificates one after the other: the
+//! one pinned by the join token at enrollment, then, from each renewal, the list the
+//! control plane sends (during a CA rotation, the old and the new CA).
 //!
 //! When a certificate was issued is read from the [`Clock`] the caller hands in, the
 //! same clock that decides when to renew it.
@@ -76,8 +80,8 @@ pub struct Identity {
     pub desc: Description,
     /// Host certificate.
     pub cert: CertificateDer<'static>,
-    /// CA certificate.
-    pub ca: CertificateDer<'static>,
+    /// The CA certificates to trust (at least one).
+    pub cas: Vec<CertificateDer<'static>>,
     key_pkcs8: Zeroizing<Vec<u8>>,
 }
 
@@ -94,7 +98,7 @@ impl Identity {
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, tls::TlsError> {
         tls::client_config(
             Trust::Ca {
-                ca: self.ca.clone(),
+                cas: self.cas.clone(),
                 trust_domain: self.desc.trust_domain.clone(),
             },
             Some((
@@ -122,7 +126,7 @@ impl Identity {
                 issued_at: 0,
             },
             cert: CertificateDer::from(Vec::new()),
-            ca: CertificateDer::from(Vec::new()),
+            cas: Vec::new(),
             key_pkcs8: Zeroizing::new(Vec::new()),
         }
     }
@@ -170,18 +174,39 @@ pub fn load(dir: &Path) -> Result<Option<Identity>, IdentityError> {
     };
     let desc: Description = serde_json::from_slice(&text).map_err(|e| state_err(&desc_path, e))?;
     let read = |n: &str| std::fs::read(dir.join(n)).map_err(|e| state_err(&dir.join(n), e));
+    let cas = split_ders(&read("ca.crt")?).map_err(|m| state_err(&dir.join("ca.crt"), m))?;
     Ok(Some(Identity {
         desc,
         cert: CertificateDer::from(read("host.crt")?),
-        ca: CertificateDer::from(read("ca.crt")?),
+        cas,
         key_pkcs8: Zeroizing::new(read("host.key")?),
     }))
 }
 
+/// The DER certificates in `bytes`, one after the other.
+fn split_ders(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(bytes)
+            .map_err(|e| format!("not a list of DER certificates: {e}"))?;
+        let len = bytes.len() - rest.len();
+        out.push(CertificateDer::from(bytes[..len].to_vec()));
+        bytes = rest;
+    }
+    if out.is_empty() {
+        return Err("no CA certificate".into());
+    }
+    Ok(out)
+}
+
 fn save(dir: &Path, id: &Identity) -> Result<(), IdentityError> {
+    // The CAs first: trusting one more CA before the new certificate is in place is
+    // harmless, while a new certificate without its CA could leave the host unable to
+    // reach a control plane serving under that CA.
+    let cas: Vec<u8> = id.cas.iter().flat_map(|c| c.iter().copied()).collect();
+    write_private(dir, "ca.crt", &cas)?;
     write_private(dir, "host.key", &id.key_pkcs8)?;
     write_private(dir, "host.crt", &id.cert)?;
-    write_private(dir, "ca.crt", &id.ca)?;
     let desc = serde_json::to_vec_pretty(&id.desc).map_err(|e| state_err(dir, e))?;
     // Written last: its presence means the other three are complete.
     write_private(dir, "identity.json", &desc)
@@ -266,10 +291,19 @@ pub async fn enroll_with_clock(
             issued_at: clock.now(),
         },
         cert: CertificateDer::from(r.certificate_der),
-        ca: CertificateDer::from(r.ca_certificate_der),
+        // The pinned CA first, then the others to trust (during a CA rotation the new
+        // CA signed our certificate), learned over the connection the pin authenticated.
+        cas: std::iter::once(r.ca_certificate_der.clone())
+            .chain(
+                r.ca_certificates_der
+                    .into_iter()
+                    .filter(|c| *c != r.ca_certificate_der),
+            )
+            .map(CertificateDer::from)
+            .collect(),
         key_pkcs8: key,
     };
-    if tls::spki_pin(&id.ca).as_deref() != Some(token.ca_pin.as_str()) {
+    if tls::spki_pin(&id.cas[0]).as_deref() != Some(token.ca_pin.as_str()) {
         return Err(IdentityError::BadToken(
             "the CA certificate returned does not match the token's pin".into(),
         ));
@@ -313,10 +347,19 @@ pub async fn renew_with_clock(
     let mut desc = current.desc.clone();
     desc.not_after = r.not_after_unix;
     desc.issued_at = clock.now();
+    // The CAs to trust from now on; none from an older control plane: keep ours.
+    let cas = if r.ca_certificates_der.is_empty() {
+        current.cas.clone()
+    } else {
+        r.ca_certificates_der
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect()
+    };
     let id = Identity {
         desc,
         cert: CertificateDer::from(r.certificate_der),
-        ca: current.ca.clone(),
+        cas,
         key_pkcs8: key,
     };
     save(dir, &id)?;
@@ -326,3 +369,34 @@ pub async fn renew_with_clock(
 /// Retry delay for renewal failures: the renewal point leaves 30% of the lifetime, so
 /// retry often enough to get many tries in, but not in a tight loop.
 pub const RENEW_RETRY: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(cn: &str) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).expect("cert").der().clone()
+    }
+
+    #[test]
+    fn every_trusted_ca_is_saved_and_loaded_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut id = Identity::for_tests("h");
+        id.cas = vec![ca("old"), ca("new")];
+        save(dir.path(), &id).expect("save");
+        let back = load(dir.path()).expect("load").expect("saved");
+        assert_eq!(back.cas, id.cas);
+        // One CA, as enrollment saves it (and as agents saved it before CA rotation).
+        id.cas.truncate(1);
+        save(dir.path(), &id).expect("save");
+        assert_eq!(load(dir.path()).expect("load").expect("saved").cas, id.cas);
+        std::fs::write(dir.path().join("ca.crt"), b"junk").expect("write");
+        let e = load(dir.path()).expect_err("junk is refused").to_string();
+        assert!(e.contains("ca.crt"), "{e}");
+        assert!(split_ders(b"").is_err(), "no CA at all is refused");
+    }
+}

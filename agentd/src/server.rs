@@ -13,6 +13,11 @@
 //! (`http.rs`, handed over by the caller of [`incoming`] so this file does not depend on
 //! it). Both kinds of connection are counted against the same per-uid cap, carry the
 //! same pinned peer and are attested the same way.
+//!
+//! The client-to-server bytes of every gRPC connection pass through [`authority`]: many
+//! gRPC clients send the socket's path as HTTP/2 `:authority`, which the HTTP/2 server
+//! under tonic refuses; that layer replaces it with `localhost`, so every service on the
+//! socket serves those clients unchanged.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +38,9 @@ use tokio::sync::mpsc;
 use tonic::transport::server::Connected;
 
 use crate::attest::Peer;
+
+mod authority;
+mod hpack;
 
 /// Socket set-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +209,23 @@ pub struct AttestedStream {
     replay: Vec<u8>,
     /// How much of `replay` has been given back.
     replayed: usize,
+    /// gRPC connections: the `:authority` repair their input passes through.
+    repair: Option<Box<Repair>>,
 }
+
+/// The `:authority` repair of one gRPC connection and the bytes it has ready for the
+/// server.
+#[derive(Debug, Default)]
+struct Repair {
+    fix: authority::AuthorityFix,
+    ready: Vec<u8>,
+    taken: usize,
+    /// Set once the input was found malformed: every later read fails the same way.
+    failed: Option<authority::AuthorityError>,
+}
+
+/// How much is read from the socket at a time for the repair.
+const REPAIR_READ: usize = 16 * 1024;
 
 /// The HTTP/2 client preface: every gRPC connection opens with it.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -244,6 +268,9 @@ impl AttestedStream {
             if let Some(p) = protocol_of(&buf[..n]) {
                 self.replay = buf[..n].to_vec();
                 self.replayed = 0;
+                if p == Protocol::Grpc {
+                    self.repair = Some(Box::default());
+                }
                 return Some(p);
             }
             match tokio::time::timeout_at(deadline, self.read(&mut buf[n..])).await {
@@ -264,12 +291,10 @@ impl Connected for AttestedStream {
     }
 }
 
-impl AsyncRead for AttestedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+impl AttestedStream {
+    /// Read the connection's own bytes: the first bytes given back, then the socket
+    /// (ending early once a connection over the cap has lingered long enough).
+    fn poll_raw(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.replayed < self.replay.len() {
             let rest = &self.replay[self.replayed..];
             let k = rest.len().min(buf.remaining());
@@ -288,6 +313,67 @@ impl AsyncRead for AttestedStream {
             }
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+
+    /// Read through the `:authority` repair: give out what it has ready, or feed it
+    /// what the socket has until it has something (or the input ends).
+    fn poll_repaired(
+        &mut self,
+        r: &mut Repair,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(e) = &r.failed {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e.clone())));
+            }
+            if r.taken < r.ready.len() {
+                let k = (r.ready.len() - r.taken).min(buf.remaining());
+                buf.put_slice(&r.ready[r.taken..r.taken + k]);
+                r.taken += k;
+                if r.taken == r.ready.len() {
+                    r.ready.clear();
+                    r.taken = 0;
+                    // A large header block grew it: give the memory back.
+                    r.ready.shrink_to(2 * REPAIR_READ);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // Not zeroed first: ReadBuf tracks what was written.
+            let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); REPAIR_READ];
+            let mut rb = ReadBuf::uninit(&mut raw);
+            std::task::ready!(self.poll_raw(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                return Poll::Ready(Ok(())); // end of input
+            }
+            if let Err(e) = r.fix.feed(rb.filled(), &mut r.ready) {
+                tracing::info!(
+                    uid = self.peer.uid(),
+                    error = %e,
+                    "closed a gRPC connection whose HTTP/2 input is malformed; \
+                     the client must speak HTTP/2 (RFC 9113, HPACK RFC 7541)"
+                );
+                r.failed = Some(e);
+            }
+        }
+    }
+}
+
+impl AsyncRead for AttestedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.repair.take() {
+            None => this.poll_raw(cx, buf),
+            Some(mut r) => {
+                let res = this.poll_repaired(&mut r, cx, buf);
+                this.repair = Some(r);
+                res
+            }
+        }
     }
 }
 
@@ -359,6 +445,7 @@ pub fn incoming(
                     over_cap: None,
                     replay: Vec::new(),
                     replayed: 0,
+                    repair: None,
                 }
             } else {
                 let taken = over_cap_open.fetch_add(1, Ordering::AcqRel);
@@ -386,6 +473,7 @@ pub fn incoming(
                     )),
                     replay: Vec::new(),
                     replayed: 0,
+                    repair: None,
                 }
             };
             if tx.is_closed() {
@@ -502,6 +590,7 @@ mod tests {
             over_cap: None,
             replay: Vec::new(),
             replayed: 0,
+            repair: None,
         };
         use tokio::io::AsyncWriteExt;
         b.write_all(b"GET /v1/status HTTP/1.1\r\n\r\n")
@@ -512,6 +601,45 @@ mod tests {
         let mut all = Vec::new();
         s.read_to_end(&mut all).await.expect("read");
         assert_eq!(all, b"GET /v1/status HTTP/1.1\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn grpc_connections_are_read_through_the_authority_repair() {
+        let (a, mut b) = UnixStream::pair().expect("socketpair");
+        let peer = Peer::from_stream(a.as_fd()).expect("pin our own process");
+        let mut s = AttestedStream {
+            inner: a,
+            peer,
+            _guard: None,
+            over_cap: None,
+            replay: Vec::new(),
+            replayed: 0,
+            repair: None,
+        };
+        // The preface, then HEADERS (stream 1, END_HEADERS) with one literal field:
+        // `:authority: tmp%2Fa.sock`, as grpc-core sends it.
+        let mut block = vec![0x00, 10];
+        block.extend_from_slice(b":authority");
+        block.push(12);
+        block.extend_from_slice(b"tmp%2Fa.sock");
+        let mut input = H2_PREFACE.to_vec();
+        input.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x4, 0, 0, 0, 1]);
+        input.extend_from_slice(&block);
+        use tokio::io::AsyncWriteExt;
+        b.write_all(&input).await.expect("write");
+        assert_eq!(s.sniff().await, Some(Protocol::Grpc));
+        drop(b);
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.expect("read");
+        assert!(
+            all.starts_with(H2_PREFACE),
+            "the replayed preface goes through"
+        );
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.contains("localhost") && !text.contains("%2F"),
+            "{text:?}"
+        );
     }
 
     #[tokio::test]

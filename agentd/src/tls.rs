@@ -1,9 +1,11 @@
 //! TLS to the control plane, and the gRPC channel over it.
 //!
-//! The agent trusts exactly one CA: on first contact, the one whose public-key hash the
-//! join token carries (found in the chain the server presents); afterwards, the CA
-//! certificate saved at enrollment. The server must also present the URI SAN
-//! `spiffe://<td>/leash/control-plane`; its DNS names are not what identifies it.
+//! On first contact the agent trusts exactly one CA: the one whose public-key hash the
+//! join token carries (found in the chain the server presents). Afterwards it trusts the
+//! CA certificates saved in its state directory: the one from enrollment, then the list
+//! each renewal brings (both CAs while the CA rotates). The server must also present the
+//! URI SAN `spiffe://<td>/leash/control-plane`; its DNS names are not what identifies
+//! it.
 
 use std::sync::Arc;
 
@@ -69,10 +71,10 @@ fn uri_sans(cert: &[u8]) -> Vec<String> {
 pub enum Trust {
     /// First contact: the CA whose SPKI hash is this pin.
     Pin(String),
-    /// After enrollment: this CA certificate, and this trust domain.
+    /// After enrollment: any of these CA certificates, and this trust domain.
     Ca {
-        /// CA certificate, DER.
-        ca: CertificateDer<'static>,
+        /// CA certificates, DER.
+        cas: Vec<CertificateDer<'static>>,
         /// Trust domain.
         trust_domain: String,
     },
@@ -94,7 +96,7 @@ impl ServerCertVerifier for PinnedVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let bad = |m: &str| rustls::Error::General(m.to_string());
-        let (ca, td): (CertificateDer<'static>, Option<&str>) = match &self.trust {
+        let (cas, td): (Vec<CertificateDer<'static>>, Option<&str>) = match &self.trust {
             Trust::Pin(pin) => {
                 let ca = intermediates
                     .iter()
@@ -102,14 +104,16 @@ impl ServerCertVerifier for PinnedVerifier {
                     .ok_or_else(|| {
                         bad("the control plane's CA does not match the pin in the join token (wrong address, or a token from another control plane)")
                     })?;
-                (ca.clone().into_owned(), None)
+                (vec![ca.clone().into_owned()], None)
             }
-            Trust::Ca { ca, trust_domain } => (ca.clone(), Some(trust_domain.as_str())),
+            Trust::Ca { cas, trust_domain } => (cas.clone(), Some(trust_domain.as_str())),
         };
         let mut roots = RootCertStore::empty();
-        roots
-            .add(ca)
-            .map_err(|e| bad(&format!("unusable CA certificate: {e}")))?;
+        for ca in cas {
+            roots
+                .add(ca)
+                .map_err(|e| bad(&format!("unusable CA certificate: {e}")))?;
+        }
         let inner =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()

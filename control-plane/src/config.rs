@@ -98,6 +98,16 @@ pub struct FileConfig {
     pub reconcile_interval: Option<String>,
     /// `[http]`: the HTTPS listener for OIDC discovery, the JWKS and introspection.
     pub http: Option<HttpFileConfig>,
+    /// `[keys]`: key rotation.
+    pub keys: Option<KeysSection>,
+}
+
+/// `[keys]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// How long a new key is published before it signs (e.g. "10m").
+    pub publish_ahead: Option<String>,
 }
 
 /// The resolved configuration the server runs with.
@@ -139,7 +149,13 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// The HTTPS listener, when `[http]` is configured.
     pub http: Option<HttpConfig>,
+    /// `[keys] publish_ahead`: how long a rotated key is published before it signs.
+    pub keys_publish_ahead: Duration,
 }
+
+/// Default of `[keys] publish_ahead`: verifiers that cache the JWKS for up to ten
+/// minutes see a new key before anything is signed with it.
+pub const DEFAULT_PUBLISH_AHEAD: Duration = Duration::from_secs(600);
 
 /// Default of `max_secret_bytes`: 64 KiB.
 pub const DEFAULT_MAX_SECRET_BYTES: u32 = 64 * 1024;
@@ -245,6 +261,11 @@ pub const DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
         "reconcile_interval",
         Duration::from_secs(1),
         Duration::from_secs(DAY),
+    ),
+    (
+        "keys.publish_ahead",
+        Duration::from_secs(1),
+        Duration::from_secs(30 * DAY),
     ),
 ];
 
@@ -573,6 +594,11 @@ impl Config {
                 key: e.key,
                 message: e.message,
             })?;
+        let keys_publish_ahead = duration(
+            "keys.publish_ahead",
+            file.keys.as_ref().and_then(|k| k.publish_ahead.as_deref()),
+            DEFAULT_PUBLISH_AHEAD,
+        )?;
         Ok(Config {
             data_dir,
             listen,
@@ -592,6 +618,7 @@ impl Config {
             max_secret_bytes,
             reconcile_interval,
             http,
+            keys_publish_ahead,
         })
     }
 }
@@ -850,6 +877,30 @@ mod tests {
         assert_eq!(c.host_cert_ttl, Duration::from_secs(365 * DAY));
         resolve_text("host_cert_ttl = \"1h\"\nmax_offline = \"1s\"\nheartbeat = \"100ms\"")
             .expect("lower bounds are valid");
+    }
+
+    #[test]
+    fn keys_publish_ahead_defaults_to_ten_minutes_and_is_bounded() {
+        let c = resolve_text("").expect("defaults");
+        assert_eq!(c.keys_publish_ahead, Duration::from_secs(600));
+        let c = resolve_text("[keys]\npublish_ahead = \"30s\"").expect("30s");
+        assert_eq!(c.keys_publish_ahead, Duration::from_secs(30));
+        refused(
+            "[keys]\npublish_ahead = \"0s\"",
+            "keys.publish_ahead",
+            &["1s", "30d"],
+        );
+        refused(
+            "[keys]\npublish_ahead = \"31d\"",
+            "keys.publish_ahead",
+            &["30d"],
+        );
+        refused(
+            "[keys]\npublish_ahead = \"soon\"",
+            "keys.publish_ahead",
+            &["duration"],
+        );
+        refused("[keys]\nahead = \"1m\"", "ahead", &[]);
     }
 
     #[test]

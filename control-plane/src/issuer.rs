@@ -75,6 +75,8 @@ pub enum IssueError {
 pub fn sign(keys: &Keys, claims: &Claims) -> Result<String, IssueError> {
     use base64::Engine;
     let key = keys.signing_key();
+    // The key stays published until this token has expired.
+    key.record_expiry(claims.exp);
     let payload = serde_json::to_vec(claims)?;
     let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     // header "." payload "." signature (64 bytes → 86 characters).
@@ -101,10 +103,7 @@ pub fn fingerprint(token: &str) -> String {
 /// checked here (introspection reports it).
 pub fn verify(keys: &Keys, token: &str) -> Option<Claims> {
     let header = jsonwebtoken::decode_header(token).ok()?;
-    let key = keys
-        .jwt
-        .iter()
-        .find(|k| Some(&k.kid) == header.kid.as_ref())?;
+    let key = keys.jwt_key(header.kid.as_deref()?)?;
     let decoding = jsonwebtoken::DecodingKey::from_ec_components(
         &base64_url(&key.public[1..33]),
         &base64_url(&key.public[33..65]),

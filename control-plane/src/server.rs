@@ -186,8 +186,8 @@ pub async fn run(
     // the start here, naming both key ids (and a rotation cut short is settled here).
     let master = Arc::new(MasterKey::load_checked(&config.data_dir, &*store).await?);
     tracing::info!(master_key_id = %master.id(), "master key loaded");
-    let keys = Arc::new(Keys::load_or_create(&*store, &master, &config.trust_domain).await?);
-    let tls = crate::tls::server_config(&keys)?;
+    let keys = Arc::new(Keys::load(&*store, &master, &config.trust_domain, clock.now()).await?);
+    let tls = crate::tls::server_config(keys.clone())?;
     let http = match &config.http {
         Some(h) => Some(crate::http::Listener::bind(h, &keys).await?),
         None => None,
@@ -265,7 +265,7 @@ pub async fn run(
     let bound = Bound {
         listen,
         admin_socket: config.admin_socket.clone(),
-        ca_pin: shared.keys.ca_pin.clone(),
+        ca_pin: shared.keys.ca_pin(),
     };
 
     let expiry = tokio::spawn(crate::expiry::run(
@@ -279,6 +279,16 @@ pub async fn run(
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
     let ends = tokio::spawn(crate::issuance::ends::run(shared.clone()));
     let reconcile = tokio::spawn(crate::reconcile::run(shared.clone()));
+    let key_rotation = {
+        let s = shared.clone();
+        tokio::spawn(crate::keys::run(
+            shared.keys.clone(),
+            shared.store.clone(),
+            shared.clock.clone(),
+            crate::keys::Timing::new(config.keys_publish_ahead, config.host_cert_ttl),
+            move || s.keys_changed(),
+        ))
+    };
     let retention = tokio::spawn(crate::retention::run(
         shared.store.clone(),
         shared.clock.clone(),
@@ -356,6 +366,7 @@ pub async fn run(
     ends.abort();
     reconcile.abort();
     retention.abort();
+    key_rotation.abort();
     refused.abort();
     recovery.abort();
     if let Some(h) = http {

@@ -37,6 +37,7 @@
 mod agent;
 mod agent_http;
 mod architecture;
+mod authority;
 mod config;
 mod control_plane;
 mod databases;
@@ -46,6 +47,7 @@ mod faults;
 mod host_trust;
 mod human;
 mod inputs;
+mod key_rotation;
 mod master_key;
 mod oidc;
 mod partitions;
@@ -128,10 +130,19 @@ pub fn timeline_types(lease: &serde_json::Value) -> Vec<String> {
 /// The claims of a JWT, decoded without verifying it (tests verify elsewhere). Panics
 /// never print the token.
 pub fn claims(token: &str) -> serde_json::Value {
+    jwt_part(token, 1)
+}
+
+/// The header of a JWT (`alg`, `kid`), decoded without verifying it.
+pub fn header(token: &str) -> serde_json::Value {
+    jwt_part(token, 0)
+}
+
+fn jwt_part(token: &str, n: usize) -> serde_json::Value {
     use base64::Engine;
     let payload = token
         .split('.')
-        .nth(1)
+        .nth(n)
         .unwrap_or_else(|| panic!("not a JWT ({} bytes)", token.len()));
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)

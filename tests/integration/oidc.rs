@@ -33,7 +33,7 @@ fn with_http(top: &str, http: &str) -> Cluster {
 }
 
 /// The address the control plane logged as "http listening on ADDR".
-fn http_addr(c: &Cluster) -> SocketAddr {
+pub(crate) fn http_addr(c: &Cluster) -> SocketAddr {
     c.eventually("the http listener's address in the log", || {
         c.control_plane_log()
             .lines()
@@ -43,7 +43,7 @@ fn http_addr(c: &Cluster) -> SocketAddr {
     })
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let lines: Vec<&str> = b64
         .as_bytes()
@@ -65,7 +65,7 @@ fn ca_file(c: &Cluster) -> PathBuf {
 }
 
 /// The first agent's host certificate and key as PEM files.
-fn host_cert_files(c: &Cluster) -> (PathBuf, PathBuf) {
+pub(crate) fn host_cert_files(c: &Cluster) -> (PathBuf, PathBuf) {
     let dir = &c.agent(0).state_dir;
     let cert = c.dir().join("host-cert.pem");
     let key = c.dir().join("host-key.pem");
@@ -77,14 +77,14 @@ fn host_cert_files(c: &Cluster) -> (PathBuf, PathBuf) {
 
 /// What curl got: status, headers (lowercase names), body.
 #[derive(Debug)]
-struct Got {
-    status: u16,
-    headers: String,
-    body: String,
+pub(crate) struct Got {
+    pub(crate) status: u16,
+    pub(crate) headers: String,
+    pub(crate) body: String,
 }
 
 impl Got {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {self:?}"))
     }
@@ -92,7 +92,7 @@ impl Got {
 
 /// `curl --cacert CA ARGS https://localhost:PORT/PATH`, with `stdin` as the body when
 /// given (`--data-binary @-`).
-fn curl(c: &Cluster, ca: &Path, path: &str, args: &[&str], stdin: Option<&str>) -> Got {
+pub(crate) fn curl(c: &Cluster, ca: &Path, path: &str, args: &[&str], stdin: Option<&str>) -> Got {
     let addr = http_addr(c);
     let headers = c.dir().join("curl-headers.txt");
     let mut cmd = Command::new("curl");
@@ -400,11 +400,14 @@ assert doc["issuer"] == issuer, doc
 client = jwt.PyJWKClient(doc["jwks_uri"], ssl_context=ctx)
 token = os.environ["TOKEN"]
 key = client.get_signing_key_from_jwt(token)
+# The test clock may run ahead of the real one (LEEWAY, seconds).
 claims = jwt.decode(token, key.key, algorithms=doc["id_token_signing_alg_values_supported"],
-                    audience=os.environ["AUD"], issuer=issuer)
+                    audience=os.environ["AUD"], issuer=issuer,
+                    leeway=int(os.environ.get("LEEWAY", "0")))
 print(json.dumps({"sub": claims["sub"], "kid": key.key_id}))
 try:
-    jwt.decode(token[:-4] + "AAAA", key.key, algorithms=["ES256"], audience=os.environ["AUD"], issuer=issuer)
+    jwt.decode(token[:-4] + "AAAA", key.key, algorithms=["ES256"], audience=os.environ["AUD"], issuer=issuer,
+               leeway=int(os.environ.get("LEEWAY", "0")))
     print("tampered token verified", file=sys.stderr)
     sys.exit(3)
 except jwt.InvalidSignatureError:
@@ -415,10 +418,10 @@ except jwt.InvalidSignatureError:
 fn pyjwt_discovers_the_issuer_and_verifies_a_token() {
     let port = free_port();
     let issuer = format!("https://localhost:{port}");
-    let c = with_http(
-        &format!("issuer = {issuer:?}"),
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
+    // Agents must not fail closed when the clock moves past publish_ahead below.
+    let c = Cluster::with(Options::default().max_offline("1h").config(&format!(
+        "issuer = {issuer:?}\n[http]\nlisten = \"127.0.0.1:{port}\""
+    )));
     basic(&c);
     let ca = ca_file(&c);
     let f = c.get("api", &[]);
@@ -438,6 +441,35 @@ fn pyjwt_discovers_the_issuer_and_verifies_a_token() {
     assert_eq!(v["sub"], "spiffe://it.example/ci/job", "{out}");
     let kid = c.leashctl(&["jwks"]).json()["keys"][0]["kid"].clone();
     assert_eq!(v["kid"], kid);
+
+    // After a JWT key rotation: the verifier, fetching `/keys` again, verifies a token
+    // signed by the new key, and the one signed before by the old key still verifies.
+    let rotated = c
+        .leashctl(&["key", "rotate", "jwt", "--output", "json"])
+        .json();
+    let new_kid = rotated["id"].as_str().expect("id").to_string();
+    c.advance_clock(Duration::from_secs(601));
+    let g = c.eventually("a token signed by the new key", || {
+        let g = c.get("api", &["--fresh"]);
+        (crate::header(&g.token)["kid"] == new_kid.as_str()).then_some(g)
+    });
+    let old_kid = kid.as_str().expect("kid").to_string();
+    for (token, want) in [(&g.token, &new_kid), (&f.token, &old_kid)] {
+        let out = python::run_script(
+            PYJWT,
+            &[],
+            &[
+                ("LEASH_CA", ca.to_str().expect("utf-8")),
+                ("ISSUER", &issuer),
+                ("TOKEN", token),
+                ("AUD", API_AUD),
+                // The test clock is 601 s ahead of the real one now.
+                ("LEEWAY", "700"),
+            ],
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.json()["kid"], want.as_str(), "{out}");
+    }
     c.assert_no_secret_leaked();
 }
 

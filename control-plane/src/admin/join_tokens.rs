@@ -64,7 +64,7 @@ pub(super) async fn create(
         used_by: None,
         revoked: false,
     };
-    let token = JoinToken::encode(&id, &secret, &s.keys.ca_pin);
+    let token = JoinToken::encode(&id, &secret, &s.keys.ca_pin());
     let ev = audit::join_token_created(s.clock.now_ms(), &actor, &rec, ttl);
     s.store
         .put_join_token(rec, ev)

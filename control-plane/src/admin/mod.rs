@@ -462,6 +462,16 @@ impl Admin for AdminApi {
             .map(Response::new)
     }
 
+    async fn rotate_key(
+        &self,
+        req: Request<v1::RotateKeyRequest>,
+    ) -> Result<Response<v1::KeyInfo>, Status> {
+        let actor = self.admin(&req)?;
+        keys::rotate_key(&self.s, actor, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_introspection_clients(
         &self,
         req: Request<v1::Empty>,
@@ -486,5 +496,13 @@ impl Admin for AdminApi {
     ) -> Result<Response<v1::OidcDocumentsResponse>, Status> {
         self.admin(&req)?;
         oidc::documents(&self.s).await.map(Response::new)
+    }
+
+    async fn list_keys(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListKeysResponse>, Status> {
+        self.admin(&req)?;
+        keys::list_keys(&self.s).await.map(Response::new)
     }
 }

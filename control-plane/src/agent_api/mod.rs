@@ -108,7 +108,7 @@ impl ControlPlane for AgentApi {
         Ok(Response::new(v1::RenewResponse {
             certificate_der: der.to_vec(),
             not_after_unix: not_after,
-            ..Default::default()
+            ca_certificates_der: self.s.keys.bundle_ders(),
         }))
     }
 

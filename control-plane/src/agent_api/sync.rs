@@ -430,7 +430,7 @@ mod tests {
         assert!(second.generation > first.generation, "{second:?} {first:?}");
         assert_eq!(
             second.ca_certificates_der,
-            vec![s.keys.ca_der.to_vec()],
+            vec![s.keys.ca_der().to_vec()],
             "the CA"
         );
         let jwks: serde_json::Value = serde_json::from_str(&second.jwks_json).expect("json");

@@ -169,7 +169,7 @@ pub async fn enroll(
     // Refused before any lookup or write, and not recorded: the text alone shows it
     // is not a join token.
     let token = well_formed(&r.join_token)?;
-    if token.ca_pin != s.keys.ca_pin {
+    if !s.keys.is_published_ca_pin(&token.ca_pin) {
         return Err(refuse(
             s,
             source,
@@ -292,7 +292,8 @@ pub async fn enroll(
         host_name: name,
         labels: labels.into_iter().collect(),
         certificate_der: cert.to_vec(),
-        ca_certificate_der: s.keys.ca_der.to_vec(),
+        ca_certificate_der: s.keys.ca_der().to_vec(),
+        ca_certificates_der: s.keys.bundle_ders(),
         trust_domain: s.config.trust_domain.clone(),
         not_after_unix: not_after,
     })

@@ -109,7 +109,7 @@ pub fn check_files(cfg: &HttpConfig) -> Result<(), HttpError> {
 
 impl Listener {
     /// Load the certificate and bind the address.
-    pub async fn bind(cfg: &HttpConfig, keys: &Keys) -> Result<Listener, HttpError> {
+    pub async fn bind(cfg: &HttpConfig, keys: &Arc<Keys>) -> Result<Listener, HttpError> {
         let tls = tls::server_config(&cfg.cert, keys)?;
         let listen_err = |source| HttpError::Listen {
             addr: cfg.listen.to_string(),

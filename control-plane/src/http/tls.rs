@@ -6,8 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -43,29 +42,37 @@ pub fn load_files(
 }
 
 /// The listener's TLS configuration.
-pub fn server_config(cert: &HttpCert, keys: &Keys) -> Result<Arc<ServerConfig>, HttpError> {
-    let (chain, key) = match cert {
+///
+/// Both the client-certificate verifier and the default certificate follow key rotation:
+/// host certificates from every CA in the bundle are accepted, and the default
+/// certificate is made again under the new serving CA when the old one retires.
+pub fn server_config(cert: &HttpCert, keys: &Arc<Keys>) -> Result<Arc<ServerConfig>, HttpError> {
+    let tls_err = |e: crate::keys::KeyError| HttpError::Tls(e.to_string());
+    let verifier = crate::tls::bundle_client_verifier(keys.clone()).map_err(tls_err)?;
+    let builder = ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HttpError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier);
+    let mut cfg = match cert {
         HttpCert::Files {
             cert_file,
             key_file,
-        } => load_files(cert_file, key_file)?,
-        HttpCert::Default { server_names } => keys.http_server_cert(server_names)?,
+        } => {
+            let (chain, key) = load_files(cert_file, key_file)?;
+            builder.with_single_cert(chain, key).map_err(|e| {
+                HttpError::Tls(format!("the certificate and key do not fit together: {e}"))
+            })?
+        }
+        HttpCert::Default { server_names } => {
+            let names = server_names.clone();
+            let resolver = crate::tls::serving_resolver(
+                keys.clone(),
+                Box::new(move |k, ca| k.http_server_cert(ca, &names)),
+            )
+            .map_err(tls_err)?;
+            builder.with_cert_resolver(resolver)
+        }
     };
-    let provider = crate::tls::provider();
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(keys.ca_der.clone())
-        .map_err(|e| HttpError::Tls(e.to_string()))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| HttpError::Tls(e.to_string()))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| HttpError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| HttpError::Tls(format!("the certificate and key do not fit together: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

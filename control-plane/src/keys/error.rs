@@ -53,6 +53,19 @@ pub enum KeyError {
     /// A certificate lifetime that the certificate cannot express.
     #[error("certificate lifetime of {0}s is out of range")]
     Lifetime(u64),
+    /// The stored key records are unusable.
+    #[error("key records: {0}")]
+    Records(String),
+    /// A rotation was asked while a `next` key of that kind waits to become active.
+    #[error("{kind} key {id} is already waiting to become active (at unix time {activates_at}); rotate again once it is active (see `leashctl key list`)")]
+    RotationPending {
+        /// `jwt` or `ca`.
+        kind: String,
+        /// The waiting key.
+        id: String,
+        /// When it becomes active, unix seconds.
+        activates_at: i64,
+    },
 }
 
 impl From<rcgen::Error> for KeyError {

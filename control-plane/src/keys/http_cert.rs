@@ -8,13 +8,15 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::{random_serial, time_now, KeyError, Keys};
+use super::material::random_serial;
+use super::{KeyError, Keys};
 
 impl Keys {
     /// A serving certificate for `names` (DNS names, or IP addresses), valid for a year,
     /// with its chain (leaf, then the CA) and its key.
     pub fn http_server_cert(
         &self,
+        ca: &super::CaKey,
         names: &[String],
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), KeyError> {
         let key = KeyPair::generate()?;
@@ -34,12 +36,14 @@ impl Keys {
             .collect::<Result<_, KeyError>>()?;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let now = time_now();
+        let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::minutes(5);
         p.not_after = now + time::Duration::days(365);
         p.serial_number = Some(random_serial()?);
-        let cert = p.signed_by(&key, &self.issuer())?;
+        // Not one of the things that keep a retiring CA published: the listener makes a
+        // new one under the next serving CA when this one retires.
+        let cert = p.signed_by(&key, ca.issuer())?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok((vec![cert.der().clone(), self.ca_der.clone()], key_der))
+        Ok((vec![cert.der().clone(), ca.der.clone()], key_der))
     }
 }

@@ -181,7 +181,8 @@ mod tests {
         assert_eq!(chain.len(), 1, "the leaf alone; the CA is in the bundle");
         assert_eq!(m.fingerprint, fingerprint(&chain[0]));
         let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).expect("parse");
-        let (_, ca) = x509_parser::parse_x509_certificate(&p.keys.ca_der).expect("ca");
+        let ca_der = p.keys.ca_der();
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("ca");
         leaf.verify_signature(Some(ca.public_key()))
             .expect("signed by the CA");
         assert_eq!(leaf.validity().not_before.timestamp(), 1_900_000_000);

@@ -43,7 +43,7 @@ mod tx;
 pub use error::{Result, StoreError};
 pub use introspection_clients::IntrospectionClient;
 pub use retention::{Cutoff, Pruned};
-pub use sealed::{HoldsSealed, Rewrap, RewrapFailure, SealedRecord};
+pub use sealed::{is_key_blob, HoldsSealed, Rewrap, RewrapFailure, SealedRecord};
 pub use secrets::{Older, SecretWrite, SecretWritten, SECRET_KIND};
 pub use sled_store::{EndQueueWrites, SledStore};
 
@@ -278,6 +278,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn put_introspection_client(&self, c: IntrospectionClient, event: Event) -> Result<()>;
     /// Forget an introspection client with its event; `NotFound` if there is none.
     async fn remove_introspection_client(&self, id: &str, event: Event) -> Result<()>;
+    /// Write `puts` to the blobs in order, then remove the blobs `removes`, then record
+    /// `events`, in one durable write: key rotation (keys/lifecycle.rs) orders a new
+    /// key's sealed blob before the record naming it, and a retired key's record before
+    /// its blob's removal, so a crash between two of them is always safe.
+    async fn put_key_blobs(
+        &self,
+        puts: Vec<(String, Vec<u8>)>,
+        removes: Vec<String>,
+        events: Vec<Event>,
+    ) -> Result<()>;
 }
 
 #[cfg(test)]

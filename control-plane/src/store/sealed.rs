@@ -115,11 +115,17 @@ fn set_inside<T: HoldsSealed>(value: &[u8], sealed: Vec<u8>) -> Result<Vec<u8>> 
     Ok(enc(&r))
 }
 
-/// The encrypted keys in the `blobs` tree: the CA key and the JWT signing keys. The
-/// other blobs (the CA certificate, policy versions) are not secret.
+/// The encrypted keys in the `blobs` tree: the CA keys and the JWT signing keys. The
+/// other blobs (key records, the first CA's certificate, policy versions) are not secret.
 fn key_blob(key: &[u8]) -> Option<String> {
     let name = std::str::from_utf8(key).ok()?;
-    (name == "ca-key" || name.starts_with("jwt-key-")).then(|| name.to_string())
+    is_key_blob(name).then(|| name.to_string())
+}
+
+/// Whether the blob `name` is a sealed private key: `ca-key` and `jwt-key-1` (the first
+/// ones), `ca-key-<id>` and `jwt-key-<id>` (made by rotation, keys/lifecycle.rs).
+pub fn is_key_blob(name: &str) -> bool {
+    name == "ca-key" || name.starts_with("ca-key-") || name.starts_with("jwt-key-")
 }
 
 /// A version of a brokered secret: the key is `name \0 version (BE u32)`, the value is
@@ -282,7 +288,9 @@ mod tests {
     fn only_the_key_blobs_are_sealed() {
         assert_eq!(key_blob(b"ca-key").as_deref(), Some("ca-key"));
         assert_eq!(key_blob(b"jwt-key-1").as_deref(), Some("jwt-key-1"));
+        assert_eq!(key_blob(b"ca-key-0a1b").as_deref(), Some("ca-key-0a1b"));
         assert_eq!(key_blob(b"ca-cert"), None);
+        assert_eq!(key_blob(b"key-records"), None);
         assert_eq!(key_blob(b"policy/current"), None);
     }
 }

@@ -684,4 +684,25 @@ impl Storage for SledStore {
     async fn remove_introspection_client(&self, id: &str, event: Event) -> Result<()> {
         self.delete_introspection_client(id, event).await
     }
+
+    async fn put_key_blobs(
+        &self,
+        puts: Vec<(String, Vec<u8>)>,
+        removes: Vec<String>,
+        events: Vec<Event>,
+    ) -> Result<()> {
+        self.write(move |tx| {
+            for (name, value) in puts {
+                tx.t.blobs.insert(name.as_bytes(), value)?;
+            }
+            for name in removes {
+                tx.t.blobs.remove(name.as_bytes())?;
+            }
+            for e in events {
+                tx.event(e)?;
+            }
+            Ok(())
+        })
+        .await
+    }
 }

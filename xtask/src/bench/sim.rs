@@ -47,7 +47,7 @@ pub async fn enroll_in_memory(
         .into_inner();
     let cfg = tls::client_config(
         Trust::Ca {
-            ca: CertificateDer::from(r.ca_certificate_der),
+            cas: vec![CertificateDer::from(r.ca_certificate_der)],
             trust_domain: r.trust_domain,
         },
         Some((

@@ -94,7 +94,7 @@ enum Cmd {
     },
     /// Print the JSON Web Key Set verifiers use.
     Jwks,
-    /// The control plane's master key.
+    /// Keys: the master key, the JWT signing keys and the CA.
     #[command(subcommand)]
     Key(KeyCmd),
     /// The audit trail, as JSON lines.

@@ -99,7 +99,7 @@ async fn rotation_rewraps_every_sealed_record_and_the_old_key_is_refused_after()
     }
     // The same keys come back under the new master key, in process and at a restart.
     let k2 = Keys::load_or_create(&*s, &m, "td").await.expect("keys");
-    assert_eq!(k1.ca_pin, k2.ca_pin);
+    assert_eq!(k1.ca_pin(), k2.ca_pin());
     assert_eq!(k1.signing_key().kid, k2.signing_key().kid);
     let again = MasterKey::load_checked(dir.path(), &*s)
         .await
@@ -194,7 +194,7 @@ async fn a_rotation_cut_after_its_commit_is_finished_at_start() {
         assert_eq!(sealed_key_id(&rec.sealed), Some(new.id), "{}", rec.name);
     }
     let k2 = Keys::load_or_create(&*s, &again, "td").await.expect("keys");
-    assert_eq!(k1.ca_pin, k2.ca_pin);
+    assert_eq!(k1.ca_pin(), k2.ca_pin());
 }
 
 #[tokio::test]
