@@ -4,7 +4,7 @@
 //! becomes the JWT bundle, each key marked `use: jwt-svid` as the SPIFFE Trust Domain
 //! and Bundle specification requires; its CA certificates, DER and concatenated, become
 //! the X.509 bundle. Until a control plane that sends bundles is reached, the X.509
-//! bundle is the CA the agent enrolled with, and there is no JWT bundle yet. Each stream
+//! bundle is the CAs the agent trusts for its control plane, and there is no JWT bundle yet. Each stream
 //! sends the bundle it has and then a new message on every change; nothing polls.
 
 use std::sync::Arc;
@@ -30,7 +30,13 @@ pub fn trust_domain_id(agent: &Agent) -> String {
 pub fn x509_bundle(agent: &Agent, b: Option<&v1::TrustBundle>) -> Vec<u8> {
     match b {
         Some(b) if !b.ca_certificates_der.is_empty() => b.ca_certificates_der.concat(),
-        _ => agent.identity().ca.to_vec(),
+        _ => agent
+            .identity()
+            .cas
+            .iter()
+            .map(|c| c.to_vec())
+            .collect::<Vec<_>>()
+            .concat(),
     }
 }
 
