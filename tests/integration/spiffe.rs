@@ -232,6 +232,43 @@ fn jwt_bundles_and_validation_through_the_rust_spiffe_crate() {
     });
 }
 
+#[test]
+fn bundle_streams_send_the_new_keys_when_they_rotate() {
+    use futures::StreamExt;
+    let c = jwt_cluster("svc");
+    let td = spiffe::TrustDomain::new(TRUST_DOMAIN).expect("td");
+    let rt = rt();
+    rt.block_on(async {
+        let client = WorkloadApiClient::connect_to(endpoint(&c))
+            .await
+            .expect("connect");
+        let mut jwt = client.stream_jwt_bundles().await.expect("jwt stream");
+        let mut x509 = client.stream_x509_bundles().await.expect("x509 stream");
+        let first = jwt.next().await.expect("message").expect("bundle");
+        let keys =
+            |b: &spiffe::JwtBundleSet| b.get(&td).map(|b| b.jwt_authorities().count()).unwrap_or(0);
+        assert_eq!(keys(&first), 1);
+        let cas = x509.next().await.expect("message").expect("bundle");
+        assert_eq!(cas.get(&td).expect("bundle").authorities().len(), 1);
+        // A new JWT key is published at once: the JWT bundle stream sends both keys.
+        c.leashctl(&["key", "rotate", "jwt"]).ok();
+        let next = tokio::time::timeout(Duration::from_secs(10), jwt.next())
+            .await
+            .expect("a new JWT bundle within 10s of the rotation")
+            .expect("message")
+            .expect("bundle");
+        assert_eq!(keys(&next), 2, "old and new key");
+        // A new CA: the X.509 bundle stream carries both during the overlap.
+        c.leashctl(&["key", "rotate", "ca"]).ok();
+        let next = tokio::time::timeout(Duration::from_secs(10), x509.next())
+            .await
+            .expect("a new X.509 bundle within 10s of the rotation")
+            .expect("message")
+            .expect("bundle");
+        assert_eq!(next.get(&td).expect("bundle").authorities().len(), 2);
+    });
+}
+
 /// The URI SAN of a DER certificate.
 fn uri_san(der: &[u8]) -> Vec<String> {
     use x509_parser::prelude::*;

@@ -59,20 +59,30 @@ pub fn jwt_bundle(b: &v1::TrustBundle) -> Result<Vec<u8>, SpiffeError> {
 
 /// Send a message on every bundle change until the caller goes away. `make` turns the
 /// current bundle into the message, or `None` when there is nothing to send yet.
-async fn follow<T>(
+async fn follow<T: PartialEq + Clone>(
     agent: Arc<Agent>,
     tx: Tx<T>,
     make: impl Fn(&Agent, Option<&v1::TrustBundle>) -> Option<Result<T, SpiffeError>>,
 ) {
     let mut rx: watch::Receiver<Option<Arc<v1::TrustBundle>>> = agent.bundle();
+    let mut last: Option<T> = None;
     loop {
         let current = rx.borrow_and_update().clone();
-        if let Some(m) = make(&agent, current.as_deref()) {
-            let m = m.map_err(Status::from);
-            let end = m.is_err();
-            if tx.send(m).await.is_err() || end {
+        match make(&agent, current.as_deref()) {
+            // The part of the bundle this stream carries did not change (a new JWT key
+            // leaves the CAs as they were): nothing to send.
+            Some(Ok(m)) if last.as_ref() == Some(&m) => {}
+            Some(Ok(m)) => {
+                if tx.send(Ok(m.clone())).await.is_err() {
+                    return;
+                }
+                last = Some(m);
+            }
+            Some(Err(e)) => {
+                let _ = tx.send(Err(e.into())).await;
                 return;
             }
+            None => {}
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
