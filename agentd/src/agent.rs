@@ -1,5 +1,6 @@
 //! The agent's shared state: configuration, identity, synced workloads, the cache, the
-//! health that `leash status` reports, and the usage counts the Sync stream reports.
+//! trust bundle, the health that `leash status` reports, and the usage counts the Sync
+//! stream reports.
 //!
 //! Every time-of-day decision the agent makes (heartbeat age, cache expiry, identity
 //! renewal) reads [`Agent::clock`], so tests can move it.
@@ -38,7 +39,16 @@ pub struct AgentConfig {
     pub max_conns_per_uid: usize,
     /// Requests per second one uid may make (0 = unlimited).
     pub requests_per_uid: u32,
+    /// The `jwt` credential the SPIFFE Workload API issues JWT-SVIDs from.
+    pub spiffe_jwt_credential: String,
+    /// The `x509` credential the SPIFFE Workload API issues X.509-SVIDs from.
+    pub spiffe_x509_credential: String,
 }
+
+/// Default of `--spiffe-jwt-credential`.
+pub const DEFAULT_SPIFFE_JWT_CREDENTIAL: &str = "spiffe-jwt";
+/// Default of `--spiffe-x509-credential`.
+pub const DEFAULT_SPIFFE_X509_CREDENTIAL: &str = "spiffe-x509";
 
 /// Lifecycle state, as `leash status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +113,7 @@ pub struct Agent {
     client: RwLock<Option<ControlPlaneClient<Channel>>>,
     health: Mutex<Health>,
     usage: Mutex<HashMap<String, v1::LeaseUsage>>,
+    bundle: tokio::sync::watch::Sender<Option<Arc<v1::TrustBundle>>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -144,7 +155,31 @@ impl Agent {
                 reason: "connecting to the control plane".into(),
             }),
             usage: Mutex::new(HashMap::new()),
+            bundle: tokio::sync::watch::channel(None).0,
         }
+    }
+
+    /// The trust bundle (JWKS and CA certificates) the control plane last sent on Sync;
+    /// `None` until the first one arrives.
+    pub fn bundle(&self) -> tokio::sync::watch::Receiver<Option<Arc<v1::TrustBundle>>> {
+        self.bundle.subscribe()
+    }
+
+    /// Take a trust bundle from Sync. A higher generation wins; a lower one is ignored
+    /// unless it is the first of a new Sync session (`fresh`: a restarted control plane
+    /// may count again from the start). An unchanged bundle wakes no one.
+    pub fn set_bundle(&self, b: v1::TrustBundle, fresh: bool) -> bool {
+        self.bundle.send_if_modified(|cur| {
+            if let Some(c) = cur {
+                let same =
+                    c.jwks_json == b.jwks_json && c.ca_certificates_der == b.ca_certificates_der;
+                if same || (b.generation < c.generation && !fresh) {
+                    return false;
+                }
+            }
+            *cur = Some(Arc::new(b));
+            true
+        })
     }
 
     /// The current identity.
@@ -282,9 +317,8 @@ impl Agent {
             .into_iter()
             .map(|w| (w.name.clone(), Arc::new(w)))
             .collect();
-        let wiped = self.cache.retain_workloads(|name| map.contains_key(name));
-        *self.workloads.write().unwrap_or_else(|p| p.into_inner()) = map;
-        wiped
+        *self.workloads.write().unwrap_or_else(|p| p.into_inner()) = map.clone();
+        self.cache.retain_workloads(|name| map.contains_key(name))
     }
 
     /// Add or change a workload.
@@ -293,6 +327,8 @@ impl Agent {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(w.name.clone(), Arc::new(w));
+        // Open SPIFFE streams re-check which workloads their caller matches.
+        self.cache.touch();
     }
 
     /// Drop a workload and its credentials.

@@ -10,9 +10,15 @@
 //! revocation is remembered for a while so a credential whose Issue was in flight when
 //! the revocation arrived (its issue sequence is below the revocation's) is dropped on
 //! arrival instead of being served.
+//!
+//! Every change (an insert, a revocation, a sweep, a changed workload set) bumps a
+//! generation that [`Cache::subscribe`] watches, so long-lived SPIFFE streams learn of
+//! a revoked or renewed X.509-SVID at once rather than by polling.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
 
 use crate::secret::Secret;
 
@@ -57,6 +63,9 @@ pub struct Entry {
     /// What the control plane said it is: kind (`jwt`, `secret`, …), version and format
     /// (brokered secrets).
     pub served: Served,
+    /// An X.509-SVID's certificate chain (DER, leaf first); empty for other kinds. Its
+    /// private key is the entry's secret (`token`, as base64 of the PKCS#8 DER).
+    pub chain_der: Vec<Vec<u8>>,
 }
 
 /// The credential's kind, version and format, as the control plane issued it.
@@ -108,10 +117,21 @@ struct Applied {
 const REMEMBER: usize = 1024;
 
 /// The cache.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Cache {
     map: RwLock<HashMap<Key, Arc<Entry>>>,
     applied: Mutex<Vec<Applied>>,
+    generation: watch::Sender<u64>,
+}
+
+impl Default for Cache {
+    fn default() -> Cache {
+        Cache {
+            map: RwLock::default(),
+            applied: Mutex::default(),
+            generation: watch::channel(0).0,
+        }
+    }
 }
 
 fn covers(t: &Target, lease_ids: &[String], key: &Key, e: &Entry) -> bool {
@@ -139,6 +159,17 @@ impl Cache {
         self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Wake everything watching the cache (see [`Cache::subscribe`]).
+    pub fn touch(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// A receiver that sees a new generation whenever an entry is added or dropped (or
+    /// [`Cache::touch`] is called).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// The unexpired entry for `key`.
     pub fn get(&self, key: &Key, now: i64) -> Option<Arc<Entry>> {
         self.read().get(key).filter(|e| e.expires_at > now).cloned()
@@ -147,17 +178,24 @@ impl Cache {
     /// Insert a freshly issued credential, unless a revocation already applied covers
     /// it (its Issue raced the revocation). Returns false when it was dropped.
     pub fn insert(&self, key: Key, entry: Entry) -> bool {
+        self.insert_shared(key, entry).is_some()
+    }
+
+    /// [`Cache::insert`], returning the entry as the cache now holds it.
+    pub fn insert_shared(&self, key: Key, entry: Entry) -> Option<Arc<Entry>> {
         {
             let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
             if applied
                 .iter()
                 .any(|a| a.seq > entry.seq && covers(&a.target, &a.lease_ids, &key, &entry))
             {
-                return false;
+                return None;
             }
         }
-        self.write().insert(key, Arc::new(entry));
-        true
+        let entry = Arc::new(entry);
+        self.write().insert(key, entry.clone());
+        self.touch();
+        Some(entry)
     }
 
     /// Apply a revocation: drop (and so zeroize) every matching entry. Returns how many
@@ -169,6 +207,9 @@ impl Cache {
             map.retain(|k, e| !covers(&target, &lease_ids, k, e));
             before - map.len()
         };
+        if wiped > 0 {
+            self.touch();
+        }
         let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         applied.push(Applied {
             seq,
@@ -184,31 +225,41 @@ impl Cache {
 
     /// Drop entries of workloads no longer known here.
     pub fn retain_workloads(&self, keep: impl Fn(&str) -> bool) -> usize {
-        let mut map = self.write();
-        let before = map.len();
-        map.retain(|k, _| keep(&k.workload));
-        before - map.len()
+        let dropped = {
+            let mut map = self.write();
+            let before = map.len();
+            map.retain(|k, _| keep(&k.workload));
+            before - map.len()
+        };
+        self.touch();
+        dropped
     }
 
     /// Drop everything (eviction, failing closed).
     pub fn wipe_all(&self) -> usize {
-        let mut map = self.write();
-        let n = map.len();
-        map.clear();
+        let n = {
+            let mut map = self.write();
+            let n = map.len();
+            map.clear();
+            n
+        };
+        self.touch();
         n
     }
 
     /// Drop expired entries; returns their lease ids.
     pub fn sweep(&self, now: i64) -> Vec<String> {
         let mut gone = Vec::new();
-        let mut map = self.write();
-        map.retain(|_, e| {
+        self.write().retain(|_, e| {
             let keep = e.expires_at > now;
             if !keep {
                 gone.push(e.lease_id.clone());
             }
             keep
         });
+        if !gone.is_empty() {
+            self.touch();
+        }
         gone
     }
 
@@ -259,6 +310,7 @@ mod tests {
             action: "read".into(),
             audience: "a".into(),
             served: Served::default(),
+            chain_der: Vec::new(),
         }
     }
 
@@ -294,6 +346,28 @@ mod tests {
         assert_eq!(c.revoke(12, Target::Lease("l2".into()), vec![]), 1);
         assert_eq!(c.wipe_all(), 1);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn every_change_bumps_the_generation_watchers_see() {
+        let c = Cache::default();
+        let mut rx = c.subscribe();
+        assert!(!rx.has_changed().unwrap_or(true));
+        c.insert(key("w"), entry("l1", 1, 100));
+        assert!(rx.has_changed().unwrap_or(false), "insert");
+        rx.borrow_and_update();
+        assert_eq!(c.revoke(2, Target::Lease("other".into()), vec![]), 0);
+        assert!(
+            !rx.has_changed().unwrap_or(true),
+            "nothing wiped, no wake-up"
+        );
+        assert_eq!(c.revoke(3, Target::Lease("l1".into()), vec![]), 1);
+        assert!(rx.has_changed().unwrap_or(false), "revocation");
+        rx.borrow_and_update();
+        c.insert(key("w"), entry("l2", 4, 10));
+        rx.borrow_and_update();
+        assert_eq!(c.sweep(10).len(), 1);
+        assert!(rx.has_changed().unwrap_or(false), "expiry");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! Text a caller chooses is checked against `leash_proto::names` before anything else
 //! looks at it, and is quoted back only through `names::excerpt`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use leash_proto::names::{self, NameError};
@@ -99,19 +100,59 @@ fn check_fetch(r: &v1::FetchRequest) -> Result<(), CallError> {
     Ok(())
 }
 
+/// The kind name of X.509-SVIDs, as the control plane reports it.
+pub const X509_KIND: &str = "x509";
+
+/// What a caller's X.509-SVID needs before each Issue: a new key pair, as a PKCS#10 CSR
+/// (DER) and the private key (kept as the cache entry's secret).
+pub type MakeKey<'a> = &'a (dyn Fn() -> Result<(Vec<u8>, Secret), CallError> + Sync);
+
+/// How [`Calls::obtain`] gets a credential, beyond the cache key.
+pub struct Obtain<'a> {
+    /// The task's name, inside a task (for the control plane's events).
+    pub task_name: &'a str,
+    /// Skip the cache.
+    pub fresh: bool,
+    /// Several audiences for one token (a JWT-SVID); the key's audience is then empty.
+    pub audiences: &'a [String],
+    /// Makes the key pair of an X.509-SVID; `None` for every other kind.
+    pub x509: Option<MakeKey<'a>>,
+    /// Whether the caller is still inside the key's task, once the Issue is answered.
+    pub still_in_task: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl std::fmt::Debug for Obtain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Obtain")
+            .field("task_name", &self.task_name)
+            .field("fresh", &self.fresh)
+            .field("audiences", &self.audiences)
+            .field("x509", &self.x509.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The calls, over the agent, with the one per-uid request allowance both protocols
 /// take from.
 #[derive(Debug)]
 pub struct Calls {
     agent: Arc<Agent>,
     limit: RateLimit,
+    /// One Issue at a time per cache key: when many callers miss at once (every open
+    /// SPIFFE stream of a workload after a revocation), the first issues and the others
+    /// are served its answer from the cache.
+    issuing: std::sync::Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Calls {
     /// Wrap the agent.
     pub fn new(agent: Arc<Agent>) -> Calls {
         let limit = RateLimit::new(agent.config.requests_per_uid, agent.clock.clone());
-        Calls { agent, limit }
+        Calls {
+            agent,
+            limit,
+            issuing: Default::default(),
+        }
     }
 
     /// The agent.
@@ -212,22 +253,37 @@ impl Calls {
         a: &Attestation,
         w: &v1::Workload,
         key: &Key,
-        task_name: &str,
+        how: &Obtain<'_>,
     ) -> Result<Entry, CallError> {
+        let task_name = how.task_name;
         let mut client = self.agent.client().ok_or_else(|| {
             CallError::new(Reason::Unavailable, "the control plane is unreachable and no usable credential is cached; check `leash status` and try again")
         })?;
+        // An X.509-SVID's key pair is made here for each Issue; only its CSR leaves.
+        let (csr_der, x509_key) = match how.x509 {
+            Some(make) => {
+                let (csr, key) = make()?;
+                (csr, Some(key))
+            }
+            None => (Vec::new(), None),
+        };
         let req = v1::IssueRequest {
             workload: w.name.clone(),
             credential: key.credential.clone(),
             action: key.action.clone(),
-            audience: key.audience.clone(),
+            // Several audiences travel as a list; the key's audience is then only a key.
+            audience: if how.audiences.is_empty() {
+                key.audience.clone()
+            } else {
+                String::new()
+            },
             ttl_seconds: key.ttl,
             task: key.task.clone().unwrap_or_default(),
             on_behalf_of: key.obo.clone().unwrap_or_default(),
             task_name: task_name.to_string(),
             attested: Some(attested(a)),
-            ..Default::default()
+            audiences: how.audiences.to_vec(),
+            csr_der,
         };
         let r = client.issue(req).await.map_err(|s| {
             // A control plane that answered says why itself (e.g. a database it needs is
@@ -246,8 +302,24 @@ impl Calls {
             }
         })?;
         let r = r.into_inner();
+        let (token, chain_der) = match x509_key {
+            Some(private) => {
+                if r.certificate_chain_der.is_empty() {
+                    return Err(CallError::new(
+                        Reason::Unavailable,
+                        format!(
+                            "credential {} did not answer with a certificate; is it of kind x509 (`leashctl credential add NAME --kind x509`)?",
+                            names::excerpt(&key.credential)
+                        ),
+                    ));
+                }
+                (private, r.certificate_chain_der)
+            }
+            None => (Secret::new(r.token), Vec::new()),
+        };
         Ok(Entry {
-            token: Secret::new(r.token),
+            token,
+            chain_der,
             lease_id: r.lease_id,
             owner: w.owner.clone(),
             issued_at: r.issued_at_unix,
@@ -309,27 +381,92 @@ impl Calls {
             task,
             obo: (!r.on_behalf_of.is_empty()).then_some(r.on_behalf_of),
         };
+        let handle = r.task_handle;
+        let still_in_task = || self.agent.tasks.membership(&handle, &a).is_ok();
+        let how = Obtain {
+            task_name: &task_name,
+            fresh: r.fresh,
+            audiences: &[],
+            x509: None,
+            still_in_task: &still_in_task,
+        };
+        let (e, cached) = self.obtain(&a, &w, &key, &how).await?;
+        if e.served.kind == X509_KIND {
+            return Err(CallError::new(Reason::Invalid, format!(
+                "credential {} is an X.509-SVID: its private key is served only through the SPIFFE Workload API (SPIFFE_ENDPOINT_SOCKET=unix://{})",
+                names::excerpt(&key.credential),
+                self.agent.config.socket.display()
+            )));
+        }
+        Ok(self.respond(&a, &w.name, &e, cached))
+    }
+
+    /// The credential for `key`, from the cache when an entry is there and fresh,
+    /// otherwise issued through the control plane and cached: the one path every
+    /// credential takes, whichever API asked. Returns the entry and whether it came from
+    /// the cache.
+    pub async fn obtain(
+        &self,
+        a: &Attestation,
+        w: &v1::Workload,
+        key: &Key,
+        how: &Obtain<'_>,
+    ) -> Result<(Arc<Entry>, bool), CallError> {
         let now = self.agent.clock.now();
-        let cached = if r.fresh {
+        let cached = if how.fresh {
             None
         } else {
-            self.agent.cache.get(&key, now)
+            self.agent.cache.get(key, now)
         };
         if let Some(e) = &cached {
             if !e.stale(now) {
-                return Ok(self.respond(&a, &w.name, e, true));
+                return Ok((e.clone(), true));
             }
         }
+        if how.fresh {
+            return self.issue_and_cache(a, w, key, how, cached).await;
+        }
+        let gate = self
+            .issuing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = gate.lock().await;
+            // Another caller may have issued while this one waited.
+            let now = self.agent.clock.now();
+            match self.agent.cache.get(key, now) {
+                Some(e) if !e.stale(now) => Ok((e, true)),
+                cached => self.issue_and_cache(a, w, key, how, cached).await,
+            }
+        };
+        let mut issuing = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
+        // Only this caller and the map hold it: nobody else waits on it.
+        if Arc::strong_count(&gate) <= 2 {
+            issuing.remove(key);
+        }
+        result
+    }
+
+    async fn issue_and_cache(
+        &self,
+        a: &Attestation,
+        w: &v1::Workload,
+        key: &Key,
+        how: &Obtain<'_>,
+        cached: Option<Arc<Entry>>,
+    ) -> Result<(Arc<Entry>, bool), CallError> {
         // Miss, forced, or past half its life: issue. A retry covers the rare case of a
         // revocation arriving while this Issue was in flight.
         for _ in 0..2 {
-            match self.issue(&a, &w, &key, &task_name).await {
+            match self.issue(a, w, key, how).await {
                 Ok(e) => {
-                    let resp = self.respond(&a, &w.name, &e, false);
-                    if self.agent.cache.insert(key.clone(), e) {
+                    if let Some(e) = self.agent.cache.insert_shared(key.clone(), e) {
                         // The task may have ended while this Issue was in flight.
                         if let Some(t) = &key.task {
-                            if self.agent.tasks.membership(&r.task_handle, &a).is_err() {
+                            if !(how.still_in_task)() {
                                 self.agent
                                     .cache
                                     .revoke(0, Target::Task(t.clone()), Vec::new());
@@ -339,15 +476,15 @@ impl Calls {
                                 ));
                             }
                         }
-                        return Ok(resp);
+                        return Ok((e, false));
                     }
                 }
                 Err(s) => {
                     // Past half-life but still valid, and the control plane is away:
                     // serve what we have (we are within max_offline, or serving() would
                     // have refused).
-                    if let (Some(e), Reason::Unavailable) = (&cached, s.reason()) {
-                        return Ok(self.respond(&a, &w.name, e, true));
+                    if let (Some(e), Reason::Unavailable) = (cached, s.reason()) {
+                        return Ok((e, true));
                     }
                     return Err(s);
                 }
@@ -357,6 +494,12 @@ impl Calls {
             Reason::Denied,
             "the credential was revoked while it was being issued",
         ))
+    }
+
+    /// The workloads the caller matches (for APIs that serve every identity a caller is
+    /// entitled to, as the SPIFFE Workload API does).
+    pub fn matching(&self, a: &Attestation) -> Vec<Arc<v1::Workload>> {
+        self.agent.matching(|sel| a.matches(sel))
     }
 
     /// WhoAmI: the attested caller on `conn` and the workloads it matches.

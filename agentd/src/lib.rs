@@ -8,7 +8,8 @@
 //! `tasks` (credentials bound to a unit of work), `server` (the workload socket, which
 //! answers gRPC and plain HTTP/1.1 on the same path), `calls` (what both protocols
 //! answer), `api` (gRPC: the one place errors become gRPC statuses), `http` (HTTP/1.1
-//! with JSON, its documents in `documents`). `agent` holds the shared state and
+//! with JSON, its documents in `documents`), `spiffe` (the SPIFFE Workload API on the
+//! same socket). `agent` holds the shared state and
 //! the one [`Clock`] every time-of-day decision reads. `sys` is the one module with
 //! `unsafe`. The binaries are `main.rs` (`leash-agentd`) and `bin/leash.rs` (`leash`).
 
@@ -23,6 +24,7 @@ pub mod identity;
 pub mod procfs;
 pub mod secret;
 pub mod server;
+pub mod spiffe;
 pub mod sync;
 pub mod sys;
 pub mod tasks;
@@ -232,6 +234,7 @@ pub async fn run_with_clock(
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(64)
         .add_service(svc)
+        .add_service(spiffe::server(calls.clone()))
         .serve_with_incoming_shutdown(
             server::incoming(listener, config.max_conns_per_uid, move |conn| {
                 tokio::spawn(http::serve(calls.clone(), conn));

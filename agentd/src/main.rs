@@ -60,6 +60,12 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// The `jwt` credential the SPIFFE Workload API issues JWT-SVIDs from.
+    #[arg(long, default_value = leash_agentd::agent::DEFAULT_SPIFFE_JWT_CREDENTIAL)]
+    spiffe_jwt_credential: String,
+    /// The `x509` credential the SPIFFE Workload API issues X.509-SVIDs from.
+    #[arg(long, default_value = leash_agentd::agent::DEFAULT_SPIFFE_X509_CREDENTIAL)]
+    spiffe_x509_credential: String,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +125,14 @@ fn main() -> ExitCode {
             Err(e) => return fail(format!("--max-offline: {e}"), 1),
         },
     };
+    for (flag, name) in [
+        ("--spiffe-jwt-credential", &a.spiffe_jwt_credential),
+        ("--spiffe-x509-credential", &a.spiffe_x509_credential),
+    ] {
+        if let Err(e) = leash_proto::names::check_name("a SPIFFE credential name", name) {
+            return fail(format!("{flag}: {e}"), 1);
+        }
+    }
     let config = AgentConfig {
         control_planes,
         state_dir: a.state_dir,
@@ -129,6 +143,8 @@ fn main() -> ExitCode {
         cli_paths: a.cli_paths,
         max_conns_per_uid: a.max_connections_per_uid.max(1),
         requests_per_uid: a.requests_per_uid,
+        spiffe_jwt_credential: a.spiffe_jwt_credential,
+        spiffe_x509_credential: a.spiffe_x509_credential,
     };
     let rt = match startup::daemon_runtime(1) {
         Ok(rt) => rt,

@@ -1,7 +1,7 @@
 //! The Sync stream: the agent's one long-lived connection to the control plane.
 //!
-//! Down the stream come the workloads that may run here, heartbeats, revocations and
-//! eviction; up go acknowledgments (with how many credentials each revocation wiped)
+//! Down the stream come the workloads that may run here, heartbeats, revocations, the
+//! trust bundle and eviction; up go acknowledgments (with how many credentials each revocation wiped)
 //! and batched usage reports. On reconnect the agent resumes from its last sequence
 //! number, so every revocation it missed is applied before it serves again.
 
@@ -99,13 +99,15 @@ async fn session(agent: &Arc<Agent>, ready: &tokio::sync::watch::Sender<bool>) -
             return End::Retry(s.message().to_string());
         }
     };
+    // Whether this session has sent a trust bundle yet (its first one always counts).
+    let mut bundle_seen = false;
     let mut usage_tick = tokio::time::interval(USAGE_INTERVAL);
     usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => {
-                    if let Some(end) = apply(agent, m, &tx, ready).await {
+                    if let Some(end) = apply(agent, m, &tx, ready, &mut bundle_seen).await {
                         return end;
                     }
                 }
@@ -146,6 +148,7 @@ async fn apply(
     m: v1::ControlMessage,
     tx: &mpsc::Sender<v1::AgentMessage>,
     ready: &tokio::sync::watch::Sender<bool>,
+    bundle_seen: &mut bool,
 ) -> Option<End> {
     use v1::agent_message::Msg as Up;
     use v1::control_message::Msg;
@@ -221,8 +224,14 @@ async fn apply(
                 return Some(End::Retry("stream closed".into()));
             }
         }
-        // The trust bundle: kept by the SPIFFE Workload API (not yet served).
-        Msg::Bundle(_) => {}
+        // The trust bundle, which the SPIFFE Workload API serves. Not sequenced.
+        Msg::Bundle(b) => {
+            let generation = b.generation;
+            if agent.set_bundle(b, !*bundle_seen) {
+                tracing::info!(generation, "trust bundle updated");
+            }
+            *bundle_seen = true;
+        }
         Msg::Evicted(e) => {
             agent.evicted(&e.reason);
             return Some(End::Stop);
@@ -283,6 +292,8 @@ mod tests {
             cli_paths: vec![],
             max_conns_per_uid: 8,
             requests_per_uid: 0,
+            spiffe_jwt_credential: "spiffe-jwt".into(),
+            spiffe_x509_credential: "spiffe-x509".into(),
         };
         let attestor = Attestor::new(AttestorConfig::default()).expect("attestor");
         Agent::new(
@@ -319,6 +330,7 @@ mod tests {
                 action: "read".into(),
                 audience: "a".into(),
                 served: Default::default(),
+                chain_der: Vec::new(),
             },
         ));
     }
@@ -345,6 +357,50 @@ mod tests {
         check_deadlines(&a);
         assert!(a.cache.is_empty(), "wiped at expiry");
         assert_eq!(a.state(), State::Ready, "expiry alone does not fail closed");
+    }
+
+    fn bundle(generation: u64, kid: &str) -> v1::TrustBundle {
+        v1::TrustBundle {
+            generation,
+            jwks_json: format!(r#"{{"keys":[{{"kty":"EC","use":"sig","kid":"{kid}"}}]}}"#),
+            ca_certificates_der: vec![vec![1, 2, 3]],
+        }
+    }
+
+    #[test]
+    fn a_newer_trust_bundle_wins_and_bundle_streams_follow_it() {
+        let clock = Clock::system();
+        let a = Arc::new(agent(&clock));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(4);
+            tokio::spawn(crate::spiffe::bundle::jwt_stream(a.clone(), tx));
+            // Nothing is sent before the first bundle.
+            let none = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
+            assert!(none.is_err(), "a JWT bundle before any was received");
+            assert!(a.set_bundle(bundle(2, "k2"), true));
+            let first = rx.recv().await.expect("message").expect("ok");
+            let jwks = String::from_utf8(first.bundles["spiffe://test"].clone()).expect("utf8");
+            assert!(jwks.contains("k2") && jwks.contains("jwt-svid"), "{jwks}");
+            // An older generation on the same session is ignored; the same one again
+            // wakes no one.
+            assert!(!a.set_bundle(bundle(1, "k1"), false));
+            assert!(!a.set_bundle(bundle(2, "k2"), false));
+            // A newer one is sent on the open stream.
+            assert!(a.set_bundle(bundle(3, "k3"), false));
+            let next = rx.recv().await.expect("message").expect("ok");
+            let jwks = String::from_utf8(next.bundles["spiffe://test"].clone()).expect("utf8");
+            assert!(jwks.contains("k3"), "{jwks}");
+            // A restarted control plane may count from 1 again: the first bundle of a
+            // new session counts.
+            assert!(a.set_bundle(bundle(1, "k4"), true));
+            let again = rx.recv().await.expect("message").expect("ok");
+            let jwks = String::from_utf8(again.bundles["spiffe://test"].clone()).expect("utf8");
+            assert!(jwks.contains("k4"), "{jwks}");
+        });
     }
 
     #[test]

@@ -274,6 +274,24 @@ impl Tasks {
         }
         Ok(Some((task.id.clone(), task.name.clone())))
     }
+
+    /// The live task a caller runs inside, by ancestry alone: for callers that cannot
+    /// carry a handle (SPIFFE Workload API clients send none). Only binds the caller's
+    /// credentials *to* a task (so they end with it), never grants anything the caller
+    /// would not get outside it. The innermost task wins when tasks nest.
+    pub fn containing(&self, caller: &Attestation) -> Option<(String, String)> {
+        let tasks: Vec<Arc<Task>> = self
+            .lock()
+            .values()
+            .filter(|t| t.uid == caller.uid)
+            .cloned()
+            .collect();
+        tasks
+            .into_iter()
+            .filter(|t| descends(caller.pid as i32, t.root_pid, t.root_start))
+            .max_by_key(|t| t.root_start)
+            .map(|t| (t.id.clone(), t.name.clone()))
+    }
 }
 
 /// Start a task for `caller`.

@@ -1,6 +1,7 @@
 //! The Leash wire protocol, shared by `leash-control-plane` and `leash-agentd`.
 //!
 //! - [`v1`]: the generated gRPC services and messages (`proto/leash/v1`).
+//! - [`spiffe`]: the SPIFFE Workload API (`proto/spiffe/workload.proto`).
 //! - [`clock`]: the wall clock both daemons decide by, which tests can move.
 //! - [`reason`]: the machine-readable error reasons carried on a `tonic::Status` and the
 //!   exit codes the CLIs map them to.
@@ -36,6 +37,13 @@ pub mod workload_kind;
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("leash.v1");
+}
+
+/// Generated code for the SPIFFE Workload API (`proto/spiffe/workload.proto`, no package,
+/// as the SPIFFE specification defines it).
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod spiffe {
+    tonic::include_proto!("_");
 }
 
 /// Version of the agent <-> control plane protocol, sent in Enroll and Sync.

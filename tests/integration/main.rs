@@ -23,6 +23,9 @@
 //!   the HTTP API, rotation under a running task, `leash render`.
 //! - `databases`: PostgreSQL roles per lease against a throwaway server the harness
 //!   starts (`leash_tests::pg`).
+//! - `spiffe`: the SPIFFE Workload API on the agent socket through the Rust `spiffe`
+//!   crate and the Python `spiffe` package: SVIDs, bundles, validation, mutual TLS,
+//!   revocation on open streams, tasks.
 //! - `databases_ends`: every ending path of a PostgreSQL lease and its faults: the
 //!   database down at revoke, `kill -9` with a drop queued, offboarding, eviction,
 //!   disabling, a policy change, `credential remove`, `revoke --wait` counting drops.
@@ -57,6 +60,7 @@ mod secrets;
 mod secrets_client;
 mod secrets_e2e;
 mod sockets;
+mod spiffe;
 mod svid_cp;
 mod tasks;
 

@@ -12,6 +12,8 @@
 //!   `cat` alone.
 //! - `revoke`: N simulated agents with real mTLS and Sync streams; time from Revoke to
 //!   the last wipe acknowledgment, and control-plane memory per agent.
+//! - `spiffe`: the SPIFFE Workload API from the Rust `spiffe` crate against Leash's own
+//!   Fetch (cache hits), and revoke → update on open X.509-SVID streams.
 //! - `postgres`: dynamic PostgreSQL credentials against a local server: issuances/s at
 //!   concurrency 1 and 16, revoke → role dropped → session cut, and where the time goes.
 //!
@@ -32,6 +34,7 @@ mod postgres;
 pub(crate) mod procs;
 mod revoke;
 pub(crate) mod sim;
+mod spiffe;
 pub(crate) mod stats;
 
 use std::path::PathBuf;
@@ -66,6 +69,8 @@ enum BenchCmd {
     Masking(masking::Args),
     /// Dynamic PostgreSQL credentials: Issue rate, revoke → role dropped → session cut.
     Postgres(postgres::Args),
+    /// The SPIFFE Workload API against Fetch; revoke → update on open X.509 streams.
+    Spiffe(spiffe::Args),
     /// Minimal client process: connect to a Unix socket, one Fetch, print the token.
     #[command(hide = true)]
     Client(echo::ClientArgs),
@@ -96,6 +101,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 BenchCmd::EnrollFlood(a) => enroll::run(&ctx, a),
                 BenchCmd::Masking(a) => masking::run(&ctx, a),
                 BenchCmd::Postgres(a) => postgres::run(&ctx, a),
+                BenchCmd::Spiffe(a) => spiffe::run(&ctx, a),
                 BenchCmd::Client(_) | BenchCmd::EchoServer(_) => unreachable!("handled above"),
             }
         }

@@ -1,0 +1,201 @@
+//! X.509-SVIDs: the key pair and CSR the agent makes for each one, and the
+//! FetchX509SVID stream.
+//!
+//! The key pair is P-256, made in memory for every Issue; its PKCS#8 DER is kept only as
+//! the cache entry's secret (locked, never on disk, wiped with the entry) and the CSR is
+//! what goes to the control plane, through the same path as `Fetch` (policy, leases, the
+//! task the caller runs inside, wipe, usage reports) for the `x509` credential the
+//! agent was started with (`--spiffe-x509-credential`, default `spiffe-x509`).
+//!
+//! A stream sends the caller's SVIDs (one per workload it matches), then a new message
+//! whenever that set changes: renewal at half life, a revocation (the revoked SVID is
+//! gone at once; a new one is issued if policy still permits), a changed bundle. It
+//! waits on the cache's generation and the bundle, not on a timer; the only timer
+//! re-reads the agent's clock for the renewal point. When the caller is entitled to no
+//! SVID any more (workload disabled or removed, policy now refuses), the stream ends with
+//! `PermissionDenied`, which SPIFFE clients treat as "no identity": they drop what they
+//! hold and retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use leash_proto::reason::Reason;
+use leash_proto::spiffe as pb;
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
+use tokio::sync::mpsc;
+use tonic::Status;
+use zeroize::Zeroize;
+
+use crate::cache::Entry;
+use crate::calls::{CallError, Calls, Obtain};
+use crate::secret::Secret;
+
+use super::bundle;
+use super::caller::{spiffe_id, Caller};
+use super::error::SpiffeError;
+
+/// How often a waiting stream re-reads the agent's clock for its renewal point (the
+/// clock may be moved).
+const RENEW_TICK: Duration = Duration::from_millis(250);
+
+/// A new P-256 key pair: its CSR (DER) and its PKCS#8 DER private key, held as a
+/// [`Secret`] (base64 text, which is what a `Secret` holds).
+pub fn make_key() -> Result<(Vec<u8>, Secret), CallError> {
+    let fail = |e: rcgen::Error| {
+        CallError::new(
+            Reason::Unavailable,
+            format!("cannot make a key pair for an X.509-SVID: {e}"),
+        )
+    };
+    let kp = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(fail)?;
+    let mut params = CertificateParams::default();
+    // The control plane sets every name itself; the CSR only carries the key.
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params.serialize_request(&kp).map_err(fail)?;
+    let mut der = kp.serialize_der();
+    let key = Secret::new(STANDARD.encode(&der));
+    der.zeroize();
+    Ok((csr.der().to_vec(), key))
+}
+
+/// The private key of an X.509-SVID entry, as DER.
+fn key_der(e: &Entry) -> Vec<u8> {
+    STANDARD.decode(e.token.expose()).unwrap_or_default()
+}
+
+/// What the caller was last sent: each SVID's lease, and the bundle.
+type Sent = (Vec<String>, Vec<u8>);
+
+/// The caller's SVIDs now, issuing what is missing or past half its life.
+async fn current(
+    calls: &Calls,
+    caller: &Caller,
+) -> Result<(pb::X509svidResponse, Sent, i64), SpiffeError> {
+    let agent = calls.agent();
+    let ws = caller.workloads(calls)?;
+    let td = agent.identity().desc.trust_domain.clone();
+    let credential = &agent.config.spiffe_x509_credential;
+    let bundle = bundle::x509_bundle(agent, agent.bundle().borrow().as_deref());
+    let still = || caller.still_in_task(calls);
+    let make = make_key;
+    let how = Obtain {
+        task_name: caller.task_name(),
+        fresh: false,
+        audiences: &[],
+        x509: Some(&make),
+        still_in_task: &still,
+    };
+    let mut svids = Vec::with_capacity(ws.len());
+    let mut leases = Vec::with_capacity(ws.len());
+    let mut renew_at = i64::MAX;
+    let mut refused = None;
+    for w in &ws {
+        let key = caller.key(w, credential, String::new());
+        match calls.obtain(&caller.attested, w, &key, &how).await {
+            Ok((e, _)) => {
+                let half = e.expires_at.saturating_sub(e.issued_at) / 2;
+                renew_at = renew_at.min(e.issued_at.saturating_add(half));
+                leases.push(e.lease_id.clone());
+                svids.push(pb::X509svid {
+                    spiffe_id: spiffe_id(&td, &w.name),
+                    x509_svid: e.chain_der.concat(),
+                    x509_svid_key: key_der(&e),
+                    bundle: bundle.clone(),
+                    hint: String::new(),
+                });
+            }
+            Err(e) if matches!(e.reason(), Reason::Denied | Reason::NotFound) => {
+                refused.get_or_insert(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if svids.is_empty() {
+        return Err(match refused {
+            Some(e) => {
+                SpiffeError::NoIdentity(format!("this caller is entitled to no X.509-SVID: {e}"))
+            }
+            None => SpiffeError::NoIdentity("this caller is entitled to no X.509-SVID".into()),
+        });
+    }
+    let resp = pb::X509svidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles: Default::default(),
+    };
+    Ok((resp, (leases, bundle), renew_at))
+}
+
+/// FetchX509SVID: the caller's SVIDs, then every change, until the caller goes away or
+/// is entitled to none.
+pub async fn stream(
+    calls: Arc<Calls>,
+    caller: Caller,
+    tx: mpsc::Sender<Result<pb::X509svidResponse, Status>>,
+) {
+    let agent = calls.agent().clone();
+    let mut generation = agent.cache.subscribe();
+    let mut bundle_rx = agent.bundle();
+    let mut last: Option<Sent> = None;
+    loop {
+        // Marked seen before reading, so a change while this pass runs wakes the next.
+        generation.borrow_and_update();
+        bundle_rx.borrow_and_update();
+        let renew_at = match current(&calls, &caller).await {
+            Ok((resp, sent, renew_at)) => {
+                if last.as_ref() != Some(&sent) {
+                    let a = &caller.attested;
+                    for lease in &sent.0 {
+                        agent.record_use(lease, a.pid, a.exe_path.as_deref().unwrap_or(""));
+                    }
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                    last = Some(sent);
+                }
+                renew_at
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                r = generation.changed() => if r.is_err() { return } else { break },
+                r = bundle_rx.changed() => if r.is_err() { return } else { break },
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(RENEW_TICK) => {
+                    if agent.clock.now() >= renew_at {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_pair_is_p256_with_a_csr_that_carries_it() {
+        let (csr, key) = make_key().expect("key");
+        let der = STANDARD.decode(key.expose()).expect("base64");
+        let kp = KeyPair::try_from(der.as_slice()).expect("pkcs8");
+        assert!(kp.is_compatible(&PKCS_ECDSA_P256_SHA256));
+        let parsed =
+            rcgen::CertificateSigningRequestParams::from_der(&csr.clone().into()).expect("csr");
+        use rcgen::PublicKeyData;
+        assert_eq!(parsed.public_key.der_bytes(), kp.der_bytes());
+        let (_, other) = make_key().expect("key");
+        assert_ne!(
+            other.fingerprint(),
+            key.fingerprint(),
+            "a new key each time"
+        );
+    }
+}
