@@ -11,8 +11,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod http;
+mod metrics;
 
 pub use http::{HttpCert, HttpConfig, HttpFileConfig, HttpValueError};
+pub use metrics::MetricsFileConfig;
 
 /// Errors reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,8 @@ pub struct FileConfig {
     pub http: Option<HttpFileConfig>,
     /// `[keys]`: key rotation.
     pub keys: Option<KeysSection>,
+    /// `[metrics]`: a plain-HTTP listener for `/metrics`.
+    pub metrics: Option<MetricsFileConfig>,
 }
 
 /// `[keys]` as written.
@@ -151,6 +155,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// `[keys] publish_ahead`: how long a rotated key is published before it signs.
     pub keys_publish_ahead: Duration,
+    /// `[metrics] listen`: where plain-HTTP `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default of `[keys] publish_ahead`: verifiers that cache the JWKS for up to ten
@@ -594,6 +600,15 @@ impl Config {
                 key: e.key,
                 message: e.message,
             })?;
+        let metrics_listen = file
+            .metrics
+            .take()
+            .map(metrics::resolve)
+            .transpose()
+            .map_err(|e| ConfigError::Value {
+                key: e.key,
+                message: e.message,
+            })?;
         let keys_publish_ahead = duration(
             "keys.publish_ahead",
             file.keys.as_ref().and_then(|k| k.publish_ahead.as_deref()),
@@ -619,6 +634,7 @@ impl Config {
             reconcile_interval,
             http,
             keys_publish_ahead,
+            metrics_listen,
         })
     }
 }

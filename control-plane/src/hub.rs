@@ -195,6 +195,12 @@ impl Hub {
     pub fn connected(&self) -> usize {
         self.lock().len()
     }
+
+    /// The highest sequence each connected agent acknowledged (one entry per agent, in no
+    /// order and without names: what the metrics show).
+    pub fn acked_seqs(&self) -> Vec<u64> {
+        self.lock().values().map(|c| c.acked_seq).collect()
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod hub;
 pub mod issuance;
 pub mod issuer;
 pub mod keys;
+pub mod metrics;
 pub mod kinds;
 pub mod model;
 pub mod policy;

@@ -192,6 +192,10 @@ pub async fn run(
         Some(h) => Some(crate::http::Listener::bind(h, &keys).await?),
         None => None,
     };
+    let metrics_tcp = match config.metrics_listen {
+        Some(addr) => Some(crate::http::metrics::bind(addr).await?),
+        None => None,
+    };
 
     let tcp = TcpListener::bind(config.listen)
         .await
@@ -338,6 +342,12 @@ pub async fn run(
         }
         tokio::spawn(l.serve(shared.clone()))
     });
+    let metrics = metrics_tcp.map(|tcp| {
+        if let Ok(addr) = tcp.local_addr() {
+            tracing::info!("metrics listening on {addr}");
+        }
+        tokio::spawn(crate::http::metrics::serve_plain(tcp, shared.clone()))
+    });
     let on_stop = shared.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -371,6 +381,9 @@ pub async fn run(
     recovery.abort();
     if let Some(h) = http {
         h.abort();
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     shared
         .enroll_guard
