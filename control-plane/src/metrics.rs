@@ -16,6 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::model::RevocationTarget;
+
 /// The media type of [`render`]'s output (OpenMetrics text, which Prometheus scrapes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -194,11 +196,21 @@ pub fn decided(decision: &'static str, took: Duration) {
     m.decision_seconds.observe(took.as_secs_f64());
 }
 
-/// A revocation was recorded; `target` is what it names (lease, workload, ...).
-pub fn revoked(target: &'static str) {
+/// A revocation is being recorded (by the store's writer, whoever asked for it).
+pub fn revoked(target: &RevocationTarget) {
+    let label = match target {
+        RevocationTarget::Lease(_) => "lease",
+        RevocationTarget::Leases(_) => "leases",
+        RevocationTarget::Workload(_) => "workload",
+        RevocationTarget::Credential(_) => "credential",
+        RevocationTarget::Owner(_) => "owner",
+        RevocationTarget::Host(_) => "host",
+        RevocationTarget::Task(_) => "task",
+        RevocationTarget::All => "all",
+    };
     METRICS
         .revocations
-        .get_or_create(&[("target", target)])
+        .get_or_create(&[("target", label)])
         .inc();
 }
 

@@ -166,21 +166,10 @@ pub(super) async fn revoke_target(
     let at_ms = s.clock.now_ms();
     let ev = audit::revocation(at_ms, &actor, &reason);
     let failed = audit::revoke_failed(at_ms, &actor, &target.describe());
-    let label = match &target {
-        RevocationTarget::Lease(_) => "lease",
-        RevocationTarget::Workload(_) => "workload",
-        RevocationTarget::Credential(_) => "credential",
-        RevocationTarget::Owner(_) => "owner",
-        RevocationTarget::Host(_) => "host",
-        RevocationTarget::Task(_) => "task",
-        RevocationTarget::Leases(_) => "leases",
-        RevocationTarget::All => "all",
-    };
     let rev = match s.store.revoke(target, reason, actor, vec![ev]).await {
         Ok(rev) => rev,
         Err(e) => return Err(write_failed(s, e, failed).await),
     };
-    crate::metrics::revoked(label);
     let hosts = crate::revocation::hosts_to_wait_for(s, &rev);
     Ok(v1::RevokeResponse {
         seq: rev.seq,
