@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub max_conns_per_uid: usize,
     /// Requests per second one uid may make (0 = unlimited).
     pub requests_per_uid: u32,
+    /// Where plain-HTTP `/metrics` is served (`--metrics-listen`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Lifecycle state, as `leash status` shows it.
@@ -259,12 +261,15 @@ impl Agent {
                 h.max_offline_secs
             );
         }
-        self.cache.wipe_all()
+        let wiped = self.cache.wipe_all();
+        crate::metrics::wiped(crate::metrics::WipeCause::MaxOffline, wiped);
+        wiped
     }
 
     /// Evicted: wipe everything, forever.
     pub fn evicted(&self, reason: &str) {
         let wiped = self.cache.wipe_all();
+        crate::metrics::wiped(crate::metrics::WipeCause::Evicted, wiped);
         {
             let mut h = lock(&self.health);
             h.state = State::Evicted;
@@ -283,6 +288,7 @@ impl Agent {
             .map(|w| (w.name.clone(), Arc::new(w)))
             .collect();
         let wiped = self.cache.retain_workloads(|name| map.contains_key(name));
+        crate::metrics::wiped(crate::metrics::WipeCause::WorkloadRemoved, wiped);
         *self.workloads.write().unwrap_or_else(|p| p.into_inner()) = map;
         wiped
     }
@@ -301,7 +307,8 @@ impl Agent {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
-        self.cache.retain_workloads(|w| w != name);
+        let wiped = self.cache.retain_workloads(|w| w != name);
+        crate::metrics::wiped(crate::metrics::WipeCause::WorkloadRemoved, wiped);
     }
 
     /// Workloads whose selectors all match.

@@ -20,8 +20,10 @@ pub mod calls;
 pub mod documents;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod procfs;
 pub mod secret;
+pub mod scrape;
 pub mod server;
 pub mod sync;
 pub mod sys;
@@ -61,6 +63,9 @@ pub enum AgentError {
     /// The server failed.
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// `--metrics-listen` could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] scrape::ScrapeError),
 }
 
 impl AgentError {
@@ -194,6 +199,11 @@ pub async fn run_with_clock(
     // Refuse an unsafe socket directory now, before enrolling, rather than after the
     // first sync.
     server::prepare_dir(&config.socket)?;
+    // Bound before enrolling, so a taken address stops the start at once.
+    let metrics_tcp = match config.metrics_listen {
+        Some(addr) => Some(scrape::bind(addr).await?),
+        None => None,
+    };
     let id = load_or_enroll(&config, &enrollment, &clock).await?;
     let mut cli_paths = config.cli_paths.clone();
     if let Some(dir) = std::env::current_exe()
@@ -211,6 +221,12 @@ pub async fn run_with_clock(
     let sync_task = tokio::spawn(sync::run(agent.clone(), ready_tx));
     let watchdog = tokio::spawn(sync::watchdog(agent.clone()));
     let renew = tokio::spawn(renewal(agent.clone()));
+    let scraping = metrics_tcp.map(|tcp| {
+        if let Ok(addr) = tcp.local_addr() {
+            tracing::info!("metrics listening on {addr}");
+        }
+        tokio::spawn(scrape::serve(tcp, agent.clone()))
+    });
 
     // Serve nothing until caught up (or evicted, so `leash status` can say why).
     loop {
@@ -242,7 +258,11 @@ pub async fn run_with_clock(
     sync_task.abort();
     watchdog.abort();
     renew.abort();
+    if let Some(s) = scraping {
+        s.abort();
+    }
     let wiped = agent.cache.wipe_all();
+    metrics::wiped(metrics::WipeCause::Shutdown, wiped);
     tracing::info!(wiped, "stopped; in-memory credentials wiped");
     let _ = std::fs::remove_file(&config.socket);
     result?;

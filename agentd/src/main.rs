@@ -57,6 +57,10 @@ struct RunArgs {
     /// Requests per second one uid may make (0: unlimited).
     #[arg(long, default_value_t = 5000)]
     requests_per_uid: u32,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9465); off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
         cli_paths: a.cli_paths,
         max_conns_per_uid: a.max_connections_per_uid.max(1),
         requests_per_uid: a.requests_per_uid,
+        metrics_listen: a.metrics_listen,
     };
     let rt = match startup::daemon_runtime(1) {
         Ok(rt) => rt,

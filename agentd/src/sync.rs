@@ -210,6 +210,7 @@ async fn apply(
             let wiped = agent
                 .cache
                 .revoke(r.seq, target.clone(), r.lease_ids.clone());
+            crate::metrics::wiped(crate::metrics::WipeCause::Revoked, wiped);
             agent.advance(r.seq);
             tracing::info!(seq = r.seq, ?target, wiped, reason = ?r.reason, "revocation applied");
             if !send(Up::WipeAck(v1::WipeAck {
@@ -248,6 +249,7 @@ pub async fn watchdog(agent: Arc<Agent>) {
 pub fn check_deadlines(agent: &Agent) {
     let now = agent.clock.now_ms();
     let expired = agent.cache.sweep(now.div_euclid(1000));
+    crate::metrics::wiped(crate::metrics::WipeCause::Expired, expired.len());
     if !expired.is_empty() {
         tracing::info!(count = expired.len(), "wiped expired credentials");
     }
@@ -283,6 +285,7 @@ mod tests {
             cli_paths: vec![],
             max_conns_per_uid: 8,
             requests_per_uid: 0,
+            metrics_listen: None,
         };
         let attestor = Attestor::new(AttestorConfig::default()).expect("attestor");
         Agent::new(
