@@ -175,11 +175,7 @@ impl Calls {
         picked
     }
 
-    fn pick_one(
-        &self,
-        a: &Attestation,
-        as_workload: &str,
-    ) -> Result<Arc<v1::Workload>, CallError> {
+    fn pick_one(&self, a: &Attestation, as_workload: &str) -> Result<Arc<v1::Workload>, CallError> {
         let candidates = self.agent.matching(|sel| a.matches(sel));
         if !as_workload.is_empty() {
             return candidates.into_iter().find(|w| w.name == as_workload).ok_or_else(|| {
@@ -363,15 +359,11 @@ impl Calls {
                         // The task may have ended while this Issue was in flight.
                         if let Some(t) = &key.task {
                             if self.agent.tasks.membership(&r.task_handle, &a).is_err() {
-                                let wiped = self.agent.cache.revoke(
-                                    0,
-                                    Target::Task(t.clone()),
-                                    Vec::new(),
-                                );
-                                crate::metrics::wiped(
-                                    crate::metrics::WipeCause::TaskEnd,
-                                    wiped,
-                                );
+                                let wiped =
+                                    self.agent
+                                        .cache
+                                        .revoke(0, Target::Task(t.clone()), Vec::new());
+                                crate::metrics::wiped(crate::metrics::WipeCause::TaskEnd, wiped);
                                 return Err(CallError::new(
                                     Reason::Denied,
                                     "the task ended while the credential was being issued",

@@ -204,7 +204,9 @@ pub fn render(snap: &Snapshot) -> String {
     }
     let known: Vec<String> = counts.keys().cloned().collect();
     for (kind, n) in &counts {
-        m.cached.get_or_create(&vec![("kind", kind.clone())]).set(*n);
+        m.cached
+            .get_or_create(&vec![("kind", kind.clone())])
+            .set(*n);
     }
     SEEN_KINDS.with_kinds(&known, |stale| {
         for kind in stale {
@@ -249,16 +251,34 @@ mod tests {
             cached,
             ..Default::default()
         });
-        assert!(text.contains("leash_agent_cached_credentials{kind=\"jwt\"} 2"), "{text}");
-        assert!(text.contains("leash_agent_cached_credentials{kind=\"other\"} 1"), "{text}");
-        assert!(text.contains("leash_agent_heartbeat_age_seconds -1"), "{text}");
+        assert!(
+            text.contains("leash_agent_cached_credentials{kind=\"jwt\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leash_agent_cached_credentials{kind=\"other\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leash_agent_heartbeat_age_seconds -1"),
+            "{text}"
+        );
         let text = render(&Snapshot::default());
-        assert!(text.contains("leash_agent_cached_credentials{kind=\"jwt\"} 0"), "{text}");
+        assert!(
+            text.contains("leash_agent_cached_credentials{kind=\"jwt\"} 0"),
+            "{text}"
+        );
         wiped(WipeCause::TaskEnd, 2);
         fetched(true, Duration::from_micros(80));
         let text = render(&Snapshot::default());
-        assert!(text.contains("leash_agent_wipes_total{cause=\"task_end\"} 2"), "{text}");
-        assert!(text.contains("leash_agent_cache_requests_total{result=\"hit\"} 1"), "{text}");
+        assert!(
+            text.contains("leash_agent_wipes_total{cause=\"task_end\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leash_agent_cache_requests_total{result=\"hit\"} 1"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

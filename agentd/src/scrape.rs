@@ -25,7 +25,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The listener could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for metrics on {addr}: {source}; choose a free address for --metrics-listen")]
+#[error(
+    "cannot listen for metrics on {addr}: {source}; choose a free address for --metrics-listen"
+)]
 pub struct ScrapeError {
     /// The address asked for.
     pub addr: SocketAddr,

@@ -121,7 +121,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     r.register(
         "hosts_caught_up",
-        "Connected agents that acknowledged the latest sequence",
+        "Connected agents that acknowledged everything their Sync stream sent",
         m.hosts_caught_up.clone(),
     );
     r.register(
@@ -131,7 +131,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     r.register(
         "sync_lag_max_sequences",
-        "The most sequences any connected agent is behind",
+        "The most sequences any connected agent is behind what its Sync stream sent",
         m.sync_lag_max.clone(),
     );
     r.register(
@@ -238,7 +238,7 @@ pub fn store_flushed(writes: usize, took: Duration, ok: bool) {
 pub struct Snapshot {
     /// Agents with a Sync stream open.
     pub connected: i64,
-    /// Connected agents that acknowledged the latest sequence.
+    /// Connected agents that acknowledged everything sent to them.
     pub caught_up: i64,
     /// Enrolled hosts away longer than `max_offline`.
     pub failed_closed: i64,

@@ -45,6 +45,7 @@ mod human;
 mod inputs;
 mod key_rotation;
 mod master_key;
+mod metrics;
 mod oidc;
 mod partitions;
 mod policy;

@@ -25,9 +25,9 @@ const MAX_CONNECTIONS: usize = 16;
 
 /// The state the gauges show, read now.
 pub fn snapshot(s: &Shared) -> Snapshot {
-    let head = s.store.current_seq();
-    let acked = s.hub.acked_seqs();
-    let lags: Vec<u64> = acked.iter().map(|a| head.saturating_sub(*a)).collect();
+    // Against what each stream sent, not the store's head: leases take sequence numbers
+    // too, and no agent is sent those.
+    let lags = s.hub.lags();
     let now = s.clock.now_ms();
     let max_offline_ms = i64::try_from(s.config.max_offline.as_millis()).unwrap_or(i64::MAX);
     let failed_closed = s
