@@ -225,6 +225,7 @@ pub async fn run_with_clock(
         if let Ok(addr) = tcp.local_addr() {
             tracing::info!("metrics listening on {addr}");
         }
+        metrics::enable();
         tokio::spawn(scrape::serve(tcp, agent.clone()))
     });
 

@@ -8,6 +8,7 @@
 //! failure reasons, wipe causes): never a lease id, a token, a workload or a task.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -133,8 +134,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics { registry: r, ..m }
 });
 
+/// Whether anything is recorded: only once a listener serves the metrics (`enable`),
+/// so an agent without `--metrics-listen` pays nothing for them.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Start recording (the metrics listener is up).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// A fetch was answered from the cache (`hit`) or by asking the control plane, in `took`.
 pub fn fetched(hit: bool, took: Duration) {
+    if !enabled() {
+        return;
+    }
     let m = &*METRICS;
     let label = [("result", if hit { "hit" } else { "miss" })];
     m.cache_requests.get_or_create(&label).inc();
@@ -147,6 +164,9 @@ pub fn fetched(hit: bool, took: Duration) {
 /// (`peer_credentials`, `pin`, `peer_gone`, `id_mismatch`, `namespace`, `proc`,
 /// `malformed`, `no_workload`, `not_that_workload`, `ambiguous`).
 pub fn attestation_failed(reason: &'static str) {
+    if !enabled() {
+        return;
+    }
     METRICS
         .attestation_failures
         .get_or_create(&[("reason", reason)])
@@ -155,7 +175,7 @@ pub fn attestation_failed(reason: &'static str) {
 
 /// `n` credentials were wiped for `cause`.
 pub fn wiped(cause: WipeCause, n: usize) {
-    if n > 0 {
+    if n > 0 && enabled() {
         METRICS
             .wipes
             .get_or_create(&[("cause", cause.label())])
@@ -244,6 +264,7 @@ mod tests {
 
     #[test]
     fn kinds_are_bounded_and_gone_kinds_read_zero() {
+        enable();
         let mut cached = BTreeMap::new();
         cached.insert("jwt".to_string(), 2);
         cached.insert("Bad Kind!".to_string(), 1);

@@ -7,6 +7,7 @@
 //! revocation targets, lag ranges): never a lease id, a token, a fingerprint, a host or
 //! a workload name.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -177,9 +178,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics { registry: r, ..m }
 });
 
+/// Whether anything is recorded: only once a listener serves the metrics (`enable`), so
+/// a control plane that serves none pays nothing for them.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Start recording (`[http]` or `[metrics]` is configured).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether metrics are recorded (callers skip work that only feeds them).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// An Issue request was answered: `kind` a credential kind's name (or `unknown`),
 /// `result` one of allowed, denied, pending, unavailable, invalid.
 pub fn issued(kind: &'static str, result: &'static str, took: Duration) {
+    if !enabled() {
+        return;
+    }
     let m = &*METRICS;
     m.issuances
         .get_or_create(&[("kind", kind), ("result", result)])
@@ -191,6 +209,9 @@ pub fn issued(kind: &'static str, result: &'static str, took: Duration) {
 
 /// Policy decided one request: `decision` is allow, deny or approval.
 pub fn decided(decision: &'static str, took: Duration) {
+    if !enabled() {
+        return;
+    }
     let m = &*METRICS;
     m.decisions.get_or_create(&[("decision", decision)]).inc();
     m.decision_seconds.observe(took.as_secs_f64());
@@ -198,6 +219,9 @@ pub fn decided(decision: &'static str, took: Duration) {
 
 /// A revocation is being recorded (by the store's writer, whoever asked for it).
 pub fn revoked(target: &RevocationTarget) {
+    if !enabled() {
+        return;
+    }
     let label = match target {
         RevocationTarget::Lease(_) => "lease",
         RevocationTarget::Leases(_) => "leases",
@@ -217,12 +241,18 @@ pub fn revoked(target: &RevocationTarget) {
 /// Every host a revocation waited for acknowledged it (or failed closed) `took` after it
 /// was recorded.
 pub fn revocation_acked(took: Duration) {
+    if !enabled() {
+        return;
+    }
     METRICS.revocation_ack_seconds.observe(took.as_secs_f64());
 }
 
 /// The store made a batch of `writes` writes durable in a flush of `took`; `ok` false
 /// when the flush failed.
 pub fn store_flushed(writes: usize, took: Duration, ok: bool) {
+    if !enabled() {
+        return;
+    }
     let m = &*METRICS;
     if ok {
         m.store_batches.inc();
@@ -292,6 +322,7 @@ mod tests {
 
     #[test]
     fn counters_and_gauges_appear_with_bounded_labels() {
+        enable();
         issued("jwt", "allowed", Duration::from_millis(3));
         decided("deny", Duration::from_micros(40));
         let text = render(&Snapshot {

@@ -192,6 +192,9 @@ pub async fn run(
         Some(h) => Some(crate::http::Listener::bind(h, &keys).await?),
         None => None,
     };
+    if config.http.is_some() || config.metrics_listen.is_some() {
+        crate::metrics::enable();
+    }
     let metrics_tcp = match config.metrics_listen {
         Some(addr) => Some(crate::http::metrics::bind(addr).await?),
         None => None,

@@ -49,24 +49,26 @@ pub async fn issue(
     let started = std::time::Instant::now();
     let credential = req.credential.clone();
     let out = decide_and_mint(s, host, req).await;
-    // The kind's own name (a bounded set), never the credential's name.
-    let kind = s
-        .store
-        .credential(&credential)
-        .ok()
-        .flatten()
-        .and_then(|c| s.kinds.get(&c.kind).map(|k| k.name()))
-        .unwrap_or("unknown");
-    let result = match &out {
-        Ok(_) => "allowed",
-        Err(e) => match e.reason() {
-            Reason::Denied => "denied",
-            Reason::Pending => "pending",
-            Reason::Unavailable => "unavailable",
-            _ => "invalid",
-        },
-    };
-    crate::metrics::issued(kind, result, started.elapsed());
+    if crate::metrics::enabled() {
+        // The kind's own name (a bounded set), never the credential's name.
+        let kind = s
+            .store
+            .credential(&credential)
+            .ok()
+            .flatten()
+            .and_then(|c| s.kinds.get(&c.kind).map(|k| k.name()))
+            .unwrap_or("unknown");
+        let result = match &out {
+            Ok(_) => "allowed",
+            Err(e) => match e.reason() {
+                Reason::Denied => "denied",
+                Reason::Pending => "pending",
+                Reason::Unavailable => "unavailable",
+                _ => "invalid",
+            },
+        };
+        crate::metrics::issued(kind, result, started.elapsed());
+    }
     out
 }
 
