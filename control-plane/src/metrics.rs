@@ -97,7 +97,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     r.register(
         "policy_decisions",
-        "Policy decisions by outcome (allow, deny, approval)",
+        "Policy evaluations by outcome (allow, deny, approval): issuance, policy explain, and re-checks of active leases after a change",
         m.decisions.clone(),
     );
     r.register(
