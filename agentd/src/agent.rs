@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub spiffe_jwt_credential: String,
     /// The `x509` credential the SPIFFE Workload API issues X.509-SVIDs from.
     pub spiffe_x509_credential: String,
+    /// Where plain-HTTP `/metrics` is served (`--metrics-listen`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Default of `--spiffe-jwt-credential`.
@@ -294,12 +296,15 @@ impl Agent {
                 h.max_offline_secs
             );
         }
-        self.cache.wipe_all()
+        let wiped = self.cache.wipe_all();
+        crate::metrics::wiped(crate::metrics::WipeCause::MaxOffline, wiped);
+        wiped
     }
 
     /// Evicted: wipe everything, forever.
     pub fn evicted(&self, reason: &str) {
         let wiped = self.cache.wipe_all();
+        crate::metrics::wiped(crate::metrics::WipeCause::Evicted, wiped);
         {
             let mut h = lock(&self.health);
             h.state = State::Evicted;
@@ -318,7 +323,9 @@ impl Agent {
             .map(|w| (w.name.clone(), Arc::new(w)))
             .collect();
         *self.workloads.write().unwrap_or_else(|p| p.into_inner()) = map.clone();
-        self.cache.retain_workloads(|name| map.contains_key(name))
+        let wiped = self.cache.retain_workloads(|name| map.contains_key(name));
+        crate::metrics::wiped(crate::metrics::WipeCause::WorkloadRemoved, wiped);
+        wiped
     }
 
     /// Add or change a workload.
@@ -337,7 +344,8 @@ impl Agent {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
-        self.cache.retain_workloads(|w| w != name);
+        let wiped = self.cache.retain_workloads(|w| w != name);
+        crate::metrics::wiped(crate::metrics::WipeCause::WorkloadRemoved, wiped);
     }
 
     /// Workloads whose selectors all match.

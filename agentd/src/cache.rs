@@ -268,6 +268,15 @@ impl Cache {
         self.read().len()
     }
 
+    /// Cached credentials by kind (for the metrics).
+    pub fn count_by_kind(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.read().values() {
+            *out.entry(e.served.kind.clone()).or_default() += 1;
+        }
+        out
+    }
+
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -178,8 +178,10 @@ impl Calls {
         if let Some(a) = self.agent.attestor.attest_quick(peer) {
             return Ok(a);
         }
-        tokio::task::block_in_place(|| self.agent.attestor.attest_fully(peer))
-            .map_err(|e| CallError::new(Reason::Denied, format!("attestation failed: {e}")))
+        tokio::task::block_in_place(|| self.agent.attestor.attest_fully(peer)).map_err(|e| {
+            crate::metrics::attestation_failed(attest_reason(&e));
+            CallError::new(Reason::Denied, format!("attestation failed: {e}"))
+        })
     }
 
     /// Whether the agent serves credentials now.
@@ -202,6 +204,19 @@ impl Calls {
     }
 
     fn pick(&self, a: &Attestation, as_workload: &str) -> Result<Arc<v1::Workload>, CallError> {
+        let picked = self.pick_one(a, as_workload);
+        if let Err(e) = &picked {
+            let reason = match (as_workload.is_empty(), e.reason()) {
+                (false, _) => "not_that_workload",
+                (true, Reason::Invalid) => "ambiguous",
+                (true, _) => "no_workload",
+            };
+            crate::metrics::attestation_failed(reason);
+        }
+        picked
+    }
+
+    fn pick_one(&self, a: &Attestation, as_workload: &str) -> Result<Arc<v1::Workload>, CallError> {
         let candidates = self.agent.matching(|sel| a.matches(sel));
         if !as_workload.is_empty() {
             return candidates.into_iter().find(|w| w.name == as_workload).ok_or_else(|| {
@@ -340,8 +355,22 @@ impl Calls {
         })
     }
 
-    /// Fetch: a credential for the caller on `conn`.
+    /// Fetch: a credential for the caller on `conn`. Answered fetches are counted in the
+    /// metrics as cache hits or misses, with their latency.
     pub async fn fetch(
+        &self,
+        conn: Option<&Conn>,
+        r: v1::FetchRequest,
+    ) -> Result<v1::FetchResponse, CallError> {
+        let started = std::time::Instant::now();
+        let out = self.fetch_uncounted(conn, r).await;
+        if let Ok(resp) = &out {
+            crate::metrics::fetched(resp.cached, started.elapsed());
+        }
+        out
+    }
+
+    async fn fetch_uncounted(
         &self,
         conn: Option<&Conn>,
         r: v1::FetchRequest,
@@ -467,9 +496,11 @@ impl Calls {
                         // The task may have ended while this Issue was in flight.
                         if let Some(t) = &key.task {
                             if !(how.still_in_task)() {
-                                self.agent
-                                    .cache
-                                    .revoke(0, Target::Task(t.clone()), Vec::new());
+                                let wiped =
+                                    self.agent
+                                        .cache
+                                        .revoke(0, Target::Task(t.clone()), Vec::new());
+                                crate::metrics::wiped(crate::metrics::WipeCause::TaskEnd, wiped);
                                 return Err(CallError::new(
                                     Reason::Denied,
                                     "the task ended while the credential was being issued",
@@ -568,5 +599,20 @@ fn attested(a: &Attestation) -> v1::Attested {
         exe_path: a.exe_path.clone().unwrap_or_default(),
         exe_sha256: a.exe_sha256.clone().unwrap_or_default(),
         selectors: a.selectors.iter().cloned().collect(),
+    }
+}
+
+/// A failed attestation's reason, from a fixed set (a metric label: no pid, path or name).
+fn attest_reason(e: &crate::attest::AttestError) -> &'static str {
+    use crate::attest::AttestError as E;
+    match e {
+        E::PeerCredentials(_) => "peer_credentials",
+        E::Pin { .. } => "pin",
+        E::PeerGone { .. } => "peer_gone",
+        E::IdMismatch { .. } => "id_mismatch",
+        E::Namespace { .. } => "namespace",
+        E::Proc { .. } => "proc",
+        E::Malformed { .. } => "malformed",
+        _ => "other",
     }
 }

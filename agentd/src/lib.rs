@@ -21,7 +21,9 @@ pub mod calls;
 pub mod documents;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod procfs;
+pub mod scrape;
 pub mod secret;
 pub mod server;
 pub mod spiffe;
@@ -63,6 +65,9 @@ pub enum AgentError {
     /// The server failed.
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// `--metrics-listen` could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] scrape::ScrapeError),
 }
 
 impl AgentError {
@@ -196,6 +201,11 @@ pub async fn run_with_clock(
     // Refuse an unsafe socket directory now, before enrolling, rather than after the
     // first sync.
     server::prepare_dir(&config.socket)?;
+    // Bound before enrolling, so a taken address stops the start at once.
+    let metrics_tcp = match config.metrics_listen {
+        Some(addr) => Some(scrape::bind(addr).await?),
+        None => None,
+    };
     let id = load_or_enroll(&config, &enrollment, &clock).await?;
     let mut cli_paths = config.cli_paths.clone();
     if let Some(dir) = std::env::current_exe()
@@ -213,6 +223,13 @@ pub async fn run_with_clock(
     let sync_task = tokio::spawn(sync::run(agent.clone(), ready_tx));
     let watchdog = tokio::spawn(sync::watchdog(agent.clone()));
     let renew = tokio::spawn(renewal(agent.clone()));
+    let scraping = metrics_tcp.map(|tcp| {
+        if let Ok(addr) = tcp.local_addr() {
+            tracing::info!("metrics listening on {addr}");
+        }
+        metrics::enable();
+        tokio::spawn(scrape::serve(tcp, agent.clone()))
+    });
 
     // Serve nothing until caught up (or evicted, so `leash status` can say why).
     loop {
@@ -245,7 +262,11 @@ pub async fn run_with_clock(
     sync_task.abort();
     watchdog.abort();
     renew.abort();
+    if let Some(s) = scraping {
+        s.abort();
+    }
     let wiped = agent.cache.wipe_all();
+    metrics::wiped(metrics::WipeCause::Shutdown, wiped);
     tracing::info!(wiped, "stopped; in-memory credentials wiped");
     let _ = std::fs::remove_file(&config.socket);
     result?;

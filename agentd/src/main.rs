@@ -57,6 +57,10 @@ struct RunArgs {
     /// Requests per second one uid may make (0: unlimited).
     #[arg(long, default_value_t = 5000)]
     requests_per_uid: u32,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9465); off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         requests_per_uid: a.requests_per_uid,
         spiffe_jwt_credential: a.spiffe_jwt_credential,
         spiffe_x509_credential: a.spiffe_x509_credential,
+        metrics_listen: a.metrics_listen,
     };
     let rt = match startup::daemon_runtime(1) {
         Ok(rt) => rt,

@@ -213,6 +213,7 @@ async fn apply(
             let wiped = agent
                 .cache
                 .revoke(r.seq, target.clone(), r.lease_ids.clone());
+            crate::metrics::wiped(crate::metrics::WipeCause::Revoked, wiped);
             agent.advance(r.seq);
             tracing::info!(seq = r.seq, ?target, wiped, reason = ?r.reason, "revocation applied");
             if !send(Up::WipeAck(v1::WipeAck {
@@ -257,6 +258,7 @@ pub async fn watchdog(agent: Arc<Agent>) {
 pub fn check_deadlines(agent: &Agent) {
     let now = agent.clock.now_ms();
     let expired = agent.cache.sweep(now.div_euclid(1000));
+    crate::metrics::wiped(crate::metrics::WipeCause::Expired, expired.len());
     if !expired.is_empty() {
         tracing::info!(count = expired.len(), "wiped expired credentials");
     }
@@ -294,6 +296,7 @@ mod tests {
             requests_per_uid: 0,
             spiffe_jwt_credential: "spiffe-jwt".into(),
             spiffe_x509_credential: "spiffe-x509".into(),
+            metrics_listen: None,
         };
         let attestor = Attestor::new(AttestorConfig::default()).expect("attestor");
         Agent::new(

@@ -407,6 +407,7 @@ async fn finish<H: TaskHost>(
     let wiped = agent
         .cache()
         .revoke(0, Target::Task(task.id.clone()), Vec::new());
+    crate::metrics::wiped(crate::metrics::WipeCause::TaskEnd, wiped);
     let mut completed = 0;
     let left_running = if stop { left_alone(task) } else { Vec::new() };
     if !left_running.is_empty() {

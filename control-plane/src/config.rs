@@ -12,10 +12,12 @@ use serde::Deserialize;
 
 mod audit;
 mod http;
+mod metrics;
 mod store;
 
 pub use audit::{AuditConfig, AuditFileConfig, AuditValueError};
 pub use http::{HttpCert, HttpConfig, HttpFileConfig, HttpValueError};
+pub use metrics::MetricsFileConfig;
 pub use store::{StoreConfig, StoreFileConfig, StoreUrlError, STORE_URL_ENV};
 
 /// Errors reading or validating the configuration.
@@ -108,6 +110,8 @@ pub struct FileConfig {
     pub keys: Option<KeysSection>,
     /// `[audit]`: audit checkpoints.
     pub audit: Option<AuditFileConfig>,
+    /// `[metrics]`: a plain-HTTP listener for `/metrics`.
+    pub metrics: Option<MetricsFileConfig>,
 }
 
 /// `[keys]` as written.
@@ -163,6 +167,8 @@ pub struct Config {
     pub keys_publish_ahead: Duration,
     /// `[audit]`: how often audit checkpoints are signed.
     pub audit: AuditConfig,
+    /// `[metrics] listen`: where plain-HTTP `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default of `[keys] publish_ahead`: verifiers that cache the JWKS for up to ten
@@ -616,6 +622,15 @@ impl Config {
             key: e.key,
             message: e.message,
         })?;
+        let metrics_listen = file
+            .metrics
+            .take()
+            .map(metrics::resolve)
+            .transpose()
+            .map_err(|e| ConfigError::Value {
+                key: e.key,
+                message: e.message,
+            })?;
         let keys_publish_ahead = duration(
             "keys.publish_ahead",
             file.keys.as_ref().and_then(|k| k.publish_ahead.as_deref()),
@@ -643,6 +658,7 @@ impl Config {
             store,
             keys_publish_ahead,
             audit,
+            metrics_listen,
         })
     }
 }

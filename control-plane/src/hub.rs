@@ -200,6 +200,17 @@ impl Hub {
     pub fn connected_hosts(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
     }
+
+    /// How many sequences each connected agent is behind what its stream sent it (one
+    /// entry per agent, in no order and without names: what the metrics show). Every
+    /// heartbeat carries the stream's position, so a live agent is 0 once it acknowledged
+    /// the last one.
+    pub fn lags(&self) -> Vec<u64> {
+        self.lock()
+            .values()
+            .map(|c| c.sent_seq.saturating_sub(c.acked_seq))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod issuance;
 pub mod issuer;
 pub mod keys;
 pub mod kinds;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod reconcile;

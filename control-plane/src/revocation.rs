@@ -220,6 +220,9 @@ pub async fn wait(
                 },
                 end_errors: ends.errors.clone(),
             };
+            if finished && total > 0 {
+                crate::metrics::revocation_acked(Duration::from_millis(p.elapsed_ms));
+            }
             if tx.send(Ok(p)).await.is_err() || finished || timed_out {
                 return;
             }

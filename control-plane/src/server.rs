@@ -202,6 +202,13 @@ pub async fn run(
         Some(h) => Some(crate::http::Listener::bind(h, &keys).await?),
         None => None,
     };
+    if config.http.is_some() || config.metrics_listen.is_some() {
+        crate::metrics::enable();
+    }
+    let metrics_tcp = match config.metrics_listen {
+        Some(addr) => Some(crate::http::metrics::bind(addr).await?),
+        None => None,
+    };
 
     let tcp = TcpListener::bind(config.listen)
         .await
@@ -359,6 +366,12 @@ pub async fn run(
         }
         tokio::spawn(l.serve(shared.clone()))
     });
+    let metrics = metrics_tcp.map(|tcp| {
+        if let Ok(addr) = tcp.local_addr() {
+            tracing::info!("metrics listening on {addr}");
+        }
+        tokio::spawn(crate::http::metrics::serve_plain(tcp, shared.clone()))
+    });
     let on_stop = shared.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -393,6 +406,9 @@ pub async fn run(
     recovery.abort();
     if let Some(h) = http {
         h.abort();
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     shared
         .enroll_guard

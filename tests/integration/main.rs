@@ -50,6 +50,7 @@ mod human;
 mod inputs;
 mod key_rotation;
 mod master_key;
+mod metrics;
 mod oidc;
 mod partitions;
 mod pg_store;

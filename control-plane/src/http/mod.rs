@@ -6,7 +6,8 @@
 //! - `GET /.well-known/openid-configuration` and `GET /keys` (`oidc.rs`): OIDC discovery
 //!   and the JWKS, so a cloud or CI system can federate with Leash's issuer;
 //! - `POST /introspect` (`introspect.rs`): RFC 7662 for authenticated callers;
-//! - `GET /healthz` (`health.rs`).
+//! - `GET /healthz` (`health.rs`);
+//! - `GET /metrics` (`metrics.rs`): the Prometheus exposition.
 //!
 //! When the issuer URL has a path (`https://host/leash`), the routes are served under
 //! it as well, so a verifier can follow the discovery document's URLs to this listener.
@@ -34,6 +35,7 @@ pub mod clients;
 mod error;
 mod health;
 mod introspect;
+pub mod metrics;
 pub mod oidc;
 mod reply;
 mod tls;
@@ -57,6 +59,7 @@ enum Route {
     Keys,
     Introspect,
     Health,
+    Metrics,
 }
 
 /// The route of a request path (after the issuer's path, if any).
@@ -66,6 +69,7 @@ fn route(path: &str) -> Option<Route> {
         "/keys" => Some(Route::Keys),
         "/introspect" => Some(Route::Introspect),
         "/healthz" => Some(Route::Health),
+        "/metrics" => Some(Route::Metrics),
         _ => None,
     }
 }
@@ -188,7 +192,7 @@ fn not_found() -> Response<Body> {
     reply::error(
         StatusCode::NOT_FOUND,
         "not_found",
-        "this listener serves /.well-known/openid-configuration, /keys, /introspect and /healthz",
+        "this listener serves /.well-known/openid-configuration, /keys, /introspect, /healthz and /metrics",
     )
 }
 
@@ -258,7 +262,10 @@ async fn answer(s: &Shared, prefix: &str, who: &Peer, req: Request<Incoming>) ->
         Route::Discovery if get => oidc::serve_discovery(s),
         Route::Keys if get => oidc::serve_keys(s),
         Route::Health if get => health::serve(s),
-        Route::Discovery | Route::Keys | Route::Health => reply::method_not_allowed("GET, HEAD"),
+        Route::Metrics if get => metrics::serve(s),
+        Route::Discovery | Route::Keys | Route::Health | Route::Metrics => {
+            reply::method_not_allowed("GET, HEAD")
+        }
         Route::Introspect if req.method() == Method::POST => match read_body(req).await {
             Ok((parts, body)) => introspect::serve(s, &parts.headers, &body, who.serial.as_deref()),
             Err(r) => r,
@@ -275,7 +282,8 @@ mod tests {
     fn routes_and_issuer_paths() {
         assert_eq!(route("/keys"), Some(Route::Keys));
         assert_eq!(route("/keys/"), None);
-        assert_eq!(route("/metrics"), None);
+        assert_eq!(route("/metrics"), Some(Route::Metrics));
+        assert_eq!(route("/metrics/"), None);
         assert_eq!(issuer_path("https://leash.example"), "");
         assert_eq!(issuer_path("https://leash.example/"), "");
         assert_eq!(issuer_path("https://h.example/a/leash/"), "/a/leash");

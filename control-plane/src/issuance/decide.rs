@@ -91,7 +91,15 @@ pub fn decide(policy: &Engine, config: &Config, r: &Resolved) -> Result<Decision
     let verdict = if refusals.contains(&Refusal::UnknownAction) {
         None
     } else {
-        Some(policy.decide(&r.workload, &r.credential, &r.action, &r.host, &r.facts)?)
+        let started = std::time::Instant::now();
+        let v = policy.decide(&r.workload, &r.credential, &r.action, &r.host, &r.facts)?;
+        let decision = match (v.allow, v.approval_required) {
+            (true, false) => "allow",
+            (true, true) => "approval",
+            (false, _) => "deny",
+        };
+        crate::metrics::decided(decision, started.elapsed());
+        Some(v)
     };
     Ok(Decision { refusals, verdict })
 }

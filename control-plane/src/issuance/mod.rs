@@ -40,7 +40,39 @@ const MINT_ATTEMPTS: u32 = 3;
 
 /// Decide an `Issue` request from `host` and, when it is allowed, mint the credential and
 /// write its lease. Denials are audited as `denied`, a failed write as `issue-failed`.
+/// Counted in the metrics by credential kind and result.
 pub async fn issue(
+    s: &Shared,
+    host: Host,
+    req: v1::IssueRequest,
+) -> Result<v1::IssueResponse, IssueError> {
+    let started = std::time::Instant::now();
+    let credential = req.credential.clone();
+    let out = decide_and_mint(s, host, req).await;
+    if crate::metrics::enabled() {
+        // The kind's own name (a bounded set), never the credential's name.
+        let kind = s
+            .store
+            .credential(&credential)
+            .ok()
+            .flatten()
+            .and_then(|c| s.kinds.get(&c.kind).map(|k| k.name()))
+            .unwrap_or("unknown");
+        let result = match &out {
+            Ok(_) => "allowed",
+            Err(e) => match e.reason() {
+                Reason::Denied => "denied",
+                Reason::Pending => "pending",
+                Reason::Unavailable => "unavailable",
+                _ => "invalid",
+            },
+        };
+        crate::metrics::issued(kind, result, started.elapsed());
+    }
+    out
+}
+
+async fn decide_and_mint(
     s: &Shared,
     host: Host,
     req: v1::IssueRequest,

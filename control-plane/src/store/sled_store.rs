@@ -431,6 +431,7 @@ fn writer(
         head = new_head;
         unpublished_changes.extend(new_changes);
         unpublished_events.extend(new_events);
+        let flush_started = std::time::Instant::now();
         let flushed = (|| -> Result<()> {
             t.meta.insert("seq", &be(new_seq))?;
             t.meta.insert("event_id", &be(new_event_id))?;
@@ -441,6 +442,7 @@ fn writer(
             flush.flush(&db)?;
             Ok(())
         })();
+        crate::metrics::store_flushed(replies.len(), flush_started.elapsed(), flushed.is_ok());
         if let Err(e) = &flushed {
             failed.store(true, Ordering::Release);
             tracing::error!(

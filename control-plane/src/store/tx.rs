@@ -95,6 +95,7 @@ impl Tx<'_> {
         actor: String,
         extra_hosts: &[String],
     ) -> Result<Revocation> {
+        crate::metrics::revoked(&target);
         // The leases to look at, in the order of the `active` index (by id), so leases
         // and events are written in the same order whichever way they are found: a
         // target that names its leases is looked up by id (sorted; a repeated id once);

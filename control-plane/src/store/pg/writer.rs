@@ -237,6 +237,7 @@ pub(super) fn writer(
         };
         let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
         let stop = tx.stop;
+        let commit_started = std::time::Instant::now();
         let result = counters.and_then(|_| {
             t.meta.insert("seq", &be(tx.seq))?;
             t.meta.insert("event_id", &be(tx.event_id))?;
@@ -255,6 +256,7 @@ pub(super) fn writer(
                 std::mem::take(&mut *be_.overlay.lock().unwrap_or_else(|p| p.into_inner()));
             commit(&be_, began_on, overlay)
         });
+        crate::metrics::store_flushed(replies.len(), commit_started.elapsed(), result.is_ok());
         // Whatever happened, the next batch starts from nothing buffered.
         be_.overlay
             .lock()
