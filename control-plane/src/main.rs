@@ -139,9 +139,7 @@ fn status(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
             }
         }
         StoreConfig::Postgres { .. } => match cfg.store.url() {
-            Ok(Some(url)) => {
-                leash_control_plane::store::probe_postgres(&url, Duration::from_secs(5))
-            }
+            Ok(Some(url)) => leash_control_plane::store::probe_postgres(&url),
             Ok(None) => Err("the configuration names no database".into()),
             Err(e) => Err(e.to_string()),
         },

@@ -48,7 +48,7 @@ fn a_sled_store_migrates_to_postgres_with_everything_and_only_once() {
     if leash_tests::sled_only("it migrates a sled store") {
         return;
     }
-    let mut pg = Pg::start();
+    let pg = Pg::start();
     let tmp = tempfile::tempdir().expect("tempdir");
     let url = store_database(&pg, tmp.path());
     let target = tmp.path().join("target.toml");
@@ -80,7 +80,11 @@ fn a_sled_store_migrates_to_postgres_with_everything_and_only_once() {
     );
     busy.code(1);
     assert!(busy.stderr.contains("stop the control plane"), "{busy}");
-    assert_eq!(pg.sql("leash", "SELECT count(*) FROM kv"), "0", "nothing copied");
+    assert_eq!(
+        pg.sql("leash", "SELECT to_regclass('kv') IS NULL"),
+        "t",
+        "the database was not touched"
+    );
 
     assert_eq!(c.stop_control_plane(), 0);
     let out = control_plane(
@@ -88,7 +92,10 @@ fn a_sled_store_migrates_to_postgres_with_everything_and_only_once() {
         &target,
     );
     out.code(0);
-    assert!(out.stdout.contains("counts and checksums verified"), "{out}");
+    assert!(
+        out.stdout.contains("counts and checksums verified"),
+        "{out}"
+    );
     assert!(out.stdout.contains("same master key"), "{out}");
     let leases_line = out
         .stdout
@@ -118,6 +125,7 @@ fn a_sled_store_migrates_to_postgres_with_everything_and_only_once() {
     cfg.push_str(&store_table(&url));
     std::fs::write(c.config_path(), cfg).expect("write config");
     c.restart_control_plane();
+    c.wait_caught_up_at(0);
     let list = c.leashctl(&["workload", "list"]);
     list.code(0);
     assert!(list.stdout.contains("ci/job"), "{list}");
@@ -131,16 +139,4 @@ fn a_sled_store_migrates_to_postgres_with_everything_and_only_once() {
     // New writes carry on from the copied sequence.
     c.my_workload("ci/other", "team-ci", &["api"]);
     c.get("api", &["--as", "ci/other"]);
-
-    // Status on postgres: reachable; once the database is down, exit 5.
-    let st = control_plane(&["status"], c.config_path());
-    st.code(0);
-    assert_eq!(st.json()["store"]["kind"], "postgres", "{st}");
-    assert_eq!(st.json()["store"]["reachable"], true, "{st}");
-    pg.stop();
-    let st = control_plane(&["status"], c.config_path());
-    st.code(5);
-    assert_eq!(st.json()["store"]["reachable"], false, "{st}");
-    assert!(!st.stdout.contains(STORE_PW) && !st.stderr.contains(STORE_PW));
-    pg.restart();
 }

@@ -10,7 +10,6 @@
 //! from the database and its row count and checksum compared with sled's.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use futures::{pin_mut, TryStreamExt};
 use ring::digest::{Context, SHA256};
@@ -138,11 +137,7 @@ pub fn copy_sled_to_postgres(dir: &Path, url: &str) -> Result<Vec<TreeCopy>, Mig
     rt.block_on(copy(dir, &db, &spec))
 }
 
-async fn copy(
-    dir: &Path,
-    db: &sled::Db,
-    spec: &ConnSpec,
-) -> Result<Vec<TreeCopy>, MigrateError> {
+async fn copy(dir: &Path, db: &sled::Db, spec: &ConnSpec) -> Result<Vec<TreeCopy>, MigrateError> {
     let err = |e: tokio_postgres::Error| MigrateError::Database(spec.message(&e));
     let sled_err = |source| MigrateError::Sled {
         dir: dir.to_path_buf(),
@@ -231,28 +226,14 @@ async fn copy(
     Ok(out)
 }
 
-/// Whether the PostgreSQL store at `url` answers a query within `timeout`; the error
-/// says why not (the URL's password is never in it).
-pub fn probe_postgres(url: &str, timeout: Duration) -> Result<(), String> {
-    let spec = parse(url).map_err(|e| e.to_string())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    rt.block_on(async {
-        let q = async {
-            let c = spec.connect().await.map_err(|e| e.to_string())?;
-            c.simple_query("SELECT 1")
-                .await
-                .map_err(|e| spec.message(&e))?;
-            Ok::<(), String>(())
-        };
-        match tokio::time::timeout(timeout, q).await {
-            Ok(r) => r,
-            Err(_) => Err(format!(
-                "PostgreSQL did not answer within {} s",
-                timeout.as_secs()
-            )),
-        }
-    })
+/// Whether the PostgreSQL store at `url` answers a query; the error says why not (the
+/// URL's password is never in it). Connects as the store does (see `Session`).
+pub fn probe_postgres(url: &str) -> Result<(), String> {
+    let spec = std::sync::Arc::new(parse(url).map_err(|e| e.to_string())?);
+    let mut s = Session::new(spec).map_err(|e| e.to_string())?;
+    s.run(|c| Box::pin(async move { c.simple_query("SELECT 1").await.map(|_| ()) }))
+        .map_err(|e| match e {
+            StoreError::Database(m) => m,
+            e => e.to_string(),
+        })
 }
