@@ -48,7 +48,7 @@ fn a_sled_store_migrates_to_postgres_with_everything_and_only_once() {
     if leash_tests::sled_only("it migrates a sled store") {
         return;
     }
-    let pg = Pg::start();
+    let mut pg = Pg::start();
     let tmp = tempfile::tempdir().expect("tempdir");
     let url = store_database(&pg, tmp.path());
     let target = tmp.path().join("target.toml");
@@ -139,4 +139,20 @@ fn a_sled_store_migrates_to_postgres_with_everything_and_only_once() {
     // New writes carry on from the copied sequence.
     c.my_workload("ci/other", "team-ci", &["api"]);
     c.get("api", &["--as", "ci/other"]);
+
+    // Status on postgres: reachable; once the database is down, exit 5.
+    let st = control_plane(&["status"], c.config_path());
+    st.code(0);
+    assert_eq!(st.json()["store"]["kind"], "postgres", "{st}");
+    assert_eq!(st.json()["store"]["reachable"], true, "{st}");
+    pg.stop();
+    let st = control_plane(&["status"], c.config_path());
+    st.code(5);
+    let j: serde_json::Value = serde_json::from_str(&st.stdout).expect("status prints JSON");
+    assert_eq!(j["store"]["reachable"], false, "{st}");
+    assert!(j["store"]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("cannot reach PostgreSQL")));
+    assert!(!st.stdout.contains(STORE_PW) && !st.stderr.contains(STORE_PW));
+    pg.restart();
 }
