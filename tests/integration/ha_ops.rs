@@ -7,7 +7,7 @@ use std::process::Command;
 
 use leash_tests::pg::Pg;
 use leash_tests::process::{self, bin};
-use leash_tests::Cluster;
+use leash_tests::{Cluster, Options};
 
 use crate::API_AUD;
 
@@ -155,4 +155,43 @@ fn a_sled_store_migrates_to_postgres_with_everything_and_only_once() {
         .is_some_and(|e| e.contains("cannot reach PostgreSQL")));
     assert!(!st.stdout.contains(STORE_PW) && !st.stderr.contains(STORE_PW));
     pg.restart();
+}
+
+/// `/healthz` names the store and whether it answers: 200 with `reachable: true`, then
+/// 503 with `reachable: false` while the database is down, and 200 again once it is back.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn healthz_names_the_store_and_is_unavailable_while_the_database_is_down() {
+    leash_tests::require_root();
+    if leash_tests::sled_only("it brings its own database") {
+        return;
+    }
+    let mut pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let c = Cluster::with(Options::default().config(&format!(
+        "{}\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        store_table(&url)
+    )));
+    let ca = crate::oidc::ca_file(&c);
+    let h = crate::oidc::curl(&c, &ca, "/healthz", &[], None);
+    assert_eq!(h.status, 200, "{h:?}");
+    let j = h.json();
+    assert_eq!(j["status"], "ok", "{j}");
+    assert_eq!(j["store"]["kind"], "postgres", "{j}");
+    assert_eq!(j["store"]["reachable"], true, "{j}");
+
+    pg.stop();
+    let h = crate::oidc::curl(&c, &ca, "/healthz", &[], None);
+    assert_eq!(h.status, 503, "{h:?}");
+    let j = h.json();
+    assert_eq!(j["status"], "unavailable", "{j}");
+    assert_eq!(j["store"]["reachable"], false, "{j}");
+
+    pg.restart();
+    let back = c.eventually("/healthz answers 200 again", || {
+        let h = crate::oidc::curl(&c, &ca, "/healthz", &[], None);
+        (h.status == 200).then_some(h)
+    });
+    assert_eq!(back.json()["store"]["reachable"], true);
 }

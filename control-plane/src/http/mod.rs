@@ -257,7 +257,7 @@ async fn answer(s: &Shared, prefix: &str, who: &Peer, req: Request<Incoming>) ->
     match r {
         Route::Discovery if get => oidc::serve_discovery(s),
         Route::Keys if get => oidc::serve_keys(s),
-        Route::Health if get => health::serve(s),
+        Route::Health if get => health::serve(s).await,
         Route::Discovery | Route::Keys | Route::Health => reply::method_not_allowed("GET, HEAD"),
         Route::Introspect if req.method() == Method::POST => match read_body(req).await {
             Ok((parts, body)) => introspect::serve(s, &parts.headers, &body, who.serial.as_deref()),
