@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use leash_control_plane::config::{Config, FileConfig, Overrides};
+use leash_control_plane::config::{Config, FileConfig, Overrides, StoreConfig};
 use leash_proto::startup::{self, fail};
 
 #[derive(Parser)]
@@ -42,6 +42,121 @@ enum Cmd {
         #[arg(long)]
         log_json: bool,
     },
+    /// Copy a stopped control plane's sled store into the (empty) PostgreSQL store of
+    /// the configuration's `[store]` (or `$LEASH_STORE_URL`), verifying every tree.
+    Migrate {
+        /// The data directory of the sled control plane (stopped).
+        #[arg(long, value_name = "DIR")]
+        from_sled: PathBuf,
+        /// TOML config file whose `[store]` names the PostgreSQL store.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print which store the configuration uses and whether it answers, as JSON
+    /// (exit 0 reachable, 5 not).
+    Status {
+        /// TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (sled database and master key).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// The configuration of `--config` (defaults without one).
+fn load_config(config: Option<&PathBuf>, data_dir: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let file = match config {
+        Some(p) => FileConfig::load(p).map_err(|e| fail(e, 1))?,
+        None => FileConfig::default(),
+    };
+    Config::resolve(
+        file,
+        Overrides {
+            data_dir,
+            ..Overrides::default()
+        },
+    )
+    .map_err(|e| fail(e, 1))
+}
+
+fn migrate(from_sled: PathBuf, config: Option<PathBuf>) -> ExitCode {
+    let store = match &config {
+        Some(_) => match load_config(config.as_ref(), None) {
+            Ok(c) => c.store,
+            Err(code) => return code,
+        },
+        None => StoreConfig::Postgres { url_file: None },
+    };
+    if store == StoreConfig::Sled {
+        return fail(
+            "the configuration's [store] is sled: set kind = \"postgres\" and url_file (or $LEASH_STORE_URL) to name the database to migrate into",
+            1,
+        );
+    }
+    let url = match store.url() {
+        Ok(Some(u)) => u,
+        Ok(None) => return fail("the configuration names no database", 1),
+        Err(e) => return fail(e, 1),
+    };
+    match leash_control_plane::store::copy_sled_to_postgres(&from_sled, &url) {
+        Ok(trees) => {
+            println!("{:<16} {:>8}  sha256", "tree", "rows");
+            for t in &trees {
+                println!("{:<16} {:>8}  {}", t.tree, t.rows, t.sha256);
+            }
+            let total: u64 = trees.iter().map(|t| t.rows).sum();
+            println!(
+                "copied {total} rows in {} trees from {}; counts and checksums verified",
+                trees.len(),
+                from_sled.display()
+            );
+            println!(
+                "sealed records were copied as they are: start the control planes on this store with the same master key ({}/master.key, mode 0600, or $LEASH_MASTER_KEY)",
+                from_sled.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ leash_control_plane::store::MigrateError::Database(_)) => fail(e, 5),
+        Err(e) => fail(e, 1),
+    }
+}
+
+fn status(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    let cfg = match load_config(config.as_ref(), data_dir) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let probe = match &cfg.store {
+        StoreConfig::Sled => {
+            if cfg.data_dir.join("db").join("conf").is_file() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no sled store in {} (a control plane creates it at its first start)",
+                    cfg.data_dir.display()
+                ))
+            }
+        }
+        StoreConfig::Postgres { .. } => match cfg.store.url() {
+            Ok(Some(url)) => leash_control_plane::store::probe_postgres(&url),
+            Ok(None) => Err("the configuration names no database".into()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let mut store = serde_json::json!({
+        "kind": cfg.store.kind(),
+        "reachable": probe.is_ok(),
+    });
+    if let Err(e) = &probe {
+        store["error"] = serde_json::Value::String(e.clone());
+    }
+    println!("{}", serde_json::json!({ "store": store }));
+    if probe.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(5)
+    }
 }
 
 fn main() -> ExitCode {
@@ -49,15 +164,28 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Cmd::Serve {
-        config,
-        data_dir,
-        listen,
-        admin_socket,
-        trust_domain,
-        check_config,
-        log_json,
-    } = cli.cmd;
+    let (config, data_dir, listen, admin_socket, trust_domain, check_config, log_json) =
+        match cli.cmd {
+            Cmd::Serve {
+                config,
+                data_dir,
+                listen,
+                admin_socket,
+                trust_domain,
+                check_config,
+                log_json,
+            } => (
+                config,
+                data_dir,
+                listen,
+                admin_socket,
+                trust_domain,
+                check_config,
+                log_json,
+            ),
+            Cmd::Migrate { from_sled, config } => return migrate(from_sled, config),
+            Cmd::Status { config, data_dir } => return status(config, data_dir),
+        };
     let file = match &config {
         Some(p) => match FileConfig::load(p) {
             Ok(f) => f,

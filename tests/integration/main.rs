@@ -171,3 +171,4 @@ pub fn apply_policy(c: &Cluster, name: &str, text: &str, extra: &[&str]) -> leas
     out.code(0);
     out
 }
+mod ha_ops;

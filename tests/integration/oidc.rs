@@ -57,7 +57,7 @@ pub(crate) fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// The Leash CA as a PEM file (from the first agent's state dir).
-fn ca_file(c: &Cluster) -> PathBuf {
+pub(crate) fn ca_file(c: &Cluster) -> PathBuf {
     let der = std::fs::read(c.agent(0).state_dir.join("ca.crt")).expect("the agent's ca.crt");
     let p = c.dir().join("leash-ca.pem");
     std::fs::write(&p, pem("CERTIFICATE", &der)).expect("write the CA");

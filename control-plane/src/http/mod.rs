@@ -261,7 +261,7 @@ async fn answer(s: &Shared, prefix: &str, who: &Peer, req: Request<Incoming>) ->
     match r {
         Route::Discovery if get => oidc::serve_discovery(s),
         Route::Keys if get => oidc::serve_keys(s),
-        Route::Health if get => health::serve(s),
+        Route::Health if get => health::serve(s).await,
         Route::Metrics if get => metrics::serve(s),
         Route::Discovery | Route::Keys | Route::Health | Route::Metrics => {
             reply::method_not_allowed("GET, HEAD")

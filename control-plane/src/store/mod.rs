@@ -46,6 +46,7 @@ mod tx;
 
 pub use error::{Result, StoreError};
 pub use introspection_clients::IntrospectionClient;
+pub use pg::from_sled::{copy_sled_to_postgres, probe_postgres, MigrateError, TreeCopy};
 pub use pg::{latest_version as latest_schema_version, MIGRATIONS};
 pub use retention::{Cutoff, Pruned};
 pub use sealed::{is_key_blob, HoldsSealed, Rewrap, RewrapFailure, SealedRecord};

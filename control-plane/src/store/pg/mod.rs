@@ -10,6 +10,7 @@
 //! quoted in a message (the driver's messages are scrubbed, as for the `postgres`
 //! credential kind, whose connection code this reuses).
 
+pub mod from_sled;
 mod session;
 mod writer;
 
