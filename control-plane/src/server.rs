@@ -296,6 +296,7 @@ pub async fn run(
         tokio::spawn(crate::keys::run(
             shared.keys.clone(),
             shared.store.clone(),
+            shared.master.clone(),
             shared.clock.clone(),
             crate::keys::Timing::new(config.keys_publish_ahead, config.host_cert_ttl),
             move || s.keys_changed(),

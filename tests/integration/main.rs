@@ -165,3 +165,4 @@ pub fn apply_policy(c: &Cluster, name: &str, text: &str, extra: &[&str]) -> leas
     out.code(0);
     out
 }
+mod ha_replicas;

@@ -156,6 +156,7 @@ impl Keys {
         timing: Timing,
     ) -> Result<KeyRecord, KeyError> {
         let _one = self.changing.lock().await;
+        let (stored, _) = self.sync_locked(store, master, now)?;
         let set = self.current();
         let pending = match kind {
             KeyKind::Jwt => set
@@ -225,7 +226,9 @@ impl Keys {
         let next = KeySet::new(jwt, ca, set.retired.clone(), set.generation + 1)?;
         let event = key_event("key-published", &rec).actor(actor);
         store
-            .put_key_blobs(
+            .put_key_blobs_if(
+                RECORDS_BLOB,
+                stored,
                 vec![
                     (rec.blob.clone(), sealed),
                     (RECORDS_BLOB.to_string(), record::encode(&next.records())?),
@@ -244,6 +247,7 @@ impl Keys {
     pub async fn advance(
         &self,
         store: &dyn Storage,
+        master: &MasterKey,
         now: i64,
         timing: Timing,
     ) -> Result<bool, KeyError> {
@@ -251,6 +255,8 @@ impl Keys {
             return Ok(false);
         }
         let _one = self.changing.lock().await;
+        // Another control plane on this store may have made the change already.
+        let (stored, reloaded) = self.sync_locked(store, master, now)?;
         let set = self.current();
         let bound = longest_lifetime(store, timing)?;
         let (mut jwt, mut ca, mut retired) = (set.jwt.clone(), set.ca.clone(), set.retired.clone());
@@ -262,10 +268,12 @@ impl Keys {
         let next = KeySet::new(jwt, ca, retired, set.generation + 1)?;
         let records = next.records();
         if records == set.records() {
-            return Ok(false);
+            return Ok(reloaded);
         }
         store
-            .put_key_blobs(
+            .put_key_blobs_if(
+                RECORDS_BLOB,
+                stored,
                 vec![(RECORDS_BLOB.to_string(), record::encode(&records)?)],
                 erase,
                 events.clone(),
@@ -288,6 +296,7 @@ impl Keys {
 pub async fn run(
     keys: Arc<Keys>,
     store: Arc<dyn Storage>,
+    master: Arc<MasterKey>,
     clock: Clock,
     timing: Timing,
     on_change: impl Fn() + Send + 'static,
@@ -296,9 +305,14 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match keys.advance(&*store, clock.now(), timing).await {
+        match keys.advance(&*store, &master, clock.now(), timing).await {
             Ok(true) => on_change(),
             Ok(false) => {}
+            // Another control plane on this store changed the keys meanwhile: the next
+            // tick reads its change.
+            Err(KeyError::Store(crate::store::StoreError::Conflict(_))) => {
+                tracing::debug!("key records changed by another control plane; reading them again")
+            }
             Err(e) => tracing::warn!(error = %e, "key rotation step failed; retrying"),
         }
     }

@@ -160,8 +160,8 @@ async fn a_jwt_key_is_published_then_signs_then_retires_once_its_tokens_expired(
         "{e}"
     );
 
-    assert!(!k.advance(&*store, t0 + 599, TIMING).await.expect("early"));
-    assert!(k.advance(&*store, t0 + 600, TIMING).await.expect("due"));
+    assert!(!k.advance(&*store, &master, t0 + 599, TIMING).await.expect("early"));
+    assert!(k.advance(&*store, &master, t0 + 600, TIMING).await.expect("due"));
     assert_eq!(k.signing_key().kid, next.id);
     assert_eq!(
         states(&k, KeyKind::Jwt),
@@ -178,7 +178,7 @@ async fn a_jwt_key_is_published_then_signs_then_retires_once_its_tokens_expired(
     assert_eq!(jwks_kids(&k), vec![old.clone(), next.id.clone()]);
 
     assert!(k
-        .advance(&*store, rec.retires_at, TIMING)
+        .advance(&*store, &master, rec.retires_at, TIMING)
         .await
         .expect("retire"));
     assert_eq!(jwks_kids(&k), vec![next.id.clone()]);
@@ -217,7 +217,7 @@ async fn a_key_made_in_this_process_retires_when_its_last_token_expires() {
         .rotate(KeyKind::Jwt, "a", &*store, &master, t0, TIMING)
         .await
         .expect("b");
-    k.advance(&*store, t0 + 600, TIMING)
+    k.advance(&*store, &master, t0 + 600, TIMING)
         .await
         .expect("b active");
     let c = k
@@ -226,13 +226,13 @@ async fn a_key_made_in_this_process_retires_when_its_last_token_expires() {
         .expect("c");
     // b signed one token, valid until t0 + 2000.
     k.signing_key().record_expiry(t0 + 2000);
-    k.advance(&*store, t0 + 1300, TIMING)
+    k.advance(&*store, &master, t0 + 1300, TIMING)
         .await
         .expect("c active");
     let rb = k.list().into_iter().find(|r| r.id == b.id).expect("b");
     assert_eq!(rb.state, KeyState::Retiring);
     assert_eq!(rb.retires_at, t0 + 2000, "exactly its last token's expiry");
-    k.advance(&*store, t0 + 2000, TIMING)
+    k.advance(&*store, &master, t0 + 2000, TIMING)
         .await
         .expect("b retired");
     assert_eq!(jwks_kids(&k).last(), Some(&c.id));
@@ -254,7 +254,7 @@ async fn a_ca_rotation_keeps_serving_under_the_old_ca_until_it_retires() {
         .await
         .expect("rotate");
     assert_eq!(k.bundle_ders().len(), 2, "published at once");
-    k.advance(&*store, t0 + 600, TIMING).await.expect("active");
+    k.advance(&*store, &master, t0 + 600, TIMING).await.expect("active");
     assert_eq!(k.serving_ca().id, old.id, "still serving under the old CA");
     assert_eq!(k.ca_pin(), old.pin);
     let (der, _, _) = k
@@ -273,7 +273,7 @@ async fn a_ca_rotation_keeps_serving_under_the_old_ca_until_it_retires() {
     assert!(verifies(&bundle[1]), "signed by the new CA");
     assert!(!verifies(&bundle[0]), "not by the old one");
     let old_rec = k.list().into_iter().find(|r| r.id == old.id).expect("old");
-    k.advance(&*store, old_rec.retires_at, TIMING)
+    k.advance(&*store, &master, old_rec.retires_at, TIMING)
         .await
         .expect("retired");
     assert_eq!(k.serving_ca().id, next.id, "serving under the new CA");
