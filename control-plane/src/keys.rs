@@ -359,7 +359,9 @@ impl Keys {
             match first_records(store, master, trust_domain, now).await {
                 Ok(_) => {}
                 Err(KeyError::Store(crate::store::StoreError::Conflict(_))) => {
-                    tracing::info!("another control plane on this store created the keys first; using them");
+                    tracing::info!(
+                        "another control plane on this store created the keys first; using them"
+                    );
                 }
                 Err(e) => return Err(e),
             }

@@ -83,7 +83,9 @@ async fn reload_keys(s: &Shared) {
     match s.keys.reload(&*s.store, &s.master, s.clock.now()).await {
         Ok(true) => s.keys_changed(),
         Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the key records another replica wrote; retrying"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the key records another replica wrote; retrying")
+        }
     }
 }
 

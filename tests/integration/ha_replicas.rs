@@ -122,7 +122,11 @@ fn jwks_kids(admin: &Path) -> Vec<String> {
         .arg("jwks")
         .output()
         .expect("run leashctl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let mut kids: Vec<String> = v["keys"]
         .as_array()
@@ -228,10 +232,16 @@ fn replicas_starting_at_once_on_an_empty_database_make_one_ca_and_one_jwt_key() 
             first.clone()
         } else {
             let db = format!("leash_r{round}");
-            pg.sql("postgres", &format!("CREATE DATABASE {db} OWNER leash_store"));
+            pg.sql(
+                "postgres",
+                &format!("CREATE DATABASE {db} OWNER leash_store"),
+            );
             let file = tmp.path().join(format!("{db}.url"));
             let text = std::fs::read_to_string(&first).expect("url");
-            let (base, _) = text.trim_end().rsplit_once('/').expect("a URL with a database");
+            let (base, _) = text
+                .trim_end()
+                .rsplit_once('/')
+                .expect("a URL with a database");
             std::fs::write(&file, format!("{base}/{db}")).expect("write url");
             file
         };
@@ -249,7 +259,10 @@ fn replicas_starting_at_once_on_an_empty_database_make_one_ca_and_one_jwt_key() 
             let n = on_a.iter().filter(|(k, _, _)| k == kind).count();
             assert_eq!(n, 1, "round {round}: one {kind} key: {on_a:?}");
         }
-        assert_eq!(on_a, on_b, "round {round}: both replicas hold the same keys");
+        assert_eq!(
+            on_a, on_b,
+            "round {round}: both replicas hold the same keys"
+        );
         let ids: Vec<&str> = on_a.iter().map(|(_, id, _)| id.as_str()).collect();
         let blobs = pg.sql(
             &url_db(&url),
@@ -273,5 +286,100 @@ fn replicas_starting_at_once_on_an_empty_database_make_one_ca_and_one_jwt_key() 
 fn url_db(file: &Path) -> String {
     let text = std::fs::read_to_string(file).expect("url");
     text.trim_end()
-        .rsplit('/').next().expect("db").trim().to_string()
+        .rsplit('/')
+        .next()
+        .expect("db")
+        .trim()
+        .to_string()
+}
+
+/// `kill -9` of the replica a `revoke --wait` waits on, in the middle of the wait: the
+/// wait fails (unavailable), and `revoke --wait-seq SEQ` on the other replica waits
+/// again on the same revocation and completes once the host wipes.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn a_revoke_wait_cut_by_killing_its_replica_completes_when_waited_again_on_another() {
+    use std::io::BufRead;
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let c = Cluster::with(
+        Options::default()
+            .max_offline(MAX_OFFLINE)
+            .config(&store_config(&url)),
+    );
+    let clock = c.dir().join("clock-offset-ms");
+    let (cmd, b_admin) = replica_command(
+        "b",
+        tmp.path(),
+        &url,
+        Key::CopyFrom(&c.data_dir),
+        Some(&clock),
+    );
+    let mut b = Daemon::spawn("replica B", cmd);
+    address(&mut b);
+    c.credential("api", &["--audience", API_AUD]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let held = c.get_at(0, "api", &["--as", "w1"]);
+
+    // The agent (on replica A) cannot wipe yet: the wait on B stays open.
+    c.signal_agent(0, nix::sys::signal::Signal::SIGSTOP);
+    let mut wait = Command::new(bin("leashctl"))
+        .env("LEASH_ADMIN_SOCKET", &b_admin)
+        .args([
+            "revoke",
+            "--lease",
+            &held.lease_id,
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run leashctl");
+    let mut lines = std::io::BufReader::new(wait.stderr.take().expect("stderr")).lines();
+    let mut next_line = |what: &str| -> String {
+        loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("leashctl ended before {what}"))
+                .expect("read stderr");
+            if line.contains(what) {
+                return line;
+            }
+        }
+    };
+    let line = next_line("at sequence ");
+    let seq = line
+        .split("at sequence ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .expect("a sequence")
+        .to_string();
+    next_line("wiped on 0/1 hosts");
+    b.kill9();
+    let status = wait.wait().expect("leashctl ends");
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "the wait on the killed replica is unavailable"
+    );
+
+    c.signal_agent(0, nix::sys::signal::Signal::SIGCONT);
+    let out = c.leashctl(&["revoke", "--wait-seq", &seq, "--timeout", "20s"]);
+    out.code(0);
+    assert!(out.stdout.contains("wiped on 1/1 hosts"), "{out}");
+    let again = c.get_at(0, "api", &["--as", "w1"]);
+    assert_ne!(
+        again.lease_id, held.lease_id,
+        "the revoked lease is not served"
+    );
+
+    // Waiting on a revocation that does not exist is not found; one with a target too
+    // is a usage error.
+    c.leashctl(&["revoke", "--wait-seq", "999999"]).code(4);
+    c.leashctl(&["revoke", "--wait-seq", &seq, "--lease", &held.lease_id])
+        .code(1);
 }

@@ -52,7 +52,9 @@ impl Keys {
         }
         let next = open_set(store, master, records, now, Some(&set), set.generation + 1)?;
         self.replace(next);
-        tracing::info!("the key records changed in the store (another control plane); now using them");
+        tracing::info!(
+            "the key records changed in the store (another control plane); now using them"
+        );
         Ok((stored, true))
     }
 }

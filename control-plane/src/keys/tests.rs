@@ -160,8 +160,14 @@ async fn a_jwt_key_is_published_then_signs_then_retires_once_its_tokens_expired(
         "{e}"
     );
 
-    assert!(!k.advance(&*store, &master, t0 + 599, TIMING).await.expect("early"));
-    assert!(k.advance(&*store, &master, t0 + 600, TIMING).await.expect("due"));
+    assert!(!k
+        .advance(&*store, &master, t0 + 599, TIMING)
+        .await
+        .expect("early"));
+    assert!(k
+        .advance(&*store, &master, t0 + 600, TIMING)
+        .await
+        .expect("due"));
     assert_eq!(k.signing_key().kid, next.id);
     assert_eq!(
         states(&k, KeyKind::Jwt),
@@ -254,7 +260,9 @@ async fn a_ca_rotation_keeps_serving_under_the_old_ca_until_it_retires() {
         .await
         .expect("rotate");
     assert_eq!(k.bundle_ders().len(), 2, "published at once");
-    k.advance(&*store, &master, t0 + 600, TIMING).await.expect("active");
+    k.advance(&*store, &master, t0 + 600, TIMING)
+        .await
+        .expect("active");
     assert_eq!(k.serving_ca().id, old.id, "still serving under the old CA");
     assert_eq!(k.ca_pin(), old.pin);
     let (der, _, _) = k
