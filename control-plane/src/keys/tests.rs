@@ -354,3 +354,52 @@ async fn keys_from_before_rotation_become_records_with_their_blobs() {
         .iter()
         .all(|r| r.state == KeyState::Active && r.created == 100));
 }
+
+/// Two control planes on one store (as replicas of a shared store are): a rotation by one
+/// is taken up by the other's `reload`, keys it already held keep signing, and a change
+/// made from an older read of the records is refused, not written over the newer one.
+#[tokio::test]
+async fn a_second_holder_of_the_store_reloads_a_rotation_and_cannot_overwrite_it() {
+    let (_dir, store, master, k1) = fresh("td").await;
+    let k2 = Keys::load_or_create(&*store, &master, "td")
+        .await
+        .expect("second");
+    let t0 = crate::clock::Clock::system().now();
+    let old = k1.signing_key().kid.clone();
+    let next = k1
+        .rotate(KeyKind::Jwt, "alice", &*store, &master, t0, TIMING)
+        .await
+        .expect("rotate");
+    assert_eq!(jwks_kids(&k2), vec![old.clone()], "not yet reloaded");
+    assert!(k2.reload(&*store, &master, t0).await.expect("reload"));
+    assert!(!k2.reload(&*store, &master, t0).await.expect("again"));
+    assert_eq!(jwks_kids(&k2), vec![old.clone(), next.id.clone()]);
+    // The second rotates from what the store says, so the pending key is seen.
+    let e = k2
+        .rotate(KeyKind::Jwt, "bob", &*store, &master, t0, TIMING)
+        .await
+        .expect_err("one next at a time, across holders");
+    assert!(matches!(e, KeyError::RotationPending { .. }), "{e}");
+    // The first activates it; the second reads that and signs with it.
+    assert!(k1
+        .advance(&*store, &master, t0 + 600, TIMING)
+        .await
+        .expect("due"));
+    assert!(k2.reload(&*store, &master, t0 + 600).await.expect("reload"));
+    assert_eq!(k2.signing_key().kid, next.id);
+
+    // A write guarded by an older read of the records is refused and writes nothing.
+    let before = store.blob(RECORDS_BLOB).expect("read");
+    let e = store
+        .put_key_blobs_if(
+            RECORDS_BLOB,
+            None,
+            vec![(RECORDS_BLOB.to_string(), b"[]".to_vec())],
+            Vec::new(),
+            Vec::new(),
+        )
+        .await
+        .expect_err("stale");
+    assert!(matches!(e, crate::store::StoreError::Conflict(_)), "{e}");
+    assert_eq!(store.blob(RECORDS_BLOB).expect("read"), before);
+}
