@@ -356,14 +356,14 @@ impl Keys {
     ) -> Result<Keys, KeyError> {
         let mut stored = store.blob(RECORDS_BLOB)?;
         if stored.is_none() {
-            match first_records(store, master, trust_domain, now).await {
-                Ok(_) => {}
-                Err(KeyError::Store(crate::store::StoreError::Conflict(_))) => {
-                    tracing::info!(
-                        "another control plane on this store created the keys first; using them"
-                    );
+            if let Err(e) = first_records(store, master, trust_domain, now).await {
+                // Another control plane on this store created the keys first: refused
+                // by the guard, or (committed while they were read) a half-seen set of
+                // blobs. Its records are then there; without them the error stands.
+                if store.blob(RECORDS_BLOB)?.is_none() {
+                    return Err(e);
                 }
-                Err(e) => return Err(e),
+                tracing::info!(error = %e, "another control plane on this store created the keys first; using them");
             }
             stored = store.blob(RECORDS_BLOB)?;
         }

@@ -227,7 +227,7 @@ fn replicas_starting_at_once_on_an_empty_database_make_one_ca_and_one_jwt_key() 
     let tmp = tempfile::tempdir().expect("tempdir");
     let first = store_database(&pg, tmp.path());
     let master = "7e".repeat(32);
-    for round in 0..4 {
+    for round in 0..8 {
         let url = if round == 0 {
             first.clone()
         } else {
