@@ -36,6 +36,10 @@ pub struct Timing {
     /// Host certificate lifetime (`host_cert_ttl`): the longest a CA's host
     /// certificate lives.
     pub host_cert_ttl: i64,
+    /// Other control planes share the store and sign with the same keys: what this one
+    /// saw signed is not all that was, so a key stops being published only once anything
+    /// may have expired (the longest lifetime after it stopped signing).
+    pub shared: bool,
 }
 
 impl Timing {
@@ -45,7 +49,13 @@ impl Timing {
         Timing {
             publish_ahead: secs(publish_ahead),
             host_cert_ttl: secs(host_cert_ttl),
+            shared: false,
         }
+    }
+
+    /// The same, on a store other control planes share (see [`Timing::shared`]).
+    pub fn on_shared_store(self, shared: bool) -> Timing {
+        Timing { shared, ..self }
     }
 }
 
@@ -84,7 +94,13 @@ fn longest_lifetime(store: &dyn Storage, timing: Timing) -> Result<i64, KeyError
 
 /// Activate the `next` key of `lives` if its time has come; the active one becomes
 /// `retiring` until the latest expiry of what it signed.
-fn activate<K: Signs>(lives: &mut [Live<K>], now: i64, bound: i64, events: &mut Vec<Event>) {
+fn activate<K: Signs>(
+    lives: &mut [Live<K>],
+    now: i64,
+    bound: i64,
+    shared: bool,
+    events: &mut Vec<Event>,
+) {
     let Some(i) = lives
         .iter()
         .position(|l| l.rec.state == KeyState::Next && l.rec.activates_at <= now)
@@ -97,7 +113,12 @@ fn activate<K: Signs>(lives: &mut [Live<K>], now: i64, bound: i64, events: &mut 
         if j != i && l.rec.state == KeyState::Active {
             l.rec.state = KeyState::Retiring;
             l.rec.retiring_since = now;
-            l.rec.retires_at = l.key.signed().latest(bound).max(now);
+            let floor = if shared {
+                now.saturating_add(bound)
+            } else {
+                now
+            };
+            l.rec.retires_at = l.key.signed().latest(bound).max(floor);
             events.push(key_event("key-retiring", &l.rec));
         }
     }
@@ -261,8 +282,8 @@ impl Keys {
         let bound = longest_lifetime(store, timing)?;
         let (mut jwt, mut ca, mut retired) = (set.jwt.clone(), set.ca.clone(), set.retired.clone());
         let (mut events, mut erase) = (Vec::new(), Vec::new());
-        activate(&mut jwt, now, bound, &mut events);
-        activate(&mut ca, now, bound, &mut events);
+        activate(&mut jwt, now, bound, timing.shared, &mut events);
+        activate(&mut ca, now, bound, timing.shared, &mut events);
         retire(&mut jwt, &mut retired, now, &mut events, &mut erase);
         retire(&mut ca, &mut retired, now, &mut events, &mut erase);
         let next = KeySet::new(jwt, ca, retired, set.generation + 1)?;

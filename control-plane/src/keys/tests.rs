@@ -107,6 +107,7 @@ fn a_master_key_readable_by_others_is_refused_unless_accepted() {
 const TIMING: Timing = Timing {
     publish_ahead: 600,
     host_cert_ttl: 3600,
+    shared: false,
 };
 
 fn states(k: &Keys, kind: KeyKind) -> Vec<(String, KeyState)> {
@@ -402,4 +403,45 @@ async fn a_second_holder_of_the_store_reloads_a_rotation_and_cannot_overwrite_it
         .expect_err("stale");
     assert!(matches!(e, crate::store::StoreError::Conflict(_)), "{e}");
     assert_eq!(store.blob(RECORDS_BLOB).expect("read"), before);
+}
+
+/// On a shared store a key that stops signing stays published for the longest lifetime
+/// anything may have, even when this control plane saw nothing signed with it: another
+/// one may have signed with it.
+#[tokio::test]
+async fn on_a_shared_store_a_retiring_key_waits_for_the_longest_lifetime() {
+    for shared in [false, true] {
+        let (_dir, store, master, k) = fresh("td").await;
+        let t0 = crate::clock::Clock::system().now();
+        // A key activated while running (not loaded active), which signed nothing here.
+        let first = k
+            .rotate(KeyKind::Jwt, "alice", &*store, &master, t0, TIMING)
+            .await
+            .expect("rotate");
+        let timing = TIMING.on_shared_store(shared);
+        assert!(k
+            .advance(&*store, &master, t0 + 600, timing)
+            .await
+            .expect("due"));
+        k.rotate(KeyKind::Jwt, "alice", &*store, &master, t0 + 601, TIMING)
+            .await
+            .expect("rotate again");
+        assert!(k
+            .advance(&*store, &master, t0 + 1201, timing)
+            .await
+            .expect("due"));
+        let rec = k
+            .list()
+            .into_iter()
+            .find(|r| r.id == first.id)
+            .expect("first");
+        if shared {
+            assert_eq!(rec.state, KeyState::Retiring);
+            assert_eq!(rec.retires_at, t0 + 1201 + 3600);
+            assert!(jwks_kids(&k).contains(&first.id), "still published");
+        } else {
+            // Alone, what it saw signed is all there is: nothing, so it retires at once.
+            assert_eq!(rec.state, KeyState::Retired);
+        }
+    }
 }
