@@ -371,6 +371,10 @@ fn a_revoke_wait_cut_by_killing_its_replica_completes_when_waited_again_on_anoth
     let out = c.leashctl(&["revoke", "--wait-seq", &seq, "--timeout", "20s"]);
     out.code(0);
     assert!(out.stdout.contains("wiped on 1/1 hosts"), "{out}");
+    println!(
+        "revoke --wait-seq {seq} on the other replica:\n{}{}",
+        out.stderr, out.stdout
+    );
     let again = c.get_at(0, "api", &["--as", "w1"]);
     assert_ne!(
         again.lease_id, held.lease_id,
