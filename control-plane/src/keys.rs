@@ -30,6 +30,7 @@ mod lifecycle;
 mod master;
 mod material;
 mod record;
+mod reload;
 
 pub use certs::cert_serial;
 pub use error::KeyError;
@@ -226,22 +227,46 @@ async fn first_records(
     let kid = JwtKey::from_pkcs8(&jwt_pkcs8, Signed::default())?.kid;
     let records = vec![first_record(KeyKind::Jwt, kid, FIRST_JWT_BLOB, now), ca];
     puts.push((RECORDS_BLOB.to_string(), record::encode(&records)?));
-    store.put_key_blobs(puts, Vec::new(), Vec::new()).await?;
+    // Only onto an empty store: replicas of a shared store starting at once on an empty
+    // database create one set of keys, the first to commit; the others read it.
+    store
+        .put_key_blobs_if(RECORDS_BLOB, None, puts, Vec::new(), Vec::new())
+        .await?;
     Ok(records)
 }
 
-/// The published keys of `records`, unsealed, as a set.
+/// The published keys of `records`, unsealed, as a set of `generation`. A key `held`
+/// already has is taken from it, with what it signed; another is unsealed.
 fn open_set(
     store: &dyn Storage,
     master: &MasterKey,
     records: Vec<KeyRecord>,
     now: i64,
+    held: Option<&KeySet>,
+    generation: u64,
 ) -> Result<KeySet, KeyError> {
     let (mut jwt, mut ca, mut retired) = (Vec::new(), Vec::new(), Vec::new());
     for rec in records {
         if !rec.state.published() {
             retired.push(rec);
             continue;
+        }
+        if let Some(held) = held {
+            let jwt_held = held.jwt.iter().find(|l| l.rec.id == rec.id);
+            let ca_held = held.ca.iter().find(|l| l.rec.id == rec.id);
+            match (rec.kind, jwt_held, ca_held) {
+                (KeyKind::Jwt, Some(l), _) => {
+                    let key = l.key.clone();
+                    jwt.push(Live { rec, key });
+                    continue;
+                }
+                (KeyKind::Ca, _, Some(l)) => {
+                    let key = l.key.clone();
+                    ca.push(Live { rec, key });
+                    continue;
+                }
+                _ => {}
+            }
         }
         let sealed = store.blob(&rec.blob)?.ok_or_else(|| {
             KeyError::Records(format!(
@@ -273,12 +298,16 @@ fn open_set(
             }
         }
     }
-    KeySet::new(jwt, ca, retired, 1)
+    KeySet::new(jwt, ca, retired, generation)
 }
 
 /// Remove key blobs no published record names: a rotation cut short before its record
 /// was written, or a retirement cut short before its key was erased.
-async fn remove_orphans(store: &dyn Storage, set: &KeySet) -> Result<(), KeyError> {
+async fn remove_orphans(
+    store: &dyn Storage,
+    set: &KeySet,
+    stored: Option<Vec<u8>>,
+) -> Result<(), KeyError> {
     let named: std::collections::HashSet<&str> = set
         .jwt
         .iter()
@@ -293,7 +322,15 @@ async fn remove_orphans(store: &dyn Storage, set: &KeySet) -> Result<(), KeyErro
         .collect();
     if !orphans.is_empty() {
         tracing::info!(blobs = ?orphans, "erasing private keys no published key record names");
-        store.put_key_blobs(Vec::new(), orphans, Vec::new()).await?;
+        // Only if no other control plane on this store changed the records since they
+        // were read: a key it just published is no orphan.
+        match store
+            .put_key_blobs_if(RECORDS_BLOB, stored, Vec::new(), orphans, Vec::new())
+            .await
+        {
+            Ok(()) | Err(crate::store::StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -317,12 +354,24 @@ impl Keys {
         trust_domain: &str,
         now: i64,
     ) -> Result<Keys, KeyError> {
-        let records = match store.blob(RECORDS_BLOB)? {
-            Some(bytes) => record::decode(&bytes)?,
-            None => first_records(store, master, trust_domain, now).await?,
-        };
-        let set = open_set(store, master, records, now)?;
-        remove_orphans(store, &set).await?;
+        let mut stored = store.blob(RECORDS_BLOB)?;
+        if stored.is_none() {
+            if let Err(e) = first_records(store, master, trust_domain, now).await {
+                // Another control plane on this store created the keys first: refused
+                // by the guard, or (committed while they were read) a half-seen set of
+                // blobs. Its records are then there; without them the error stands.
+                if store.blob(RECORDS_BLOB)?.is_none() {
+                    return Err(e);
+                }
+                tracing::info!(error = %e, "another control plane on this store created the keys first; using them");
+            }
+            stored = store.blob(RECORDS_BLOB)?;
+        }
+        let records = record::decode(stored.as_deref().ok_or_else(|| {
+            KeyError::Records("the key records were written and are gone from the store".into())
+        })?)?;
+        let set = open_set(store, master, records, now, None, 1)?;
+        remove_orphans(store, &set, stored).await?;
         Ok(Keys {
             set: RwLock::new(Arc::new(set)),
             changing: tokio::sync::Mutex::new(()),

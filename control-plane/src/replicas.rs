@@ -1,6 +1,7 @@
 //! Keeping a replica's in-memory state in step with what the other replicas of a shared
 //! store commit: the policy engine's `--allow` links after any workload changed, and the
-//! policy version in force after another replica applied one. And the other way: the
+//! policy version in force after another replica applied one, and the signing keys and
+//! CAs after another replica rotated one or moved one through its states (polled). And the other way: the
 //! hosts connected to this replica are marked seen in the store every
 //! [`presence_interval`], so the other replicas know they are live (`host list`,
 //! `revoke --wait`). On sled there is one control plane, which knows all this itself,
@@ -14,7 +15,8 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::model::Change;
 use crate::state::Shared;
 
-/// How often the policy version in force is compared with the stored one.
+/// How often the policy version and the key records in force are compared with the
+/// stored ones.
 const POLICY_POLL: Duration = Duration::from_secs(1);
 
 /// How often a replica marks its connected hosts seen: often enough that a live host
@@ -67,7 +69,22 @@ pub async fn follow(s: Arc<Shared>) {
                 Err(RecvError::Lagged(_)) => s.relink(),
                 Err(RecvError::Closed) => return,
             },
-            _ = tick.tick() => install_newer_policy(&s).await,
+            _ = tick.tick() => {
+                install_newer_policy(&s).await;
+                reload_keys(&s).await;
+            }
+        }
+    }
+}
+
+/// Take up a key rotation or key state change another replica made, and send the
+/// agents of this one the new trust bundle.
+async fn reload_keys(s: &Shared) {
+    match s.keys.reload(&*s.store, &s.master, s.clock.now()).await {
+        Ok(true) => s.keys_changed(),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the key records another replica wrote; retrying")
         }
     }
 }

@@ -306,8 +306,10 @@ pub async fn run(
         tokio::spawn(crate::keys::run(
             shared.keys.clone(),
             shared.store.clone(),
+            shared.master.clone(),
             shared.clock.clone(),
-            crate::keys::Timing::new(config.keys_publish_ahead, config.host_cert_ttl),
+            crate::keys::Timing::new(config.keys_publish_ahead, config.host_cert_ttl)
+                .on_shared_store(config.store != crate::config::StoreConfig::Sled),
             move || s.keys_changed(),
         ))
     };

@@ -172,3 +172,4 @@ pub fn apply_policy(c: &Cluster, name: &str, text: &str, extra: &[&str]) -> leas
     out
 }
 mod ha_ops;
+mod ha_replicas;

@@ -18,7 +18,7 @@ const STORE_PW: &str = "st0re-Secret-pw-91ad";
 
 /// A database `leash` owned by the login role `leash_store`; its URL over the socket,
 /// written to `dir/pg.url` (0600). Returns the file.
-fn store_database(pg: &Pg, dir: &Path) -> std::path::PathBuf {
+pub(crate) fn store_database(pg: &Pg, dir: &Path) -> std::path::PathBuf {
     pg.sql(
         "postgres",
         &format!("CREATE ROLE leash_store LOGIN PASSWORD '{STORE_PW}'"),
@@ -31,7 +31,7 @@ fn store_database(pg: &Pg, dir: &Path) -> std::path::PathBuf {
     file
 }
 
-fn store_config(url_file: &Path) -> String {
+pub(crate) fn store_config(url_file: &Path) -> String {
     format!(
         "[store]\nkind = \"postgres\"\nurl_file = {:?}\n",
         url_file.display().to_string()

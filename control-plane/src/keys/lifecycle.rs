@@ -36,6 +36,10 @@ pub struct Timing {
     /// Host certificate lifetime (`host_cert_ttl`): the longest a CA's host
     /// certificate lives.
     pub host_cert_ttl: i64,
+    /// Other control planes share the store and sign with the same keys: what this one
+    /// saw signed is not all that was, so a key stops being published only once anything
+    /// may have expired (the longest lifetime after it stopped signing).
+    pub shared: bool,
 }
 
 impl Timing {
@@ -45,7 +49,13 @@ impl Timing {
         Timing {
             publish_ahead: secs(publish_ahead),
             host_cert_ttl: secs(host_cert_ttl),
+            shared: false,
         }
+    }
+
+    /// The same, on a store other control planes share (see [`Timing::shared`]).
+    pub fn on_shared_store(self, shared: bool) -> Timing {
+        Timing { shared, ..self }
     }
 }
 
@@ -84,7 +94,13 @@ fn longest_lifetime(store: &dyn Storage, timing: Timing) -> Result<i64, KeyError
 
 /// Activate the `next` key of `lives` if its time has come; the active one becomes
 /// `retiring` until the latest expiry of what it signed.
-fn activate<K: Signs>(lives: &mut [Live<K>], now: i64, bound: i64, events: &mut Vec<Event>) {
+fn activate<K: Signs>(
+    lives: &mut [Live<K>],
+    now: i64,
+    bound: i64,
+    shared: bool,
+    events: &mut Vec<Event>,
+) {
     let Some(i) = lives
         .iter()
         .position(|l| l.rec.state == KeyState::Next && l.rec.activates_at <= now)
@@ -97,7 +113,12 @@ fn activate<K: Signs>(lives: &mut [Live<K>], now: i64, bound: i64, events: &mut 
         if j != i && l.rec.state == KeyState::Active {
             l.rec.state = KeyState::Retiring;
             l.rec.retiring_since = now;
-            l.rec.retires_at = l.key.signed().latest(bound).max(now);
+            let floor = if shared {
+                now.saturating_add(bound)
+            } else {
+                now
+            };
+            l.rec.retires_at = l.key.signed().latest(bound).max(floor);
             events.push(key_event("key-retiring", &l.rec));
         }
     }
@@ -156,6 +177,7 @@ impl Keys {
         timing: Timing,
     ) -> Result<KeyRecord, KeyError> {
         let _one = self.changing.lock().await;
+        let (stored, _) = self.sync_locked(store, master, now)?;
         let set = self.current();
         let pending = match kind {
             KeyKind::Jwt => set
@@ -225,7 +247,9 @@ impl Keys {
         let next = KeySet::new(jwt, ca, set.retired.clone(), set.generation + 1)?;
         let event = key_event("key-published", &rec).actor(actor);
         store
-            .put_key_blobs(
+            .put_key_blobs_if(
+                RECORDS_BLOB,
+                stored,
                 vec![
                     (rec.blob.clone(), sealed),
                     (RECORDS_BLOB.to_string(), record::encode(&next.records())?),
@@ -244,6 +268,7 @@ impl Keys {
     pub async fn advance(
         &self,
         store: &dyn Storage,
+        master: &MasterKey,
         now: i64,
         timing: Timing,
     ) -> Result<bool, KeyError> {
@@ -251,21 +276,25 @@ impl Keys {
             return Ok(false);
         }
         let _one = self.changing.lock().await;
+        // Another control plane on this store may have made the change already.
+        let (stored, reloaded) = self.sync_locked(store, master, now)?;
         let set = self.current();
         let bound = longest_lifetime(store, timing)?;
         let (mut jwt, mut ca, mut retired) = (set.jwt.clone(), set.ca.clone(), set.retired.clone());
         let (mut events, mut erase) = (Vec::new(), Vec::new());
-        activate(&mut jwt, now, bound, &mut events);
-        activate(&mut ca, now, bound, &mut events);
+        activate(&mut jwt, now, bound, timing.shared, &mut events);
+        activate(&mut ca, now, bound, timing.shared, &mut events);
         retire(&mut jwt, &mut retired, now, &mut events, &mut erase);
         retire(&mut ca, &mut retired, now, &mut events, &mut erase);
         let next = KeySet::new(jwt, ca, retired, set.generation + 1)?;
         let records = next.records();
         if records == set.records() {
-            return Ok(false);
+            return Ok(reloaded);
         }
         store
-            .put_key_blobs(
+            .put_key_blobs_if(
+                RECORDS_BLOB,
+                stored,
                 vec![(RECORDS_BLOB.to_string(), record::encode(&records)?)],
                 erase,
                 events.clone(),
@@ -288,6 +317,7 @@ impl Keys {
 pub async fn run(
     keys: Arc<Keys>,
     store: Arc<dyn Storage>,
+    master: Arc<MasterKey>,
     clock: Clock,
     timing: Timing,
     on_change: impl Fn() + Send + 'static,
@@ -296,9 +326,14 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match keys.advance(&*store, clock.now(), timing).await {
+        match keys.advance(&*store, &master, clock.now(), timing).await {
             Ok(true) => on_change(),
             Ok(false) => {}
+            // Another control plane on this store changed the keys meanwhile: the next
+            // tick reads its change.
+            Err(KeyError::Store(crate::store::StoreError::Conflict(_))) => {
+                tracing::debug!("key records changed by another control plane; reading them again")
+            }
             Err(e) => tracing::warn!(error = %e, "key rotation step failed; retrying"),
         }
     }

@@ -107,6 +107,7 @@ fn a_master_key_readable_by_others_is_refused_unless_accepted() {
 const TIMING: Timing = Timing {
     publish_ahead: 600,
     host_cert_ttl: 3600,
+    shared: false,
 };
 
 fn states(k: &Keys, kind: KeyKind) -> Vec<(String, KeyState)> {
@@ -160,8 +161,14 @@ async fn a_jwt_key_is_published_then_signs_then_retires_once_its_tokens_expired(
         "{e}"
     );
 
-    assert!(!k.advance(&*store, t0 + 599, TIMING).await.expect("early"));
-    assert!(k.advance(&*store, t0 + 600, TIMING).await.expect("due"));
+    assert!(!k
+        .advance(&*store, &master, t0 + 599, TIMING)
+        .await
+        .expect("early"));
+    assert!(k
+        .advance(&*store, &master, t0 + 600, TIMING)
+        .await
+        .expect("due"));
     assert_eq!(k.signing_key().kid, next.id);
     assert_eq!(
         states(&k, KeyKind::Jwt),
@@ -178,7 +185,7 @@ async fn a_jwt_key_is_published_then_signs_then_retires_once_its_tokens_expired(
     assert_eq!(jwks_kids(&k), vec![old.clone(), next.id.clone()]);
 
     assert!(k
-        .advance(&*store, rec.retires_at, TIMING)
+        .advance(&*store, &master, rec.retires_at, TIMING)
         .await
         .expect("retire"));
     assert_eq!(jwks_kids(&k), vec![next.id.clone()]);
@@ -217,7 +224,7 @@ async fn a_key_made_in_this_process_retires_when_its_last_token_expires() {
         .rotate(KeyKind::Jwt, "a", &*store, &master, t0, TIMING)
         .await
         .expect("b");
-    k.advance(&*store, t0 + 600, TIMING)
+    k.advance(&*store, &master, t0 + 600, TIMING)
         .await
         .expect("b active");
     let c = k
@@ -226,13 +233,13 @@ async fn a_key_made_in_this_process_retires_when_its_last_token_expires() {
         .expect("c");
     // b signed one token, valid until t0 + 2000.
     k.signing_key().record_expiry(t0 + 2000);
-    k.advance(&*store, t0 + 1300, TIMING)
+    k.advance(&*store, &master, t0 + 1300, TIMING)
         .await
         .expect("c active");
     let rb = k.list().into_iter().find(|r| r.id == b.id).expect("b");
     assert_eq!(rb.state, KeyState::Retiring);
     assert_eq!(rb.retires_at, t0 + 2000, "exactly its last token's expiry");
-    k.advance(&*store, t0 + 2000, TIMING)
+    k.advance(&*store, &master, t0 + 2000, TIMING)
         .await
         .expect("b retired");
     assert_eq!(jwks_kids(&k).last(), Some(&c.id));
@@ -254,7 +261,9 @@ async fn a_ca_rotation_keeps_serving_under_the_old_ca_until_it_retires() {
         .await
         .expect("rotate");
     assert_eq!(k.bundle_ders().len(), 2, "published at once");
-    k.advance(&*store, t0 + 600, TIMING).await.expect("active");
+    k.advance(&*store, &master, t0 + 600, TIMING)
+        .await
+        .expect("active");
     assert_eq!(k.serving_ca().id, old.id, "still serving under the old CA");
     assert_eq!(k.ca_pin(), old.pin);
     let (der, _, _) = k
@@ -273,7 +282,7 @@ async fn a_ca_rotation_keeps_serving_under_the_old_ca_until_it_retires() {
     assert!(verifies(&bundle[1]), "signed by the new CA");
     assert!(!verifies(&bundle[0]), "not by the old one");
     let old_rec = k.list().into_iter().find(|r| r.id == old.id).expect("old");
-    k.advance(&*store, old_rec.retires_at, TIMING)
+    k.advance(&*store, &master, old_rec.retires_at, TIMING)
         .await
         .expect("retired");
     assert_eq!(k.serving_ca().id, next.id, "serving under the new CA");
@@ -345,4 +354,94 @@ async fn keys_from_before_rotation_become_records_with_their_blobs() {
     assert!(recs
         .iter()
         .all(|r| r.state == KeyState::Active && r.created == 100));
+}
+
+/// Two control planes on one store (as replicas of a shared store are): a rotation by one
+/// is taken up by the other's `reload`, keys it already held keep signing, and a change
+/// made from an older read of the records is refused, not written over the newer one.
+#[tokio::test]
+async fn a_second_holder_of_the_store_reloads_a_rotation_and_cannot_overwrite_it() {
+    let (_dir, store, master, k1) = fresh("td").await;
+    let k2 = Keys::load_or_create(&*store, &master, "td")
+        .await
+        .expect("second");
+    let t0 = crate::clock::Clock::system().now();
+    let old = k1.signing_key().kid.clone();
+    let next = k1
+        .rotate(KeyKind::Jwt, "alice", &*store, &master, t0, TIMING)
+        .await
+        .expect("rotate");
+    assert_eq!(jwks_kids(&k2), vec![old.clone()], "not yet reloaded");
+    assert!(k2.reload(&*store, &master, t0).await.expect("reload"));
+    assert!(!k2.reload(&*store, &master, t0).await.expect("again"));
+    assert_eq!(jwks_kids(&k2), vec![old.clone(), next.id.clone()]);
+    // The second rotates from what the store says, so the pending key is seen.
+    let e = k2
+        .rotate(KeyKind::Jwt, "bob", &*store, &master, t0, TIMING)
+        .await
+        .expect_err("one next at a time, across holders");
+    assert!(matches!(e, KeyError::RotationPending { .. }), "{e}");
+    // The first activates it; the second reads that and signs with it.
+    assert!(k1
+        .advance(&*store, &master, t0 + 600, TIMING)
+        .await
+        .expect("due"));
+    assert!(k2.reload(&*store, &master, t0 + 600).await.expect("reload"));
+    assert_eq!(k2.signing_key().kid, next.id);
+
+    // A write guarded by an older read of the records is refused and writes nothing.
+    let before = store.blob(RECORDS_BLOB).expect("read");
+    let e = store
+        .put_key_blobs_if(
+            RECORDS_BLOB,
+            None,
+            vec![(RECORDS_BLOB.to_string(), b"[]".to_vec())],
+            Vec::new(),
+            Vec::new(),
+        )
+        .await
+        .expect_err("stale");
+    assert!(matches!(e, crate::store::StoreError::Conflict(_)), "{e}");
+    assert_eq!(store.blob(RECORDS_BLOB).expect("read"), before);
+}
+
+/// On a shared store a key that stops signing stays published for the longest lifetime
+/// anything may have, even when this control plane saw nothing signed with it: another
+/// one may have signed with it.
+#[tokio::test]
+async fn on_a_shared_store_a_retiring_key_waits_for_the_longest_lifetime() {
+    for shared in [false, true] {
+        let (_dir, store, master, k) = fresh("td").await;
+        let t0 = crate::clock::Clock::system().now();
+        // A key activated while running (not loaded active), which signed nothing here.
+        let first = k
+            .rotate(KeyKind::Jwt, "alice", &*store, &master, t0, TIMING)
+            .await
+            .expect("rotate");
+        let timing = TIMING.on_shared_store(shared);
+        assert!(k
+            .advance(&*store, &master, t0 + 600, timing)
+            .await
+            .expect("due"));
+        k.rotate(KeyKind::Jwt, "alice", &*store, &master, t0 + 601, TIMING)
+            .await
+            .expect("rotate again");
+        assert!(k
+            .advance(&*store, &master, t0 + 1201, timing)
+            .await
+            .expect("due"));
+        let rec = k
+            .list()
+            .into_iter()
+            .find(|r| r.id == first.id)
+            .expect("first");
+        if shared {
+            assert_eq!(rec.state, KeyState::Retiring);
+            assert_eq!(rec.retires_at, t0 + 1201 + 3600);
+            assert!(jwks_kids(&k).contains(&first.id), "still published");
+        } else {
+            // Alone, what it saw signed is all there is: nothing, so it retires at once.
+            assert_eq!(rec.state, KeyState::Retired);
+        }
+    }
 }

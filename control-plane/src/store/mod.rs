@@ -302,6 +302,19 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         removes: Vec<String>,
         events: Vec<Event>,
     ) -> Result<()>;
+    /// As [`Storage::put_key_blobs`], only while the blob `guard` still holds `expected`
+    /// (`None`: absent), checked in the same write; otherwise `Conflict` and nothing is
+    /// written. Replicas of a shared store change the key records by this
+    /// read-check-write, so one replica's change is never overwritten by another's made
+    /// from an older read.
+    async fn put_key_blobs_if(
+        &self,
+        guard: &str,
+        expected: Option<Vec<u8>>,
+        puts: Vec<(String, Vec<u8>)>,
+        removes: Vec<String>,
+        events: Vec<Event>,
+    ) -> Result<()>;
 }
 
 #[cfg(test)]

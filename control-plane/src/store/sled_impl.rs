@@ -722,4 +722,34 @@ impl Storage for SledStore {
         })
         .await
     }
+
+    async fn put_key_blobs_if(
+        &self,
+        guard: &str,
+        expected: Option<Vec<u8>>,
+        puts: Vec<(String, Vec<u8>)>,
+        removes: Vec<String>,
+        events: Vec<Event>,
+    ) -> Result<()> {
+        let guard = guard.to_string();
+        self.write(move |tx| {
+            let now = tx.t.blobs.get(guard.as_bytes())?.map(|v| v.to_vec());
+            if now != expected {
+                return Err(StoreError::Conflict(format!(
+                    "the {guard} blob was changed meanwhile (by another control plane on this store); read it again and retry"
+                )));
+            }
+            for (name, value) in puts {
+                tx.t.blobs.insert(name.as_bytes(), value)?;
+            }
+            for name in removes {
+                tx.t.blobs.remove(name.as_bytes())?;
+            }
+            for e in events {
+                tx.event(e)?;
+            }
+            Ok(())
+        })
+        .await
+    }
 }

@@ -69,7 +69,8 @@ pub(crate) async fn run(c: &mut AdminClient<Channel>, cmd: LeaseCmd) -> Result<(
 }
 
 #[derive(clap::Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["lease", "workload", "credential", "owner", "host", "all"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["lease", "workload", "credential", "owner", "host", "all", "wait_seq"])))]
+#[command(group(ArgGroup::new("waiting").args(["wait", "wait_seq"])))]
 pub(crate) struct RevokeArgs {
     /// One lease.
     #[arg(long)]
@@ -95,14 +96,22 @@ pub(crate) struct RevokeArgs {
     /// Wait until every host has wiped.
     #[arg(long)]
     wait: bool,
+    /// Revoke nothing: wait again on the revocation at sequence SEQ (the number
+    /// `revoke` printed), as `--wait` does; on any control plane of a shared store.
+    #[arg(long, value_name = "SEQ", conflicts_with = "reason")]
+    wait_seq: Option<u64>,
     /// How long to wait.
-    #[arg(long, default_value = "30s", requires = "wait")]
+    #[arg(long, default_value = "30s", requires = "waiting")]
     timeout: String,
 }
 
 /// `leashctl revoke`.
 pub(crate) async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Result<(), Fail> {
     use v1::revocation_target_spec::Target;
+    let timeout = parse_secs(&a.timeout).map_err(Fail::usage)?;
+    if let Some(seq) = a.wait_seq {
+        return wait_for(c, seq, timeout).await;
+    }
     let target = if let Some(v) = a.lease {
         Target::Lease(v)
     } else if let Some(v) = a.workload {
@@ -116,7 +125,6 @@ pub(crate) async fn revoke(c: &mut AdminClient<Channel>, a: RevokeArgs) -> Resul
     } else {
         Target::All(true)
     };
-    let timeout = parse_secs(&a.timeout).map_err(Fail::usage)?;
     let r = c
         .revoke(v1::RevokeRequest {
             target: Some(v1::RevocationTargetSpec {

@@ -1,0 +1,389 @@
+//! Replicas of one PostgreSQL store beyond what they share through the change log: the
+//! signing keys and CAs (a rotation on one replica is taken up by the others without a
+//! restart, and replicas starting at once on an empty database make one set of keys).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use leash_tests::pg::Pg;
+use leash_tests::process::{bin, Daemon};
+use leash_tests::{Cluster, Options};
+
+use crate::pg_store::{store_config, store_database};
+use crate::API_AUD;
+
+/// A little past `[keys] publish_ahead` (default 10 minutes).
+const PAST_PUBLISH_AHEAD: Duration = Duration::from_secs(601);
+/// Longer than the clock jumps, so agents do not fail closed when the clock moves.
+const MAX_OFFLINE: &str = "2d";
+
+/// A replica's own directories and config, on the store of `url_file`, named `name`
+/// under `dir`, with the master key `key`, on the test clock `clock_file` if given.
+/// Returns the command to start it and its admin socket.
+fn replica_command(
+    name: &str,
+    dir: &Path,
+    url_file: &Path,
+    key: Key<'_>,
+    clock_file: Option<&Path>,
+) -> (Command, PathBuf) {
+    let data = dir.join(format!("{name}-data"));
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    let admin = dir.join(format!("{name}-run/admin.sock"));
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\ntrust_domain = \"{}\"\nheartbeat = \"1s\"\nmax_offline = \"{MAX_OFFLINE}\"\n{}",
+            data.display().to_string(),
+            admin.display().to_string(),
+            leash_tests::TRUST_DOMAIN,
+            store_config(url_file)
+        ),
+    )
+    .expect("write config");
+    let mut cmd = Command::new(bin("leash-control-plane"));
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env("LEASH_LOG", "info")
+        .env_remove("LEASH_ADMIN_SOCKET")
+        .env_remove("LEASH_MASTER_KEY");
+    match key {
+        Key::Env(hex) => {
+            cmd.env("LEASH_MASTER_KEY", hex);
+        }
+        Key::CopyFrom(from) => {
+            std::fs::copy(from.join("master.key"), data.join("master.key"))
+                .expect("copy the master key");
+        }
+    }
+    if let Some(f) = clock_file {
+        cmd.env(leash_proto::clock::TEST_CLOCK_ENV, f);
+    }
+    (cmd, admin)
+}
+
+/// Where a replica's master key comes from.
+enum Key<'a> {
+    /// `$LEASH_MASTER_KEY` (64 hex digits).
+    Env(&'a str),
+    /// A copy of the key file of this data directory.
+    CopyFrom(&'a Path),
+}
+
+/// Wait for a started replica to listen; its `https://` address.
+fn address(d: &mut Daemon) -> String {
+    let line = d.wait_for_line("listening on ", Duration::from_secs(30));
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_string();
+    format!("https://{addr}")
+}
+
+/// `leashctl ARGS --output json` against the admin socket `admin`, which must succeed.
+fn ctl_json(admin: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin("leashctl"))
+        .env("LEASH_ADMIN_SOCKET", admin)
+        .args(args)
+        .args(["--output", "json"])
+        .output()
+        .expect("run leashctl");
+    assert!(
+        out.status.success(),
+        "leashctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// (kind, id, state) of every key, as `key list` on `admin` shows them.
+fn key_states(admin: &Path) -> Vec<(String, String, String)> {
+    ctl_json(admin, &["key", "list"])
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|k| {
+            let s = |f: &str| k[f].as_str().expect(f).to_string();
+            (s("kind"), s("id"), s("state"))
+        })
+        .collect()
+}
+
+/// The kids `leashctl jwks` on `admin` publishes.
+fn jwks_kids(admin: &Path) -> Vec<String> {
+    let out = Command::new(bin("leashctl"))
+        .env("LEASH_ADMIN_SOCKET", admin)
+        .arg("jwks")
+        .output()
+        .expect("run leashctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut kids: Vec<String> = v["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["kid"].as_str().expect("kid").to_string())
+        .collect();
+    kids.sort();
+    kids
+}
+
+fn kid(token: &str) -> String {
+    jsonwebtoken::decode_header(token)
+        .expect("a JWT header")
+        .kid
+        .expect("a kid")
+}
+
+/// A JWT key rotated on replica A is published by replica B within its poll, without a
+/// restart; once `publish_ahead` has passed B signs with the new key and still
+/// publishes the old one.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn a_key_rotated_on_one_replica_is_published_and_used_by_the_other() {
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let mut c = Cluster::with(
+        Options::default()
+            .no_agent()
+            .max_offline(MAX_OFFLINE)
+            .config(&store_config(&url)),
+    );
+    let clock = c.dir().join("clock-offset-ms");
+    let (cmd, b_admin) = replica_command(
+        "b",
+        tmp.path(),
+        &url,
+        Key::CopyFrom(&c.data_dir),
+        Some(&clock),
+    );
+    let mut b = Daemon::spawn("replica B", cmd);
+    let b_url = address(&mut b);
+    let token = c.join_token(&[]);
+    let on_b = c.add_agent_at("host-b", &token, &b_url);
+    c.credential("api", &["--audience", API_AUD]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let old = kid(&c.get_at(on_b, "api", &["--as", "w1"]).token);
+    assert_eq!(jwks_kids(&b_admin), vec![old.clone()]);
+
+    let v = c
+        .leashctl(&["key", "rotate", "jwt", "--output", "json"])
+        .json();
+    let new = v["id"].as_str().expect("id").to_string();
+    let mut both = vec![old.clone(), new.clone()];
+    both.sort();
+    c.eventually("replica B publishes the key rotated on replica A", || {
+        (jwks_kids(&b_admin) == both).then_some(())
+    });
+    assert!(
+        key_states(&b_admin).contains(&("jwt".into(), new.clone(), "next".into())),
+        "{:?}",
+        key_states(&b_admin)
+    );
+    assert_eq!(
+        kid(&c.get_at(on_b, "api", &["--as", "w1", "--fresh"]).token),
+        old,
+        "a next key does not sign yet"
+    );
+
+    c.advance_clock(PAST_PUBLISH_AHEAD);
+    c.eventually("the new key is active on replica B", || {
+        key_states(&b_admin)
+            .contains(&("jwt".into(), new.clone(), "active".into()))
+            .then_some(())
+    });
+    assert_eq!(
+        kid(&c.get_at(on_b, "api", &["--as", "w1", "--fresh"]).token),
+        new,
+        "replica B signs with the new key"
+    );
+    assert_eq!(jwks_kids(&b_admin), both, "B still publishes the old key");
+    // Both replicas agree on every key and state.
+    c.eventually("both replicas list the same keys", || {
+        (key_states(&b_admin) == key_states(&c.admin_socket)).then_some(())
+    });
+    b.kill9();
+}
+
+/// Replicas started at once on an empty database make one CA and one JWT key between
+/// them (the first to commit its keys wins; the others use them), in every round.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn replicas_starting_at_once_on_an_empty_database_make_one_ca_and_one_jwt_key() {
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let first = store_database(&pg, tmp.path());
+    let master = "7e".repeat(32);
+    for round in 0..8 {
+        let url = if round == 0 {
+            first.clone()
+        } else {
+            let db = format!("leash_r{round}");
+            pg.sql(
+                "postgres",
+                &format!("CREATE DATABASE {db} OWNER leash_store"),
+            );
+            let file = tmp.path().join(format!("{db}.url"));
+            let text = std::fs::read_to_string(&first).expect("url");
+            let (base, _) = text
+                .trim_end()
+                .rsplit_once('/')
+                .expect("a URL with a database");
+            std::fs::write(&file, format!("{base}/{db}")).expect("write url");
+            file
+        };
+        let dir = tmp.path().join(format!("round{round}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (ca, a_admin) = replica_command("a", &dir, &url, Key::Env(&master), None);
+        let (cb, b_admin) = replica_command("b", &dir, &url, Key::Env(&master), None);
+        let mut a = Daemon::spawn("replica A", ca);
+        let mut b = Daemon::spawn("replica B", cb);
+        address(&mut a);
+        address(&mut b);
+        let on_a = key_states(&a_admin);
+        let on_b = key_states(&b_admin);
+        for kind in ["jwt", "ca"] {
+            let n = on_a.iter().filter(|(k, _, _)| k == kind).count();
+            assert_eq!(n, 1, "round {round}: one {kind} key: {on_a:?}");
+        }
+        assert_eq!(
+            on_a, on_b,
+            "round {round}: both replicas hold the same keys"
+        );
+        let ids: Vec<&str> = on_a.iter().map(|(_, id, _)| id.as_str()).collect();
+        let blobs = pg.sql(
+            &url_db(&url),
+            "SELECT convert_from(key, 'UTF8') FROM kv WHERE tree = 'blobs' ORDER BY 1",
+        );
+        assert_eq!(
+            blobs
+                .lines()
+                .map(str::trim)
+                .filter(|l| *l == "ca-key" || l.starts_with("ca-key-") || l.starts_with("jwt-key-"))
+                .count(),
+            2,
+            "round {round}: one sealed CA and one sealed JWT key ({ids:?}): {blobs}"
+        );
+        a.kill9();
+        b.kill9();
+    }
+}
+
+/// The database name in a socket URL file.
+fn url_db(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).expect("url");
+    text.trim_end()
+        .rsplit('/')
+        .next()
+        .expect("db")
+        .trim()
+        .to_string()
+}
+
+/// `kill -9` of the replica a `revoke --wait` waits on, in the middle of the wait: the
+/// wait fails (unavailable), and `revoke --wait-seq SEQ` on the other replica waits
+/// again on the same revocation and completes once the host wipes.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn a_revoke_wait_cut_by_killing_its_replica_completes_when_waited_again_on_another() {
+    use std::io::BufRead;
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let c = Cluster::with(
+        Options::default()
+            .max_offline(MAX_OFFLINE)
+            .config(&store_config(&url)),
+    );
+    let clock = c.dir().join("clock-offset-ms");
+    let (cmd, b_admin) = replica_command(
+        "b",
+        tmp.path(),
+        &url,
+        Key::CopyFrom(&c.data_dir),
+        Some(&clock),
+    );
+    let mut b = Daemon::spawn("replica B", cmd);
+    address(&mut b);
+    c.credential("api", &["--audience", API_AUD]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let held = c.get_at(0, "api", &["--as", "w1"]);
+
+    // The agent (on replica A) cannot wipe yet: the wait on B stays open.
+    c.signal_agent(0, nix::sys::signal::Signal::SIGSTOP);
+    let mut wait = Command::new(bin("leashctl"))
+        .env("LEASH_ADMIN_SOCKET", &b_admin)
+        .args([
+            "revoke",
+            "--lease",
+            &held.lease_id,
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run leashctl");
+    let mut lines = std::io::BufReader::new(wait.stderr.take().expect("stderr")).lines();
+    let mut next_line = |what: &str| -> String {
+        loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("leashctl ended before {what}"))
+                .expect("read stderr");
+            if line.contains(what) {
+                return line;
+            }
+        }
+    };
+    let line = next_line("at sequence ");
+    let seq = line
+        .split("at sequence ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .expect("a sequence")
+        .to_string();
+    next_line("wiped on 0/1 hosts");
+    b.kill9();
+    let status = wait.wait().expect("leashctl ends");
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "the wait on the killed replica is unavailable"
+    );
+
+    c.signal_agent(0, nix::sys::signal::Signal::SIGCONT);
+    let out = c.leashctl(&["revoke", "--wait-seq", &seq, "--timeout", "20s"]);
+    out.code(0);
+    assert!(out.stdout.contains("wiped on 1/1 hosts"), "{out}");
+    println!(
+        "revoke --wait-seq {seq} on the other replica:\n{}{}",
+        out.stderr, out.stdout
+    );
+    let again = c.get_at(0, "api", &["--as", "w1"]);
+    assert_ne!(
+        again.lease_id, held.lease_id,
+        "the revoked lease is not served"
+    );
+
+    // Waiting on a revocation that does not exist is not found; one with a target too
+    // is a usage error.
+    c.leashctl(&["revoke", "--wait-seq", "999999"]).code(4);
+    c.leashctl(&["revoke", "--wait-seq", &seq, "--lease", &held.lease_id])
+        .code(1);
+}
