@@ -8,7 +8,8 @@
 //!   the kernel never recycles, instead of a pid number that it does;
 //! - process hardening: [`set_not_dumpable`] and [`set_child_subreaper`];
 //! - terminals for `leash exec`'s masked child: [`window_size`], [`set_window_size`] and
-//!   [`controlling_terminal_on_exec`];
+//!   [`controlling_terminal_on_exec`], and its output's way through the filter without a
+//!   second copy: [`tee`] and [`splice`];
 //! - secret memory: [`SecretBuf`], a page-aligned allocation that is locked in RAM and kept
 //!   out of core dumps, and the range helpers it uses ([`lock_memory`], [`dont_dump`], …).
 //!
@@ -517,6 +518,41 @@ pub fn controlling_terminal_on_exec(cmd: &mut tokio::process::Command) {
             Ok(())
         });
     }
+}
+
+/// `tee(2)`: duplicate up to `len` bytes from the head of the pipe `from` into the pipe
+/// `to` without consuming them (the kernel shares the pages; nothing is copied). Blocks
+/// until `from` holds something; 0 when its writers are gone and it is empty.
+pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: tee(2) takes two descriptors, borrowed for the call, and integers; it
+    // touches no memory of ours.
+    let n = unsafe { libc::tee(from.as_raw_fd(), to.as_raw_fd(), len, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `splice(2)` at the descriptors' own positions: move up to `len` bytes from `from` to
+/// `to`, one of which is a pipe (pages move between pipes instead of being copied).
+/// Returns how many moved; blocks as a read or write on the same descriptors would.
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: null offsets mean "the descriptor's own position", so the kernel reads and
+    // writes no memory of ours; both descriptors are borrowed for the call.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 #[cfg(test)]

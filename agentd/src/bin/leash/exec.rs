@@ -181,8 +181,27 @@ fn reap() {
     }
 }
 
+/// Whether any process is still our child, once the zombies are reaped. Every live
+/// descendant has one: as a subreaper we inherit the orphans, so the top of its chain
+/// below us is a child of ours (or still a zombie, which [`reap`] would have cleared).
+fn has_children() -> bool {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => return true,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::ECHILD) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// SIGTERM every leftover process of the task, then SIGKILL after `grace`.
 async fn stop_leftovers(grace: Duration) {
+    // The common case, the command left nothing behind, without reading all of `/proc`.
+    if !has_children() {
+        return;
+    }
     let left = descendants();
     if left.is_empty() {
         return;

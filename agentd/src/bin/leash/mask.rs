@@ -23,10 +23,13 @@
 //! their first bytes (`e` of `eyJ…`, `Z` of its base64), which ordinary text is full of,
 //! and it ran at a third of the speed of copying the output.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 
 use aho_corasick::{packed, AhoCorasick, Input, Match, MatchKind, Span};
 use base64::Engine;
+use leash_agentd::sys;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Shorter values are not masked.
@@ -255,6 +258,110 @@ pub(crate) fn pump(p: &Patterns, mut input: impl Read, mut output: impl Write) -
     }
 }
 
+/// As [`pump`], for `input` a pipe, without a second copy of what goes out unchanged.
+/// The pipe's pages are duplicated with `tee(2)` (shared, not copied) into a pipe of our
+/// own, and read from there to be scanned; then what needs no mask moves on from `input`
+/// to `output` with `splice(2)`, and the rest of what was read leaves `input` for
+/// `/dev/null`. Only masked output and the bytes held back at the end of a read (see
+/// [`Patterns::hold_from`]) are written from memory. A kernel that will not tee `input`
+/// gets [`pump`]; an `output` that takes no splice (a file opened to append, some
+/// terminals) is written from memory. The same bytes come out in the same order as
+/// through [`pump`], and a failed write ends the copy in the same way.
+pub(crate) fn pump_pipe(p: &Patterns, input: File, output: File) -> io::Result<()> {
+    let Ok((peek_r, peek_w)) = io::pipe() else {
+        return pump(p, input, output);
+    };
+    // As large as the pipe we read from (`crate::stdio`), so one tee takes all it holds.
+    let _ = nix::fcntl::fcntl(
+        peek_w.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as libc::c_int),
+    );
+    let null = File::options().write(true).open("/dev/null").ok();
+    let mut buf = vec![0u8; CHUNK + p.max_len];
+    // `buf[..held]` has left `input` already and is not yet out (the held-back tail);
+    // everything `input` holds is new.
+    let mut held = 0;
+    let mut out = Vec::new();
+    let mut can_splice = true;
+    let mut first = true;
+    loop {
+        let n = match sys::tee(input.as_fd(), peek_w.as_fd(), CHUNK) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if first && e.raw_os_error() == Some(libc::EINVAL) => {
+                return pump(p, input, output)
+            }
+            Err(e) => return Err(e),
+        };
+        first = false;
+        (&peek_r).read_exact(&mut buf[held..held + n])?;
+        let filled = held + n;
+        let eof = n == 0;
+        out.clear();
+        let (done, masked) = p.scan(&buf[..filled], eof, &mut out);
+        // How many of the `n` new bytes went out straight from `input`.
+        let mut spliced = 0;
+        if masked {
+            (&output).write_all(&out)?;
+        } else {
+            (&output).write_all(&buf[..done.min(held)])?;
+            if done > held {
+                if can_splice && splice_all(&input, &output, done - held)? {
+                    spliced = done - held;
+                } else {
+                    can_splice = false;
+                    (&output).write_all(&buf[held..done])?;
+                }
+            }
+        }
+        discard(&input, null.as_ref(), n - spliced)?;
+        buf.copy_within(done..filled, 0);
+        held = filled - done;
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+/// Move exactly `len` bytes from the pipe `input` to `output`. `Ok(false)` when `output`
+/// takes no splice (nothing moved then).
+fn splice_all(input: &File, output: &File, len: usize) -> io::Result<bool> {
+    let mut moved = 0;
+    while moved < len {
+        match sys::splice(input.as_fd(), output.as_fd(), len - moved) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => moved += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if moved == 0 && e.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Take `len` bytes (that it holds) out of the pipe `input` unseen: spliced into
+/// `/dev/null` when it is open, read otherwise.
+fn discard(input: &File, null: Option<&File>, len: usize) -> io::Result<()> {
+    let mut left = len;
+    if let Some(null) = null {
+        while left > 0 {
+            match sys::splice(input.as_fd(), null.as_fd(), left) {
+                Ok(0) => break,
+                Ok(k) => left -= k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+    let mut scratch = [0u8; 4096];
+    while left > 0 {
+        let k = left.min(scratch.len());
+        (&*input).read_exact(&mut scratch[..k])?;
+        left -= k;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +489,122 @@ mod tests {
         assert!(!out.contains(JWT));
         assert_eq!(out.matches("<leash:api>").count(), 20_000);
         assert!(out.ends_with("line 19999 <leash:api>\n"));
+    }
+
+    /// `text` written into a pipe `piece` bytes at a time, through [`pump_pipe`] into
+    /// `output`; what `pump_pipe` returned.
+    fn through_pipe(p: &Patterns, text: &[u8], piece: usize, output: File) -> io::Result<()> {
+        let (r, mut w) = io::pipe().expect("pipe");
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for c in text.chunks(piece) {
+                    if w.write_all(c).is_err() {
+                        break;
+                    }
+                }
+            });
+            pump_pipe(p, File::from(std::os::fd::OwnedFd::from(r)), output)
+        })
+    }
+
+    /// As [`through_pipe`] into another pipe; what came out of it.
+    fn pipe_to_pipe(p: &Patterns, text: &[u8], piece: usize) -> Vec<u8> {
+        let (mut out_r, out_w) = io::pipe().expect("pipe");
+        std::thread::scope(|s| {
+            let reader = s.spawn(move || {
+                let mut v = Vec::new();
+                out_r.read_to_end(&mut v).expect("read");
+                v
+            });
+            through_pipe(
+                p,
+                text,
+                piece,
+                File::from(std::os::fd::OwnedFd::from(out_w)),
+            )
+            .expect("pump_pipe");
+            reader.join().expect("reader")
+        })
+    }
+
+    /// Log lines with values, their first bytes and near misses at every alignment.
+    fn mixed_text(lines: usize) -> Vec<u8> {
+        let mut text = Vec::new();
+        for i in 0..lines {
+            let line = match i % 5 {
+                0 => format!("line {i} token={JWT} ok\n"),
+                1 => format!("line {i} eyJhbGci status=200 p@ss\n"),
+                2 => format!(
+                    "line {i} pw=p%40ss%20w%2Frd%2B%26x {}\n",
+                    "x".repeat(i % 97)
+                ),
+                3 => format!("{JWT}{JWT}"),
+                _ => format!("line {i} eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJ"),
+            };
+            text.extend_from_slice(line.as_bytes());
+        }
+        text
+    }
+
+    #[test]
+    fn pump_pipe_gives_what_pump_gives_whatever_the_writes() {
+        let p = patterns();
+        let small = mixed_text(60);
+        let big = mixed_text(60_000);
+        for (text, pieces) in [
+            (&small, &[1usize, 2, 3, 7, 61][..]),
+            (&big, &[4096, 65_536 + 3, 1 << 20, 3 << 20][..]),
+        ] {
+            let mut want = Vec::new();
+            pump(&p, io::Cursor::new(text), &mut want).expect("pump");
+            assert!(want.windows(JWT.len()).all(|w| w != JWT.as_bytes()));
+            for &piece in pieces {
+                let got = pipe_to_pipe(&p, text, piece);
+                assert!(got == want, "writes of {piece} bytes: output differs");
+            }
+        }
+        // Nothing to mask at all: every byte goes out as it came.
+        let plain: Vec<u8> = (0..3_000_000u32)
+            .map(|i| b"abcdefgh\n"[i as usize % 9])
+            .collect();
+        assert!(pipe_to_pipe(&p, &plain, 100_000) == plain);
+    }
+
+    #[test]
+    fn pump_pipe_writes_to_files_appended_to_or_not() {
+        let p = patterns();
+        let text = mixed_text(20_000);
+        let mut want = Vec::new();
+        pump(&p, io::Cursor::new(&text), &mut want).expect("pump");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A file opened to append takes no splice: written from memory instead.
+        let appended = dir.path().join("appended");
+        std::fs::write(&appended, b"before\n").expect("write");
+        let f = File::options().append(true).open(&appended).expect("open");
+        through_pipe(&p, &text, 65_536, f).expect("pump_pipe");
+        let mut expect = b"before\n".to_vec();
+        expect.extend_from_slice(&want);
+        assert!(std::fs::read(&appended).expect("read") == expect);
+        let plain = dir.path().join("plain");
+        let f = File::create(&plain).expect("create");
+        through_pipe(&p, &text, 65_536, f).expect("pump_pipe");
+        assert!(std::fs::read(&plain).expect("read") == want);
+    }
+
+    #[test]
+    fn pump_pipe_stops_with_broken_pipe_when_nobody_reads_its_output() {
+        let p = patterns();
+        let (out_r, out_w) = io::pipe().expect("pipe");
+        drop(out_r);
+        let text = mixed_text(1000);
+        let e = through_pipe(
+            &p,
+            &text,
+            4096,
+            File::from(std::os::fd::OwnedFd::from(out_w)),
+        )
+        .expect_err("no reader");
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
     }
 
     #[test]

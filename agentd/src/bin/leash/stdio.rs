@@ -12,9 +12,9 @@ use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::termios::{self, SetArg, Termios};
 
@@ -45,6 +45,8 @@ impl Drop for RawMode {
 /// The filters of a running child.
 pub(crate) struct Filtered {
     threads: Vec<JoinHandle<()>>,
+    /// Disconnected once every thread in `threads` has ended (each holds a sender).
+    ended: mpsc::Receiver<()>,
     /// The pty's master side, when the child has a pty (for window-size changes).
     master: Option<Arc<File>>,
     raw: Option<RawMode>,
@@ -66,11 +68,29 @@ fn filter_thread(
     p: Arc<Patterns>,
     input: impl Read + Send + 'static,
     output: File,
+    ended: mpsc::Sender<()>,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("leash-mask".into())
         .spawn(move || {
             let _ = mask::pump(&p, input, output);
+            drop(ended);
+        })
+}
+
+/// As [`filter_thread`] for the read end of a pipe: unmasked output moves on from it
+/// without a second copy ([`mask::pump_pipe`]).
+fn pipe_filter_thread(
+    p: Arc<Patterns>,
+    input: File,
+    output: File,
+    ended: mpsc::Sender<()>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("leash-mask".into())
+        .spawn(move || {
+            let _ = mask::pump_pipe(&p, input, output);
+            drop(ended);
         })
 }
 
@@ -81,7 +101,11 @@ fn ours(fd: impl AsFd) -> io::Result<File> {
 
 /// A pipe whose write end becomes the child's stream and whose read end is filtered to
 /// our `out`.
-fn piped(p: &Arc<Patterns>, out: File) -> io::Result<(Stdio, JoinHandle<()>)> {
+fn piped(
+    p: &Arc<Patterns>,
+    out: File,
+    ended: &mpsc::Sender<()>,
+) -> io::Result<(Stdio, JoinHandle<()>)> {
     let (r, w) = io::pipe()?;
     // A pipe of a read's size (the default is 64 KiB) lets the child write on while the
     // filter works, and the filter take what is there in one read: fewer wake-ups on both
@@ -90,7 +114,7 @@ fn piped(p: &Arc<Patterns>, out: File) -> io::Result<(Stdio, JoinHandle<()>)> {
         std::os::fd::AsRawFd::as_raw_fd(&r),
         nix::fcntl::FcntlArg::F_SETPIPE_SZ(mask::CHUNK as libc::c_int),
     );
-    let t = filter_thread(p.clone(), r, out)?;
+    let t = pipe_filter_thread(p.clone(), File::from(OwnedFd::from(r)), out, ended.clone())?;
     Ok((Stdio::from(w), t))
 }
 
@@ -98,12 +122,14 @@ fn piped(p: &Arc<Patterns>, out: File) -> io::Result<(Stdio, JoinHandle<()>)> {
 /// start the threads that copy. Call right before spawning; drop `cmd` right after, so
 /// only the child holds the write ends.
 pub(crate) fn wire(cmd: &mut tokio::process::Command, p: Arc<Patterns>) -> io::Result<Filtered> {
+    let (ended_tx, ended) = mpsc::channel();
     if !io::stdout().is_terminal() {
-        let (out, t1) = piped(&p, ours(io::stdout())?)?;
-        let (err, t2) = piped(&p, ours(io::stderr())?)?;
+        let (out, t1) = piped(&p, ours(io::stdout())?, &ended_tx)?;
+        let (err, t2) = piped(&p, ours(io::stderr())?, &ended_tx)?;
         cmd.stdout(out).stderr(err);
         return Ok(Filtered {
             threads: vec![t1, t2],
+            ended,
             master: None,
             raw: None,
         });
@@ -116,12 +142,13 @@ pub(crate) fn wire(cmd: &mut tokio::process::Command, p: Arc<Patterns>) -> io::R
         p.clone(),
         ArcRead(master.clone()),
         ours(io::stdout())?,
+        ended_tx.clone(),
     )?];
     cmd.stdout(Stdio::from(slave.try_clone()?));
     if io::stderr().is_terminal() {
         cmd.stderr(Stdio::from(slave.try_clone()?));
     } else {
-        let (err, t) = piped(&p, ours(io::stderr())?)?;
+        let (err, t) = piped(&p, ours(io::stderr())?, &ended_tx)?;
         cmd.stderr(err);
         threads.push(t);
     }
@@ -147,6 +174,7 @@ pub(crate) fn wire(cmd: &mut tokio::process::Command, p: Arc<Patterns>) -> io::R
     drop(slave);
     Ok(Filtered {
         threads,
+        ended,
         master: Some(master),
         raw,
     })
@@ -181,12 +209,14 @@ impl Filtered {
     /// Wait (at most `limit`) until everything the child's processes wrote has gone out,
     /// then put our terminal back.
     pub(crate) fn finish(mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
+        // Nothing is sent: this returns as the last thread drops its sender (at its very
+        // end, so joining is then immediate), or at the limit.
+        let all_ended = matches!(
+            self.ended.recv_timeout(limit),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        );
         for t in std::mem::take(&mut self.threads) {
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
+            if all_ended || t.is_finished() {
                 let _ = t.join();
             }
         }
