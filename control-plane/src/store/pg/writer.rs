@@ -212,7 +212,7 @@ pub(super) fn writer(
         // replica may have appended events since this one's last batch. A new store
         // starts its chain here (written with this batch).
         let counters = counters
-            .and_then(|c| super::super::chain::open_head(&t.meta, c.1).map(|(head, _)| (c, head)));
+            .and_then(|c| crate::store::chain::open_head(&t.meta, c.1).map(|(head, _)| (c, head)));
         let ((seq, event_id, queued, changed), head) =
             counters.as_ref().cloned().unwrap_or_else(|_| {
                 (
@@ -243,8 +243,8 @@ pub(super) fn writer(
             t.meta.insert("event_id", &be(tx.event_id))?;
             if tx.head != head {
                 t.meta.insert(
-                    super::super::chain::HEAD_KEY,
-                    super::super::codec::enc(&tx.head),
+                    crate::store::chain::HEAD_KEY,
+                    crate::store::codec::enc(&tx.head),
                 )?;
             }
             if tx.ended_changed || tx.ended_queued {
