@@ -226,6 +226,12 @@ impl Agent {
         h.last_seq = h.last_seq.max(seq);
     }
 
+    /// Start again from `seq`, below where this agent was: the control plane's store
+    /// is older than what this agent saw (see `sync.rs`).
+    pub fn restart_from(&self, seq: u64) {
+        lock(&self.health).last_seq = seq;
+    }
+
     fn effective_max_offline(&self, from_cp: u32) -> u32 {
         let from_cp = if from_cp == 0 {
             DEFAULT_MAX_OFFLINE_SECS

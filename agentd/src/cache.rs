@@ -235,7 +235,22 @@ impl Cache {
         dropped
     }
 
-    /// Drop everything (eviction, failing closed).
+    /// The highest issue sequence of a credential held (0 when none).
+    pub fn max_seq(&self) -> u64 {
+        self.read().values().map(|e| e.seq).max().unwrap_or(0)
+    }
+
+    /// Forget the revocations remembered for the in-flight race: their sequences belong
+    /// to a history the control plane no longer has (a store restored to an older point),
+    /// and would drop credentials issued at its lower sequences.
+    pub fn forget_applied(&self) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Drop everything (eviction, failing closed, a control plane behind this agent).
     pub fn wipe_all(&self) -> usize {
         let n = {
             let mut map = self.write();

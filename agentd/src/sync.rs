@@ -179,6 +179,23 @@ async fn apply(
             agent.advance(r.seq);
         }
         Msg::CaughtUp(c) => {
+            let mine = agent.health().last_seq.max(agent.cache.max_seq());
+            if c.store_seq > 0 && mine > c.store_seq {
+                // The control plane's store is older than what this agent has seen: it was
+                // restored to an earlier point (or replaced). Revocations made after that
+                // point are lost with it, and what was issued after it is unknown to it,
+                // so nothing held here can be vouched for: wipe everything, and start again
+                // from its sequence.
+                let wiped = agent.cache.wipe_all();
+                agent.cache.forget_applied();
+                agent.restart_from(c.store_seq.min(c.seq));
+                tracing::warn!(
+                    ours = mine,
+                    control_plane = c.store_seq,
+                    wiped,
+                    "the control plane's state is older than this agent's (restored from a backup?): wiped every credential"
+                );
+            }
             agent.advance(c.seq);
             agent.caught_up(c.max_offline_secs);
             // Tasks that ended while the control plane was away: their leases complete

@@ -368,3 +368,71 @@ fn cut_past_max_offline_fails_closed_and_nothing_revoked_meanwhile_comes_back() 
     assert!(out.stdout.contains("wiped on 1/1 hosts"), "{out}");
     assert_ne!(c.get("api", &[]).lease_id, api2.lease_id);
 }
+
+/// Copy a stopped control plane's data directory (a backup, or a restore of one).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+#[test]
+fn an_agent_ahead_of_a_store_restored_to_an_older_point_wipes_what_it_holds() {
+    if leash_tests::sled_only("it restores the sled data directory from a copy") {
+        return;
+    }
+    let mut c = Cluster::start();
+    basic(&c);
+    let before = c.get("api", &[]);
+    // A backup of the store, taken with the control plane stopped.
+    assert_eq!(c.stop_control_plane(), 0);
+    let backup = c.dir().join("backup");
+    copy_tree(&c.data_dir, &backup);
+    c.restart_control_plane();
+    c.wait_caught_up_at(0);
+    // After the backup point: a change the agent sees, and a credential the restored
+    // store will know nothing of.
+    c.leashctl(&[
+        "workload",
+        "add",
+        "ci/other",
+        "--owner",
+        "team-ci",
+        "--selector",
+        "unix:uid:12345",
+    ])
+    .code(0);
+    let after = c.get("api", &["--fresh"]);
+    assert_ne!(after.lease_id, before.lease_id);
+    assert!(c.get("api", &[]).cached, "served from the agent's cache");
+
+    // The store goes back to the backup; the agent, still running, reconnects to it.
+    assert_eq!(c.stop_control_plane(), 0);
+    copy_tree(&backup, &c.data_dir);
+    c.restart_control_plane();
+    c.eventually(
+        "the agent wiped what the restored store cannot vouch for",
+        || {
+            c.agent_log(&c.agent(0).name)
+                .contains("the control plane's state is older than this agent's")
+                .then_some(())
+        },
+    );
+    c.wait_caught_up_at(0);
+    let now = c.get("api", &[]);
+    assert!(
+        !now.cached && now.lease_id != after.lease_id && now.token != after.token,
+        "the credential issued after the backup point is not served again: {} {}",
+        now.lease_id,
+        after.lease_id
+    );
+    // And the restored control plane's revocations reach the agent as usual.
+    let r = c.leashctl(&["revoke", "--workload", "ci/job", "--wait"]);
+    assert!(r.stdout.contains("wiped on 1/1 hosts"), "{r}");
+    assert_ne!(c.get("api", &[]).lease_id, now.lease_id);
+}

@@ -3,6 +3,7 @@
 //! usage).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use leash_proto::v1;
 use tokio::sync::mpsc;
@@ -126,6 +127,9 @@ pub enum SyncEnd {
     Store(#[from] StoreError),
 }
 
+/// How long an agent ahead of the store waits for it (a replica a moment behind).
+const AHEAD_GRACE: Duration = Duration::from_secs(3);
+
 /// Drive one Sync stream until either side goes away.
 pub(super) async fn run_sync(
     s: &Shared,
@@ -175,7 +179,27 @@ pub(super) async fn run_sync(
             revocations: Vec::new(),
         })),
     };
-    let mut sent = match s.store.changes_since(last_seq)? {
+    // An agent ahead of the store: a replica may be a moment behind another (it reads
+    // what the others committed on a notification or a poll), so give it a little time.
+    // Still ahead then, the store was restored to an older point (or replaced): the
+    // agent gets a full snapshot at the store's sequence, and an agent told a sequence
+    // below its own wipes everything it holds (agentd/src/sync.rs), since revocations
+    // made after that point are lost with it.
+    let deadline = tokio::time::Instant::now() + AHEAD_GRACE;
+    while last_seq > s.store.current_seq() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ahead = last_seq > s.store.current_seq();
+    if ahead {
+        tracing::warn!(host = %host.name, agent_seq = last_seq, store_seq = s.store.current_seq(),
+            "the agent has seen more than this store holds (restored from a backup?): it gets a full snapshot and wipes what it holds");
+    }
+    let backlog = if ahead {
+        None
+    } else {
+        s.store.changes_since(last_seq)?
+    };
+    let mut sent = match backlog {
         Some(backlog) if last_seq > 0 => {
             let mut sent = last_seq;
             // A workload that stopped matching (or was removed) and does not match now
@@ -220,6 +244,7 @@ pub(super) async fn run_sync(
         msg: Some(Msg::CaughtUp(v1::CaughtUp {
             seq: sent,
             max_offline_secs: max_offline,
+            store_seq: s.store.current_seq(),
         })),
     })
     .await?;
