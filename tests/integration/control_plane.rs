@@ -41,11 +41,13 @@ fn assert_refused(c: &Cluster, token: &str, reason: &str) {
         log.to_lowercase().contains(&reason.to_lowercase()),
         "the agent does not say {reason:?}\n{log}"
     );
-    assert!(
-        c.control_plane_log().contains("enrollment refused"),
-        "the control plane does not log the refusal\n{}",
+    // The log is read from the daemon's pipe by a thread: wait for the line rather than
+    // race the reader.
+    c.eventually("the control plane logs the refusal", || {
         c.control_plane_log()
-    );
+            .contains("enrollment refused")
+            .then_some(())
+    });
     assert!(
         !denied_events(c, reason).is_empty(),
         "no denied event mentions {reason:?}\n{:#?}",

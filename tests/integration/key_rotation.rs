@@ -425,5 +425,9 @@ fn the_https_listener_follows_a_ca_rotation_without_restart() {
     assert_eq!(count_certs(&c.agent(1).state_dir.join("ca.crt")), 1);
     let health = crate::oidc::curl(&c, &only_new, "/healthz", &[], None);
     assert_eq!(health.status, 200, "{health:?}");
-    assert!(c.control_plane_log().contains("serving under a new CA"));
+    c.eventually("the log says serving under a new CA", || {
+        c.control_plane_log()
+            .contains("serving under a new CA")
+            .then_some(())
+    });
 }

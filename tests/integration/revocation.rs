@@ -289,7 +289,9 @@ fn evicted_host_wipes_everything_and_is_refused() {
         "{st}"
     );
     c.leash(&["get", "api"]).code(5).stderr_has(&["evicted"]);
-    assert!(c.agent_log("host-1").contains("evicted"));
+    c.eventually("the log says evicted", || {
+        c.agent_log("host-1").contains("evicted").then_some(())
+    });
 
     let hosts = c.leashctl(&["host", "list", "--output", "json"]).json();
     assert_eq!(hosts[0]["evicted"], true, "{hosts}");
@@ -385,7 +387,11 @@ fn agent_fails_closed_past_max_offline() {
     let (c, _) = failing_closed_cluster();
     // Cached credentials are gone, and misses are refused the same way.
     c.leash(&["get", "api", "--fresh"]).code(5);
-    assert!(c.agent_log("host-1").contains("failing closed"));
+    c.eventually("the log says failing closed", || {
+        c.agent_log("host-1")
+            .contains("failing closed")
+            .then_some(())
+    });
     c.signal_control_plane(Signal::SIGCONT);
 }
 

@@ -85,6 +85,14 @@ fn test_args(mut args: Vec<String>, root: bool) -> Vec<String> {
     args
 }
 
+/// The integration tests mostly wait on the daemons they start (a test uses about half
+/// a core), so they run four at a time unless `RUST_TEST_THREADS` says otherwise.
+fn test_threads() -> Option<(&'static str, &'static str)> {
+    std::env::var_os("RUST_TEST_THREADS")
+        .is_none()
+        .then_some(("RUST_TEST_THREADS", "4"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -102,9 +110,14 @@ fn main() -> ExitCode {
                 leash_tests::pg::bin_dir().map_err(anyhow::Error::msg)?;
             }
             // The third-party clients some tests use (tests/python/requirements.txt), made
-            // once from the package registry, not a test at a time.
-            leash_tests::python::ensure().map_err(anyhow::Error::msg)?;
-            run(cargo().args(TEST_BINS_BUILD))?;
+            // once from the package registry, not a test at a time; while the binaries
+            // build, since it mostly waits on the registry.
+            let venv = std::thread::spawn(leash_tests::python::ensure);
+            let built = run(cargo().args(TEST_BINS_BUILD));
+            venv.join()
+                .map_err(|_| anyhow::anyhow!("making the Python environment panicked"))?
+                .map_err(anyhow::Error::msg)?;
+            built?;
             // The same feature set as the binaries, so the test build reuses what that
             // build compiled instead of compiling the workspace a second time.
             let root = nix::unistd::geteuid().is_root();
@@ -116,6 +129,7 @@ fn main() -> ExitCode {
                     "--features",
                     "leash-proto/test-clock",
                 ])
+                .envs(test_threads())
                 .args(test_args(args.clone(), root)))?;
             eprintln!("tests on sled took {:.0?}", started.elapsed());
             // As root (CI), the integration suite again with every control plane on
@@ -133,6 +147,7 @@ fn main() -> ExitCode {
                         "leash-proto/test-clock",
                     ])
                     .env(leash_tests::pg::TEST_STORE_ENV, "postgres")
+                    .envs(test_threads())
                     .args(test_args(args, root)))?;
                 eprintln!(
                     "integration tests on postgres took {:.0?}",
