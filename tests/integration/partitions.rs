@@ -280,8 +280,12 @@ fn task_lease_revoked_during_the_cut_stays_revoked_and_the_rest_completes() {
     c.eventually("the control plane learns the task ended", || {
         (c.lease(&db_lease)["state"] == "completed").then_some(())
     });
-    // The revocation came first: the completion does not overwrite it.
-    let l = c.lease(&api_lease);
+    // The revocation came first: the completion does not overwrite it. The wait counts
+    // the acknowledgment as it arrives; its `wiped` event is written to the store after.
+    let l = c.eventually("the wipe is on the lease's timeline", || {
+        let l = c.lease(&api_lease);
+        timeline_types(&l).iter().any(|t| t == "wiped").then_some(l)
+    });
     assert_eq!(l["state"], "revoked", "{l}");
     let types = timeline_types(&l);
     assert!(
