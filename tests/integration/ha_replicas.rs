@@ -2,7 +2,7 @@
 //! signing keys and CAs (a rotation on one replica is taken up by the others without a
 //! restart, and replicas starting at once on an empty database make one set of keys).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,81 +10,13 @@ use leash_tests::pg::Pg;
 use leash_tests::process::{bin, Daemon};
 use leash_tests::{Cluster, Options};
 
-use crate::pg_store::{store_config, store_database};
+use crate::pg_store::{address, replica_command, store_config, store_database, Key};
 use crate::API_AUD;
 
 /// A little past `[keys] publish_ahead` (default 10 minutes).
 const PAST_PUBLISH_AHEAD: Duration = Duration::from_secs(601);
 /// Longer than the clock jumps, so agents do not fail closed when the clock moves.
 const MAX_OFFLINE: &str = "2d";
-
-/// A replica's own directories and config, on the store of `url_file`, named `name`
-/// under `dir`, with the master key `key`, on the test clock `clock_file` if given.
-/// Returns the command to start it and its admin socket.
-fn replica_command(
-    name: &str,
-    dir: &Path,
-    url_file: &Path,
-    key: Key<'_>,
-    clock_file: Option<&Path>,
-) -> (Command, PathBuf) {
-    let data = dir.join(format!("{name}-data"));
-    std::fs::create_dir_all(&data).expect("mkdir");
-    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .expect("chmod");
-    let admin = dir.join(format!("{name}-run/admin.sock"));
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\ntrust_domain = \"{}\"\nheartbeat = \"1s\"\nmax_offline = \"{MAX_OFFLINE}\"\n{}",
-            data.display().to_string(),
-            admin.display().to_string(),
-            leash_tests::TRUST_DOMAIN,
-            store_config(url_file)
-        ),
-    )
-    .expect("write config");
-    let mut cmd = Command::new(bin("leash-control-plane"));
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .env("LEASH_LOG", "info")
-        .env_remove("LEASH_ADMIN_SOCKET")
-        .env_remove("LEASH_MASTER_KEY");
-    match key {
-        Key::Env(hex) => {
-            cmd.env("LEASH_MASTER_KEY", hex);
-        }
-        Key::CopyFrom(from) => {
-            std::fs::copy(from.join("master.key"), data.join("master.key"))
-                .expect("copy the master key");
-        }
-    }
-    if let Some(f) = clock_file {
-        cmd.env(leash_proto::clock::TEST_CLOCK_ENV, f);
-    }
-    (cmd, admin)
-}
-
-/// Where a replica's master key comes from.
-enum Key<'a> {
-    /// `$LEASH_MASTER_KEY` (64 hex digits).
-    Env(&'a str),
-    /// A copy of the key file of this data directory.
-    CopyFrom(&'a Path),
-}
-
-/// Wait for a started replica to listen; its `https://` address.
-fn address(d: &mut Daemon) -> String {
-    let line = d.wait_for_line("listening on ", Duration::from_secs(30));
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("address")
-        .to_string();
-    format!("https://{addr}")
-}
 
 /// `leashctl ARGS --output json` against the admin socket `admin`, which must succeed.
 fn ctl_json(admin: &Path, args: &[&str]) -> serde_json::Value {
@@ -168,6 +100,7 @@ fn a_key_rotated_on_one_replica_is_published_and_used_by_the_other() {
         &url,
         Key::CopyFrom(&c.data_dir),
         Some(&clock),
+        MAX_OFFLINE,
     );
     let mut b = Daemon::spawn("replica B", cmd);
     let b_url = address(&mut b);
@@ -247,8 +180,8 @@ fn replicas_starting_at_once_on_an_empty_database_make_one_ca_and_one_jwt_key() 
         };
         let dir = tmp.path().join(format!("round{round}"));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let (ca, a_admin) = replica_command("a", &dir, &url, Key::Env(&master), None);
-        let (cb, b_admin) = replica_command("b", &dir, &url, Key::Env(&master), None);
+        let (ca, a_admin) = replica_command("a", &dir, &url, Key::Env(&master), None, MAX_OFFLINE);
+        let (cb, b_admin) = replica_command("b", &dir, &url, Key::Env(&master), None, MAX_OFFLINE);
         let mut a = Daemon::spawn("replica A", ca);
         let mut b = Daemon::spawn("replica B", cb);
         address(&mut a);
@@ -316,6 +249,7 @@ fn a_revoke_wait_cut_by_killing_its_replica_completes_when_waited_again_on_anoth
         &url,
         Key::CopyFrom(&c.data_dir),
         Some(&clock),
+        MAX_OFFLINE,
     );
     let mut b = Daemon::spawn("replica B", cmd);
     address(&mut b);

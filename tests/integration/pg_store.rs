@@ -3,7 +3,7 @@
 //! recorded in `schema_migrations`, a newer schema refused at start, and a URL that is
 //! never printed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -182,21 +182,27 @@ fn an_unusable_store_url_stops_the_start_without_printing_it() {
     assert!(!stderr.contains("Wr0ng-pw-secret-77"), "{stderr}");
 }
 
-/// A second control plane (replica) on the same database and master key as `c`, with
-/// its own data dir, admin socket and port. Returns it and its address.
-fn start_replica(c: &Cluster, url_file: &Path, dir: &Path) -> (Daemon, String, std::path::PathBuf) {
-    let data = dir.join("replica-data");
+/// A replica's own directories and config, on the store of `url_file`, named `name`
+/// under `dir`, with the master key `key`, on the test clock `clock_file` if given.
+/// and agents' `max_offline`. Returns the command to start it and its admin socket.
+pub(crate) fn replica_command(
+    name: &str,
+    dir: &Path,
+    url_file: &Path,
+    key: Key<'_>,
+    clock_file: Option<&Path>,
+    max_offline: &str,
+) -> (Command, PathBuf) {
+    let data = dir.join(format!("{name}-data"));
     std::fs::create_dir_all(&data).expect("mkdir");
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .expect("chmod");
-    let key = data.join("master.key");
-    std::fs::copy(c.data_dir.join("master.key"), &key).expect("copy the master key");
-    let admin = dir.join("replica-run/admin.sock");
-    let config = dir.join("replica.toml");
+    let admin = dir.join(format!("{name}-run/admin.sock"));
+    let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\ntrust_domain = \"{}\"\nheartbeat = \"1s\"\nmax_offline = \"8s\"\n{}",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {:?}\ntrust_domain = \"{}\"\nheartbeat = \"1s\"\nmax_offline = \"{max_offline}\"\n{}",
             data.display().to_string(),
             admin.display().to_string(),
             leash_tests::TRUST_DOMAIN,
@@ -208,12 +214,33 @@ fn start_replica(c: &Cluster, url_file: &Path, dir: &Path) -> (Daemon, String, s
     cmd.args(["serve", "--config"])
         .arg(&config)
         .env("LEASH_LOG", "info")
-        .env(
-            leash_proto::clock::TEST_CLOCK_ENV,
-            c.dir().join("clock-offset-ms"),
-        )
-        .env_remove("LEASH_ADMIN_SOCKET");
-    let mut d = Daemon::spawn("replica B", cmd);
+        .env_remove("LEASH_ADMIN_SOCKET")
+        .env_remove("LEASH_MASTER_KEY");
+    match key {
+        Key::Env(hex) => {
+            cmd.env("LEASH_MASTER_KEY", hex);
+        }
+        Key::CopyFrom(from) => {
+            std::fs::copy(from.join("master.key"), data.join("master.key"))
+                .expect("copy the master key");
+        }
+    }
+    if let Some(f) = clock_file {
+        cmd.env(leash_proto::clock::TEST_CLOCK_ENV, f);
+    }
+    (cmd, admin)
+}
+
+/// Where a replica's master key comes from.
+pub(crate) enum Key<'a> {
+    /// `$LEASH_MASTER_KEY` (64 hex digits).
+    Env(&'a str),
+    /// A copy of the key file of this data directory.
+    CopyFrom(&'a Path),
+}
+
+/// Wait for a started replica to listen; its `https://` address.
+pub(crate) fn address(d: &mut Daemon) -> String {
     let line = d.wait_for_line("listening on ", Duration::from_secs(30));
     let addr = line
         .split("listening on ")
@@ -221,7 +248,24 @@ fn start_replica(c: &Cluster, url_file: &Path, dir: &Path) -> (Daemon, String, s
         .and_then(|r| r.split_whitespace().next())
         .expect("address")
         .to_string();
-    (d, format!("https://{addr}"), admin)
+    format!("https://{addr}")
+}
+
+/// A second control plane (replica) on the same database and master key as `c`, with
+/// its own data dir, admin socket and port, on `c`'s test clock. Returns it and its
+/// address.
+fn start_replica(c: &Cluster, url_file: &Path, dir: &Path) -> (Daemon, String, PathBuf) {
+    let (cmd, admin) = replica_command(
+        "replica",
+        dir,
+        url_file,
+        Key::CopyFrom(&c.data_dir),
+        Some(&c.dir().join("clock-offset-ms")),
+        "8s",
+    );
+    let mut d = Daemon::spawn("replica B", cmd);
+    let addr = address(&mut d);
+    (d, addr, admin)
 }
 
 /// Two replicas on one database: a change committed on either reaches the agents of
