@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::model::Event;
 use crate::state::Shared;
+use crate::store::Storage;
 use crate::wire::event_proto;
 
 /// Audit events, streamed to `audit tail`.
@@ -64,13 +66,14 @@ pub(super) async fn audit_tail(s: &Shared, r: v1::AuditTailRequest) -> Result<Ev
         r.limit as usize
     };
     // Subscribe first so nothing between the backlog read and the follow is lost.
-    let mut live = s.store.subscribe_events();
+    let live = s.store.subscribe_events();
     let backlog = s
         .store
         .events(r.since_unix_ms, limit)
         .map_err(Status::from)?;
     let (tx, rx) = mpsc::channel(256);
     let follow = r.follow;
+    let store = s.store.clone();
     tokio::spawn(async move {
         let mut last = 0;
         for e in &backlog {
@@ -79,24 +82,87 @@ pub(super) async fn audit_tail(s: &Shared, r: v1::AuditTailRequest) -> Result<Ev
                 return;
             }
         }
-        if !follow {
-            return;
-        }
-        loop {
-            match live.recv().await {
-                Ok(e) if e.id > last => {
-                    last = e.id;
-                    if tx.send(Ok(event_proto(&e))).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(skipped = n, "audit follower lagged");
-                }
-                Err(_) => return,
-            }
+        if follow {
+            follow_events(&*store, live, last, &tx).await;
         }
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+/// Send every event recorded after `last`, as it is recorded, until the client goes or
+/// the store stops. The next event in line is sent as broadcast; after a gap (the
+/// broadcast dropped events for a slow client, or delivered one early) the events after
+/// `last` are read from the store, so a follower never skips one.
+async fn follow_events(
+    store: &dyn Storage,
+    mut live: tokio::sync::broadcast::Receiver<Event>,
+    mut last: u64,
+    tx: &mpsc::Sender<Result<v1::AuditEvent, Status>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let next = match live.recv().await {
+            Ok(e) if e.id <= last => continue,
+            Ok(e) if e.id == last + 1 => vec![e],
+            Ok(_) | Err(RecvError::Lagged(_)) => match store.events_after(last, usize::MAX) {
+                Ok(evs) => evs,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    return;
+                }
+            },
+            Err(RecvError::Closed) => return,
+        };
+        for e in next {
+            last = last.max(e.id);
+            if tx.send(Ok(event_proto(&e))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::store::SledStore;
+
+    /// A follower that reads nothing while more events are recorded than the broadcast
+    /// keeps still gets every one of them, in order.
+    #[tokio::test]
+    async fn a_slow_follower_skips_no_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            std::sync::Arc::new(SledStore::open(dir.path(), Clock::default()).expect("open"));
+        let live = store.subscribe_events();
+        let (tx, mut rx) = mpsc::channel(8);
+        let follower = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s: &SledStore = &store;
+                follow_events(s, live, 0, &tx).await
+            })
+        };
+        let total = 5_000;
+        for chunk in 0..total / 500 {
+            let evs = (0..500)
+                .map(|i| Event::new("x").actor(format!("a{}", chunk * 500 + i)))
+                .collect();
+            store.append_events(evs).await.expect("append");
+        }
+        let mut ids = Vec::new();
+        while ids.len() < total {
+            let e = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+                .await
+                .expect("the follower goes on")
+                .expect("open")
+                .expect("an event");
+            let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
+            ids.push(v["id"].as_u64().expect("id"));
+        }
+        let want: Vec<u64> = (1..=total as u64).collect();
+        assert_eq!(ids, want);
+        follower.abort();
+    }
 }
