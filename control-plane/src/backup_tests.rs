@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::*;
 use crate::clock::Clock;
@@ -204,4 +205,64 @@ fn a_restore_of_a_damaged_file_writes_nothing() {
     let e = restore(&file, &target, true, 1).expect_err("damaged");
     assert!(matches!(e, BackupError::Corrupt { .. }), "{e}");
     assert!(!target.exists(), "nothing was created");
+}
+
+/// Not a check: the figures of docs (time and size of a backup of a store of N leases).
+/// `LEASH_BACKUP_BENCH_LEASES=N cargo test -p leash-control-plane --lib --release
+/// backup::tests::measure -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_backup_and_restore_of_n_leases() {
+    let n: usize = std::env::var("LEASH_BACKUP_BENCH_LEASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let src = tempfile::tempdir().expect("tempdir");
+    let s = SledStore::open(src.path(), Clock::default()).expect("open");
+    s.put_workload(workload("w"), Event::new("workload-added"))
+        .await
+        .expect("put");
+    let mut next = 0;
+    while next < n {
+        let mut batch = Vec::new();
+        for i in next..(next + 512).min(n) {
+            let s = s.clone();
+            batch.push(tokio::spawn(async move {
+                let mut ev = Event::new("issued");
+                ev.lease = Some(format!("l{i:08}"));
+                s.issue_lease(
+                    crate::fixtures::lease(&format!("l{i:08}"), "w"),
+                    ev,
+                    Vec::new(),
+                )
+                .await
+                .expect("issue")
+            }));
+        }
+        next = (next + 512).min(n);
+        for b in batch {
+            b.await.expect("issue");
+        }
+    }
+    let t = Instant::now();
+    let snap = s.snapshot().await.expect("snapshot");
+    let snap_ms = t.elapsed().as_millis();
+    let t = Instant::now();
+    let bytes = encode(&snap, 1);
+    let encode_ms = t.elapsed().as_millis();
+    let file = src.path().join("b.leashbak");
+    let t = Instant::now();
+    write_file(&file, &bytes, false).expect("write");
+    let write_ms = t.elapsed().as_millis();
+    let dst = tempfile::tempdir().expect("tempdir");
+    let t = Instant::now();
+    let r = restore(&file, &dst.path().join("data"), false, 1).expect("restore");
+    let restore_ms = t.elapsed().as_millis();
+    assert_eq!(r.rows_of("leases"), n as u64);
+    println!(
+        "leases={n} rows={} file_bytes={} sled_bytes={} snapshot_in_writer_ms={snap_ms} encode_sha256_ms={encode_ms} write_fsync_ms={write_ms} restore_ms={restore_ms}",
+        snap.rows(),
+        bytes.len(),
+        s.size_on_disk(),
+    );
 }

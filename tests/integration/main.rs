@@ -171,5 +171,6 @@ pub fn apply_policy(c: &Cluster, name: &str, text: &str, extra: &[&str]) -> leas
     out.code(0);
     out
 }
+mod backup;
 mod ha_ops;
 mod ha_replicas;
