@@ -69,7 +69,7 @@ pub enum BackupError {
     #[error("{0} holds a store already: restore into an empty data directory, or give --force to replace it (the current store is kept beside it)")]
     NotEmpty(String),
     /// A control plane runs on the store.
-    #[error("{0}: stop it first (a store cannot be restored under a running control plane)")]
+    #[error("{0}")]
     InUse(String),
     /// The store is kept in PostgreSQL.
     #[error("this control plane keeps its store in PostgreSQL: back it up with pg_dump and restore it with pg_restore (see docs/HA.md, \"Backup and restore\")")]
@@ -101,9 +101,9 @@ pub enum BackupError {
 impl From<SledDirError> for BackupError {
     fn from(e: SledDirError) -> Self {
         match e {
-            SledDirError::InUse(d) => BackupError::InUse(format!(
-                "the sled store in {d} is in use: a control plane runs on it"
-            )),
+            SledDirError::InUse(d) => {
+                BackupError::InUse(format!("a control plane runs on the sled store in {d}"))
+            }
             e => BackupError::Sled(e),
         }
     }
@@ -380,7 +380,12 @@ pub fn restore(
     let bytes = std::fs::read(file).map_err(io("cannot read", file))?;
     let (header, snap) = decode(&file.display().to_string(), &bytes)?;
     drop(bytes);
-    store::check_not_in_use(data_dir)?;
+    store::check_not_in_use(data_dir).map_err(|e| match BackupError::from(e) {
+        BackupError::InUse(m) => BackupError::InUse(format!(
+            "{m}: stop it first (a store cannot be restored under a running control plane)"
+        )),
+        e => e,
+    })?;
     let existing = store::sled_store_exists(data_dir);
     if existing && !force {
         return Err(BackupError::NotEmpty(data_dir.display().to_string()));

@@ -222,6 +222,18 @@ async fn measure_backup_and_restore_of_n_leases() {
     s.put_workload(workload("w"), Event::new("workload-added"))
         .await
         .expect("put");
+    s.put_join_token(crate::fixtures::token("t"), Event::new("x"))
+        .await
+        .expect("token");
+    s.enroll(
+        "t",
+        "x",
+        crate::fixtures::host("h", "01"),
+        0,
+        Event::new("enrolled"),
+    )
+    .await
+    .expect("enroll");
     let mut next = 0;
     while next < n {
         let mut batch = Vec::new();

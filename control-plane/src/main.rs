@@ -230,7 +230,10 @@ fn backup(
         rt.block_on(backup::from_running(&socket))
     } else {
         backup::from_stopped(&cfg.data_dir, now).map_err(|e| match e {
-            BackupError::InUse(m) if !only_dir => BackupError::InUse(format!(
+            BackupError::InUse(m) if only_dir => BackupError::InUse(format!(
+                "{m}: back it up through its admin socket (--admin-socket or --config)"
+            )),
+            BackupError::InUse(m) => BackupError::InUse(format!(
                 "{m}, and its admin socket {} does not answer: give the control plane's --admin-socket",
                 socket.display()
             )),
@@ -253,6 +256,14 @@ fn backup(
     );
     println!("the master key is not in the backup: keep a copy of it apart from the backup; a restored store opens only with it");
     ExitCode::SUCCESS
+}
+
+/// A backup's time, as RFC 3339 (UTC, seconds).
+fn taken_at(ms: i64) -> String {
+    u64::try_from(ms)
+        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|_| format!("at unix ms {ms}"))
 }
 
 /// `restore`: into the configuration's (or `--data-dir`'s) data directory.
@@ -280,9 +291,9 @@ fn restore(
     }
     let total: u64 = r.trees.iter().map(|(_, n)| n).sum();
     println!(
-        "restored the store at sequence {} (taken at unix ms {}) into {}: {total} rows, {} workloads, {} credentials, {} hosts, {} leases ({} active)",
+        "restored the store at sequence {} (taken {}) into {}: {total} rows, {} workloads, {} credentials, {} hosts, {} leases ({} active)",
         r.header.seq,
-        r.header.taken_ms,
+        taken_at(r.header.taken_ms),
         cfg.data_dir.join("db").display(),
         r.rows_of("workloads"),
         r.rows_of("credentials"),

@@ -199,11 +199,29 @@ fn damaged_backups_are_refused_and_backups_never_overwrite() {
         "backup",
         "--to",
         &s(&file),
-        "--config",
-        &s(c.config_path()),
+        "--admin-socket",
+        &s(&c.admin_socket),
         "--force",
     ]);
     forced.code(0);
+    assert!(
+        forced.stdout.contains("from the running control plane"),
+        "{forced}"
+    );
+    // The running control plane's directory cannot be read directly.
+    let busy = control_plane(&[
+        "backup",
+        "--to",
+        &s(&c.dir().join("direct.leashbak")),
+        "--data-dir",
+        &s(&c.data_dir),
+    ]);
+    busy.code(1);
+    assert!(
+        busy.stderr.contains("back it up through its admin socket"),
+        "{busy}"
+    );
+    assert!(!c.dir().join("direct.leashbak").exists());
 
     let target = c.dir().join("never-written");
     let restore =
@@ -270,7 +288,11 @@ fn an_agent_ahead_of_a_restored_backup_wipes_and_restore_refuses_busy_or_full_di
         args.extend_from_slice(extra);
         let busy = control_plane(&args);
         busy.code(1);
-        assert!(busy.stderr.contains("in use"), "{busy}");
+        assert!(
+            busy.stderr
+                .contains("a control plane runs on the sled store"),
+            "{busy}"
+        );
         assert!(busy.stderr.contains("stop it first"), "{busy}");
     }
     assert_eq!(c.stop_control_plane(), 0);
