@@ -208,8 +208,8 @@ fn a_restore_of_a_damaged_file_writes_nothing() {
 }
 
 /// Not a check: the figures of docs (time and size of a backup of a store of N leases).
-/// `LEASH_BACKUP_BENCH_LEASES=N cargo test -p leash-control-plane --lib --release
-/// backup::tests::measure -- --ignored --nocapture`
+/// `LEASH_BACKUP_BENCH_LEASES=N [LEASH_BACKUP_BENCH_OUT=FILE] cargo test -p
+/// leash-control-plane --lib --release backup::tests::measure -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check"]
 async fn measure_backup_and_restore_of_n_leases() {
@@ -266,6 +266,10 @@ async fn measure_backup_and_restore_of_n_leases() {
     let t = Instant::now();
     write_file(&file, &bytes, false).expect("write");
     let write_ms = t.elapsed().as_millis();
+    // Kept for a measurement through the binaries (restore it, serve, back it up).
+    if let Ok(out) = std::env::var("LEASH_BACKUP_BENCH_OUT") {
+        std::fs::copy(&file, out).expect("copy the backup out");
+    }
     let dst = tempfile::tempdir().expect("tempdir");
     let t = Instant::now();
     let r = restore(&file, &dst.path().join("data"), false, 1).expect("restore");
