@@ -342,3 +342,36 @@ fn an_agent_ahead_of_a_restored_backup_wipes_and_restore_refuses_busy_or_full_di
     let r = c.leashctl(&["revoke", "--workload", "ci/job", "--wait"]);
     assert!(r.stdout.contains("wiped on 1/1 hosts"), "{r}");
 }
+
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn a_postgres_store_is_not_backed_up_here_but_pointed_to_pg_dump() {
+    leash_tests::require_root();
+    let pg = leash_tests::pg::Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = crate::pg_store::store_database(&pg, tmp.path());
+    let c = leash_tests::Cluster::with(
+        leash_tests::Options::default()
+            .no_agent()
+            .config(&crate::pg_store::store_config(&url)),
+    );
+    let file = c.dir().join("pg.leashbak");
+    // Through the config: refused before asking the control plane.
+    let out = control_plane(&["backup", "--to", &s(&file), "--config", &s(c.config_path())]);
+    out.code(1);
+    assert!(out.stderr.contains("pg_dump"), "{out}");
+    // Asking the running control plane: it refuses too.
+    let out = control_plane(&[
+        "backup",
+        "--to",
+        &s(&file),
+        "--admin-socket",
+        &s(&c.admin_socket),
+    ]);
+    out.code(1);
+    assert!(out.stderr.contains("pg_dump"), "{out}");
+    assert!(!file.exists());
+    let out = control_plane(&["restore", &s(&file), "--config", &s(c.config_path())]);
+    out.code(1);
+    assert!(out.stderr.contains("pg_restore"), "{out}");
+}
