@@ -217,9 +217,11 @@ fn backup(
     if cfg.store != StoreConfig::Sled && admin_socket.is_none() {
         return fail(BackupError::Postgres, 1);
     }
+    let socket_named = admin_socket.is_some();
     let socket = admin_socket.unwrap_or(cfg.admin_socket);
     let running = !only_dir && std::os::unix::net::UnixStream::connect(&socket).is_ok();
-    let taken = if running {
+    // A named socket asks that control plane only: no fallback to a default directory.
+    let taken = if running || socket_named {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

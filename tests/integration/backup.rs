@@ -315,6 +315,20 @@ fn an_agent_ahead_of_a_restored_backup_wipes_and_restore_refuses_busy_or_full_di
         "{out}"
     );
 
+    // A named admin socket that does not answer: unavailable, no fallback.
+    let out = control_plane(&[
+        "backup",
+        "--to",
+        &s(&c.dir().join("none.leashbak")),
+        "--admin-socket",
+        &s(&c.admin_socket),
+    ]);
+    out.code(5);
+    assert!(
+        out.stderr.contains("is the control plane running?"),
+        "{out}"
+    );
+
     let out = control_plane(&["restore", &s(&file), "--config", &cfg, "--force"]);
     out.code(0);
     assert!(
