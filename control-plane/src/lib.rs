@@ -14,6 +14,7 @@ pub mod approval;
 pub mod audit;
 pub mod audit_chain;
 pub mod audit_verify;
+pub mod backup;
 pub mod checkpoints;
 pub mod clock;
 pub mod config;

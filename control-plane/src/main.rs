@@ -1,11 +1,12 @@
 //! `leash-control-plane`: a thin shell over `leash_control_plane::server::run`; the
 //! start-up it shares with the other binaries is in `leash_proto::startup`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use leash_control_plane::backup::{self, BackupError};
 use leash_control_plane::config::{Config, FileConfig, Overrides, StoreConfig};
 use leash_proto::startup::{self, fail};
 
@@ -61,6 +62,42 @@ enum Cmd {
         /// Data directory (sled database and master key).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Write a consistent snapshot of the sled store to FILE, from the running control
+    /// plane (over its admin socket) or from a stopped one's data directory. The master
+    /// key is not in it.
+    Backup {
+        /// The backup file to write (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// TOML config file: its admin socket, or its data directory when the control
+        /// plane is stopped.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory of a stopped control plane.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Admin socket of the running control plane.
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore a backup file into a data directory (the control plane stopped).
+    Restore {
+        /// The backup file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// TOML config file naming the data directory.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data directory to restore into.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Replace the store the data directory holds (it is moved aside, not deleted).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -159,6 +196,128 @@ fn status(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// `backup`: from the admin socket when one is named (or the configuration's answers),
+/// otherwise from the stopped control plane's data directory.
+fn backup(
+    to: &Path,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+    force: bool,
+) -> ExitCode {
+    if !force && to.symlink_metadata().is_ok() {
+        return fail(BackupError::Exists(to.display().to_string()), 1);
+    }
+    let now = leash_proto::clock::system_now_ms();
+    let only_dir = data_dir.is_some() && config.is_none() && admin_socket.is_none();
+    let cfg = match load_config(config.as_ref(), data_dir) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if cfg.store != StoreConfig::Sled && admin_socket.is_none() {
+        return fail(BackupError::Postgres, 1);
+    }
+    let socket_named = admin_socket.is_some();
+    let socket = admin_socket.unwrap_or(cfg.admin_socket);
+    let running = !only_dir && std::os::unix::net::UnixStream::connect(&socket).is_ok();
+    // A named socket asks that control plane only: no fallback to a default directory.
+    let taken = if running || socket_named {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return fail(format!("cannot start a runtime: {e}"), 5),
+        };
+        rt.block_on(backup::from_running(&socket))
+    } else {
+        backup::from_stopped(&cfg.data_dir, now).map_err(|e| match e {
+            BackupError::InUse(m) if only_dir => BackupError::InUse(format!(
+                "{m}: back it up through its admin socket (--admin-socket or --config)"
+            )),
+            BackupError::InUse(m) => BackupError::InUse(format!(
+                "{m}, and its admin socket {} does not answer: give the control plane's --admin-socket",
+                socket.display()
+            )),
+            e => e,
+        })
+    };
+    let (seq, bytes) = match taken {
+        Ok(t) => t,
+        Err(e) => return fail(&e, e.exit_code()),
+    };
+    if let Err(e) = backup::write_file(to, &bytes, force) {
+        return fail(&e, e.exit_code());
+    }
+    let sum = hex::encode(&bytes[bytes.len() - 32..]);
+    println!(
+        "backup of the store at sequence {seq} written to {} ({} bytes, sha256 {sum}, from the {} control plane)",
+        to.display(),
+        bytes.len(),
+        if running { "running" } else { "stopped" },
+    );
+    println!("the master key is not in the backup: keep a copy of it apart from the backup; a restored store opens only with it");
+    ExitCode::SUCCESS
+}
+
+/// A backup's time, as RFC 3339 (UTC, seconds).
+fn taken_at(ms: i64) -> String {
+    u64::try_from(ms)
+        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|_| format!("at unix ms {ms}"))
+}
+
+/// `restore`: into the configuration's (or `--data-dir`'s) data directory.
+fn restore(
+    file: &Path,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    force: bool,
+) -> ExitCode {
+    let cfg = match load_config(config.as_ref(), data_dir) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if cfg.store != StoreConfig::Sled {
+        return fail(BackupError::Postgres, 1);
+    }
+    let now = leash_proto::clock::system_now_ms();
+    let r = match backup::restore(file, &cfg.data_dir, force, now) {
+        Ok(r) => r,
+        Err(e) => return fail(&e, e.exit_code()),
+    };
+    println!("{:<18} {:>8}", "tree", "rows");
+    for (t, n) in &r.trees {
+        println!("{t:<18} {n:>8}");
+    }
+    let total: u64 = r.trees.iter().map(|(_, n)| n).sum();
+    println!(
+        "restored the store at sequence {} (taken {}) into {}: {total} rows, {} workloads, {} credentials, {} hosts, {} leases ({} active)",
+        r.header.seq,
+        taken_at(r.header.taken_ms),
+        cfg.data_dir.join("db").display(),
+        r.rows_of("workloads"),
+        r.rows_of("credentials"),
+        r.rows_of("hosts"),
+        r.rows_of("leases"),
+        r.rows_of("active_leases"),
+    );
+    if let Some(old) = &r.replaced {
+        println!("the store it replaced was moved to {}", old.display());
+    }
+    if r.master_key_present {
+        println!("start the control plane with the master key the backed-up store ran with (it is in {}: check it is that one)", cfg.data_dir.join("master.key").display());
+    } else {
+        println!("no master key in {}: put the master key the backed-up store ran with there (master.key, mode 0600) or in $LEASH_MASTER_KEY before starting the control plane", cfg.data_dir.display());
+    }
+    println!(
+        "agents that saw changes after sequence {} wipe what they hold when they reconnect",
+        r.header.seq
+    );
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli: Cli = match startup::parse_args(startup::USAGE_EXIT) {
         Ok(c) => c,
@@ -185,6 +344,19 @@ fn main() -> ExitCode {
             ),
             Cmd::Migrate { from_sled, config } => return migrate(from_sled, config),
             Cmd::Status { config, data_dir } => return status(config, data_dir),
+            Cmd::Backup {
+                to,
+                config,
+                data_dir,
+                admin_socket,
+                force,
+            } => return backup(&to, config, data_dir, admin_socket, force),
+            Cmd::Restore {
+                file,
+                config,
+                data_dir,
+                force,
+            } => return restore(&file, config, data_dir, force),
         };
     let file = match &config {
         Some(p) => match FileConfig::load(p) {

@@ -172,5 +172,6 @@ pub fn apply_policy(c: &Cluster, name: &str, text: &str, extra: &[&str]) -> leas
     out
 }
 mod audit_pg;
+mod backup;
 mod ha_ops;
 mod ha_replicas;

@@ -19,6 +19,7 @@ use crate::state::Shared;
 
 mod approvals;
 mod audit_export;
+mod backup;
 mod check;
 mod credentials;
 mod hosts;
@@ -32,6 +33,7 @@ mod reports;
 mod secrets;
 mod workloads;
 
+use backup::BackupStream;
 use leases::ProgressStream;
 use reports::EventStream;
 
@@ -505,5 +507,15 @@ impl Admin for AdminApi {
     ) -> Result<Response<v1::ListKeysResponse>, Status> {
         self.admin(&req)?;
         keys::list_keys(&self.s).await.map(Response::new)
+    }
+
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        req: Request<v1::BackupRequest>,
+    ) -> Result<Response<BackupStream>, Status> {
+        let actor = self.admin(&req)?;
+        backup::backup(&self.s, &actor).await.map(Response::new)
     }
 }

@@ -42,6 +42,7 @@ mod sealed;
 mod secrets;
 mod sled_impl;
 mod sled_store;
+mod snapshot;
 mod tx;
 
 pub use error::{Result, StoreError};
@@ -52,6 +53,10 @@ pub use retention::{Cutoff, Pruned};
 pub use sealed::{is_key_blob, HoldsSealed, Rewrap, RewrapFailure, SealedRecord};
 pub use secrets::{Older, SecretWrite, SecretWritten, SECRET_KIND};
 pub use sled_store::{EndQueueWrites, SledStore};
+pub use snapshot::{
+    check_not_in_use, read_sled_dir, sled_store_exists, write_sled_dir, SledDirError, Snapshot,
+    SnapshotTree,
+};
 
 /// Outcome of consuming a join token to enroll a host.
 #[derive(Debug, Clone)]
@@ -315,6 +320,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         removes: Vec<String>,
         events: Vec<Event>,
     ) -> Result<()>;
+
+    /// A consistent copy of every tree, taken inside the writer so that it holds each
+    /// batch whole or not at all (see `store/snapshot.rs`), for `leash-control-plane
+    /// backup`. `Refused` on PostgreSQL.
+    async fn snapshot(&self) -> Result<Snapshot>;
 }
 
 #[cfg(test)]

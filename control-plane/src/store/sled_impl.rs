@@ -752,4 +752,8 @@ impl Storage for SledStore {
         })
         .await
     }
+
+    async fn snapshot(&self) -> Result<super::Snapshot> {
+        self.take_snapshot().await
+    }
 }

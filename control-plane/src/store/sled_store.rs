@@ -211,7 +211,7 @@ impl std::fmt::Debug for SledStore {
 /// nearly levels off (same section). What an Issue reads is small and hot (workloads,
 /// credentials, hosts, the newest leases); older pages are read back on the rare call
 /// that needs them.
-const CACHE_BYTES: u64 = 16 << 20;
+pub(super) const CACHE_BYTES: u64 = 16 << 20;
 
 impl SledStore {
     /// Open (or create) the store under `dir` and start its writer thread. `clock` dates
