@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod admins;
 mod audit;
 mod http;
 mod metrics;
 mod store;
 
+pub use admins::{AdminEntry, AdminRoleError, LocalAdmin};
 pub use audit::{AuditConfig, AuditFileConfig, AuditValueError};
 pub use http::{HttpCert, HttpConfig, HttpFileConfig, HttpValueError};
 pub use metrics::MetricsFileConfig;
@@ -76,8 +78,9 @@ pub struct FileConfig {
     pub max_approval: Option<String>,
     /// How long a pending approval request waits before it expires, e.g. "1h".
     pub approval_timeout: Option<String>,
-    /// Admin names by uid: `[admins]` then `alice = 1000`.
-    pub admins: Option<BTreeMap<String, u32>>,
+    /// Admin names by uid: `[admins]` then `alice = 1000` (role admin) or
+    /// `alice = { uid = 1000, role = "operator" }`.
+    pub admins: Option<BTreeMap<String, AdminEntry>>,
     /// Enroll calls one source address may make at once (token bucket size).
     pub enroll_source_burst: Option<u32>,
     /// Enroll calls one source address may make per minute, sustained.
@@ -143,8 +146,8 @@ pub struct Config {
     pub host_cert_ttl: Duration,
     /// Configured action classes (default read, write, deploy, admin).
     pub actions: Vec<String>,
-    /// uid -> admin name. Empty: root and the server's own uid are admins.
-    pub admins: BTreeMap<u32, String>,
+    /// uid -> admin name and role. Empty: root and the server's own uid are admins.
+    pub admins: BTreeMap<u32, LocalAdmin>,
     /// Cap on approval lifetimes.
     pub max_approval: Duration,
     /// Pending approval lifetime.
@@ -499,9 +502,13 @@ fn resolve_actions(file: &mut FileConfig) -> Result<Vec<String>, ConfigError> {
 
 /// `[admins]`: names are printed in audit events and tables, so they are plain words;
 /// one uid may have one name only.
-fn resolve_admins(file: &mut FileConfig) -> Result<BTreeMap<u32, String>, ConfigError> {
+fn resolve_admins(file: &mut FileConfig) -> Result<BTreeMap<u32, LocalAdmin>, ConfigError> {
     let mut admins = BTreeMap::new();
-    for (name, uid) in file.admins.take().unwrap_or_default() {
+    for (name, entry) in file.admins.take().unwrap_or_default() {
+        let (uid, role) = entry.resolve().map_err(|e| ConfigError::Value {
+            key: "admins",
+            message: format!("{:?}: {e}", clip(&name)),
+        })?;
         let ok = !name.is_empty()
             && name.len() <= MAX_ADMIN_NAME_LEN
             && name
@@ -516,10 +523,17 @@ fn resolve_admins(file: &mut FileConfig) -> Result<BTreeMap<u32, String>, Config
                 ),
             });
         }
-        if let Some(other) = admins.insert(uid, name.clone()) {
+        let admin = LocalAdmin {
+            name: name.clone(),
+            role,
+        };
+        if let Some(other) = admins.insert(uid, admin) {
             return Err(ConfigError::Value {
                 key: "admins",
-                message: format!("uid {uid} is named twice ({other:?} and {name:?}); keep one"),
+                message: format!(
+                    "uid {uid} is named twice ({:?} and {name:?}); keep one",
+                    other.name
+                ),
             });
         }
     }
@@ -817,7 +831,10 @@ mod tests {
         .expect("valid");
         assert_eq!(c.issuer, "spiffe://corp.example");
         assert_eq!(c.max_offline, Duration::from_secs(120));
-        assert_eq!(c.admins.get(&1000).map(String::as_str), Some("alice"));
+        assert_eq!(
+            c.admins.get(&1000).map(|a| (a.name.as_str(), a.role)),
+            Some(("alice", crate::actor::Role::Admin))
+        );
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.actions.len(), 4);
     }
@@ -866,6 +883,25 @@ mod tests {
         for w in words {
             assert!(e.contains(w), "{text:?}: {e} lacks {w:?}");
         }
+    }
+
+    #[test]
+    fn admins_take_a_role_and_default_to_admin() {
+        let c = resolve_text(
+            "[admins]\nalice = 1000\nbob = { uid = 1001, role = \"operator\" }\nvic = { uid = 1002, role = \"viewer\" }",
+        )
+        .expect("admins");
+        let role = |uid| c.admins.get(&uid).map(|a| a.role);
+        use crate::actor::Role;
+        assert_eq!(role(1000), Some(Role::Admin));
+        assert_eq!(role(1001), Some(Role::Operator));
+        assert_eq!(role(1002), Some(Role::Viewer));
+        refused(
+            "[admins]\nbob = { uid = 1001, role = \"root\" }",
+            "admins",
+            &["bob", "unknown role", "viewer, approver, operator or admin"],
+        );
+        refused("[admins]\nbob = { role = \"viewer\" }", "admins", &[]);
     }
 
     #[test]
