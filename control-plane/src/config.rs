@@ -901,7 +901,11 @@ mod tests {
             "admins",
             &["bob", "unknown role", "viewer, approver, operator or admin"],
         );
-        refused("[admins]\nbob = { role = \"viewer\" }", "admins", &[]);
+        refused(
+            "[admins]\nbob = { role = \"viewer\" }",
+            "[admins] entry",
+            &["uid = 1000"],
+        );
     }
 
     #[test]

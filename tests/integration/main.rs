@@ -173,3 +173,4 @@ pub fn apply_policy(c: &Cluster, name: &str, text: &str, extra: &[&str]) -> leas
 }
 mod ha_ops;
 mod ha_replicas;
+mod remote_admin;

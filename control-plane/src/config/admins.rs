@@ -8,7 +8,10 @@ use crate::actor::Role;
 
 /// One `[admins]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "an [admins] entry: a uid (alice = 1000), or { uid = 1000, role = \"viewer|approver|operator|admin\" }"
+)]
 pub enum AdminEntry {
     /// `alice = 1000`: role admin.
     Uid(u32),

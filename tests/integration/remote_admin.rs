@@ -1,0 +1,349 @@
+//! Remote administration: admin certificates issued as one-time codes, redeemed with
+//! `leashctl login`, and used with `leashctl --server` over mutual TLS on the agent
+//! port; roles; revoked, replaced, expired and reused credentials; host and admin
+//! certificates kept to their own services; the audit trail naming who did what, with
+//! which role, over which connection.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use leash_agentd::identity;
+use leash_agentd::tls::{self, Trust};
+use leash_proto::v1;
+use leash_proto::v1::admin_client::AdminClient;
+use leash_tests::{bin, Cluster, Output};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::{cp_client, host_credentials};
+
+/// An admin logged in on their own "workstation" (a config dir of their own).
+struct Admin {
+    home: PathBuf,
+}
+
+impl Admin {
+    fn dir(&self) -> PathBuf {
+        self.home.join(".config").join("leash")
+    }
+
+    fn file(&self, ext: &str) -> PathBuf {
+        let mut found = std::fs::read_dir(self.dir())
+            .expect("config dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(ext))
+            .collect::<Vec<_>>();
+        assert_eq!(found.len(), 1, "one *{ext} in {:?}", self.dir());
+        found.remove(0)
+    }
+
+    /// `leashctl` as this admin, with no local socket in reach.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("leashctl"));
+        cmd.env_remove("LEASH_ADMIN_SOCKET")
+            .env("HOME", &self.home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env("XDG_RUNTIME_DIR", self.home.join("run"));
+        cmd
+    }
+
+    /// `leashctl --server … --cert … --key … --ca … ARGS`.
+    fn run(&self, c: &Cluster, args: &[&str]) -> Output {
+        let mut cmd = self.command();
+        cmd.arg("--server")
+            .arg(format!("https://{}", c.addr))
+            .arg("--cert")
+            .arg(self.file(".crt"))
+            .arg("--key")
+            .arg(self.file(".key"))
+            .arg("--ca")
+            .arg(self.dir().join("ca.pem"))
+            .args(args);
+        c.run(cmd)
+    }
+
+    fn cert_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let chain = CertificateDer::pem_file_iter(self.file(".crt"))
+            .expect("cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert pem");
+        let key = PrivateKeyDer::from_pem_file(self.file(".key")).expect("key pem");
+        (chain, key)
+    }
+}
+
+fn issue(c: &Cluster, name: &str, role: &str, ttl: &str) -> String {
+    let code = c
+        .leashctl(&[
+            "admin-cert",
+            "issue",
+            "--name",
+            name,
+            "--role",
+            role,
+            "--ttl",
+            ttl,
+        ])
+        .ok();
+    c.remember_secret(&code);
+    code
+}
+
+/// `leashctl login` in a fresh home for `name`.
+fn login(c: &Cluster, name: &str, code: &str) -> (Admin, Output) {
+    let home = c.dir().join(format!("home-{name}"));
+    std::fs::create_dir_all(&home).expect("home");
+    let a = Admin { home };
+    let mut cmd = a.command();
+    cmd.args([
+        "login",
+        "--server",
+        &format!("https://{}", c.addr),
+        "--code",
+        code,
+    ]);
+    let out = c.run(cmd);
+    (a, out)
+}
+
+fn logged_in(c: &Cluster, name: &str, role: &str, ttl: &str) -> Admin {
+    let code = issue(c, name, role, ttl);
+    let (a, out) = login(c, name, &code);
+    out.code(0);
+    a
+}
+
+#[test]
+fn issue_login_and_remote_commands_with_a_profile_and_flags() {
+    let c = Cluster::control_plane_only();
+    let code = issue(&c, "ann", "admin", "8h");
+    assert!(code.starts_with("leash-admin.v1.ann."), "{code}");
+    let (ann, out) = login(&c, "ann", &code);
+    out.code(0);
+    // What was written is named; the key is not printed.
+    assert!(out.stderr.contains("private key, mode 0600"), "{out}");
+    assert!(!out.stdout.contains("PRIVATE KEY") && !out.stderr.contains("PRIVATE KEY"));
+    let key = ann.file(".key");
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", key.display());
+    let profile = std::fs::read_to_string(ann.dir().join("leashctl.toml")).expect("profile");
+    assert!(
+        profile.contains(&format!("https://{}", c.addr)),
+        "{profile}"
+    );
+
+    // A remote command with explicit flags.
+    c.leashctl(&[
+        "workload",
+        "add",
+        "svc",
+        "--owner",
+        "team",
+        "--selector",
+        "unix:uid:0",
+    ])
+    .code(0);
+    let out = ann.run(&c, &["workload", "list", "--output", "json"]);
+    assert!(out.json().to_string().contains("\"svc\""), "{out}");
+    // And with the profile alone.
+    let mut cmd = ann.command();
+    cmd.arg("--profile")
+        .arg(ann.dir().join("leashctl.toml"))
+        .args(["admin-cert", "list", "--output", "json"]);
+    let listed = c.run(cmd).json();
+    let me = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == "ann"))
+        .cloned()
+        .expect("ann is listed");
+    assert_eq!(
+        (me["role"].as_str(), me["state"].as_str()),
+        (Some("admin"), Some("active"))
+    );
+
+    // A code is single use.
+    let (_, again) = login(&c, "ann-again", &code);
+    again.code(2);
+    assert!(again.stderr.contains("already used"), "{again}");
+
+    // The audit names the admin, their role and how they connected.
+    ann.run(&c, &["workload", "disable", "svc"]).code(0);
+    let events = c.audit();
+    let by = |kind: &str, actor: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == kind && e["actor"] == actor)
+            .unwrap_or_else(|| panic!("no {kind} by {actor}: {events:#?}"))
+            .clone()
+    };
+    let disabled = events
+        .iter()
+        .rev()
+        .find(|e| e["actor"] == "ann" && e["type"] != "admin-login")
+        .expect("an event by ann");
+    assert_eq!(disabled["actor_role"], "admin", "{disabled}");
+    assert_eq!(disabled["actor_via"], "mtls", "{disabled}");
+    let issued = by(
+        "admin-cert-issued",
+        events[0]["actor"].as_str().unwrap_or("root"),
+    );
+    assert_eq!(issued["actor_via"], "socket", "{issued}");
+    assert_eq!(issued["actor_role"], "admin", "{issued}");
+    let login_ev = by("admin-login", "ann");
+    assert_eq!(login_ev["actor_via"], "mtls", "{login_ev}");
+    c.assert_no_secret_leaked();
+}
+
+/// Each role may run what it needs and is refused, with exit 2, what is above it.
+#[test]
+fn each_role_is_refused_each_command_outside_it() {
+    let c = Cluster::control_plane_only();
+    let admins: Vec<(&str, Admin)> = ["viewer", "approver", "operator", "admin"]
+        .into_iter()
+        .map(|r| (r, logged_in(&c, &format!("a-{r}"), r, "1h")))
+        .collect();
+    let rank = |r: &str| {
+        ["viewer", "approver", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+    };
+    // (the least role that may run it, the command); allowed runs fail later, not with
+    // 2, since the names do not exist (or succeed).
+    let table: &[(&str, &[&str])] = &[
+        ("viewer", &["host", "list"]),
+        ("viewer", &["workload", "list"]),
+        ("viewer", &["admin-cert", "list"]),
+        ("viewer", &["audit", "tail", "--lines", "5"]),
+        (
+            "approver",
+            &["approval", "deny", "ap-none", "--reason", "no"],
+        ),
+        ("approver", &["approval", "approve", "ap-none"]),
+        ("operator", &["host", "evict", "no-such-host"]),
+        ("operator", &["workload", "disable", "no-such-workload"]),
+        (
+            "operator",
+            &["revoke", "--workload", "no-such-workload", "--reason", "r"],
+        ),
+        ("admin", &["workload", "remove", "no-such-workload"]),
+        ("admin", &["credential", "remove", "no-such-credential"]),
+        ("admin", &["join-token", "create"]),
+        (
+            "admin",
+            &["admin-cert", "issue", "--name", "x", "--role", "viewer"],
+        ),
+        ("admin", &["admin-cert", "revoke", "no-such-admin"]),
+        ("admin", &["key", "list"]),
+    ];
+    for (needed, args) in table {
+        for (role, a) in &admins {
+            let out = a.run(&c, args);
+            if rank(role) < rank(needed) {
+                assert_eq!(out.code, 2, "{role} must be refused {args:?}\n{out}");
+                assert!(
+                    out.stderr.contains(&format!("has the role {role}"))
+                        && out.stderr.contains("needs the role"),
+                    "{out}"
+                );
+            } else {
+                assert_ne!(out.code, 2, "{role} may run {args:?}\n{out}");
+            }
+        }
+    }
+}
+
+#[test]
+fn revoked_replaced_and_expired_certificates_are_refused_on_their_next_call() {
+    let c = Cluster::control_plane_only();
+    let vic = logged_in(&c, "vic", "viewer", "8h");
+    let opi = logged_in(&c, "opi", "operator", "10m");
+    let rex = logged_in(&c, "rex", "viewer", "8h");
+    vic.run(&c, &["host", "list"]).code(0);
+    opi.run(&c, &["host", "list"]).code(0);
+    rex.run(&c, &["host", "list"]).code(0);
+
+    c.leashctl(&["admin-cert", "revoke", "vic"]).code(0);
+    let out = vic.run(&c, &["host", "list"]);
+    out.code(2);
+    assert!(out.stderr.contains("revoked"), "{out}");
+
+    // A new code for a name replaces its certificate.
+    issue(&c, "rex", "viewer", "8h");
+    let out = rex.run(&c, &["host", "list"]);
+    out.code(2);
+    assert!(out.stderr.contains("not the current one"), "{out}");
+
+    c.advance_clock(Duration::from_secs(11 * 60));
+    let out = opi.run(&c, &["host", "list"]);
+    out.code(2);
+    assert!(out.stderr.contains("expired"), "{out}");
+    // An unredeemed code expires too.
+    let code = issue(&c, "late", "viewer", "1h");
+    c.advance_clock(Duration::from_secs(16 * 60));
+    let (_, out) = login(&c, "late", &code);
+    out.code(2);
+    assert!(out.stderr.contains("expired"), "{out}");
+}
+
+#[test]
+fn host_certificates_and_admin_certificates_keep_to_their_own_services() {
+    let c = Cluster::control_plane_only();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ann = logged_in(&c, "ann", "admin", "1h");
+
+    // A host's certificate on the admin service.
+    let token = c.join_token(&["--name", "h1"]);
+    let state = c.dir().join("raw-h1");
+    identity::prepare_state_dir(&state).expect("state dir");
+    rt.block_on(identity::enroll(
+        &state,
+        &[c.addr.to_string()],
+        &token,
+        None,
+        None,
+        BTreeMap::new(),
+    ))
+    .expect("the test host enrolls");
+    let host = host_credentials(&state);
+    let err = rt
+        .block_on(async {
+            let cfg = tls::client_config(Trust::Pin(c.ca_pin.clone()), Some(host))?;
+            let ch = tls::connect(&[c.addr.to_string()], cfg).await?;
+            Ok::<_, tls::TlsError>(AdminClient::new(ch).list_hosts(v1::Empty {}).await)
+        })
+        .expect("TLS with the host certificate")
+        .expect_err("a host certificate is refused on the admin service");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("host certificate"), "{err:?}");
+
+    // An admin certificate on the agent service.
+    let err = rt
+        .block_on(async {
+            let mut cp = cp_client(&c, Some(ann.cert_and_key())).await?;
+            Ok::<_, tls::TlsError>(
+                cp.renew(v1::RenewRequest {
+                    csr_der: Vec::new(),
+                    ..Default::default()
+                })
+                .await,
+            )
+        })
+        .expect("TLS with the admin certificate")
+        .expect_err("an admin certificate is refused on the agent service");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // And no certificate at all on the admin service.
+    let err = rt
+        .block_on(async {
+            let cfg = tls::client_config(Trust::Pin(c.ca_pin.clone()), None)?;
+            let ch = tls::connect(&[c.addr.to_string()], cfg).await?;
+            Ok::<_, tls::TlsError>(AdminClient::new(ch).list_hosts(v1::Empty {}).await)
+        })
+        .expect("TLS without a certificate")
+        .expect_err("no certificate, no admin service");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let _: &Path = &state;
+}
