@@ -84,7 +84,7 @@ pub(crate) async fn run(c: &mut AdminClient<Channel>, cmd: AdminCertCmd) -> Resu
                     .iter()
                     .map(|c| {
                         vec![
-                            esc(&c.name),
+                            esc(&c.name).to_string(),
                             c.role.clone(),
                             c.state.clone(),
                             if c.not_after_unix > 0 {
@@ -92,7 +92,7 @@ pub(crate) async fn run(c: &mut AdminClient<Channel>, cmd: AdminCertCmd) -> Resu
                             } else {
                                 "-".into()
                             },
-                            esc(&c.issued_by),
+                            esc(&c.issued_by).to_string(),
                         ]
                     })
                     .collect();

@@ -14,7 +14,6 @@ use leash_proto::cli::Fail;
 use leash_proto::socket_trust::{self, TrustError};
 use leash_proto::startup;
 use leash_proto::v1::admin_client::AdminClient;
-use tonic::transport::Channel;
 
 mod admin_cert;
 mod approval;
