@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -338,7 +338,6 @@ fn host_certificates_and_admin_certificates_keep_to_their_own_services() {
             Ok::<_, tls::TlsError>(
                 cp.renew(v1::RenewRequest {
                     csr_der: Vec::new(),
-                    ..Default::default()
                 })
                 .await,
             )
@@ -357,5 +356,4 @@ fn host_certificates_and_admin_certificates_keep_to_their_own_services() {
         .expect("TLS without a certificate")
         .expect_err("no certificate, no admin service");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    let _: &Path = &state;
 }

@@ -83,7 +83,7 @@ pub(crate) async fn run(server: &str, code: &str, profile: Option<PathBuf>) -> R
     write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_file(
         &cert_path,
-        remote::pem("CERTIFICATE", &[r.certificate_der.clone()]).as_bytes(),
+        remote::pem("CERTIFICATE", std::slice::from_ref(&r.certificate_der)).as_bytes(),
         0o644,
     )?;
     write_file(&ca_path, remote::pem("CERTIFICATE", &cas).as_bytes(), 0o644)?;
