@@ -16,7 +16,7 @@ mod http;
 mod metrics;
 mod store;
 
-pub use admins::{AdminEntry, AdminRoleError, LocalAdmin};
+pub use admins::{AdminEntry, AdminRoleError, AdminsError, LocalAdmin};
 pub use audit::{AuditConfig, AuditFileConfig, AuditValueError};
 pub use http::{HttpCert, HttpConfig, HttpFileConfig, HttpValueError};
 pub use metrics::MetricsFileConfig;
@@ -295,9 +295,8 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
 
 const DAY: u64 = 24 * 3600;
 
-/// Longest `issuer` and admin name, in bytes.
+/// Longest `issuer`, in bytes.
 pub const MAX_ISSUER_LEN: usize = 255;
-const MAX_ADMIN_NAME_LEN: usize = 64;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH_LEN: usize = 107;
 
@@ -500,44 +499,12 @@ fn resolve_actions(file: &mut FileConfig) -> Result<Vec<String>, ConfigError> {
     Ok(actions)
 }
 
-/// `[admins]`: names are printed in audit events and tables, so they are plain words;
-/// one uid may have one name only.
+/// `[admins]`, checked in `config/admins.rs`.
 fn resolve_admins(file: &mut FileConfig) -> Result<BTreeMap<u32, LocalAdmin>, ConfigError> {
-    let mut admins = BTreeMap::new();
-    for (name, entry) in file.admins.take().unwrap_or_default() {
-        let (uid, role) = entry.resolve().map_err(|e| ConfigError::Value {
-            key: "admins",
-            message: format!("{:?}: {e}", clip(&name)),
-        })?;
-        let ok = !name.is_empty()
-            && name.len() <= MAX_ADMIN_NAME_LEN
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-        if !ok {
-            return Err(ConfigError::Value {
-                key: "admins",
-                message: format!(
-                    "admin name {:?} must be 1 to {MAX_ADMIN_NAME_LEN} letters, digits, '.', '-' or '_'",
-                    clip(&name)
-                ),
-            });
-        }
-        let admin = LocalAdmin {
-            name: name.clone(),
-            role,
-        };
-        if let Some(other) = admins.insert(uid, admin) {
-            return Err(ConfigError::Value {
-                key: "admins",
-                message: format!(
-                    "uid {uid} is named twice ({:?} and {name:?}); keep one",
-                    other.name
-                ),
-            });
-        }
-    }
-    Ok(admins)
+    admins::resolve(file.admins.take().unwrap_or_default()).map_err(|e| ConfigError::Value {
+        key: "admins",
+        message: e.to_string(),
+    })
 }
 
 /// A path key: not empty, no NUL byte (the OS cannot take it).

@@ -1,7 +1,11 @@
 //! The `[admins]` table: who may use the local admin socket, by uid, with a role.
-//! `alice = 1000` (role admin) or `alice = { uid = 1000, role = "operator" }`. The names
-//! and uids are checked in `config.rs`; this file uses nothing of its parent.
+//! `alice = 1000` (role admin) or `alice = { uid = 1000, role = "operator" }`. Errors
+//! are messages `config.rs` turns into its `Value` error (this file uses nothing of its
+//! parent).
 
+use std::collections::BTreeMap;
+
+use leash_proto::admin_code::{valid_name, MAX_NAME_LEN};
 use serde::Deserialize;
 
 use crate::actor::Role;
@@ -52,10 +56,44 @@ pub struct LocalAdmin {
     pub role: Role,
 }
 
+/// What is wrong with `[admins]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AdminsError(pub String);
+
+/// `[admins]`: names are printed in audit events and tables, so they are plain words;
+/// one uid may have one name only.
+pub fn resolve(
+    entries: BTreeMap<String, AdminEntry>,
+) -> Result<BTreeMap<u32, LocalAdmin>, AdminsError> {
+    let mut admins = BTreeMap::new();
+    for (name, entry) in entries {
+        let shown = leash_proto::names::excerpt(&name);
+        let (uid, role) = entry
+            .resolve()
+            .map_err(|e| AdminsError(format!("{shown}: {e}")))?;
+        if !valid_name(&name) {
+            return Err(AdminsError(format!(
+                "admin name {shown} must be 1 to {MAX_NAME_LEN} letters, digits, '.', '-' or '_'"
+            )));
+        }
+        let admin = LocalAdmin {
+            name: name.clone(),
+            role,
+        };
+        if let Some(other) = admins.insert(uid, admin) {
+            return Err(AdminsError(format!(
+                "uid {uid} is named twice ({:?} and {name:?}); keep one",
+                other.name
+            )));
+        }
+    }
+    Ok(admins)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     #[test]
     fn both_forms_read_and_a_bad_role_is_named() {
