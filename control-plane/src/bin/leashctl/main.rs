@@ -57,21 +57,22 @@ struct Cli {
     #[arg(long, env = "LEASH_ADMIN_SOCKET", global = true)]
     admin_socket: Option<PathBuf>,
     /// Administer the control plane at https://HOST:PORT (its agent port) over TLS with
-    /// an admin certificate, instead of the local socket.
-    #[arg(long, env = "LEASH_SERVER", global = true)]
+    /// an admin certificate, instead of the local socket. This and the four flags after
+    /// it go before the command: `leashctl --server URL --cert F --key F host list`.
+    #[arg(long, env = "LEASH_SERVER")]
     server: Option<String>,
     /// The admin certificate (PEM) for --server.
-    #[arg(long, env = "LEASH_CERT", global = true)]
+    #[arg(long, env = "LEASH_CERT")]
     cert: Option<PathBuf>,
     /// Its private key (PEM) for --server.
-    #[arg(long, env = "LEASH_KEY", global = true)]
+    #[arg(long, env = "LEASH_KEY")]
     key: Option<PathBuf>,
     /// The CA bundle (PEM) to trust for --server.
-    #[arg(long, env = "LEASH_CA", global = true)]
+    #[arg(long, env = "LEASH_CA")]
     ca: Option<PathBuf>,
     /// The profile `login` writes and remote commands read [default:
     /// ~/.config/leash/leashctl.toml].
-    #[arg(long, env = "LEASH_PROFILE", global = true)]
+    #[arg(long, env = "LEASH_PROFILE")]
     profile: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -136,6 +137,9 @@ enum Cmd {
     /// Redeem a login code (with --server): make a key pair here, get an admin
     /// certificate, and write it with a profile under ~/.config/leash/.
     Login {
+        /// The control plane, https://HOST:PORT (its agent port).
+        #[arg(long)]
+        server: String,
         /// The one-time code from `leashctl admin-cert issue`.
         #[arg(long)]
         code: String,
@@ -246,11 +250,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     {
         return audit_verify::from_file(path, key.as_deref());
     }
-    if let Cmd::Login { code } = &cli.cmd {
-        let server = cli
-            .server
-            .as_deref()
-            .ok_or_else(|| Fail::usage("login needs --server https://HOST:PORT"))?;
+    if let Cmd::Login { server, code } = &cli.cmd {
         return login::run(server, code, cli.profile.clone()).await;
     }
     let channel = match target(&cli)? {
@@ -313,5 +313,16 @@ fn main() -> ExitCode {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(f)) => f.exit(),
         Err(_) => startup::fail("timed out", 6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Flag names and ids do not clash (clap's own checks of the definition).
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }
