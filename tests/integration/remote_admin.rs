@@ -357,3 +357,52 @@ fn host_certificates_and_admin_certificates_keep_to_their_own_services() {
         .expect_err("no certificate, no admin service");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 }
+
+/// `[admins]` entries carry a role on the local socket too, recorded with `via` socket.
+#[test]
+#[ignore = "needs root: runs leashctl as uid 65534 with setpriv"]
+fn a_local_admin_with_a_role_is_held_to_it_on_the_socket() {
+    leash_tests::require_root();
+    let c = Cluster::with(
+        leash_tests::Options::default()
+            .no_agent()
+            .config("[admins]\nroot = 0\nvee = { uid = 65534, role = \"viewer\" }"),
+    );
+    let dir = c.admin_socket.parent().expect("socket dir");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    std::fs::set_permissions(&c.admin_socket, std::fs::Permissions::from_mode(0o777))
+        .expect("chmod socket");
+    let ctl = c.copy_for_other_uids("leashctl");
+    let vee = |args: &[&str]| {
+        let mut cmd = leash_tests::as_nobody(&ctl);
+        cmd.arg("--admin-socket").arg(&c.admin_socket).args(args);
+        c.run(cmd)
+    };
+    c.leashctl(&[
+        "workload",
+        "add",
+        "svc",
+        "--owner",
+        "team",
+        "--selector",
+        "unix:uid:4242",
+    ])
+    .code(0);
+    vee(&["workload", "list"]).code(0);
+    let out = vee(&["workload", "disable", "svc"]);
+    out.code(2);
+    assert!(
+        out.stderr.contains("vee has the role viewer")
+            && out.stderr.contains("needs the role operator"),
+        "{out}"
+    );
+    c.leashctl(&["workload", "disable", "svc"]).code(0);
+    let disabled = c
+        .audit()
+        .into_iter()
+        .find(|e| e["type"] == "disabled")
+        .expect("a disabled event");
+    assert_eq!(disabled["actor"], "root", "{disabled}");
+    assert_eq!(disabled["actor_role"], "admin", "{disabled}");
+    assert_eq!(disabled["actor_via"], "socket", "{disabled}");
+}
