@@ -171,6 +171,27 @@ fn issue_login_and_remote_commands_with_a_profile_and_flags() {
         (me["role"].as_str(), me["state"].as_str()),
         (Some("admin"), Some("active"))
     );
+    // With no flags and no local socket, the default profile is used.
+    if !Path::new(leash_proto::socket_trust::SYSTEM_ADMIN_SOCKET).exists() {
+        let mut cmd = ann.command();
+        cmd.args(["workload", "list", "--output", "json"]);
+        let out = c.run(cmd);
+        assert!(out.json().to_string().contains("\"svc\""), "{out}");
+    }
+    // $XDG_CONFIG_HOME is honoured.
+    let xdg = c.dir().join("xdg-bea");
+    let bea = issue(&c, "bea", "viewer", "1h");
+    let mut cmd = ann.command();
+    cmd.env("XDG_CONFIG_HOME", &xdg).args([
+        "login",
+        "--server",
+        &format!("https://{}", c.addr),
+        "--code",
+        &bea,
+    ]);
+    c.run(cmd).code(0);
+    assert!(xdg.join("leash").join("admin-bea.key").exists());
+    assert!(xdg.join("leash").join("leashctl.toml").exists());
 
     // A code is single use.
     let (_, again) = login(&c, "ann-again", &code);
