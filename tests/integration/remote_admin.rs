@@ -427,3 +427,31 @@ fn a_local_admin_with_a_role_is_held_to_it_on_the_socket() {
     assert_eq!(disabled["actor_role"], "admin", "{disabled}");
     assert_eq!(disabled["actor_via"], "socket", "{disabled}");
 }
+
+/// Across a CA rotation, an admin certificate from the old CA still works while that CA
+/// is in the bundle, and one issued after it, by the new CA, works too.
+#[test]
+fn admin_certificates_verify_while_their_ca_is_in_the_bundle() {
+    let c = Cluster::control_plane_only();
+    let ann = logged_in(&c, "ann", "admin", "8h");
+    let new = c
+        .leashctl(&["key", "rotate", "ca", "--output", "json"])
+        .json()["id"]
+        .as_str()
+        .expect("new CA id")
+        .to_string();
+    // Past the publish-ahead time (10 minutes by default): the new CA signs.
+    c.advance_clock(Duration::from_secs(601));
+    c.eventually("the new CA is active", || {
+        let keys = c.leashctl(&["key", "list", "--output", "json"]).json();
+        keys.as_array()?
+            .iter()
+            .any(|k| k["id"] == new.as_str() && k["state"] == "active")
+            .then_some(())
+    });
+    ann.run(&c, &["host", "list"]).code(0);
+    let bob = logged_in(&c, "bob", "viewer", "1h");
+    let ca_pem = std::fs::read_to_string(bob.dir().join("ca.pem")).expect("ca.pem");
+    assert_eq!(ca_pem.matches("BEGIN CERTIFICATE").count(), 2, "{ca_pem}");
+    bob.run(&c, &["host", "list"]).code(0);
+}
