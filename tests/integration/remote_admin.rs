@@ -366,6 +366,7 @@ fn host_certificates_and_admin_certificates_keep_to_their_own_services() {
         .expect("TLS with the admin certificate")
         .expect_err("an admin certificate is refused on the agent service");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("admin certificate"), "{err:?}");
 
     // And no certificate at all on the admin service.
     let err = rt
