@@ -437,3 +437,27 @@ pub fn introspection_client_removed(at_ms: i64, actor: &str, id: &str) -> Event 
         .actor(actor)
         .detail(json!({ "client_id": id }))
 }
+
+/// An admin issued an admin certificate's one-time code (`admin-cert-issued`).
+pub fn admin_cert_issued(at_ms: i64, actor: &str, name: &str, role: &str, ttl: u32) -> Event {
+    at(at_ms, "admin-cert-issued")
+        .actor(actor)
+        .detail(json!({ "admin": name, "role": role, "ttl_seconds": ttl }))
+}
+
+/// An admin revoked an admin certificate (`admin-cert-revoked`).
+pub fn admin_cert_revoked(at_ms: i64, actor: &str, name: &str) -> Event {
+    at(at_ms, "admin-cert-revoked")
+        .actor(actor)
+        .detail(json!({ "admin": name }))
+}
+
+/// A code was redeemed for an admin certificate (`admin-login`).
+pub fn admin_login(at_ms: i64, name: &str, role: &str, serial: &str, not_after: i64) -> Event {
+    let mut e = at(at_ms, "admin-login").actor(name).detail(
+        json!({ "admin": name, "role": role, "serial": serial, "not_after_unix": not_after }),
+    );
+    e.actor_role = Some(role.to_string());
+    e.actor_via = Some("mtls".to_string());
+    e
+}

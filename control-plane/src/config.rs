@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod admins;
 mod audit;
 mod http;
 mod metrics;
 mod store;
 
+pub use admins::{AdminEntry, AdminRoleError, AdminsError, LocalAdmin};
 pub use audit::{AuditConfig, AuditFileConfig, AuditValueError};
 pub use http::{HttpCert, HttpConfig, HttpFileConfig, HttpValueError};
 pub use metrics::MetricsFileConfig;
@@ -76,8 +78,9 @@ pub struct FileConfig {
     pub max_approval: Option<String>,
     /// How long a pending approval request waits before it expires, e.g. "1h".
     pub approval_timeout: Option<String>,
-    /// Admin names by uid: `[admins]` then `alice = 1000`.
-    pub admins: Option<BTreeMap<String, u32>>,
+    /// Admin names by uid: `[admins]` then `alice = 1000` (role admin) or
+    /// `alice = { uid = 1000, role = "operator" }`.
+    pub admins: Option<BTreeMap<String, AdminEntry>>,
     /// Enroll calls one source address may make at once (token bucket size).
     pub enroll_source_burst: Option<u32>,
     /// Enroll calls one source address may make per minute, sustained.
@@ -143,8 +146,8 @@ pub struct Config {
     pub host_cert_ttl: Duration,
     /// Configured action classes (default read, write, deploy, admin).
     pub actions: Vec<String>,
-    /// uid -> admin name. Empty: root and the server's own uid are admins.
-    pub admins: BTreeMap<u32, String>,
+    /// uid -> admin name and role. Empty: root and the server's own uid are admins.
+    pub admins: BTreeMap<u32, LocalAdmin>,
     /// Cap on approval lifetimes.
     pub max_approval: Duration,
     /// Pending approval lifetime.
@@ -292,9 +295,8 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
 
 const DAY: u64 = 24 * 3600;
 
-/// Longest `issuer` and admin name, in bytes.
+/// Longest `issuer`, in bytes.
 pub const MAX_ISSUER_LEN: usize = 255;
-const MAX_ADMIN_NAME_LEN: usize = 64;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH_LEN: usize = 107;
 
@@ -497,33 +499,12 @@ fn resolve_actions(file: &mut FileConfig) -> Result<Vec<String>, ConfigError> {
     Ok(actions)
 }
 
-/// `[admins]`: names are printed in audit events and tables, so they are plain words;
-/// one uid may have one name only.
-fn resolve_admins(file: &mut FileConfig) -> Result<BTreeMap<u32, String>, ConfigError> {
-    let mut admins = BTreeMap::new();
-    for (name, uid) in file.admins.take().unwrap_or_default() {
-        let ok = !name.is_empty()
-            && name.len() <= MAX_ADMIN_NAME_LEN
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-        if !ok {
-            return Err(ConfigError::Value {
-                key: "admins",
-                message: format!(
-                    "admin name {:?} must be 1 to {MAX_ADMIN_NAME_LEN} letters, digits, '.', '-' or '_'",
-                    clip(&name)
-                ),
-            });
-        }
-        if let Some(other) = admins.insert(uid, name.clone()) {
-            return Err(ConfigError::Value {
-                key: "admins",
-                message: format!("uid {uid} is named twice ({other:?} and {name:?}); keep one"),
-            });
-        }
-    }
-    Ok(admins)
+/// `[admins]`, checked in `config/admins.rs`.
+fn resolve_admins(file: &mut FileConfig) -> Result<BTreeMap<u32, LocalAdmin>, ConfigError> {
+    admins::resolve(file.admins.take().unwrap_or_default()).map_err(|e| ConfigError::Value {
+        key: "admins",
+        message: e.to_string(),
+    })
 }
 
 /// A path key: not empty, no NUL byte (the OS cannot take it).
@@ -817,7 +798,10 @@ mod tests {
         .expect("valid");
         assert_eq!(c.issuer, "spiffe://corp.example");
         assert_eq!(c.max_offline, Duration::from_secs(120));
-        assert_eq!(c.admins.get(&1000).map(String::as_str), Some("alice"));
+        assert_eq!(
+            c.admins.get(&1000).map(|a| (a.name.as_str(), a.role)),
+            Some(("alice", crate::actor::Role::Admin))
+        );
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.actions.len(), 4);
     }
@@ -866,6 +850,29 @@ mod tests {
         for w in words {
             assert!(e.contains(w), "{text:?}: {e} lacks {w:?}");
         }
+    }
+
+    #[test]
+    fn admins_take_a_role_and_default_to_admin() {
+        let c = resolve_text(
+            "[admins]\nalice = 1000\nbob = { uid = 1001, role = \"operator\" }\nvic = { uid = 1002, role = \"viewer\" }",
+        )
+        .expect("admins");
+        let role = |uid| c.admins.get(&uid).map(|a| a.role);
+        use crate::actor::Role;
+        assert_eq!(role(1000), Some(Role::Admin));
+        assert_eq!(role(1001), Some(Role::Operator));
+        assert_eq!(role(1002), Some(Role::Viewer));
+        refused(
+            "[admins]\nbob = { uid = 1001, role = \"root\" }",
+            "admins",
+            &["bob", "unknown role", "viewer, approver, operator or admin"],
+        );
+        refused(
+            "[admins]\nbob = { role = \"viewer\" }",
+            "[admins] entry",
+            &["uid = 1000"],
+        );
     }
 
     #[test]

@@ -459,6 +459,18 @@ impl Keys {
         certs::host_cert(&ca, &self.trust_domain, csr_der, host, ttl)
     }
 
+    /// Sign an admin certificate for the key in `csr_der` with the active CA (URI SAN
+    /// `spiffe://<td>/leash/admin/<name>`).
+    pub fn sign_admin_cert(
+        &self,
+        csr_der: &[u8],
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(CertificateDer<'static>, String, i64), KeyError> {
+        let ca = self.current().active_ca.clone();
+        certs::admin_cert(&ca, &self.trust_domain, csr_der, name, ttl)
+    }
+
     /// Sign an X.509-SVID for the P-256 key in `csr_der` with the active CA: URI SAN
     /// `spiffe_id`, valid from `not_before` to `not_after` (unix seconds).
     pub fn sign_svid(

@@ -8,6 +8,7 @@
 //! command-line shell around it so tests can start a control plane in-process too.
 #![forbid(unsafe_code)]
 
+pub mod actor;
 pub mod admin;
 pub mod agent_api;
 pub mod approval;

@@ -671,6 +671,12 @@ pub struct Event {
     /// Who caused it (admin name, host, or `control-plane`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The admin actor's role (`viewer`, `approver`, `operator`, `admin`); admin actions only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub actor_role: Option<String>,
+    /// How the admin actor connected: `socket` or `mtls`; admin actions only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub actor_via: Option<String>,
     /// Host concerned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -714,6 +720,8 @@ impl Event {
             at_ms: 0,
             kind: kind.to_string(),
             actor: None,
+            actor_role: None,
+            actor_via: None,
             host: None,
             workload: None,
             credential: None,

@@ -1,5 +1,6 @@
-//! Wiring: open the store, load the keys, start the agent-facing mTLS listener and the
-//! admin Unix socket, and run until the shutdown future resolves.
+//! Wiring: open the store, load the keys, start the agent-facing mTLS listener (which
+//! also serves the admin service to admin certificates) and the admin Unix socket, and
+//! run until the shutdown future resolves.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -344,6 +345,8 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(256)
         .add_service(agent_api)
+        // The admin service too, for admins with an admin certificate (see admin/).
+        .add_service(admin_api.clone())
         .serve_with_incoming_shutdown(crate::tls::incoming(tcp, tls), async move {
             let _ = rx1.wait_for(|v| *v).await;
         });

@@ -20,6 +20,7 @@
 //!   and plain lines).
 #![forbid(unsafe_code)]
 
+pub mod admin_code;
 pub mod cli;
 pub mod clock;
 pub mod envfile;

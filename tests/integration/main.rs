@@ -175,3 +175,4 @@ mod audit_pg;
 mod backup;
 mod ha_ops;
 mod ha_replicas;
+mod remote_admin;

@@ -57,7 +57,22 @@ impl AgentApi {
             .store
             .host_by_serial(&serial)
             .map_err(Status::from)?
-            .ok_or_else(|| Reason::Denied.status("this certificate belongs to no enrolled host"))?;
+            .ok_or_else(|| {
+                // An admin certificate is for the admin service only.
+                let admin = x509_parser::parse_x509_certificate(&certs[0])
+                    .ok()
+                    .and_then(|(_, c)| c.subject_alternative_name().ok().flatten().map(|s| {
+                        s.value.general_names.iter().any(|n| {
+                            matches!(n, x509_parser::extensions::GeneralName::URI(u) if u.contains("/leash/admin/"))
+                        })
+                    }))
+                    .unwrap_or(false);
+                Reason::Denied.status(if admin {
+                    "this is an admin certificate; the agent service takes host certificates only"
+                } else {
+                    "this certificate belongs to no enrolled host"
+                })
+            })?;
         if host.evicted {
             return Err(Reason::Denied.status(format!(
                 "host {:?} was evicted; re-enroll with a new join token and a new name",

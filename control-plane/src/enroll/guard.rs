@@ -140,7 +140,7 @@ impl Guard {
     /// wait. The source's bucket is charged even when the global one is empty, so one
     /// busy source cannot keep the others out for long. `now_ms` is the control plane's
     /// clock.
-    pub(super) fn admit(&self, source: Option<IpAddr>, now_ms: i64) -> Result<(), Duration> {
+    pub fn admit(&self, source: Option<IpAddr>, now_ms: i64) -> Result<(), Duration> {
         let now = now_ms;
         let l = self.limits;
         let mut st = self.lock();

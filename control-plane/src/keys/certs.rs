@@ -1,4 +1,4 @@
-//! Certificates a CA signs: host certificates, X.509-SVIDs and the control plane's
+//! Certificates a CA signs: host and admin certificates, X.509-SVIDs and the control plane's
 //! serving certificate. Only a CSR's public key is ever used; names, usages and
 //! lifetimes are ours. Certificate times are the system time's, as verifiers read them.
 
@@ -31,12 +31,37 @@ pub fn host_cert(
     host: &str,
     ttl: std::time::Duration,
 ) -> Result<(CertificateDer<'static>, String, i64), KeyError> {
+    let uri = format!("spiffe://{trust_domain}/leash/host/{host}");
+    client_cert(ca, csr_der, host, uri, ttl)
+}
+
+/// An admin certificate for the key in `csr_der`, signed by `ca`, with the URI SAN
+/// `spiffe://<td>/leash/admin/<name>`: its DER, serial (hex) and expiry (unix seconds).
+pub fn admin_cert(
+    ca: &CaKey,
+    trust_domain: &str,
+    csr_der: &[u8],
+    name: &str,
+    ttl: std::time::Duration,
+) -> Result<(CertificateDer<'static>, String, i64), KeyError> {
+    let uri = format!("spiffe://{trust_domain}/leash/admin/{name}");
+    client_cert(ca, csr_der, name, uri, ttl)
+}
+
+/// A client certificate (ClientAuth only) for the key in `csr_der` naming `cn` and the
+/// URI SAN `uri`, valid for `ttl` from now.
+fn client_cert(
+    ca: &CaKey,
+    csr_der: &[u8],
+    cn: &str,
+    uri: String,
+    ttl: std::time::Duration,
+) -> Result<(CertificateDer<'static>, String, i64), KeyError> {
     let csr = parse_csr(csr_der)?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, host);
+    dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
-    let uri = format!("spiffe://{trust_domain}/leash/host/{host}");
     p.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];

@@ -29,6 +29,7 @@ use crate::model::{
     PolicyRecord, Revocation, RevocationTarget, ScheduledRevocation, SecretVersion, Workload,
 };
 
+mod admin_certs;
 mod chain;
 mod codec;
 mod error;
@@ -45,6 +46,7 @@ mod sled_store;
 mod snapshot;
 mod tx;
 
+pub use admin_certs::{AdminCertRecord, AdminCertStore};
 pub use error::{Result, StoreError};
 pub use introspection_clients::IntrospectionClient;
 pub use pg::from_sled::{copy_sled_to_postgres, probe_postgres, MigrateError, TreeCopy};
@@ -67,7 +69,7 @@ pub struct Enrollment {
 
 /// The storage boundary. See the module doc.
 #[async_trait]
-pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+pub trait Storage: AdminCertStore + Send + Sync + std::fmt::Debug + 'static {
     /// The last committed sequence number.
     fn current_seq(&self) -> u64;
     /// Whether a flush has failed in a way the store cannot recover from while it stays

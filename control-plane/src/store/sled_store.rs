@@ -155,6 +155,9 @@ pub(super) struct Tx<'a> {
     pub(super) ended_queued: bool,
     /// The batch changed the queue of ended leases.
     pub(super) ended_changed: bool,
+    /// The admin whose call the running job serves (see `actor.rs`): their events get
+    /// `actor_role` and `actor_via`.
+    pub(super) caller: Option<crate::actor::Caller>,
 }
 
 pub(super) type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -319,8 +322,11 @@ impl SledStore {
         F: FnOnce(&mut Tx<'_>) -> Result<R> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let caller = crate::actor::current();
         let job: Job = Box::new(move |t| {
+            t.caller = caller;
             let r = f(t);
+            t.caller = None;
             Box::new(move |flush_err: Option<&StoreError>| {
                 let r = match (r, flush_err) {
                     // PostgreSQL rolled the batch back (or could not confirm its commit).
@@ -410,6 +416,7 @@ fn writer(
             now_ms: clock.now_ms(),
             ended_queued: false,
             ended_changed: false,
+            caller: None,
         };
         let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
         let Tx {

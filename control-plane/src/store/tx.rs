@@ -27,6 +27,12 @@ impl Tx<'_> {
         if e.at_ms == 0 {
             e.at_ms = self.now_ms;
         }
+        if let Some(c) = &self.caller {
+            if e.actor.as_deref() == Some(c.name.as_str()) && e.actor_role.is_none() {
+                e.actor_role = Some(c.role.as_str().to_string());
+                e.actor_via = Some(c.via.as_str().to_string());
+            }
+        }
         // The chain: link to the previous event and hash this one (see `audit_chain`).
         // The new head is written with `event_id` in this batch's flush.
         e.prev_hash = Some(std::mem::take(&mut self.head.hash));

@@ -14,8 +14,8 @@ use leash_proto::cli::Fail;
 use leash_proto::socket_trust::{self, TrustError};
 use leash_proto::startup;
 use leash_proto::v1::admin_client::AdminClient;
-use tonic::transport::Channel;
 
+mod admin_cert;
 mod approval;
 mod audit;
 mod audit_verify;
@@ -25,15 +25,18 @@ mod input;
 mod join_token;
 mod key;
 mod lease;
+mod login;
 mod oidc;
 mod output;
 mod owner;
 mod policy;
+mod remote;
 mod secret;
 mod secret_import;
 mod tokens;
 mod workload;
 
+use admin_cert::AdminCertCmd;
 use approval::ApprovalCmd;
 use audit::{AuditCmd, ReportCmd};
 use credential::CredentialCmd;
@@ -53,6 +56,24 @@ struct Cli {
     /// Admin socket of the control plane.
     #[arg(long, env = "LEASH_ADMIN_SOCKET", global = true)]
     admin_socket: Option<PathBuf>,
+    /// Administer the control plane at https://HOST:PORT (its agent port) over TLS with
+    /// an admin certificate, instead of the local socket. This and the four flags after
+    /// it go before the command: `leashctl --server URL --cert F --key F host list`.
+    #[arg(long, env = "LEASH_SERVER")]
+    server: Option<String>,
+    /// The admin certificate (PEM) for --server.
+    #[arg(long, env = "LEASH_CERT")]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM) for --server.
+    #[arg(long, env = "LEASH_KEY")]
+    key: Option<PathBuf>,
+    /// The CA bundle (PEM) to trust for --server.
+    #[arg(long, env = "LEASH_CA")]
+    ca: Option<PathBuf>,
+    /// The profile `login` writes and remote commands read [default:
+    /// ~/.config/leash/leashctl.toml].
+    #[arg(long, env = "LEASH_PROFILE")]
+    profile: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -110,6 +131,19 @@ enum Cmd {
     /// The OIDC issuer's documents: discovery and JWKS.
     #[command(subcommand)]
     Oidc(OidcCmd),
+    /// Certificates for remote administration: issue a login code, revoke, list.
+    #[command(subcommand)]
+    AdminCert(AdminCertCmd),
+    /// Redeem a login code (with --server): make a key pair here, get an admin
+    /// certificate, and write it with a profile under ~/.config/leash/.
+    Login {
+        /// The control plane, https://HOST:PORT (its agent port).
+        #[arg(long)]
+        server: String,
+        /// The one-time code from `leashctl admin-cert issue`.
+        #[arg(long)]
+        code: String,
+    },
 }
 
 impl Cmd {
@@ -150,6 +184,63 @@ fn trusted_socket(socket: &Path) -> Result<(), Fail> {
     })
 }
 
+/// Where the commands go.
+enum Target {
+    Socket(PathBuf),
+    Remote(remote::Remote),
+}
+
+/// `--server` (with `--cert`, `--key`, `--ca`, missing ones from the profile) goes
+/// remote; else `--admin-socket` goes to that socket; else `--profile` goes where the
+/// profile says; else the local socket if it exists, else the default profile if it
+/// names a server, else the local socket (which then says it is missing).
+fn target(cli: &Cli) -> Result<Target, Fail> {
+    let profile_at = |p: &Path| remote::read_profile(p).map(Some);
+    let default_profile = || -> Result<Option<remote::Profile>, Fail> {
+        match remote::default_profile_path() {
+            Ok(p) if p.exists() => profile_at(&p),
+            _ => Ok(None),
+        }
+    };
+    let remote_with = |server: String, profile: Option<remote::Profile>| {
+        remote::Remote::resolve(
+            server,
+            cli.cert.clone(),
+            cli.key.clone(),
+            cli.ca.clone(),
+            profile.as_ref(),
+        )
+        .map(Target::Remote)
+    };
+    if let Some(server) = &cli.server {
+        let profile = match &cli.profile {
+            Some(p) => profile_at(p)?,
+            None => default_profile()?,
+        };
+        return remote_with(server.clone(), profile);
+    }
+    if let Some(s) = &cli.admin_socket {
+        return Ok(Target::Socket(s.clone()));
+    }
+    if let Some(p) = &cli.profile {
+        let profile = profile_at(p)?;
+        let server = profile
+            .as_ref()
+            .and_then(|p| p.server.clone())
+            .ok_or_else(|| Fail::usage(format!("the profile {} names no server", p.display())))?;
+        return remote_with(server, profile);
+    }
+    let socket = socket_path(None);
+    if !socket.exists() {
+        if let Some(profile) = default_profile()? {
+            if let Some(server) = profile.server.clone() {
+                return remote_with(server, Some(profile));
+            }
+        }
+    }
+    Ok(Target::Socket(socket))
+}
+
 async fn run(cli: Cli) -> Result<(), Fail> {
     // An export is verified without a control plane.
     if let Cmd::Audit(AuditCmd::Verify {
@@ -159,16 +250,23 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     {
         return audit_verify::from_file(path, key.as_deref());
     }
-    let socket = socket_path(cli.admin_socket);
-    trusted_socket(&socket)?;
-    let channel: Channel = leash_proto::uds::connect(&socket).await.map_err(|e| {
-        Fail(
-            format!(
-                "{e}\nIs leash-control-plane running? Point leashctl at its admin socket with --admin-socket or $LEASH_ADMIN_SOCKET."
-            ),
-            5,
-        )
-    })?;
+    if let Cmd::Login { server, code } = &cli.cmd {
+        return login::run(server, code, cli.profile.clone()).await;
+    }
+    let channel = match target(&cli)? {
+        Target::Remote(r) => r.connect().await?,
+        Target::Socket(socket) => {
+            trusted_socket(&socket)?;
+            leash_proto::uds::connect(&socket).await.map_err(|e| {
+                Fail(
+                    format!(
+                        "{e}\nIs leash-control-plane running? Point leashctl at its admin socket with --admin-socket or $LEASH_ADMIN_SOCKET."
+                    ),
+                    5,
+                )
+            })?
+        }
+    };
     let mut c = AdminClient::new(channel)
         .max_decoding_message_size(leash_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(leash_proto::MAX_MESSAGE_BYTES);
@@ -191,6 +289,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Secret(cmd) => secret::run(c, cmd).await,
         Cmd::IntrospectionClient(cmd) => oidc::clients(c, cmd).await,
         Cmd::Oidc(cmd) => oidc::oidc(c, cmd).await,
+        Cmd::AdminCert(cmd) => admin_cert::run(c, cmd).await,
+        Cmd::Login { .. } => Ok(()),
     }
 }
 
@@ -213,5 +313,16 @@ fn main() -> ExitCode {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(f)) => f.exit(),
         Err(_) => startup::fail("timed out", 6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Flag names and ids do not clash (clap's own checks of the definition).
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -234,6 +234,7 @@ pub(super) fn writer(
             now_ms: clock.now_ms(),
             ended_queued: false,
             ended_changed: false,
+            caller: None,
         };
         let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
         let stop = tx.stop;
