@@ -184,6 +184,17 @@ pub fn enroll_denied(
     e
 }
 
+/// An admin's call refused because their role does not allow it (`denied`).
+pub fn admin_denied(at_ms: i64, caller: &crate::actor::Caller, method: &str, why: &str) -> Event {
+    let mut e = at(at_ms, "denied")
+        .actor(caller.name.as_str())
+        .reason(why)
+        .detail(json!({ "method": method }));
+    e.actor_role = Some(caller.role.as_str().to_string());
+    e.actor_via = Some(caller.via.as_str().to_string());
+    e
+}
+
 /// Enrollments refused from one source in one interval (`enroll-refused`).
 pub fn enroll_refused(
     at_ms: i64,

@@ -286,6 +286,18 @@ fn each_role_is_refused_each_command_outside_it() {
             }
         }
     }
+    // Refusals are audited with who asked, in which role, over which connection.
+    c.eventually("the refusals are in the audit trail", || {
+        c.audit()
+            .iter()
+            .any(|e| {
+                e["type"] == "denied"
+                    && e["actor_role"] == "viewer"
+                    && e["actor_via"] == "mtls"
+                    && e["detail"]["method"] == "CreateJoinToken"
+            })
+            .then_some(())
+    });
 }
 
 #[test]

@@ -78,10 +78,14 @@ impl AdminApi {
             Some(Access::Role(need)) if caller.role.allows(need) => Ok(caller),
             Some(Access::Role(need)) => {
                 tracing::warn!(admin = %caller.name, role = %caller.role, method, "admin call refused by role");
-                Err(Reason::Denied.status(format!(
+                let why = format!(
                     "{} has the role {}; {method} needs the role {need} (or higher)",
                     caller.name, caller.role
-                )))
+                );
+                let at = self.s.clock.now_ms();
+                self.s
+                    .record(vec![crate::audit::admin_denied(at, &caller, method, &why)]);
+                Err(Reason::Denied.status(why))
             }
             Some(Access::Code) | None => {
                 Err(Reason::Denied.status(format!("{method} is not open to admins by role")))
