@@ -27,6 +27,7 @@ use leash_proto::reason::Reason;
 use leash_proto::v1;
 use leash_proto::v1::control_plane_client::ControlPlaneClient;
 use ring::rand::SecureRandom;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::attest::Attestation;
@@ -137,6 +138,16 @@ struct Task {
     grace: Duration,
     /// Descendants seen at the last scan: (pid, start time).
     known: Mutex<HashSet<(i32, u64)>>,
+    /// Turns true once the control plane has answered the task's `task-started` record
+    /// (or it could not be sent). The record is written while the task already runs;
+    /// an Issue or a CompleteTask for the task waits for it first, so the control
+    /// plane's store keeps `task-started` before the task's `issued` and `completed`.
+    recorded: watch::Receiver<bool>,
+}
+
+/// Wait until `recorded` turns true (or its sender is gone: the record was given up).
+async fn until_recorded(mut recorded: watch::Receiver<bool>) {
+    let _ = recorded.wait_for(|done| *done).await;
 }
 
 /// Live tasks on this host.
@@ -275,6 +286,17 @@ impl Tasks {
         Ok(Some((task.id.clone(), task.name.clone())))
     }
 
+    /// Wait until task `id`'s start is recorded at the control plane (see
+    /// `Task::recorded`); false when the task is no longer live (it ended meanwhile: no
+    /// credential is to be issued for it then).
+    pub async fn wait_recorded(&self, id: &str) -> bool {
+        let Some(recorded) = self.lock().get(id).map(|t| t.recorded.clone()) else {
+            return false;
+        };
+        until_recorded(recorded).await;
+        true
+    }
+
     /// The live task a caller runs inside, by ancestry alone: for callers that cannot
     /// carry a handle (SPIFFE Workload API clients send none). Only binds the caller's
     /// credentials *to* a task (so they end with it), never grants anything the caller
@@ -342,6 +364,7 @@ pub async fn start<H: TaskHost>(
     } else {
         Duration::from_millis(u64::from(r.grace_ms))
     };
+    let (recorded_tx, recorded) = watch::channel(false);
     let task = Arc::new(Task {
         id: id.clone(),
         name: name.clone(),
@@ -351,20 +374,29 @@ pub async fn start<H: TaskHost>(
         uid: caller.uid,
         grace,
         known: Mutex::new(HashSet::new()),
+        recorded,
     });
     agent.tasks().lock().insert(id.clone(), task.clone());
     tracing::info!(task = %id, %name, root, uid = caller.uid, "task started");
-    if let Some(mut c) = agent.client() {
-        let req = v1::TaskStartedRequest {
-            task: id.clone(),
-            name: name.clone(),
-            root_pid: root as u32,
-            uid: caller.uid,
-        };
-        if let Err(e) = c.start_task(req).await {
-            tracing::warn!(task = %id, error = %e.message(), "could not record task-started at the control plane");
+    // The control plane's durable `task-started` write goes on while the caller gets its
+    // handle and starts its work: nothing the task does needs it, except an Issue or the
+    // task's completion, which wait for it (`Task::recorded`).
+    let client = agent.client();
+    let req = v1::TaskStartedRequest {
+        task: id.clone(),
+        name: name.clone(),
+        root_pid: root as u32,
+        uid: caller.uid,
+    };
+    let task_id = id.clone();
+    tokio::spawn(async move {
+        if let Some(mut c) = client {
+            if let Err(e) = c.start_task(req).await {
+                tracing::warn!(task = %task_id, error = %e.message(), "could not record task-started at the control plane");
+            }
         }
-    }
+        let _ = recorded_tx.send(true);
+    });
     tokio::spawn(watch_root(agent.clone(), task, pidfd));
     Ok(v1::StartTaskResponse {
         handle: format!("{id}.{}", URL_SAFE_NO_PAD.encode(rnd)),
@@ -413,6 +445,8 @@ async fn finish<H: TaskHost>(
     if !left_running.is_empty() {
         tracing::warn!(task = %task.id, processes = ?left_running.iter().map(|p| p.pid).collect::<Vec<_>>(), "left running processes of the task its owner could not signal");
     }
+    // `completed` after `task-started` in the store, however short the task was.
+    until_recorded(task.recorded.clone()).await;
     let req = v1::CompleteTaskRequest {
         task: task.id.clone(),
         lease_ids: leases,
