@@ -404,13 +404,15 @@ pub async fn start<H: TaskHost>(
     })
 }
 
-/// End a task on request; needs its handle (and the caller's uid).
+/// End a task on request; needs its handle (and the caller's uid). With
+/// `complete_in_background`, the answer comes once the credentials are wiped here, and
+/// the control plane's completion follows without the caller waiting for it.
 pub async fn end_by_handle<H: TaskHost>(
     agent: &Arc<H>,
     caller: &Attestation,
-    handle: &str,
+    r: v1::EndTaskRequest,
 ) -> Result<v1::EndTaskResponse, TaskError> {
-    let (id, secret) = parse_handle(handle).ok_or(TaskError::NeedsHandle)?;
+    let (id, secret) = parse_handle(&r.handle).ok_or(TaskError::NeedsHandle)?;
     let task = agent
         .tasks()
         .lock()
@@ -422,7 +424,48 @@ pub async fn end_by_handle<H: TaskHost>(
     }
     // The runner that ends a task manages its own processes (its post-job hook is itself
     // a descendant of the root), so only the credentials go here.
-    Ok(finish(agent, &task, "ended by its runner", false).await)
+    let why = "ended by its runner";
+    if !r.complete_in_background {
+        return Ok(finish(agent, &task, why, false).await);
+    }
+    let Some(ended) = wipe(agent, &task, false) else {
+        return Ok(v1::EndTaskResponse::default());
+    };
+    let wiped = ended.wiped as u32;
+    let agent = agent.clone();
+    tokio::spawn(async move { complete(&agent, &task, ended, why).await });
+    Ok(v1::EndTaskResponse {
+        wiped,
+        completed: 0,
+    })
+}
+
+/// What is left to do for a task once its credentials are wiped on this host.
+struct Ended {
+    wiped: usize,
+    req: v1::CompleteTaskRequest,
+}
+
+/// End the task on this host: forget it and wipe its credentials. None when it had
+/// already ended.
+fn wipe<H: TaskHost>(agent: &Arc<H>, task: &Arc<Task>, stop: bool) -> Option<Ended> {
+    agent.tasks().lock().remove(&task.id)?;
+    let leases = agent.cache().task_leases(&task.id);
+    let wiped = agent
+        .cache()
+        .revoke(0, Target::Task(task.id.clone()), Vec::new());
+    crate::metrics::wiped(crate::metrics::WipeCause::TaskEnd, wiped);
+    let left_running = if stop { left_alone(task) } else { Vec::new() };
+    if !left_running.is_empty() {
+        tracing::warn!(task = %task.id, processes = ?left_running.iter().map(|p| p.pid).collect::<Vec<_>>(), "left running processes of the task its owner could not signal");
+    }
+    let req = v1::CompleteTaskRequest {
+        task: task.id.clone(),
+        lease_ids: leases,
+        name: task.name.clone(),
+        left_running,
+    };
+    Some(Ended { wiped, req })
 }
 
 /// Wipe, complete at the control plane, and (when the root died) stop descendants.
@@ -432,27 +475,25 @@ async fn finish<H: TaskHost>(
     why: &str,
     stop: bool,
 ) -> v1::EndTaskResponse {
-    if agent.tasks().lock().remove(&task.id).is_none() {
+    let Some(ended) = wipe(agent, task, stop) else {
         return v1::EndTaskResponse::default();
+    };
+    let wiped = ended.wiped as u32;
+    let completed = complete(agent, task, ended, why).await;
+    if stop {
+        let t = task.clone();
+        tokio::spawn(async move { stop_descendants(&t).await });
     }
-    let leases = agent.cache().task_leases(&task.id);
-    let wiped = agent
-        .cache()
-        .revoke(0, Target::Task(task.id.clone()), Vec::new());
-    crate::metrics::wiped(crate::metrics::WipeCause::TaskEnd, wiped);
+    v1::EndTaskResponse { wiped, completed }
+}
+
+/// Mark the leases of a task wiped here `completed` at the control plane (or keep the
+/// request for when it is reachable again); how many it completed.
+async fn complete<H: TaskHost>(agent: &Arc<H>, task: &Arc<Task>, ended: Ended, why: &str) -> u32 {
+    let Ended { wiped, req } = ended;
     let mut completed = 0;
-    let left_running = if stop { left_alone(task) } else { Vec::new() };
-    if !left_running.is_empty() {
-        tracing::warn!(task = %task.id, processes = ?left_running.iter().map(|p| p.pid).collect::<Vec<_>>(), "left running processes of the task its owner could not signal");
-    }
     // `completed` after `task-started` in the store, however short the task was.
     until_recorded(task.recorded.clone()).await;
-    let req = v1::CompleteTaskRequest {
-        task: task.id.clone(),
-        lease_ids: leases,
-        name: task.name.clone(),
-        left_running,
-    };
     if let Some(mut c) = agent.client() {
         match c.complete_task(req.clone()).await {
             Ok(r) => completed = r.into_inner().completed,
@@ -471,14 +512,7 @@ async fn finish<H: TaskHost>(
         agent.tasks().defer(req);
     }
     tracing::info!(task = %task.id, name = %task.name, wiped, completed, reason = why, "task ended");
-    if stop {
-        let t = task.clone();
-        tokio::spawn(async move { stop_descendants(&t).await });
-    }
-    v1::EndTaskResponse {
-        wiped: wiped as u32,
-        completed,
-    }
+    completed
 }
 
 /// Send the completions of tasks that ended while the control plane was unreachable

@@ -322,6 +322,7 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
                 let _ = agent
                     .end_task(v1::EndTaskRequest {
                         handle: task.handle.clone(),
+                        ..Default::default()
                     })
                     .await;
                 return fail(m);
@@ -340,6 +341,7 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
             let _ = agent
                 .end_task(v1::EndTaskRequest {
                     handle: task.handle.clone(),
+                    ..Default::default()
                 })
                 .await;
             return fail(format!(
@@ -354,6 +356,7 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
             let _ = agent
                 .end_task(v1::EndTaskRequest {
                     handle: task.handle.clone(),
+                    ..Default::default()
                 })
                 .await;
             let code = match e.kind() {
@@ -414,9 +417,14 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
     };
 
     // The command is done: take its credentials back first, then stop what it left.
+    // The agent answers once it has wiped them; the control plane marks their leases
+    // completed right after, without this process (whose command's exit status is known)
+    // waiting for that write (docs/SECURITY.md: the wipe on the host is what ends them
+    // here; the completion stops any copy that got out from passing introspection).
     match agent
         .end_task(v1::EndTaskRequest {
             handle: task.handle.clone(),
+            complete_in_background: true,
         })
         .await
     {
