@@ -4,7 +4,8 @@
 //! stay below it, registers the task with the agent, fetches the credentials bound to the
 //! task into the command's environment, runs the command (forwarding signals), and when
 //! the command exits (however it exits) ends the task: the agent wipes the task's
-//! credentials and the control plane marks their leases `completed`. Leftover processes
+//! credentials and answers, and the control plane marks their leases `completed` right
+//! after (this process does not wait for that write). Leftover processes
 //! then get SIGTERM, and SIGKILL after `--grace`. If this process is killed instead, the
 //! agent sees the root's pidfd close and does the same.
 //!
