@@ -117,7 +117,7 @@ impl AgentService for Api {
     ) -> Result<Response<v1::EndTaskResponse>, Status> {
         let a = self.attest(&req)?;
         Ok(Response::new(
-            tasks::end_by_handle(self.calls.agent(), &a, &req.into_inner().handle).await?,
+            tasks::end_by_handle(self.calls.agent(), &a, req.into_inner()).await?,
         ))
     }
 }

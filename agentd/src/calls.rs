@@ -271,6 +271,16 @@ impl Calls {
         how: &Obtain<'_>,
     ) -> Result<Entry, CallError> {
         let task_name = how.task_name;
+        // A task's `task-started` is written at the control plane while the task starts;
+        // its credentials are issued only after it, so the audit keeps that order.
+        if let Some(t) = &key.task {
+            if !self.agent.tasks.wait_recorded(t).await {
+                return Err(CallError::new(
+                    Reason::Denied,
+                    "the task ended while the credential was being issued",
+                ));
+            }
+        }
         let mut client = self.agent.client().ok_or_else(|| {
             CallError::new(Reason::Unavailable, "the control plane is unreachable and no usable credential is cached; check `leash status` and try again")
         })?;

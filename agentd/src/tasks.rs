@@ -27,6 +27,7 @@ use leash_proto::reason::Reason;
 use leash_proto::v1;
 use leash_proto::v1::control_plane_client::ControlPlaneClient;
 use ring::rand::SecureRandom;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::attest::Attestation;
@@ -137,6 +138,16 @@ struct Task {
     grace: Duration,
     /// Descendants seen at the last scan: (pid, start time).
     known: Mutex<HashSet<(i32, u64)>>,
+    /// Turns true once the control plane has answered the task's `task-started` record
+    /// (or it could not be sent). The record is written while the task already runs;
+    /// an Issue or a CompleteTask for the task waits for it first, so the control
+    /// plane's store keeps `task-started` before the task's `issued` and `completed`.
+    recorded: watch::Receiver<bool>,
+}
+
+/// Wait until `recorded` turns true (or its sender is gone: the record was given up).
+async fn until_recorded(mut recorded: watch::Receiver<bool>) {
+    let _ = recorded.wait_for(|done| *done).await;
 }
 
 /// Live tasks on this host.
@@ -275,6 +286,17 @@ impl Tasks {
         Ok(Some((task.id.clone(), task.name.clone())))
     }
 
+    /// Wait until task `id`'s start is recorded at the control plane (see
+    /// `Task::recorded`); false when the task is no longer live (it ended meanwhile: no
+    /// credential is to be issued for it then).
+    pub async fn wait_recorded(&self, id: &str) -> bool {
+        let Some(recorded) = self.lock().get(id).map(|t| t.recorded.clone()) else {
+            return false;
+        };
+        until_recorded(recorded).await;
+        true
+    }
+
     /// The live task a caller runs inside, by ancestry alone: for callers that cannot
     /// carry a handle (SPIFFE Workload API clients send none). Only binds the caller's
     /// credentials *to* a task (so they end with it), never grants anything the caller
@@ -342,6 +364,7 @@ pub async fn start<H: TaskHost>(
     } else {
         Duration::from_millis(u64::from(r.grace_ms))
     };
+    let (recorded_tx, recorded) = watch::channel(false);
     let task = Arc::new(Task {
         id: id.clone(),
         name: name.clone(),
@@ -351,20 +374,29 @@ pub async fn start<H: TaskHost>(
         uid: caller.uid,
         grace,
         known: Mutex::new(HashSet::new()),
+        recorded,
     });
     agent.tasks().lock().insert(id.clone(), task.clone());
     tracing::info!(task = %id, %name, root, uid = caller.uid, "task started");
-    if let Some(mut c) = agent.client() {
-        let req = v1::TaskStartedRequest {
-            task: id.clone(),
-            name: name.clone(),
-            root_pid: root as u32,
-            uid: caller.uid,
-        };
-        if let Err(e) = c.start_task(req).await {
-            tracing::warn!(task = %id, error = %e.message(), "could not record task-started at the control plane");
+    // The control plane's durable `task-started` write goes on while the caller gets its
+    // handle and starts its work: nothing the task does needs it, except an Issue or the
+    // task's completion, which wait for it (`Task::recorded`).
+    let client = agent.client();
+    let req = v1::TaskStartedRequest {
+        task: id.clone(),
+        name: name.clone(),
+        root_pid: root as u32,
+        uid: caller.uid,
+    };
+    let task_id = id.clone();
+    tokio::spawn(async move {
+        if let Some(mut c) = client {
+            if let Err(e) = c.start_task(req).await {
+                tracing::warn!(task = %task_id, error = %e.message(), "could not record task-started at the control plane");
+            }
         }
-    }
+        let _ = recorded_tx.send(true);
+    });
     tokio::spawn(watch_root(agent.clone(), task, pidfd));
     Ok(v1::StartTaskResponse {
         handle: format!("{id}.{}", URL_SAFE_NO_PAD.encode(rnd)),
@@ -372,13 +404,15 @@ pub async fn start<H: TaskHost>(
     })
 }
 
-/// End a task on request; needs its handle (and the caller's uid).
+/// End a task on request; needs its handle (and the caller's uid). With
+/// `complete_in_background`, the answer comes once the credentials are wiped here, and
+/// the control plane's completion follows without the caller waiting for it.
 pub async fn end_by_handle<H: TaskHost>(
     agent: &Arc<H>,
     caller: &Attestation,
-    handle: &str,
+    r: v1::EndTaskRequest,
 ) -> Result<v1::EndTaskResponse, TaskError> {
-    let (id, secret) = parse_handle(handle).ok_or(TaskError::NeedsHandle)?;
+    let (id, secret) = parse_handle(&r.handle).ok_or(TaskError::NeedsHandle)?;
     let task = agent
         .tasks()
         .lock()
@@ -390,25 +424,37 @@ pub async fn end_by_handle<H: TaskHost>(
     }
     // The runner that ends a task manages its own processes (its post-job hook is itself
     // a descendant of the root), so only the credentials go here.
-    Ok(finish(agent, &task, "ended by its runner", false).await)
+    let why = "ended by its runner";
+    if !r.complete_in_background {
+        return Ok(finish(agent, &task, why, false).await);
+    }
+    let Some(ended) = wipe(agent, &task, false) else {
+        return Ok(v1::EndTaskResponse::default());
+    };
+    let wiped = ended.wiped as u32;
+    let agent = agent.clone();
+    tokio::spawn(async move { complete(&agent, &task, ended, why).await });
+    Ok(v1::EndTaskResponse {
+        wiped,
+        completed: 0,
+    })
 }
 
-/// Wipe, complete at the control plane, and (when the root died) stop descendants.
-async fn finish<H: TaskHost>(
-    agent: &Arc<H>,
-    task: &Arc<Task>,
-    why: &str,
-    stop: bool,
-) -> v1::EndTaskResponse {
-    if agent.tasks().lock().remove(&task.id).is_none() {
-        return v1::EndTaskResponse::default();
-    }
+/// What is left to do for a task once its credentials are wiped on this host.
+struct Ended {
+    wiped: usize,
+    req: v1::CompleteTaskRequest,
+}
+
+/// End the task on this host: forget it and wipe its credentials. None when it had
+/// already ended.
+fn wipe<H: TaskHost>(agent: &Arc<H>, task: &Arc<Task>, stop: bool) -> Option<Ended> {
+    agent.tasks().lock().remove(&task.id)?;
     let leases = agent.cache().task_leases(&task.id);
     let wiped = agent
         .cache()
         .revoke(0, Target::Task(task.id.clone()), Vec::new());
     crate::metrics::wiped(crate::metrics::WipeCause::TaskEnd, wiped);
-    let mut completed = 0;
     let left_running = if stop { left_alone(task) } else { Vec::new() };
     if !left_running.is_empty() {
         tracing::warn!(task = %task.id, processes = ?left_running.iter().map(|p| p.pid).collect::<Vec<_>>(), "left running processes of the task its owner could not signal");
@@ -419,6 +465,35 @@ async fn finish<H: TaskHost>(
         name: task.name.clone(),
         left_running,
     };
+    Some(Ended { wiped, req })
+}
+
+/// Wipe, complete at the control plane, and (when the root died) stop descendants.
+async fn finish<H: TaskHost>(
+    agent: &Arc<H>,
+    task: &Arc<Task>,
+    why: &str,
+    stop: bool,
+) -> v1::EndTaskResponse {
+    let Some(ended) = wipe(agent, task, stop) else {
+        return v1::EndTaskResponse::default();
+    };
+    let wiped = ended.wiped as u32;
+    let completed = complete(agent, task, ended, why).await;
+    if stop {
+        let t = task.clone();
+        tokio::spawn(async move { stop_descendants(&t).await });
+    }
+    v1::EndTaskResponse { wiped, completed }
+}
+
+/// Mark the leases of a task wiped here `completed` at the control plane (or keep the
+/// request for when it is reachable again); how many it completed.
+async fn complete<H: TaskHost>(agent: &Arc<H>, task: &Arc<Task>, ended: Ended, why: &str) -> u32 {
+    let Ended { wiped, req } = ended;
+    let mut completed = 0;
+    // `completed` after `task-started` in the store, however short the task was.
+    until_recorded(task.recorded.clone()).await;
     if let Some(mut c) = agent.client() {
         match c.complete_task(req.clone()).await {
             Ok(r) => completed = r.into_inner().completed,
@@ -437,14 +512,7 @@ async fn finish<H: TaskHost>(
         agent.tasks().defer(req);
     }
     tracing::info!(task = %task.id, name = %task.name, wiped, completed, reason = why, "task ended");
-    if stop {
-        let t = task.clone();
-        tokio::spawn(async move { stop_descendants(&t).await });
-    }
-    v1::EndTaskResponse {
-        wiped: wiped as u32,
-        completed,
-    }
+    completed
 }
 
 /// Send the completions of tasks that ended while the control plane was unreachable

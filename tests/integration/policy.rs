@@ -498,7 +498,10 @@ fn task_context_is_seen_at_issuance_and_kept_when_leases_are_re_evaluated() {
     assert_eq!(c.lease(&lease_id)["state"], "active");
     std::fs::write(work.join("done"), "").expect("touch");
     assert_eq!(d.wait_exit(std::time::Duration::from_secs(20)), 0);
-    assert_eq!(c.lease(&lease_id)["state"], "completed");
+    // `leash exec` returns once the agent has wiped; the completion follows at once.
+    c.eventually("the task's lease is completed", || {
+        (c.lease(&lease_id)["state"] == "completed").then_some(())
+    });
 }
 
 #[test]

@@ -89,9 +89,12 @@ fn exec_env_file_resolves_references_and_passes_plain_lines() {
         120,
         "{cl}"
     );
-    // The lease is bound to the task and ended with it.
-    let lease = c.lease(cl["jti"].as_str().unwrap_or_default());
-    assert_eq!(lease["state"], "completed", "{lease}");
+    // The lease is bound to the task and ended with it (`leash exec` returns once the
+    // agent has wiped; the control plane's completion follows at once).
+    c.eventually("the task's lease is completed", || {
+        let lease = c.lease(cl["jti"].as_str().unwrap_or_default());
+        (lease["state"] == "completed").then_some(())
+    });
 
     // A malformed line: leash's own failure (125), naming the line, never the value.
     std::fs::write(work.join("bad.env"), "A=1\n# ok\nsk_live_NOT_A_LINE\n").expect("env file");

@@ -230,8 +230,15 @@ fn exec_env_files_and_the_environment_resolve_secrets_and_the_task_leaves_nothin
         "$FROM_ENV was not resolved exactly"
     );
 
-    // Every lease of the task ended with it, and the agent holds nothing of it.
-    let leases = task_leases(&c);
+    // Every lease of the task ended with it, and the agent holds nothing of it
+    // (`leash exec` returns once the agent has wiped; the completions follow at once).
+    let leases = c.eventually("every lease of the task is completed", || {
+        let leases = task_leases(&c);
+        leases
+            .iter()
+            .all(|l| l["state"] == "completed")
+            .then_some(leases)
+    });
     assert!(leases.len() >= 3, "{} task leases", leases.len());
     for l in &leases {
         assert_eq!(l["state"], "completed", "{l}");

@@ -92,11 +92,15 @@ fn task_of(handle: &str) -> String {
 }
 
 /// Assert that the lease ended with the task: `completed`, inactive to introspection,
-/// with task-started and completed on its timeline.
+/// with task-started and completed on its timeline. `leash exec` returns once the agent
+/// has wiped the task's credentials; the control plane's completion follows at once, so
+/// it is waited for here.
 #[track_caller]
 fn assert_completed(c: &Cluster, lease_id: &str, token: &str, task_name: &str) {
-    let lease = c.lease(lease_id);
-    assert_eq!(lease["state"], "completed", "{lease}");
+    let lease = c.eventually(&format!("lease {lease_id} is completed"), || {
+        let lease = c.lease(lease_id);
+        (lease["state"] == "completed").then_some(lease)
+    });
     assert!(
         lease["reason"]
             .as_str()
@@ -158,7 +162,8 @@ fn exec_child_sees_its_credential_and_the_lease_completes_when_it_exits() {
     let lease = c.lease(&lease_id);
     assert_eq!(lease["task"], task.as_str(), "{lease}");
     assert_eq!(lease["workload"], "ci/job");
-    // The child exited: the task ended before leash exec returned.
+    // The child exited: the task's credential was wiped before leash exec returned, and
+    // the control plane completed its lease.
     assert_completed(&c, &lease_id, &token, "job-1");
     let leases = c.leashctl(&["lease", "list", "--output", "json"]).json();
     let listed = leases
@@ -710,4 +715,132 @@ exit 0
         },
     );
     assert_completed(&c, &lease_id, &token, "job-8");
+}
+
+/// Wait up to `limit` for `child` to exit; its output, or None if it still runs.
+fn exited_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_task_starts_without_waiting_for_the_control_plane_and_its_credential_waits_for_the_record() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let c = Cluster::start();
+    basic(&c);
+    // A stopped control plane: its durable `task-started` write cannot happen yet.
+    c.signal_control_plane(Signal::SIGSTOP);
+    let mut start = c.leash_command(0);
+    start
+        .env_remove("LEASH_TASK")
+        .args(["task", "start", "--name", "early"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut start = start.spawn().expect("spawn leash task start");
+    let started = exited_within(&mut start, Duration::from_secs(5));
+    let Some(st) = started else {
+        c.signal_control_plane(Signal::SIGCONT);
+        let _ = start.kill();
+        panic!("leash task start waited for the control plane's write (it should answer once the agent has recorded the task)");
+    };
+    let mut handle = String::new();
+    start
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut handle)
+        .expect("read the handle");
+    let handle = handle.trim().to_string();
+    if !st.success() {
+        c.signal_control_plane(Signal::SIGCONT);
+        panic!("leash task start failed: {st}");
+    }
+    let task = task_of(&handle);
+    // A credential for the task is issued only after the task's start is recorded: it
+    // waits while the control plane is stopped.
+    let mut get = c.leash_command(0);
+    get.env("LEASH_TASK", &handle)
+        .args(["get", "api", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut get = get.spawn().expect("spawn leash get");
+    let early = exited_within(&mut get, Duration::from_millis(500));
+    c.signal_control_plane(Signal::SIGCONT);
+    assert!(
+        early.is_none(),
+        "leash get answered while the control plane was stopped: {early:?}"
+    );
+    let out = get.wait_with_output().expect("leash get");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "leash get in the task failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let token = json["token"].as_str().expect("token").to_string();
+    c.remember_secret(&token);
+    assert_eq!(claims(&token)["leash"]["task"], task.as_str());
+    let lease_id = json["lease_id"].as_str().expect("lease_id").to_string();
+    // The store keeps the order: task-started, then issued, then completed.
+    c.leash(&["task", "end", "--handle", &handle]).code(0);
+    assert_completed(&c, &lease_id, &token, "early");
+    c.assert_no_secret_leaked();
+}
+
+#[test]
+fn exec_returns_once_the_credentials_are_wiped_and_the_lease_completes_after() {
+    use std::process::Stdio;
+    let c = Cluster::start();
+    basic(&c);
+    let work = workdir(&c, "end-in-background");
+    let mut cmd = exec_command(
+        &c,
+        &work,
+        &[
+            "--task-name",
+            "quick-end",
+            "--env",
+            "TOKEN=api",
+            "--",
+            "sh",
+            "-c",
+            r#"printf %s "$TOKEN" > token.tmp && mv token.tmp token; i=0; while [ ! -e go ]; do sleep 0.05; i=$((i+1)); [ $i -gt 600 ] && exit 97; done; exit 3"#,
+        ],
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut leash = cmd.spawn().expect("spawn leash exec");
+    let token = wait_file(&c, &work, "token");
+    c.remember_secret(&token);
+    let lease_id = claims(&token)["jti"].as_str().expect("jti").to_string();
+    assert_eq!(c.cached_at(0), 1);
+    // The control plane cannot write now: the command's end must not wait for it.
+    c.signal_control_plane(Signal::SIGSTOP);
+    std::fs::write(work.join("go"), "").expect("touch go");
+    let ended = exited_within(&mut leash, Duration::from_secs(5));
+    let cached = c.cached_at(0);
+    c.signal_control_plane(Signal::SIGCONT);
+    let Some(st) = ended else {
+        let _ = leash.kill();
+        panic!("leash exec waited for the control plane after its command exited");
+    };
+    assert_eq!(st.code(), Some(3), "the command's exit status");
+    assert_eq!(
+        cached, 0,
+        "the task's credential was wiped before leash exec returned"
+    );
+    assert_completed(&c, &lease_id, &token, "quick-end");
+    c.assert_no_secret_leaked();
 }

@@ -365,7 +365,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 Fail("no task handle: set $LEASH_TASK or pass --handle".into(), 1)
             })?;
             let r = c
-                .end_task(v1::EndTaskRequest { handle })
+                .end_task(v1::EndTaskRequest {
+                    handle,
+                    complete_in_background: false,
+                })
                 .await?
                 .into_inner();
             eprintln!(

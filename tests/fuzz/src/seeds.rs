@@ -103,7 +103,10 @@ pub fn generated(target: &str) -> Vec<Vec<u8>> {
                     ..Default::default()
                 },
             ),
-            framed(5, &v1::EndTaskRequest { handle }),
+            framed(5, &v1::EndTaskRequest {
+                    handle,
+                    ..Default::default()
+                }),
         ],
         "cp_request" => {
             let csr = csr();

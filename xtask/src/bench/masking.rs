@@ -11,6 +11,11 @@
 //! whatever the first run of a round pays fall on all of them alike. Per variant: median
 //! and minimum wall time, MB/s, and the ratio of medians against `cat` alone; the target
 //! is at most 1.10× for the masked run.
+//!
+//! The same commands also run around an empty file, adding one step at a time (the task
+//! alone, then the fetch of a credential, then the masking filter), so that the fixed
+//! cost of `leash exec` is reported apart from what each byte costs; the 100 MB ratio is
+//! then explained as that fixed cost plus the bytes.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -27,8 +32,11 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     mb: usize,
     /// Runs of each command.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 15)]
     rounds: usize,
+    /// Runs of each command around an empty file (the fixed cost of `leash exec`).
+    #[arg(long, default_value_t = 40)]
+    fixed_rounds: usize,
     /// A directory holding a `leash` from another build (for example the commit before
     /// a change to the filter, built with `cargo build --release`): its masked run is
     /// measured too, in the same interleaved rounds, against the same agent.
@@ -73,6 +81,33 @@ fn time(mut cmd: Command) -> anyhow::Result<(Duration, u64, usize)> {
     Ok((elapsed, n, pipe))
 }
 
+/// A command to measure, made afresh for each run.
+type Variant<'a> = Box<dyn Fn() -> Command + 'a>;
+
+/// Run every variant `rounds` times, interleaved: drift in machine load hits all of them
+/// alike, and each round starts with the next variant, so none is always the one that
+/// runs first. Each run must print `size` bytes. One set of samples per variant.
+fn interleaved(
+    variants: &[(&str, Variant<'_>)],
+    rounds: usize,
+    size: u64,
+) -> anyhow::Result<Vec<Samples>> {
+    let mut out: Vec<Samples> = variants
+        .iter()
+        .map(|_| Samples::with_capacity(rounds))
+        .collect();
+    let k = variants.len();
+    for round in 0..rounds {
+        for i in 0..k {
+            let v = (i + round) % k;
+            let (d, n, _) = time((variants[v].1)())?;
+            anyhow::ensure!(n == size, "read {n} bytes of {size}: output was lost");
+            out[v].push(d);
+        }
+    }
+    Ok(out)
+}
+
 /// Log-like lines, `mb` MB of them.
 fn write_file(path: &std::path::Path, mb: usize) -> anyhow::Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -103,6 +138,8 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         .tempdir()?;
     let file = dir.path().join("output.log");
     write_file(&file, a.mb)?;
+    let empty = dir.path().join("empty.log");
+    std::fs::write(&empty, b"")?;
     let size = std::fs::metadata(&file)?.len();
     let cp = ControlPlane::start(ctx, dir.path(), None)?;
     cp.add_credential("bench-jwt")?;
@@ -114,12 +151,12 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         None => None,
     };
     let cat = super::procs::which("cat").unwrap_or_else(|| "/bin/cat".into());
-    let plain = || {
+    let plain = |path: &std::path::Path| {
         let mut c = Command::new(&cat);
-        c.arg(&file);
+        c.arg(path);
         c
     };
-    let exec_with = |leash: &std::path::Path, masking: bool| {
+    let exec_with = |leash: &std::path::Path, path: &std::path::Path, masking: bool| {
         let mut c = Command::new(leash);
         c.arg("--socket").arg(&agent.socket).arg("exec");
         if !masking {
@@ -129,45 +166,72 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             .arg("TOKEN=bench-jwt")
             .arg("--")
             .arg(&cat)
-            .arg(&file);
+            .arg(path);
         c
     };
-    let exec = |masking: bool| exec_with(&leash, masking);
+    let exec = |path: &std::path::Path, masking: bool| exec_with(&leash, path, masking);
+    // The task alone: StartTask, the spawn and EndTask, no credential (so no fetch and no
+    // filter: masking has nothing to look for).
+    let task_only = |path: &std::path::Path| {
+        let mut c = Command::new(&leash);
+        c.arg("--socket")
+            .arg(&agent.socket)
+            .arg("exec")
+            .arg("--")
+            .arg(&cat)
+            .arg(path);
+        c
+    };
     // Warm the page cache and the agent.
-    time(plain())?;
-    let (_, _, pipe) = time(exec(true))?;
-    let (mut alone, mut unmasked, mut masked, mut base_masked) = (
-        Samples::with_capacity(a.rounds),
-        Samples::with_capacity(a.rounds),
-        Samples::with_capacity(a.rounds),
-        Samples::with_capacity(a.rounds),
-    );
-    // Interleaved, so drift in machine load hits all of them alike; each round starts
-    // with the next variant, so none is always the one that runs first.
-    for round in 0..a.rounds {
-        let mut cmds = vec![
-            (&mut alone, plain()),
-            (&mut unmasked, exec(false)),
-            (&mut masked, exec(true)),
-        ];
-        if let Some(b) = &base_leash {
-            cmds.push((&mut base_masked, exec_with(b, true)));
-        }
-        let k = cmds.len();
-        cmds.rotate_left(round % k);
-        for (s, cmd) in cmds {
-            let (d, n, _) = time(cmd)?;
-            anyhow::ensure!(n == size, "read {n} bytes of {size}: output was lost");
-            s.push(d);
-        }
+    time(plain(&file))?;
+    let (_, _, pipe) = time(exec(&file, true))?;
+
+    // 1. The fixed cost: the same commands around an empty file, so that what `leash
+    // exec` costs whatever the output is measured on its own, step by step.
+    let steps: [(&str, Variant<'_>); 4] = [
+        ("`cat EMPTY`", Box::new(|| plain(&empty))),
+        (
+            "`leash exec -- cat EMPTY` (task only: StartTask, spawn, EndTask)",
+            Box::new(|| task_only(&empty)),
+        ),
+        (
+            "`leash exec --no-masking --env TOKEN=bench-jwt -- cat EMPTY` (+ fetch)",
+            Box::new(|| exec(&empty, false)),
+        ),
+        (
+            "`leash exec --env TOKEN=bench-jwt -- cat EMPTY` (+ masking filter)",
+            Box::new(|| exec(&empty, true)),
+        ),
+    ];
+    let fixed = interleaved(&steps, a.fixed_rounds, 0)?;
+
+    // 2. The throughput: 100 MB (by default) through each.
+    let mut variants: Vec<(&str, Variant<'_>)> = vec![
+        ("`cat FILE`", Box::new(|| plain(&file))),
+        (
+            "`leash exec --no-masking --env TOKEN=bench-jwt -- cat FILE`",
+            Box::new(|| exec(&file, false)),
+        ),
+        (
+            "`leash exec --env TOKEN=bench-jwt -- cat FILE` (masked)",
+            Box::new(|| exec(&file, true)),
+        ),
+    ];
+    if let Some(b) = &base_leash {
+        variants.push((
+            "baseline `leash exec --env TOKEN=bench-jwt -- cat FILE` (masked, the --baseline build)",
+            Box::new(|| exec_with(b, &file, true)),
+        ));
     }
+    let big = interleaved(&variants, a.rounds, size)?;
     header(
         "bench masking: `leash exec -- cat FILE` against `cat FILE`",
         &ctx.command,
         &format!(
-            "--mb {} --rounds {}{} (each command's stdout a pipe of {} KiB, read to the end {} KiB at a time; variants interleaved, each round starting with the next)",
+            "--mb {} --rounds {} --fixed-rounds {}{} (each command's stdout a pipe of {} KiB, read to the end {} KiB at a time; variants interleaved, each round starting with the next)",
             a.mb,
             a.rounds,
+            a.fixed_rounds,
             match &a.baseline {
                 Some(d) => format!(" --baseline {}", d.display()),
                 None => String::new(),
@@ -176,6 +240,42 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             PIPE_BYTES / 1024,
         ),
     );
+    println!(
+        "### The fixed cost of `leash exec` (an empty file, {} rounds)",
+        a.fixed_rounds
+    );
+    println!();
+    let mut t = Table::new(&[
+        "command",
+        "rounds",
+        "median wall time",
+        "min wall time",
+        "median more than the row above",
+    ]);
+    for (i, ((name, _), s)) in steps.iter().zip(&fixed).enumerate() {
+        let more = match i.checked_sub(1) {
+            Some(j) => {
+                let (now, before) = (s.p50(), fixed[j].p50());
+                if now >= before {
+                    format!("+{}", dur(now - before))
+                } else {
+                    format!("−{}", dur(before - now))
+                }
+            }
+            None => "-".to_string(),
+        };
+        t.row(vec![
+            name.to_string(),
+            s.len().to_string(),
+            dur(s.p50()),
+            dur(s.min()),
+            more,
+        ]);
+    }
+    t.print();
+    println!();
+    println!("### {} MB through each command ({} rounds)", a.mb, a.rounds);
+    println!();
     let mut t = Table::new(&[
         "command",
         "rounds",
@@ -185,24 +285,10 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         "ratio of medians vs `cat`",
         "ratio of minimums vs `cat`",
     ]);
+    let (alone, unmasked, masked) = (&big[0], &big[1], &big[2]);
     let base = alone.p50().as_secs_f64();
     let base_min = alone.min().as_secs_f64();
-    for (name, s) in [
-        ("`cat FILE`", &alone),
-        (
-            "`leash exec --no-masking --env TOKEN=bench-jwt -- cat FILE`",
-            &unmasked,
-        ),
-        (
-            "`leash exec --env TOKEN=bench-jwt -- cat FILE` (masked)",
-            &masked,
-        ),
-    ]
-    .into_iter()
-    .chain(base_leash.is_some().then_some((
-        "baseline `leash exec --env TOKEN=bench-jwt -- cat FILE` (masked, the --baseline build)",
-        &base_masked,
-    ))) {
+    for ((name, _), s) in variants.iter().zip(&big) {
         let secs = s.p50().as_secs_f64();
         t.row(vec![
             name.to_string(),
@@ -222,6 +308,17 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         "`leash exec` itself (--no-masking) / `cat` alone: {plain_exec:.2}× (median {} more); masking on top of it: {:.2}×",
         dur(unmasked.p50().saturating_sub(alone.p50())),
         masked.p50().as_secs_f64() / unmasked.p50().as_secs_f64().max(1e-9),
+    );
+    // The 100 MB figure explained: the fixed cost (the masked run around an empty file,
+    // less `cat EMPTY`) plus what each byte costs more than it does under `cat` alone.
+    let fixed_cost = fixed[3].p50().saturating_sub(fixed[0].p50());
+    let cat_bytes = alone.p50().saturating_sub(fixed[0].p50()).as_secs_f64();
+    let masked_bytes = masked.p50().saturating_sub(fixed[3].p50()).as_secs_f64();
+    println!(
+        "Masked = fixed cost {} ({:.0} % of `cat FILE`) + the bytes: {:.2}× what they take under `cat` alone",
+        dur(fixed_cost),
+        100.0 * fixed_cost.as_secs_f64() / base.max(1e-9),
+        masked_bytes / cat_bytes.max(1e-9),
     );
     println!(
         "Target: masked ≤ 1.10× `cat` alone ({:.2}×): {}",

@@ -4,7 +4,8 @@
 //! stay below it, registers the task with the agent, fetches the credentials bound to the
 //! task into the command's environment, runs the command (forwarding signals), and when
 //! the command exits (however it exits) ends the task: the agent wipes the task's
-//! credentials and the control plane marks their leases `completed`. Leftover processes
+//! credentials and answers, and the control plane marks their leases `completed` right
+//! after (this process does not wait for that write). Leftover processes
 //! then get SIGTERM, and SIGKILL after `--grace`. If this process is killed instead, the
 //! agent sees the root's pidfd close and does the same.
 //!
@@ -322,6 +323,7 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
                 let _ = agent
                     .end_task(v1::EndTaskRequest {
                         handle: task.handle.clone(),
+                        ..Default::default()
                     })
                     .await;
                 return fail(m);
@@ -340,6 +342,7 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
             let _ = agent
                 .end_task(v1::EndTaskRequest {
                     handle: task.handle.clone(),
+                    ..Default::default()
                 })
                 .await;
             return fail(format!(
@@ -354,6 +357,7 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
             let _ = agent
                 .end_task(v1::EndTaskRequest {
                     handle: task.handle.clone(),
+                    ..Default::default()
                 })
                 .await;
             let code = match e.kind() {
@@ -414,9 +418,14 @@ pub async fn run(socket: PathBuf, o: Options) -> u8 {
     };
 
     // The command is done: take its credentials back first, then stop what it left.
+    // The agent answers once it has wiped them; the control plane marks their leases
+    // completed right after, without this process (whose command's exit status is known)
+    // waiting for that write (docs/SECURITY.md: the wipe on the host is what ends them
+    // here; the completion stops any copy that got out from passing introspection).
     match agent
         .end_task(v1::EndTaskRequest {
             handle: task.handle.clone(),
+            complete_in_background: true,
         })
         .await
     {
