@@ -10,7 +10,7 @@ use leash_control_plane::config::{Config, FileConfig, Overrides, StoreConfig};
 use leash_proto::startup::{self, fail};
 
 #[derive(Parser)]
-#[command(name = "leash-control-plane", version, about = "Leash control plane")]
+#[command(name = "leash-control-plane", version = leash_proto::version!(), about = "Leash control plane")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

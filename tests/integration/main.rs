@@ -171,5 +171,7 @@ pub fn apply_policy(c: &Cluster, name: &str, text: &str, extra: &[&str]) -> leas
     out.code(0);
     out
 }
+mod dist;
 mod ha_ops;
 mod ha_replicas;
+mod spans;
