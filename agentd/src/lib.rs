@@ -250,7 +250,7 @@ pub async fn run_with_clock(
         .max_encoding_message_size(leash_proto::MAX_MESSAGE_BYTES);
     // One span per request (leash_proto::spans): handlers record what they learn.
     let result = tonic::transport::Server::builder()
-        .trace_fn(|r| leash_proto::spans::grpc_request(r))
+        .trace_fn(leash_proto::spans::grpc_request)
         .concurrency_limit_per_connection(64)
         .add_service(svc)
         .add_service(spiffe::server(calls.clone()))

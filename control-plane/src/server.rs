@@ -341,7 +341,7 @@ pub async fn run(
     let mut rx1 = stop_rx.clone();
     // One span per request (leash_proto::spans): handlers record what they learn.
     let agent_srv = tonic::transport::Server::builder()
-        .trace_fn(|r| leash_proto::spans::grpc_request(r))
+        .trace_fn(leash_proto::spans::grpc_request)
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(256)
@@ -351,7 +351,7 @@ pub async fn run(
         });
     let mut rx2 = stop_rx.clone();
     let admin_srv = tonic::transport::Server::builder()
-        .trace_fn(|r| leash_proto::spans::grpc_request(r))
+        .trace_fn(leash_proto::spans::grpc_request)
         .add_service(admin_api)
         .serve_with_incoming_shutdown(UnixListenerStream::new(uds), async move {
             let _ = rx2.wait_for(|v| *v).await;
