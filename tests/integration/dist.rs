@@ -226,6 +226,20 @@ fn the_tarballs_install_and_run_from_a_temp_root() {
     let bad = check(&broken);
     bad.code(1);
     bad.stderr_has(&["max_offline"]);
+    // A data directory that cannot be one (a file stands in its way) fails too.
+    let blocked = root.join("blocked.toml");
+    let file_dir = config.join("data");
+    std::fs::write(
+        &blocked,
+        adapted.replace(
+            &format!("{:?}", data.display().to_string()),
+            &format!("{:?}", file_dir.display().to_string()),
+        ),
+    )
+    .expect("write config");
+    let bad = check(&blocked);
+    bad.code(1);
+    bad.stderr_has(&["data_dir", "not a directory"]);
 }
 
 #[test]
