@@ -182,10 +182,18 @@ fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
                     p.display()
                 ))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match p.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => p = parent,
-                _ => return Ok(()),
-            },
+            // Missing, or a file stands in the path: look at the parent.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match p.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+                    _ => return Ok(()),
+                }
+            }
             Err(e) => {
                 return Err(format!(
                     "data_dir {}: cannot read {}: {e}",

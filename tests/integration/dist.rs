@@ -239,7 +239,7 @@ fn the_tarballs_install_and_run_from_a_temp_root() {
     .expect("write config");
     let bad = check(&blocked);
     bad.code(1);
-    bad.stderr_has(&["data_dir", "not a directory"]);
+    bad.stderr_has(&["data_dir", "is not a directory; choose another data_dir"]);
 }
 
 #[test]
