@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use leash_proto::names::{self, NameError};
 use leash_proto::reason::{Reason, APPROVAL_KEY};
+use leash_proto::spans::{record, Field};
 use leash_proto::v1;
 use leash_proto::workload_kind::WorkloadKind;
 
@@ -373,9 +374,20 @@ impl Calls {
         r: v1::FetchRequest,
     ) -> Result<v1::FetchResponse, CallError> {
         let started = std::time::Instant::now();
+        record(Field::Host, &self.agent.identity().desc.host);
+        record(Field::Credential, &r.credential);
         let out = self.fetch_uncounted(conn, r).await;
         if let Ok(resp) = &out {
             crate::metrics::fetched(resp.cached, started.elapsed());
+            record(Field::Workload, &resp.workload);
+            record(Field::LeaseId, &resp.lease_id);
+            // A line per credential the control plane issued (rare); cache hits, which
+            // may come thousands a second, only at debug.
+            if resp.cached {
+                tracing::debug!(kind = %resp.kind, "served from the cache");
+            } else {
+                tracing::info!(kind = %resp.kind, expires_at = resp.expires_at_unix, "fetched from the control plane");
+            }
         }
         out
     }

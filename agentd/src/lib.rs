@@ -248,7 +248,9 @@ pub async fn run_with_clock(
     let svc = leash_proto::v1::agent_server::AgentServer::new(api::Api::new(calls.clone()))
         .max_decoding_message_size(leash_proto::MAX_WORKLOAD_REQUEST_BYTES)
         .max_encoding_message_size(leash_proto::MAX_MESSAGE_BYTES);
+    // One span per request (leash_proto::spans): handlers record what they learn.
     let result = tonic::transport::Server::builder()
+        .trace_fn(leash_proto::spans::grpc_request)
         .concurrency_limit_per_connection(64)
         .add_service(svc)
         .add_service(spiffe::server(calls.clone()))

@@ -10,7 +10,7 @@ use leash_agentd::agent::AgentConfig;
 use leash_proto::startup::{self, fail};
 
 #[derive(Parser)]
-#[command(name = "leash-agentd", version, about = "Leash host agent")]
+#[command(name = "leash-agentd", version = leash_proto::version!(), about = "Leash host agent")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -11,7 +11,7 @@ use leash_control_plane::config::{Config, FileConfig, Overrides, StoreConfig};
 use leash_proto::startup::{self, fail};
 
 #[derive(Parser)]
-#[command(name = "leash-control-plane", version, about = "Leash control plane")]
+#[command(name = "leash-control-plane", version = leash_proto::version!(), about = "Leash control plane")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -318,6 +318,52 @@ fn restore(
     ExitCode::SUCCESS
 }
 
+/// `--check-config`: the data directory must be a directory the control plane can
+/// write, or not exist yet under one it can (it is created at the first start).
+fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    use nix::unistd::{access, AccessFlags};
+    let mut p = dir;
+    loop {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => {
+                return access(p, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+                    format!(
+                        "data_dir {}: cannot write {} ({e}); fix its owner or mode, or choose another data_dir",
+                        dir.display(),
+                        p.display()
+                    )
+                });
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "data_dir {}: {} is not a directory; choose another data_dir",
+                    dir.display(),
+                    p.display()
+                ))
+            }
+            // Missing, or a file stands in the path: look at the parent.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match p.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+                    _ => return Ok(()),
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "data_dir {}: cannot read {}: {e}",
+                    dir.display(),
+                    p.display()
+                ))
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli: Cli = match startup::parse_args(startup::USAGE_EXIT) {
         Ok(c) => c,
@@ -378,6 +424,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(e, 1),
     };
     if check_config {
+        if let Err(e) = check_data_dir(&cfg.data_dir) {
+            return fail(e, 1);
+        }
         match leash_control_plane::keys::MasterKey::check_file_mode(
             &cfg.data_dir,
             cfg.accept_readable_master_key,

@@ -340,7 +340,9 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let mut rx1 = stop_rx.clone();
+    // One span per request (leash_proto::spans): handlers record what they learn.
     let agent_srv = tonic::transport::Server::builder()
+        .trace_fn(leash_proto::spans::grpc_request)
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(256)
@@ -352,6 +354,7 @@ pub async fn run(
         });
     let mut rx2 = stop_rx.clone();
     let admin_srv = tonic::transport::Server::builder()
+        .trace_fn(leash_proto::spans::grpc_request)
         .add_service(admin_api)
         .serve_with_incoming_shutdown(UnixListenerStream::new(uds), async move {
             let _ = rx2.wait_for(|v| *v).await;

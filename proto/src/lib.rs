@@ -28,7 +28,11 @@ pub mod join_token;
 pub mod names;
 pub mod reason;
 pub mod reference;
+#[cfg(feature = "startup")]
+pub mod shell_assets;
 pub mod socket_trust;
+#[cfg(feature = "startup")]
+pub mod spans;
 #[cfg(feature = "startup")]
 pub mod startup;
 pub mod uds;

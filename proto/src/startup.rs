@@ -34,6 +34,14 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    if let Some(dir) = std::env::var_os(crate::shell_assets::ASSETS_ENV) {
+        return Err(
+            match crate::shell_assets::write(C::command(), dir.as_ref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e, 1),
+            },
+        );
+    }
     C::try_parse_from(args).map_err(|e| {
         let _ = e.print();
         ExitCode::from(if e.use_stderr() { usage_exit } else { 0 })

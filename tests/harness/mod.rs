@@ -110,6 +110,8 @@ pub struct Options {
     pub proxy: bool,
     /// Appended to the control-plane config file (e.g. an `[admins]` table).
     pub extra_config: String,
+    /// Start the control plane with `--log-json`.
+    pub cp_log_json: bool,
 }
 
 impl Default for Options {
@@ -121,11 +123,18 @@ impl Default for Options {
             agent_args: Vec::new(),
             proxy: false,
             extra_config: String::new(),
+            cp_log_json: false,
         }
     }
 }
 
 impl Options {
+    /// Both daemons log JSON lines (`--log-json`).
+    pub fn log_json(mut self) -> Options {
+        self.cp_log_json = true;
+        self.agent_args.push("--log-json".into());
+        self
+    }
     /// Set the control plane's heartbeat.
     pub fn heartbeat(mut self, v: &str) -> Options {
         self.heartbeat = v.into();
@@ -305,6 +314,9 @@ impl Cluster {
         if let Some(a) = listen {
             cmd.arg("--listen").arg(a.to_string());
         }
+        if self.opts.cp_log_json {
+            cmd.arg("--log-json");
+        }
         cmd.env("LEASH_LOG", "info")
             .env(leash_proto::clock::TEST_CLOCK_ENV, self.clock_file())
             .env_remove("LEASH_ADMIN_SOCKET");
@@ -314,14 +326,16 @@ impl Cluster {
         let addr = line
             .split("listening on ")
             .nth(1)
-            .and_then(|r| r.split_whitespace().next())
+            // Text (`listening on ADDR ca_pin=…`) or JSON (`"listening on ADDR","ca_pin":"…"`).
+            .and_then(|r| r.split(|c: char| c.is_whitespace() || c == '"').next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("cannot read the address from {line:?}"));
         self.addr = addr;
         if let Some(pin) = line
             .split("ca_pin=")
             .nth(1)
-            .and_then(|r| r.split_whitespace().next())
+            .or_else(|| line.split("\"ca_pin\":\"").nth(1))
+            .and_then(|r| r.split(|c: char| c.is_whitespace() || c == '"').next())
         {
             self.ca_pin = pin.to_string();
         }

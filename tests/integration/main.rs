@@ -173,6 +173,8 @@ pub fn apply_policy(c: &Cluster, name: &str, text: &str, extra: &[&str]) -> leas
 }
 mod audit_pg;
 mod backup;
+mod dist;
 mod ha_ops;
 mod ha_replicas;
 mod remote_admin;
+mod spans;

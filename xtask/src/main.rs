@@ -1,9 +1,10 @@
 //! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench …`,
-//! `cargo xtask fuzz`, `cargo xtask chaos …`, `cargo xtask soak`.
+//! `cargo xtask fuzz`, `cargo xtask chaos …`, `cargo xtask soak`, `cargo xtask dist`.
 
 mod bench;
 mod chaos;
 mod demo;
+mod dist;
 mod fuzz;
 mod soak;
 
@@ -31,6 +32,9 @@ enum Cmd {
     /// A long mixed load against the release binaries, watching the daemons' RSS and
     /// open descriptors every minute.
     Soak(soak::Args),
+    /// Release tarballs under target/dist/: binaries, systemd units, completions, man
+    /// pages and a sample configuration, with SHA256SUMS.
+    Dist(dist::Args),
     /// Build the binaries, then run every test (extra arguments go to `cargo test`).
     Test {
         /// Passed to `cargo test`.
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Cmd::Fuzz(a) => fuzz::run_fuzz(a),
         Cmd::Chaos(a) => chaos::run(a),
         Cmd::Soak(a) => soak::run(a),
+        Cmd::Dist(a) => dist::run(a),
         Cmd::Test { args } => (|| {
             // The integration tests start the real binaries, so build them first, with
             // the clock the tests can move (a debug-only feature; see proto/src/clock.rs).

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 #[derive(Parser)]
 #[command(
     name = "leash",
-    version,
+    version = leash_proto::version!(),
     about = "Fetch short-lived credentials from the local Leash agent"
 )]
 struct Cli {

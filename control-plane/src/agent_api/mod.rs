@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures::Stream;
 use leash_proto::names::{self};
 use leash_proto::reason::Reason;
+use leash_proto::spans::{record, Field};
 use leash_proto::v1;
 use leash_proto::v1::control_plane_server::ControlPlane;
 use tokio::sync::mpsc;
@@ -73,6 +74,7 @@ impl AgentApi {
                     "this certificate belongs to no enrolled host"
                 })
             })?;
+        record(Field::Host, &host.name);
         if host.evicted {
             return Err(Reason::Denied.status(format!(
                 "host {:?} was evicted; re-enroll with a new join token and a new name",
@@ -159,20 +161,25 @@ impl ControlPlane for AgentApi {
             hello.last_seq
         };
         let last_seq = s.hub.resume_point(&host.name, claimed);
-        tokio::spawn(async move {
-            let conn = s.hub.connect(&host.name, s.clock.now_ms(), last_seq);
-            if let Err(e) = s.store.touch_host(&host.name, s.clock.now()).await {
-                tracing::warn!(error = %e, "could not record host last-seen");
-            }
-            tracing::info!(host = %host.name, last_seq, "agent connected");
-            if let Err(e) = sync::run_sync(&s, &host, conn, last_seq, &mut inbound, &tx).await {
-                tracing::info!(host = %host.name, reason = %e, "sync stream ended");
-            }
-            s.hub.disconnect(&host.name, conn);
-            if let Err(e) = s.store.touch_host(&host.name, s.clock.now()).await {
-                tracing::warn!(error = %e, "could not record host last-seen");
-            }
-        });
+        // The stream outlives this call: its task keeps the request's span (and host).
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let conn = s.hub.connect(&host.name, s.clock.now_ms(), last_seq);
+                if let Err(e) = s.store.touch_host(&host.name, s.clock.now()).await {
+                    tracing::warn!(error = %e, "could not record host last-seen");
+                }
+                tracing::info!(host = %host.name, last_seq, "agent connected");
+                if let Err(e) = sync::run_sync(&s, &host, conn, last_seq, &mut inbound, &tx).await {
+                    tracing::info!(host = %host.name, reason = %e, "sync stream ended");
+                }
+                s.hub.disconnect(&host.name, conn);
+                if let Err(e) = s.store.touch_host(&host.name, s.clock.now()).await {
+                    tracing::warn!(error = %e, "could not record host last-seen");
+                }
+            },
+            span,
+        ));
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as SyncStream
         ))
@@ -185,10 +192,13 @@ impl ControlPlane for AgentApi {
         let host = self.host(&req)?;
         let r = req.into_inner();
         check_issue(&r)?;
-        crate::issuance::issue(&self.s, host, r)
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        record(Field::Workload, &r.workload);
+        record(Field::Credential, &r.credential);
+        let issued = crate::issuance::issue(&self.s, host, r).await?;
+        record(Field::LeaseId, &issued.lease_id);
+        // One line per issuance; the request span carries who, what and the lease id.
+        tracing::info!(kind = %issued.kind, expires_at = issued.expires_at_unix, "issued");
+        Ok(Response::new(issued))
     }
 
     async fn introspect(

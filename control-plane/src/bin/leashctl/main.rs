@@ -51,7 +51,7 @@ use secret::SecretCmd;
 use workload::WorkloadCmd;
 
 #[derive(Parser)]
-#[command(name = "leashctl", version, about = "Administer a Leash control plane")]
+#[command(name = "leashctl", version = leash_proto::version!(), about = "Administer a Leash control plane")]
 struct Cli {
     /// Admin socket of the control plane.
     #[arg(long, env = "LEASH_ADMIN_SOCKET", global = true)]
