@@ -2,7 +2,8 @@
 //! the real release binaries on loopback.
 //!
 //! - `issue`: Issue over mTLS against a real control plane, at concurrency 1 and 32,
-//!   next to the raw sled insert+flush rate on the same disk.
+//!   next to the raw sled insert+flush rate on the same disk; with `--store postgres
+//!   --replicas N`, N replicas on one PostgreSQL against sled in the same run.
 //! - `fetch`: the agent's cache-hit Fetch against a bare tonic echo service on a Unix
 //!   socket, `leash get` against a minimal client process, cold issuance through the
 //!   agent, and agentd's RSS with 1,000 cached credentials.
@@ -29,6 +30,7 @@ mod exec;
 mod fetch;
 mod fetch_secret;
 mod issue;
+pub(crate) mod issue_pg;
 mod masking;
 mod postgres;
 pub(crate) mod procs;
