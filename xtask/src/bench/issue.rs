@@ -46,7 +46,8 @@ pub struct Args {
     sled_batches: usize,
     /// A directory holding `leash-control-plane` and `leashctl` from another build (for
     /// example a checkout of an older commit built with `cargo build --release`). Both
-    /// builds are then measured in this run, alternating, and their throughput compared.
+    /// builds are then measured in this run, alternating, and their throughput compared
+    /// (with --store postgres: the other build's replicas on PostgreSQL).
     #[arg(long, value_name = "DIR")]
     baseline: Option<std::path::PathBuf>,
     /// With --baseline or --store postgres: how many times each build or store is
@@ -89,10 +90,6 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         "--connections must be positive"
     );
     if a.store == "postgres" {
-        anyhow::ensure!(
-            a.baseline.is_none(),
-            "--baseline and --store postgres cannot be combined"
-        );
         return super::issue_pg::run(
             ctx,
             super::issue_pg::Params {
@@ -103,6 +100,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
                 connections: a.connections.iter().copied().max().unwrap_or(1),
                 duration: a.duration,
                 rounds: a.rounds,
+                baseline: a.baseline.clone(),
             },
         );
     }

@@ -38,6 +38,9 @@ pub struct Params {
     pub connections: usize,
     pub duration: u64,
     pub rounds: usize,
+    /// Another build's binaries (`--baseline DIR`): its replicas are measured too, in
+    /// each round, on a database of their own.
+    pub baseline: Option<PathBuf>,
 }
 
 /// One store's figures in one round.
@@ -154,9 +157,27 @@ pub fn run(ctx: &Ctx, p: Params) -> anyhow::Result<()> {
         .tempdir()?;
     let pg = start_pg()?;
     let version = pg.sql("postgres", "SHOW server_version");
+    let base = match &p.baseline {
+        Some(d) => Some(ctx.baseline(d, &["leash-control-plane", "leashctl"])?),
+        None => None,
+    };
     let mut sled_runs = Vec::new();
     let mut pg_runs = Vec::new();
+    let mut base_runs = Vec::new();
     for round in 1..=p.rounds {
+        if let Some(base) = &base {
+            eprintln!(
+                "round {round}/{}: postgres, {} replica(s) of the baseline ({})",
+                p.rounds,
+                p.replicas,
+                base.release.display()
+            );
+            let bdir = dir.path().join(format!("base-{round}"));
+            std::fs::create_dir_all(&bdir)?;
+            let url = fresh_database(&pg, &bdir, &format!("base_{round}"))?;
+            let mut cps = start_replicas(base, &bdir, &url, p.replicas, "5s", "")?;
+            base_runs.push(measure(&mut cps, &p)?);
+        }
         eprintln!("round {round}/{}: sled, one control plane", p.rounds);
         let sdir = dir.path().join(format!("sled-{round}"));
         std::fs::create_dir_all(&sdir)?;
@@ -173,7 +194,7 @@ pub fn run(ctx: &Ctx, p: Params) -> anyhow::Result<()> {
         let mut cps = start_replicas(ctx, &pdir, &url, p.replicas, "5s", "")?;
         pg_runs.push(measure(&mut cps, &p)?);
     }
-    report(ctx, &p, &version, &sled_runs, &pg_runs);
+    report(ctx, &p, &version, &sled_runs, &pg_runs, &base_runs);
     Ok(())
 }
 
@@ -184,13 +205,14 @@ fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
     v[v.len() / 2]
 }
 
-fn report(ctx: &Ctx, p: &Params, version: &str, sled: &[Run], pg: &[Run]) {
+fn report(ctx: &Ctx, p: &Params, version: &str, sled: &[Run], pg: &[Run], base: &[Run]) {
     header(
         "bench issue --store postgres: durable issuances/s on PostgreSQL replicas against sled, same run",
         &ctx.command,
         &format!(
-            "--store postgres --replicas {} --requests {} --warmup {} --concurrency {} --connections {} --duration {} --rounds {}",
-            p.replicas, p.requests, p.warmup, p.concurrency, p.connections, p.duration, p.rounds
+            "--store postgres --replicas {} --requests {} --warmup {} --concurrency {} --connections {} --duration {} --rounds {}{}",
+            p.replicas, p.requests, p.warmup, p.concurrency, p.connections, p.duration, p.rounds,
+            p.baseline.as_ref().map(|d| format!(" --baseline {}", d.display())).unwrap_or_default()
         ),
     );
     println!(
@@ -215,7 +237,11 @@ fn report(ctx: &Ctx, p: &Params, version: &str, sled: &[Run], pg: &[Run]) {
         "load avg (1 min) before → after",
     ]);
     for (i, (s, g)) in sled.iter().zip(pg).enumerate() {
-        for (name, r) in [("sled", s), ("postgres", g)] {
+        let mut stores = vec![("sled", s), ("postgres", g)];
+        if let Some(b) = base.get(i) {
+            stores.insert(1, ("postgres, baseline build", b));
+        }
+        for (name, r) in stores {
             t.row(vec![
                 (i + 1).to_string(),
                 name.into(),
@@ -299,6 +325,24 @@ fn report(ctx: &Ctx, p: &Params, version: &str, sled: &[Run], pg: &[Run]) {
         "".into(),
         "".into(),
     ]);
+    if !base.is_empty() {
+        let b_rate = median(base, Run::per_sec);
+        let b_c1 = median(base, |r| r.c1.p50().as_secs_f64());
+        t.row(vec![
+            format!(
+                "postgres: this build / baseline build ({} vs {} issuances/s; c=1 p50 {} vs {})",
+                rate(g_rate),
+                rate(b_rate),
+                dur(Duration::from_secs_f64(g_c1)),
+                dur(Duration::from_secs_f64(b_c1))
+            ),
+            "".into(),
+            ratio(g_rate, b_rate),
+            "".into(),
+            "".into(),
+            "".into(),
+        ]);
+    }
     t.print();
 }
 
