@@ -108,6 +108,46 @@ impl Tail {
     }
 }
 
+impl Tail {
+    /// Publish a batch this replica committed: from memory when it follows directly on
+    /// what was published (`before`, the counters the batch read under the lock, are
+    /// where publishing stands), so its changes and events are exactly the log entries
+    /// and events between `before` and `after`; otherwise (another replica committed in
+    /// between and that is not published yet) by reading the log, in order.
+    pub(super) fn own(
+        &self,
+        before: (u64, u64, u64, u64),
+        after: (u64, u64, u64, u64),
+        changes: Vec<Change>,
+        events: Vec<Event>,
+    ) -> Result<()> {
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        if *at != before {
+            drop(at);
+            return self.catch_up();
+        }
+        if after.0 > at.0 {
+            self.seq.store(after.0, Ordering::Release);
+        }
+        if after.3 > at.3 {
+            let (dq, dc) = (after.2.saturating_sub(at.2), after.3 - at.3);
+            self.ended.send_modify(|n| {
+                n.queued = n.queued.wrapping_add(dq);
+                n.changed = n.changed.wrapping_add(dc);
+            });
+        }
+        *at = after;
+        // Sent while `at` is held, as `catch_up` does: the listener cannot interleave.
+        for c in changes {
+            let _ = self.changes.send(Arc::new(c));
+        }
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        Ok(())
+    }
+}
+
 /// The meta rows every batch reads once it holds the lock: the counters and the audit
 /// chain's head.
 const BATCH_META: [&str; 5] = [
@@ -283,6 +323,16 @@ pub(super) fn writer(
         };
         let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
         let stop = tx.stop;
+        let after = (
+            tx.seq,
+            tx.event_id,
+            queued + u64::from(tx.ended_queued),
+            changed + u64::from(tx.ended_changed || tx.ended_queued),
+        );
+        let (changes, events) = (
+            std::mem::take(&mut tx.changes),
+            std::mem::take(&mut tx.events),
+        );
         let commit_started = std::time::Instant::now();
         let result = counters.and_then(|_| {
             t.meta.insert("seq", &be(tx.seq))?;
@@ -310,7 +360,8 @@ pub(super) fn writer(
                 failed.store(false, Ordering::Release);
                 // Published before answering: a caller reads `current_seq` as soon as
                 // it is answered. A failed read here only delays (the poll retries).
-                if let Err(e) = tail.catch_up() {
+                let before = (seq, event_id, queued, changed);
+                if let Err(e) = tail.own(before, after, changes, events) {
                     tracing::warn!(error = %e, "could not read back the committed batch; the next poll will");
                 }
                 None
