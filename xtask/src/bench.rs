@@ -2,7 +2,8 @@
 //! the real release binaries on loopback.
 //!
 //! - `issue`: Issue over mTLS against a real control plane, at concurrency 1 and 32,
-//!   next to the raw sled insert+flush rate on the same disk.
+//!   next to the raw sled insert+flush rate on the same disk; with `--store postgres
+//!   --replicas N`, N replicas on one PostgreSQL against sled in the same run.
 //! - `fetch`: the agent's cache-hit Fetch against a bare tonic echo service on a Unix
 //!   socket, `leash get` against a minimal client process, cold issuance through the
 //!   agent, and agentd's RSS with 1,000 cached credentials.
@@ -11,7 +12,10 @@
 //! - `masking`: `leash exec -- cat FILE` (100 MB) with output masking, without, and
 //!   `cat` alone.
 //! - `revoke`: N simulated agents with real mTLS and Sync streams; time from Revoke to
-//!   the last wipe acknowledgment, and control-plane memory per agent.
+//!   the last wipe acknowledgment, and control-plane memory per agent; with `--store
+//!   postgres --replicas N`, the agents spread over replicas, against sled in the run.
+//! - `failover`: `kill -9` of one of N replicas on PostgreSQL; time until each of its
+//!   simulated agents has reconnected to another, caught up and been issued again.
 //! - `spiffe`: the SPIFFE Workload API from the Rust `spiffe` crate against Leash's own
 //!   Fetch (cache hits), and revoke → update on open X.509-SVID streams.
 //! - `postgres`: dynamic PostgreSQL credentials against a local server: issuances/s at
@@ -28,7 +32,9 @@ mod enroll;
 mod exec;
 mod fetch;
 mod fetch_secret;
+mod ha;
 mod issue;
+pub(crate) mod issue_pg;
 mod masking;
 mod postgres;
 pub(crate) mod procs;
@@ -61,6 +67,8 @@ enum BenchCmd {
     Fetch(fetch::Args),
     /// Revocation fan-out to N simulated agents.
     Revoke(revoke::Args),
+    /// `kill -9` of a PostgreSQL replica: time until its agents serve from another.
+    Failover(ha::FailoverArgs),
     /// The overhead of `leash exec` around `true`.
     Exec(exec::Args),
     /// Unauthenticated Enroll calls with bogus join tokens: time, answers, audit growth.
@@ -97,6 +105,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 BenchCmd::Issue(a) => issue::run(&ctx, a),
                 BenchCmd::Fetch(a) => fetch::run(&ctx, a),
                 BenchCmd::Revoke(a) => revoke::run(&ctx, a),
+                BenchCmd::Failover(a) => ha::failover(&ctx, a),
                 BenchCmd::Exec(a) => exec::run(&ctx, a),
                 BenchCmd::EnrollFlood(a) => enroll::run(&ctx, a),
                 BenchCmd::Masking(a) => masking::run(&ctx, a),

@@ -46,12 +46,22 @@ pub struct Args {
     sled_batches: usize,
     /// A directory holding `leash-control-plane` and `leashctl` from another build (for
     /// example a checkout of an older commit built with `cargo build --release`). Both
-    /// builds are then measured in this run, alternating, and their throughput compared.
+    /// builds are then measured in this run, alternating, and their throughput compared
+    /// (with --store postgres: the other build's replicas on PostgreSQL).
     #[arg(long, value_name = "DIR")]
     baseline: Option<std::path::PathBuf>,
-    /// With --baseline: how many times each build is measured (alternating).
+    /// With --baseline or --store postgres: how many times each build or store is
+    /// measured (alternating).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Where the control plane keeps its state: `sled` (one control plane) or `postgres`
+    /// (--replicas control planes on one throwaway PostgreSQL, measured against one on
+    /// sled in the same run).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
+    store: String,
+    /// With --store postgres: control-plane replicas on the one database.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
 }
 
 /// What one control plane build did.
@@ -79,6 +89,21 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         a.connections.iter().all(|c| *c > 0),
         "--connections must be positive"
     );
+    if a.store == "postgres" {
+        return super::issue_pg::run(
+            ctx,
+            super::issue_pg::Params {
+                replicas: a.replicas,
+                requests: a.requests,
+                warmup: a.warmup,
+                concurrency: a.concurrency,
+                connections: a.connections.iter().copied().max().unwrap_or(1),
+                duration: a.duration,
+                rounds: a.rounds,
+                baseline: a.baseline.clone(),
+            },
+        );
+    }
     if let Some(base) = &a.baseline {
         return compare(ctx, &a, base);
     }

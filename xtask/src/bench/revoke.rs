@@ -70,6 +70,14 @@ pub struct Args {
     /// revocations of the same leases; both are measured, --rounds and --wait-rounds each.
     #[arg(long)]
     secret: bool,
+    /// Where the control plane keeps its state: `sled` (one control plane) or
+    /// `postgres` (--replicas replicas on one throwaway PostgreSQL, the agents spread
+    /// over them, measured against one control plane on sled in the same run).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
+    store: String,
+    /// With --store postgres: control-plane replicas on the one database.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
 }
 
 /// What a round does to the outstanding leases.
@@ -357,6 +365,23 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         a.agents > 0 && a.rounds > 0 && a.parallel > 0,
         "counts must be positive"
     );
+    if a.store == "postgres" {
+        anyhow::ensure!(
+            !a.secret && a.leases == 0,
+            "--store postgres measures revocations of everything: without --secret or --leases"
+        );
+        raise_nofile(a.agents * 2)?;
+        return super::ha::revoke(
+            ctx,
+            super::ha::RevokeParams {
+                agents: a.agents,
+                replicas: a.replicas,
+                rounds: a.rounds,
+                heartbeat: a.heartbeat,
+                parallel: a.parallel,
+            },
+        );
+    }
     let pinning = pin(a.no_pin);
     let nofile = raise_nofile(a.agents)?;
     eprintln!("{}; RLIMIT_NOFILE {nofile}", pinning.note);

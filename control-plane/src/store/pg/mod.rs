@@ -149,6 +149,7 @@ impl SledStore {
                         let be_ = Arc::new(TxBackend {
                             session: Mutex::new(s),
                             overlay: Mutex::new(Default::default()),
+                            read: Mutex::new(Default::default()),
                         });
                         let t = Arc::new(Trees::build(|name| {
                             Ok(Tree::Pg {

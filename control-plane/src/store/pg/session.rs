@@ -6,11 +6,11 @@
 //!
 //! Every connection runs on a current-thread runtime of the thread that owns it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{mpsc, Arc, Mutex};
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use crate::kinds::postgres::conn::ConnSpec;
@@ -98,13 +98,14 @@ impl Session {
         let key = key.to_vec();
         self.run(move |c| {
             Box::pin(async move {
-                let row = c
-                    .query_opt(
+                // Typed: one round trip (an untyped query prepares first, a second one).
+                let rows = c
+                    .query_typed(
                         "SELECT value FROM kv WHERE tree = $1 AND key = $2",
-                        &[&tree, &key],
+                        &[(&tree, Type::TEXT), (&key, Type::BYTEA)],
                     )
                     .await?;
-                Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+                Ok(rows.into_iter().next().map(|r| r.get::<_, Vec<u8>>(0)))
             })
         })
     }
@@ -137,11 +138,11 @@ impl Session {
         sql.push_str(&format!(" LIMIT {limit}"));
         self.run(move |c| {
             Box::pin(async move {
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tree];
+                let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&tree, Type::TEXT)];
                 for a in &args {
-                    params.push(a);
+                    params.push((a, Type::BYTEA));
                 }
-                let rows = c.query(sql.as_str(), &params).await?;
+                let rows = c.query_typed(sql.as_str(), &params).await?;
                 Ok(rows
                     .into_iter()
                     .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
@@ -244,10 +245,22 @@ impl Backend for Readers {
 /// Writes buffered by the current batch: tree -> key -> value (`None`: deleted).
 pub(super) type Overlay = BTreeMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
 
-/// The writer's connection and the batch's buffered writes.
+/// Rows a batch has read: (tree, key) -> value (`None`: absent).
+pub(super) type ReadCache = HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
+
+/// The writer's connection, the batch's buffered writes, and the rows it has read.
+///
+/// A batch runs in one transaction holding the global batch lock, and every write to
+/// the store's table is made by a batch under that lock (or by a migration before any
+/// replica opens it): nothing changes a row between two reads of one batch except the
+/// batch itself, whose writes the overlay answers first. So a row is read from the
+/// database at most once per batch, however many of the batch's jobs read it (every
+/// Issue reads its workload, host and credential). The cache is emptied when the
+/// batch ends, whatever its outcome.
 pub(super) struct TxBackend {
     pub(super) session: Mutex<Session>,
     pub(super) overlay: Mutex<Overlay>,
+    pub(super) read: Mutex<ReadCache>,
 }
 
 fn within(k: &[u8], lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
@@ -271,6 +284,16 @@ impl TxBackend {
 
     fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
         self.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn read_cache(&self) -> std::sync::MutexGuard<'_, ReadCache> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forget what the batch wrote and read (at the end of every batch).
+    pub(super) fn end_batch(&self) {
+        self.overlay().clear();
+        self.read_cache().clear();
     }
 }
 
@@ -315,7 +338,12 @@ impl Backend for TxBackend {
         if let Some(v) = self.overlay().get(tree).and_then(|t| t.get(key)) {
             return Ok(v.clone());
         }
-        self.session().get(tree, key)
+        if let Some(v) = self.read_cache().get(&(tree, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        let v = self.session().get(tree, key)?;
+        self.read_cache().insert((tree, key.to_vec()), v.clone());
+        Ok(v)
     }
 
     fn page(

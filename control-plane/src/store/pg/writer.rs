@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::session::{database, Overlay, Session, TxBackend};
 use crate::clock::Clock;
@@ -108,18 +108,86 @@ impl Tail {
     }
 }
 
-/// Begin a batch: a transaction holding the global batch lock. Returns the connection
-/// it runs on.
+impl Tail {
+    /// Publish a batch this replica committed: from memory when it follows directly on
+    /// what was published (`before`, the counters the batch read under the lock, are
+    /// where publishing stands), so its changes and events are exactly the log entries
+    /// and events between `before` and `after`; otherwise (another replica committed in
+    /// between and that is not published yet) by reading the log, in order.
+    pub(super) fn own(
+        &self,
+        before: (u64, u64, u64, u64),
+        after: (u64, u64, u64, u64),
+        changes: Vec<Change>,
+        events: Vec<Event>,
+    ) -> Result<()> {
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        if *at != before {
+            drop(at);
+            return self.catch_up();
+        }
+        if after.0 > at.0 {
+            self.seq.store(after.0, Ordering::Release);
+        }
+        if after.3 > at.3 {
+            let (dq, dc) = (after.2.saturating_sub(at.2), after.3 - at.3);
+            self.ended.send_modify(|n| {
+                n.queued = n.queued.wrapping_add(dq);
+                n.changed = n.changed.wrapping_add(dc);
+            });
+        }
+        *at = after;
+        // Sent while `at` is held, as `catch_up` does: the listener cannot interleave.
+        for c in changes {
+            let _ = self.changes.send(Arc::new(c));
+        }
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        Ok(())
+    }
+}
+
+/// The meta rows every batch reads once it holds the lock: the counters and the audit
+/// chain's head.
+const BATCH_META: [&str; 5] = [
+    "seq",
+    "event_id",
+    ENDED_QUEUED,
+    ENDED_CHANGED,
+    crate::store::chain::HEAD_KEY,
+];
+
+/// Begin a batch: a transaction holding the global batch lock, with the meta rows of
+/// [`BATCH_META`] read under it into the batch's read cache. The read is pipelined
+/// behind the lock (one round trip for both): it runs once the lock is held, in the
+/// same transaction. Returns the connection it runs on.
 fn begin(be_: &TxBackend) -> Result<u64> {
     let mut s = be_.session.lock().unwrap_or_else(|p| p.into_inner());
-    s.run(|c| {
+    let keys: Vec<Vec<u8>> = BATCH_META.iter().map(|k| k.as_bytes().to_vec()).collect();
+    let rows = s.run(move |c| {
         Box::pin(async move {
-            c.batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({BATCH_LOCK})"
-            ))
-            .await
+            let lock = format!("BEGIN; SELECT pg_advisory_xact_lock({BATCH_LOCK})");
+            let params: [(&(dyn ToSql + Sync), Type); 1] = [(&keys, Type::BYTEA_ARRAY)];
+            let begin = c.batch_execute(&lock);
+            let read = c.query_typed(
+                "SELECT key, value FROM kv WHERE tree = 'meta' AND key = ANY($1)",
+                &params,
+            );
+            let ((), rows) = futures::try_join!(begin, read)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<_>>())
         })
     })?;
+    let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
+    let mut cache = be_.read_cache();
+    cache.clear();
+    for k in BATCH_META {
+        let v = found.remove(k.as_bytes());
+        cache.insert(("meta", k.as_bytes().to_vec()), v);
+    }
     Ok(s.generation())
 }
 
@@ -151,26 +219,44 @@ fn commit(be_: &TxBackend, began_on: u64, overlay: Overlay) -> Result<()> {
     }
     s.run(move |c| {
         Box::pin(async move {
-            if !delete.0.is_empty() {
-                let p: [&(dyn ToSql + Sync); 2] = [&delete.0, &delete.1];
-                c.execute(
-                    "DELETE FROM kv WHERE (tree, key) IN \
-                     (SELECT * FROM unnest($1::text[], $2::bytea[]))",
-                    &p,
-                )
-                .await?;
-            }
-            if !upsert.0.is_empty() {
-                let p: [&(dyn ToSql + Sync); 3] = [&upsert.0, &upsert.1, &upsert.2];
-                c.execute(
-                    "INSERT INTO kv (tree, key, value) \
-                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
-                     ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
-                    &p,
-                )
-                .await?;
-            }
-            c.batch_execute(&format!("NOTIFY {CHANNEL}; COMMIT")).await
+            // The deletes, the upserts and the commit are pipelined: one round trip. They
+            // run in order on the connection; if one fails, the transaction is aborted,
+            // its COMMIT only ends it, and the failure is returned from here.
+            let del: [(&(dyn ToSql + Sync), Type); 2] = [
+                (&delete.0, Type::TEXT_ARRAY),
+                (&delete.1, Type::BYTEA_ARRAY),
+            ];
+            let del = async {
+                if !delete.0.is_empty() {
+                    c.query_typed(
+                        "DELETE FROM kv WHERE (tree, key) IN \
+                         (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+                        &del,
+                    )
+                    .await?;
+                }
+                Ok::<(), tokio_postgres::Error>(())
+            };
+            let ups: [(&(dyn ToSql + Sync), Type); 3] = [
+                (&upsert.0, Type::TEXT_ARRAY),
+                (&upsert.1, Type::BYTEA_ARRAY),
+                (&upsert.2, Type::BYTEA_ARRAY),
+            ];
+            let ups = async {
+                if !upsert.0.is_empty() {
+                    c.query_typed(
+                        "INSERT INTO kv (tree, key, value) \
+                         SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+                         ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                        &ups,
+                    )
+                    .await?;
+                }
+                Ok(())
+            };
+            let end_sql = format!("NOTIFY {CHANNEL}; COMMIT");
+            let end = c.batch_execute(&end_sql);
+            futures::try_join!(del, ups, end).map(|_| ())
         })
     })
 }
@@ -238,6 +324,16 @@ pub(super) fn writer(
         };
         let replies: Vec<Reply> = batch.drain(..).map(|job| job(&mut tx)).collect();
         let stop = tx.stop;
+        let after = (
+            tx.seq,
+            tx.event_id,
+            queued + u64::from(tx.ended_queued),
+            changed + u64::from(tx.ended_changed || tx.ended_queued),
+        );
+        let (changes, events) = (
+            std::mem::take(&mut tx.changes),
+            std::mem::take(&mut tx.events),
+        );
         let commit_started = std::time::Instant::now();
         let result = counters.and_then(|_| {
             t.meta.insert("seq", &be(tx.seq))?;
@@ -258,17 +354,15 @@ pub(super) fn writer(
             commit(&be_, began_on, overlay)
         });
         crate::metrics::store_flushed(replies.len(), commit_started.elapsed(), result.is_ok());
-        // Whatever happened, the next batch starts from nothing buffered.
-        be_.overlay
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        // Whatever happened, the next batch starts from nothing buffered or read.
+        be_.end_batch();
         let err = match result {
             Ok(()) => {
                 failed.store(false, Ordering::Release);
                 // Published before answering: a caller reads `current_seq` as soon as
                 // it is answered. A failed read here only delays (the poll retries).
-                if let Err(e) = tail.catch_up() {
+                let before = (seq, event_id, queued, changed);
+                if let Err(e) = tail.own(before, after, changes, events) {
                     tracing::warn!(error = %e, "could not read back the committed batch; the next poll will");
                 }
                 None
