@@ -97,11 +97,6 @@ fn bundle(s: &Shared, generation: u64) -> v1::ControlMessage {
     }
 }
 
-/// Whether `host` was issued one of the leases `r` revoked (`hosts` is sorted).
-fn holds_a_lease(r: &crate::model::Revocation, host: &str) -> bool {
-    r.hosts.binary_search_by(|h| h.as_str().cmp(host)).is_ok()
-}
-
 /// Why a Sync stream ended (logged, never sent: the stream is gone).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -275,14 +270,6 @@ pub(super) async fn run_sync(
             change = changes.recv() => match change {
                 Ok(c) => {
                     if c.seq() <= sent { continue; }
-                    // Every stream wakes at once for a revocation; the hosts holding one
-                    // of its leases go first, so their wipe (and a re-issue behind it)
-                    // does not wait for the push to every other host.
-                    if let Change::Revoked { revocation } = &*c {
-                        if !holds_a_lease(revocation, &host.name) {
-                            tokio::task::yield_now().await;
-                        }
-                    }
                     if let Some(m) = messages_for(host, &c, &mut told) {
                         send(m).await?;
                     }
