@@ -59,7 +59,7 @@ type Stream<T> = ReceiverStream<Result<T, Status>>;
 
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for Spiffe {
-    type FetchX509SVIDStream = Stream<pb::X509svidResponse>;
+    type FetchX509SVIDStream = x509::Updates;
     type FetchX509BundlesStream = Stream<pb::X509BundlesResponse>;
     type FetchJWTBundlesStream = Stream<pb::JwtBundlesResponse>;
 
@@ -68,9 +68,8 @@ impl SpiffeWorkloadApi for Spiffe {
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let caller = self.caller(&req)?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(x509::stream(self.calls.clone(), caller, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let updates = x509::open(self.calls.clone(), caller).await?;
+        Ok(Response::new(updates))
     }
 
     async fn fetch_x509_bundles(

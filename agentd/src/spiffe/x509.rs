@@ -21,10 +21,12 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use futures::StreamExt;
 use leash_proto::reason::Reason;
 use leash_proto::spiffe as pb;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use zeroize::Zeroize;
 
@@ -128,50 +130,104 @@ async fn current(
     Ok((resp, (leases, bundle), renew_at))
 }
 
+/// What a FetchX509SVID stream sends: its first message, then every change.
+pub type Updates = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::X509svidResponse, Status>> + Send + 'static>,
+>;
+
+/// What a stream waits on between messages, taken before the message it follows was
+/// made, so a change while it was made wakes the next pass.
+struct Watch {
+    generation: tokio::sync::watch::Receiver<u64>,
+    bundle: tokio::sync::watch::Receiver<Option<Arc<leash_proto::v1::TrustBundle>>>,
+}
+
+impl Watch {
+    fn new(calls: &Calls) -> Watch {
+        let agent = calls.agent();
+        let mut w = Watch {
+            generation: agent.cache.subscribe(),
+            bundle: agent.bundle(),
+        };
+        w.mark_seen();
+        w
+    }
+
+    /// Marked seen before reading, so a change while a pass runs wakes the next.
+    fn mark_seen(&mut self) {
+        self.generation.borrow_and_update();
+        self.bundle.borrow_and_update();
+    }
+}
+
+/// Count a message's SVIDs as used by the caller (usage reports).
+fn record_use(calls: &Calls, caller: &Caller, sent: &Sent) {
+    let a = &caller.attested;
+    for lease in &sent.0 {
+        calls
+            .agent()
+            .record_use(lease, a.pid, a.exe_path.as_deref().unwrap_or(""));
+    }
+}
+
 /// FetchX509SVID: the caller's SVIDs, then every change, until the caller goes away or
 /// is entitled to none.
-pub async fn stream(
+///
+/// The first message is made here, before the response starts, so it leaves with the
+/// response headers (one write, one wake-up of the client) and a refusal is the call's
+/// status; a task then waits for changes and sends the rest.
+pub async fn open(calls: Arc<Calls>, caller: Caller) -> Result<Updates, SpiffeError> {
+    let watch = Watch::new(&calls);
+    let (first, sent, renew_at) = current(&calls, &caller).await?;
+    record_use(&calls, &caller, &sent);
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(follow(calls, caller, tx, watch, sent, renew_at));
+    let first = futures::stream::once(std::future::ready(Ok(first)));
+    Ok(Box::pin(first.chain(ReceiverStream::new(rx))))
+}
+
+/// Messages a stream may have queued for a slow client before it waits.
+const STREAM_BUFFER: usize = 4;
+
+/// The rest of a stream after its first message (`last`, renewing at `renew_at`).
+async fn follow(
     calls: Arc<Calls>,
     caller: Caller,
     tx: mpsc::Sender<Result<pb::X509svidResponse, Status>>,
+    mut watch: Watch,
+    last: Sent,
+    mut renew_at: i64,
 ) {
     let agent = calls.agent().clone();
-    let mut generation = agent.cache.subscribe();
-    let mut bundle_rx = agent.bundle();
-    let mut last: Option<Sent> = None;
+    let mut last = last;
     loop {
-        // Marked seen before reading, so a change while this pass runs wakes the next.
-        generation.borrow_and_update();
-        bundle_rx.borrow_and_update();
-        let renew_at = match current(&calls, &caller).await {
-            Ok((resp, sent, renew_at)) => {
-                if last.as_ref() != Some(&sent) {
-                    let a = &caller.attested;
-                    for lease in &sent.0 {
-                        agent.record_use(lease, a.pid, a.exe_path.as_deref().unwrap_or(""));
-                    }
-                    if tx.send(Ok(resp)).await.is_err() {
-                        return;
-                    }
-                    last = Some(sent);
-                }
-                renew_at
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
-                return;
-            }
-        };
         loop {
             tokio::select! {
-                r = generation.changed() => if r.is_err() { return } else { break },
-                r = bundle_rx.changed() => if r.is_err() { return } else { break },
+                r = watch.generation.changed() => if r.is_err() { return } else { break },
+                r = watch.bundle.changed() => if r.is_err() { return } else { break },
                 _ = tx.closed() => return,
                 _ = tokio::time::sleep(RENEW_TICK) => {
                     if agent.clock.now() >= renew_at {
                         break;
                     }
                 }
+            }
+        }
+        watch.mark_seen();
+        match current(&calls, &caller).await {
+            Ok((resp, sent, at)) => {
+                renew_at = at;
+                if last != sent {
+                    record_use(&calls, &caller, &sent);
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                    last = sent;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
             }
         }
     }
