@@ -212,10 +212,20 @@ impl Readers {
     }
 }
 
+/// Run a read, and once more on a fresh connection when the first failed because its
+/// connection was gone (a reader idle since the database restarted holds a dead one).
+/// Reads change nothing, so the second try is safe; writes are never retried here.
+fn read_twice<T>(s: &mut Session, mut f: impl FnMut(&mut Session) -> Result<T>) -> Result<T> {
+    match f(s) {
+        Err(_) if s.client.is_none() => f(s),
+        r => r,
+    }
+}
+
 impl Backend for Readers {
     fn get(&self, tree: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let key = key.to_vec();
-        self.call(move |s| s.get(tree, &key))
+        self.call(move |s| read_twice(s, |s| s.get(tree, &key)))
     }
 
     fn page(
@@ -228,7 +238,7 @@ impl Backend for Readers {
     ) -> Result<Page> {
         let (lo, hi) = (lo.clone(), hi.clone());
         self.call(move |s| {
-            let rows = s.rows(tree, &lo, &hi, rev, limit)?;
+            let rows = read_twice(s, |s| s.rows(tree, &lo, &hi, rev, limit))?;
             let upto = page_upto(&rows, limit);
             Ok(Page { rows, upto })
         })
