@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -53,7 +54,8 @@ pub async fn serve(calls: Arc<Calls>, stream: AttestedStream) {
     let conn = stream.connect_info();
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (calls, conn) = (calls.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(answer(&calls, &conn, &req).await) }
+        let span = leash_proto::spans::http_request(&req);
+        async move { Ok::<_, Infallible>(answer(&calls, &conn, &req).instrument(span).await) }
     });
     let r = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

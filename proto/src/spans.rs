@@ -49,6 +49,12 @@ pub fn grpc_request<B>(req: &tonic::codegen::http::Request<B>) -> tracing::Span 
     )
 }
 
+/// The span of one HTTP request (the agent's HTTP API, the control plane's HTTPS
+/// listener): the same span, its `method` the request's path (never its query).
+pub fn http_request<B>(req: &tonic::codegen::http::Request<B>) -> tracing::Span {
+    grpc_request(req)
+}
+
 /// Record `value` as `field` of the current request span (nothing outside one). Empty
 /// values are not recorded.
 pub fn record(field: Field, value: &str) {

@@ -57,3 +57,26 @@ fn a_fetch_is_logged_by_both_daemons_with_its_lease_id() {
     assert!(!c.control_plane_log().contains(token));
     assert!(!c.agent_log("host-1").contains(token));
 }
+
+/// A fetch over the agent's HTTP API runs in a request span too: its path is the span's
+/// method, and the lease id joins it to the control plane's line.
+#[test]
+fn a_fetch_over_the_agents_http_api_is_logged_in_its_request_span() {
+    let c = Cluster::with(Options::default().log_json());
+    basic(&c);
+    let (status, doc) = crate::agent_http::curl(&c, "/v1/credentials/api");
+    assert_eq!(status, 200, "{doc}");
+    let lease = doc["lease_id"].as_str().expect("lease_id").to_string();
+    let agent = lines_with_lease(&c.agent_log("host-1"), &lease);
+    let fetched = agent
+        .iter()
+        .find(|v| v["fields"]["message"] == "fetched from the control plane")
+        .unwrap_or_else(|| panic!("no agent line carries the lease id\n{}", c.logs_dump()));
+    assert_eq!(fetched["span"]["name"], "request", "{fetched}");
+    assert_eq!(
+        fetched["span"]["method"], "/v1/credentials/api",
+        "{fetched}"
+    );
+    assert_eq!(fetched["span"]["workload"], "ci/job", "{fetched}");
+    assert!(!lines_with_lease(&c.control_plane_log(), &lease).is_empty());
+}

@@ -18,6 +18,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -172,7 +173,10 @@ impl Listener {
                 let who = Arc::new(Peer { serial });
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (s, prefix, who) = (s.clone(), prefix.clone(), who.clone());
-                    async move { Ok::<_, Infallible>(answer(&s, &prefix, &who, req).await) }
+                    let span = leash_proto::spans::http_request(&req);
+                    async move {
+                        Ok::<_, Infallible>(answer(&s, &prefix, &who, req).instrument(span).await)
+                    }
                 });
                 let r = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
