@@ -80,3 +80,28 @@ fn a_fetch_over_the_agents_http_api_is_logged_in_its_request_span() {
     assert_eq!(fetched["span"]["workload"], "ci/job", "{fetched}");
     assert!(!lines_with_lease(&c.control_plane_log(), &lease).is_empty());
 }
+
+/// An admin's revocation of a lease is logged in the Revoke call's span, with the
+/// lease's id, workload, credential and host.
+#[test]
+fn an_admin_revocation_is_logged_with_the_lease_it_names() {
+    let c = Cluster::with(Options::default().log_json());
+    basic(&c);
+    let got = c.get("api", &[]);
+    c.leashctl(&["revoke", "--lease", &got.lease_id]).ok();
+    let lines = c.eventually("the revocation is logged", || {
+        let l = lines_with_lease(&c.control_plane_log(), &got.lease_id);
+        l.iter()
+            .any(|v| v["fields"]["message"] == "revoked")
+            .then_some(l)
+    });
+    let revoked = lines
+        .iter()
+        .find(|v| v["fields"]["message"] == "revoked")
+        .expect("the line");
+    let span = &revoked["span"];
+    assert_eq!(span["method"], "/leash.v1.Admin/Revoke", "{revoked}");
+    assert_eq!(span["workload"], "ci/job", "{revoked}");
+    assert_eq!(span["credential"], "api", "{revoked}");
+    assert_eq!(span["host"], "host-1", "{revoked}");
+}

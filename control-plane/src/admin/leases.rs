@@ -1,6 +1,7 @@
 //! `lease list|get` (with a pending end step), `revoke` (with `--wait` progress) and
 //! introspection by an admin.
 
+use leash_proto::spans::{record, Field};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,7 @@ pub(super) async fn list(
 
 pub(super) async fn get(s: &Shared, req: v1::NameRequest) -> Result<v1::LeaseDetail, Status> {
     let id = req.name;
+    record(Field::LeaseId, &id);
     let lease =
         s.store.lease(&id).map_err(Status::from)?.ok_or_else(|| {
             not_found(format!(
@@ -90,18 +92,24 @@ pub(super) async fn revoke(
     use v1::revocation_target_spec::Target;
     let target = match r.target.and_then(|t| t.target) {
         Some(Target::Lease(id)) => {
-            s
+            let l = s
                 .store
                 .lease(&id)
                 .map_err(Status::from)?
                 .ok_or_else(|| not_found(format!("no lease {id:?}")))?;
+            record(Field::LeaseId, &id);
+            record(Field::Workload, &l.workload);
+            record(Field::Credential, &l.credential);
+            record(Field::Host, &l.host);
             RevocationTarget::Lease(id)
         }
         Some(Target::Workload(w)) => {
             workload_or_404(s, &w)?;
+            record(Field::Workload, &w);
             RevocationTarget::Workload(w)
         }
         Some(Target::Credential(c)) => {
+            record(Field::Credential, &c);
             if s.store.credential(&c).map_err(Status::from)?.is_none() {
                 return Err(not_found(format!("no credential named {c:?}")));
             }
@@ -115,6 +123,7 @@ pub(super) async fn revoke(
             RevocationTarget::Owner(o)
         }
         Some(Target::Host(h)) => {
+            record(Field::Host, &h);
             if s.store.host(&h).map_err(Status::from)?.is_none() {
                 return Err(not_found(format!("no host named {h:?}")));
             }
@@ -171,6 +180,12 @@ pub(super) async fn revoke_target(
         Err(e) => return Err(write_failed(s, e, failed).await),
     };
     let hosts = crate::revocation::hosts_to_wait_for(s, &rev);
+    tracing::info!(
+        seq = rev.seq,
+        leases = rev.lease_ids.len(),
+        hosts = hosts.len(),
+        "revoked"
+    );
     Ok(v1::RevokeResponse {
         seq: rev.seq,
         leases_revoked: rev.lease_ids.len() as u32,
