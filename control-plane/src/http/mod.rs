@@ -46,6 +46,9 @@ use reply::Body;
 
 /// Largest request body (an introspection form with a token): larger is 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// A body over [`MAX_BODY_BYTES`] but at most this is read to its end (and dropped)
+/// before the 413; a larger one is refused at once and its connection closed.
+const DRAIN_BYTES: usize = 256 * 1024;
 /// How long a connection may take to send a request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to finish the TLS handshake.
@@ -221,12 +224,14 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > DRAIN_BYTES as u64) {
         return Err(too_large());
     }
     let (parts, body) = req.into_parts();
     // A body trickled in slowly would hold a connection slot: it has as long as a head.
-    let read = tokio::time::timeout(HEADER_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect());
+    // A body a little too large is read to its end before the 413, so that a client still
+    // sending it gets the answer instead of a broken pipe.
+    let read = tokio::time::timeout(HEADER_TIMEOUT, Limited::new(body, DRAIN_BYTES).collect());
     match read.await {
         Err(_) => {
             let mut r = reply::error(
@@ -238,7 +243,13 @@ async fn read_body(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             Err(r)
         }
-        Ok(Ok(b)) => Ok((parts, b.to_bytes())),
+        Ok(Ok(b)) => {
+            let b = b.to_bytes();
+            if b.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            Ok((parts, b))
+        }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(_)) => Err(reply::error(
             StatusCode::BAD_REQUEST,
