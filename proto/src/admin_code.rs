@@ -89,20 +89,12 @@ impl AdminCode {
         if !valid_name(name) {
             return Err(AdminCodeError::Part("bad name"));
         }
-        match URL_SAFE_NO_PAD.decode(secret) {
-            Ok(b) if b.len() == 32 => {}
-            _ => return Err(AdminCodeError::Part("bad secret")),
-        }
-        let hex = ca_pin
-            .strip_prefix("sha256:")
-            .ok_or(AdminCodeError::Part("bad CA pin"))?;
-        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(AdminCodeError::Part("bad CA pin"));
-        }
+        let ca_pin = crate::join_token::check_secret_and_pin(secret, ca_pin)
+            .map_err(AdminCodeError::Part)?;
         Ok(AdminCode {
             name: name.to_string(),
             secret: secret.to_string(),
-            ca_pin: ca_pin.to_ascii_lowercase(),
+            ca_pin,
         })
     }
 

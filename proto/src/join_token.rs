@@ -53,6 +53,21 @@ pub enum JoinTokenError {
     Part(&'static str),
 }
 
+/// The two parts every Leash code ends with (join tokens, admin login codes): a secret of
+/// 32 random bytes in URL-safe base64 without padding, and the CA pin `sha256:<64 hex>`.
+/// Returns the pin in lower case, or which part is malformed.
+pub(crate) fn check_secret_and_pin(secret: &str, ca_pin: &str) -> Result<String, &'static str> {
+    match URL_SAFE_NO_PAD.decode(secret) {
+        Ok(b) if b.len() == 32 => {}
+        _ => return Err("bad secret"),
+    }
+    let hex = ca_pin.strip_prefix("sha256:").ok_or("bad CA pin")?;
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err("bad CA pin");
+    }
+    Ok(ca_pin.to_ascii_lowercase())
+}
+
 impl JoinToken {
     /// Encode. `secret` is raw bytes.
     pub fn encode(id: &str, secret: &[u8], ca_pin: &str) -> String {
@@ -73,20 +88,11 @@ impl JoinToken {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(JoinTokenError::Part("bad id"));
         }
-        match URL_SAFE_NO_PAD.decode(secret) {
-            Ok(b) if b.len() == 32 => {}
-            _ => return Err(JoinTokenError::Part("bad secret")),
-        }
-        let hex = ca_pin
-            .strip_prefix("sha256:")
-            .ok_or(JoinTokenError::Part("bad CA pin"))?;
-        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(JoinTokenError::Part("bad CA pin"));
-        }
+        let ca_pin = check_secret_and_pin(secret, ca_pin).map_err(JoinTokenError::Part)?;
         Ok(JoinToken {
             id: id.to_string(),
             secret: secret.to_string(),
-            ca_pin: ca_pin.to_ascii_lowercase(),
+            ca_pin,
         })
     }
 
