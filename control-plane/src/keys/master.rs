@@ -350,11 +350,13 @@ impl MasterKey {
         let path = data_dir.join(MASTER_KEY_FILE);
         let new_path = data_dir.join(NEW_KEY_FILE);
         let current = read_key_file(&path)?;
+        let mut torn = false;
         let pending = match read_key_file(&new_path) {
             Ok(k) => k,
             // Torn while being written: the rotation cannot have committed with it.
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring an unreadable {NEW_KEY_FILE}");
+                torn = true;
                 None
             }
         };
@@ -362,6 +364,19 @@ impl MasterKey {
             .iter()
             .filter_map(|r| sealed_key_id(&r.sealed))
             .collect();
+        // A torn new key is removed once the data is seen sealed with the current key
+        // alone, so that it cannot be mistaken for a rotation at a later start.
+        if torn
+            && current
+                .as_ref()
+                .is_some_and(|k| data_ids.iter().all(|id| *id == k.id))
+        {
+            tracing::warn!(
+                "removing the unreadable {NEW_KEY_FILE}: the data is sealed with the current key"
+            );
+            std::fs::remove_file(&new_path)?;
+            sync_dir(data_dir)?;
+        }
         if let Some(new) = pending {
             if data_ids.contains(&new.id) {
                 return Self::finish_rotation(data_dir, store, new, current, &records).await;

@@ -157,12 +157,16 @@ async fn a_rotation_cut_before_its_commit_keeps_the_old_key() {
     assert_eq!(again.id(), m.id());
     assert!(key_file(dir.path(), NEW_KEY_FILE).is_none(), "removed");
     assert_eq!(key_file(dir.path(), MASTER_KEY_FILE), Some(old));
-    // A torn `master.key.new` is no better.
+    // A torn `master.key.new` is no better, and is removed too.
     std::fs::write(dir.path().join(NEW_KEY_FILE), "0123").expect("write");
     let again = MasterKey::load_checked(dir.path(), &*s)
         .await
         .expect("start");
     assert_eq!(again.id(), m.id());
+    assert!(
+        !dir.path().join(NEW_KEY_FILE).exists(),
+        "a torn master.key.new is removed"
+    );
 }
 
 #[tokio::test]
