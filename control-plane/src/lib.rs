@@ -29,6 +29,7 @@ pub mod issuance;
 pub mod issuer;
 pub mod keys;
 pub mod kinds;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod policy;

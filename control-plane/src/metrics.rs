@@ -58,6 +58,7 @@ struct Metrics {
     store_flush_seconds: Histogram,
     store_flush_failures: Counter,
     ca_expiry: Gauge,
+    leading: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -84,6 +85,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         store_flush_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         store_flush_failures: Counter::default(),
         ca_expiry: Gauge::default(),
+        leading: Gauge::default(),
     };
     r.register(
         "issuances",
@@ -174,6 +176,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "ca_not_after_timestamp_seconds",
         "Unix time the active host CA certificate expires",
         m.ca_expiry.clone(),
+    );
+    r.register(
+        "control_plane_leading",
+        "1 while this control plane runs the background workers (always on sled; on one replica of a shared PostgreSQL store at a time)",
+        m.leading.clone(),
     );
     Metrics { registry: r, ..m }
 });
@@ -280,6 +287,8 @@ pub struct Snapshot {
     pub ends_pending: i64,
     /// Unix seconds the active CA certificate expires (0: unknown).
     pub ca_not_after: i64,
+    /// 1 while this replica runs the background workers (always on sled), else 0.
+    pub leading: i64,
 }
 
 /// Which of [`LAG_RANGES`] `lag` falls in.
@@ -302,6 +311,7 @@ pub fn render(snap: &Snapshot) -> String {
     m.approvals_pending.set(snap.approvals_pending);
     m.ends_pending.set(snap.ends_pending);
     m.ca_expiry.set(snap.ca_not_after);
+    m.leading.set(snap.leading);
     m.sync_lag_max
         .set(snap.lags.iter().copied().max().unwrap_or(0) as i64);
     for range in LAG_RANGES {

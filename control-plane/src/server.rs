@@ -286,22 +286,12 @@ pub async fn run(
         ca_pin: shared.keys.ca_pin(),
     };
 
-    let expiry = tokio::spawn(crate::expiry::run(
-        shared.store.clone(),
-        shared.clock.clone(),
-    ));
-    let scheduled = tokio::spawn(crate::scheduled::run(
-        shared.store.clone(),
-        shared.clock.clone(),
-    ));
     let refused = tokio::spawn(crate::enroll::flush_every_interval(shared.clone()));
-    let ends = tokio::spawn(crate::issuance::ends::run(shared.clone()));
     // Replicas of a shared store follow what the others commit.
     if shared.config.store != crate::config::StoreConfig::Sled {
         tokio::spawn(crate::replicas::follow(shared.clone()));
         tokio::spawn(crate::replicas::mark_present(shared.clone()));
     }
-    let reconcile = tokio::spawn(crate::reconcile::run(shared.clone()));
     let key_rotation = {
         let s = shared.clone();
         tokio::spawn(crate::keys::run(
@@ -314,17 +304,41 @@ pub async fn run(
             move || s.keys_changed(),
         ))
     };
-    let checkpoints = tokio::spawn(crate::checkpoints::run(
-        shared.store.clone(),
-        Arc::new(crate::checkpoints::Signer::load_or_create(&*shared.store, &shared.master).await?),
-        shared.clock.clone(),
-        config.audit,
-    ));
-    let retention = tokio::spawn(crate::retention::run(
-        shared.store.clone(),
-        shared.clock.clone(),
-        config.retention,
-    ));
+    // The workers that act on the whole store by themselves: on one replica at a time.
+    let signer =
+        Arc::new(crate::checkpoints::Signer::load_or_create(&*shared.store, &shared.master).await?);
+    let workers = {
+        let s = shared.clone();
+        let spec = match config.store.url()? {
+            Some(url) => Some(Arc::new(
+                crate::kinds::postgres::conn::parse(&url).map_err(|e| {
+                    ServerError::PostgresStore(format!("the [store] URL is not usable: {e}"))
+                })?,
+            )),
+            None => None,
+        };
+        let audit = config.audit;
+        let retention = config.retention;
+        tokio::spawn(crate::leader::run(shared.clone(), spec, move || {
+            vec![
+                tokio::spawn(crate::expiry::run(s.store.clone(), s.clock.clone())),
+                tokio::spawn(crate::scheduled::run(s.store.clone(), s.clock.clone())),
+                tokio::spawn(crate::issuance::ends::run(s.clone())),
+                tokio::spawn(crate::reconcile::run(s.clone())),
+                tokio::spawn(crate::checkpoints::run(
+                    s.store.clone(),
+                    signer.clone(),
+                    s.clock.clone(),
+                    audit,
+                )),
+                tokio::spawn(crate::retention::run(
+                    s.store.clone(),
+                    s.clock.clone(),
+                    retention,
+                )),
+            ]
+        }))
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let recovery = tokio::spawn(stop_when_the_store_can_be_reopened(
@@ -403,12 +417,7 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(2)).await;
         } => (Ok(()), Ok(())),
     };
-    expiry.abort();
-    scheduled.abort();
-    ends.abort();
-    reconcile.abort();
-    retention.abort();
-    checkpoints.abort();
+    workers.abort();
     key_rotation.abort();
     refused.abort();
     recovery.abort();

@@ -48,6 +48,8 @@ pub struct Shared {
     /// The trust bundle's generation: bumped by [`Shared::keys_changed`], watched by every
     /// Sync stream.
     keys_generation: tokio::sync::watch::Sender<u64>,
+    /// Whether this replica runs the background workers now (`leader`): always on sled.
+    pub leading: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -81,6 +83,7 @@ impl Shared {
             enroll_guard,
             kinds: Registry::standard(),
             keys_generation,
+            leading: std::sync::atomic::AtomicBool::new(true),
         }
     }
 

@@ -321,3 +321,106 @@ fn a_revoke_wait_cut_by_killing_its_replica_completes_when_waited_again_on_anoth
     c.leashctl(&["revoke", "--wait-seq", &seq, "--lease", &held.lease_id])
         .code(1);
 }
+
+/// The state of lease `id` as the replica behind `admin` reads it from the store.
+fn lease_state(admin: &Path, id: &str) -> String {
+    ctl_json(admin, &["lease", "show", id])["state"]
+        .as_str()
+        .expect("state")
+        .to_string()
+}
+
+/// The background workers (here: expiry) run on one replica at a time. A replica
+/// standing by does not run them; it takes them over when the leader freezes (the
+/// database ends its silent lease connection) or is killed with `kill -9`, and a leader
+/// that wakes from a freeze finds its lead gone and stops its workers.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn the_background_workers_run_on_one_replica_and_move_when_it_freezes_or_dies() {
+    use std::time::Instant;
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let c = Cluster::with(
+        Options::default()
+            .max_offline(MAX_OFFLINE)
+            .config(&store_config(&url)),
+    );
+    c.eventually("replica A leads", || {
+        c.control_plane_log()
+            .contains("this replica leads")
+            .then_some(())
+    });
+    let clock = c.dir().join("clock-offset-ms");
+    let (cmd, b_admin) = replica_command(
+        "b",
+        tmp.path(),
+        &url,
+        Key::CopyFrom(&c.data_dir),
+        Some(&clock),
+        MAX_OFFLINE,
+    );
+    let mut b = Daemon::spawn("replica B", cmd);
+    address(&mut b);
+    b.wait_for_line("this one stands by", Duration::from_secs(20));
+    assert!(
+        !b.log().text().contains("this replica leads"),
+        "{}",
+        b.log().text()
+    );
+
+    c.credential("api", &["--audience", API_AUD, "--ttl", "5m"]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let held = c.get_at(0, "api", &["--as", "w1"]);
+    assert_eq!(lease_state(&b_admin, &held.lease_id), "active");
+
+    // A freezes while leading; the lease falls due. B stands by, so nothing expires it
+    // until the database has ended A's silent connection and B took the lock.
+    c.signal_control_plane(nix::sys::signal::Signal::SIGSTOP);
+    let frozen = Instant::now();
+    c.advance_clock(Duration::from_secs(600));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lease_state(&b_admin, &held.lease_id),
+        "active",
+        "a replica standing by does not run the expiry worker"
+    );
+    b.wait_for_line("this replica leads", Duration::from_secs(30));
+    let took_over = frozen.elapsed();
+    c.eventually("the new leader expires the lease", || {
+        (lease_state(&b_admin, &held.lease_id) == "expired").then_some(())
+    });
+    println!("B took the lead {took_over:?} after A froze");
+
+    // A wakes, finds its lease connection ended, and stops leading.
+    c.signal_control_plane(nix::sys::signal::Signal::SIGCONT);
+    c.eventually("A steps down", || {
+        c.control_plane_log()
+            .contains("stopped leading the background workers")
+            .then_some(())
+    });
+    c.eventually("A stands by", || {
+        c.control_plane_log()
+            .contains("this one stands by")
+            .then_some(())
+    });
+
+    // B dies: A takes the lead back within a few tries, and its workers run.
+    let second = c.get_at(0, "api", &["--as", "w1", "--fresh"]);
+    b.kill9();
+    let killed = Instant::now();
+    c.eventually("A leads again", || {
+        (c.control_plane_log().matches("this replica leads").count() == 2).then_some(())
+    });
+    let retaken = killed.elapsed();
+    println!("A took the lead back {retaken:?} after kill -9 of B");
+    assert!(
+        retaken < Duration::from_secs(10),
+        "a killed leader's lock is freed with its connection: {retaken:?}"
+    );
+    c.advance_clock(Duration::from_secs(600));
+    c.eventually("A expires the second lease", || {
+        (lease_state(&c.admin_socket, &second.lease_id) == "expired").then_some(())
+    });
+}

@@ -184,6 +184,10 @@ fn counters_move_as_credentials_are_issued_denied_revoked_and_wiped() {
         cp0.get("leash_ca_not_after_timestamp_seconds") > now,
         "{cp0:?}"
     );
+    // One control plane leads the background workers (on PostgreSQL once it took the lock).
+    c.eventually("the control plane leads the background workers", || {
+        (cp_scrape(&c, &ca).get("leash_control_plane_leading") == 1.0).then_some(())
+    });
     assert!(
         ag0.get("leash_agent_host_cert_expiry_timestamp_seconds") > now,
         "{ag0:?}"

@@ -3,7 +3,9 @@
 //! plane then stops to be restarted as soon as the disk has room, see `server.rs`) or
 //! while the database of a PostgreSQL store does not answer a read.
 //!
-//! The answer names the store: `{"status", "store": {"kind", "reachable"}}`.
+//! The answer names the store and whether this replica runs the background workers
+//! (`leader.rs`): `{"status", "store": {"kind", "reachable"}, "workers": "leading" |
+//! "standby"}`.
 
 use std::time::Duration;
 
@@ -16,10 +18,11 @@ use crate::state::Shared;
 const PROBE: Duration = Duration::from_secs(3);
 
 /// Whether the store answers a read (a PostgreSQL store's reads go to the database;
-/// they block, so off the runtime's workers).
+/// they block, so off the runtime's workers). A lease read: the rows a replica caches
+/// (workloads, credentials, hosts) would answer without the database.
 async fn reachable(s: &Shared) -> bool {
     let store = s.store.clone();
-    let read = tokio::task::spawn_blocking(move || store.workload("").is_ok());
+    let read = tokio::task::spawn_blocking(move || store.lease("").is_ok());
     matches!(tokio::time::timeout(PROBE, read).await, Ok(Ok(true)))
 }
 
@@ -29,15 +32,20 @@ pub async fn serve(s: &Shared) -> Response<Body> {
     let failed = s.store.failed();
     let reachable = !failed && reachable(s).await;
     let store = serde_json::json!({ "kind": kind, "reachable": reachable });
+    let workers = if s.leading.load(std::sync::atomic::Ordering::Acquire) {
+        "leading"
+    } else {
+        "standby"
+    };
     if failed || !reachable {
         reply::json(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "status": "unavailable", "store": store }),
+            &serde_json::json!({ "status": "unavailable", "store": store, "workers": workers }),
         )
     } else {
         reply::json(
             StatusCode::OK,
-            &serde_json::json!({ "status": "ok", "store": store }),
+            &serde_json::json!({ "status": "ok", "store": store, "workers": workers }),
         )
     }
 }

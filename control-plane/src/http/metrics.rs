@@ -62,6 +62,7 @@ pub fn snapshot(s: &Shared) -> Snapshot {
         approvals_pending: approvals_pending as i64,
         ends_pending: ends_pending as i64,
         ca_not_after,
+        leading: i64::from(s.leading.load(std::sync::atomic::Ordering::Acquire)),
     }
 }
 

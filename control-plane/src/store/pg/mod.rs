@@ -10,6 +10,7 @@
 //! quoted in a message (the driver's messages are scrubbed, as for the `postgres`
 //! credential kind, whose connection code this reuses).
 
+mod cache;
 pub mod from_sled;
 mod session;
 mod writer;
@@ -119,7 +120,8 @@ impl SledStore {
             Arc::new(conn::parse(url).map_err(|e| {
                 StoreError::Database(format!("the [store] URL is not usable: {e}"))
             })?);
-        let readers = Readers::start(spec.clone(), READERS)?;
+        let rows = Arc::new(cache::RowCache::default());
+        let readers = Readers::start(spec.clone(), READERS, rows.clone())?;
         let reader_trees = Arc::new(Trees::build(|name| {
             Ok(Tree::Pg {
                 name,
@@ -140,6 +142,7 @@ impl SledStore {
             let reader_trees = reader_trees.clone();
             let (seq, changes, events) = (seq.clone(), changes.clone(), events.clone());
             let (ended_tx, failed) = (ended_tx.clone(), failed.clone());
+            let rows = rows.clone();
             std::thread::Builder::new()
                 .name("leash-store-writer".into())
                 .spawn(move || {
@@ -172,7 +175,7 @@ impl SledStore {
                     match start() {
                         Ok((be_, t, tail)) => {
                             let _ = ready_tx.send(Ok(tail.clone()));
-                            writer::writer(be_, t, rx, tail, failed, clock);
+                            writer::writer(be_, t, rx, tail, rows, failed, clock);
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -190,7 +193,7 @@ impl SledStore {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("leash-store-listen".into())
-                .spawn(move || writer::listen(session, tail, stop))
+                .spawn(move || writer::listen(session, tail, rows, stop))
                 .map_err(|e| StoreError::Database(format!("cannot start the listener: {e}")))?;
         }
         Ok(Arc::new(SledStore {

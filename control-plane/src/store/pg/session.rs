@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
+use super::cache::{Lookup, RowCache};
 use crate::kinds::postgres::conn::ConnSpec;
 use crate::store::error::{Result, StoreError};
 use crate::store::kv::{Backend, Page};
@@ -167,10 +168,16 @@ type ReadJob = Box<dyn FnOnce(&mut Session) + Send>;
 /// queue. They end when the last [`Readers`] is dropped.
 pub(super) struct Readers {
     jobs: Mutex<mpsc::Sender<ReadJob>>,
+    /// The rows an Issue reads, kept between requests (see `cache`).
+    cache: Arc<RowCache>,
 }
 
 impl Readers {
-    pub(super) fn start(spec: Arc<ConnSpec>, threads: usize) -> Result<Arc<Readers>> {
+    pub(super) fn start(
+        spec: Arc<ConnSpec>,
+        threads: usize,
+        cache: Arc<RowCache>,
+    ) -> Result<Arc<Readers>> {
         let (tx, rx) = mpsc::channel::<ReadJob>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads {
@@ -192,6 +199,7 @@ impl Readers {
         }
         Ok(Arc::new(Readers {
             jobs: Mutex::new(tx),
+            cache,
         }))
     }
 
@@ -224,8 +232,17 @@ fn read_twice<T>(s: &mut Session, mut f: impl FnMut(&mut Session) -> Result<T>) 
 
 impl Backend for Readers {
     fn get(&self, tree: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let key = key.to_vec();
-        self.call(move |s| read_twice(s, |s| s.get(tree, &key)))
+        let generation = match self.cache.lookup(tree, key) {
+            Lookup::Hit(row) => return Ok(row),
+            Lookup::Miss(g) => Some(g),
+            Lookup::Bypass => None,
+        };
+        let k = key.to_vec();
+        let row = self.call(move |s| read_twice(s, |s| s.get(tree, &k)))?;
+        if let Some(g) = generation {
+            self.cache.fill(tree, key, row.clone(), g);
+        }
+        Ok(row)
     }
 
     fn page(

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::types::{ToSql, Type};
 
+use super::cache::{self, RowCache};
 use super::session::{database, Overlay, Session, TxBackend};
 use crate::clock::Clock;
 use crate::model::{Change, Event};
@@ -148,6 +149,10 @@ impl Tail {
     }
 }
 
+/// Longest a batch's transaction may sit without a statement before the database ends
+/// it (see `begin`): far above a batch's own pauses (milliseconds).
+const IDLE_IN_BATCH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The meta rows every batch reads once it holds the lock: the counters and the audit
 /// chain's head.
 const BATCH_META: [&str; 5] = [
@@ -167,7 +172,14 @@ fn begin(be_: &TxBackend) -> Result<u64> {
     let keys: Vec<Vec<u8>> = BATCH_META.iter().map(|k| k.as_bytes().to_vec()).collect();
     let rows = s.run(move |c| {
         Box::pin(async move {
-            let lock = format!("BEGIN; SELECT pg_advisory_xact_lock({BATCH_LOCK})");
+            // A replica frozen in the middle of a batch would hold every replica's writes
+            // with the lock: the database ends its transaction (and connection) after
+            // `IDLE_IN_BATCH` without a statement, so the batch is never confirmed.
+            let lock = format!(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}ms'; \
+                 SELECT pg_advisory_xact_lock({BATCH_LOCK})",
+                IDLE_IN_BATCH.as_millis()
+            );
             let params: [(&(dyn ToSql + Sync), Type); 1] = [(&keys, Type::BYTEA_ARRAY)];
             let begin = c.batch_execute(&lock);
             let read = c.query_typed(
@@ -193,7 +205,13 @@ fn begin(be_: &TxBackend) -> Result<u64> {
 
 /// Send the buffered writes and commit, notifying the other replicas. Refused when the
 /// connection the transaction began on was lost meanwhile (a new one is outside it).
-fn commit(be_: &TxBackend, began_on: u64, overlay: Overlay) -> Result<()> {
+fn commit(be_: &TxBackend, began_on: u64, overlay: Overlay, rows: &RowCache) -> Result<()> {
+    let written: Vec<(&'static str, Vec<u8>)> = overlay
+        .iter()
+        .filter(|(tree, _)| cache::cached_tree(tree).is_some())
+        .flat_map(|(tree, w)| w.keys().map(move |k| (*tree, k.clone())))
+        .collect();
+    let note = cache::payload(written.iter().map(|(t, k)| (*t, k.as_slice())));
     let mut upsert: (Vec<&'static str>, Vec<Vec<u8>>, Vec<Vec<u8>>) = Default::default();
     let mut delete: (Vec<&'static str>, Vec<Vec<u8>>) = Default::default();
     for (tree, writes) in overlay {
@@ -217,7 +235,7 @@ fn commit(be_: &TxBackend, began_on: u64, overlay: Overlay) -> Result<()> {
             "the connection was lost during the batch; it was rolled back".into(),
         ));
     }
-    s.run(move |c| {
+    let committed = s.run(move |c| {
         Box::pin(async move {
             // The deletes, the upserts and the commit are pipelined: one round trip. They
             // run in order on the connection; if one fails, the transaction is aborted,
@@ -254,11 +272,20 @@ fn commit(be_: &TxBackend, began_on: u64, overlay: Overlay) -> Result<()> {
                 }
                 Ok(())
             };
-            let end_sql = format!("NOTIFY {CHANNEL}; COMMIT");
+            // The payload holds only names, hex digits and `:,*` (see `cache::payload`).
+            let end_sql = if note.is_empty() {
+                format!("NOTIFY {CHANNEL}; COMMIT")
+            } else {
+                format!("NOTIFY {CHANNEL}, '{note}'; COMMIT")
+            };
             let end = c.batch_execute(&end_sql);
             futures::try_join!(del, ups, end).map(|_| ())
         })
-    })
+    });
+    // Before anyone is answered; also after a failure, whose commit may have happened
+    // with only its answer lost.
+    rows.forget(written.iter().map(|(t, k)| (*t, k.as_slice())));
+    committed
 }
 
 /// Give up the transaction (after a failure; the connection may be gone, which ends
@@ -276,6 +303,7 @@ pub(super) fn writer(
     t: Arc<Trees>,
     mut rx: mpsc::Receiver<Job>,
     tail: Arc<Tail>,
+    rows: Arc<RowCache>,
     failed: Arc<AtomicBool>,
     clock: Clock,
 ) {
@@ -351,7 +379,7 @@ pub(super) fn writer(
             }
             let overlay =
                 std::mem::take(&mut *be_.overlay.lock().unwrap_or_else(|p| p.into_inner()));
-            commit(&be_, began_on, overlay)
+            commit(&be_, began_on, overlay, &rows)
         });
         crate::metrics::store_flushed(replies.len(), commit_started.elapsed(), result.is_ok());
         // Whatever happened, the next batch starts from nothing buffered or read.
@@ -387,12 +415,20 @@ pub(super) fn writer(
 }
 
 /// The listener: wakes on `NOTIFY leash_changes` from any replica, and at least every
-/// [`POLL`], and publishes what was committed. Ends once `stop` is set.
-pub(super) fn listen(session: Session, tail: Arc<Tail>, stop: Arc<AtomicBool>) {
+/// [`POLL`], and publishes what was committed; forgets the cached rows each
+/// notification names (see `cache`). Ends once `stop` is set.
+pub(super) fn listen(
+    session: Session,
+    tail: Arc<Tail>,
+    cache: Arc<RowCache>,
+    stop: Arc<AtomicBool>,
+) {
     let (notes_tx, mut notes) = mpsc::unbounded_channel::<String>();
     let mut listening: Option<tokio_postgres::Client> = None;
     while !stop.load(Ordering::Acquire) {
         if listening.as_ref().is_none_or(|c| c.is_closed()) {
+            // Notifications may have been missed: nothing cached can be trusted.
+            cache.set_on(false);
             let spec = session.spec().clone();
             let notes_tx = notes_tx.clone();
             listening = session.block_on(async move {
@@ -400,11 +436,18 @@ pub(super) fn listen(session: Session, tail: Arc<Tail>, stop: Arc<AtomicBool>) {
                 c.batch_execute(&format!("LISTEN {CHANNEL}")).await.ok()?;
                 Some(c)
             });
+            if listening.is_some() {
+                cache.set_on(true);
+            }
         }
         session.block_on(async {
-            let _ = tokio::time::timeout(POLL, notes.recv()).await;
+            if let Ok(Some(p)) = tokio::time::timeout(POLL, notes.recv()).await {
+                cache.notified(&p);
+            }
             // Several notifications at once need one read.
-            while notes.try_recv().is_ok() {}
+            while let Ok(p) = notes.try_recv() {
+                cache.notified(&p);
+            }
         });
         if stop.load(Ordering::Acquire) {
             return;
