@@ -70,6 +70,7 @@ pub async fn follow(s: Arc<Shared>) {
                 Err(RecvError::Closed) => return,
             },
             _ = tick.tick() => {
+                s.relink_if_pending();
                 install_newer_policy(&s).await;
                 reload_keys(&s).await;
             }

@@ -50,6 +50,8 @@ pub struct Shared {
     keys_generation: tokio::sync::watch::Sender<u64>,
     /// Whether this replica runs the background workers now (`leader`): always on sled.
     pub leading: std::sync::atomic::AtomicBool,
+    /// A rebuild of the `--allow` links failed to read the workloads (see `relink`).
+    relink_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -84,6 +86,7 @@ impl Shared {
             kinds: Registry::standard(),
             keys_generation,
             leading: std::sync::atomic::AtomicBool::new(true),
+            relink_pending: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -183,11 +186,33 @@ impl Shared {
         m
     }
 
-    /// Rebuild the `--allow` links after workloads changed.
+    /// Rebuild the `--allow` links after workloads changed. When the workloads cannot be
+    /// read (a PostgreSQL store during an outage) the links in force are kept, never
+    /// emptied (which would deny every request), and the rebuild is left pending for
+    /// [`Shared::relink_if_pending`].
     pub fn relink(&self) {
-        let ws = self.store.workloads().unwrap_or_default();
+        use std::sync::atomic::Ordering;
+        let ws = match self.store.workloads() {
+            Ok(ws) => ws,
+            Err(e) => {
+                self.relink_pending.store(true, Ordering::Release);
+                tracing::warn!(error = %e, "cannot read the workloads to rebuild the --allow policy links; keeping the links in force and retrying");
+                return;
+            }
+        };
+        self.relink_pending.store(false, Ordering::Release);
         if let Err(e) = self.policy.relink(&ws) {
             tracing::error!(error = %e, "could not rebuild the --allow policy links");
+        }
+    }
+
+    /// Rebuild the `--allow` links if an earlier [`Shared::relink`] could not.
+    pub fn relink_if_pending(&self) {
+        if self
+            .relink_pending
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.relink();
         }
     }
 }

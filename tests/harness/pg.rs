@@ -297,11 +297,21 @@ impl Pg {
 
     /// Stop the server, as a database outage (`pg_ctl stop -m fast`).
     pub fn stop(&mut self) {
+        self.stop_with("fast");
+    }
+
+    /// Stop the server as a crash would (`pg_ctl stop -m immediate`: no shutdown
+    /// checkpoint; the next start replays the WAL).
+    pub fn crash(&mut self) {
+        self.stop_with("immediate");
+    }
+
+    fn stop_with(&mut self, mode: &str) {
         if self.running {
             let _ = self
                 .server_command("pg_ctl")
                 .args(["-D", &self.data().display().to_string()])
-                .args(["-m", "fast", "-w", "stop"])
+                .args(["-m", mode, "-w", "stop"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

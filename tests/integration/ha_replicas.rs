@@ -424,3 +424,171 @@ fn the_background_workers_run_on_one_replica_and_move_when_it_freezes_or_dies() 
         (lease_state(&c.admin_socket, &second.lease_id) == "expired").then_some(())
     });
 }
+
+/// A crash of the database (`pg_ctl stop -m immediate`, then a start that replays the
+/// WAL) while both replicas take writes and issue credentials: every write and every
+/// issuance that was answered as done is there afterwards, every other answer is
+/// unavailable (exit 5), nothing hangs, and both replicas write again without a restart.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn a_database_crash_under_load_loses_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+    leash_tests::require_root();
+    let mut pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let mut c = Cluster::with(
+        Options::default()
+            .max_offline(MAX_OFFLINE)
+            .config(&store_config(&url)),
+    );
+    let (cmd, b_admin) = replica_command(
+        "b",
+        tmp.path(),
+        &url,
+        Key::CopyFrom(&c.data_dir),
+        Some(&c.dir().join("clock-offset-ms")),
+        MAX_OFFLINE,
+    );
+    let mut b = Daemon::spawn("replica B", cmd);
+    let b_url = address(&mut b);
+    let token = c.join_token(&[]);
+    let on_b = c.add_agent_at("host-b", &token, &b_url);
+    c.credential("api", &["--audience", API_AUD]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let uid = format!("unix:uid:{}", leash_tests::my_uid());
+
+    let stop = AtomicBool::new(false);
+    // (what, answered at, exit code)
+    let answers: Mutex<Vec<(String, Instant, i32)>> = Mutex::new(Vec::new());
+    let (restarted_at, crashed_at) = std::thread::scope(|scope| {
+        for (side, admin) in [("a", &c.admin_socket), ("b", &b_admin)] {
+            for t in 0..2 {
+                let (c, uid, stop, answers) = (&c, &uid, &stop, &answers);
+                scope.spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Acquire) {
+                        let name = format!("w-{side}-{t}-{i}");
+                        i += 1;
+                        let mut cmd = c.leashctl_command();
+                        cmd.env("LEASH_ADMIN_SOCKET", admin).args([
+                            "workload",
+                            "add",
+                            &name,
+                            "--owner",
+                            "team",
+                            "--kind",
+                            "job",
+                            "--selector",
+                            uid,
+                        ]);
+                        let out = c.run(cmd);
+                        answers.lock().expect("lock").push((
+                            format!("workload {name}"),
+                            Instant::now(),
+                            out.code,
+                        ));
+                    }
+                });
+            }
+        }
+        for agent in [0, on_b] {
+            let (c, stop, answers) = (&c, &stop, &answers);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    let out = c.leash_at(
+                        agent,
+                        &["get", "api", "--as", "w1", "--fresh", "--output", "json"],
+                    );
+                    let what = if out.code == 0 {
+                        format!("lease {}", out.json()["lease_id"].as_str().unwrap_or(""))
+                    } else {
+                        format!("get on agent {agent}: {}", out.stderr.trim())
+                    };
+                    answers
+                        .lock()
+                        .expect("lock")
+                        .push((what, Instant::now(), out.code));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let crashed_at = Instant::now();
+        pg.crash();
+        std::thread::sleep(Duration::from_millis(1000));
+        pg.restart();
+        let restarted_at = Instant::now();
+        // Load until both replicas have written again after the restart, at most 60 s.
+        leash_tests::wait_until(
+            "both replicas write again after the database restarted",
+            Duration::from_secs(60),
+            || c.logs_dump(),
+            || {
+                let a = answers.lock().expect("lock");
+                let again = |side: &str| {
+                    a.iter().any(|(w, at, code)| {
+                        *code == 0
+                            && *at > restarted_at
+                            && w.starts_with(&format!("workload w-{side}-"))
+                    })
+                };
+                (again("a") && again("b")).then_some(())
+            },
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Release);
+        (restarted_at, crashed_at)
+    });
+
+    let answers = answers.into_inner().expect("lock");
+    let bad: Vec<_> = answers
+        .iter()
+        .filter(|(_, _, code)| ![0, 5].contains(code))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "answers other than done or unavailable: {bad:?}"
+    );
+    let refused = answers.iter().filter(|(_, _, code)| *code == 5).count();
+    let during = answers
+        .iter()
+        .filter(|(_, at, _)| *at > crashed_at && *at < restarted_at)
+        .count();
+    let acked: Vec<&String> = answers
+        .iter()
+        .filter(|(_, _, code)| *code == 0)
+        .map(|(w, _, _)| w)
+        .collect();
+    println!(
+        "{} answers: {} done, {refused} unavailable, {during} answered while the database was down",
+        answers.len(),
+        acked.len()
+    );
+    assert!(refused > 0, "the crash was seen by some caller");
+    // Everything acknowledged, on both replicas.
+    for admin in [&c.admin_socket, &b_admin] {
+        let listed = ctl_json(admin, &["workload", "list"]).to_string();
+        for w in acked.iter().filter_map(|w| w.strip_prefix("workload ")) {
+            assert!(
+                listed.contains(&format!("\"{w}\"")),
+                "acknowledged workload {w} is lost"
+            );
+        }
+    }
+    let leases: Vec<&str> = acked
+        .iter()
+        .filter_map(|w| w.strip_prefix("lease "))
+        .collect();
+    assert!(!leases.is_empty(), "credentials were issued during the run");
+    for l in leases {
+        assert_eq!(lease_state(&b_admin, l), "active", "acknowledged lease {l}");
+    }
+    // And the agents still get credentials through either replica.
+    c.get_at(0, "api", &["--as", "w1", "--fresh"]);
+    c.get_at(on_b, "api", &["--as", "w1", "--fresh"]);
+    c.stop_agent_at(on_b);
+    b.kill9();
+}

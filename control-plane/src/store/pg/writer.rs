@@ -174,9 +174,14 @@ fn begin(be_: &TxBackend) -> Result<u64> {
         Box::pin(async move {
             // A replica frozen in the middle of a batch would hold every replica's writes
             // with the lock: the database ends its transaction (and connection) after
-            // `IDLE_IN_BATCH` without a statement, so the batch is never confirmed.
+            // `IDLE_IN_BATCH` without a statement, so the batch is never confirmed. And a
+            // batch is acknowledged only once its commit is in the WAL on disk, even on a
+            // server whose default is `synchronous_commit = off` (a stronger setting, such
+            // as `remote_apply` for a synchronous standby, is kept).
             let lock = format!(
                 "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}ms'; \
+                 SELECT set_config('synchronous_commit', 'on', true) \
+                 WHERE current_setting('synchronous_commit') = 'off'; \
                  SELECT pg_advisory_xact_lock({BATCH_LOCK})",
                 IDLE_IN_BATCH.as_millis()
             );
