@@ -25,8 +25,6 @@ use futures::StreamExt;
 use leash_proto::reason::Reason;
 use leash_proto::spiffe as pb;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use zeroize::Zeroize;
 
@@ -175,59 +173,72 @@ fn record_use(calls: &Calls, caller: &Caller, sent: &Sent) {
 ///
 /// The first message is made here, before the response starts, so it leaves with the
 /// response headers (one write, one wake-up of the client) and a refusal is the call's
-/// status; a task then waits for changes and sends the rest.
+/// status. The rest is made by the response stream itself when the server polls it for
+/// its next message: no task of its own, so a client that takes the first message and
+/// resets the stream (as `fetch_x509_svid` does) costs nothing more, and a stream whose
+/// client went away is dropped with the call.
 pub async fn open(calls: Arc<Calls>, caller: Caller) -> Result<Updates, SpiffeError> {
     let watch = Watch::new(&calls);
     let (first, sent, renew_at) = current(&calls, &caller).await?;
     record_use(&calls, &caller, &sent);
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(follow(calls, caller, tx, watch, sent, renew_at));
+    let rest = Following {
+        calls,
+        caller,
+        watch,
+        last: sent,
+        renew_at,
+        ended: false,
+    };
     let first = futures::stream::once(std::future::ready(Ok(first)));
-    Ok(Box::pin(first.chain(ReceiverStream::new(rx))))
+    Ok(Box::pin(first.chain(futures::stream::unfold(rest, next))))
 }
 
-/// Messages a stream may have queued for a slow client before it waits.
-const STREAM_BUFFER: usize = 4;
-
-/// The rest of a stream after its first message (`last`, renewing at `renew_at`).
-async fn follow(
+/// What the stream keeps between messages after its first.
+struct Following {
     calls: Arc<Calls>,
     caller: Caller,
-    tx: mpsc::Sender<Result<pb::X509svidResponse, Status>>,
-    mut watch: Watch,
+    watch: Watch,
+    /// What the caller was last sent.
     last: Sent,
-    mut renew_at: i64,
-) {
-    let agent = calls.agent().clone();
-    let mut last = last;
+    /// When (agent clock, unix seconds) the SVIDs sent are past half their life.
+    renew_at: i64,
+    /// A refusal was sent: the stream ends.
+    ended: bool,
+}
+
+/// The stream's next message: once something it watches changed (the cache, the bundle,
+/// the renewal point) and the caller's SVIDs differ from what it was last sent. `None`
+/// ends the stream.
+async fn next(mut f: Following) -> Option<(Result<pb::X509svidResponse, Status>, Following)> {
+    if f.ended {
+        return None;
+    }
+    let clock = f.calls.agent().clock.clone();
     loop {
         loop {
             tokio::select! {
-                r = watch.generation.changed() => if r.is_err() { return } else { break },
-                r = watch.bundle.changed() => if r.is_err() { return } else { break },
-                _ = tx.closed() => return,
+                r = f.watch.generation.changed() => if r.is_err() { return None } else { break },
+                r = f.watch.bundle.changed() => if r.is_err() { return None } else { break },
                 _ = tokio::time::sleep(RENEW_TICK) => {
-                    if agent.clock.now() >= renew_at {
+                    if clock.now() >= f.renew_at {
                         break;
                     }
                 }
             }
         }
-        watch.mark_seen();
-        match current(&calls, &caller).await {
+        f.watch.mark_seen();
+        match current(&f.calls, &f.caller).await {
             Ok((resp, sent, at)) => {
-                renew_at = at;
-                if last != sent {
-                    record_use(&calls, &caller, &sent);
-                    if tx.send(Ok(resp)).await.is_err() {
-                        return;
-                    }
-                    last = sent;
+                f.renew_at = at;
+                if f.last != sent {
+                    record_use(&f.calls, &f.caller, &sent);
+                    f.last = sent;
+                    return Some((Ok(resp), f));
                 }
             }
             Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
-                return;
+                f.ended = true;
+                return Some((Err(e.into()), f));
             }
         }
     }

@@ -4,6 +4,9 @@
 //!   returns a fixed response of the same size as the agent's (no attestation, no
 //!   cache, no policy), served by tonic configured as agentd configures it. The floor
 //!   for a Fetch over a Unix socket with this stack.
+//!   With `--spiffe-x509 FILE --spiffe-jwt FILE` it also serves the SPIFFE Workload API,
+//!   answering fixed responses (an X.509-SVID stream's first message, then nothing; a
+//!   JWT-SVID) that `bench spiffe` took from the real agent: the floor for those calls.
 //! - `bench client`: the smallest useful client process: connect, one Fetch, print the
 //!   token. The floor for a whole `leash get` process.
 
@@ -11,6 +14,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use leash_proto::spiffe as pb;
+use leash_proto::spiffe::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use leash_proto::v1;
 use leash_proto::v1::agent_client::AgentClient;
 use leash_proto::v1::agent_server::{Agent, AgentServer};
@@ -60,6 +65,69 @@ pub struct ServerArgs {
     /// Exit when stdin closes: the bench holds our stdin, so we never outlive it.
     #[arg(long)]
     exit_with_stdin: bool,
+    /// An encoded `X509SVIDResponse`: serve the SPIFFE Workload API too, sending it as
+    /// every FetchX509SVID stream's first message.
+    #[arg(long, requires = "spiffe_jwt")]
+    spiffe_x509: Option<PathBuf>,
+    /// An encoded `JWTSVIDResponse`, the answer to every FetchJWTSVID.
+    #[arg(long, requires = "spiffe_x509")]
+    spiffe_jwt: Option<PathBuf>,
+}
+
+/// The SPIFFE Workload API answering fixed responses (no header check, no attestation).
+#[derive(Debug)]
+struct EchoSpiffe {
+    x509: pb::X509svidResponse,
+    jwt: pb::JwtsvidResponse,
+}
+
+type Never<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for EchoSpiffe {
+    type FetchX509SVIDStream = Never<pb::X509svidResponse>;
+    type FetchX509BundlesStream = Never<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = Never<pb::JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        _req: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        use futures::StreamExt;
+        // The first message, then the stream stays open, as an agent's does.
+        let first = futures::stream::once(std::future::ready(Ok(self.x509.clone())));
+        Ok(Response::new(Box::pin(
+            first.chain(futures::stream::pending()),
+        )))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        _req: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        _req: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        Ok(Response::new(self.jwt.clone()))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        _req: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        _req: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
 }
 
 #[derive(Debug)]
@@ -150,9 +218,27 @@ pub fn server(a: ServerArgs) -> anyhow::Result<()> {
         let svc = AgentServer::new(Echo { resp })
             .max_decoding_message_size(leash_proto::MAX_WORKLOAD_REQUEST_BYTES)
             .max_encoding_message_size(leash_proto::MAX_MESSAGE_BYTES);
+        let spiffe = match (&a.spiffe_x509, &a.spiffe_jwt) {
+            (Some(x), Some(j)) => {
+                use prost::Message;
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+                };
+                Some(
+                    SpiffeWorkloadApiServer::new(EchoSpiffe {
+                        x509: pb::X509svidResponse::decode(read(x)?.as_slice())?,
+                        jwt: pb::JwtsvidResponse::decode(read(j)?.as_slice())?,
+                    })
+                    .max_decoding_message_size(leash_proto::MAX_WORKLOAD_REQUEST_BYTES)
+                    .max_encoding_message_size(leash_proto::MAX_MESSAGE_BYTES),
+                )
+            }
+            _ => None,
+        };
         tonic::transport::Server::builder()
             .concurrency_limit_per_connection(64)
             .add_service(svc)
+            .add_optional_service(spiffe)
             .serve_with_incoming(UnixListenerStream::new(listener))
             .await?;
         anyhow::Ok(())

@@ -11,6 +11,8 @@
 //!   Revoke call to the message without the revoked SVID (the re-issued one). The
 //!   simulated agents run on a runtime of their own, as other hosts would.
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,7 @@ use leash_proto::v1::control_plane_client::ControlPlaneClient;
 use spiffe::WorkloadApiClient;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::procs::{Agent, ControlPlane};
+use super::procs::{Agent, ControlPlane, Proc};
 use super::stats::{dur, header, met, ratio, thousands, Samples, Table};
 use super::{sim, Ctx};
 
@@ -101,6 +103,49 @@ async fn one(c: &mut Clients, k: Kind) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The agent's answers as sent: an X.509-SVID stream's first message and a JWT-SVID
+/// (encoded, into `x509` and `jwt`), for the echo server to give; returns the length of
+/// the Fetch token.
+async fn raw_responses(socket: &Path, x509: &Path, jwt: &Path) -> anyhow::Result<usize> {
+    use leash_proto::spiffe as pb;
+    use leash_proto::spiffe::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+    use prost::Message;
+    let ch = leash_proto::uds::connect(socket).await?;
+    let mut raw = SpiffeWorkloadApiClient::new(ch.clone());
+    fn header<T>(mut r: tonic::Request<T>) -> tonic::Request<T> {
+        r.metadata_mut().insert(
+            "workload.spiffe.io",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        r
+    }
+    let first = raw
+        .fetch_x509svid(header(tonic::Request::new(pb::X509svidRequest::default())))
+        .await?
+        .into_inner()
+        .message()
+        .await?
+        .context("the X.509-SVID stream sent nothing")?;
+    std::fs::write(x509, first.encode_to_vec())?;
+    let j = raw
+        .fetch_jwtsvid(header(tonic::Request::new(pb::JwtsvidRequest {
+            audience: vec![AUDIENCE.into()],
+            spiffe_id: String::new(),
+        })))
+        .await?
+        .into_inner();
+    std::fs::write(jwt, j.encode_to_vec())?;
+    let token = AgentClient::new(ch)
+        .fetch(v1::FetchRequest {
+            credential: FETCH_CRED.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .token;
+    Ok(token.len())
 }
 
 /// `n` simulated agents enrolled and holding Sync streams (kept alive in the
@@ -201,34 +246,76 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         a.requests, a.rounds
     );
     let kinds = [Kind::Fetch, Kind::JwtSvid, Kind::X509First];
+    // The floor: the echo server (`bench echo-server`, tonic set up as the agent sets it
+    // up, a child process like the agent) answering the responses the agent gave.
+    let (x509_file, jwt_file) = (dir.path().join("x509.pb"), dir.path().join("jwt.pb"));
+    let token_len = rt.block_on(raw_responses(&agent.socket, &x509_file, &jwt_file))?;
+    let echo_socket = dir.path().join("echo.sock");
+    let mut echo_cmd = Command::new(std::env::current_exe()?);
+    echo_cmd
+        .args(["bench", "echo-server", "--exit-with-stdin", "--token-bytes"])
+        .arg(token_len.to_string())
+        .arg("--socket")
+        .arg(&echo_socket)
+        .arg("--spiffe-x509")
+        .arg(&x509_file)
+        .arg("--spiffe-jwt")
+        .arg(&jwt_file)
+        .stdin(Stdio::piped());
+    let (echo, _) = Proc::start("echo-server", echo_cmd, "ready on", Duration::from_secs(10))?;
+    let targets = [&agent.socket, &echo_socket];
     let hits = rt.block_on(async {
         let mut clients = Vec::new();
-        for _ in kinds {
-            let mut c = Clients {
-                leash: AgentClient::new(leash_proto::uds::connect(&agent.socket).await?),
-                spiffe: WorkloadApiClient::connect_to(&endpoint).await?,
-            };
-            for k in kinds {
-                for _ in 0..50 {
-                    one(&mut c, k).await.with_context(|| k.name())?;
+        for socket in targets {
+            let endpoint = format!("unix://{}", socket.display());
+            for _ in kinds {
+                let mut c = Clients {
+                    leash: AgentClient::new(leash_proto::uds::connect(socket).await?),
+                    spiffe: WorkloadApiClient::connect_to(&endpoint).await?,
+                };
+                for k in kinds {
+                    for _ in 0..50 {
+                        one(&mut c, k).await.with_context(|| k.name())?;
+                    }
                 }
+                clients.push(c);
             }
-            clients.push(c);
         }
-        let mut lat = vec![Samples::with_capacity(a.requests); kinds.len()];
+        // Index: target * kinds + kind.
+        let mut lat = vec![Samples::with_capacity(a.requests); clients.len()];
         let rounds = a.rounds.clamp(1, a.requests);
         for r in 0..rounds {
             let n = a.requests / rounds + usize::from(r < a.requests % rounds);
-            for (i, k) in kinds.iter().enumerate() {
+            for (i, c) in clients.iter_mut().enumerate() {
+                let k = kinds[i % kinds.len()];
                 for _ in 0..n {
                     let t = Instant::now();
-                    one(&mut clients[i], *k).await?;
+                    one(c, k).await?;
                     lat[i].push(t.elapsed());
                 }
             }
         }
-        anyhow::Ok(lat)
+        // What the client alone spends on the first message: the `spiffe` crate parsing
+        // the SVID it was sent (certificate chain and key), no I/O, as many times.
+        let svid = clients[2].spiffe.fetch_x509_svid().await?;
+        let chain: Vec<u8> = svid
+            .cert_chain()
+            .iter()
+            .flat_map(|c| c.as_bytes().to_vec())
+            .collect();
+        let key = svid.private_key().as_bytes().to_vec();
+        let mut parse = Samples::with_capacity(a.requests);
+        for _ in 0..a.requests {
+            let t = Instant::now();
+            let parsed = spiffe::X509Svid::parse_from_der(&chain, &key)?;
+            parse.push(t.elapsed());
+            std::hint::black_box(parsed);
+        }
+        anyhow::Ok((lat, parse))
     })?;
+    drop(echo);
+    let (hits, parse) = hits;
+    let floor = hits[kinds.len()..].to_vec();
 
     // 2: revocation with open streams.
     if a.agents > 0 {
@@ -355,6 +442,40 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             ratio(s.p50().as_secs_f64(), fetch_p50),
         ]);
     }
+    t.row(vec![
+        "of which: the `spiffe` crate parsing the first message (in process, no I/O)".into(),
+        thousands(parse.len() as u64),
+        dur(parse.p50()),
+        dur(parse.p99()),
+        ratio(parse.p50().as_secs_f64(), fetch_p50),
+    ]);
+    t.print();
+    println!();
+    println!(
+        "The floor, in the same rounds: the echo server (`bench echo-server`: tonic set up as the agent sets it \
+         up, no attestation, cache or policy) answering each call with the response the agent gave, to the same \
+         clients. Its ratios are what the transport and the client cost whatever the agent does."
+    );
+    println!();
+    let echo_fetch = floor[0].p50().as_secs_f64();
+    let mut t = Table::new(&[
+        "call, echo server",
+        "calls",
+        "p50",
+        "p99",
+        "vs echo Fetch p50",
+        "agent / echo p50",
+    ]);
+    for ((k, s), agent_s) in kinds.iter().zip(&floor).zip(&hits) {
+        t.row(vec![
+            k.name().into(),
+            thousands(s.len() as u64),
+            dur(s.p50()),
+            dur(s.p99()),
+            ratio(s.p50().as_secs_f64(), echo_fetch),
+            ratio(agent_s.p50().as_secs_f64(), s.p50().as_secs_f64()),
+        ]);
+    }
     t.print();
     println!();
     println!(
@@ -404,6 +525,20 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         format!("{rx:.2}×"),
         "≤ 1.1×".into(),
         met(rx <= 1.1),
+    ]);
+    let served = (hits[2].p50().as_secs_f64() - parse.p50().as_secs_f64()) / fetch_p50;
+    t.row(vec![
+        "(`FetchX509SVID` first message p50 − client parse p50) / `Fetch` p50".into(),
+        format!("{served:.2}×"),
+        "(diagnostic)".into(),
+        "–".into(),
+    ]);
+    let fl = floor[2].p50().as_secs_f64() / echo_fetch;
+    t.row(vec![
+        "echo server: `FetchX509SVID` first message p50 / `Fetch` p50 (the floor of the ratio above)".into(),
+        format!("{fl:.2}×"),
+        "(diagnostic)".into(),
+        "–".into(),
     ]);
     t.row(vec![
         "Revoke → stream update, p99".into(),
