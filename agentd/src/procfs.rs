@@ -346,6 +346,56 @@ impl ProcessTree {
     }
 }
 
+/// Every process (pid, start time) below `root` (not `root` itself), read from the root
+/// down through the kernel's children lists (`/proc/<pid>/task/<tid>/children`): only
+/// the root's own descendants are read, however many processes the host runs. Each
+/// child is kept only if its parent and start time still say it is that parent's child
+/// (a pid reused meanwhile is not). `None` when the root is gone or not the process
+/// started at `root_start`, or when the kernel keeps no children lists
+/// (`CONFIG_PROC_CHILDREN`): then read the whole table ([`ProcessTree::read`]).
+pub fn descendants_of(root: i32, root_start: u64) -> Option<HashSet<(i32, u64)>> {
+    static LISTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let listed = *LISTED.get_or_init(|| {
+        let tid = nix::unistd::gettid().as_raw();
+        std::path::Path::new(&format!("/proc/self/task/{tid}/children")).exists()
+    });
+    if !listed || parent_and_start(root).map(|(_, s)| s) != Some(root_start) {
+        return None;
+    }
+    let mut out = HashSet::new();
+    let mut todo = vec![(root, root_start)];
+    while let Some((pid, start)) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(proc_path(pid, "task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let mut path = t.path();
+            path.push("children");
+            // A thread (or the process) that ended meanwhile has no list any more.
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for child in text
+                .split_ascii_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                match parent_and_start(child) {
+                    Some((ppid, cs)) if ppid == pid && cs >= start && out.len() < MAX_TREE => {
+                        if out.insert((child, cs)) {
+                            todo.push((child, cs));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Most processes [`descendants_of`] follows below one root.
+const MAX_TREE: usize = 65_536;
+
 /// The executable of `pid` (else its comm), at most [`MAX_EXE_LEN`] characters; empty
 /// when neither can be read.
 pub fn exe_or_comm(pid: i32) -> String {
@@ -363,6 +413,40 @@ mod tests {
 
     fn own_pid() -> i32 {
         std::process::id() as i32
+    }
+
+    #[test]
+    fn descendants_from_the_children_lists_match_the_whole_table() {
+        // A shell with a child of its own: the child is below the shell, nothing else.
+        let mut sh = Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .expect("spawn sh");
+        let root = sh.id() as i32;
+        let (_, start) = parent_and_start(root).expect("the shell's stat");
+        let mut seen = None;
+        for _ in 0..250 {
+            let full = ProcessTree::read().descendants(root, start);
+            if !full.is_empty() {
+                seen = Some(full);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let full = seen.expect("the shell's sleep appears in the table");
+        assert_eq!(full.len(), 1, "{full:?}");
+        if let Some(listed) = descendants_of(root, start) {
+            assert_eq!(listed, full, "the children lists find what the table finds");
+        }
+        assert_eq!(descendants_of(root, start + 1), None, "another start time");
+        let _ = sh.kill();
+        let _ = sh.wait();
+        for (pid, _) in full {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 
     #[test]

@@ -550,11 +550,15 @@ pub async fn report_unreported<H: TaskHost>(agent: Arc<H>) {
 /// Pids (with start times) of every live process that descends from the task root, or
 /// that was recorded as a descendant earlier and still runs (re-parented orphans).
 fn descendants(task: &Task) -> HashSet<(i32, u64)> {
-    let tree = ProcessTree::read();
-    let mut out = tree.descendants(task.root_pid, task.root_start);
+    // From the root down when the kernel lists children (only the task's processes are
+    // read); else the whole process table.
+    let mut out = match procfs::descendants_of(task.root_pid, task.root_start) {
+        Some(d) => d,
+        None => ProcessTree::read().descendants(task.root_pid, task.root_start),
+    };
     let known = task.known.lock().unwrap_or_else(|p| p.into_inner());
     for &(pid, start) in known.iter() {
-        if tree.start_time(pid) == Some(start) {
+        if procfs::start_time(pid) == Some(start) {
             out.insert((pid, start));
         }
     }
@@ -612,7 +616,10 @@ async fn wait_for_signalable_to_exit(task: &Task) -> bool {
 async fn watch_root<H: TaskHost>(agent: Arc<H>, task: Arc<Task>, pidfd: OwnedFd) {
     let exited = crate::sys::pidfd_exited(pidfd);
     tokio::pin!(exited);
-    let mut tick = tokio::time::interval(TRACK_INTERVAL);
+    // The first look after one interval: when the task starts its command has not been
+    // spawned yet, so a look now would find nothing.
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + TRACK_INTERVAL, TRACK_INTERVAL);
     loop {
         tokio::select! {
             r = &mut exited => {

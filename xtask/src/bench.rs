@@ -85,6 +85,10 @@ enum BenchCmd {
     /// The echo baseline: the Agent service with a trivial Fetch, on a Unix socket.
     #[command(hide = true)]
     EchoServer(echo::ServerArgs),
+    /// The floor of output masking: run a command and pass its output on as the filter
+    /// does (tee, read, splice), without scanning it.
+    #[command(hide = true)]
+    Relay(masking::RelayArgs),
 }
 
 /// Run a bench.
@@ -93,6 +97,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         // Hidden helpers run as children of a bench: no builds, no re-run.
         BenchCmd::Client(a) => echo::client(a),
         BenchCmd::EchoServer(a) => echo::server(a),
+        BenchCmd::Relay(a) => masking::relay(a),
         cmd => {
             if std::env::var_os(CHILD_ENV).is_none() {
                 build_and_rerun()?;
@@ -111,7 +116,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 BenchCmd::Masking(a) => masking::run(&ctx, a),
                 BenchCmd::Postgres(a) => postgres::run(&ctx, a),
                 BenchCmd::Spiffe(a) => spiffe::run(&ctx, a),
-                BenchCmd::Client(_) | BenchCmd::EchoServer(_) => unreachable!("handled above"),
+                BenchCmd::Client(_) | BenchCmd::EchoServer(_) | BenchCmd::Relay(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

@@ -18,6 +18,8 @@
 //! then explained as that fixed cost plus the bytes.
 
 use std::io::{Read, Write};
+
+use anyhow::Context;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,55 @@ pub struct Args {
     /// measured too, in the same interleaved rounds, against the same agent.
     #[arg(long, value_name = "DIR")]
     baseline: Option<std::path::PathBuf>,
+}
+
+/// `xtask bench relay -- CMD ARGS`
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    /// The command whose output is relayed.
+    #[arg(trailing_var_arg = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Run a command with its stdout a pipe of [`PIPE_BYTES`] and pass everything it writes
+/// on to our stdout as `leash exec`'s filter does (`tee` into a pipe of our own, `read`
+/// from there, `splice` the original on), but without scanning what was read: what any
+/// filter that sees every byte once costs, whatever it looks for.
+pub fn relay(a: RelayArgs) -> anyhow::Result<()> {
+    use leash_agentd::sys::{splice, tee};
+    use std::os::fd::{AsFd, AsRawFd};
+    let size = |fd: &dyn AsRawFd| {
+        let _ = nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as nix::libc::c_int),
+        );
+    };
+    let (input, w) = std::io::pipe()?;
+    let (peek_r, peek_w) = std::io::pipe()?;
+    size(&w);
+    size(&peek_w);
+    let (program, args) = a.command.split_first().context("no command")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdout(Stdio::from(w));
+    let mut child = cmd.spawn()?;
+    drop(cmd);
+    let stdout = std::io::stdout();
+    let mut buf = vec![0u8; PIPE_BYTES];
+    loop {
+        let n = tee(input.as_fd(), peek_w.as_fd(), PIPE_BYTES)?;
+        if n == 0 {
+            break;
+        }
+        (&peek_r).read_exact(&mut buf[..n])?;
+        std::hint::black_box(&buf[..n]);
+        let mut moved = 0;
+        while moved < n {
+            moved += splice(input.as_fd(), stdout.as_fd(), n - moved)?;
+        }
+    }
+    let st = child.wait()?;
+    anyhow::ensure!(st.success(), "the relayed command failed: {st}");
+    Ok(())
 }
 
 /// The size of the pipe every measured command writes into, and of each read from it:
@@ -151,6 +202,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         None => None,
     };
     let cat = super::procs::which("cat").unwrap_or_else(|| "/bin/cat".into());
+    let me = std::env::current_exe()?;
     let plain = |path: &std::path::Path| {
         let mut c = Command::new(&cat);
         c.arg(path);
@@ -215,6 +267,14 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         (
             "`leash exec --env TOKEN=bench-jwt -- cat FILE` (masked)",
             Box::new(|| exec(&file, true)),
+        ),
+        (
+            "`cat FILE` relayed by a process that reads every byte once and passes it on as the filter does (tee, read, splice), without scanning, agent or task: the floor of any filter",
+            Box::new(|| {
+                let mut c = Command::new(&me);
+                c.args(["bench", "relay", "--"]).arg(&cat).arg(&file);
+                c
+            }),
         ),
     ];
     if let Some(b) = &base_leash {
@@ -319,6 +379,13 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         dur(fixed_cost),
         100.0 * fixed_cost.as_secs_f64() / base.max(1e-9),
         masked_bytes / cat_bytes.max(1e-9),
+    );
+    let relayed = &big[3];
+    println!(
+        "The floor of any filter: `cat FILE` relayed (every byte read once and passed on, nothing scanned, no agent or task) / `cat` alone: {:.2}× (ratio of minimums {:.2}×); masked / relayed: {:.2}×",
+        relayed.p50().as_secs_f64() / base.max(1e-9),
+        relayed.min().as_secs_f64() / base_min.max(1e-9),
+        masked.p50().as_secs_f64() / relayed.p50().as_secs_f64().max(1e-9),
     );
     println!(
         "Target: masked ≤ 1.10× `cat` alone ({:.2}×): {}",
