@@ -93,17 +93,7 @@ fn a_key_rotated_on_one_replica_is_published_and_used_by_the_other() {
             .max_offline(MAX_OFFLINE)
             .config(&store_config(&url)),
     );
-    let clock = c.dir().join("clock-offset-ms");
-    let (cmd, b_admin) = replica_command(
-        "b",
-        tmp.path(),
-        &url,
-        Key::CopyFrom(&c.data_dir),
-        Some(&clock),
-        MAX_OFFLINE,
-    );
-    let mut b = Daemon::spawn("replica B", cmd);
-    let b_url = address(&mut b);
+    let (mut b, b_url, b_admin) = replica_b(&c, tmp.path(), &url);
     let token = c.join_token(&[]);
     let on_b = c.add_agent_at("host-b", &token, &b_url);
     c.credential("api", &["--audience", API_AUD]);
@@ -216,6 +206,23 @@ fn replicas_starting_at_once_on_an_empty_database_make_one_ca_and_one_jwt_key() 
 }
 
 /// The database name in a socket URL file.
+/// Replica B of the cluster `c`'s store (database URL in `url`), on the cluster's clock
+/// with the same master key, its files under `dir`: (the daemon, its agent URL, its
+/// admin socket).
+fn replica_b(c: &Cluster, dir: &Path, url: &Path) -> (Daemon, String, std::path::PathBuf) {
+    let (cmd, admin) = replica_command(
+        "b",
+        dir,
+        url,
+        Key::CopyFrom(&c.data_dir),
+        Some(&c.dir().join("clock-offset-ms")),
+        MAX_OFFLINE,
+    );
+    let mut b = Daemon::spawn("replica B", cmd);
+    let addr = address(&mut b);
+    (b, addr, admin)
+}
+
 fn url_db(file: &Path) -> String {
     let text = std::fs::read_to_string(file).expect("url");
     text.trim_end()
@@ -242,17 +249,7 @@ fn a_revoke_wait_cut_by_killing_its_replica_completes_when_waited_again_on_anoth
             .max_offline(MAX_OFFLINE)
             .config(&store_config(&url)),
     );
-    let clock = c.dir().join("clock-offset-ms");
-    let (cmd, b_admin) = replica_command(
-        "b",
-        tmp.path(),
-        &url,
-        Key::CopyFrom(&c.data_dir),
-        Some(&clock),
-        MAX_OFFLINE,
-    );
-    let mut b = Daemon::spawn("replica B", cmd);
-    address(&mut b);
+    let (mut b, _, b_admin) = replica_b(&c, tmp.path(), &url);
     c.credential("api", &["--audience", API_AUD]);
     c.my_workload("w1", "team-a", &["api"]);
     let held = c.get_at(0, "api", &["--as", "w1"]);
@@ -352,17 +349,7 @@ fn the_background_workers_run_on_one_replica_and_move_when_it_freezes_or_dies() 
             .contains("this replica leads")
             .then_some(())
     });
-    let clock = c.dir().join("clock-offset-ms");
-    let (cmd, b_admin) = replica_command(
-        "b",
-        tmp.path(),
-        &url,
-        Key::CopyFrom(&c.data_dir),
-        Some(&clock),
-        MAX_OFFLINE,
-    );
-    let mut b = Daemon::spawn("replica B", cmd);
-    address(&mut b);
+    let (mut b, _, b_admin) = replica_b(&c, tmp.path(), &url);
     b.wait_for_line("this one stands by", Duration::from_secs(20));
     assert!(
         !b.log().text().contains("this replica leads"),
@@ -444,16 +431,7 @@ fn a_database_crash_under_load_loses_nothing_acknowledged() {
             .max_offline(MAX_OFFLINE)
             .config(&store_config(&url)),
     );
-    let (cmd, b_admin) = replica_command(
-        "b",
-        tmp.path(),
-        &url,
-        Key::CopyFrom(&c.data_dir),
-        Some(&c.dir().join("clock-offset-ms")),
-        MAX_OFFLINE,
-    );
-    let mut b = Daemon::spawn("replica B", cmd);
-    let b_url = address(&mut b);
+    let (mut b, b_url, b_admin) = replica_b(&c, tmp.path(), &url);
     let token = c.join_token(&[]);
     let on_b = c.add_agent_at("host-b", &token, &b_url);
     c.credential("api", &["--audience", API_AUD]);
