@@ -570,3 +570,76 @@ fn a_database_crash_under_load_loses_nothing_acknowledged() {
     c.stop_agent_at(on_b);
     b.kill9();
 }
+
+/// The task flow through the other replica: `leash exec` on an agent connected to
+/// replica B starts a task (recorded through B), gets a credential bound to it, and ends
+/// it; replica A sees the lease issued inside the task and completed with it, and
+/// introspection on A says the token is no longer active.
+#[test]
+#[ignore = "needs root: runs PostgreSQL as the postgres user"]
+fn a_task_through_replica_b_is_recorded_and_completed_for_replica_a() {
+    leash_tests::require_root();
+    let pg = Pg::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = store_database(&pg, tmp.path());
+    let mut c = Cluster::with(
+        Options::default()
+            .max_offline(MAX_OFFLINE)
+            .config(&store_config(&url)),
+    );
+    let (mut b, b_url, _) = replica_b(&c, tmp.path(), &url);
+    let token = c.join_token(&[]);
+    let on_b = c.add_agent_at("host-b", &token, &b_url);
+    c.credential("api", &["--audience", API_AUD]);
+    c.my_workload("w1", "team-a", &["api"]);
+    let work = crate::tasks::workdir(&c, "task-on-b");
+    let mut cmd = c.leash_command(on_b);
+    cmd.current_dir(&work).env_remove("LEASH_TASK").args([
+        "exec",
+        "--task-name",
+        "job-b",
+        "--env",
+        "TOKEN=api",
+        "--",
+        "sh",
+        "-c",
+        r#"printf %s "$TOKEN" > token"#,
+    ]);
+    c.run(cmd).code(0);
+    let jwt = crate::tasks::read_token(&c, &work, "token");
+    let claims = crate::claims(&jwt);
+    let lease_id = claims["jti"].as_str().expect("jti").to_string();
+    let task = claims["leash"]["task"]
+        .as_str()
+        .expect("task claim")
+        .to_string();
+    // Read through replica A (the cluster's admin socket).
+    let lease = c.eventually("replica A sees the lease completed with its task", || {
+        let l = c.lease(&lease_id);
+        (l["state"] == "completed").then_some(l)
+    });
+    assert_eq!(lease["task"], task.as_str(), "{lease}");
+    assert_eq!(lease["host"], "host-b", "{lease}");
+    assert!(
+        lease["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("job-b"),
+        "{lease}"
+    );
+    let types = crate::timeline_types(&lease);
+    let pos = |t: &str| {
+        types
+            .iter()
+            .position(|x| x == t)
+            .unwrap_or_else(|| panic!("no {t} on the timeline {types:?}"))
+    };
+    assert!(
+        pos("task-started") < pos("issued") && pos("issued") < pos("completed"),
+        "{types:?}"
+    );
+    let intro = c.leashctl(&["introspect", &jwt]).json();
+    assert_eq!(intro["active"], false, "{intro}");
+    c.stop_agent_at(on_b);
+    b.kill9();
+}
