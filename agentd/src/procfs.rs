@@ -379,13 +379,11 @@ pub fn descendants_of(root: i32, root_start: u64) -> Option<HashSet<(i32, u64)>>
                 .split_ascii_whitespace()
                 .filter_map(|c| c.parse::<i32>().ok())
             {
-                match parent_and_start(child) {
-                    Some((ppid, cs)) if ppid == pid && cs >= start && out.len() < MAX_TREE => {
-                        if out.insert((child, cs)) {
-                            todo.push((child, cs));
-                        }
-                    }
-                    _ => {}
+                let Some((ppid, cs)) = parent_and_start(child) else {
+                    continue;
+                };
+                if ppid == pid && cs >= start && out.len() < MAX_TREE && out.insert((child, cs)) {
+                    todo.push((child, cs));
                 }
             }
         }
