@@ -5,7 +5,9 @@
 //! The server must present a certificate chaining to a CA leashctl trusts (the bundle
 //! in `--ca`, or, on first contact at login, the CA whose public-key hash the code
 //! carries) with the URI SAN `spiffe://<td>/leash/control-plane`; its DNS names are not
-//! what identifies it.
+//! what identifies it. With an admin certificate, `<td>` must be the trust domain that
+//! certificate names (`spiffe://<td>/leash/admin/<NAME>`): a CA shared by two trust
+//! domains does not let one stand in for the other.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,8 +57,32 @@ fn uri_sans(cert: &[u8]) -> Vec<String> {
 pub(crate) enum Trust {
     /// First contact (login): the CA whose SPKI hash is this pin.
     Pin(String),
-    /// Any of these CA certificates.
-    Cas(Vec<CertificateDer<'static>>),
+    /// Any of these CA certificates, serving this trust domain.
+    Cas {
+        /// CA certificates, DER.
+        cas: Vec<CertificateDer<'static>>,
+        /// The trust domain the server's URI SAN must name.
+        trust_domain: String,
+    },
+}
+
+/// The trust domain of an admin certificate: `<td>` of its URI SAN
+/// `spiffe://<td>/leash/admin/<NAME>`.
+pub(crate) fn admin_trust_domain(cert: &[u8]) -> Option<String> {
+    uri_sans(cert).iter().find_map(|u| {
+        let rest = u.strip_prefix("spiffe://")?;
+        let (td, path) = rest.split_once('/')?;
+        let name = path.strip_prefix("leash/admin/")?;
+        (!td.is_empty() && !name.is_empty() && !name.contains('/')).then(|| td.to_string())
+    })
+}
+
+/// Whether `uri` is the control plane's identity, in `trust_domain` when one is given.
+fn is_control_plane(uri: &str, trust_domain: Option<&str>) -> bool {
+    match trust_domain {
+        Some(td) => uri == format!("spiffe://{td}/leash/control-plane"),
+        None => uri.starts_with("spiffe://") && uri.ends_with("/leash/control-plane"),
+    }
 }
 
 #[derive(Debug)]
@@ -75,16 +101,19 @@ impl ServerCertVerifier for Verifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let bad = |m: &str| rustls::Error::General(m.to_string());
-        let cas = match &self.trust {
-            Trust::Pin(pin) => vec![intermediates
-                .iter()
-                .find(|c| spki_pin(c).as_deref() == Some(pin.as_str()))
-                .ok_or_else(|| {
-                    bad("the control plane's CA does not match the pin in the login code (wrong address, or a code from another control plane)")
-                })?
-                .clone()
-                .into_owned()],
-            Trust::Cas(cas) => cas.clone(),
+        let (cas, td) = match &self.trust {
+            Trust::Pin(pin) => (
+                vec![intermediates
+                    .iter()
+                    .find(|c| spki_pin(c).as_deref() == Some(pin.as_str()))
+                    .ok_or_else(|| {
+                        bad("the control plane's CA does not match the pin in the login code (wrong address, or a code from another control plane)")
+                    })?
+                    .clone()
+                    .into_owned()],
+                None,
+            ),
+            Trust::Cas { cas, trust_domain } => (cas.clone(), Some(trust_domain.as_str())),
         };
         let mut roots = RootCertStore::empty();
         for ca in cas {
@@ -100,13 +129,17 @@ impl ServerCertVerifier for Verifier {
         // SAN is what identifies the control plane.
         let name = ServerName::try_from("localhost").map_err(|e| bad(&e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], &name, ocsp, now)?;
-        let ok = uri_sans(end_entity)
-            .iter()
-            .any(|u| u.starts_with("spiffe://") && u.ends_with("/leash/control-plane"));
-        if !ok {
-            return Err(bad(
-                "the server certificate is not a Leash control plane's (URI SAN mismatch)",
-            ));
+        let sans = uri_sans(end_entity);
+        if !sans.iter().any(|u| is_control_plane(u, td)) {
+            return Err(bad(&match td {
+                Some(td) => format!(
+                    "the server certificate is not the control plane of trust domain {td}, which the admin certificate names (URI SAN mismatch)"
+                ),
+                None => {
+                    "the server certificate is not a Leash control plane's (URI SAN mismatch)"
+                        .to_string()
+                }
+            }));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -303,7 +336,13 @@ impl Remote {
         let cas = certs(&self.ca, "CA bundle")?;
         let key = PrivateKeyDer::from_pem_slice(&read(&self.key, "key")?)
             .map_err(|e| Fail::usage(format!("key {}: {e}", self.key.display())))?;
-        let cfg = client_config(Trust::Cas(cas), Some((chain, key)))?;
+        let trust_domain = admin_trust_domain(&chain[0]).ok_or_else(|| {
+            Fail::usage(format!(
+                "admin certificate {} is not a Leash admin certificate (no URI SAN spiffe://<trust domain>/leash/admin/<NAME>)",
+                self.cert.display()
+            ))
+        })?;
+        let cfg = client_config(Trust::Cas { cas, trust_domain }, Some((chain, key)))?;
         connect(&self.server, cfg).await
     }
 }
@@ -322,4 +361,106 @@ pub(crate) fn pem(label: &str, ders: &[Vec<u8>]) -> String {
         out.push_str(&format!("-----END {label}-----\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            cert,
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    fn leaf(ca: &Ca, uri: &str) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::URI(uri.try_into().unwrap()));
+        let cert = p.signed_by(&key, &ca.issuer).unwrap();
+        cert.der().clone()
+    }
+
+    fn verify(trust: Trust, server: &CertificateDer<'_>) -> Result<(), String> {
+        let v = Verifier {
+            trust,
+            provider: provider(),
+        };
+        let name = ServerName::try_from("localhost").unwrap();
+        v.verify_server_cert(server, &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_server_must_serve_the_trust_domain_of_the_admin_certificate() {
+        let ca = ca("test CA");
+        let cas = vec![ca.cert.der().clone()];
+        let server = leaf(&ca, "spiffe://corp.example/leash/control-plane");
+        let admin = leaf(&ca, "spiffe://corp.example/leash/admin/alice");
+        let td = admin_trust_domain(&admin).unwrap();
+        assert_eq!(td, "corp.example");
+        verify(
+            Trust::Cas {
+                cas: cas.clone(),
+                trust_domain: td,
+            },
+            &server,
+        )
+        .unwrap();
+
+        let other = leaf(&ca, "spiffe://other.example/leash/control-plane");
+        let err = verify(
+            Trust::Cas {
+                cas,
+                trust_domain: "corp.example".into(),
+            },
+            &other,
+        )
+        .unwrap_err();
+        assert!(err.contains("trust domain corp.example"), "{err}");
+    }
+
+    #[test]
+    fn a_server_under_another_ca_is_refused_whatever_its_uri() {
+        let (a, b) = (ca("CA a"), ca("CA b"));
+        let server = leaf(&b, "spiffe://corp.example/leash/control-plane");
+        let err = verify(
+            Trust::Cas {
+                cas: vec![a.cert.der().clone()],
+                trust_domain: "corp.example".into(),
+            },
+            &server,
+        )
+        .unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+    }
+
+    #[test]
+    fn only_an_admin_uri_gives_a_trust_domain() {
+        let ca = ca("test CA");
+        for (uri, want) in [
+            ("spiffe://td/leash/admin/alice", Some("td")),
+            ("spiffe://td/leash/control-plane", None),
+            ("spiffe://td/leash/admin/", None),
+            ("spiffe://td/leash/admin/a/b", None),
+            ("spiffe://td/team/web", None),
+        ] {
+            let cert = leaf(&ca, uri);
+            assert_eq!(admin_trust_domain(&cert).as_deref(), want, "{uri}");
+        }
+    }
 }
