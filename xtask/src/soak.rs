@@ -101,6 +101,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // not re-run from a release build, unlike the benches': its speed changes how many
     // operations a minute holds, not the daemons' memory or descriptors.
     let profile = if a.debug_binaries { "debug" } else { "release" };
+    crate::bench::stats::set_profile(if a.debug_binaries { "DEBUG" } else { "release" });
     let mut build = crate::bench::cargo();
     build.arg("build");
     if !a.debug_binaries {
@@ -610,7 +611,7 @@ impl Soak {
                 a.agents,
                 self.dir.path().display(),
                 if a.debug_binaries {
-                    "; DEBUG binaries (target/debug), not the release builds the line below names"
+                    "; DEBUG binaries (target/debug)"
                 } else {
                     ""
                 }

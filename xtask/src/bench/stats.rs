@@ -140,6 +140,15 @@ impl Table {
     }
 }
 
+/// Which build of the product binaries the run measures, for [`header`]: "release"
+/// unless a run set it otherwise (`soak --debug-binaries`).
+static PROFILE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Name the build the measured binaries come from (`"debug"`), once, before [`header`].
+pub fn set_profile(profile: &'static str) {
+    let _ = PROFILE.set(profile);
+}
+
 /// The header every bench prints: title, the command, and the machine.
 pub fn header(title: &str, command: &str, params: &str) {
     // Count the machine's CPUs, not the ones this (possibly pinned) process may use.
@@ -165,8 +174,9 @@ pub fn header(title: &str, command: &str, params: &str) {
     println!("Parameters: {params}");
     println!();
     println!(
-        "Machine: {cpus} CPUs ({model}), Linux {}; release builds; loopback only; load average {} when the report was printed.",
+        "Machine: {cpus} CPUs ({model}), Linux {}; {} builds; loopback only; load average {} when the report was printed.",
         kernel.trim(),
+        PROFILE.get().copied().unwrap_or("release"),
         load.join(" ")
     );
     println!();
