@@ -86,13 +86,7 @@ fn a_key_rotated_on_one_replica_is_published_and_used_by_the_other() {
     leash_tests::require_root();
     let pg = Pg::start();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let url = store_database(&pg, tmp.path());
-    let mut c = Cluster::with(
-        Options::default()
-            .no_agent()
-            .max_offline(MAX_OFFLINE)
-            .config(&store_config(&url)),
-    );
+    let (url, mut c) = replica_a(&pg, tmp.path(), Options::default().no_agent());
     let (mut b, b_url, b_admin) = replica_b(&c, tmp.path(), &url);
     let token = c.join_token(&[]);
     let on_b = c.add_agent_at("host-b", &token, &b_url);
@@ -205,7 +199,15 @@ fn replicas_starting_at_once_on_an_empty_database_make_one_ca_and_one_jwt_key() 
     }
 }
 
-/// The database name in a socket URL file.
+/// Replica A: a cluster (control plane and, unless `options` says otherwise, one agent)
+/// on a new store database of `pg`, its files under `dir`, on a clock that can be moved
+/// without its agents failing closed: (the database URL file, the cluster).
+fn replica_a(pg: &Pg, dir: &Path, options: Options) -> (std::path::PathBuf, Cluster) {
+    let url = store_database(pg, dir);
+    let c = Cluster::with(options.max_offline(MAX_OFFLINE).config(&store_config(&url)));
+    (url, c)
+}
+
 /// Replica B of the cluster `c`'s store (database URL in `url`), on the cluster's clock
 /// with the same master key, its files under `dir`: (the daemon, its agent URL, its
 /// admin socket).
@@ -223,6 +225,7 @@ fn replica_b(c: &Cluster, dir: &Path, url: &Path) -> (Daemon, String, std::path:
     (b, addr, admin)
 }
 
+/// The database name in a socket URL file.
 fn url_db(file: &Path) -> String {
     let text = std::fs::read_to_string(file).expect("url");
     text.trim_end()
@@ -243,12 +246,7 @@ fn a_revoke_wait_cut_by_killing_its_replica_completes_when_waited_again_on_anoth
     leash_tests::require_root();
     let pg = Pg::start();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let url = store_database(&pg, tmp.path());
-    let c = Cluster::with(
-        Options::default()
-            .max_offline(MAX_OFFLINE)
-            .config(&store_config(&url)),
-    );
+    let (url, c) = replica_a(&pg, tmp.path(), Options::default());
     let (mut b, _, b_admin) = replica_b(&c, tmp.path(), &url);
     c.credential("api", &["--audience", API_AUD]);
     c.my_workload("w1", "team-a", &["api"]);
@@ -338,12 +336,7 @@ fn the_background_workers_run_on_one_replica_and_move_when_it_freezes_or_dies() 
     leash_tests::require_root();
     let pg = Pg::start();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let url = store_database(&pg, tmp.path());
-    let c = Cluster::with(
-        Options::default()
-            .max_offline(MAX_OFFLINE)
-            .config(&store_config(&url)),
-    );
+    let (url, c) = replica_a(&pg, tmp.path(), Options::default());
     c.eventually("replica A leads", || {
         c.control_plane_log()
             .contains("this replica leads")
@@ -425,12 +418,7 @@ fn a_database_crash_under_load_loses_nothing_acknowledged() {
     leash_tests::require_root();
     let mut pg = Pg::start();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let url = store_database(&pg, tmp.path());
-    let mut c = Cluster::with(
-        Options::default()
-            .max_offline(MAX_OFFLINE)
-            .config(&store_config(&url)),
-    );
+    let (url, mut c) = replica_a(&pg, tmp.path(), Options::default());
     let (mut b, b_url, b_admin) = replica_b(&c, tmp.path(), &url);
     let token = c.join_token(&[]);
     let on_b = c.add_agent_at("host-b", &token, &b_url);
@@ -581,12 +569,7 @@ fn a_task_through_replica_b_is_recorded_and_completed_for_replica_a() {
     leash_tests::require_root();
     let pg = Pg::start();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let url = store_database(&pg, tmp.path());
-    let mut c = Cluster::with(
-        Options::default()
-            .max_offline(MAX_OFFLINE)
-            .config(&store_config(&url)),
-    );
+    let (url, mut c) = replica_a(&pg, tmp.path(), Options::default());
     let (mut b, b_url, _) = replica_b(&c, tmp.path(), &url);
     let token = c.join_token(&[]);
     let on_b = c.add_agent_at("host-b", &token, &b_url);

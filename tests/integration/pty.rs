@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ impl Terminal {
         let work = workdir(c, name);
         let pty = nix::pty::openpty(None, None).expect("openpty");
         let slave: OwnedFd = pty.slave;
-        let mut cmd = exec_command(c, &work, args);
+        let mut cmd = as_typed(exec_command(c, &work, args));
         cmd.stdin(Stdio::from(slave.try_clone().expect("dup slave")))
             .stdout(Stdio::from(slave.try_clone().expect("dup slave")))
             .stderr(Stdio::from(slave));
@@ -101,6 +101,30 @@ impl Terminal {
     fn type_in(&mut self, bytes: &[u8]) {
         self.master.write_all(bytes).expect("write to the pty");
     }
+}
+
+/// `cmd` as a user's interactive shell starts a command typed at the prompt: with SIGINT
+/// and SIGQUIT at their default. A command inherits the signals its parent ignores (a
+/// background job of a non-interactive shell ignores both, and `sh` cannot trap a signal
+/// it inherited ignored), and so does the command `leash exec` runs; without this, Ctrl-C
+/// would do nothing whenever the test runner itself was started in the background.
+/// Coreutils' `env --default-signal` resets them just before it runs `leash`.
+fn as_typed(cmd: Command) -> Command {
+    let mut typed = Command::new("env");
+    typed
+        .arg("--default-signal=INT,QUIT")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => typed.env(k, v),
+            None => typed.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        typed.current_dir(dir);
+    }
+    typed
 }
 
 /// Wait for `child` to exit; its exit code.
