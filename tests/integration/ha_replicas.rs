@@ -610,17 +610,7 @@ fn a_task_through_replica_b_is_recorded_and_completed_for_replica_a() {
             .contains("job-b"),
         "{lease}"
     );
-    let types = crate::timeline_types(&lease);
-    let pos = |t: &str| {
-        types
-            .iter()
-            .position(|x| x == t)
-            .unwrap_or_else(|| panic!("no {t} on the timeline {types:?}"))
-    };
-    assert!(
-        pos("task-started") < pos("issued") && pos("issued") < pos("completed"),
-        "{types:?}"
-    );
+    crate::assert_timeline_order(&lease, &["task-started", "issued", "completed"]);
     let intro = c.leashctl(&["introspect", &jwt]).json();
     assert_eq!(intro["active"], false, "{intro}");
     c.stop_agent_at(on_b);

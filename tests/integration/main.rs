@@ -130,6 +130,22 @@ pub fn timeline_types(lease: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Assert that `lease`'s timeline holds each event type of `order`, in that order (the
+/// first of each type counts).
+pub fn assert_timeline_order(lease: &serde_json::Value, order: &[&str]) {
+    let types = timeline_types(lease);
+    let pos = |t: &str| {
+        types
+            .iter()
+            .position(|x| x == t)
+            .unwrap_or_else(|| panic!("no {t} on the timeline {types:?}"))
+    };
+    assert!(
+        order.windows(2).all(|w| pos(w[0]) < pos(w[1])),
+        "the timeline {types:?} is not in the order {order:?}"
+    );
+}
+
 /// The claims of a JWT, decoded without verifying it (tests verify elsewhere). Panics
 /// never print the token.
 pub fn claims(token: &str) -> serde_json::Value {

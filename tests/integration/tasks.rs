@@ -14,7 +14,7 @@ use std::time::Duration;
 use leash_tests::{bin, Cluster, Daemon, Output};
 use nix::sys::signal::Signal;
 
-use crate::{basic, claims, timeline_types};
+use crate::{basic, claims};
 
 /// A fresh work dir for scripts, under the cluster's temp dir.
 pub(crate) fn workdir(c: &Cluster, name: &str) -> PathBuf {
@@ -108,17 +108,7 @@ fn assert_completed(c: &Cluster, lease_id: &str, token: &str, task_name: &str) {
             .contains(task_name),
         "the completion does not name the task {task_name:?}: {lease}"
     );
-    let types = timeline_types(&lease);
-    let pos = |t: &str| {
-        types
-            .iter()
-            .position(|x| x == t)
-            .unwrap_or_else(|| panic!("no {t} on the timeline {types:?}"))
-    };
-    assert!(
-        pos("task-started") < pos("issued") && pos("issued") < pos("completed"),
-        "{types:?}"
-    );
+    crate::assert_timeline_order(&lease, &["task-started", "issued", "completed"]);
     let intro = c.leashctl(&["introspect", token]).json();
     assert_eq!(intro["active"], false, "{intro}");
     assert_eq!(intro["state"], "completed", "{intro}");
