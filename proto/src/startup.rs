@@ -55,6 +55,7 @@ pub fn fail(message: impl Display, code: u8) -> ExitCode {
 }
 
 /// Log to stderr, as text (coloured only when stderr is a terminal) or as JSON lines.
+/// Lines that cannot be written (stderr a pipe nobody reads any more) are dropped.
 /// `LEASH_LOG` filters, with the `tracing` env-filter syntax (e.g. `debug`,
 /// `leash_control_plane=debug`); the default is `info`.
 pub fn init_logging(json: bool) {
@@ -63,7 +64,12 @@ pub fn init_logging(json: bool) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A daemon whose stderr went away (its log reader died, journald restarted) keeps
+        // serving and drops the lines: the default reports a failed write with
+        // `eprintln!`, which panics when stderr is the broken stream, and that panic
+        // ended every request in which something was logged.
+        .log_internal_errors(false);
     if json {
         b.json().init();
     } else {

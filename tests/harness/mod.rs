@@ -598,6 +598,18 @@ impl Cluster {
         out
     }
 
+    /// Stop reading the control plane's and every agent's output, as a log collector that
+    /// died would ([`Daemon::stop_reading_log`]).
+    pub fn stop_reading_logs(&self) {
+        for d in self
+            .cp
+            .iter()
+            .chain(self.agents.iter().filter_map(|a| a.daemon.as_ref()))
+        {
+            d.stop_reading_log();
+        }
+    }
+
     /// The control plane's log (the current incarnation's and the earlier ones').
     pub fn control_plane_log(&self) -> String {
         self.logs_of("control plane")

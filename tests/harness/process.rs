@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -180,16 +181,20 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Output 
 
 /// A daemon's log (stderr and stdout), appended to by reader threads.
 #[derive(Debug, Clone, Default)]
-pub struct Log(Arc<Mutex<String>>);
+pub struct Log {
+    text: Arc<Mutex<String>>,
+    /// Set: each reader takes one more line, then stops and closes its end of the pipe.
+    deaf: Arc<AtomicBool>,
+}
 
 impl Log {
     /// Everything captured so far.
     pub fn text(&self) -> String {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.text.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn push_line(&self, line: &str) {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.text.lock().unwrap_or_else(|p| p.into_inner());
         s.push_str(line);
         if !line.ends_with('\n') {
             s.push('\n');
@@ -206,6 +211,9 @@ impl Log {
                 match r.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(_) => log.push_line(&String::from_utf8_lossy(&buf)),
+                }
+                if log.deaf.load(Ordering::SeqCst) {
+                    return;
                 }
             }
         })
@@ -251,6 +259,13 @@ impl Daemon {
     /// Process id (also the process group id).
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Stop reading what the daemon prints, as a log collector that died would: each of
+    /// its stdout and stderr is read for one more line, then closed, and what it writes
+    /// there afterwards fails with EPIPE.
+    pub fn stop_reading_log(&self) {
+        self.log.deaf.store(true, Ordering::SeqCst);
     }
 
     /// The log handle (stays readable after the process is gone).

@@ -1,4 +1,4 @@
-//! The fault campaign: kill -9 under load, a full disk, partitions.
+//! The fault campaign: kill -9 under load, a full disk, a log nobody reads, partitions.
 //!
 //! - `kill_9_under_load_loses_nothing_acknowledged`: a short version of
 //!   `cargo xtask chaos kill` (which runs 50 rounds): issue and revoke continuously
@@ -7,6 +7,7 @@
 //!   revoked is served.
 //! - `a_full_disk_answers_unavailable_and_loses_nothing`: the data dir on a small tmpfs,
 //!   filled up (needs root to mount).
+//! - `daemons_serve_on_when_nobody_reads_their_log`: stderr a pipe nobody reads any more.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -399,4 +400,35 @@ fn a_full_disk_answers_unavailable_and_loses_nothing() {
         !audit.iter().any(|e| e["type"] == "denied"),
         "a denied event: {audit:?}"
     );
+}
+
+/// A daemon whose output nobody reads any more (the log collector died, journald was
+/// restarted: writes to its stderr fail with EPIPE) serves on and drops the lines. Both
+/// daemons used to panic in every request that logged, answering it with an HTTP/2 error.
+#[test]
+fn daemons_serve_on_when_nobody_reads_their_log() {
+    let mut c = Cluster::start();
+    basic(&c);
+    let before = c.get("api", &[]);
+    c.stop_reading_logs();
+    // Each of these logs on the control plane (an issuance, a revocation) or the agent
+    // (a task started and ended): the first line ends the reading, the rest meet EPIPE.
+    let work = crate::tasks::workdir(&c, "log-gone");
+    let mut last = before.lease_id.clone();
+    for _ in 0..3 {
+        let f = c.get("api", &["--fresh"]);
+        assert_ne!(f.lease_id, last);
+        last = f.lease_id;
+        crate::tasks::exec(&c, &work, &["--env", "T=api", "--", "true"]).ok();
+    }
+    assert_eq!(c.cached_at(0), 1, "the last fresh token is cached");
+    c.leashctl(&["revoke", "--lease", &last, "--wait", "--timeout", "10s"])
+        .ok();
+    assert_eq!(c.lease(&last)["state"], "revoked");
+    assert_eq!(c.cached_at(0), 0, "acknowledged means wiped");
+    assert_ne!(c.get("api", &[]).lease_id, last);
+    assert!(c.control_plane_alive(), "the control plane exited");
+    assert!(c.agent_alive(0), "the agent exited");
+    let logs = format!("{}{}", c.control_plane_log(), c.agent_log("host-1"));
+    assert!(!logs.contains("panicked"), "{logs}");
 }
