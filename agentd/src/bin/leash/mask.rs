@@ -17,11 +17,18 @@
 //! masked, since they would replace ordinary text. Masking guards against accidents in
 //! logs, not against a program that wants to leak what it was given.
 //!
-//! Multi-pattern search is `aho-corasick` (leftmost-longest): one pass over the output,
-//! however many values are masked. Its SIMD searcher for a few patterns (Teddy, up to
-//! 128) is used directly: the automaton's own choice for a handful of JWTs is a scan for
-//! their first bytes (`e` of `eyJ…`, `Z` of its base64), which ordinary text is full of,
-//! and it ran at a third of the speed of copying the output.
+//! The search is leftmost-longest, whichever of three searchers does it:
+//! - When every form begins with one of at most [`MAX_ANCHORS`] distinct prefixes (the
+//!   common case of one injected token or key: its raw form, and its base64), each
+//!   prefix is found by `memchr`'s SIMD substring search, one pass per prefix, and the
+//!   forms are checked where one is found. On log text this is about twice as fast as
+//!   Teddy below (100 MB with one JWT's forms: 15 ms against 33 ms on the benchmark
+//!   machine).
+//! - Otherwise `aho-corasick`'s SIMD searcher for a few patterns (Teddy, up to 128), used
+//!   directly: the automaton's own choice for a handful of JWTs is a scan for their first
+//!   bytes (`e` of `eyJ…`, `Z` of its base64), which ordinary text is full of, and it ran
+//!   at a third of the speed of copying the output.
+//! - For more patterns, the `aho-corasick` automaton: one pass however many values.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -71,17 +78,110 @@ pub(crate) struct Patterns {
     max_len: usize,
 }
 
-/// How the patterns are searched for (both leftmost-longest, so they find the same).
+/// At most this many distinct prefixes are searched for one by one ([`Anchors`]); with
+/// more, one pass of Teddy is faster (measured: 4 prefixes took as long as Teddy).
+const MAX_ANCHORS: usize = 3;
+
+/// The longest prefix of the patterns that [`Anchors`] searches for.
+const ANCHOR_LEN: usize = 16;
+
+/// How the patterns are searched for (all leftmost-longest, so they find the same).
 #[derive(Debug)]
 enum Search {
+    /// One SIMD substring search per distinct prefix, for patterns with few prefixes.
+    Anchors(Anchors),
     /// Teddy (SIMD), for up to 128 patterns.
     Packed(packed::Searcher),
     /// The automaton, for more.
     Automaton(AhoCorasick),
 }
 
+/// The patterns grouped by their first `len` bytes (every pattern has at least `len`):
+/// a pattern can only start where its group's prefix does.
+#[derive(Debug)]
+struct Anchors {
+    groups: Vec<Group>,
+}
+
+#[derive(Debug)]
+struct Group {
+    prefix: memchr::memmem::Finder<'static>,
+    /// The group's patterns (index, bytes), longest first.
+    patterns: Vec<(usize, Vec<u8>)>,
+}
+
+impl Anchors {
+    /// `None` when the patterns begin with more than [`MAX_ANCHORS`] distinct prefixes.
+    fn new(patterns: &[Vec<u8>]) -> Option<Anchors> {
+        let len = patterns.iter().map(Vec::len).min()?.min(ANCHOR_LEN);
+        // (prefix, the indexes of the patterns that begin with it)
+        let mut groups: Vec<(&[u8], Vec<usize>)> = Vec::new();
+        for (i, p) in patterns.iter().enumerate() {
+            let prefix = &p[..len];
+            match groups.iter_mut().find(|(g, _)| *g == prefix) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((prefix, vec![i])),
+            }
+        }
+        if groups.len() > MAX_ANCHORS {
+            return None;
+        }
+        let group = |(prefix, members): (&[u8], Vec<usize>)| {
+            let mut patterns: Vec<(usize, Vec<u8>)> = members
+                .into_iter()
+                .map(|i| (i, patterns[i].clone()))
+                .collect();
+            patterns.sort_by_key(|(_, p)| std::cmp::Reverse(p.len()));
+            Group {
+                prefix: memchr::memmem::Finder::new(prefix).into_owned(),
+                patterns,
+            }
+        };
+        Some(Anchors {
+            groups: groups.into_iter().map(group).collect(),
+        })
+    }
+
+    /// The leftmost-longest match in `buf[from..]`: for each group, its first whole
+    /// pattern (the longest where several start at the same place), looked for only up
+    /// to where the best match so far starts.
+    fn find_from(&self, buf: &[u8], from: usize) -> Option<Match> {
+        let mut best: Option<Match> = None;
+        for g in &self.groups {
+            let plen = g.prefix.needle().len();
+            let mut at = from;
+            loop {
+                // A prefix that starts after the best match cannot beat it.
+                let end = best.map_or(buf.len(), |b| (b.start() + plen).min(buf.len()));
+                if at >= end {
+                    break;
+                }
+                let Some(i) = g.prefix.find(&buf[at..end]) else {
+                    break;
+                };
+                let start = at + i;
+                let whole = g.patterns.iter().find(|(_, p)| buf[start..].starts_with(p));
+                if let Some((id, p)) = whole {
+                    let better = best.is_none_or(|b| {
+                        start < b.start() || (start == b.start() && p.len() > b.len())
+                    });
+                    if better {
+                        best = Some(Match::must(*id, start..start + p.len()));
+                    }
+                    break;
+                }
+                at = start + 1;
+            }
+        }
+        best
+    }
+}
+
 impl Search {
     fn new(patterns: &[Vec<u8>]) -> Option<Search> {
+        if let Some(a) = Anchors::new(patterns) {
+            return Some(Search::Anchors(a));
+        }
         if let Some(s) = packed::Config::new()
             .match_kind(packed::MatchKind::LeftmostLongest)
             .builder()
@@ -101,6 +201,7 @@ impl Search {
     fn find_from(&self, buf: &[u8], from: usize) -> Option<Match> {
         let span = Span::from(from..buf.len());
         match self {
+            Search::Anchors(a) => a.find_from(buf, from),
             Search::Packed(s) => s.find_in(buf, span),
             Search::Automaton(ac) => ac.find(Input::new(buf).span(span)),
         }
@@ -460,6 +561,78 @@ mod tests {
             run(&p, &[b"a value-007 w/ space b value-039%20w%2F%20space c"]),
             "a <leash:k7> b <leash:k39> c"
         );
+    }
+
+    /// Every searcher that takes `patterns`, built directly.
+    fn searchers(patterns: &[Vec<u8>]) -> Vec<Search> {
+        let mut out = vec![Search::Automaton(
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(patterns)
+                .expect("automaton"),
+        )];
+        if let Some(s) = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostLongest)
+            .builder()
+            .extend(patterns)
+            .build()
+        {
+            out.push(Search::Packed(s));
+        }
+        if let Some(a) = Anchors::new(patterns) {
+            out.push(Search::Anchors(a));
+        }
+        out
+    }
+
+    #[test]
+    fn the_searchers_find_the_same_matches() {
+        // Forms that share prefixes and contain one another, so that leftmost-longest
+        // has choices to make.
+        let sets: Vec<Vec<(String, String)>> = vec![
+            vec![("api".into(), JWT.into())],
+            vec![("k".into(), "sk-live-abcdef".into())],
+            vec![("k".into(), "abcd".into()), ("l".into(), "abcdabcd".into())],
+            vec![("k".into(), "aaaa".into()), ("l".into(), "aaaab".into())],
+        ];
+        // A small xorshift generator: the same texts on every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for values in &sets {
+            let p = Patterns::new(values).expect("patterns");
+            let all = searchers(&p.patterns);
+            assert!(all.len() >= 2, "{values:?}");
+            assert!(all.iter().any(|s| matches!(s, Search::Anchors(_))));
+            for _ in 0..300 {
+                // Text made of whole forms, cut forms and filler.
+                let mut text = Vec::new();
+                for _ in 0..(next() % 12) {
+                    let f = &p.patterns[next() as usize % p.patterns.len()];
+                    match next() % 4 {
+                        0 => text.extend_from_slice(f),
+                        1 => text.extend_from_slice(&f[..next() as usize % f.len()]),
+                        2 => text.extend_from_slice(b" a"),
+                        _ => text.push(f[0]),
+                    }
+                }
+                for from in 0..=text.len() {
+                    let want = all[0].find_from(&text, from);
+                    for s in &all[1..] {
+                        assert_eq!(
+                            s.find_from(&text, from),
+                            want,
+                            "{values:?} in {:?} from {from}",
+                            String::from_utf8_lossy(&text)
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
