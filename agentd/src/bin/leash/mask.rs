@@ -67,8 +67,8 @@ const FORM: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b' ');
 
-/// The values to mask, compiled once and shared by the stdout and stderr filters.
-#[derive(Debug)]
+/// The values to mask, compiled once and shared by the stdout and stderr filters. Its
+/// `Debug` shows counts, never the values.
 pub(crate) struct Patterns {
     search: Search,
     patterns: Vec<Vec<u8>>,
@@ -85,8 +85,21 @@ const MAX_ANCHORS: usize = 3;
 /// The longest prefix of the patterns that [`Anchors`] searches for.
 const ANCHOR_LEN: usize = 16;
 
+impl std::fmt::Debug for Patterns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let search = match &self.search {
+            Search::Anchors(a) => format!("{} prefixes", a.groups.len()),
+            Search::Packed(_) => "teddy".to_string(),
+            Search::Automaton(_) => "automaton".to_string(),
+        };
+        f.debug_struct("Patterns")
+            .field("patterns", &self.patterns.len())
+            .field("search", &search)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How the patterns are searched for (all leftmost-longest, so they find the same).
-#[derive(Debug)]
 enum Search {
     /// One SIMD substring search per distinct prefix, for patterns with few prefixes.
     Anchors(Anchors),
@@ -98,16 +111,14 @@ enum Search {
 
 /// The patterns grouped by their first `len` bytes (every pattern has at least `len`):
 /// a pattern can only start where its group's prefix does.
-#[derive(Debug)]
 struct Anchors {
     groups: Vec<Group>,
 }
 
-#[derive(Debug)]
 struct Group {
     prefix: memchr::memmem::Finder<'static>,
-    /// The group's patterns (index, bytes), longest first.
-    patterns: Vec<(usize, Vec<u8>)>,
+    /// The indexes of the group's patterns, longest first.
+    patterns: Vec<usize>,
 }
 
 impl Anchors {
@@ -126,15 +137,11 @@ impl Anchors {
         if groups.len() > MAX_ANCHORS {
             return None;
         }
-        let group = |(prefix, members): (&[u8], Vec<usize>)| {
-            let mut patterns: Vec<(usize, Vec<u8>)> = members
-                .into_iter()
-                .map(|i| (i, patterns[i].clone()))
-                .collect();
-            patterns.sort_by_key(|(_, p)| std::cmp::Reverse(p.len()));
+        let group = |(prefix, mut members): (&[u8], Vec<usize>)| {
+            members.sort_by_key(|&i| std::cmp::Reverse(patterns[i].len()));
             Group {
                 prefix: memchr::memmem::Finder::new(prefix).into_owned(),
-                patterns,
+                patterns: members,
             }
         };
         Some(Anchors {
@@ -142,10 +149,10 @@ impl Anchors {
         })
     }
 
-    /// The leftmost-longest match in `buf[from..]`: for each group, its first whole
-    /// pattern (the longest where several start at the same place), looked for only up
-    /// to where the best match so far starts.
-    fn find_from(&self, buf: &[u8], from: usize) -> Option<Match> {
+    /// The leftmost-longest match of `patterns` (those it was made from) in `buf[from..]`:
+    /// for each group, its first whole pattern (the longest where several start at the
+    /// same place), looked for only up to where the best match so far starts.
+    fn find_from(&self, patterns: &[Vec<u8>], buf: &[u8], from: usize) -> Option<Match> {
         let mut best: Option<Match> = None;
         for g in &self.groups {
             let plen = g.prefix.needle().len();
@@ -160,13 +167,17 @@ impl Anchors {
                     break;
                 };
                 let start = at + i;
-                let whole = g.patterns.iter().find(|(_, p)| buf[start..].starts_with(p));
+                let whole = g
+                    .patterns
+                    .iter()
+                    .map(|&id| (id, &patterns[id]))
+                    .find(|(_, p)| buf[start..].starts_with(p));
                 if let Some((id, p)) = whole {
                     let better = best.is_none_or(|b| {
                         start < b.start() || (start == b.start() && p.len() > b.len())
                     });
                     if better {
-                        best = Some(Match::must(*id, start..start + p.len()));
+                        best = Some(Match::must(id, start..start + p.len()));
                     }
                     break;
                 }
@@ -197,11 +208,11 @@ impl Search {
             .map(Search::Automaton)
     }
 
-    /// The leftmost-longest match in `buf[from..]`.
-    fn find_from(&self, buf: &[u8], from: usize) -> Option<Match> {
+    /// The leftmost-longest match of `patterns` (those it was made from) in `buf[from..]`.
+    fn find_from(&self, patterns: &[Vec<u8>], buf: &[u8], from: usize) -> Option<Match> {
         let span = Span::from(from..buf.len());
         match self {
-            Search::Anchors(a) => a.find_from(buf, from),
+            Search::Anchors(a) => a.find_from(patterns, buf, from),
             Search::Packed(s) => s.find_in(buf, span),
             Search::Automaton(ac) => ac.find(Input::new(buf).span(span)),
         }
@@ -304,7 +315,7 @@ impl Patterns {
     fn scan(&self, buf: &[u8], eof: bool, out: &mut Vec<u8>) -> (usize, bool) {
         let hold = if eof { buf.len() } else { self.hold_from(buf) };
         // One search finds whether anything before `hold` is masked at all.
-        let mut next = match self.search.find_from(buf, 0) {
+        let mut next = match self.search.find_from(&self.patterns, buf, 0) {
             Some(m) if m.start() < hold => Some(m),
             _ => return (hold, false),
         };
@@ -318,7 +329,7 @@ impl Patterns {
             out.extend_from_slice(&buf[pos..m.start()]);
             out.extend_from_slice(&self.replacement[m.pattern().as_usize()]);
             pos = m.end();
-            next = self.search.find_from(buf, pos);
+            next = self.search.find_from(&self.patterns, buf, pos);
         }
         if pos < hold {
             out.extend_from_slice(&buf[pos..hold]);
@@ -549,6 +560,14 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_no_value() {
+        let shown = format!("{:?}", patterns());
+        assert!(shown.contains("patterns"), "{shown}");
+        assert!(!shown.contains("eyJ") && !shown.contains("p@ss"), "{shown}");
+        assert!(!shown.contains("101, 121, 74"), "bytes of a value: {shown}");
+    }
+
+    #[test]
     fn many_values_past_the_simd_limit_are_masked_too() {
         // 40 values of 8 forms each: more patterns than the SIMD searcher takes.
         let values: Vec<(String, String)> = (0..40)
@@ -621,10 +640,10 @@ mod tests {
                     }
                 }
                 for from in 0..=text.len() {
-                    let want = all[0].find_from(&text, from);
+                    let want = all[0].find_from(&p.patterns, &text, from);
                     for s in &all[1..] {
                         assert_eq!(
-                            s.find_from(&text, from),
+                            s.find_from(&p.patterns, &text, from),
                             want,
                             "{values:?} in {:?} from {from}",
                             String::from_utf8_lossy(&text)
